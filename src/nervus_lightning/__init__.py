@@ -1,0 +1,3 @@
+"""nervus_lightning: Nervus rebuilt on PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

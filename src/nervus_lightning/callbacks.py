@@ -1,0 +1,106 @@
+"""Lightning callbacks of a run: checkpoint policies and the learning curve."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.outputs import atomic_write, write_csv
+
+CHECKPOINT_POLICIES = ("best", "each")
+
+
+class ImprovementCheckpoint(ModelCheckpoint):
+    """Save a new checkpoint every time the monitored value improves; never delete older ones."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(save_top_k=-1, **kwargs)
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is None or torch.isnan(current):
+            return False
+        if self.best_model_score is None:
+            improved = True
+        else:
+            op = torch.lt if self.mode == "min" else torch.gt
+            improved = bool(op(current, self.best_model_score.to(current.device)))
+        return trainer.strategy.reduce_boolean_decision(improved)
+
+
+def build_checkpoint_callback(policy: str, dirpath: str | os.PathLike) -> ModelCheckpoint:
+    """``best``: keep only the lowest-val_loss checkpoint; ``each``: keep every improvement.
+
+    Both also keep ``last.ckpt`` for resuming.
+    """
+    common = dict(
+        dirpath=str(dirpath),
+        monitor="val_loss",
+        mode="min",
+        save_last=True,
+        filename="epoch{epoch:03d}-val_loss{val_loss:.4f}",
+        auto_insert_metric_name=False,
+    )
+    if policy == "best":
+        return ModelCheckpoint(save_top_k=1, **common)
+    if policy == "each":
+        return ImprovementCheckpoint(**common)
+    raise NervusInputError(f"checkpoint policy '{policy}' is not one of {list(CHECKPOINT_POLICIES)}.")
+
+
+class LearningCurve(L.Callback):
+    """One row per epoch (``epoch``, ``train_loss``, ``val_loss``, per-label losses and val
+    metrics) in ``learning_curve.csv``, rewritten each epoch; ``learning_curve.png`` at the end."""
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.out_dir = Path(out_dir)
+        self.rows: list[dict[str, float]] = []
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation has already run for this epoch when the training epoch ends.
+        metrics = trainer.callback_metrics
+        if "val_loss" not in metrics:
+            return
+        row = {"epoch": trainer.current_epoch}
+        for key in sorted(metrics):
+            if key.startswith(("train_", "val_")):
+                row[key] = float(metrics[key])
+        self.rows.append(row)
+        write_csv(self.out_dir / "learning_curve.csv", self.frame())
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.rows)
+        first = [c for c in ("epoch", "train_loss", "val_loss") if c in frame.columns]
+        return frame[first + [c for c in frame.columns if c not in first]]
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.rows:
+            plot_learning_curve(self.frame(), self.out_dir / "learning_curve.png")
+
+
+def plot_learning_curve(frame: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for col in ("train_loss", "val_loss"):
+        if col in frame.columns:
+            ax.plot(frame["epoch"], frame[col], marker="o", label=col.replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (sum over labels)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return path

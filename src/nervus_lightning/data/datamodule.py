@@ -1,0 +1,222 @@
+"""``NervusDataModule``: a Nervus CSV turned into Lightning dataloaders.
+
+Owns the datasets of each split, image decoding and transforms (augmentation on the training
+split only) and the weighted sampler. The CSV is read and validated once, when the module is
+built, so every user error surfaces before a model exists. Tabular inputs are passed *raw*: the
+model standardises them with the training statistics held in the schema (and in its checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from nervus_lightning.data.images import check_image_files, read_image
+from nervus_lightning.data.sampling import inverse_frequency_weights
+from nervus_lightning.data.schema import (
+    SPLIT_COLUMN,
+    TEST,
+    TRAIN,
+    VAL,
+    DataSchema,
+    NervusInputError,
+    load_table,
+    targets_array,
+    validate_for_prediction,
+)
+from nervus_lightning.data.transforms import build_eval_transform, build_train_transform
+
+SAMPLERS = ("none", "weighted")
+
+
+class NervusDataset(Dataset):
+    """Cases of one split: image (C, H, W float in [0, 1]), raw tabular inputs, targets per label."""
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        schema: DataSchema,
+        in_channels: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> None:
+        self.frame = frame.reset_index(drop=True)
+        self.in_channels = in_channels
+        self.transform = transform
+        self.image_paths = (
+            self.frame[schema.image_column].tolist() if schema.image_column else None
+        )
+        self.tabular = (
+            torch.as_tensor(self.frame[schema.input_columns].to_numpy(np.float32))
+            if schema.input_columns
+            else None
+        )
+        targets = np.stack([targets_array(self.frame, s) for s in schema.labels], axis=1)
+        self.targets = torch.as_tensor(targets)
+        self.times = None
+        if schema.task == "survival":
+            times = [
+                pd.to_numeric(self.frame[s.period], errors="coerce").to_numpy(np.float32)
+                if s.period in self.frame.columns
+                else np.full(len(self.frame), np.nan, np.float32)
+                for s in schema.labels
+            ]
+            self.times = torch.as_tensor(np.stack(times, axis=1))
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": i, "target": self.targets[i]}
+        if self.image_paths is not None:
+            image = read_image(self.image_paths[i], self.in_channels)
+            item["image"] = self.transform(image) if self.transform else image
+        if self.tabular is not None:
+            item["tabular"] = self.tabular[i]
+        if self.times is not None:
+            item["time"] = self.times[i]
+        return item
+
+
+class NervusDataModule(L.LightningDataModule):
+    """Dataloaders for a Nervus CSV.
+
+    Args:
+        csv: path of the CSV (``uniqID``, ``imgpath``, ``input_*``, ``label_*``, ``split``...).
+        task: ``classification``, ``regression`` or ``survival``.
+        labels: label columns to use (default: every ``label_*`` column).
+        image_size: images are resized to ``image_size`` x ``image_size``.
+        in_channels: 1 (grayscale) or 3; images are converted to it.
+        batch_size, num_workers: as for :class:`torch.utils.data.DataLoader`.
+        use_images, use_tabular: turn an input off even when the CSV has it.
+        augmentation: training-split augmentation preset (see ``data.transforms``).
+        sampler: ``none`` or ``weighted`` (inverse class frequency, training split only).
+        schema: a trained model's schema; given, the CSV is read for prediction (labels optional,
+            classes and statistics taken from the schema instead of fitted).
+        check_images: open every image header before training and report the bad ones.
+    """
+
+    def __init__(
+        self,
+        csv: str | os.PathLike,
+        task: str = "classification",
+        labels: Sequence[str] | None = None,
+        image_size: int = 64,
+        in_channels: int = 1,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        use_images: bool = True,
+        use_tabular: bool = True,
+        augmentation: str = "none",
+        sampler: str = "none",
+        schema: DataSchema | dict | None = None,
+        check_images: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise NervusInputError(f"data.in_channels must be 1 or 3, got {in_channels}.")
+        if sampler not in SAMPLERS:
+            raise NervusInputError(f"sampler '{sampler}' is not one of {list(SAMPLERS)}.")
+        if batch_size < 1:
+            raise NervusInputError(f"data.batch_size must be >= 1, got {batch_size}.")
+        self.csv = Path(csv)
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.sampler = sampler
+        self.pin_memory = pin_memory
+        if schema is None:
+            self.frame, self.schema = load_table(
+                self.csv, task=task, labels=labels, use_images=use_images, use_tabular=use_tabular
+            )
+        else:
+            self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
+            self.frame = validate_for_prediction(self.csv, self.schema)
+        if sampler == "weighted" and self.schema.task == "regression":
+            raise NervusInputError(
+                "sampler=weighted balances classes (or events), but the labels are regression "
+                "targets. Use sampler=none."
+            )
+        if self.schema.image_column and check_images:
+            self._check_images()
+        self.train_transform = build_train_transform(augmentation, image_size)
+        self.eval_transform = build_eval_transform(image_size)
+
+    def _check_images(self) -> None:
+        paths = self.frame[self.schema.image_column].tolist()
+        bad = check_image_files(paths)
+        if bad:
+            rows = {p: i for i, p in enumerate(paths)}
+            listed = "\n".join(
+                f"  CSV line {rows[p] + 2}: {p}: {reason}" for p, reason in bad[:5]
+            )
+            more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise NervusInputError(
+                f"{self.csv}: {len(bad)} image file(s) in column '{self.schema.image_column}' "
+                f"are missing or unreadable:\n{listed}{more}\nFix the paths (relative paths are "
+                "relative to the CSV's folder) or set split=exclude for those cases."
+            )
+
+    # -- splits -------------------------------------------------------------------------------
+    def split_names(self) -> list[str]:
+        """Splits present in the CSV, in a stable order: train, val, test, then external ones."""
+        present = list(dict.fromkeys(self.frame[SPLIT_COLUMN]))
+        order = [s for s in (TRAIN, VAL, TEST) if s in present]
+        return order + sorted(s for s in present if s not in order)
+
+    def split_frame(self, split: str | None = None) -> pd.DataFrame:
+        if split is None:
+            return self.frame
+        return self.frame[self.frame[SPLIT_COLUMN] == split]
+
+    def dataset(self, split: str | None, train: bool = False) -> NervusDataset:
+        transform = self.train_transform if train else self.eval_transform
+        return NervusDataset(self.split_frame(split), self.schema, self.in_channels, transform)
+
+    def _loader(self, dataset: Dataset, shuffle: bool = False, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset(TRAIN, train=True)
+        # A last batch of one case breaks batch normalisation; drop it rather than crash.
+        drop_last = len(ds) % self.batch_size == 1 and len(ds) > self.batch_size
+        if self.sampler == "weighted":
+            codes = ds.targets.numpy()
+            weights = inverse_frequency_weights(codes)
+            sampler = WeightedRandomSampler(
+                torch.as_tensor(weights, dtype=torch.double), len(ds), replacement=True
+            )
+            return self._loader(ds, sampler=sampler, drop_last=drop_last)
+        return self._loader(ds, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        if (self.frame[SPLIT_COLUMN] == VAL).sum() == 0:
+            raise NervusInputError(
+                f"{self.csv}: no validation rows (split == 'val'); they pick the best checkpoint. "
+                "Mark some training cases as val."
+            )
+        return self._loader(self.dataset(VAL))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset(TEST))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every kept case of every split, in CSV order, without augmentation."""
+        return self._loader(self.dataset(None))

@@ -1,0 +1,244 @@
+"""The embedded demo data set: scikit-learn's handwritten digits as small "radiographs" + a table.
+
+This module owns :func:`build_demo_dataset`, which writes, without any download, a Nervus-style
+CSV and its PNG images so that ``python -m nervus_lightning`` runs with no arguments and every
+task (binary and multi-class classification, regression, survival) has a target whose answer
+depends on both the image and the tabular inputs.
+
+Each of the 1,797 digits of :func:`sklearn.datasets.load_digits` (row ``i`` is ``demo_{i:04d}``)
+is upscaled bilinearly from 8 x 8 to 32 x 32 and saved as a grayscale PNG. About a third are
+16-bit PNGs (with an ``sBIT`` chunk of 16) and the others 8-bit, holding the same picture, so the
+16-bit reading path is exercised. Columns:
+
+=================  ==========================================================================
+``uniqID``         ``demo_0000`` ... (the number is the row of ``load_digits``)
+``imgpath``        ``images/demo_0000.png``, **relative to the CSV's folder**: the data module
+                   resolves relative ``imgpath`` values against the directory of the CSV
+``input_age``      float, years, about N(60, 12) clipped to [20, 95]
+``input_sex``      0/1
+``input_marker``   float, N(0, 1); it enters ``label_value``
+``label_parity``   ``even`` / ``odd`` (binary classification of the digit)
+``label_size``     ``small`` (0-3), ``medium`` (4-6), ``large`` (7-9)
+``label_value``    digit + 1.5 * input_marker + N(0, 0.5^2) noise (regression)
+``label_death``    1 = event, 0 = censored
+``period_death``   follow-up time (years) = min(event time, censoring time)
+``split``          ``train`` 60 %, ``val`` 20 %, ``test`` 10 %, ``external`` 10 %
+                   (the external set is half of what a 60/20/20 split would make test),
+                   stratified by digit so that every class is in every split
+``group``          ``site_a`` (about 60 %) / ``site_b``
+=================  ==========================================================================
+
+Survival times follow a proportional-hazards model,
+``h(t) = h0 * exp(0.25 * (digit - 4.5) + 0.4 * (age - 60) / 10)`` with ``h0 = ln 2 / 5`` (a
+median survival of five years at the reference point); censoring times are exponential and
+independent, with the rate chosen so that the expected censored fraction is 30 %.
+
+Everything is drawn from one ``numpy`` generator seeded with ``seed``, so a build is
+reproducible bit for bit. The data set is written into a temporary folder and renamed into
+place, so a crash never leaves half a data set, and a complete existing build is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, PngImagePlugin
+
+__all__ = [
+    "DEMO_CSV_NAME",
+    "DEMO_VERSION",
+    "build_demo_dataset",
+    "default_cache_root",
+]
+
+DEMO_VERSION = 1
+DEMO_CSV_NAME = "demo.csv"
+_INFO_NAME = "build_info.json"
+_IMAGE_SIDE = 32
+_CENSORED_FRACTION = 0.30
+_SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.1, "external": 0.1}
+_SIZE_CLASSES = ("small",) * 4 + ("medium",) * 3 + ("large",) * 3  # indexed by digit
+
+
+def default_cache_root() -> Path:
+    """``$NERVUS_LIGHTNING_CACHE`` if set, else ``~/.cache/nervus_lightning``."""
+    configured = os.environ.get("NERVUS_LIGHTNING_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "nervus_lightning"
+
+
+def build_demo_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Write the demo data set (once) and return the path of its CSV.
+
+    The files go to ``<root>/demo_v1/seed_<seed>/`` (``demo.csv``, ``images/``,
+    ``build_info.json``). A complete earlier build with the same seed is reused as it is; an
+    incomplete one (missing images, other version) is replaced. Several processes may call this
+    at the same time (e.g. one per GPU): each builds privately and the first to finish wins.
+
+    Args:
+        root: cache folder; ``None`` means :func:`default_cache_root`.
+        seed: seed of every random choice (tabular values, targets, splits, 16-bit picks).
+
+    Returns:
+        Path of ``demo.csv``; its ``imgpath`` values are relative to its folder.
+    """
+    base = Path(root) if root is not None else default_cache_root()
+    target = base / f"demo_v{DEMO_VERSION}" / f"seed_{seed}"
+    if _is_complete(target, seed):
+        return target / DEMO_CSV_NAME
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write_dataset(staging, seed)
+        _move_into_place(staging, target, seed)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / DEMO_CSV_NAME
+
+
+def _move_into_place(staging: Path, target: Path, seed: int) -> None:
+    try:
+        os.rename(staging, target)
+        return
+    except OSError:
+        if _is_complete(target, seed):  # another process finished first
+            return
+        if not target.exists():
+            raise
+    stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex}")
+    os.rename(target, stale)
+    try:
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _is_complete(folder: Path, seed: int) -> bool:
+    csv, info = folder / DEMO_CSV_NAME, folder / _INFO_NAME
+    if not (csv.is_file() and info.is_file()):
+        return False
+    try:
+        recorded = json.loads(info.read_text())
+        table = pd.read_csv(csv, usecols=["imgpath"])
+    except (OSError, ValueError):
+        return False
+    if recorded != {"version": DEMO_VERSION, "seed": seed, "rows": len(table)}:
+        return False
+    return all((folder / p).is_file() for p in table["imgpath"])
+
+
+def _write_dataset(folder: Path, seed: int) -> None:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+    digits = load_digits()
+    digit = digits.target.astype(np.int64)
+    n = len(digit)
+    rng = np.random.default_rng(seed)
+
+    age = np.round(np.clip(rng.normal(60.0, 12.0, n), 20.0, 95.0), 1)
+    sex = rng.integers(0, 2, n)
+    marker = np.round(rng.normal(0.0, 1.0, n), 3)
+    value = np.round(digit + 1.5 * marker + rng.normal(0.0, 0.5, n), 3)
+    event, period = _survival_outcome(digit, age, rng)
+    split = _stratified_split(digit, rng)
+    group = np.where(rng.random(n) < 0.6, "site_a", "site_b")
+    sixteen_bit = np.zeros(n, dtype=bool)
+    sixteen_bit[rng.permutation(n)[: n // 3]] = True
+
+    ids = [f"demo_{i:04d}" for i in range(n)]
+    image_dir = folder / "images"
+    image_dir.mkdir()
+    paths = _write_images(digits.images, ids, sixteen_bit, image_dir)
+
+    table = pd.DataFrame(
+        {
+            "uniqID": ids,
+            "imgpath": [p.relative_to(folder).as_posix() for p in paths],
+            "input_age": age,
+            "input_sex": sex,
+            "input_marker": marker,
+            "label_parity": np.where(digit % 2 == 0, "even", "odd"),
+            "label_size": [_SIZE_CLASSES[d] for d in digit],
+            "label_value": value,
+            "label_death": event,
+            "period_death": period,
+            "split": split,
+            "group": group,
+        }
+    )
+    table.to_csv(folder / DEMO_CSV_NAME, index=False)
+    # Written last: its presence, with the CSV, marks the build as complete.
+    (folder / _INFO_NAME).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed, "rows": n}))
+
+
+def _write_images(
+    images: np.ndarray, ids: list[str], sixteen_bit: np.ndarray, image_dir: Path
+) -> list[Path]:
+    # load_digits pixels are counts 0..16; upscale all at once, then store at 8 or 16 bits.
+    small = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)
+    large = torch.nn.functional.interpolate(
+        small, size=(_IMAGE_SIDE, _IMAGE_SIDE), mode="bilinear", align_corners=False
+    )
+    unit = large.squeeze(1).clamp(0.0, 1.0).numpy()
+    sbit16 = PngImagePlugin.PngInfo()
+    sbit16.add(b"sBIT", bytes([16]))
+    paths = []
+    for name, picture, wide in zip(ids, unit, sixteen_bit, strict=True):
+        path = image_dir / f"{name}.png"
+        if wide:
+            pixels = np.rint(picture * 65535.0).astype(np.uint16)
+            Image.fromarray(pixels).save(path, pnginfo=sbit16)
+        else:
+            Image.fromarray(np.rint(picture * 255.0).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _survival_outcome(
+    digit: np.ndarray, age: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Event indicator and follow-up time from the hazard in the module docstring."""
+    baseline = np.log(2.0) / 5.0
+    hazard = baseline * np.exp(0.25 * (digit - 4.5) + 0.4 * (age - 60.0) / 10.0)
+    censoring_rate = _censoring_rate(hazard, _CENSORED_FRACTION)
+    event_time = rng.exponential(1.0 / hazard)
+    censor_time = rng.exponential(1.0 / censoring_rate, len(hazard))
+    event = (event_time <= censor_time).astype(np.int64)
+    period = np.maximum(np.round(np.minimum(event_time, censor_time), 4), 1e-4)
+    return event, period
+
+
+def _censoring_rate(hazard: np.ndarray, fraction: float) -> float:
+    """Exponential censoring rate c with mean(c / (c + hazard)) == fraction, by bisection.
+
+    With exponential event (rate h) and censoring (rate c) times, P(censored) = c / (c + h).
+    """
+    low, high = 1e-8, 1e3
+    for _ in range(200):
+        middle = np.sqrt(low * high)
+        if np.mean(middle / (middle + hazard)) < fraction:
+            low = middle
+        else:
+            high = middle
+    return float(np.sqrt(low * high))
+
+
+def _stratified_split(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    split = np.empty(len(digit), dtype=object)
+    names = list(_SPLIT_FRACTIONS)
+    for value in np.unique(digit):
+        members = rng.permutation(np.flatnonzero(digit == value))
+        bounds = np.round(np.cumsum([_SPLIT_FRACTIONS[s] for s in names]) * len(members))
+        start = 0
+        for name, stop in zip(names, bounds.astype(int), strict=True):
+            split[members[start:stop]] = name
+            start = stop
+    return split.astype(str)

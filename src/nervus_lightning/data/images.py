@@ -1,0 +1,356 @@
+"""Reading image files (radiographs) into float tensors, and checking them before training.
+
+This module owns the step from a file on disk to a ``C x H x W`` float32 tensor in ``[0, 1]``:
+decoding (PNG, JPEG, TIFF and other formats Pillow reads; DICOM when pydicom is installed),
+scaling by the image's true bit depth so 12-bit radiographs stored in 16-bit files keep their
+full contrast, and conversion to the number of channels the model expects. Resizing and
+augmentation are not done here; they live in :mod:`nervus_lightning.data.transforms`.
+
+:func:`check_image_files` lets the data module validate every file of a data set at once, before
+any training starts, so that a bad file is reported with all the others instead of crashing an
+epoch hours later.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "CANDIDATE_BIT_DEPTHS",
+    "ImageReadError",
+    "check_image_files",
+    "read_image",
+]
+
+#: Bit depths tried, smallest first, when a wide (more than 8-bit) image does not declare its own.
+CANDIDATE_BIT_DEPTHS: tuple[int, ...] = (8, 10, 12, 14, 16)
+
+# ITU-R 601-2 luma weights, the ones Pillow uses for its RGB -> "L" conversion.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+# Pillow modes that hold one channel wider than 8 bits; they are scaled by the rule in read_image.
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_EIGHT_BIT_GRAY_MODES = frozenset({"L", "1"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageReadError(ValueError):
+    """An image file is missing or cannot be decoded.
+
+    Attributes:
+        path: the file, as given.
+        reason: what is wrong and what to do about it.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image '{self.path}': {reason}")
+
+    def __reduce__(self):  # keeps the two-argument constructor picklable (DataLoader workers)
+        return (type(self), (self.path, self.reason))
+
+
+def read_image(
+    path: str | os.PathLike, in_channels: int, *, bit_depth: int | None = None
+) -> torch.Tensor:
+    """Read one image file as a float32 tensor of shape ``in_channels x H x W`` in ``[0, 1]``.
+
+    Formats: anything Pillow decodes (PNG, JPEG, TIFF, BMP, ...; only the first frame of a
+    multi-frame file), and DICOM (``.dcm``/``.dicom``, or any file with the ``DICM`` preamble)
+    when pydicom is installed. A JPEG/TIFF EXIF orientation tag is applied.
+
+    Intensity scaling, i.e. which value maps to 1.0:
+
+    * 8-bit images (Pillow modes ``L``, ``P``, ``RGB``, ``RGBA``, ``LA``, ...): 255, always.
+    * Wider integer images (16-bit PNG/TIFF, Pillow modes ``I;16``, ``I;16B``, ``I``):
+      ``2**b - 1`` where ``b`` is, in this order,
+
+      1. ``bit_depth`` when given;
+      2. the significant bits a PNG declares in its ``sBIT`` chunk, if the pixel values fit in
+         them (the PNG standard asks writers to scale values up to 16 bits and record the
+         original depth in ``sBIT``; values larger than ``2**sBIT - 1`` show the file did so,
+         and the full 16 bits are used);
+      3. otherwise the smallest of 8, 10, 12, 14 or 16 bits that holds the image's maximum,
+         so a 12-bit radiograph (maximum <= 4095) is divided by 4095, not 65535.
+
+      Rule 3 looks at one image at a time: a very dark 16-bit image could be taken for 12-bit.
+      When all files of a data set share one depth, pass ``bit_depth`` to make the scaling
+      identical for every file.
+    * Float images (Pillow mode ``F``): used as they are when already within ``[0, 1]``,
+      otherwise scaled like wide integer images.
+    * DICOM: ``RescaleSlope``/``RescaleIntercept`` are applied and the result is scaled by
+      the range that ``BitsStored`` (and ``PixelRepresentation``) allow, so the scaling is the
+      same for every file of a series; ``MONOCHROME1`` is inverted so that bright means dense,
+      as in ``MONOCHROME2``. No VOI LUT / windowing is applied: window CT beforehand if needed.
+
+    Channels: colour images are reduced to one channel with the ITU-R 601-2 luma weights
+    (0.299 R + 0.587 G + 0.114 B, as Pillow's ``L`` conversion); alpha is dropped without
+    compositing. One-channel images are repeated to give three channels.
+
+    Args:
+        path: the image file.
+        in_channels: channels of the returned tensor, 1 or 3.
+        bit_depth: for integer images wider than 8 bits (and float images outside ``[0, 1]``),
+            the number of significant bits (1 to 32). Overrides the rule above; it has no
+            effect on 8-bit images, float images within ``[0, 1]`` or DICOM files.
+
+    Raises:
+        ImageReadError: the file is missing, cannot be decoded, or its values do not fit the
+            scaling (negative values, values above ``bit_depth``).
+        ValueError: ``in_channels`` or ``bit_depth`` is out of range.
+    """
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    if bit_depth is not None and not 1 <= bit_depth <= 32:
+        raise ValueError(f"bit_depth must be between 1 and 32, got {bit_depth}")
+
+    file = Path(path)
+    if not file.is_file():
+        raise ImageReadError(path, _missing_reason(file))
+
+    if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
+        array = _read_dicom(file)
+    else:
+        try:
+            array = _read_with_pillow(file, bit_depth)
+        except UnidentifiedImageError:
+            raise ImageReadError(
+                path,
+                "the file is not an image format that can be read (PNG, JPEG, TIFF, "
+                "DICOM, ...); re-export it, or set its row's split to 'exclude'",
+            ) from None
+
+    image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+    return _to_channels(image, in_channels).contiguous()
+
+
+def check_image_files(
+    paths: Sequence[str | os.PathLike], max_workers: int | None = None
+) -> list[tuple[str, str]]:
+    """Check that every file exists and has a readable image header, in parallel.
+
+    Only the header is read (Pillow's ``Image.open`` without decoding the pixels; DICOM without
+    its pixel data), so ten thousand files take seconds. A file whose header is fine but whose
+    pixel data are truncated is therefore not caught here; :func:`read_image` reports it when
+    it is loaded.
+
+    Args:
+        paths: the files to check.
+        max_workers: threads to use; ``None`` lets :class:`ThreadPoolExecutor` choose.
+
+    Returns:
+        ``(path, reason)`` for each bad file, in the order of ``paths``; empty when all are good.
+    """
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        reasons = list(pool.map(_header_problem, paths))
+    return [(str(p), r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+
+
+def _header_problem(path: str | os.PathLike) -> str | None:
+    file = Path(path)
+    if not file.is_file():
+        return _missing_reason(file)
+    try:
+        if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
+            return _dicom_header_problem(file)
+        with Image.open(file) as img:
+            width, height = img.size
+    except UnidentifiedImageError:
+        return "not an image format that can be read (PNG, JPEG, TIFF, DICOM, ...)"
+    except (OSError, ValueError, SyntaxError) as exc:
+        # Pillow raises SyntaxError for some malformed headers.
+        return f"the image header is damaged ({exc})"
+    if width == 0 or height == 0:
+        return f"the image is empty ({width} x {height} pixels)"
+    return None
+
+
+def _missing_reason(file: Path) -> str:
+    if file.is_dir():
+        return "this is a folder, not an image file; check the image path column"
+    return (
+        "file not found; check the path (relative paths are resolved against the CSV's folder) "
+        "and that the image folder is mounted"
+    )
+
+
+def _read_with_pillow(file: Path, bit_depth: int | None) -> np.ndarray:
+    """Decode with Pillow and return ``H x W`` or ``H x W x 3`` float32 scaled to ``[0, 1]``."""
+    try:
+        with Image.open(file) as img:
+            img.load()
+            if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation tag
+                img = ImageOps.exif_transpose(img)
+            mode = img.mode
+            if mode in _WIDE_GRAY_MODES:
+                values = np.asarray(img).astype(np.float64)
+                declared = _png_significant_bits(file) if mode != "F" else None
+                return (values / _wide_image_scale(file, values, bit_depth, declared, mode)).astype(
+                    np.float32
+                )
+            if mode in _EIGHT_BIT_GRAY_MODES:
+                gray = img.convert("L")
+            elif mode in ("LA", "La"):
+                gray = img.getchannel(0)
+            else:
+                gray = None
+            if gray is not None:
+                return np.asarray(gray, dtype=np.float32) / 255.0
+            return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, ImageReadError):
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(
+            file,
+            f"the image data are damaged or truncated ({exc}); re-export the file, or set its "
+            "row's split to 'exclude'",
+        ) from exc
+
+
+def _wide_image_scale(
+    file: Path, values: np.ndarray, bit_depth: int | None, declared: int | None, mode: str
+) -> float:
+    """The value that maps to 1.0 for an image wider than 8 bits (rule in ``read_image``)."""
+    if values.size == 0:
+        raise ImageReadError(file, "the image has no pixels")
+    low, high = float(values.min()), float(values.max())
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        return 1.0
+    if low < 0:
+        raise ImageReadError(
+            file,
+            f"the image has negative pixel values (minimum {low:g}); convert it to unsigned "
+            "values before training",
+        )
+    if bit_depth is not None:
+        limit = 2.0**bit_depth - 1
+        if high > limit:
+            raise ImageReadError(
+                file,
+                f"its maximum pixel value {high:g} does not fit the bit_depth={bit_depth} given "
+                f"(largest value {limit:g}); give a larger bit_depth",
+            )
+        return limit
+    if declared is not None and high <= 2.0**declared - 1:
+        return 2.0**declared - 1
+    for bits in CANDIDATE_BIT_DEPTHS:
+        if high <= 2.0**bits - 1:
+            return 2.0**bits - 1
+    raise ImageReadError(
+        file,
+        f"its maximum pixel value {high:g} does not fit in 16 bits; pass bit_depth= with the "
+        "number of significant bits of these images",
+    )
+
+
+def _png_significant_bits(file: Path) -> int | None:
+    """The gray depth of a PNG's ``sBIT`` chunk, or None (Pillow does not expose this chunk)."""
+    try:
+        with open(file, "rb") as handle:
+            if handle.read(8) != _PNG_SIGNATURE:
+                return None
+            while True:
+                header = handle.read(8)
+                if len(header) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", header)
+                if kind == b"sBIT":
+                    data = handle.read(length)
+                    return max(data) if data else None
+                if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+                    return None
+                handle.seek(length + 4, os.SEEK_CUR)  # skip the data and the CRC
+    except OSError:
+        return None
+
+
+def _has_dicom_preamble(file: Path) -> bool:
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _import_pydicom(file: Path):
+    try:
+        import pydicom
+    except ImportError:
+        raise ImageReadError(
+            file, "this is a DICOM file; install pydicom (`pip install pydicom`) to read it"
+        ) from None
+    return pydicom
+
+
+def _dicom_header_problem(file: Path) -> str | None:
+    pydicom = _import_pydicom(file)
+    try:
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises several unrelated types for damaged files
+        return f"the DICOM header is damaged ({exc})"
+    if "Rows" not in ds or "Columns" not in ds:
+        return "the DICOM file holds no image (no Rows/Columns); is it a report or a plan?"
+    return None
+
+
+def _read_dicom(file: Path) -> np.ndarray:
+    """Decode a DICOM file as ``H x W`` or ``H x W x 3`` float32 in ``[0, 1]`` (first frame)."""
+    pydicom = _import_pydicom(file)
+    try:
+        ds = pydicom.dcmread(file)
+        pixels = ds.pixel_array
+    except Exception as exc:  # missing pixel data, unsupported compression, damaged file
+        raise ImageReadError(
+            file,
+            f"the DICOM pixel data cannot be decoded ({exc}); for compressed transfer syntaxes "
+            "install pylibjpeg or gdcm, or convert the file to PNG",
+        ) from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if signed:
+        stored_low, stored_high = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    else:
+        stored_low, stored_high = 0.0, 2.0**bits - 1
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        values = pixels.astype(np.float64) * slope + intercept
+        low, high = sorted((stored_low * slope + intercept, stored_high * slope + intercept))
+        scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
+        if photometric == "MONOCHROME1":
+            scaled = 1.0 - scaled
+        return scaled.astype(np.float32)
+    # pydicom converts YBR colour spaces to RGB by default when decoding.
+    if pixels.ndim == 3 and pixels.shape[-1] == 3:
+        return (pixels.astype(np.float64) / stored_high).astype(np.float32)
+    raise ImageReadError(
+        file,
+        f"DICOM photometric interpretation '{photometric}' is not supported; convert the file "
+        "to MONOCHROME2 or RGB",
+    )
+
+
+def _to_channels(image: torch.Tensor, in_channels: int) -> torch.Tensor:
+    channels = image.shape[0]
+    if channels == in_channels:
+        return image
+    if channels == 1:
+        return image.expand(in_channels, -1, -1)
+    weights = torch.tensor(_LUMA_WEIGHTS, dtype=image.dtype).view(3, 1, 1)
+    return (image * weights).sum(dim=0, keepdim=True).clamp_(0.0, 1.0)

@@ -1,0 +1,447 @@
+"""Reading and validating a Nervus CSV, once, at the boundary.
+
+This module owns the CSV contract (see DESIGN.md): which columns are inputs, labels, survival
+times, splits and groups; what counts as bad input; and the *schema* that describes a data set to
+the rest of the library (label kinds, class lists, training statistics). Everything after
+:func:`load_table` may trust its inputs.
+
+Every problem is reported as one :class:`NervusInputError` whose message names the file, the
+column, the CSV line numbers (the header is line 1, the first case line 2) and what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ID_COLUMN = "uniqID"
+IMAGE_COLUMN = "imgpath"
+SPLIT_COLUMN = "split"
+GROUP_COLUMN = "group"
+INPUT_PREFIX = "input_"
+LABEL_PREFIX = "label_"
+PERIOD_PREFIXES = ("period_", "periods_")
+
+TRAIN, VAL, TEST, EXCLUDE = "train", "val", "test", "exclude"
+EXTERNAL = "external"
+TASK_KINDS = ("classification", "regression", "survival")
+MAX_LISTED = 5
+
+
+class NervusInputError(ValueError):
+    """A problem with the user's data or configuration, told in one actionable message."""
+
+
+@dataclass
+class LabelSpec:
+    """One prediction target (one head).
+
+    ``classes`` is the sorted class list of the training split (classification);
+    ``mean``/``std`` are training statistics of a regression target; ``period`` is the time
+    column paired with a survival event label.
+    """
+
+    name: str
+    task: str
+    classes: list[str] | None = None
+    mean: float | None = None
+    std: float | None = None
+    period: str | None = None
+
+    @property
+    def output_dim(self) -> int:
+        if self.task == "classification":
+            assert self.classes is not None
+            return len(self.classes)
+        return 1
+
+
+@dataclass
+class DataSchema:
+    """What a model needs to know about its data; JSON-serialisable via :meth:`to_dict`."""
+
+    labels: list[LabelSpec]
+    input_columns: list[str] = field(default_factory=list)
+    input_mean: list[float] = field(default_factory=list)
+    input_std: list[float] = field(default_factory=list)
+    image_column: str | None = None
+    group_column: str | None = None
+
+    @property
+    def task(self) -> str:
+        return self.labels[0].task
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataSchema:
+        d = dict(d)
+        d["labels"] = [LabelSpec(**lab) for lab in d["labels"]]
+        return cls(**d)
+
+
+def csv_lines(index: Sequence[int] | pd.Index) -> str:
+    """Format row positions as CSV line numbers (header = line 1), listing the first few."""
+    rows = [int(i) + 2 for i in index]
+    shown = ", ".join(str(r) for r in rows[:MAX_LISTED])
+    more = f" and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
+    return f"line{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def is_valid_split(value: str) -> bool:
+    return value in (TRAIN, VAL, TEST, EXCLUDE, EXTERNAL) or value.startswith(EXTERNAL + "_")
+
+
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV as strings (typed per column later) with a clear message when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise NervusInputError(
+            f"CSV file not found: {path}. Check the path given as data.csv "
+            "(relative paths are relative to the directory you ran the command from)."
+        )
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise NervusInputError(
+            f"{path}: cannot be read as a CSV ({err}). Check that it is a comma-separated text file "
+            "with one header line and the same number of fields on every line."
+        ) from err
+    df.columns = [str(c).strip() for c in df.columns]
+    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if dupes:
+        raise NervusInputError(f"{path}: duplicate column names {dupes}; rename them.")
+    for col in df.columns:
+        df[col] = df[col].str.strip()
+    return df.reset_index(drop=True)
+
+
+def period_column_for(label: str, columns: Sequence[str]) -> str | None:
+    """The survival time column paired with ``label_<name>``: ``period_<name>`` or ``periods_<name>``."""
+    name = label[len(LABEL_PREFIX):]
+    found = [p + name for p in PERIOD_PREFIXES if p + name in columns]
+    return found[0] if found else None
+
+
+def _sort_classes(values: Sequence[str]) -> list[str]:
+    """Sorted unique class names: numerically when every name is a number (so 2 < 10), else as text."""
+    uniq = sorted(set(values))
+    try:
+        return sorted(uniq, key=float)
+    except ValueError:
+        return uniq
+
+
+def _numeric(df: pd.DataFrame, col: str, path: Path, rows: pd.Index, what: str) -> pd.Series:
+    """Convert one column to float, failing with the offending lines when values are not numbers."""
+    raw = df.loc[rows, col]
+    num = pd.to_numeric(raw, errors="coerce")
+    bad = raw.notna() & num.isna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in raw[bad].unique()[:3])
+        raise NervusInputError(
+            f"{path}: column '{col}' ({what}) must be numeric but has non-numeric values "
+            f"({examples}) at {csv_lines(raw.index[bad])}. Encode categories as numbers "
+            "(e.g. one-hot 0/1 columns) or fix the values."
+        )
+    return num.astype(float)
+
+
+def _check_no_missing(series: pd.Series, col: str, path: Path, what: str, hint: str) -> None:
+    miss = series.isna()
+    if miss.any():
+        raise NervusInputError(
+            f"{path}: column '{col}' ({what}) has {int(miss.sum())} missing value(s) at "
+            f"{csv_lines(series.index[miss])}. {hint}"
+        )
+
+
+def select_label_columns(
+    df: pd.DataFrame, path: Path, labels: Sequence[str] | None, task: str
+) -> list[str]:
+    if labels:
+        missing = [c for c in labels if c not in df.columns]
+        if missing:
+            raise NervusInputError(
+                f"{path}: label column(s) {missing} named in the config are not in the CSV "
+                f"(its label columns: {[c for c in df.columns if c.startswith(LABEL_PREFIX)]})."
+            )
+        return list(labels)
+    cols = [c for c in df.columns if c.startswith(LABEL_PREFIX)]
+    if not cols:
+        raise NervusInputError(
+            f"{path}: no label column. Name each target column 'label_<name>' "
+            f"(e.g. label_cancer) or list them in data.labels."
+        )
+    return cols
+
+
+def _validate_splits(df: pd.DataFrame, path: Path) -> None:
+    if SPLIT_COLUMN not in df.columns:
+        raise NervusInputError(
+            f"{path}: required column '{SPLIT_COLUMN}' is missing. Add it with one of "
+            "train, val, test, exclude, external or external_<name> per case."
+        )
+    split = df[SPLIT_COLUMN].fillna("")
+    bad = ~split.map(is_valid_split)
+    if bad.any():
+        value = split[bad].iloc[0]
+        close = difflib.get_close_matches(value.lower(), [TRAIN, VAL, TEST, EXCLUDE, EXTERNAL], 1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise NervusInputError(
+            f"{path}: column '{SPLIT_COLUMN}' has invalid value '{value}' at "
+            f"{csv_lines(split.index[split == value])}.{hint} Valid values: train, val, test, "
+            "exclude, external, external_<name>."
+        )
+
+
+def load_table(
+    csv: str | os.PathLike,
+    *,
+    task: str,
+    labels: Sequence[str] | None = None,
+    use_images: bool = True,
+    use_tabular: bool = True,
+    require_train: bool = True,
+) -> tuple[pd.DataFrame, DataSchema]:
+    """Read and validate a Nervus CSV for training; return the kept rows and the fitted schema.
+
+    Excluded rows (``split == exclude``) are dropped. Classes, input and target statistics are
+    computed on the training split only. ``imgpath`` values that are relative are resolved
+    against the CSV's folder.
+    """
+    if task not in TASK_KINDS:
+        raise NervusInputError(f"task '{task}' is not one of {list(TASK_KINDS)}.")
+    path = Path(csv)
+    df = read_csv(path)
+    if ID_COLUMN not in df.columns:
+        raise NervusInputError(f"{path}: required column '{ID_COLUMN}' (one unique id per case) is missing.")
+    _validate_splits(df, path)
+    df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
+    _check_no_missing(df[ID_COLUMN], ID_COLUMN, path, "case id", "Give every case an id.")
+    dup = df[ID_COLUMN].duplicated(keep=False)
+    if dup.any():
+        raise NervusInputError(
+            f"{path}: column '{ID_COLUMN}' must be unique but {df.loc[dup, ID_COLUMN].nunique()} id(s) "
+            f"repeat (e.g. '{df.loc[dup, ID_COLUMN].iloc[0]}') at {csv_lines(df.index[dup])}."
+        )
+    train_rows = df.index[df[SPLIT_COLUMN] == TRAIN]
+    if require_train and len(train_rows) == 0:
+        raise NervusInputError(
+            f"{path}: no training rows (no case has split == 'train'). Mark the training cases."
+        )
+    label_cols = select_label_columns(df, path, labels, task)
+    specs = [
+        _label_spec(df, path, col, task, train_rows)
+        for col in label_cols
+    ]
+    if task != "survival":
+        orphans = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
+        if orphans and labels is None:
+            raise NervusInputError(
+                f"{path}: has survival time column(s) {orphans} but task={task}. "
+                "Use task=survival, or list the labels to use in data.labels."
+            )
+    else:
+        _check_unpaired_periods(df, path, label_cols)
+
+    input_cols = [c for c in df.columns if c.startswith(INPUT_PREFIX)] if use_tabular else []
+    mean, std = _fit_inputs(df, path, input_cols, train_rows)
+    image_col = IMAGE_COLUMN if use_images and IMAGE_COLUMN in df.columns else None
+    if image_col:
+        _check_no_missing(df[image_col], image_col, path, "image path", "Give every case an image.")
+        base = path.parent
+        df[image_col] = [
+            p if os.path.isabs(p) else str(base / p) for p in df[image_col].astype(str)
+        ]
+    if not image_col and not input_cols:
+        raise NervusInputError(
+            f"{path}: no input to learn from: no '{IMAGE_COLUMN}' column (or images turned off "
+            "with model/extractor=none) and no 'input_*' columns (or model/tabular=none)."
+        )
+    group_col = GROUP_COLUMN if GROUP_COLUMN in df.columns else None
+    schema = DataSchema(
+        labels=specs,
+        input_columns=input_cols,
+        input_mean=mean,
+        input_std=std,
+        image_column=image_col,
+        group_column=group_col,
+    )
+    return df, schema
+
+
+def _label_spec(
+    df: pd.DataFrame, path: Path, col: str, task: str, train_rows: pd.Index
+) -> LabelSpec:
+    train = df.loc[train_rows, col]
+    hint = "Fill in the label or set split=exclude for those cases."
+    _check_no_missing(train, col, path, "label, training split", hint)
+    if task == "classification":
+        classes = _sort_classes(train.tolist())
+        if len(classes) < 2:
+            raise NervusInputError(
+                f"{path}: label '{col}' has only one class ({classes[0]!r}) in the training split; "
+                "a classifier needs at least two. Check the split or drop this label."
+            )
+        known = df[col].isna() | df[col].isin(classes)
+        if not known.all():
+            unseen = sorted(df.loc[~known, col].unique())
+            raise NervusInputError(
+                f"{path}: label '{col}' has class(es) {unseen} at {csv_lines(df.index[~known])} "
+                f"that never occur in the training split (classes: {classes}). Add training cases "
+                "of that class or fix the values."
+            )
+        return LabelSpec(name=col, task=task, classes=classes)
+    if task == "regression":
+        values = _numeric(df, col, path, df.index, "regression target")
+        tr = values[train_rows]
+        std = float(tr.std(ddof=0))
+        if not math.isfinite(std) or std == 0.0:
+            raise NervusInputError(
+                f"{path}: regression label '{col}' is constant in the training split; nothing to learn."
+            )
+        return LabelSpec(name=col, task=task, mean=float(tr.mean()), std=std)
+    return _survival_spec(df, path, col, train_rows)
+
+
+def _survival_spec(df: pd.DataFrame, path: Path, col: str, train_rows: pd.Index) -> LabelSpec:
+    period = period_column_for(col, df.columns)
+    if period is None:
+        periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
+        labels = [c for c in df.columns if c.startswith(LABEL_PREFIX)]
+        if len(periods) == 1 and len(labels) == 1:
+            period = periods[0]  # the original Nervus pairs a lone period column with a lone label
+        else:
+            name = col[len(LABEL_PREFIX):]
+            raise NervusInputError(
+                f"{path}: survival label '{col}' has no time column; add 'period_{name}' "
+                "(time to event or censoring, >= 0)."
+            )
+    events = _numeric(df, col, path, df.index, "survival event, 0 = censored, 1 = event")
+    times = _numeric(df, period, path, df.index, "survival time")
+    bad = events.notna() & ~events.isin([0.0, 1.0])
+    if bad.any():
+        raise NervusInputError(
+            f"{path}: survival event column '{col}' must be 0 (censored) or 1 (event) but has "
+            f"{sorted(events[bad].unique())[:3]} at {csv_lines(events.index[bad])}."
+        )
+    has_event = events.notna()
+    _check_no_missing(
+        times[has_event | times.index.isin(train_rows)], period, path, "survival time",
+        "Every case with a known event status needs a time; or set split=exclude.",
+    )
+    neg = times < 0
+    if neg.any():
+        raise NervusInputError(
+            f"{path}: survival time column '{period}' has negative values at "
+            f"{csv_lines(times.index[neg])}. Times must be >= 0."
+        )
+    if events[train_rows].sum() == 0:
+        raise NervusInputError(
+            f"{path}: survival label '{col}' has no events (all 0) in the training split; a Cox "
+            "model cannot learn without events."
+        )
+    return LabelSpec(name=col, task="survival", period=period)
+
+
+def _check_unpaired_periods(df: pd.DataFrame, path: Path, label_cols: Sequence[str]) -> None:
+    paired = {period_column_for(c, df.columns) for c in label_cols}
+    periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
+    if len(periods) == 1 and len(label_cols) == 1:
+        return
+    unpaired = [p for p in periods if p not in paired]
+    if unpaired:
+        raise NervusInputError(
+            f"{path}: time column(s) {unpaired} have no matching event label "
+            f"(expected 'label_<name>' for 'period_<name>'). Add the label or remove the column."
+        )
+
+
+def _fit_inputs(
+    df: pd.DataFrame, path: Path, cols: Sequence[str], train_rows: pd.Index
+) -> tuple[list[float], list[float]]:
+    """Check tabular inputs are numeric and complete; fit the standardiser on the training split."""
+    means, stds = [], []
+    for col in cols:
+        values = _numeric(df, col, path, df.index, "tabular input")
+        _check_no_missing(
+            values, col, path, "tabular input",
+            "Missing inputs are not imputed: fill them in, or set split=exclude for those cases.",
+        )
+        df[col] = values
+        tr = values[train_rows]
+        mean = float(tr.mean()) if len(tr) else 0.0
+        std = float(tr.std(ddof=0)) if len(tr) else 1.0
+        means.append(mean)
+        stds.append(std if std > 0 else 1.0)
+    return means, stds
+
+
+def validate_for_prediction(
+    csv: str | os.PathLike, schema: DataSchema
+) -> pd.DataFrame:
+    """Read a CSV to predict with a trained model's schema: inputs required, labels optional."""
+    path = Path(csv)
+    df = read_csv(path)
+    if ID_COLUMN not in df.columns:
+        raise NervusInputError(f"{path}: required column '{ID_COLUMN}' is missing.")
+    if SPLIT_COLUMN not in df.columns:
+        df[SPLIT_COLUMN] = EXTERNAL
+    _validate_splits(df, path)
+    df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
+    dup = df[ID_COLUMN].duplicated(keep=False)
+    if dup.any():
+        raise NervusInputError(
+            f"{path}: column '{ID_COLUMN}' must be unique; repeats at {csv_lines(df.index[dup])}."
+        )
+    needed = list(schema.input_columns) + ([schema.image_column] if schema.image_column else [])
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise NervusInputError(
+            f"{path}: the model needs column(s) {missing}, which the CSV lacks."
+        )
+    for col in schema.input_columns:
+        df[col] = _numeric(df, col, path, df.index, "tabular input")
+        _check_no_missing(df[col], col, path, "tabular input", "Fill in the values.")
+    if schema.image_column:
+        col = schema.image_column
+        _check_no_missing(df[col], col, path, "image path", "Give every case an image.")
+        df[col] = [p if os.path.isabs(p) else str(path.parent / p) for p in df[col].astype(str)]
+    for spec in schema.labels:
+        if spec.name not in df.columns:
+            continue
+        if spec.task == "classification":
+            known = df[spec.name].isna() | df[spec.name].isin(spec.classes or [])
+            if not known.all():
+                raise NervusInputError(
+                    f"{path}: label '{spec.name}' has class(es) "
+                    f"{sorted(df.loc[~known, spec.name].unique())} at {csv_lines(df.index[~known])} "
+                    f"unknown to the model (classes: {spec.classes})."
+                )
+        else:
+            _numeric(df, spec.name, path, df.index, f"{spec.task} label")
+            if spec.period and spec.period in df.columns:
+                _numeric(df, spec.period, path, df.index, "survival time")
+    return df
+
+
+def targets_array(df: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
+    """Encode one label column for the model: class index (-1 if unknown) or float (NaN if unknown)."""
+    if spec.name not in df.columns:
+        fill = -1 if spec.task == "classification" else np.nan
+        return np.full(len(df), fill, dtype=np.int64 if spec.task == "classification" else np.float32)
+    col = df[spec.name]
+    if spec.task == "classification":
+        lookup = {c: i for i, c in enumerate(spec.classes or [])}
+        return np.array([lookup.get(v, -1) for v in col], dtype=np.int64)
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float32)

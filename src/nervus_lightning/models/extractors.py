@@ -1,0 +1,161 @@
+"""Image feature extractors: any torchvision classification model, classifier removed.
+
+Rules, chosen so that one code path serves every torchvision family:
+
+* The classifier is the **last ``nn.Linear``** registered in the model (``fc`` of ResNets,
+  ``classifier[-1]`` of DenseNet/EfficientNet/ConvNeXt, ``heads.head`` of ViT). Its ``in_features``
+  is the feature size, read before it is replaced by ``nn.Identity`` -- the model is built once.
+* The first convolution (the first ``nn.Conv2d`` registered) is rebuilt for ``in_channels``. For a
+  grayscale input its kernel is the **sum** of the pretrained R, G and B kernels: a 1-channel image
+  ``x`` then produces exactly the activations the RGB network gives for the replicated image
+  ``(x, x, x)``, so the pretrained features keep their scale (a mean would divide them by 3).
+* Pretrained weights are never downloaded: they come from torchvision's cache
+  (``$TORCH_HOME/hub/checkpoints``) or from ``weights_path``; if neither has them the error says
+  which file to put where.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import get_model, get_model_weights, list_models
+
+from nervus_lightning.data.schema import NervusInputError
+
+# ImageNet statistics of torchvision's pretrained weights; grayscale uses their means.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to remove.")
+    return found[-1]
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise ValueError(f"{type(model).__name__} has no nn.Conv2d to adapt to the input channels.")
+
+
+def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
+    """Rebuild the first convolution for ``in_channels`` (sum of RGB kernels for one channel)."""
+    name, conv = _first_conv(model)
+    if conv.in_channels == in_channels:
+        return
+    if conv.in_channels != 3 or in_channels != 1:
+        raise ValueError(f"cannot adapt a {conv.in_channels}-channel conv to {in_channels} channels")
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    _replace(model, name, new)
+
+
+def pretrained_weights_file(name: str) -> tuple[Path, str]:
+    """Where torchvision's cache keeps the default weights of ``name``, and their download URL."""
+    weights = get_model_weights(name).DEFAULT
+    url = weights.url
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return cache, url
+
+
+def load_pretrained(model: nn.Module, name: str, weights_path: str | None) -> None:
+    """Load torchvision's default weights for ``name`` from a local file; never download."""
+    cache, url = pretrained_weights_file(name)
+    path = Path(weights_path) if weights_path else cache
+    if not path.is_file():
+        raise NervusInputError(
+            f"pretrained weights for '{name}' not found at {path}. This tool never downloads at "
+            f"run time: fetch {url} on a machine with internet and put it at {cache} (torchvision's "
+            "cache), or pass model.extractor.weights_path=/path/to/file.pth, or set "
+            "model.extractor.pretrained=false to train from scratch."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+
+
+def build_image_extractor(
+    name: str,
+    in_channels: int = 1,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    image_size: int | None = None,
+) -> tuple[nn.Module, int]:
+    """A torchvision model without its classifier, and its feature size.
+
+    Args:
+        name: any torchvision classification model name (``torchvision.models.list_models``).
+        in_channels: channels of the input images (1 or 3).
+        pretrained: load torchvision's default ImageNet weights (from a local file only).
+        weights_path: explicit weights file (a torchvision state dict) instead of the cache.
+        image_size: input size, needed by vision transformers (``vit_*``), whose position
+            embeddings fix it (224 for the pretrained weights).
+    """
+    available = list_models(module=__import__("torchvision").models)
+    if name not in available:
+        import difflib
+
+        close = difflib.get_close_matches(name, available, 3)
+        raise NervusInputError(
+            f"unknown image extractor '{name}'. Close names: {close}. Any torchvision "
+            "classification model name works (torchvision.models.list_models())."
+        )
+    kwargs = {}
+    if name.startswith("vit_") and image_size:
+        if (pretrained or weights_path) and image_size != 224:
+            raise NervusInputError(
+                f"pretrained {name} needs data.image_size=224 (got {image_size}): its position "
+                "embeddings are fixed to 224x224 inputs."
+            )
+        kwargs["image_size"] = image_size
+    model = get_model(name, weights=None, **kwargs)
+    if pretrained or weights_path:
+        load_pretrained(model, name, weights_path)
+    linear_name, linear = _last_linear(model)
+    features = linear.in_features
+    _replace(model, linear_name, nn.Identity())
+    adapt_first_conv(model, in_channels)
+    return model, features
+
+
+class ImageExtractor(nn.Module):
+    """Normalises [0, 1] images with ImageNet statistics, then runs the backbone."""
+
+    def __init__(self, backbone: nn.Module, out_features: int, in_channels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_features = out_features
+        if in_channels == 1:
+            mean = torch.tensor([sum(IMAGENET_MEAN) / 3])
+            std = torch.tensor([sum(IMAGENET_STD) / 3])
+        else:
+            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std).flatten(1)

@@ -1,0 +1,269 @@
+"""``NervusModule``: a ``NervusNet`` with its task, optimiser, losses and epoch metrics.
+
+Built from a data schema (labels, classes, input statistics) and plain component choices, so it
+works from any Lightning project without Hydra. Its hyper-parameters hold only plain Python
+values and its state only tensors, so ``torch.load(ckpt, weights_only=True)`` reads every
+checkpoint and :meth:`NervusModule.load_from_checkpoint` restores a model that predicts alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from nervus_lightning.data.schema import DataSchema
+from nervus_lightning.models.extractors import ImageExtractor, build_image_extractor
+from nervus_lightning.models.mixers import MIXERS
+from nervus_lightning.models.net import NervusNet
+from nervus_lightning.models.tabular import TabularMLP
+from nervus_lightning.tasks.base import build_task
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "radam": torch.optim.RAdam,
+}
+SCHEDULERS = ("none", "cosine", "plateau")
+EVAL_STAGES = ("val", "test")
+TASK_STATE_KEY = "nervus_task_state"
+
+
+def _options(value: Any, default_name: str | None) -> dict[str, Any]:
+    """Accept a name, a dict of options (with ``name``) or None for a component choice."""
+    if value is None:
+        return {"name": "none"}
+    if isinstance(value, str):
+        return {"name": value}
+    out = dict(value)
+    out.setdefault("name", default_name)
+    return out
+
+
+def _infer_features(module: nn.Module, in_channels: int, image_size: int) -> int:
+    if hasattr(module, "out_features"):
+        return int(module.out_features)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = module(torch.zeros(2, in_channels, image_size, image_size))
+    module.train(was_training)
+    return int(out.flatten(1).shape[1])
+
+
+class NervusModule(L.LightningModule):
+    """Lightning wrapper of a Nervus model.
+
+    Args:
+        schema: the data module's ``schema`` (labels, classes, input columns and statistics).
+        extractor: image extractor: a torchvision model name, a dict ``{name, pretrained,
+            weights_path}``, ``None``/``"none"`` for no image input, or any ``nn.Module`` mapping
+            (B, C, H, W) images to (B, F) features (then pass it again to ``load_from_checkpoint``).
+        tabular: tabular MLP options ``{name: mlp|none, hidden, dropout, norm}``.
+        mixer: fusion options ``{name: concat, hidden, dropout, norm}`` (used with two inputs).
+        task: task options ``{name, ...}`` (e.g. ``loss`` for regression); name defaults to the
+            schema's task.
+        optimizer: ``{name: adam|adamw|sgd|radam, lr, weight_decay, ...}``.
+        scheduler: ``{name: none|cosine|plateau, ...}``.
+        in_channels, image_size: image geometry (used to build and probe the extractor).
+        channels_last: run the image extractor in channels-last memory format.
+        run_config: the resolved run configuration, stored in checkpoints for provenance.
+    """
+
+    def __init__(
+        self,
+        schema: DataSchema | dict,
+        extractor: str | dict | nn.Module | None = "resnet18",
+        tabular: str | dict | None = "mlp",
+        mixer: str | dict | None = "concat",
+        task: str | dict | None = None,
+        optimizer: str | dict | None = "adam",
+        scheduler: str | dict | None = "none",
+        in_channels: int = 1,
+        image_size: int = 64,
+        channels_last: bool = False,
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        schema = schema.to_dict() if isinstance(schema, DataSchema) else dict(schema)
+        custom_extractor = isinstance(extractor, nn.Module)
+        self.save_hyperparameters(ignore=["extractor"] if custom_extractor else None)
+        self.schema = DataSchema.from_dict(schema)
+        self.channels_last = channels_last
+        task_opts = _options(task, self.schema.task)
+        if task_opts["name"] != self.schema.task:
+            raise ValueError(
+                f"task '{task_opts['name']}' does not match the data schema's '{self.schema.task}'"
+            )
+        task_opts = {k: v for k, v in task_opts.items() if k not in ("name", "demo_labels")}
+        self.task = build_task(self.schema.task, self.schema.labels, **task_opts)
+        self.optimizer_options = _options(optimizer, "adam")
+        self.scheduler_options = _options(scheduler, "none")
+        if self.optimizer_options["name"] not in OPTIMIZERS:
+            raise ValueError(f"optimizer '{self.optimizer_options['name']}' not in {list(OPTIMIZERS)}")
+        if self.scheduler_options["name"] not in SCHEDULERS:
+            raise ValueError(f"scheduler '{self.scheduler_options['name']}' not in {SCHEDULERS}")
+        self.net = self._build_net(extractor, tabular, mixer, in_channels, image_size)
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleList(
+                    self.task.make_metrics(j) or nn.Identity() for j in range(len(self.schema.labels))
+                )
+                for stage in EVAL_STAGES
+            }
+        )
+
+    def _build_net(self, extractor, tabular, mixer, in_channels: int, image_size: int) -> NervusNet:
+        image = None
+        if self.schema.image_column:
+            if isinstance(extractor, nn.Module):
+                image = extractor
+                image.out_features = _infer_features(extractor, in_channels, image_size)
+            else:
+                opts = _options(extractor, "resnet18")
+                if opts["name"] == "none":
+                    raise ValueError("the schema has images but extractor is 'none'")
+                backbone, features = build_image_extractor(
+                    opts["name"],
+                    in_channels=in_channels,
+                    pretrained=bool(opts.get("pretrained", False)),
+                    weights_path=opts.get("weights_path"),
+                    image_size=image_size,
+                )
+                image = ImageExtractor(backbone, features, in_channels)
+        table = None
+        if self.schema.input_columns:
+            opts = _options(tabular, "mlp")
+            table = TabularMLP(
+                self.schema.input_mean,
+                self.schema.input_std,
+                hidden=opts.get("hidden", (64, 64)),
+                dropout=opts.get("dropout", 0.1),
+                norm=opts.get("norm", "batch"),
+            )
+        fusion = None
+        if image is not None and table is not None:
+            opts = _options(mixer, "concat")
+            if opts["name"] not in MIXERS:
+                raise ValueError(f"mixer '{opts['name']}' not in {list(MIXERS)}")
+            fusion = MIXERS[opts["name"]](
+                [image.out_features, table.out_features],
+                hidden=opts.get("hidden", (256,)),
+                dropout=opts.get("dropout", 0.1),
+                norm=opts.get("norm", "batch"),
+            )
+        sizes = [spec.output_dim for spec in self.schema.labels]
+        return NervusNet(sizes, image_extractor=image, tabular_extractor=table, mixer=fusion)
+
+    # -- forward ---------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.channels_last and self.net.image_extractor is not None:
+            self.net.image_extractor.to(memory_format=torch.channels_last)
+
+    def forward(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        image = batch.get("image")
+        if image is not None and self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.net(image=image, tabular=batch.get("tabular"))
+
+    def _losses(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
+        return [self.task.loss(out, batch, j) for j, out in enumerate(outputs)]
+
+    def _log_losses(self, stage: str, losses: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+        total = torch.stack(losses).sum()
+        self.log(f"{stage}_loss", total, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size, sync_dist=stage != "train")
+        if len(losses) > 1:
+            for spec, loss in zip(self.schema.labels, losses, strict=True):
+                self.log(f"{stage}_loss_{spec.name}", loss, on_step=False, on_epoch=True,
+                         batch_size=batch_size, sync_dist=stage != "train")
+        return total
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        outputs = self(batch)
+        return self._log_losses("train", self._losses(outputs, batch), len(batch["index"]))
+
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> torch.Tensor:
+        outputs = self(batch)
+        total = self._log_losses(stage, self._losses(outputs, batch), len(batch["index"]))
+        for j, (spec, out) in enumerate(zip(self.schema.labels, outputs, strict=True)):
+            metrics = self.metrics[stage][j]
+            if isinstance(metrics, nn.Identity):
+                continue
+            self.task.update_metrics(metrics, out, batch, j)
+            for name, metric in metrics.items():
+                self.log(f"{stage}_{name}_{spec.name}", metric, on_step=False, on_epoch=True)
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._eval_step("test", batch)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        outputs = self(batch)
+        return {
+            "index": batch["index"].cpu(),
+            "outputs": [self.task.transform_output(o, j).cpu() for j, o in enumerate(outputs)],
+        }
+
+    # -- post-training state (e.g. the survival baseline hazard) ------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TASK_STATE_KEY] = self.task.state_tensors()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.task.load_state_tensors(checkpoint.get(TASK_STATE_KEY, {}))
+
+    def finalize(self, datamodule: Any, *checkpoint_paths: str) -> None:
+        """Fit what the task estimates on the training split after training, and store it in the
+        given checkpoint files so that each one alone is enough to predict."""
+        if not self.task.fits_after_training:
+            return
+        from nervus_lightning.data.schema import TRAIN
+        from nervus_lightning.outputs import atomic_write
+
+        was_training = self.training
+        self.eval()
+        outputs: list[list[torch.Tensor]] = [[] for _ in self.schema.labels]
+        loader = datamodule._loader(datamodule.dataset(TRAIN))
+        with torch.no_grad():
+            for batch in loader:
+                for j, out in enumerate(self(batch)):
+                    outputs[j].append(self.task.transform_output(out, j))
+        self.train(was_training)
+        values = [torch.cat(o).numpy() for o in outputs]
+        self.task.fit_after_training(values, datamodule.split_frame(TRAIN))
+        for path in checkpoint_paths:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt[TASK_STATE_KEY] = self.task.state_tensors()
+            atomic_write(path, lambda tmp, ckpt=ckpt: torch.save(ckpt, tmp))
+
+    def export_schema(self) -> dict[str, Any]:
+        """The schema as JSON for ``schema.json``: labels with what the task fitted after training."""
+        out = self.schema.to_dict()
+        out["group"] = self.schema.group_column
+        for j, label in enumerate(out["labels"]):
+            label.update(self.task.export_label(j))
+        return out
+
+    # -- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        opts = {k: v for k, v in self.optimizer_options.items() if k != "name"}
+        optimizer = OPTIMIZERS[self.optimizer_options["name"]](self.parameters(), **opts)
+        sched = {k: v for k, v in self.scheduler_options.items() if k != "name"}
+        name = self.scheduler_options["name"]
+        if name == "none":
+            return optimizer
+        if name == "cosine":
+            t_max = sched.pop("t_max", None) or max(int(self.trainer.max_epochs or 1), 1)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, **sched)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **sched)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"},
+        }

@@ -1,0 +1,120 @@
+r"""Breslow estimate of the baseline cumulative hazard of a Cox / DeepSurv model.
+
+This module owns turning risk scores (log hazard ratios) into survival probabilities. The
+baseline is fitted once, on the training split, from the trained model's risks:
+
+.. math::
+
+    \hat H_0(t) = \sum_{t_j \le t} \frac{d_j}{\sum_{i: T_i \ge t_j} e^{\eta_i}},
+    \qquad
+    \hat H(t \mid \eta) = \hat H_0(t)\, e^{\eta},
+    \qquad
+    \hat S(t \mid \eta) = \exp\big(-\hat H_0(t)\, e^{\eta}\big),
+
+with :math:`t_j` the distinct training event times and :math:`d_j` the number of events at
+:math:`t_j`. :math:`\hat H_0` is a right-continuous step function: 0 before the first event time,
+and constant after the last one (a prediction beyond the training follow-up is an extrapolation
+the user should not lean on). The risks are used as given, without centring, so ``risk``
+must be on the same scale at fit and prediction time; this matches scikit-survival's
+``CoxPHSurvivalAnalysis`` (``tests/test_survival_metrics.py`` checks the values against it).
+
+For checkpoints, :meth:`BreslowBaseline.to_tensors` / :meth:`BreslowBaseline.from_tensors`
+give plain tensors that ``torch.load(..., weights_only=True)`` can read (no pickle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["BreslowBaseline", "as_numpy"]
+
+
+def as_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray:
+    """A 1-D numpy copy of array-like or (any-device) tensor ``values``."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=dtype).reshape(-1)
+
+
+@dataclass
+class BreslowBaseline:
+    """Baseline cumulative hazard as a step function.
+
+    Attributes:
+        times: distinct training event times, ascending, shape ``(m,)``.
+        cumhaz: :math:`\\hat H_0` at those times (non-decreasing), shape ``(m,)``.
+    """
+
+    times: np.ndarray
+    cumhaz: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.times = np.asarray(self.times, dtype=np.float64).reshape(-1)
+        self.cumhaz = np.asarray(self.cumhaz, dtype=np.float64).reshape(-1)
+        if self.times.shape != self.cumhaz.shape:
+            raise ValueError(
+                f"times and cumhaz must have the same length, got {self.times.shape[0]} "
+                f"and {self.cumhaz.shape[0]}"
+            )
+        if np.any(np.diff(self.times) <= 0):
+            raise ValueError("times must be strictly increasing")
+
+    @classmethod
+    def fit(cls, risk: Any, time: Any, event: Any) -> BreslowBaseline:
+        """Fit the Breslow estimator on training risks, times and events (any array-like)."""
+        risk = as_numpy(risk)
+        time = as_numpy(time)
+        event = as_numpy(event, dtype=np.float64) != 0
+        if not (risk.shape == time.shape == event.shape):
+            raise ValueError(
+                f"risk, time and event must have the same length, got {risk.shape[0]}, "
+                f"{time.shape[0]}, {event.shape[0]}"
+            )
+        if not event.any():
+            raise ValueError("cannot fit a baseline hazard without any event")
+
+        order = np.argsort(time, kind="stable")
+        time, risk, event = time[order], risk[order], event[order]
+        # log sum_{k >= i} exp(risk_k), computed from the end without overflow.
+        log_tail = np.logaddexp.accumulate(risk[::-1])[::-1]
+        event_times, n_events = np.unique(time[event], return_counts=True)
+        # Risk set of t_j: every subject with T >= t_j, i.e. from the first sorted position of t_j.
+        start = np.searchsorted(time, event_times, side="left")
+        increments = n_events * np.exp(-log_tail[start])
+        return cls(times=event_times, cumhaz=np.cumsum(increments))
+
+    def baseline_cumulative_hazard(self, times: Any) -> np.ndarray:
+        """:math:`\\hat H_0` at ``times`` (right-continuous step function), shape ``(k,)``."""
+        times = as_numpy(times)
+        index = np.searchsorted(self.times, times, side="right") - 1
+        padded = np.concatenate(([0.0], self.cumhaz))
+        return padded[index + 1]
+
+    def cumulative_hazard(self, risk: Any, times: Any) -> np.ndarray:
+        """:math:`\\hat H_0(t) e^{\\eta}` for every subject and time, shape ``(n, len(times))``."""
+        risk = as_numpy(risk)
+        h0 = self.baseline_cumulative_hazard(times)
+        # In log space so that exp(risk) cannot overflow into inf * 0 = NaN; a true overflow
+        # (huge risk, H0 > 0) is an infinite hazard, i.e. survival 0.
+        with np.errstate(divide="ignore", over="ignore"):
+            return np.exp(np.log(h0)[None, :] + risk[:, None])
+
+    def survival(self, risk: Any, times: Any) -> np.ndarray:
+        """:math:`\\exp(-\\hat H_0(t) e^{\\eta})`, shape ``(n, len(times))``."""
+        return np.exp(-self.cumulative_hazard(risk, times))
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Float64 tensors ``times`` and ``cumhaz`` for a checkpoint (``weights_only`` safe)."""
+        return {
+            "times": torch.from_numpy(self.times.copy()),
+            "cumhaz": torch.from_numpy(self.cumhaz.copy()),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> BreslowBaseline:
+        """Inverse of :meth:`to_tensors`."""
+        return cls(times=as_numpy(tensors["times"]), cumhaz=as_numpy(tensors["cumhaz"]))

@@ -1,0 +1,300 @@
+"""Survival metrics of one evaluated split, as thin wrappers around scikit-survival.
+
+This module owns *which* scikit-survival statistics are reported for a survival label, on which
+times, and when a statistic cannot be computed. It computes no statistic itself.
+
+Reported keys (:func:`survival_metrics`), in this order:
+
+``c_index``
+    Harrell's concordance index (``concordance_index_censored``) of the risk scores.
+``c_index_uno``
+    Uno's IPCW concordance index (``concordance_index_ipcw``), censoring distribution estimated
+    by Kaplan-Meier on the *training* split, truncated at ``tau`` (:func:`uno_truncation_time`:
+    the 90th percentile of training follow-up times, capped at the evaluated set's largest
+    time). Only pairs whose earlier time is below ``tau`` count, which keeps the censoring
+    weights away from the unstable tail.
+``td_auc_t<time>``
+    Cumulative/dynamic time-dependent AUC (``cumulative_dynamic_auc``) at each evaluation time,
+    one key per requested time (names from :func:`format_time`), so every split has the same
+    columns.
+``td_auc_mean``
+    scikit-survival's survival-weighted mean of the AUCs over the evaluation times that could be
+    computed for this split.
+``ibs``
+    Integrated Brier score (``integrated_brier_score``) of the survival probabilities given by
+    the Breslow baseline, on :func:`ibs_time_grid`: evenly spaced times between the 10th and
+    90th percentiles of the *training* follow-up times, kept where they lie inside the evaluated
+    set's follow-up (so val/test/external scores cover the same period where possible).
+``logrank_p``
+    p-value of the log-rank test (``compare_survival``) across the risk groups defined by the
+    training cut-points (:func:`risk_group_cutpoints`, :func:`assign_risk_groups`).
+
+Times outside the evaluable range: scikit-survival raises for evaluation times outside
+``[min, max)`` of the evaluated set's times, and its censoring weights need times inside the
+training follow-up. Such evaluation times are dropped (their key is ``None``) instead of raising.
+Subjects of the evaluated set followed *beyond* the last time a metric looks at are
+administratively censored just after it before calling scikit-survival (event set to 0, time
+capped at the largest training time). This changes no value that scikit-survival could already
+compute (those subjects count only as "still event-free" there), but lets an external set with
+longer follow-up than the training set be scored instead of raising.
+
+A metric that cannot be computed (no event in the split, one risk group only, no comparable
+pair, no evaluation time inside the follow-up, ...) is ``None``. Pass a dict as ``reasons`` to
+:func:`survival_metrics` to receive, for every ``None``, a one-line explanation keyed like the
+metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sksurv.compare import compare_survival
+from sksurv.exceptions import NoComparablePairException
+from sksurv.metrics import (
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+)
+from sksurv.util import Surv
+
+from nervus_lightning.survival.baseline import BreslowBaseline, as_numpy
+
+__all__ = [
+    "assign_risk_groups",
+    "default_eval_times",
+    "format_time",
+    "ibs_time_grid",
+    "risk_group_cutpoints",
+    "survival_metrics",
+    "td_auc_key",
+    "uno_truncation_time",
+]
+
+EVAL_PERCENTILES = (25.0, 50.0, 75.0)
+UNO_TAU_PERCENTILE = 90.0
+IBS_PERCENTILES = (10.0, 90.0)
+
+
+def format_time(t: float) -> str:
+    """A time as it appears in metric names: ``365 -> "365"``, ``2.5 -> "2.5"``.
+
+    Positional notation, at most 4 decimals, no trailing zeros or trailing dot.
+    """
+    return np.format_float_positional(float(t), precision=4, unique=True, trim="-")
+
+
+def td_auc_key(t: float) -> str:
+    """Metric name of the time-dependent AUC at time ``t``, e.g. ``td_auc_t365``."""
+    return f"td_auc_t{format_time(t)}"
+
+
+def default_eval_times(train_time: Any, train_event: Any) -> np.ndarray:
+    """25th, 50th and 75th percentiles of the training *event* times (linear interpolation).
+
+    Duplicates (many ties) are removed, so the result may hold fewer than three times.
+    """
+    time = as_numpy(train_time)
+    event = as_numpy(train_event) != 0
+    if not event.any():
+        raise ValueError("the training split has no event: cannot choose evaluation times")
+    return np.unique(np.percentile(time[event], EVAL_PERCENTILES))
+
+
+def risk_group_cutpoints(train_risk: Any, n_groups: int = 2) -> np.ndarray:
+    """Cut-points splitting the *training* risks into ``n_groups`` equally sized groups.
+
+    Returns the ``k / n_groups`` quantiles for ``k = 1 .. n_groups - 1`` (the median for two
+    groups). Fitting them on the training split keeps val/test groups free of test information.
+    """
+    if n_groups < 2:
+        raise ValueError(f"n_groups must be at least 2, got {n_groups}")
+    risk = as_numpy(train_risk)
+    return np.quantile(risk, np.arange(1, n_groups) / n_groups)
+
+
+def assign_risk_groups(risk: Any, cutpoints: Any) -> np.ndarray:
+    """Risk group of each subject: 0 = lowest risk; a risk equal to a cut-point goes below it."""
+    return np.searchsorted(as_numpy(cutpoints), as_numpy(risk), side="left")
+
+
+def uno_truncation_time(train_time: Any, time: Any) -> float:
+    """``tau`` of Uno's C: 90th percentile of training times, capped at the evaluated maximum."""
+    return float(min(np.percentile(as_numpy(train_time), UNO_TAU_PERCENTILE), as_numpy(time).max()))
+
+
+def _inside_followup(times: np.ndarray, train_time: np.ndarray, time: np.ndarray) -> np.ndarray:
+    # scikit-survival needs min(time) <= t < max(time); IPCW needs t below the training maximum.
+    return (times >= time.min()) & (times < time.max()) & (times < train_time.max())
+
+
+def ibs_time_grid(train_time: Any, time: Any, n_points: int = 50) -> np.ndarray:
+    """Times for the integrated Brier score (see module docstring); may hold < 2 times."""
+    train_time = as_numpy(train_time)
+    time = as_numpy(time)
+    low, high = np.percentile(train_time, IBS_PERCENTILES)
+    grid = np.unique(np.linspace(low, high, n_points))
+    return grid[_inside_followup(grid, train_time, time)]
+
+
+def _censor_after(
+    time: np.ndarray, event: np.ndarray, horizon: float, cap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Administrative censoring just after ``horizon`` (see module docstring)."""
+    beyond = time > horizon
+    return np.where(beyond, np.minimum(time, cap), time), event & ~beyond
+
+
+def survival_metrics(
+    train_time: Any,
+    train_event: Any,
+    time: Any,
+    event: Any,
+    risk: Any,
+    baseline: BreslowBaseline,
+    eval_times: Sequence[float] | np.ndarray,
+    risk_cutpoints: Any,
+    *,
+    reasons: dict[str, str] | None = None,
+    tau: float | None = None,
+    ibs_points: int = 50,
+) -> dict[str, float | None]:
+    """All survival metrics of one evaluated split (keys and choices: module docstring).
+
+    Args:
+        train_time, train_event: training split follow-up (censoring distribution, time grids).
+        time, event: the evaluated split's times and event indicators (bool or 0/1).
+        risk: the evaluated split's risk scores (log hazard ratios; higher = worse).
+        baseline: Breslow baseline fitted on the training split (survival probabilities).
+        eval_times: times of the time-dependent AUCs (e.g. :func:`default_eval_times`).
+        risk_cutpoints: training cut-points for the log-rank test (:func:`risk_group_cutpoints`).
+        reasons: if a dict is given, it receives ``metric -> why`` for every ``None`` value.
+        tau: truncation time of Uno's C; ``None`` uses :func:`uno_truncation_time`.
+        ibs_points: number of times of the integrated Brier score grid.
+
+    Returns:
+        ``{name: float or None}`` with the keys listed in the module docstring.
+    """
+    train_time = as_numpy(train_time)
+    train_event = as_numpy(train_event) != 0
+    time = as_numpy(time)
+    event = as_numpy(event) != 0
+    risk = as_numpy(risk)
+    eval_times = as_numpy(eval_times)
+    if not (time.shape == event.shape == risk.shape):
+        raise ValueError(
+            f"time, event and risk must have the same length, got {time.shape[0]}, "
+            f"{event.shape[0]}, {risk.shape[0]}"
+        )
+    if train_time.shape != train_event.shape:
+        raise ValueError("train_time and train_event must have the same length")
+
+    why: dict[str, str] = {}
+    results: dict[str, float | None] = {}
+    auc_keys = [td_auc_key(t) for t in eval_times]
+    keys = ["c_index", "c_index_uno", *auc_keys, "td_auc_mean", "ibs", "logrank_p"]
+
+    general = None
+    if time.shape[0] < 2:
+        general = f"the evaluated split has {time.shape[0]} subject(s); at least 2 are needed"
+    elif not event.any():
+        general = "the evaluated split has no event"
+    if general is not None:
+        for key in keys:
+            results[key] = None
+            why[key] = general
+        if reasons is not None:
+            reasons.update(why)
+        return results
+
+    survival_train = Surv.from_arrays(event=train_event, time=train_time)
+    survival_test = Surv.from_arrays(event=event, time=time)
+
+    # Harrell's C.
+    try:
+        results["c_index"] = float(concordance_index_censored(event, time, risk)[0])
+    except NoComparablePairException:
+        results["c_index"] = None
+        why["c_index"] = "no comparable pair (no event before another subject's time)"
+
+    # Uno's C.
+    tau_used = uno_truncation_time(train_time, time) if tau is None else float(tau)
+    results["c_index_uno"] = None
+    if tau_used >= train_time.max():
+        why["c_index_uno"] = (
+            f"tau={format_time(tau_used)} is not below the largest training time "
+            f"{format_time(train_time.max())}"
+        )
+    elif not (event & (time < tau_used)).any():
+        why["c_index_uno"] = f"no event before tau={format_time(tau_used)}"
+    else:
+        try:
+            results["c_index_uno"] = float(
+                concordance_index_ipcw(survival_train, survival_test, risk, tau=tau_used)[0]
+            )
+        except NoComparablePairException:
+            why["c_index_uno"] = f"no comparable pair before tau={format_time(tau_used)}"
+
+    # Time-dependent AUC at each evaluation time.
+    inside = _inside_followup(eval_times, train_time, time)
+    has_case = np.array([(event & (time <= t)).any() for t in eval_times], dtype=bool)
+    valid = inside & has_case
+    for t, key, ok_range, ok_case in zip(eval_times, auc_keys, inside, has_case, strict=True):
+        results[key] = None
+        if not ok_range:
+            why[key] = (
+                f"time {format_time(t)} is outside the evaluable follow-up "
+                f"[{format_time(time.min())}, {format_time(min(time.max(), train_time.max()))})"
+            )
+        elif not ok_case:
+            why[key] = f"no event up to time {format_time(t)}"
+    results["td_auc_mean"] = None
+    if valid.any():
+        auc_times = np.unique(eval_times[valid])
+        auc_time, auc_event = _censor_after(time, event, auc_times.max(), train_time.max())
+        auc, mean_auc = cumulative_dynamic_auc(
+            survival_train, Surv.from_arrays(event=auc_event, time=auc_time), risk, auc_times
+        )
+        by_time = dict(zip(auc_times.tolist(), np.atleast_1d(auc).tolist(), strict=True))
+        for t, key, ok in zip(eval_times, auc_keys, valid, strict=True):
+            if ok:
+                results[key] = float(by_time[float(t)])
+        results["td_auc_mean"] = float(mean_auc)
+    else:
+        why["td_auc_mean"] = "no evaluation time could be scored"
+
+    # Integrated Brier score.
+    grid = ibs_time_grid(train_time, time, ibs_points)
+    results["ibs"] = None
+    if grid.shape[0] < 2:
+        why["ibs"] = (
+            "fewer than 2 grid times between the 10th and 90th percentiles of the training "
+            "times lie inside the evaluated follow-up"
+        )
+    else:
+        ibs_time, ibs_event = _censor_after(time, event, grid.max(), train_time.max())
+        results["ibs"] = float(
+            integrated_brier_score(
+                survival_train,
+                Surv.from_arrays(event=ibs_event, time=ibs_time),
+                baseline.survival(risk, grid),
+                grid,
+            )
+        )
+
+    # Log-rank test across training-defined risk groups.
+    groups = assign_risk_groups(risk, risk_cutpoints)
+    results["logrank_p"] = None
+    if np.unique(groups).shape[0] < 2:
+        why["logrank_p"] = "all subjects fall into one risk group"
+    else:
+        try:
+            results["logrank_p"] = float(compare_survival(survival_test, groups)[1])
+        except np.linalg.LinAlgError:
+            why["logrank_p"] = "log-rank covariance is singular (too few events per group)"
+
+    if reasons is not None:
+        reasons.update(why)
+    return {key: results[key] for key in keys}

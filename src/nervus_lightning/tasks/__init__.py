@@ -1,0 +1,7 @@
+"""Task kinds; importing this package registers each in ``TASKS``."""
+
+from nervus_lightning.tasks.base import TASKS, Task, build_task
+from nervus_lightning.tasks.classification import ClassificationTask
+from nervus_lightning.tasks.regression import RegressionTask
+
+__all__ = ["TASKS", "Task", "build_task", "ClassificationTask", "RegressionTask"]

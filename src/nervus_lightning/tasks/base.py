@@ -1,0 +1,92 @@
+"""What a label *means*: its loss, output activation, epoch metrics and prediction columns.
+
+One subclass per task kind, chosen once through :data:`TASKS`; no ``if task == ...`` elsewhere.
+A task sees the network's raw output for one label (``(B, head_size)``) and the batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torchmetrics import MetricCollection
+
+from nervus_lightning.data.schema import LabelSpec
+
+TASKS: dict[str, type[Task]] = {}
+
+
+class Task(ABC):
+    """Behaviour shared by all labels of one task kind."""
+
+    kind: ClassVar[str]
+    #: Metric (name in ``metrics.json``) that sweeps and summaries read first.
+    primary_metric: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "kind", None):
+            TASKS[cls.kind] = cls
+
+    def __init__(self, labels: list[LabelSpec], **options: Any) -> None:
+        self.labels = labels
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
+        """Loss of label ``j`` on this batch (cases with an unknown target are ignored)."""
+
+    @abstractmethod
+    def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
+        """Raw head output -> what users see (probabilities, original units, log hazard)."""
+
+    def make_metrics(self, j: int) -> MetricCollection | None:
+        """torchmetrics logged per epoch for label ``j`` (None for none)."""
+        return None
+
+    def update_metrics(
+        self, metrics: MetricCollection, output: torch.Tensor, batch: dict[str, Any], j: int
+    ) -> None:
+        raise NotImplementedError
+
+    @abstractmethod
+    def prediction_columns(self, values: np.ndarray, j: int) -> dict[str, Any]:
+        """Columns of ``predictions.csv`` for label ``j`` from ``transform_output`` values."""
+
+    #: True when the task fits something on the training split after training (a survival
+    #: baseline hazard); see :meth:`fit_after_training`.
+    fits_after_training: ClassVar[bool] = False
+
+    def fit_after_training(self, outputs: list[np.ndarray], frame: pd.DataFrame) -> None:
+        """Fit post-training state from the training split's transformed outputs."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Post-training state as a flat dict of tensors (stored in checkpoints)."""
+        return {}
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned."""
+
+    def export_label(self, j: int) -> dict[str, Any]:
+        """Extra JSON for label ``j`` in ``schema.json`` (e.g. a survival baseline)."""
+        return {}
+
+    @abstractmethod
+    def split_metrics(self, frame: pd.DataFrame, j: int) -> dict[str, float | None]:
+        """Point metrics of label ``j`` on the rows of one split of ``predictions.csv``."""
+
+
+def zero_loss(output: torch.Tensor) -> torch.Tensor:
+    """A zero that keeps the graph (no NaN, zero gradient) for batches with nothing to learn."""
+    return output.sum() * 0.0
+
+
+def build_task(kind: str, labels: list[LabelSpec], **options: Any) -> Task:
+    # Importing the package registers every task kind.
+    import nervus_lightning.tasks  # noqa: F401
+
+    if kind not in TASKS:
+        raise ValueError(f"unknown task '{kind}'; choose one of {sorted(TASKS)}")
+    return TASKS[kind](labels, **options)

@@ -1,0 +1,101 @@
+"""The training recipe: data -> model -> callbacks -> trainer -> fit -> test -> outputs.
+
+``train(cfg)`` takes a composed config (Hydra's or any OmegaConf node of the same shape) and
+returns the validation objective (best ``val_loss``) so sweepers can minimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from nervus_lightning.callbacks import LearningCurve, build_checkpoint_callback
+from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.data.demo import build_demo_dataset
+from nervus_lightning.data.schema import TEST, DataSchema
+from nervus_lightning.module import NervusModule
+from nervus_lightning.outputs import write_json, write_predictions_and_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_datamodule(cfg: DictConfig) -> NervusDataModule:
+    data = cfg.data
+    labels = _plain(data.get("labels"))
+    csv = data.get("csv")
+    if not csv:
+        csv = build_demo_dataset(data.get("demo_root"))
+        labels = labels or _plain(cfg.task.get("demo_labels"))
+    return NervusDataModule(
+        csv,
+        task=cfg.task.name,
+        labels=labels,
+        image_size=data.image_size,
+        in_channels=data.in_channels,
+        batch_size=data.batch_size,
+        num_workers=data.num_workers,
+        use_images=cfg.model.extractor.name != "none",
+        use_tabular=cfg.model.tabular.name != "none",
+        augmentation=cfg.augmentation.name,
+        sampler=cfg.sampler.name,
+    )
+
+
+def build_module(cfg: DictConfig, schema: DataSchema) -> NervusModule:
+    return NervusModule(
+        schema,
+        extractor=_plain(cfg.model.extractor),
+        tabular=_plain(cfg.model.tabular),
+        mixer=_plain(cfg.model.mixer),
+        task=_plain(cfg.task),
+        optimizer=_plain(cfg.optimizer),
+        scheduler=_plain(cfg.scheduler),
+        in_channels=cfg.data.in_channels,
+        image_size=cfg.data.image_size,
+        channels_last=bool(cfg.model.get("channels_last", False)),
+        run_config=_plain(cfg),
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Fit, test with the best checkpoint, and write every output into ``run_dir``."""
+    run_dir = Path(run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule.schema)
+
+    checkpoint = build_checkpoint_callback(cfg.checkpoint.policy, run_dir / "checkpoints")
+    trainer = L.Trainer(
+        **_plain(cfg.trainer),
+        default_root_dir=str(run_dir),
+        callbacks=[checkpoint, LearningCurve(run_dir)],
+        logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best_path = checkpoint.best_model_path
+    if not best_path:
+        raise RuntimeError("training produced no checkpoint (did validation run?)")
+    if (datamodule.frame["split"] == TEST).any():
+        trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
+    if not trainer.is_global_zero:
+        return float(checkpoint.best_model_score)
+
+    best = NervusModule.load_from_checkpoint(best_path, map_location="cpu")
+    best.finalize(datamodule, best_path)
+    _, metrics = write_predictions_and_metrics(best, datamodule, run_dir)
+    objective = float(checkpoint.best_model_score)
+    write_json(
+        run_dir / "summary.json",
+        {"best_checkpoint": best_path, "best_val_loss": objective, "metrics": metrics},
+    )
+    log.info("best checkpoint %s (val_loss %.4f); outputs in %s", best_path, objective, run_dir)
+    return objective
