@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
 
 from nervus_lightning.data.images import ImageReadError, check_image_files, read_image
 
@@ -105,6 +105,18 @@ def test_jpeg_matches_pillow_decoding(tmp_path):
     decoded = np.asarray(Image.open(path), dtype=np.float32) / 255.0
     image = read_image(path, in_channels=1)
     np.testing.assert_allclose(image[0].numpy(), decoded, rtol=0, atol=1e-7)
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    picture = Image.fromarray(_ramp(4, 6, 240, np.uint8))
+    exif = picture.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "rotated.jpg"
+    picture.save(path, exif=exif, quality=100)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)), dtype=np.float32) / 255
+    image = read_image(path, in_channels=1)
+    assert image.shape == (1, 6, 4)
+    np.testing.assert_allclose(image[0].numpy(), expected, atol=1e-7)
 
 
 def test_rgb_to_one_channel_uses_pillow_luma(tmp_path):

@@ -50,7 +50,9 @@ def test_log_likelihood_matches_sksurv_at_mle_and_elsewhere(data, ties):
     for coef in (model.coef_, rng.normal(scale=0.5, size=x.shape[1])):
         expected = _sksurv_log_likelihood(x, time, event, coef, ties)
         risk = torch.from_numpy(x @ coef)
-        got = cox_partial_log_likelihood(risk, torch.from_numpy(time), torch.from_numpy(event), ties)
+        got = cox_partial_log_likelihood(
+            risk, torch.from_numpy(time), torch.from_numpy(event), ties
+        )
         assert got.item() == pytest.approx(expected, rel=1e-5)
         loss = cox_loss(risk, torch.from_numpy(time), torch.from_numpy(event), ties)
         assert loss.item() == pytest.approx(-expected / event.sum(), rel=1e-5)
@@ -73,7 +75,9 @@ def test_gradient_matches_sksurv(data, ties):
 
     # At the maximum likelihood estimate the gradient vanishes.
     coef = torch.tensor(model.coef_, requires_grad=True)
-    cox_loss(torch.from_numpy(x) @ coef, torch.from_numpy(time), torch.from_numpy(event), ties).backward()
+    cox_loss(
+        torch.from_numpy(x) @ coef, torch.from_numpy(time), torch.from_numpy(event), ties
+    ).backward()
     assert torch.allclose(coef.grad, torch.zeros_like(coef.grad), atol=1e-6)
 
     # Elsewhere it equals sksurv's analytic gradient (of the loss averaged over samples).
@@ -81,7 +85,9 @@ def test_gradient_matches_sksurv(data, ties):
     optimizer = CoxPHOptimizer(x, event, time, np.zeros(x.shape[1]), ties)
     optimizer.update(w)
     coef = torch.tensor(w, requires_grad=True)
-    cox_loss(torch.from_numpy(x) @ coef, torch.from_numpy(time), torch.from_numpy(event), ties).backward()
+    cox_loss(
+        torch.from_numpy(x) @ coef, torch.from_numpy(time), torch.from_numpy(event), ties
+    ).backward()
     np.testing.assert_allclose(
         coef.grad.numpy() * event.sum() / x.shape[0], optimizer.gradient, rtol=1e-6, atol=1e-10
     )

@@ -51,8 +51,14 @@ def cox():
     model = CoxPHSurvivalAnalysis(ties="efron").fit(x[train], outcome[train])
     risk = x @ model.coef_
     return {
-        "model": model, "x": x, "time": time, "event": event, "y": outcome,
-        "risk": risk, "train": train, "test": test,
+        "model": model,
+        "x": x,
+        "time": time,
+        "event": event,
+        "y": outcome,
+        "risk": risk,
+        "train": train,
+        "test": test,
     }
 
 
@@ -132,7 +138,9 @@ def test_default_eval_times_and_risk_groups(cox):
 
     cut = risk_group_cutpoints(cox["risk"][train])
     np.testing.assert_allclose(cut, [np.median(cox["risk"][train])])
-    np.testing.assert_array_equal(assign_risk_groups([cut[0] - 1, cut[0], cut[0] + 1], cut), [0, 0, 1])
+    np.testing.assert_array_equal(
+        assign_risk_groups([cut[0] - 1, cut[0], cut[0] + 1], cut), [0, 0, 1]
+    )
     cut3 = risk_group_cutpoints(np.arange(9.0), n_groups=3)
     np.testing.assert_allclose(cut3, np.quantile(np.arange(9.0), [1 / 3, 2 / 3]))
     np.testing.assert_array_equal(assign_risk_groups([0.0, 4.0, 8.0], cut3), [0, 1, 2])
@@ -146,8 +154,15 @@ def _metrics(cox, subjects, eval_times, reasons=None):
     time, event, risk = cox["time"], cox["event"], cox["risk"]
     baseline = BreslowBaseline.fit(risk[train], time[train], event[train])
     return survival_metrics(
-        time[train], event[train], time[subjects], event[subjects], risk[subjects],
-        baseline, eval_times, risk_group_cutpoints(risk[train]), reasons=reasons,
+        time[train],
+        event[train],
+        time[subjects],
+        event[subjects],
+        risk[subjects],
+        baseline,
+        eval_times,
+        risk_group_cutpoints(risk[train]),
+        reasons=reasons,
     )
 
 
@@ -159,8 +174,12 @@ def test_metrics_equal_direct_sksurv_calls(cox):
     got = _metrics(cox, test, eval_times, reasons)
     assert reasons == {}
     assert list(got) == [
-        "c_index", "c_index_uno", *[td_auc_key(t) for t in eval_times],
-        "td_auc_mean", "ibs", "logrank_p",
+        "c_index",
+        "c_index_uno",
+        *[td_auc_key(t) for t in eval_times],
+        "td_auc_mean",
+        "ibs",
+        "logrank_p",
     ]
 
     assert got["c_index"] == pytest.approx(
@@ -180,7 +199,9 @@ def test_metrics_equal_direct_sksurv_calls(cox):
     assert grid.shape[0] == 50
     assert grid.min() >= time[test].min() and grid.max() < time[test].max()
     surv = np.array([f(grid) for f in model.predict_survival_function(cox["x"][test])])
-    assert got["ibs"] == pytest.approx(integrated_brier_score(y[train], y[test], surv, grid), rel=1e-9)
+    assert got["ibs"] == pytest.approx(
+        integrated_brier_score(y[train], y[test], surv, grid), rel=1e-9
+    )
 
     groups = risk[test] > np.median(risk[train])
     assert got["logrank_p"] == pytest.approx(compare_survival(y[test], groups)[1], rel=1e-12)
@@ -278,8 +299,9 @@ def test_plots_write_valid_png(cox, tmp_path):
     groups = assign_risk_groups(risk, cut)
     km = plot_km_risk_groups(time, event, groups, tmp_path / "km" / "km.png", title="whas500")
     _assert_png(km)
-    single = plot_km_risk_groups(time, event, np.zeros_like(groups), tmp_path / "one.png",
-                                 group_names=["all"])
+    single = plot_km_risk_groups(
+        time, event, np.zeros_like(groups), tmp_path / "one.png", group_names=["all"]
+    )
     _assert_png(single)
     auc = plot_td_auc([100.0, 300.0, 700.0], [0.7, 0.75, 0.8], 0.76, tmp_path / "auc.png")
     _assert_png(auc)

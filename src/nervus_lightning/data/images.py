@@ -67,7 +67,7 @@ def read_image(
 
     Formats: anything Pillow decodes (PNG, JPEG, TIFF, BMP, ...; only the first frame of a
     multi-frame file), and DICOM (``.dcm``/``.dicom``, or any file with the ``DICM`` preamble)
-    when pydicom is installed. A JPEG/TIFF EXIF orientation tag is applied.
+    when pydicom is installed. A JPEG's EXIF orientation tag is applied.
 
     Intensity scaling, i.e. which value maps to 1.0:
 
@@ -190,7 +190,9 @@ def _read_with_pillow(file: Path, bit_depth: int | None) -> np.ndarray:
     try:
         with Image.open(file) as img:
             img.load()
-            if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation tag
+            # Cameras and phones store JPEGs unrotated with an EXIF orientation tag. (Pillow's TIFF
+            # reader handles its own orientation tag, so TIFFs are left alone.)
+            if img.format in ("JPEG", "MPO") and img.getexif().get(0x0112, 1) != 1:
                 img = ImageOps.exif_transpose(img)
             mode = img.mode
             if mode in _WIDE_GRAY_MODES:
@@ -295,7 +297,10 @@ def _import_pydicom(file: Path):
 
 
 def _dicom_header_problem(file: Path) -> str | None:
-    pydicom = _import_pydicom(file)
+    try:
+        pydicom = _import_pydicom(file)
+    except ImageReadError as missing:
+        return missing.reason
     try:
         ds = pydicom.dcmread(file, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises several unrelated types for damaged files

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
 
 from nervus_lightning.evaluation.metrics import ECE_BINS
 
@@ -121,14 +122,17 @@ def bootstrap_distribution(
     if any(a.shape[0] != n for a in arrays):
         raise ValueError("all arrays must have the same number of cases")
     values = []
-    for block in _resample_blocks(n, n_resamples, seed, strata):
-        for idx in block:
-            try:
-                value = metric_fn(*(a[idx] for a in arrays))
-            except ValueError:
-                # scikit-learn raises ValueError where a metric is undefined (one class only).
-                value = None
-            values.append(np.nan if value is None else float(value))
+    with warnings.catch_warnings():
+        # Undefined resamples are counted and reported once, not warned about one by one.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for block in _resample_blocks(n, n_resamples, seed, strata):
+            for idx in block:
+                try:
+                    value = metric_fn(*(a[idx] for a in arrays))
+                except ValueError:
+                    # Older scikit-learn raises where a metric is undefined (one class only).
+                    value = None
+                values.append(np.nan if value is None else float(value))
     return np.asarray(values)
 
 
@@ -144,7 +148,8 @@ def bootstrap_ci(
     """Percentile bootstrap CI of ``metric_fn(*arrays)``, resampling cases (rows) of ``arrays``.
 
     ``metric_fn`` returning ``None``/NaN or raising ``ValueError`` marks the resample as one where
-    the metric is undefined; it is skipped (see the module docstring).
+    the metric is undefined; it is skipped (see the module docstring). scikit-learn's
+    ``UndefinedMetricWarning`` is silenced during the loop for that reason.
     """
     values = bootstrap_distribution(metric_fn, *arrays, n_resamples=n_resamples, seed=seed,
                                     strata=strata)

@@ -14,9 +14,11 @@ baseline is fitted once, on the training split, from the trained model's risks:
 with :math:`t_j` the distinct training event times and :math:`d_j` the number of events at
 :math:`t_j`. :math:`\hat H_0` is a right-continuous step function: 0 before the first event time,
 and constant after the last one (a prediction beyond the training follow-up is an extrapolation
-the user should not lean on). The risks are used as given, without centring, so ``risk``
-must be on the same scale at fit and prediction time; this matches scikit-survival's
-``CoxPHSurvivalAnalysis`` (``tests/test_survival_metrics.py`` checks the values against it).
+the user should not lean on; scikit-survival raises there instead, and before its first
+time point it returns the first step's value rather than 0). The risks are used as given,
+without centring, so ``risk`` must be on the same scale at fit and prediction time; this
+matches scikit-survival's ``CoxPHSurvivalAnalysis`` (``tests/test_survival_metrics.py`` checks
+the values against it).
 
 For checkpoints, :meth:`BreslowBaseline.to_tensors` / :meth:`BreslowBaseline.from_tensors`
 give plain tensors that ``torch.load(..., weights_only=True)`` can read (no pickle).
@@ -34,7 +36,7 @@ __all__ = ["BreslowBaseline", "as_numpy"]
 
 
 def as_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray:
-    """A 1-D numpy copy of array-like or (any-device) tensor ``values``."""
+    """``values`` (array-like, or a tensor on any device) as a 1-D numpy array of ``dtype``."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     return np.asarray(values, dtype=dtype).reshape(-1)
@@ -42,11 +44,11 @@ def as_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray:
 
 @dataclass
 class BreslowBaseline:
-    """Baseline cumulative hazard as a step function.
+    r"""Baseline cumulative hazard as a step function.
 
     Attributes:
         times: distinct training event times, ascending, shape ``(m,)``.
-        cumhaz: :math:`\\hat H_0` at those times (non-decreasing), shape ``(m,)``.
+        cumhaz: :math:`\hat H_0` at those times (non-decreasing), shape ``(m,)``.
     """
 
     times: np.ndarray
@@ -88,14 +90,14 @@ class BreslowBaseline:
         return cls(times=event_times, cumhaz=np.cumsum(increments))
 
     def baseline_cumulative_hazard(self, times: Any) -> np.ndarray:
-        """:math:`\\hat H_0` at ``times`` (right-continuous step function), shape ``(k,)``."""
+        r""":math:`\hat H_0` at ``times`` (right-continuous step function), shape ``(k,)``."""
         times = as_numpy(times)
         index = np.searchsorted(self.times, times, side="right") - 1
         padded = np.concatenate(([0.0], self.cumhaz))
         return padded[index + 1]
 
     def cumulative_hazard(self, risk: Any, times: Any) -> np.ndarray:
-        """:math:`\\hat H_0(t) e^{\\eta}` for every subject and time, shape ``(n, len(times))``."""
+        r""":math:`\hat H_0(t) e^{\eta}` for every subject and time, shape ``(n, len(times))``."""
         risk = as_numpy(risk)
         h0 = self.baseline_cumulative_hazard(times)
         # In log space so that exp(risk) cannot overflow into inf * 0 = NaN; a true overflow
@@ -104,7 +106,7 @@ class BreslowBaseline:
             return np.exp(np.log(h0)[None, :] + risk[:, None])
 
     def survival(self, risk: Any, times: Any) -> np.ndarray:
-        """:math:`\\exp(-\\hat H_0(t) e^{\\eta})`, shape ``(n, len(times))``."""
+        r""":math:`\exp(-\hat H_0(t) e^{\eta})`, shape ``(n, len(times))``."""
         return np.exp(-self.cumulative_hazard(risk, times))
 
     def to_tensors(self) -> dict[str, torch.Tensor]:

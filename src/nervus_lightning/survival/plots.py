@@ -96,7 +96,10 @@ def plot_km_risk_groups(
         else:
             km_time, km_surv = np.array([time[member].max()]), np.array([1.0])
         (line,) = ax.step(
-            np.r_[0.0, km_time], np.r_[1.0, km_surv], where="post", label=f"{name} (n={member.sum()})"
+            np.r_[0.0, km_time],
+            np.r_[1.0, km_surv],
+            where="post",
+            label=f"{name} (n={member.sum()})",
         )
         censored = member & ~event
         if censored.any():

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny Nervus CSVs with real image files, and composed Hydra configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from nervus_lightning.config import config_dir
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """8-bit (uint8) or 16-bit (uint16) grayscale, or RGB (H, W, 3 uint8)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.dtype == np.uint16:
+        Image.fromarray(array.astype(np.uint16)).save(path)  # PIL writes mode I;16
+    else:
+        Image.fromarray(array).save(path)
+
+
+def make_dataset(
+    root: Path,
+    task: str = "classification",
+    n: int = 48,
+    images: bool = True,
+    tabular: bool = True,
+    size: int = 16,
+    bit_depth: int = 8,
+    rgb: bool = False,
+    seed: int = 0,
+    extra_splits: dict[str, int] | None = None,
+    group: bool = False,
+) -> Path:
+    """A small learnable data set: bright images and high ``input_a`` go with class ``yes``."""
+    rng = np.random.default_rng(seed)
+    signal = rng.integers(0, 2, n)
+    rows = []
+    splits = np.array(["train"] * n, dtype=object)
+    splits[n // 2 : n // 2 + n // 4] = "val"
+    splits[n // 2 + n // 4 :] = "test"
+    offset = 0
+    for name, count in (extra_splits or {}).items():
+        splits[offset : offset + count] = name
+        offset += count
+    for i in range(n):
+        row = {"uniqID": f"case{i:03d}"}
+        if images:
+            level = 0.25 + 0.5 * signal[i] + rng.normal(0, 0.05)
+            pixels = np.clip(level + rng.normal(0, 0.1, (size, size)), 0, 1)
+            if bit_depth == 16:
+                arr = (pixels * 65535).astype(np.uint16)
+            else:
+                arr = (pixels * 255).astype(np.uint8)
+            if rgb:
+                arr = np.stack([arr] * 3, axis=-1)
+            rel = f"img/case{i:03d}.png"
+            write_png(root / rel, arr)
+            row["imgpath"] = rel
+        if tabular:
+            row["input_a"] = float(signal[i] + rng.normal(0, 0.3))
+            row["input_b"] = float(rng.normal(50, 10))
+        if task == "classification":
+            row["label_cls"] = "yes" if signal[i] else "no"
+            row["label_three"] = ["x", "y", "z"][(i + signal[i]) % 3]
+        elif task == "regression":
+            row["label_value"] = float(3.0 * signal[i] + rng.normal(0, 0.2))
+        else:
+            hazard = 0.05 * np.exp(1.5 * signal[i])
+            event_time = rng.exponential(1 / hazard)
+            censor = rng.exponential(40)
+            row["label_death"] = int(event_time <= censor)
+            row["period_death"] = float(min(event_time, censor))
+        row["split"] = splits[i]
+        if group:
+            row["group"] = "site_a" if i % 2 else "site_b"
+        rows.append(row)
+    csv = root / "data.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    def _make(**kwargs) -> Path:
+        return make_dataset(tmp_path, **kwargs)
+
+    return _make
+
+
+def compose_config(overrides: list[str]):
+    """The real training config, composed as the command line would."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+FAST = [
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.image_size=16",
+    "data.batch_size=16",
+    "data.num_workers=0",
+]

@@ -1,0 +1,185 @@
+"""CSV validation: every bad input gets one clear NervusInputError before any training."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.data.schema import NervusInputError, load_table
+
+
+def _edit(csv, fn):
+    df = pd.read_csv(csv, dtype=str)
+    df = fn(df)
+    df.to_csv(csv, index=False)
+    return csv
+
+
+def _error(csv, task="classification", **kwargs) -> str:
+    with pytest.raises(NervusInputError) as info:
+        NervusDataModule(csv, task=task, **kwargs)
+    return str(info.value)
+
+
+def test_valid_csv_builds_schema(dataset):
+    csv = dataset(group=True)
+    frame, schema = load_table(csv, task="classification")
+    assert [s.name for s in schema.labels] == ["label_cls", "label_three"]
+    assert schema.labels[0].classes == ["no", "yes"]
+    assert schema.input_columns == ["input_a", "input_b"]
+    assert schema.image_column == "imgpath" and schema.group_column == "group"
+    train = frame[frame.split == "train"]["input_b"].astype(float)
+    assert schema.input_mean[1] == pytest.approx(train.mean())
+    assert schema.input_std[1] == pytest.approx(train.std(ddof=0))
+
+
+def test_scaler_uses_training_rows_only(dataset):
+    csv = _edit(dataset(images=False), lambda d: d.assign(
+        input_b=[1000.0 if s != "train" else float(v) for s, v in zip(d.split, d.input_b)]))
+    frame, schema = load_table(csv, task="classification")
+    assert schema.input_mean[1] < 100
+
+
+def test_missing_file(tmp_path):
+    msg = _error(tmp_path / "nope.csv")
+    assert "nope.csv" in msg and "not found" in msg
+
+
+def test_broken_csv(tmp_path):
+    csv = tmp_path / "broken.csv"
+    csv.write_text('uniqID,label_a,split\n1,"x,train\n2,y,train,extra,fields\n')
+    assert "broken.csv" in _error(csv)
+
+
+def test_missing_required_columns(dataset):
+    csv = dataset()
+    _edit(csv, lambda d: d.drop(columns=["split"]))
+    assert "'split'" in _error(csv)
+    csv = dataset()
+    _edit(csv, lambda d: d.drop(columns=["uniqID"]))
+    assert "'uniqID'" in _error(csv)
+
+
+def test_no_label_column(dataset):
+    csv = _edit(dataset(), lambda d: d.drop(columns=["label_cls", "label_three"]))
+    assert "no label column" in _error(csv)
+
+
+def test_duplicate_ids_name_lines(dataset):
+    csv = _edit(dataset(), lambda d: d.assign(uniqID=["dup"] * 2 + list(d.uniqID[2:])))
+    msg = _error(csv)
+    assert "'dup'" in msg and "lines 2, 3" in msg
+
+
+def test_invalid_split_suggests_closest(dataset):
+    csv = _edit(dataset(), lambda d: d.assign(split=["tarin"] + list(d.split[1:])))
+    msg = _error(csv)
+    assert "'tarin'" in msg and "Did you mean 'train'" in msg and "line 2" in msg
+
+
+def test_external_and_exclude_splits_are_valid(dataset):
+    csv = dataset(extra_splits={"exclude": 2, "external_siteb": 3})
+    dm = NervusDataModule(csv, task="classification")
+    assert "exclude" not in set(dm.frame.split)
+    assert "external_siteb" in dm.split_names()
+
+
+def test_no_training_rows(dataset):
+    csv = _edit(dataset(), lambda d: d.assign(split=["test"] * len(d)))
+    assert "no training rows" in _error(csv)
+
+
+def test_one_class_in_training_split(dataset):
+    csv = _edit(dataset(), lambda d: d.assign(
+        label_cls=["yes" if s == "train" else v for s, v in zip(d.split, d.label_cls)]))
+    msg = _error(csv)
+    assert "label_cls" in msg and "only one class" in msg
+
+
+def test_unseen_class_outside_training(dataset):
+    csv = dataset()
+    df = pd.read_csv(csv, dtype=str)
+    row = df.index[df.split == "test"][0]
+    df.loc[row, "label_cls"] = "maybe"
+    df.to_csv(csv, index=False)
+    msg = _error(csv)
+    assert "'maybe'" in msg and f"line {row + 2}" in msg
+
+
+def test_nan_label_in_training_split(dataset):
+    csv = dataset()
+    df = pd.read_csv(csv, dtype=str)
+    df.loc[3, "label_cls"] = None
+    df.to_csv(csv, index=False)
+    msg = _error(csv)
+    assert "label_cls" in msg and "missing" in msg and "line 5" in msg
+
+
+def test_non_numeric_input(dataset):
+    csv = dataset()
+    df = pd.read_csv(csv, dtype=str)
+    df.loc[[4, 9], "input_a"] = "high"
+    df.to_csv(csv, index=False)
+    msg = _error(csv)
+    assert "input_a" in msg and "'high'" in msg and "lines 6, 11" in msg
+
+
+def test_nan_input(dataset):
+    csv = dataset()
+    df = pd.read_csv(csv, dtype=str)
+    df.loc[7, "input_b"] = None
+    df.to_csv(csv, index=False)
+    msg = _error(csv)
+    assert "input_b" in msg and "line 9" in msg
+
+
+def test_missing_and_corrupt_images_listed_together(dataset, tmp_path):
+    csv = dataset()
+    (tmp_path / "img/case001.png").unlink()
+    (tmp_path / "img/case005.png").write_bytes(b"not an image at all")
+    msg = _error(csv)
+    assert "2 image file(s)" in msg
+    assert "case001.png" in msg and "case005.png" in msg
+    assert re.search(r"CSV line 3: .*case001\.png", msg)
+
+
+def test_images_off_ignores_imgpath(dataset, tmp_path):
+    csv = dataset()
+    (tmp_path / "img/case001.png").unlink()
+    dm = NervusDataModule(csv, task="classification", use_images=False)
+    assert dm.schema.image_column is None
+
+
+def test_no_inputs_at_all(dataset):
+    csv = dataset(images=False)
+    msg = _error(csv, use_tabular=False)
+    assert "no input" in msg
+
+
+def test_regression_target_non_numeric(dataset):
+    csv = _edit(dataset(task="regression"), lambda d: d.assign(
+        label_value=["n/a-ish"] + list(d.label_value[1:])))
+    assert "label_value" in _error(csv, task="regression")
+
+
+def test_bad_config_values(dataset):
+    csv = dataset()
+    assert "in_channels" in _error(csv, in_channels=2)
+    assert "sampler" in _error(csv, sampler="balanced")
+    assert "weighted" in _error(dataset(task="regression"), task="regression", sampler="weighted")
+
+
+def test_classes_sorted_numerically_when_numbers(dataset):
+    csv = _edit(dataset(), lambda d: d.assign(
+        label_three=[["2", "10", "1"][i % 3] for i in range(len(d))]))
+    _, schema = load_table(csv, task="classification")
+    assert schema.labels[1].classes == ["1", "2", "10"]
+
+
+def test_label_names_do_not_collide_by_substring(dataset):
+    csv = _edit(dataset(), lambda d: d.assign(label_clsx=d.label_cls))
+    _, schema = load_table(csv, task="classification", labels=["label_cls"])
+    assert [s.name for s in schema.labels] == ["label_cls"]
