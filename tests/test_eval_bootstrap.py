@@ -53,15 +53,17 @@ def test_vectorised_auroc_equals_sklearn_on_same_resamples():
     y, score = _binary()
     loop = bootstrap_distribution(roc_auc_score, y, score, n_resamples=200, seed=3)
     vectorised = weighted_bootstrap_distributions(
-        lambda w, yy, ss: {"auroc": weighted_auroc(w, yy, ss)}, y, score,
-        n_resamples=200, seed=3)["auroc"]
+        lambda w, yy, ss: {"auroc": weighted_auroc(w, yy, ss)}, y, score, n_resamples=200, seed=3
+    )["auroc"]
     np.testing.assert_allclose(vectorised, loop, rtol=1e-12)
-    assert tuple(weighted_bootstrap_ci(weighted_auroc, y, score, n_resamples=200, seed=3)) == \
-        pytest.approx(tuple(bootstrap_ci(roc_auc_score, y, score, n_resamples=200, seed=3)))
+    assert tuple(
+        weighted_bootstrap_ci(weighted_auroc, y, score, n_resamples=200, seed=3)
+    ) == pytest.approx(tuple(bootstrap_ci(roc_auc_score, y, score, n_resamples=200, seed=3)))
 
 
-@pytest.mark.parametrize("classes, threshold", [(["neg", "pos"], 0.5), (["neg", "pos"], None),
-                                                (["a", "b", "c"], None)])
+@pytest.mark.parametrize(
+    "classes, threshold", [(["neg", "pos"], 0.5), (["neg", "pos"], None), (["a", "b", "c"], None)]
+)
 def test_vectorised_classification_metrics_equal_point_metrics(classes, threshold):
     rng = np.random.default_rng(4)
     k = len(classes)
@@ -72,11 +74,15 @@ def test_vectorised_classification_metrics_equal_point_metrics(classes, threshol
     names = np.array(classes, dtype=object)
     distributions = weighted_bootstrap_distributions(
         lambda w, yi, p: weighted_classification_metrics(w, yi, p, classes, threshold=threshold),
-        y_idx, prob, n_resamples=40, seed=5, strata=y_idx)
+        y_idx,
+        prob,
+        n_resamples=40,
+        seed=5,
+        strata=y_idx,
+    )
     indices = np.concatenate(list(_resample_blocks(150, 40, 5, y_idx)))
     for b, idx in enumerate(indices):
-        point = classification_metrics(names[y_idx[idx]], prob[idx], classes,
-                                       threshold=threshold)
+        point = classification_metrics(names[y_idx[idx]], prob[idx], classes, threshold=threshold)
         for metric, value in point.items():
             if metric != "n":
                 assert distributions[metric][b] == pytest.approx(value, abs=1e-12), metric
@@ -86,8 +92,9 @@ def test_vectorised_regression_metrics_equal_point_metrics():
     rng = np.random.default_rng(6)
     y = rng.normal(1000, 5, 120)  # large mean, small spread: tests the centring
     pred = y + rng.normal(0, 3, 120)
-    distributions = weighted_bootstrap_distributions(weighted_regression_metrics, y, pred,
-                                                     n_resamples=30, seed=2)
+    distributions = weighted_bootstrap_distributions(
+        weighted_regression_metrics, y, pred, n_resamples=30, seed=2
+    )
     indices = np.concatenate(list(_resample_blocks(120, 30, 2, None)))
     for b, idx in enumerate(indices):
         point = regression_metrics(y[idx], pred[idx])
@@ -124,5 +131,10 @@ def test_thousand_resamples_are_fast():
     start = time.perf_counter()
     weighted_bootstrap_distributions(
         lambda w, yi, p: weighted_classification_metrics(w, yi, p, ["a", "b", "c"]),
-        y_idx, prob, n_resamples=1000, seed=0, strata=y_idx)
+        y_idx,
+        prob,
+        n_resamples=1000,
+        seed=0,
+        strata=y_idx,
+    )
     assert time.perf_counter() - start < 20  # about 1 s on a laptop core

@@ -102,8 +102,7 @@ def test_binary_ece_matches_calibration_curve():
     rng = np.random.default_rng(2)
     score = rng.uniform(size=500)
     y = rng.uniform(size=500) < score**1.5
-    m = classification_metrics(np.where(y, "malignant", "benign"), np.c_[1 - score, score],
-                               BINARY)
+    m = classification_metrics(np.where(y, "malignant", "benign"), np.c_[1 - score, score], BINARY)
     assert m["ece"] == pytest.approx(_ece_reference(y, score))
     assert expected_calibration_error(y, score) == pytest.approx(_ece_reference(y, score))
 
@@ -112,7 +111,8 @@ def test_multiclass_metrics_match_sklearn(multi_data):
     y, prob = multi_data
     m = classification_metrics(y, prob, MULTI)
     assert m["auroc"] == pytest.approx(
-        roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=MULTI))
+        roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=MULTI)
+    )
     onehot = label_binarize(y, classes=MULTI)
     assert m["ap"] == pytest.approx(average_precision_score(onehot, prob, average="macro"))
     for j, c in enumerate(MULTI):
@@ -132,8 +132,9 @@ def test_one_class_split_gives_none_with_reason(binary_data):
     assert "one class" in m.reasons["auroc"]
     assert m["sensitivity"] is None and "no positive" in m.reasons["sensitivity"]
     assert m["specificity"] == pytest.approx(np.mean(prob[only_benign, 1] < 0.5))
-    assert m["brier"] == pytest.approx(brier_score_loss(np.zeros(only_benign.sum()),
-                                                        prob[only_benign, 1]))
+    assert m["brier"] == pytest.approx(
+        brier_score_loss(np.zeros(only_benign.sum()), prob[only_benign, 1])
+    )
 
 
 def test_multiclass_absent_class_gives_none(multi_data):
@@ -157,8 +158,7 @@ def test_unknown_labels_are_left_out(binary_data):
     keep[[0, 5, 7, 9]] = False
     clean = classification_metrics(y[keep], prob[keep], BINARY, threshold=0.5)
     assert m["n"] == keep.sum()
-    assert {k: v for k, v in m.items() if k != "n"} == {k: v for k, v in clean.items()
-                                                         if k != "n"}
+    assert {k: v for k, v in m.items() if k != "n"} == {k: v for k, v in clean.items() if k != "n"}
     assert "4 case(s)" in m.reasons["n"]
 
 
@@ -182,7 +182,8 @@ def test_regression_metrics_match_sklearn_and_scipy():
     y_missing = y.copy()
     y_missing[:3] = np.nan
     assert regression_metrics(y_missing, pred)["mae"] == pytest.approx(
-        mean_absolute_error(y[3:], pred[3:]))
+        mean_absolute_error(y[3:], pred[3:])
+    )
     constant = regression_metrics(np.full(5, 2.0), np.arange(5.0))
     assert constant["r2"] is None and constant["pearson_r"] is None and constant["mae"] == 1.2
 
@@ -201,7 +202,8 @@ def test_youden_threshold_matches_brute_force(binary_data):
     y, prob = binary_data
     y_pos = (y == "malignant").astype(int)
     assert choose_threshold(y_pos, prob[:, 1]) == pytest.approx(
-        _brute_force_youden(y_pos, prob[:, 1]))
+        _brute_force_youden(y_pos, prob[:, 1])
+    )
 
 
 @pytest.mark.parametrize("target", [0.8, 0.9, 0.95])

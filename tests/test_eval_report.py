@@ -13,8 +13,20 @@ from nervus_lightning.evaluation.report import evaluate_predictions
 from nervus_lightning.evaluation.thresholds import choose_threshold
 
 MULTI = ["benign", "malignant_type_a", "other"]
-BINARY_METRICS = {"n", "auroc", "ap", "accuracy", "brier", "ece", "sensitivity", "specificity",
-                  "ppv", "npv", "f1", "threshold"}
+BINARY_METRICS = {
+    "n",
+    "auroc",
+    "ap",
+    "accuracy",
+    "brier",
+    "ece",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "f1",
+    "threshold",
+}
 MULTI_METRICS = {"n", "auroc", "ap", "accuracy", "brier", "ece"} | {f"auroc[{c}]" for c in MULTI}
 REGRESSION_METRICS = {"n", "mae", "rmse", "r2", "pearson_r"}
 
@@ -29,22 +41,31 @@ def _synthetic(n: int = 400, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     logits = rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[y_mc]
     prob_mc = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     y_reg = rng.normal(50, 10, n)
-    frame = pd.DataFrame({
-        "uniqID": [f"case_{i}" for i in range(n)], "split": split,
-        "group": rng.choice(["F", "M"], n),
-        "label_bin": np.array(["no", "yes"], dtype=object)[y_bin],
-        "pred_label_bin": np.where(score >= 0.5, "yes", "no"),
-        "prob_label_bin_no": 1 - score, "prob_label_bin_yes": score,
-        "label_mc": np.array(MULTI, dtype=object)[y_mc],
-        "pred_label_mc": np.array(MULTI)[prob_mc.argmax(axis=1)],
-        **{f"prob_label_mc_{c}": prob_mc[:, j] for j, c in enumerate(MULTI)},
-        "label_reg": y_reg, "pred_label_reg": y_reg + rng.normal(0, 5, n),
-    })
+    frame = pd.DataFrame(
+        {
+            "uniqID": [f"case_{i}" for i in range(n)],
+            "split": split,
+            "group": rng.choice(["F", "M"], n),
+            "label_bin": np.array(["no", "yes"], dtype=object)[y_bin],
+            "pred_label_bin": np.where(score >= 0.5, "yes", "no"),
+            "prob_label_bin_no": 1 - score,
+            "prob_label_bin_yes": score,
+            "label_mc": np.array(MULTI, dtype=object)[y_mc],
+            "pred_label_mc": np.array(MULTI)[prob_mc.argmax(axis=1)],
+            **{f"prob_label_mc_{c}": prob_mc[:, j] for j, c in enumerate(MULTI)},
+            "label_reg": y_reg,
+            "pred_label_reg": y_reg + rng.normal(0, 5, n),
+        }
+    )
     frame.loc[5, "label_bin"] = np.nan
-    schema = {"labels": [
-        {"name": "label_bin", "task": "classification", "classes": ["no", "yes"]},
-        {"name": "label_mc", "task": "classification", "classes": MULTI},
-        {"name": "label_reg", "task": "regression"}], "group": "group"}
+    schema = {
+        "labels": [
+            {"name": "label_bin", "task": "classification", "classes": ["no", "yes"]},
+            {"name": "label_mc", "task": "classification", "classes": MULTI},
+            {"name": "label_reg", "task": "regression"},
+        ],
+        "group": "group",
+    }
     return frame, schema
 
 
@@ -52,34 +73,60 @@ def _synthetic(n: int = 400, seed: int = 0) -> tuple[pd.DataFrame, dict]:
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     frame, schema = _synthetic()
-    curves = pd.DataFrame({"epoch": range(4), "train_loss": [1.0, 0.7, 0.5, 0.4],
-                           "val_loss": [1.0, 0.8, 0.7, 0.7], "val_auroc": [0.6, 0.7, 0.75, 0.8]})
-    metrics = evaluate_predictions(frame, schema, out, n_bootstrap=200, seed=1,
-                                   config_summary={"model": {"extractor": "resnet18"},
-                                                   "lr": 0.001},
-                                   learning_curve=curves)
+    curves = pd.DataFrame(
+        {
+            "epoch": range(4),
+            "train_loss": [1.0, 0.7, 0.5, 0.4],
+            "val_loss": [1.0, 0.8, 0.7, 0.7],
+            "val_auroc": [0.6, 0.7, 0.75, 0.8],
+        }
+    )
+    metrics = evaluate_predictions(
+        frame,
+        schema,
+        out,
+        n_bootstrap=200,
+        seed=1,
+        config_summary={"model": {"extractor": "resnet18"}, "lr": 0.001},
+        learning_curve=curves,
+    )
     return out, frame, metrics
 
 
 def test_metrics_csv_has_one_row_per_split_group_label_metric(report):
     out, frame, metrics = report
     on_disk = pd.read_csv(out / "metrics.csv")
-    assert list(on_disk.columns) == ["split", "group", "label", "metric", "value", "ci_lower",
-                                     "ci_upper"]
+    assert list(on_disk.columns) == [
+        "split",
+        "group",
+        "label",
+        "metric",
+        "value",
+        "ci_lower",
+        "ci_upper",
+    ]
     assert len(on_disk) == len(metrics)
     assert not on_disk.duplicated(["split", "group", "label", "metric"]).any()
-    expected = {"label_bin": BINARY_METRICS, "label_mc": MULTI_METRICS,
-                "label_reg": REGRESSION_METRICS}
+    expected = {
+        "label_bin": BINARY_METRICS,
+        "label_mc": MULTI_METRICS,
+        "label_reg": REGRESSION_METRICS,
+    }
     for (split, group, label), rows in on_disk.groupby(["split", "group", "label"]):
         assert set(rows["metric"]) == expected[label], (split, group, label)
     cells = set(zip(on_disk["split"], on_disk["group"], strict=True))
-    assert cells == {(s, g) for s in ["train", "val", "test", "external_site_b"]
-                     for g in ["all", "F", "M"]}
+    assert cells == {
+        (s, g) for s in ["train", "val", "test", "external_site_b"] for g in ["all", "F", "M"]
+    }
 
 
 def _value(metrics: pd.DataFrame, split: str, group: str, label: str, metric: str) -> pd.Series:
-    row = metrics[(metrics.split == split) & (metrics.group == group) & (metrics.label == label)
-                  & (metrics.metric == metric)]
+    row = metrics[
+        (metrics.split == split)
+        & (metrics.group == group)
+        & (metrics.label == label)
+        & (metrics.metric == metric)
+    ]
     assert len(row) == 1
     return row.iloc[0]
 
@@ -89,8 +136,9 @@ def test_metric_values_match_sklearn_on_each_subset(report):
     test_f = frame[(frame.split == "test") & (frame.group == "F")]
     prob = test_f[[f"prob_label_mc_{c}" for c in MULTI]].to_numpy()
     row = _value(metrics, "test", "F", "label_mc", "auroc")
-    assert row.value == pytest.approx(roc_auc_score(test_f.label_mc, prob, multi_class="ovr",
-                                                    labels=MULTI))
+    assert row.value == pytest.approx(
+        roc_auc_score(test_f.label_mc, prob, multi_class="ovr", labels=MULTI)
+    )
     assert row.ci_lower < row.value < row.ci_upper
     test_m = frame[(frame.split == "test") & (frame.group == "M")]
     row = _value(metrics, "test", "M", "label_reg", "mae")
@@ -109,7 +157,8 @@ def test_threshold_from_val_is_applied_to_test(report):
     test = frame[(frame.split == "test") & frame.label_bin.notna()]
     positives = test[test.label_bin == "yes"]
     assert _value(metrics, "test", "all", "label_bin", "sensitivity").value == pytest.approx(
-        np.mean(positives.prob_label_bin_yes >= threshold))
+        np.mean(positives.prob_label_bin_yes >= threshold)
+    )
 
 
 def test_one_class_split_has_no_auroc_and_says_why(report):
@@ -117,11 +166,14 @@ def test_one_class_split_has_no_auroc_and_says_why(report):
     row = _value(metrics, "external_site_b", "all", "label_bin", "auroc")
     assert np.isnan(row.value) and np.isnan(row.ci_lower)
     notes = pd.read_csv(out / "metrics_notes.csv")
-    note = notes[(notes.split == "external_site_b") & (notes.group == "all")
-                 & (notes.label == "label_bin") & (notes.metric == "auroc")]
+    note = notes[
+        (notes.split == "external_site_b")
+        & (notes.group == "all")
+        & (notes.label == "label_bin")
+        & (notes.metric == "auroc")
+    ]
     assert "one class" in note.note.iloc[0]
-    assert not np.isnan(_value(metrics, "external_site_b", "all", "label_bin",
-                               "specificity").value)
+    assert not np.isnan(_value(metrics, "external_site_b", "all", "label_bin", "specificity").value)
 
 
 def test_report_html_is_self_contained(report):
@@ -135,8 +187,14 @@ def test_report_html_is_self_contained(report):
     assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', page))
     assert "http://" not in page and "https://" not in page
     assert "<script" not in page and "<link" not in page
-    for text in ("Learning curves", "model.extractor", "resnet18", "class balance",
-                 "chosen on &#x27;val&#x27;", "label_reg"):
+    for text in (
+        "Learning curves",
+        "model.extractor",
+        "resnet18",
+        "class balance",
+        "chosen on &#x27;val&#x27;",
+        "label_reg",
+    ):
         assert text in page, text
 
 
@@ -149,12 +207,22 @@ def _threshold_case(with_val: bool) -> tuple[pd.DataFrame, dict]:
             continue
         y = np.r_[np.zeros(40, int), np.ones(40, int)]
         score = np.r_[rng.uniform(low, high, 40), rng.uniform(high, high + 0.3, 40)]
-        parts.append(pd.DataFrame({"uniqID": [f"{split}{i}" for i in range(80)], "split": split,
-                                   "label_x": y, "prob_label_x_0": 1 - score,
-                                   "prob_label_x_1": score}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "uniqID": [f"{split}{i}" for i in range(80)],
+                    "split": split,
+                    "label_x": y,
+                    "prob_label_x_0": 1 - score,
+                    "prob_label_x_1": score,
+                }
+            )
+        )
     frame = pd.concat(parts, ignore_index=True)
-    schema = {"labels": [{"name": "label_x", "task": "classification", "classes": ["0", "1"]}],
-              "group": None}
+    schema = {
+        "labels": [{"name": "label_x", "task": "classification", "classes": ["0", "1"]}],
+        "group": None,
+    }
     return frame, schema
 
 
@@ -181,3 +249,57 @@ def test_missing_columns_are_named(tmp_path):
     frame, schema = _synthetic(60)
     with pytest.raises(ValueError, match="prob_label_mc_other"):
         evaluate_predictions(frame.drop(columns="prob_label_mc_other"), schema, tmp_path)
+
+
+def test_survival_label_metrics_km_and_calibration(tmp_path):
+    from sksurv.metrics import concordance_index_censored
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    from nervus_lightning.survival.baseline import BreslowBaseline
+
+    rng = np.random.default_rng(5)
+    n = 240
+    split = np.repeat(["train", "val", "test"], [120, 60, 60])
+    x = rng.normal(size=n)
+    true_time = rng.exponential(1 / np.exp(x))
+    censor = rng.exponential(1.5, n)
+    frame = pd.DataFrame(
+        {
+            "uniqID": range(n),
+            "split": split,
+            "label_e": (true_time <= censor).astype(int),
+            "period_e": np.round(np.minimum(true_time, censor), 3),
+            "risk_label_e": x + rng.normal(0, 0.5, n),
+        }
+    )
+    schema = {
+        "labels": [{"name": "label_e", "task": "survival", "period": "period_e"}],
+        "group": None,
+    }
+    metrics = evaluate_predictions(frame, schema, tmp_path, n_bootstrap=30)
+    test = frame[frame.split == "test"]
+    row = _value(metrics, "test", "all", "label_e", "c_index")
+    assert row.value == pytest.approx(
+        concordance_index_censored(test.label_e.astype(bool), test.period_e, test.risk_label_e)[0]
+    )
+    assert row.ci_lower < row.value < row.ci_upper
+    assert np.isnan(_value(metrics, "test", "all", "label_e", "logrank_p").ci_lower)
+    assert {"c_index_uno", "td_auc_mean", "ibs", "events"} <= set(metrics.metric)
+
+    train = frame[frame.split == "train"]
+    baseline = BreslowBaseline.fit(train.risk_label_e, train.period_e, train.label_e)
+    calibration = pd.read_csv(tmp_path / "survival_calibration_label_e.csv")
+    test_bins = calibration[calibration.split == "test"]
+    assert test_bins.n.sum() == len(test) and len(test_bins) == 6
+    t = float(np.median(np.percentile(train.period_e[train.label_e == 1], [25, 50, 75])))
+    predicted = baseline.survival(test.risk_label_e, [t])[:, 0]
+    order = np.argsort(predicted, kind="stable")
+    first = order[:10]  # lowest predicted survival = bin 1
+    assert test_bins.predicted.iloc[0] == pytest.approx(predicted[first].mean())
+    km_time, km_surv = kaplan_meier_estimator(
+        test.label_e.to_numpy(bool)[first], test.period_e.to_numpy()[first]
+    )
+    expected = km_surv[km_time <= t][-1] if (km_time <= t).any() else 1.0
+    assert test_bins.observed.iloc[0] == pytest.approx(expected)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.count("data:image/png;base64,") == 6  # KM + calibration per split

@@ -37,8 +37,15 @@ def test_valid_csv_builds_schema(dataset):
 
 
 def test_scaler_uses_training_rows_only(dataset):
-    csv = _edit(dataset(images=False), lambda d: d.assign(
-        input_b=[1000.0 if s != "train" else float(v) for s, v in zip(d.split, d.input_b)]))
+    csv = _edit(
+        dataset(images=False),
+        lambda d: d.assign(
+            input_b=[
+                1000.0 if s != "train" else float(v)
+                for s, v in zip(d.split, d.input_b, strict=True)
+            ]
+        ),
+    )
     frame, schema = load_table(csv, task="classification")
     assert schema.input_mean[1] < 100
 
@@ -93,8 +100,14 @@ def test_no_training_rows(dataset):
 
 
 def test_one_class_in_training_split(dataset):
-    csv = _edit(dataset(), lambda d: d.assign(
-        label_cls=["yes" if s == "train" else v for s, v in zip(d.split, d.label_cls)]))
+    csv = _edit(
+        dataset(),
+        lambda d: d.assign(
+            label_cls=[
+                "yes" if s == "train" else v for s, v in zip(d.split, d.label_cls, strict=True)
+            ]
+        ),
+    )
     msg = _error(csv)
     assert "label_cls" in msg and "only one class" in msg
 
@@ -160,8 +173,10 @@ def test_no_inputs_at_all(dataset):
 
 
 def test_regression_target_non_numeric(dataset):
-    csv = _edit(dataset(task="regression"), lambda d: d.assign(
-        label_value=["n/a-ish"] + list(d.label_value[1:])))
+    csv = _edit(
+        dataset(task="regression"),
+        lambda d: d.assign(label_value=["n/a-ish"] + list(d.label_value[1:])),
+    )
     assert "label_value" in _error(csv, task="regression")
 
 
@@ -173,8 +188,9 @@ def test_bad_config_values(dataset):
 
 
 def test_classes_sorted_numerically_when_numbers(dataset):
-    csv = _edit(dataset(), lambda d: d.assign(
-        label_three=[["2", "10", "1"][i % 3] for i in range(len(d))]))
+    csv = _edit(
+        dataset(), lambda d: d.assign(label_three=[["2", "10", "1"][i % 3] for i in range(len(d))])
+    )
     _, schema = load_table(csv, task="classification")
     assert schema.labels[1].classes == ["1", "2", "10"]
 

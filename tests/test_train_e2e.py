@@ -35,8 +35,14 @@ def test_task_and_inputs_end_to_end(dataset, tmp_path, task, inputs):
     run = tmp_path / "run"
     cfg, objective = _run(csv, run, [f"task={task}", *INPUTS[inputs]])
     assert np.isfinite(objective)
-    for name in ("predictions.csv", "metrics.json", "schema.json", "learning_curve.csv",
-                 "learning_curve.png", "summary.json"):
+    for name in (
+        "predictions.csv",
+        "metrics.json",
+        "schema.json",
+        "learning_curve.csv",
+        "learning_curve.png",
+        "summary.json",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents*"))
     pred = pd.read_csv(run / "predictions.csv")
@@ -148,15 +154,27 @@ def test_image_formats_train(dataset, tmp_path, bits, rgb, channels):
 @pytest.mark.parametrize("aug", ["xray", "randaug", "trivialaugwide"])
 def test_augmentations_and_weighted_sampler_run(dataset, tmp_path, aug):
     csv = dataset(tabular=False)
-    _run(csv, tmp_path / "run", ["model/tabular=none", f"augmentation={aug}", "sampler=weighted",
-                                 "scheduler=cosine", "optimizer=adamw"])
+    _run(
+        csv,
+        tmp_path / "run",
+        [
+            "model/tabular=none",
+            f"augmentation={aug}",
+            "sampler=weighted",
+            "scheduler=cosine",
+            "optimizer=adamw",
+        ],
+    )
 
 
 @pytest.mark.parametrize("opt,sched", [("sgd", "plateau"), ("radam", "none")])
 def test_optimizers_and_schedulers(dataset, tmp_path, opt, sched):
     csv = dataset(images=False)
-    _run(csv, tmp_path / "run", ["model/extractor=none", f"optimizer={opt}", f"scheduler={sched}",
-                                 "trainer.max_epochs=2"])
+    _run(
+        csv,
+        tmp_path / "run",
+        ["model/extractor=none", f"optimizer={opt}", f"scheduler={sched}", "trainer.max_epochs=2"],
+    )
 
 
 def test_resume_from_last_checkpoint(dataset, tmp_path):

@@ -51,7 +51,9 @@ def build_checkpoint_callback(policy: str, dirpath: str | os.PathLike) -> ModelC
         return ModelCheckpoint(save_top_k=1, **common)
     if policy == "each":
         return ImprovementCheckpoint(**common)
-    raise NervusInputError(f"checkpoint policy '{policy}' is not one of {list(CHECKPOINT_POLICIES)}.")
+    raise NervusInputError(
+        f"checkpoint policy '{policy}' is not one of {list(CHECKPOINT_POLICIES)}."
+    )
 
 
 class LearningCurve(L.Callback):

@@ -93,7 +93,7 @@ class NervusModule(L.LightningModule):
         self.save_hyperparameters(ignore=["extractor"] if custom_extractor else None)
         self.schema = DataSchema.from_dict(schema)
         self.channels_last = channels_last
-        task_opts = _options(task, self.schema.task)
+        task_opts = _options(self.schema.task if task is None else task, self.schema.task)
         if task_opts["name"] != self.schema.task:
             raise ValueError(
                 f"task '{task_opts['name']}' does not match the data schema's '{self.schema.task}'"
@@ -103,14 +103,17 @@ class NervusModule(L.LightningModule):
         self.optimizer_options = _options(optimizer, "adam")
         self.scheduler_options = _options(scheduler, "none")
         if self.optimizer_options["name"] not in OPTIMIZERS:
-            raise ValueError(f"optimizer '{self.optimizer_options['name']}' not in {list(OPTIMIZERS)}")
+            raise ValueError(
+                f"optimizer '{self.optimizer_options['name']}' not in {list(OPTIMIZERS)}"
+            )
         if self.scheduler_options["name"] not in SCHEDULERS:
             raise ValueError(f"scheduler '{self.scheduler_options['name']}' not in {SCHEDULERS}")
         self.net = self._build_net(extractor, tabular, mixer, in_channels, image_size)
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleList(
-                    self.task.make_metrics(j) or nn.Identity() for j in range(len(self.schema.labels))
+                    self.task.make_metrics(j) or nn.Identity()
+                    for j in range(len(self.schema.labels))
                 )
                 for stage in EVAL_STAGES
             }
@@ -160,6 +163,9 @@ class NervusModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
+            # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
+            self.task.gather = lambda t: self.all_gather(t, sync_grads=True).flatten(0, 1)
         if self.channels_last and self.net.image_extractor is not None:
             self.net.image_extractor.to(memory_format=torch.channels_last)
 
@@ -174,12 +180,25 @@ class NervusModule(L.LightningModule):
 
     def _log_losses(self, stage: str, losses: list[torch.Tensor], batch_size: int) -> torch.Tensor:
         total = torch.stack(losses).sum()
-        self.log(f"{stage}_loss", total, on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch_size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}_loss",
+            total,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=stage != "train",
+        )
         if len(losses) > 1:
             for spec, loss in zip(self.schema.labels, losses, strict=True):
-                self.log(f"{stage}_loss_{spec.name}", loss, on_step=False, on_epoch=True,
-                         batch_size=batch_size, sync_dist=stage != "train")
+                self.log(
+                    f"{stage}_loss_{spec.name}",
+                    loss,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=batch_size,
+                    sync_dist=stage != "train",
+                )
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -243,7 +262,7 @@ class NervusModule(L.LightningModule):
             atomic_write(path, lambda tmp, ckpt=ckpt: torch.save(ckpt, tmp))
 
     def export_schema(self) -> dict[str, Any]:
-        """The schema as JSON for ``schema.json``: labels with what the task fitted after training."""
+        """The schema for ``schema.json``: labels with what the task fitted after training."""
         out = self.schema.to_dict()
         out["group"] = self.schema.group_column
         for j, label in enumerate(out["labels"]):

@@ -69,7 +69,10 @@ def predict_frame(
     CSV has it; for survival also the time column) followed by the task's prediction columns.
     """
     trainer = trainer or L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     batches = trainer.predict(module, dataloaders=datamodule.predict_dataloader())
@@ -100,13 +103,17 @@ def split_metrics(module: Any, predictions: pd.DataFrame) -> dict[str, dict[str,
             metrics = module.task.split_metrics(rows, j)
             if metrics:
                 per_label[spec.name] = dict(metrics)
+                if getattr(metrics, "reasons", None):
+                    per_label[spec.name]["reasons"] = dict(metrics.reasons)
         if per_label:
             result[str(split)] = per_label
     return result
 
 
 def write_predictions_and_metrics(
-    module: Any, datamodule: NervusDataModule, out_dir: str | os.PathLike,
+    module: Any,
+    datamodule: NervusDataModule,
+    out_dir: str | os.PathLike,
     trainer: L.Trainer | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Write ``predictions.csv``, ``metrics.json`` and ``schema.json`` into ``out_dir``."""
@@ -116,4 +123,5 @@ def write_predictions_and_metrics(
     write_json(out_dir / SCHEMA, module.export_schema())
     write_csv(out_dir / PREDICTIONS, predictions)
     write_json(out_dir / METRICS, metrics)
+    module.task.write_figures(predictions, out_dir)
     return predictions, metrics

@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from nervus_lightning.callbacks import LearningCurve, build_checkpoint_callback
 from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.demo import build_demo_dataset
-from nervus_lightning.data.schema import TEST, DataSchema
+from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
+from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
 from nervus_lightning.module import NervusModule
-from nervus_lightning.outputs import write_json, write_predictions_and_metrics
+from nervus_lightning.outputs import atomic_write, write_json, write_predictions_and_metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,12 @@ def build_datamodule(cfg: DictConfig) -> NervusDataModule:
     labels = _plain(data.get("labels"))
     csv = data.get("csv")
     if not csv:
-        csv = build_demo_dataset(data.get("demo_root"))
-        labels = labels or _plain(cfg.task.get("demo_labels"))
+        preset = data.get("preset") or "demo"
+        if preset == "demo":
+            csv = build_demo_dataset(data.get("demo_root"))
+            labels = labels or _plain(cfg.task.get("demo_labels"))
+        else:
+            csv = materialize_preset(preset, data.get("demo_root"), seed=data.get("split_seed", 0))
     return NervusDataModule(
         csv,
         task=cfg.task.name,
@@ -48,6 +52,19 @@ def build_datamodule(cfg: DictConfig) -> NervusDataModule:
         augmentation=cfg.augmentation.name,
         sampler=cfg.sampler.name,
     )
+
+
+def materialize_preset(name: str, root: str | None = None, seed: int = 0) -> Path:
+    """Write a scikit-survival preset as a Nervus CSV into the cache (once) and return its path."""
+    from nervus_lightning.survival.presets import PRESETS, write_preset_csv
+
+    if name not in PRESETS:
+        raise NervusInputError(f"data.preset '{name}' is not one of {['demo', *PRESETS]}.")
+    path = Path(root or default_cache_root()) / "presets" / f"{name}_split{seed}.csv"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: write_preset_csv(name, tmp, seed=seed))
+    return path
 
 
 def build_module(cfg: DictConfig, schema: DataSchema) -> NervusModule:
@@ -90,7 +107,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         return float(checkpoint.best_model_score)
 
     best = NervusModule.load_from_checkpoint(best_path, map_location="cpu")
-    best.finalize(datamodule, best_path)
+    if best.task.fits_after_training:
+        # Every kept checkpoint gets the state fitted with its own weights (e.g. the baseline
+        # hazard), so that any of them alone is enough to predict.
+        for path in Path(checkpoint.dirpath).glob("*.ckpt"):
+            if str(path) != best_path:
+                NervusModule.load_from_checkpoint(path, map_location="cpu").finalize(
+                    datamodule, str(path)
+                )
+        best.finalize(datamodule, best_path)
     _, metrics = write_predictions_and_metrics(best, datamodule, run_dir)
     objective = float(checkpoint.best_model_score)
     write_json(

@@ -9,6 +9,7 @@ model standardises them with the training statistics held in the schema (and in 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ SAMPLERS = ("none", "weighted")
 
 
 class NervusDataset(Dataset):
-    """Cases of one split: image (C, H, W float in [0, 1]), raw tabular inputs, targets per label."""
+    """Cases of one split: image (C, H, W floats in [0, 1]), raw tabular inputs, targets."""
 
     def __init__(
         self,
@@ -50,9 +51,7 @@ class NervusDataset(Dataset):
         self.frame = frame.reset_index(drop=True)
         self.in_channels = in_channels
         self.transform = transform
-        self.image_paths = (
-            self.frame[schema.image_column].tolist() if schema.image_column else None
-        )
+        self.image_paths = self.frame[schema.image_column].tolist() if schema.image_column else None
         self.tabular = (
             torch.as_tensor(self.frame[schema.input_columns].to_numpy(np.float32))
             if schema.input_columns
@@ -146,19 +145,32 @@ class NervusDataModule(L.LightningDataModule):
                 "sampler=weighted balances classes (or events), but the labels are regression "
                 "targets. Use sampler=none."
             )
+        if self.schema.task == "survival" and schema is None:
+            self._warn_small_batches()
         if self.schema.image_column and check_images:
             self._check_images()
         self.train_transform = build_train_transform(augmentation, image_size)
         self.eval_transform = build_eval_transform(image_size)
+
+    def _warn_small_batches(self) -> None:
+        train = self.split_frame(TRAIN)
+        for spec in self.schema.labels:
+            rate = float(pd.to_numeric(train[spec.name]).mean())
+            p_empty = (1.0 - rate) ** self.batch_size
+            if p_empty > 0.05:
+                warnings.warn(
+                    f"survival label '{spec.name}': with an event rate of {rate:.1%} a batch of "
+                    f"{self.batch_size} has no event with probability {p_empty:.0%}; such batches "
+                    "teach the Cox model nothing. Increase data.batch_size.",
+                    stacklevel=2,
+                )
 
     def _check_images(self) -> None:
         paths = self.frame[self.schema.image_column].tolist()
         bad = check_image_files(paths)
         if bad:
             rows = {p: i for i, p in enumerate(paths)}
-            listed = "\n".join(
-                f"  CSV line {rows[p] + 2}: {p}: {reason}" for p, reason in bad[:5]
-            )
+            listed = "\n".join(f"  CSV line {rows[p] + 2}: {p}: {reason}" for p, reason in bad[:5])
             more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
             raise NervusInputError(
                 f"{self.csv}: {len(bad)} image file(s) in column '{self.schema.image_column}' "

@@ -102,7 +102,7 @@ def is_valid_split(value: str) -> bool:
 
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV as strings (typed per column later) with a clear message when it cannot be read."""
+    """Read a CSV as strings (typed per column later); a clear message when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise NervusInputError(
@@ -113,7 +113,8 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise NervusInputError(
-            f"{path}: cannot be read as a CSV ({err}). Check that it is a comma-separated text file "
+            f"{path}: cannot be read as a CSV ({err}). Check that it is a comma-separated "
+            "text file "
             "with one header line and the same number of fields on every line."
         ) from err
     df.columns = [str(c).strip() for c in df.columns]
@@ -126,14 +127,14 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def period_column_for(label: str, columns: Sequence[str]) -> str | None:
-    """The survival time column paired with ``label_<name>``: ``period_<name>`` or ``periods_<name>``."""
-    name = label[len(LABEL_PREFIX):]
+    """The time column paired with ``label_<name>``: ``period_<name>`` or ``periods_<name>``."""
+    name = label[len(LABEL_PREFIX) :]
     found = [p + name for p in PERIOD_PREFIXES if p + name in columns]
     return found[0] if found else None
 
 
 def _sort_classes(values: Sequence[str]) -> list[str]:
-    """Sorted unique class names: numerically when every name is a number (so 2 < 10), else as text."""
+    """Sorted unique class names: numerically when all are numbers (so 2 < 10), else as text."""
     uniq = sorted(set(values))
     try:
         return sorted(uniq, key=float)
@@ -224,14 +225,17 @@ def load_table(
     path = Path(csv)
     df = read_csv(path)
     if ID_COLUMN not in df.columns:
-        raise NervusInputError(f"{path}: required column '{ID_COLUMN}' (one unique id per case) is missing.")
+        raise NervusInputError(
+            f"{path}: required column '{ID_COLUMN}' (one unique id per case) is missing."
+        )
     _validate_splits(df, path)
     df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
     _check_no_missing(df[ID_COLUMN], ID_COLUMN, path, "case id", "Give every case an id.")
     dup = df[ID_COLUMN].duplicated(keep=False)
     if dup.any():
         raise NervusInputError(
-            f"{path}: column '{ID_COLUMN}' must be unique but {df.loc[dup, ID_COLUMN].nunique()} id(s) "
+            f"{path}: column '{ID_COLUMN}' must be unique but "
+            f"{df.loc[dup, ID_COLUMN].nunique()} id(s) "
             f"repeat (e.g. '{df.loc[dup, ID_COLUMN].iloc[0]}') at {csv_lines(df.index[dup])}."
         )
     train_rows = df.index[df[SPLIT_COLUMN] == TRAIN]
@@ -240,10 +244,7 @@ def load_table(
             f"{path}: no training rows (no case has split == 'train'). Mark the training cases."
         )
     label_cols = select_label_columns(df, path, labels, task)
-    specs = [
-        _label_spec(df, path, col, task, train_rows)
-        for col in label_cols
-    ]
+    specs = [_label_spec(df, path, col, task, train_rows) for col in label_cols]
     if task != "survival":
         orphans = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
         if orphans and labels is None:
@@ -308,7 +309,8 @@ def _label_spec(
         std = float(tr.std(ddof=0))
         if not math.isfinite(std) or std == 0.0:
             raise NervusInputError(
-                f"{path}: regression label '{col}' is constant in the training split; nothing to learn."
+                f"{path}: regression label '{col}' is constant in the training split; "
+                "nothing to learn."
             )
         return LabelSpec(name=col, task=task, mean=float(tr.mean()), std=std)
     return _survival_spec(df, path, col, train_rows)
@@ -322,7 +324,7 @@ def _survival_spec(df: pd.DataFrame, path: Path, col: str, train_rows: pd.Index)
         if len(periods) == 1 and len(labels) == 1:
             period = periods[0]  # the original Nervus pairs a lone period column with a lone label
         else:
-            name = col[len(LABEL_PREFIX):]
+            name = col[len(LABEL_PREFIX) :]
             raise NervusInputError(
                 f"{path}: survival label '{col}' has no time column; add 'period_{name}' "
                 "(time to event or censoring, >= 0)."
@@ -337,7 +339,10 @@ def _survival_spec(df: pd.DataFrame, path: Path, col: str, train_rows: pd.Index)
         )
     has_event = events.notna()
     _check_no_missing(
-        times[has_event | times.index.isin(train_rows)], period, path, "survival time",
+        times[has_event | times.index.isin(train_rows)],
+        period,
+        path,
+        "survival time",
         "Every case with a known event status needs a time; or set split=exclude.",
     )
     neg = times < 0
@@ -375,7 +380,10 @@ def _fit_inputs(
     for col in cols:
         values = _numeric(df, col, path, df.index, "tabular input")
         _check_no_missing(
-            values, col, path, "tabular input",
+            values,
+            col,
+            path,
+            "tabular input",
             "Missing inputs are not imputed: fill them in, or set split=exclude for those cases.",
         )
         df[col] = values
@@ -387,9 +395,7 @@ def _fit_inputs(
     return means, stds
 
 
-def validate_for_prediction(
-    csv: str | os.PathLike, schema: DataSchema
-) -> pd.DataFrame:
+def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.DataFrame:
     """Read a CSV to predict with a trained model's schema: inputs required, labels optional."""
     path = Path(csv)
     df = read_csv(path)
@@ -407,9 +413,7 @@ def validate_for_prediction(
     needed = list(schema.input_columns) + ([schema.image_column] if schema.image_column else [])
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise NervusInputError(
-            f"{path}: the model needs column(s) {missing}, which the CSV lacks."
-        )
+        raise NervusInputError(f"{path}: the model needs column(s) {missing}, which the CSV lacks.")
     for col in schema.input_columns:
         df[col] = _numeric(df, col, path, df.index, "tabular input")
         _check_no_missing(df[col], col, path, "tabular input", "Fill in the values.")
@@ -425,7 +429,8 @@ def validate_for_prediction(
             if not known.all():
                 raise NervusInputError(
                     f"{path}: label '{spec.name}' has class(es) "
-                    f"{sorted(df.loc[~known, spec.name].unique())} at {csv_lines(df.index[~known])} "
+                    f"{sorted(df.loc[~known, spec.name].unique())} at "
+                    f"{csv_lines(df.index[~known])} "
                     f"unknown to the model (classes: {spec.classes})."
                 )
         else:
@@ -436,10 +441,12 @@ def validate_for_prediction(
 
 
 def targets_array(df: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
-    """Encode one label column for the model: class index (-1 if unknown) or float (NaN if unknown)."""
+    """Encode one label column: class index (-1 if unknown) or float (NaN if unknown)."""
     if spec.name not in df.columns:
         fill = -1 if spec.task == "classification" else np.nan
-        return np.full(len(df), fill, dtype=np.int64 if spec.task == "classification" else np.float32)
+        return np.full(
+            len(df), fill, dtype=np.int64 if spec.task == "classification" else np.float32
+        )
     col = df[spec.name]
     if spec.task == "classification":
         lookup = {c: i for i, c in enumerate(spec.classes or [])}

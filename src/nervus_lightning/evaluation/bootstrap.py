@@ -27,7 +27,7 @@ Two entry points share the same resamples for the same ``(n, n_resamples, seed, 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,8 +73,12 @@ def _resample_blocks(
     while done < n_resamples:
         size = min(block, n_resamples - done)
         yield np.concatenate(
-            [members[rng.integers(0, members.shape[0], size=(size, members.shape[0]))]
-             for members in groups], axis=1)
+            [
+                members[rng.integers(0, members.shape[0], size=(size, members.shape[0]))]
+                for members in groups
+            ],
+            axis=1,
+        )
         done += size
 
 
@@ -99,8 +103,9 @@ def percentile_interval(
     if skipped:
         reason = f"{skipped} of {total} resamples skipped (metric undefined there)"
     if valid.shape[0] < max(2, total / 2):
-        return BootstrapCI(None, None, total, skipped,
-                           (reason or "") + "; too few usable resamples, no interval")
+        return BootstrapCI(
+            None, None, total, skipped, (reason or "") + "; too few usable resamples, no interval"
+        )
     if skipped > max_skipped_fraction * total:
         reason = f"{reason}; the interval is conditional on the metric being defined"
         warnings.warn(f"bootstrap: {reason}", RuntimeWarning, stacklevel=3)
@@ -136,6 +141,31 @@ def bootstrap_distribution(
     return np.asarray(values)
 
 
+def bootstrap_distributions(
+    metrics_fn: Callable[..., Mapping[str, float | None]],
+    *arrays: np.ndarray,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    strata: Sequence | np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Like :func:`bootstrap_distribution` for a ``metrics_fn`` returning several named metrics
+    (all computed on the same resamples; ``None`` values become NaN)."""
+    arrays = tuple(np.asarray(a) for a in arrays)
+    n = arrays[0].shape[0]
+    if any(a.shape[0] != n for a in arrays):
+        raise ValueError("all arrays must have the same number of cases")
+    rows: list[Mapping[str, float | None]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for block in _resample_blocks(n, n_resamples, seed, strata):
+            rows.extend(metrics_fn(*(a[idx] for a in arrays)) for idx in block)
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return {
+        name: np.array([np.nan if row.get(name) is None else float(row[name]) for row in rows])
+        for name in names
+    }
+
+
 def bootstrap_ci(
     metric_fn: Callable[..., float | None],
     *arrays: np.ndarray,
@@ -151,8 +181,9 @@ def bootstrap_ci(
     the metric is undefined; it is skipped (see the module docstring). scikit-learn's
     ``UndefinedMetricWarning`` is silenced during the loop for that reason.
     """
-    values = bootstrap_distribution(metric_fn, *arrays, n_resamples=n_resamples, seed=seed,
-                                    strata=strata)
+    values = bootstrap_distribution(
+        metric_fn, *arrays, n_resamples=n_resamples, seed=seed, strata=strata
+    )
     return percentile_interval(values, ci, max_skipped_fraction)
 
 
@@ -187,8 +218,12 @@ def weighted_bootstrap_ci(
 ) -> BootstrapCI:
     """Like :func:`bootstrap_ci` for a vectorised ``weighted_fn(weights, *arrays) -> (block,)``."""
     values = weighted_bootstrap_distributions(
-        lambda w, *a: {"metric": weighted_fn(w, *a)}, *arrays,
-        n_resamples=n_resamples, seed=seed, strata=strata)["metric"]
+        lambda w, *a: {"metric": weighted_fn(w, *a)},
+        *arrays,
+        n_resamples=n_resamples,
+        seed=seed,
+        strata=strata,
+    )["metric"]
     return percentile_interval(values, ci, max_skipped_fraction)
 
 
@@ -201,16 +236,19 @@ def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _score_groups(w: np.ndarray, y_pos: np.ndarray, score: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _score_groups(
+    w: np.ndarray, y_pos: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Positive and negative weight per distinct score, scores ascending: two (block, m)."""
     order = np.argsort(score, kind="stable")
     s = score[order]
     starts = np.flatnonzero(np.r_[True, np.diff(s) != 0])
     w_sorted = w[:, order]
     pos = y_pos[order].astype(float)
-    return (np.add.reduceat(w_sorted * pos, starts, axis=1),
-            np.add.reduceat(w_sorted * (1.0 - pos), starts, axis=1))
+    return (
+        np.add.reduceat(w_sorted * pos, starts, axis=1),
+        np.add.reduceat(w_sorted * (1.0 - pos), starts, axis=1),
+    )
 
 
 def weighted_auroc(w: np.ndarray, y_pos: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -220,8 +258,7 @@ def weighted_auroc(w: np.ndarray, y_pos: np.ndarray, score: np.ndarray) -> np.nd
     return _safe_divide((p * (neg_below + 0.5 * q)).sum(axis=1), p.sum(axis=1) * q.sum(axis=1))
 
 
-def weighted_average_precision(w: np.ndarray, y_pos: np.ndarray, score: np.ndarray
-                               ) -> np.ndarray:
+def weighted_average_precision(w: np.ndarray, y_pos: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Average precision: sum over distinct thresholds of recall gain x precision."""
     p, q = _score_groups(w, np.asarray(y_pos, dtype=bool), np.asarray(score, dtype=float))
     p, q = p[:, ::-1], q[:, ::-1]  # thresholds from the highest score down
@@ -237,19 +274,22 @@ def weighted_mean(w: np.ndarray, values: np.ndarray) -> np.ndarray:
     return _safe_divide(w @ np.asarray(values, dtype=float), w.sum(axis=1))
 
 
-def weighted_ece(w: np.ndarray, correct: np.ndarray, confidence: np.ndarray,
-                 n_bins: int = ECE_BINS) -> np.ndarray:
+def weighted_ece(
+    w: np.ndarray, correct: np.ndarray, confidence: np.ndarray, n_bins: int = ECE_BINS
+) -> np.ndarray:
     """Expected calibration error (same bins as :func:`metrics.expected_calibration_error`)."""
     confidence = np.asarray(confidence, dtype=float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     member = np.eye(n_bins)[np.searchsorted(edges[1:-1], confidence)]  # (n, bins)
     gap = w @ (member * np.asarray(correct, dtype=float)[:, None]) - w @ (
-        member * confidence[:, None])
+        member * confidence[:, None]
+    )
     return _safe_divide(np.abs(gap).sum(axis=1), w.sum(axis=1))
 
 
-def weighted_operating_point(w: np.ndarray, y_pos: np.ndarray, pred_pos: np.ndarray
-                             ) -> dict[str, np.ndarray]:
+def weighted_operating_point(
+    w: np.ndarray, y_pos: np.ndarray, pred_pos: np.ndarray
+) -> dict[str, np.ndarray]:
     """Sensitivity, specificity, PPV, NPV and F1 per resample."""
     y_pos = np.asarray(y_pos, dtype=bool)
     pred_pos = np.asarray(pred_pos, dtype=bool)
@@ -257,14 +297,22 @@ def weighted_operating_point(w: np.ndarray, y_pos: np.ndarray, pred_pos: np.ndar
     fp = w @ (~y_pos & pred_pos)
     tn = w @ (~y_pos & ~pred_pos)
     fn = w @ (y_pos & ~pred_pos)
-    return {"sensitivity": _safe_divide(tp, tp + fn), "specificity": _safe_divide(tn, tn + fp),
-            "ppv": _safe_divide(tp, tp + fp), "npv": _safe_divide(tn, tn + fn),
-            "f1": _safe_divide(2 * tp, 2 * tp + fp + fn)}
+    return {
+        "sensitivity": _safe_divide(tp, tp + fn),
+        "specificity": _safe_divide(tn, tn + fp),
+        "ppv": _safe_divide(tp, tp + fp),
+        "npv": _safe_divide(tn, tn + fn),
+        "f1": _safe_divide(2 * tp, 2 * tp + fp + fn),
+    }
 
 
 def weighted_classification_metrics(
-    w: np.ndarray, y_idx: np.ndarray, prob: np.ndarray, classes: Sequence[str],
-    positive_index: int | None = None, threshold: float | None = None,
+    w: np.ndarray,
+    y_idx: np.ndarray,
+    prob: np.ndarray,
+    classes: Sequence[str],
+    positive_index: int | None = None,
+    threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """The metrics of :func:`metrics.classification_metrics` for each weights row.
 
@@ -291,8 +339,9 @@ def weighted_classification_metrics(
     out["auroc"] = np.mean(per_class_auc, axis=0)
     for j, c in enumerate(classes):
         out[f"auroc[{c}]"] = per_class_auc[j]
-    out["ap"] = np.mean([weighted_average_precision(w, onehot[:, j], prob[:, j])
-                         for j in range(k)], axis=0)
+    out["ap"] = np.mean(
+        [weighted_average_precision(w, onehot[:, j], prob[:, j]) for j in range(k)], axis=0
+    )
     pred_idx = np.argmax(prob, axis=1)
     out["accuracy"] = weighted_mean(w, pred_idx == y_idx)
     out["brier"] = weighted_mean(w, ((prob - onehot) ** 2).sum(axis=1))
@@ -300,8 +349,9 @@ def weighted_classification_metrics(
     return out
 
 
-def weighted_regression_metrics(w: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray
-                                ) -> dict[str, np.ndarray]:
+def weighted_regression_metrics(
+    w: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray
+) -> dict[str, np.ndarray]:
     """The metrics of :func:`metrics.regression_metrics` for each weights row."""
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
@@ -322,5 +372,9 @@ def weighted_regression_metrics(w: np.ndarray, y_true: np.ndarray, y_pred: np.nd
         r2 = np.where(var_y > tiny, 1.0 - mse / np.where(var_y > tiny, var_y, 1.0), np.nan)
         ok = (var_y > tiny) & (var_p > tiny_p)
         r = np.where(ok, cov / np.sqrt(np.where(ok, var_y * var_p, 1.0)), np.nan)
-    return {"mae": weighted_mean(w, np.abs(err)), "rmse": np.sqrt(mse), "r2": r2,
-            "pearson_r": np.clip(r, -1.0, 1.0)}
+    return {
+        "mae": weighted_mean(w, np.abs(err)),
+        "rmse": np.sqrt(mse),
+        "r2": r2,
+        "pearson_r": np.clip(r, -1.0, 1.0),
+    }

@@ -74,8 +74,13 @@ class MetricValues(dict):
 def is_missing_label(values: Sequence | np.ndarray) -> np.ndarray:
     """True where a true label is unknown (``None``, NaN, ``pd.NA`` or an empty string)."""
     arr = np.asarray(values, dtype=object)
-    return np.array([(isinstance(v, str) and not v.strip()) or (not isinstance(v, str)
-                     and bool(pd.isna(v))) for v in arr], dtype=bool).reshape(arr.shape[0])
+    return np.array(
+        [
+            (isinstance(v, str) and not v.strip()) or (not isinstance(v, str) and bool(pd.isna(v)))
+            for v in arr
+        ],
+        dtype=bool,
+    ).reshape(arr.shape[0])
 
 
 def expected_calibration_error(
@@ -124,8 +129,9 @@ def operating_point_metrics(
 def _check_probabilities(prob: np.ndarray, n: int, k: int) -> np.ndarray:
     prob = np.asarray(prob, dtype=float)
     if prob.ndim != 2 or prob.shape != (n, k):
-        raise ValueError(f"prob must have shape (n_cases, n_classes) = ({n}, {k}), "
-                         f"got {prob.shape}")
+        raise ValueError(
+            f"prob must have shape (n_cases, n_classes) = ({n}, {k}), got {prob.shape}"
+        )
     if not np.all(np.isfinite(prob)):
         raise ValueError("prob contains NaN or infinite values")
     return prob
@@ -171,8 +177,11 @@ def classification_metrics(
 
     out = MetricValues()
     n_missing = int((~known).sum())
-    out.set("n", float(y.shape[0]), f"{n_missing} case(s) without a true label left out"
-            if n_missing else None)
+    out.set(
+        "n",
+        float(y.shape[0]),
+        f"{n_missing} case(s) without a true label left out" if n_missing else None,
+    )
     if y.shape[0] == 0:
         for name in ("auroc", "ap", "accuracy", "brier", "ece"):
             out.set(name, None, "no cases with a known label")
@@ -183,9 +192,9 @@ def classification_metrics(
     onehot = np.eye(k, dtype=bool)[y_idx]
 
     if k == 2:
-        pos = classes.index(positive_class) if positive_class is not None else k - 1
         if positive_class is not None and positive_class not in classes:
             raise ValueError(f"positive_class {positive_class!r} is not among {classes}")
+        pos = classes.index(positive_class) if positive_class is not None else k - 1
         y_pos = y_idx == pos
         score = prob[:, pos]
         if present.all():
@@ -211,16 +220,21 @@ def classification_metrics(
         out.set("auroc", None, why)
         out.set("ap", None, why)
     else:
-        out.set("auroc", roc_auc_score(y_idx, prob, multi_class="ovr", average="macro",
-                                       labels=list(range(k))))
-        out.set("ap", float(np.mean([average_precision_score(onehot[:, j], prob[:, j])
-                                     for j in range(k)])))
+        out.set(
+            "auroc",
+            roc_auc_score(y_idx, prob, multi_class="ovr", average="macro", labels=list(range(k))),
+        )
+        out.set(
+            "ap",
+            float(np.mean([average_precision_score(onehot[:, j], prob[:, j]) for j in range(k)])),
+        )
     for j, c in enumerate(classes):
         if present[j] and present.sum() > 1:
             out.set(f"auroc[{c}]", roc_auc_score(onehot[:, j], prob[:, j]))
         else:
-            out.set(f"auroc[{c}]", None, "class absent" if not present[j]
-                    else "the only class present")
+            out.set(
+                f"auroc[{c}]", None, "class absent" if not present[j] else "the only class present"
+            )
     pred_idx = np.argmax(prob, axis=1)
     out.set("accuracy", float(np.mean(pred_idx == y_idx)))
     out.set("brier", brier_score_loss(y_idx, prob, labels=list(range(k))))
@@ -228,22 +242,27 @@ def classification_metrics(
     return out
 
 
-def regression_metrics(y_true: Sequence[float] | np.ndarray,
-                       y_pred: Sequence[float] | np.ndarray) -> MetricValues:
+def regression_metrics(
+    y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray
+) -> MetricValues:
     """MAE, RMSE, R² and Pearson r of predictions (cases with an unknown true value left out)."""
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D of equal length, got {y_true.shape} "
-                         f"and {y_pred.shape}")
+        raise ValueError(
+            f"y_true and y_pred must be 1-D of equal length, got {y_true.shape} and {y_pred.shape}"
+        )
     if not np.all(np.isfinite(y_pred[np.isfinite(y_true)])):
         raise ValueError("y_pred contains NaN or infinite values")
     known = np.isfinite(y_true)
     y_true, y_pred = y_true[known], y_pred[known]
     out = MetricValues()
     n_missing = int((~known).sum())
-    out.set("n", float(y_true.shape[0]), f"{n_missing} case(s) without a true value left out"
-            if n_missing else None)
+    out.set(
+        "n",
+        float(y_true.shape[0]),
+        f"{n_missing} case(s) without a true value left out" if n_missing else None,
+    )
     n = y_true.shape[0]
     if n == 0:
         for name in ("mae", "rmse", "r2", "pearson_r"):

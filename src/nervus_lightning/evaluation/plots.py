@@ -51,8 +51,9 @@ def _with_ci(name: str, value: float, interval: Interval | None, ci: float) -> s
     return f"{name} {value:.3f} ({ci:.0%} CI {interval[0]:.3f}-{interval[1]:.3f})"
 
 
-def _one_vs_rest(y_true: Sequence[str], prob: np.ndarray, classes: Sequence[str],
-                 positive_class: str | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _one_vs_rest(
+    y_true: Sequence[str], prob: np.ndarray, classes: Sequence[str], positive_class: str | None
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(class, is_class, score) per curve to draw: one for binary, one per class otherwise."""
     y = np.asarray(y_true, dtype=object)
     classes = list(classes)
@@ -63,9 +64,15 @@ def _one_vs_rest(y_true: Sequence[str], prob: np.ndarray, classes: Sequence[str]
 
 
 def plot_roc(
-    y_true: Sequence[str], prob: np.ndarray, classes: Sequence[str], *,
-    positive_class: str | None = None, intervals: Mapping[str, Interval] | None = None,
-    ci: float = 0.95, threshold: float | None = None, title: str = "ROC curve",
+    y_true: Sequence[str],
+    prob: np.ndarray,
+    classes: Sequence[str],
+    *,
+    positive_class: str | None = None,
+    intervals: Mapping[str, Interval] | None = None,
+    ci: float = 0.95,
+    threshold: float | None = None,
+    title: str = "ROC curve",
 ) -> Figure:
     """ROC curve(s) with the AUC (and its CI from ``intervals[class]``) in the legend.
 
@@ -86,24 +93,41 @@ def plot_roc(
             pred = score >= threshold
             sens = pred[is_class].mean()
             spec = (~pred[~is_class]).mean()
-            ax.plot([1 - spec], [sens], "o", color="black",
-                    label=f"threshold {threshold:.3g}: sens {sens:.2f}, spec {spec:.2f}")
+            ax.plot(
+                [1 - spec],
+                [sens],
+                "o",
+                color="black",
+                label=f"threshold {threshold:.3g}: sens {sens:.2f}, spec {spec:.2f}",
+            )
     present = set(np.asarray(y_true, dtype=object))
     if len(classes) > 2 and present >= set(classes):
-        macro = roc_auc_score(np.asarray(y_true, dtype=object), prob, multi_class="ovr",
-                              labels=list(classes))
+        macro = roc_auc_score(
+            np.asarray(y_true, dtype=object), prob, multi_class="ovr", labels=list(classes)
+        )
         title += "\n" + _with_ci("macro AUC", macro, intervals.get(MACRO), ci)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="1 - specificity (false positive rate)",
-           ylabel="Sensitivity (true positive rate)", title=title, aspect="equal")
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="Sensitivity (true positive rate)",
+        title=title,
+        aspect="equal",
+    )
     ax.legend(loc="lower right", fontsize="small")
     return fig
 
 
 def plot_precision_recall(
-    y_true: Sequence[str], prob: np.ndarray, classes: Sequence[str], *,
-    positive_class: str | None = None, intervals: Mapping[str, Interval] | None = None,
-    ci: float = 0.95, title: str = "Precision-recall curve",
+    y_true: Sequence[str],
+    prob: np.ndarray,
+    classes: Sequence[str],
+    *,
+    positive_class: str | None = None,
+    intervals: Mapping[str, Interval] | None = None,
+    ci: float = 0.95,
+    title: str = "Precision-recall curve",
 ) -> Figure:
     """Precision-recall curve(s) with average precision in the legend; dotted: prevalence."""
     fig = new_figure()
@@ -114,20 +138,37 @@ def plot_precision_recall(
             continue
         precision, recall, _ = precision_recall_curve(is_class, score)
         label = _with_ci("AP", average_precision_score(is_class, score), intervals.get(name), ci)
-        line = ax.step(recall, precision, where="post", lw=1.8,
-                       label=label if len(classes) == 2 else f"{name}: {label}")[0]
+        line = ax.step(
+            recall,
+            precision,
+            where="post",
+            lw=1.8,
+            label=label if len(classes) == 2 else f"{name}: {label}",
+        )[0]
         ax.axhline(is_class.mean(), ls=":", lw=1, color=line.get_color())
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="Recall (sensitivity)",
-           ylabel="Precision (PPV)", title=title, aspect="equal")
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="Recall (sensitivity)",
+        ylabel="Precision (PPV)",
+        title=title,
+        aspect="equal",
+    )
     ax.legend(loc="lower left", fontsize="small")
     return fig
 
 
-def plot_confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str],
-                          *, title: str = "Confusion matrix") -> Figure:
+def plot_confusion_matrix(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    classes: Sequence[str],
+    *,
+    title: str = "Confusion matrix",
+) -> Figure:
     """Counts with row percentages (share of each true class)."""
-    cm = confusion_matrix(np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object),
-                          labels=list(classes))
+    cm = confusion_matrix(
+        np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=list(classes)
+    )
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
     size = 2.5 + 0.7 * len(classes)
@@ -136,17 +177,35 @@ def plot_confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes:
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.6 else "black", fontsize="small")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes,
-           yticklabels=classes, xlabel="Predicted", ylabel="True", title=title)
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{share[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.6 else "black",
+                fontsize="small",
+            )
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="Predicted",
+        ylabel="True",
+        title=title,
+    )
     fig.colorbar(image, ax=ax, label="share of true class", shrink=0.8)
     return fig
 
 
 def plot_reliability(
-    y_true: Sequence[str], prob: np.ndarray, classes: Sequence[str], *,
-    positive_class: str | None = None, title: str = "Reliability diagram",
+    y_true: Sequence[str],
+    prob: np.ndarray,
+    classes: Sequence[str],
+    *,
+    positive_class: str | None = None,
+    title: str = "Reliability diagram",
 ) -> Figure:
     """Observed vs predicted in 10 equal-width bins, with a histogram of predictions below.
 
@@ -166,8 +225,7 @@ def plot_reliability(
         xlabel, ylabel = "Confidence (top-class probability)", "Accuracy"
     fig = new_figure(5, 6)
     ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    observed, mean_pred = calibration_curve(outcome, predicted, n_bins=ECE_BINS,
-                                            strategy="uniform")
+    observed, mean_pred = calibration_curve(outcome, predicted, n_bins=ECE_BINS, strategy="uniform")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     ax.plot(mean_pred, observed, "o-", lw=1.8, label="model")
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel=ylabel, title=title)
@@ -177,8 +235,9 @@ def plot_reliability(
     return fig
 
 
-def plot_regression_scatter(y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "",
-                            title: str = "Predicted vs true") -> Figure:
+def plot_regression_scatter(
+    y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "", title: str = "Predicted vs true"
+) -> Figure:
     """Scatter of predicted against true values with the identity line."""
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
@@ -193,8 +252,9 @@ def plot_regression_scatter(y_true: np.ndarray, y_pred: np.ndarray, *, label: st
     return fig
 
 
-def plot_bland_altman(y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "",
-                      title: str = "Bland-Altman plot") -> Figure:
+def plot_bland_altman(
+    y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "", title: str = "Bland-Altman plot"
+) -> Figure:
     """Difference (predicted - true) against the mean of the two, with bias and 95% limits."""
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
@@ -207,10 +267,18 @@ def plot_bland_altman(y_true: np.ndarray, y_pred: np.ndarray, *, label: str = ""
     ax.scatter(mean, diff, s=12, alpha=0.6)
     ax.axhline(bias, color="black", lw=1.2, label=f"bias {bias:.3g}")
     for sign in (-1, 1):
-        ax.axhline(bias + sign * 1.96 * sd, color="black", ls="--", lw=1,
-                   label="bias ± 1.96 SD" if sign > 0 else None)
-    ax.set(xlabel=f"Mean of predicted and true {label}".strip(),
-           ylabel=f"Predicted - true {label}".strip(), title=title)
+        ax.axhline(
+            bias + sign * 1.96 * sd,
+            color="black",
+            ls="--",
+            lw=1,
+            label="bias ± 1.96 SD" if sign > 0 else None,
+        )
+    ax.set(
+        xlabel=f"Mean of predicted and true {label}".strip(),
+        ylabel=f"Predicted - true {label}".strip(),
+        title=title,
+    )
     ax.legend(loc="best", fontsize="small")
     return fig
 
@@ -222,8 +290,11 @@ def plot_learning_curves(curves: pd.DataFrame, *, title: str = "Learning curves"
     """
     x_name = next((c for c in ("epoch", "step") if c in curves.columns), None)
     x = curves[x_name] if x_name else pd.Series(np.arange(len(curves)))
-    numeric = [c for c in curves.columns if c not in ("epoch", "step")
-               and pd.api.types.is_numeric_dtype(curves[c])]
+    numeric = [
+        c
+        for c in curves.columns
+        if c not in ("epoch", "step") and pd.api.types.is_numeric_dtype(curves[c])
+    ]
     losses = [c for c in numeric if "loss" in c.lower()]
     others = [c for c in numeric if c not in losses]
     panels = [p for p in (losses, others) if p]

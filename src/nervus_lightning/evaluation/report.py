@@ -9,6 +9,10 @@
   (why it is missing, where the threshold came from, skipped resamples);
 - ``figures/<label>/<split>_<kind>.png`` and ``report.html``: one offline page, figures embedded.
 
+Survival labels get the metrics of :mod:`nervus_lightning.survival.metrics` with CIs, a
+Kaplan-Meier figure by training-defined risk group per split, and calibration at the middle
+evaluation time (``survival_calibration_<label>.csv``, a table and a figure per split).
+
 Binary operating thresholds are chosen on the ``val`` split (``train`` when there is no usable
 ``val``, said in the report) and applied unchanged to every other split. Classification CIs come
 from a bootstrap stratified by true class, regression and survival CIs from a plain one (see
@@ -33,6 +37,7 @@ import pandas as pd
 from nervus_lightning.evaluation import plots
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,
+    bootstrap_distributions,
     percentile_interval,
     weighted_bootstrap_distributions,
     weighted_classification_metrics,
@@ -44,7 +49,19 @@ from nervus_lightning.evaluation.metrics import (
     is_missing_label,
     regression_metrics,
 )
+from nervus_lightning.evaluation.survival_calibration import (
+    plot_survival_calibration,
+    survival_calibration_table,
+)
 from nervus_lightning.evaluation.thresholds import choose_threshold
+from nervus_lightning.survival.baseline import BreslowBaseline
+from nervus_lightning.survival.metrics import (
+    assign_risk_groups,
+    default_eval_times,
+    risk_group_cutpoints,
+    survival_metrics,
+)
+from nervus_lightning.survival.plots import plot_km_risk_groups
 
 METRIC_COLUMNS = ["split", "group", "label", "metric", "value", "ci_lower", "ci_upper"]
 ALL_GROUPS = "all"
@@ -77,18 +94,35 @@ class LabelSection:
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, png)
     summary: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
 
-    def add(self, split: str, group: str, metric: str, value: float | None,
-            interval: BootstrapCI | None = None, note: str | None = None) -> None:
+    def add(
+        self,
+        split: str,
+        group: str,
+        metric: str,
+        value: float | None,
+        interval: BootstrapCI | None = None,
+        note: str | None = None,
+    ) -> None:
         lower = upper = None
         notes = [note] if note else []
         if interval is not None and value is not None:
             lower, upper = interval.lower, interval.upper
             if interval.reason:
                 notes.append(f"CI: {interval.reason}")
-        self.rows.append({"split": split, "group": group, "label": self.name, "metric": metric,
-                          "value": value, "ci_lower": lower, "ci_upper": upper,
-                          "note": "; ".join(notes)})
+        self.rows.append(
+            {
+                "split": split,
+                "group": group,
+                "label": self.name,
+                "metric": metric,
+                "value": value,
+                "ci_lower": lower,
+                "ci_upper": upper,
+                "note": "; ".join(notes),
+            }
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,10 +131,12 @@ class LabelSection:
 
 def split_order(splits: list[str]) -> list[str]:
     """train, val, test, external, then external_<name> and anything else alphabetically."""
+
     def rank(s: str) -> tuple[int, str]:
         if s in _SPLIT_RANK:
             return _SPLIT_RANK[s], ""
         return (4, s) if s.startswith("external_") else (5, s)
+
     return sorted(splits, key=rank)
 
 
@@ -137,17 +173,22 @@ def _intervals(distributions: dict[str, np.ndarray], ci: float) -> dict[str, Boo
         return {name: percentile_interval(values, ci) for name, values in distributions.items()}
 
 
-def _add_metrics(section: LabelSection, split: str, group: str, point: MetricValues,
-                 intervals: Mapping[str, BootstrapCI], extra_note: Callable[[str], str | None]
-                 ) -> None:
+def _add_metrics(
+    section: LabelSection,
+    split: str,
+    group: str,
+    point: MetricValues,
+    intervals: Mapping[str, BootstrapCI],
+    extra_note: Callable[[str], str | None],
+) -> None:
     for metric, value in point.items():
         notes = [n for n in (point.reasons.get(metric), extra_note(metric)) if n]
-        section.add(split, group, metric, value, intervals.get(metric),
-                    "; ".join(notes) or None)
+        section.add(split, group, metric, value, intervals.get(metric), "; ".join(notes) or None)
 
 
-def _figure(section: LabelSection, ctx: EvalContext, split: str, kind: str, caption: str,
-            fig: object) -> None:
+def _figure(
+    section: LabelSection, ctx: EvalContext, split: str, kind: str, caption: str, fig: object
+) -> None:
     path = ctx.out_dir / "figures" / _safe_name(section.name) / f"{_safe_name(split)}_{kind}.png"
     plots.save_figure(fig, path)
     section.figures.append((caption, path))
@@ -157,26 +198,41 @@ def _figure(section: LabelSection, ctx: EvalContext, split: str, kind: str, capt
 # Classification
 
 
-def _binary_threshold(y: pd.Series, score: np.ndarray, split: pd.Series, positive: str,
-                      ctx: EvalContext, section: LabelSection) -> tuple[float | None, str | None]:
+def _binary_threshold(
+    y: pd.Series,
+    score: np.ndarray,
+    split: pd.Series,
+    positive: str,
+    ctx: EvalContext,
+    section: LabelSection,
+) -> tuple[float | None, str | None]:
     for candidate in ("val", "train"):
         use = (split == candidate).to_numpy()
         y_pos = (y[use] == positive).to_numpy()
         if y_pos.any() and not y_pos.all():
-            threshold = choose_threshold(y_pos, score[use], ctx.threshold_method,
-                                         ctx.target_sensitivity)
-            how = (f"{ctx.threshold_method}" if ctx.threshold_method == "youden" else
-                   f"sensitivity >= {ctx.target_sensitivity:g}")
+            threshold = choose_threshold(
+                y_pos, score[use], ctx.threshold_method, ctx.target_sensitivity
+            )
+            how = (
+                f"{ctx.threshold_method}"
+                if ctx.threshold_method == "youden"
+                else f"sensitivity >= {ctx.target_sensitivity:g}"
+            )
             if candidate == "train":
                 section.notes.append(
                     f"No 'val' split with both classes: the threshold ({how}) was chosen on "
-                    "'train', so threshold-based metrics on 'train' are optimistic.")
+                    "'train', so threshold-based metrics on 'train' are optimistic."
+                )
             else:
-                section.notes.append(f"Threshold {threshold:.4g} chosen on 'val' ({how}) and "
-                                     "applied unchanged to the other splits.")
+                section.notes.append(
+                    f"Threshold {threshold:.4g} chosen on 'val' ({how}) and "
+                    "applied unchanged to the other splits."
+                )
             return threshold, candidate
-    section.notes.append("Neither 'val' nor 'train' has both classes: no threshold was chosen; "
-                         "threshold-based metrics use the arg-max class.")
+    section.notes.append(
+        "Neither 'val' nor 'train' has both classes: no threshold was chosen; "
+        "threshold-based metrics use the arg-max class."
+    )
     return None, None
 
 
@@ -190,12 +246,15 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
     known = ~is_missing_label(y_all.to_numpy())
     unknown = sorted(set(y_all[known].astype(str)) - set(classes))
     if unknown:
-        raise ValueError(f"column {name!r} has values {unknown} that are not among the schema's "
-                         f"classes {classes}; check schema.json against predictions.csv")
+        raise ValueError(
+            f"column {name!r} has values {unknown} that are not among the schema's "
+            f"classes {classes}; check schema.json against predictions.csv"
+        )
     df = df[known].assign(**{name: y_all[known].astype(str)})
     if (~known).any():
-        section.notes.append(f"{int((~known).sum())} case(s) without a true {name!r} are left "
-                             "out of its metrics.")
+        section.notes.append(
+            f"{int((~known).sum())} case(s) without a true {name!r} are left out of its metrics."
+        )
     prob = df[prob_columns].to_numpy(dtype=float)
     binary = len(classes) == 2
     positive = ctx.positive_class.get(name, classes[-1]) if binary else None
@@ -204,8 +263,9 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
     threshold, fitted_on = None, None
     if binary:
         score = prob[:, classes.index(positive)]
-        threshold, fitted_on = _binary_threshold(df[name], score, df["split"], positive, ctx,
-                                                 section)
+        threshold, fitted_on = _binary_threshold(
+            df[name], score, df["split"], positive, ctx, section
+        )
         section.notes.append(f"Positive class: {positive!r}.")
 
     def extra_note(split: str) -> Callable[[str], str | None]:
@@ -213,6 +273,7 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
             if binary and split == fitted_on and metric in _THRESHOLD_METRICS:
                 return "threshold chosen on this split (optimistic)"
             return None
+
         return note
 
     summary: dict[str, dict[str, str]] = {}
@@ -221,53 +282,100 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
             continue
         y = rows[name].to_numpy(dtype=object)
         p = prob[df.index.get_indexer(rows.index)]
-        point = classification_metrics(y, p, classes, positive_class=positive,
-                                       threshold=threshold)
+        point = classification_metrics(y, p, classes, positive_class=positive, threshold=threshold)
         intervals: dict[str, BootstrapCI] = {}
         if ctx.n_bootstrap > 0:
             y_idx = np.array([classes.index(v) for v in y])
             pos_index = classes.index(positive) if binary else None
             distributions = weighted_bootstrap_distributions(
-                partial(weighted_classification_metrics, classes=classes,
-                        positive_index=pos_index, threshold=threshold),
-                y_idx, p, n_resamples=ctx.n_bootstrap, seed=ctx.seed, strata=y_idx)
+                partial(
+                    weighted_classification_metrics,
+                    classes=classes,
+                    positive_index=pos_index,
+                    threshold=threshold,
+                ),
+                y_idx,
+                p,
+                n_resamples=ctx.n_bootstrap,
+                seed=ctx.seed,
+                strata=y_idx,
+            )
             intervals = _intervals(distributions, ctx.ci)
         _add_metrics(section, split, group, point, intervals, extra_note(split))
         if binary:
-            section.add(split, group, "threshold", threshold,
-                        note=f"chosen on '{fitted_on}'" if fitted_on else "arg-max (none chosen)")
+            section.add(
+                split,
+                group,
+                "threshold",
+                threshold,
+                note=f"chosen on '{fitted_on}'" if fitted_on else "arg-max (none chosen)",
+            )
         if group == ALL_GROUPS:
             counts = pd.Series(y).value_counts()
-            summary[split] = {c: f"{counts.get(c, 0)} ({counts.get(c, 0) / len(y):.1%})"
-                              for c in classes}
-            _classification_figures(section, ctx, split, y, p, classes, positive, threshold,
-                                    intervals)
+            summary[split] = {
+                c: f"{counts.get(c, 0)} ({counts.get(c, 0) / len(y):.1%})" for c in classes
+            }
+            _classification_figures(
+                section, ctx, split, y, p, classes, positive, threshold, intervals
+            )
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     return section
 
 
-def _classification_figures(section: LabelSection, ctx: EvalContext, split: str, y: np.ndarray,
-                            p: np.ndarray, classes: list[str], positive: str | None,
-                            threshold: float | None, intervals: Mapping[str, BootstrapCI]
-                            ) -> None:
+def _classification_figures(
+    section: LabelSection,
+    ctx: EvalContext,
+    split: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    classes: list[str],
+    positive: str | None,
+    threshold: float | None,
+    intervals: Mapping[str, BootstrapCI],
+) -> None:
     name = section.name
     if positive is not None:
         auc_ci = {positive: tuple(intervals["auroc"])} if "auroc" in intervals else {}
         ap_ci = {positive: tuple(intervals["ap"])} if "ap" in intervals else {}
     else:
-        auc_ci = {c: tuple(intervals[f"auroc[{c}]"]) for c in classes
-                  if f"auroc[{c}]" in intervals}
+        auc_ci = {c: tuple(intervals[f"auroc[{c}]"]) for c in classes if f"auroc[{c}]" in intervals}
         ap_ci = {}
     if len(set(y)) > 1:
         if positive is None and "auroc" in intervals:
             auc_ci[plots.MACRO] = tuple(intervals["auroc"])
-        _figure(section, ctx, split, "roc", f"{name}, {split}: ROC curve",
-                plots.plot_roc(y, p, classes, positive_class=positive, intervals=auc_ci,
-                               ci=ctx.ci, threshold=threshold, title=f"{name} - {split}"))
-        _figure(section, ctx, split, "pr", f"{name}, {split}: precision-recall curve",
-                plots.plot_precision_recall(y, p, classes, positive_class=positive,
-                                            intervals=ap_ci, ci=ctx.ci,
-                                            title=f"{name} - {split}"))
+        _figure(
+            section,
+            ctx,
+            split,
+            "roc",
+            f"{name}, {split}: ROC curve",
+            plots.plot_roc(
+                y,
+                p,
+                classes,
+                positive_class=positive,
+                intervals=auc_ci,
+                ci=ctx.ci,
+                threshold=threshold,
+                title=f"{name} - {split}",
+            ),
+        )
+        _figure(
+            section,
+            ctx,
+            split,
+            "pr",
+            f"{name}, {split}: precision-recall curve",
+            plots.plot_precision_recall(
+                y,
+                p,
+                classes,
+                positive_class=positive,
+                intervals=ap_ci,
+                ci=ctx.ci,
+                title=f"{name} - {split}",
+            ),
+        )
     if positive is not None and threshold is not None:
         negative = next(c for c in classes if c != positive)
         y_pred = np.where(p[:, classes.index(positive)] >= threshold, positive, negative)
@@ -275,11 +383,22 @@ def _classification_figures(section: LabelSection, ctx: EvalContext, split: str,
     else:
         y_pred = np.asarray(classes, dtype=object)[np.argmax(p, axis=1)]
         how = "arg-max class"
-    _figure(section, ctx, split, "confusion", f"{name}, {split}: confusion matrix ({how})",
-            plots.plot_confusion_matrix(y, y_pred, classes, title=f"{name} - {split} ({how})"))
-    _figure(section, ctx, split, "reliability", f"{name}, {split}: reliability diagram",
-            plots.plot_reliability(y, p, classes, positive_class=positive,
-                                   title=f"{name} - {split}"))
+    _figure(
+        section,
+        ctx,
+        split,
+        "confusion",
+        f"{name}, {split}: confusion matrix ({how})",
+        plots.plot_confusion_matrix(y, y_pred, classes, title=f"{name} - {split} ({how})"),
+    )
+    _figure(
+        section,
+        ctx,
+        split,
+        "reliability",
+        f"{name}, {split}: reliability diagram",
+        plots.plot_reliability(y, p, classes, positive_class=positive, title=f"{name} - {split}"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,8 +412,9 @@ def evaluate_regression(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> L
     y_all = pd.to_numeric(df[name], errors="coerce")
     known = y_all.notna().to_numpy()
     if (~known).any():
-        section.notes.append(f"{int((~known).sum())} case(s) without a true {name!r} are left "
-                             "out of its metrics.")
+        section.notes.append(
+            f"{int((~known).sum())} case(s) without a true {name!r} are left out of its metrics."
+        )
     df = df[known]
     summary = {}
     for split, group, rows in _subsets(df, ctx):
@@ -305,18 +425,38 @@ def evaluate_regression(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> L
         point = regression_metrics(y, pred)
         intervals: dict[str, BootstrapCI] = {}
         if ctx.n_bootstrap > 0:
-            intervals = _intervals(weighted_bootstrap_distributions(
-                weighted_regression_metrics, y, pred, n_resamples=ctx.n_bootstrap,
-                seed=ctx.seed), ctx.ci)
+            intervals = _intervals(
+                weighted_bootstrap_distributions(
+                    weighted_regression_metrics, y, pred, n_resamples=ctx.n_bootstrap, seed=ctx.seed
+                ),
+                ctx.ci,
+            )
         _add_metrics(section, split, group, point, intervals, lambda _m: None)
         if group == ALL_GROUPS:
-            summary[split] = {"n": len(y), "mean": y.mean(), "sd": y.std(ddof=1) if len(y) > 1
-                              else np.nan, "median": np.median(y), "min": y.min(),
-                              "max": y.max()}
-            _figure(section, ctx, split, "scatter", f"{name}, {split}: predicted vs true",
-                    plots.plot_regression_scatter(y, pred, label=name, title=f"{name} - {split}"))
-            _figure(section, ctx, split, "bland_altman", f"{name}, {split}: Bland-Altman",
-                    plots.plot_bland_altman(y, pred, label=name, title=f"{name} - {split}"))
+            summary[split] = {
+                "n": len(y),
+                "mean": y.mean(),
+                "sd": y.std(ddof=1) if len(y) > 1 else np.nan,
+                "median": np.median(y),
+                "min": y.min(),
+                "max": y.max(),
+            }
+            _figure(
+                section,
+                ctx,
+                split,
+                "scatter",
+                f"{name}, {split}: predicted vs true",
+                plots.plot_regression_scatter(y, pred, label=name, title=f"{name} - {split}"),
+            )
+            _figure(
+                section,
+                ctx,
+                split,
+                "bland_altman",
+                f"{name}, {split}: Bland-Altman",
+                plots.plot_bland_altman(y, pred, label=name, title=f"{name} - {split}"),
+            )
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     return section
 
@@ -325,26 +465,140 @@ def evaluate_regression(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> L
 # Survival
 
 
+def _survival_reference(
+    train: pd.DataFrame, label: Mapping, name: str, period: str
+) -> tuple[np.ndarray, np.ndarray, BreslowBaseline, np.ndarray, np.ndarray, list[str]]:
+    """Training follow-up, baseline, evaluation times and risk cut-points of a survival label:
+    from the schema when it has them (fitted at training time), else fitted on ``train``."""
+    train_time = train[period].to_numpy(dtype=float)
+    train_event = train[name].to_numpy(dtype=float)
+    train_risk = train[f"risk_{name}"].to_numpy(dtype=float)
+    notes = []
+    if label.get("baseline"):
+        baseline = BreslowBaseline(
+            np.asarray(label["baseline"]["times"], dtype=float),
+            np.asarray(label["baseline"]["cumhaz"], dtype=float),
+        )
+    else:
+        baseline = BreslowBaseline.fit(train_risk, train_time, train_event)
+        notes.append("No baseline hazard in the schema: Breslow baseline fitted on 'train'.")
+    eval_times = np.asarray(
+        label.get("eval_times") or default_eval_times(train_time, train_event), dtype=float
+    )
+    cutpoints = np.asarray(
+        label.get("risk_cutpoints") or risk_group_cutpoints(train_risk), dtype=float
+    )
+    return train_time, train_event, baseline, eval_times, cutpoints, notes
+
+
 def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
-    """Survival label: data summary now; metrics are a hook (see the note it adds)."""
-    # HOOK(survival): wire nervus_lightning.survival.metrics.survival_metrics (C-index, IBS,
-    # time-dependent AUC with bootstrap CIs), plot_km_risk_groups per split and calibration at a
-    # chosen time (predicted vs Kaplan-Meier survival by risk decile) here once those exist.
+    """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
+
+    Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
+    log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
+    all of them, so survival CIs cost about 10 ms x ``n_bootstrap`` per split and group.
+    """
     name = label["name"]
     period = label["period"]
+    risk_column = f"risk_{name}"
     section = LabelSection(name, "survival")
-    summary = {}
-    for split in ctx.splits:
-        rows = df[df["split"] == split]
-        event = pd.to_numeric(rows[name], errors="coerce")
-        time = pd.to_numeric(rows[period], errors="coerce")
-        ok = event.notna() & time.notna()
-        if ok.any():
-            summary[split] = {"n": int(ok.sum()), "events": int(event[ok].sum()),
-                              "event rate": f"{event[ok].mean():.1%}",
-                              "median time": float(time[ok].median())}
+    values = df[[name, period, risk_column]].apply(pd.to_numeric, errors="coerce")
+    known = values.notna().all(axis=1).to_numpy()
+    if (~known).any():
+        section.notes.append(
+            f"{int((~known).sum())} case(s) without event, time or risk are "
+            "left out of the survival metrics."
+        )
+    df = df[known].assign(**{c: values.loc[known, c] for c in values.columns})
+    train = df[df["split"] == "train"]
+    if train.empty or not (train[name] != 0).any():
+        section.notes.append(
+            "No 'train' split with events in the predictions: survival metrics "
+            "need the training follow-up and were not computed."
+        )
+        return section
+    train_time, train_event, baseline, eval_times, cutpoints, notes = _survival_reference(
+        train, label, name, period
+    )
+    section.notes += notes
+    calibration_time = float(np.median(eval_times))
+    section.notes.append(
+        f"Calibration at t = {calibration_time:g} (middle evaluation time); "
+        "risk groups from the training cut-points "
+        f"{', '.join(f'{c:.3g}' for c in cutpoints)}."
+    )
+
+    def metrics(
+        time: np.ndarray, event: np.ndarray, risk: np.ndarray, reasons: dict[str, str] | None = None
+    ) -> dict[str, float | None]:
+        return survival_metrics(
+            train_time,
+            train_event,
+            time,
+            event,
+            risk,
+            baseline,
+            eval_times,
+            cutpoints,
+            reasons=reasons,
+        )
+
+    summary, calibration_tables = {}, []
+    for split, group, rows in _subsets(df, ctx):
+        if rows.empty:
+            continue
+        time = rows[period].to_numpy(dtype=float)
+        event = rows[name].to_numpy(dtype=float)
+        risk = rows[risk_column].to_numpy(dtype=float)
+        reasons: dict[str, str] = {}
+        point = metrics(time, event, risk, reasons)
+        intervals: dict[str, BootstrapCI] = {}
+        if ctx.n_bootstrap > 0 and len(rows) > 1:
+            distributions = bootstrap_distributions(
+                metrics, time, event, risk, n_resamples=ctx.n_bootstrap, seed=ctx.seed
+            )
+            distributions.pop("logrank_p", None)  # a p-value has no confidence interval
+            intervals = _intervals(distributions, ctx.ci)
+        section.add(split, group, "n", float(len(rows)))
+        section.add(split, group, "events", float((event != 0).sum()))
+        for metric, value in point.items():
+            section.add(split, group, metric, value, intervals.get(metric), reasons.get(metric))
+        if group != ALL_GROUPS:
+            continue
+        summary[split] = {
+            "n": len(rows),
+            "events": int((event != 0).sum()),
+            "event rate": f"{(event != 0).mean():.1%}",
+            "median time": float(np.median(time)),
+        }
+        path = ctx.out_dir / "figures" / _safe_name(name) / f"{_safe_name(split)}_km.png"
+        plot_km_risk_groups(
+            time, event, assign_risk_groups(risk, cutpoints), path, title=f"{name} - {split}"
+        )
+        section.figures.append((f"{name}, {split}: Kaplan-Meier by risk group", path))
+        predicted = baseline.survival(risk, [calibration_time])[:, 0]
+        table = survival_calibration_table(time, event, predicted, calibration_time)
+        calibration_tables.append(table.assign(split=split))
+        _figure(
+            section,
+            ctx,
+            split,
+            "calibration",
+            f"{name}, {split}: calibration at t = {calibration_time:g}",
+            plot_survival_calibration(table, calibration_time, title=f"{name} - {split}"),
+        )
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
-    section.notes.append("Survival metrics are not evaluated by this version of the report.")
+    if calibration_tables:
+        table = pd.concat(calibration_tables, ignore_index=True)
+        table = table[["split", *table.columns.drop("split")]]
+        table.to_csv(ctx.out_dir / f"survival_calibration_{_safe_name(name)}.csv", index=False)
+        section.tables.append(
+            (
+                f"Calibration at t = {calibration_time:g} by bin of predicted "
+                "survival (1 = highest risk)",
+                table,
+            )
+        )
     return section
 
 
@@ -368,8 +622,9 @@ def _required_columns(label: Mapping) -> list[str]:
         return [name, f"pred_{name}"]
     if task == "survival":
         return [name, label["period"], f"risk_{name}"]
-    raise ValueError(f"label {name!r} has unknown task {task!r}; expected one of "
-                     f"{sorted(TASK_EVALUATORS)}")
+    raise ValueError(
+        f"label {name!r} has unknown task {task!r}; expected one of {sorted(TASK_EVALUATORS)}"
+    )
 
 
 def _validate(predictions: pd.DataFrame, schema: Mapping) -> str | None:
@@ -428,23 +683,36 @@ def evaluate_predictions(
     predictions = predictions.reset_index(drop=True).copy()
     predictions["split"] = predictions["split"].astype(str)
     splits = split_order([s for s in predictions["split"].unique() if s != "exclude"])
-    ctx = EvalContext(splits, group_column, out_dir, n_bootstrap, ci, seed, threshold_method,
-                      target_sensitivity, positive_class or {})
-    sections = [TASK_EVALUATORS[label["task"]](predictions, label, ctx)
-                for label in schema["labels"]]
+    ctx = EvalContext(
+        splits,
+        group_column,
+        out_dir,
+        n_bootstrap,
+        ci,
+        seed,
+        threshold_method,
+        target_sensitivity,
+        positive_class or {},
+    )
+    sections = [
+        TASK_EVALUATORS[label["task"]](predictions, label, ctx) for label in schema["labels"]
+    ]
 
-    all_rows = pd.DataFrame([row for s in sections for row in s.rows],
-                            columns=[*METRIC_COLUMNS, "note"])
-    metrics = all_rows[METRIC_COLUMNS].astype({"value": float, "ci_lower": float,
-                                               "ci_upper": float})
+    all_rows = pd.DataFrame(
+        [row for s in sections for row in s.rows], columns=[*METRIC_COLUMNS, "note"]
+    )
+    metrics = all_rows[METRIC_COLUMNS].astype(
+        {"value": float, "ci_lower": float, "ci_upper": float}
+    )
     metrics.to_csv(out_dir / "metrics.csv", index=False)
     notes = all_rows[all_rows["note"] != ""][["split", "group", "label", "metric", "note"]]
     notes.to_csv(out_dir / "metrics_notes.csv", index=False)
 
     curve_png = None
     if learning_curve is not None and not learning_curve.empty:
-        curve_png = plots.save_figure(plots.plot_learning_curves(learning_curve),
-                                      out_dir / "figures" / "learning_curves.png")
+        curve_png = plots.save_figure(
+            plots.plot_learning_curves(learning_curve), out_dir / "figures" / "learning_curves.png"
+        )
     page = render_report(predictions, sections, ctx, config_summary, curve_png)
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     return metrics
@@ -484,8 +752,10 @@ def _flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
 def _fmt(value: float | None, metric: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if metric == "n":
+    if metric in ("n", "events"):
         return f"{value:.0f}"
+    if metric == "logrank_p":
+        return "< 0.001" if value < 0.001 else f"{value:.3f}"
     if metric in ("mae", "rmse", "threshold"):
         return f"{value:.4g}"
     return f"{value:.3f}"
@@ -501,8 +771,9 @@ def _metrics_table(section: LabelSection, ci: float) -> str:
     out.append("</tr>")
     footnotes: list[str] = []
     for split, group in keys:
-        out.append(f"<tr><td class=key>{html.escape(split)}</td>"
-                   f"<td class=key>{html.escape(group)}</td>")
+        out.append(
+            f"<tr><td class=key>{html.escape(split)}</td><td class=key>{html.escape(group)}</td>"
+        )
         for metric in metric_names:
             row = lookup.get((split, group, metric))
             if row is None:
@@ -510,37 +781,53 @@ def _metrics_table(section: LabelSection, ci: float) -> str:
                 continue
             text = _fmt(row["value"], metric)
             if row["ci_lower"] is not None and row["ci_upper"] is not None:
-                text += (f"<br><span class=note>({_fmt(row['ci_lower'], metric)}, "
-                         f"{_fmt(row['ci_upper'], metric)})</span>")
+                text += (
+                    f"<br><span class=note>({_fmt(row['ci_lower'], metric)}, "
+                    f"{_fmt(row['ci_upper'], metric)})</span>"
+                )
             if row["note"] and metric != "threshold":
                 footnotes.append(f"{split} / {group} / {metric}: {row['note']}")
                 text += f"<sup>{len(footnotes)}</sup>"
             out.append(f"<td>{text}</td>")
         out.append("</tr>")
     out.append("</table>")
-    out.append(f"<p class=note>In brackets: {ci:.0%} percentile bootstrap confidence interval."
-               "</p>")
+    out.append(f"<p class=note>In brackets: {ci:.0%} percentile bootstrap confidence interval.</p>")
     if footnotes:
-        out.append("<ol class=notes>" + "".join(f"<li>{html.escape(f)}</li>" for f in footnotes)
-                   + "</ol>")
+        out.append(
+            "<ol class=notes>" + "".join(f"<li>{html.escape(f)}</li>" for f in footnotes) + "</ol>"
+        )
     return "\n".join(out)
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}",
-                         border=0, escape=True)
+    return frame.to_html(
+        index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, escape=True
+    )
 
 
-def render_report(predictions: pd.DataFrame, sections: list[LabelSection], ctx: EvalContext,
-                  config_summary: Mapping | None, learning_curve_png: Path | None) -> str:
+def render_report(
+    predictions: pd.DataFrame,
+    sections: list[LabelSection],
+    ctx: EvalContext,
+    config_summary: Mapping | None,
+    learning_curve_png: Path | None,
+) -> str:
     """The HTML page (a string) with everything embedded."""
-    parts = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
-             "<title>nervus_lightning evaluation</title>", f"<style>{_CSS}</style></head><body>",
-             "<h1>Evaluation report</h1>"]
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        "<title>nervus_lightning evaluation</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Evaluation report</h1>",
+    ]
     if config_summary:
         parts.append("<h2>Configuration</h2>")
-        parts.append(_table(pd.DataFrame(list(_flatten(config_summary)),
-                                         columns=["setting", "value"]).astype(str)))
+        parts.append(
+            _table(
+                pd.DataFrame(list(_flatten(config_summary)), columns=["setting", "value"]).astype(
+                    str
+                )
+            )
+        )
 
     parts.append("<h2>Data</h2>")
     counts = predictions.groupby("split").size().reindex(ctx.splits).rename("cases")
@@ -551,8 +838,11 @@ def render_report(predictions: pd.DataFrame, sections: list[LabelSection], ctx: 
     parts.append(_table(frame.rename_axis("split").reset_index()))
     for section in sections:
         if section.summary is not None and not section.summary.empty:
-            what = {"classification": "class balance", "regression": "distribution",
-                    "survival": "events and follow-up"}[section.task]
+            what = {
+                "classification": "class balance",
+                "regression": "distribution",
+                "survival": "events and follow-up",
+            }[section.task]
             parts.append(f"<h3>{html.escape(section.name)}: {what}</h3>")
             parts.append(_table(section.summary))
 
@@ -563,15 +853,22 @@ def render_report(predictions: pd.DataFrame, sections: list[LabelSection], ctx: 
     for section in sections:
         parts.append(f"<h2>{html.escape(section.name)} ({section.task})</h2>")
         if section.notes:
-            parts.append("<ul class=notes>" + "".join(f"<li>{html.escape(n)}</li>"
-                                                      for n in section.notes) + "</ul>")
+            parts.append(
+                "<ul class=notes>"
+                + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes)
+                + "</ul>"
+            )
         if section.rows:
             parts.append(_metrics_table(section, ctx.ci))
+        for caption, table in section.tables:
+            parts.append(f"<h3>{html.escape(caption)}</h3>")
+            parts.append(_table(table))
         if section.figures:
             parts.append("<div class=figs>")
             for caption, path in section.figures:
-                parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(caption)}"
-                             "</figcaption></figure>")
+                parts.append(
+                    f"<figure>{_img(path)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+                )
             parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -56,7 +56,9 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     if conv.in_channels == in_channels:
         return
     if conv.in_channels != 3 or in_channels != 1:
-        raise ValueError(f"cannot adapt a {conv.in_channels}-channel conv to {in_channels} channels")
+        raise ValueError(
+            f"cannot adapt a {conv.in_channels}-channel conv to {in_channels} channels"
+        )
     new = nn.Conv2d(
         in_channels,
         conv.out_channels,
@@ -90,7 +92,8 @@ def load_pretrained(model: nn.Module, name: str, weights_path: str | None) -> No
     if not path.is_file():
         raise NervusInputError(
             f"pretrained weights for '{name}' not found at {path}. This tool never downloads at "
-            f"run time: fetch {url} on a machine with internet and put it at {cache} (torchvision's "
+            f"run time: fetch {url} on a machine with internet and put it at {cache} "
+            "(torchvision's "
             "cache), or pass model.extractor.weights_path=/path/to/file.pth, or set "
             "model.extractor.pretrained=false to train from scratch."
         )

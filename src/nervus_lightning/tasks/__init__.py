@@ -3,5 +3,6 @@
 from nervus_lightning.tasks.base import TASKS, Task, build_task
 from nervus_lightning.tasks.classification import ClassificationTask
 from nervus_lightning.tasks.regression import RegressionTask
+from nervus_lightning.tasks.survival import SurvivalTask
 
-__all__ = ["TASKS", "Task", "build_task", "ClassificationTask", "RegressionTask"]
+__all__ = ["TASKS", "Task", "build_task", "ClassificationTask", "RegressionTask", "SurvivalTask"]

@@ -69,6 +69,9 @@ class Task(ABC):
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_tensors` returned."""
 
+    def write_figures(self, predictions: pd.DataFrame, out_dir: Any) -> None:
+        """Task-specific figures from ``predictions.csv`` (e.g. Kaplan-Meier curves)."""
+
     def export_label(self, j: int) -> dict[str, Any]:
         """Extra JSON for label ``j`` in ``schema.json`` (e.g. a survival baseline)."""
         return {}

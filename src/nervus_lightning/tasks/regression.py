@@ -21,7 +21,7 @@ LOSSES = {
 
 
 class RegressionTask(Task):
-    """Targets are standardised with training mean/std inside the loss; outputs are de-standardised."""
+    """Targets standardised with training mean/std in the loss; outputs de-standardised."""
 
     kind = "regression"
     primary_metric = "mae"
@@ -48,7 +48,9 @@ class RegressionTask(Task):
         return output.float() * spec.std + spec.mean
 
     def make_metrics(self, j: int) -> MetricCollection:
-        return MetricCollection({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)})
+        return MetricCollection(
+            {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False)}
+        )
 
     def update_metrics(self, metrics, output, batch, j) -> None:
         target = batch["target"][:, j].float()

@@ -1,0 +1,98 @@
+"""Calibration of predicted survival at one time: predicted vs Kaplan-Meier observed, by risk bin.
+
+Subjects are put into (up to) ten equally sized bins of predicted survival at time ``t``; in
+each bin the mean predicted survival is set against the Kaplan-Meier estimate at ``t``
+(scikit-survival ``kaplan_meier_estimator``, with its log-log 95% interval). A bin whose
+follow-up ends before ``t`` has no observed value. The report uses the middle evaluation time
+of the label as ``t``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sksurv.nonparametric import kaplan_meier_estimator
+
+from nervus_lightning.evaluation.plots import new_figure
+
+CALIBRATION_COLUMNS = [
+    "bin",
+    "n",
+    "events",
+    "predicted",
+    "observed",
+    "observed_lower",
+    "observed_upper",
+]
+
+
+def kaplan_meier_at(time: np.ndarray, event: np.ndarray, t: float) -> tuple[float, float, float]:
+    """Kaplan-Meier survival at ``t`` and its 95% interval; NaN if follow-up ends before ``t``."""
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event).astype(bool)
+    if time.shape[0] == 0 or time.max() < t:
+        return np.nan, np.nan, np.nan
+    km_time, km_surv, km_ci = kaplan_meier_estimator(event, time, conf_type="log-log")
+    index = np.searchsorted(km_time, t, side="right") - 1
+    if index < 0:
+        return 1.0, 1.0, 1.0
+    return float(km_surv[index]), float(km_ci[0, index]), float(km_ci[1, index])
+
+
+def survival_calibration_table(
+    time: np.ndarray, event: np.ndarray, predicted_survival: np.ndarray, t: float, n_bins: int = 10
+) -> pd.DataFrame:
+    """Per bin of predicted survival at ``t`` (1 = lowest predicted survival, i.e. highest risk):
+    n, events, mean predicted survival, Kaplan-Meier observed survival and its 95% interval."""
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event).astype(bool)
+    predicted = np.asarray(predicted_survival, dtype=float)
+    n_bins = int(max(1, min(n_bins, time.shape[0] // 10)))
+    # Ranks break ties so that qcut can always make n_bins equally sized bins.
+    ranks = pd.Series(predicted).rank(method="first").to_numpy()
+    bins = pd.qcut(ranks, n_bins, labels=False)
+    rows = []
+    for b in range(n_bins):
+        member = bins == b
+        observed = kaplan_meier_at(time[member], event[member], t)
+        rows.append(
+            [
+                b + 1,
+                int(member.sum()),
+                int(event[member].sum()),
+                float(predicted[member].mean()),
+                *observed,
+            ]
+        )
+    return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
+
+
+def plot_survival_calibration(table: pd.DataFrame, t: float, *, title: str = "") -> object:
+    """Observed (Kaplan-Meier, with 95% interval) against mean predicted survival per bin."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    ok = table["observed"].notna()
+    shown = table[ok]
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.errorbar(
+        shown["predicted"],
+        shown["observed"],
+        yerr=[
+            shown["observed"] - shown["observed_lower"],
+            shown["observed_upper"] - shown["observed"],
+        ],
+        fmt="o-",
+        capsize=3,
+        lw=1.5,
+        label="risk bins (Kaplan-Meier, 95% CI)",
+    )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel=f"Predicted survival at t = {t:g}",
+        ylabel=f"Observed survival at t = {t:g}",
+        title=title,
+        aspect="equal",
+    )
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
