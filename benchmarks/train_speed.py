@@ -69,12 +69,33 @@ class Variant:
 
 @dataclass
 class Result:
+    """Wall-clock and process CPU seconds per epoch of each timed run of one variant."""
+
     variant: Variant
     seconds: list[float]
+    cpu_seconds: list[float]
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_seconds)
+
+
+def clock() -> tuple[float, float]:
+    """Wall-clock and process CPU time, in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = clock()
+    return wall - start[0], cpu - start[1]
 
 
 def bf16_supported() -> bool:
@@ -136,8 +157,8 @@ def plain_train(
     variant: Variant,
     epochs: int,
     max_steps: int | None = None,
-) -> list[float]:
-    """Train with a plain PyTorch loop; return the seconds of each epoch."""
+) -> list[tuple[float, float]]:
+    """Train with a plain PyTorch loop; return (wall, CPU) seconds of each epoch."""
     net = make_module(dm, args, channels_last=False).net
     net.train()
     if variant.channels_last:
@@ -155,7 +176,7 @@ def plain_train(
     )
     seconds = []
     for _ in range(epochs):
-        start = time.perf_counter()
+        start = clock()
         for step, batch in enumerate(loader):
             if max_steps is not None and step >= max_steps:
                 break
@@ -169,7 +190,7 @@ def plain_train(
                 loss = F.cross_entropy(logits.float(), target)
             loss.backward()
             optimizer.step()
-        seconds.append(time.perf_counter() - start)
+        seconds.append(elapsed(start))
     return seconds
 
 
@@ -178,14 +199,14 @@ class EpochTimer(L.Callback):
     """Seconds of each training epoch, hook to hook."""
 
     def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self._start = 0.0
+        self.seconds: list[tuple[float, float]] = []
+        self._start = (0.0, 0.0)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start = clock()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
+        self.seconds.append(elapsed(self._start))
 
 
 def make_trainer(variant: Variant, epochs: int, callbacks: list, max_steps: int = -1) -> L.Trainer:
@@ -211,8 +232,8 @@ def nervus_train(
     variant: Variant,
     epochs: int,
     max_steps: int | None = None,
-) -> tuple[list[float], NervusModule]:
-    """Train with Lightning; return the seconds of each epoch and the trained module."""
+) -> tuple[list[tuple[float, float]], NervusModule]:
+    """Train with Lightning; return (wall, CPU) seconds of each epoch and the trained module."""
     module = make_module(dm, args, channels_last=variant.channels_last)
     timer = EpochTimer()
     trainer = make_trainer(variant, epochs, [timer], max_steps=max_steps or -1)
@@ -247,12 +268,13 @@ def benchmark(dm: NervusDataModule, args: argparse.Namespace) -> list[Result]:
     variants = variants_to_run(args)
     for variant in variants:  # thread pools, allocator, oneDNN kernel choice: not timed
         run_variant(dm, args, variant, max_steps=args.warmup)
-    results = {v: Result(v, []) for v in variants}
+    results = {v: Result(v, [], []) for v in variants}
     for rep in range(args.repeats):
         shift = rep % len(variants)
         for variant in variants[shift:] + variants[:shift]:
             seconds = run_variant(dm, args, variant)
-            results[variant].seconds.append(statistics.mean(seconds))
+            results[variant].seconds.append(statistics.mean(w for w, _ in seconds))
+            results[variant].cpu_seconds.append(statistics.mean(c for _, c in seconds))
             if torch.get_num_threads() != args.threads:
                 raise RuntimeError(
                     f"{variant.name} changed the thread count to {torch.get_num_threads()}"
@@ -261,12 +283,18 @@ def benchmark(dm: NervusDataModule, args: argparse.Namespace) -> list[Result]:
 
 
 def format_table(results: Sequence[Result]) -> str:
-    base = next(r.median for r in results if r.variant == Variant("plain"))
-    rows = ["variant                      s/epoch (median)   min      max      x plain fp32"]
+    """Seconds per epoch and ratios to the plain fp32 loop: of the medians, of the fastest runs
+    (least disturbed by other processes on a shared machine) and of the median CPU seconds."""
+    base = next(r for r in results if r.variant == Variant("plain"))
+    rows = [
+        f"{'variant':<26} {'median s':>9} {'min s':>7} {'max s':>7} {'CPU s':>7}  "
+        f"{'x plain fp32: median':>20} {'min':>6} {'CPU':>6}"
+    ]
     for r in results:
         rows.append(
-            f"{r.variant.name:<28} {r.median:>8.3f}        {min(r.seconds):>7.3f}  "
-            f"{max(r.seconds):>7.3f}  {r.median / base:>6.3f}"
+            f"{r.variant.name:<26} {r.median:>9.3f} {r.best:>7.3f} {max(r.seconds):>7.3f} "
+            f"{r.cpu_median:>7.2f}  {r.median / base.median:>20.3f} {r.best / base.best:>6.3f} "
+            f"{r.cpu_median / base.cpu_median:>6.3f}"
         )
     return "\n".join(rows)
 

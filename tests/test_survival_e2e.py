@@ -1,0 +1,175 @@
+"""Survival end to end: CSV checks, image-only and fused DeepSurv, several endpoints, metrics equal
+to direct scikit-survival calls, predict from the checkpoint alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import FAST, compose_config
+from sksurv.metrics import concordance_index_censored, cumulative_dynamic_auc
+from sksurv.util import Surv
+
+from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.predict import predict
+from nervus_lightning.survival.baseline import BreslowBaseline
+from nervus_lightning.train import train
+
+
+def _train(csv, run, overrides):
+    cfg = compose_config([f"data.csv={csv}", "task=survival", *FAST, *overrides])
+    return train(cfg, run)
+
+
+def _error(csv) -> str:
+    with pytest.raises(NervusInputError) as info:
+        NervusDataModule(csv, task="survival")
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "problem,expected",
+    [
+        ({(3, "period_death"): -1.0}, "negative"),
+        ({(3, "period_death"): np.nan}, "missing"),
+        ({(3, "label_death"): 2}, "0 (censored) or 1"),
+    ],
+)
+def test_bad_survival_values(dataset, problem, expected):
+    csv = dataset(task="survival", images=False)
+    msg = _error(_edit_rows(csv, problem))
+    assert expected in msg and "line 5" in msg
+
+
+def _edit_rows(csv, problem):
+    df = pd.read_csv(csv)
+    for (row, col), value in problem.items():
+        df[col] = df[col].astype(float)
+        df.loc[row, col] = value
+    df.to_csv(csv, index=False)
+    return csv
+
+
+def test_endpoint_without_time_and_time_without_endpoint(dataset):
+    csv = dataset(task="survival", images=False)
+    df = pd.read_csv(csv)
+    df.assign(label_rfs=df.label_death).to_csv(csv, index=False)
+    assert "'label_rfs' has no time column" in _error(csv)
+    df.assign(period_rfs=df.period_death).to_csv(csv, index=False)
+    msg = _error(csv)
+    assert "period_rfs" in msg and "no matching event label" in msg
+
+
+def test_no_events_in_training(dataset):
+    csv = dataset(task="survival", images=False)
+    df = pd.read_csv(csv)
+    df.loc[df.split == "train", "label_death"] = 0
+    df.to_csv(csv, index=False)
+    assert "no events" in _error(csv)
+
+
+def test_small_batches_warn(dataset):
+    csv = dataset(task="survival", images=False)
+    df = pd.read_csv(csv)
+    train = df.index[df.split == "train"]
+    df.loc[train, "label_death"] = 0
+    df.loc[train[:2], "label_death"] = 1
+    df.to_csv(csv, index=False)
+    with pytest.warns(UserWarning, match="no event with probability"):
+        NervusDataModule(csv, task="survival", batch_size=4)
+
+
+@pytest.mark.parametrize("inputs", [["model/tabular=none"], []], ids=["image", "fused"])
+def test_survival_end_to_end_and_predict_from_checkpoint(dataset, tmp_path, inputs):
+    csv = dataset(task="survival", n=64, extra_splits={"external": 8})
+    run = tmp_path / "run"
+    _train(csv, run, ["trainer.max_epochs=2", *inputs])
+    pred = pd.read_csv(run / "predictions.csv")
+    metrics = json.loads((run / "metrics.json").read_text())
+    schema = json.loads((run / "schema.json").read_text())
+    label = schema["labels"][0]
+    times = label["eval_times"]
+    surv_cols = [c for c in pred.columns if c.startswith("surv_label_death_t")]
+    assert len(surv_cols) == len(times) == 3
+    assert pred[surv_cols].apply(lambda r: np.all(np.diff(r.to_numpy()) <= 1e-12), axis=1).all()
+    train_rows = pred[pred.split == "train"]
+    event_times = train_rows.period_death[train_rows.label_death == 1]
+    np.testing.assert_allclose(times, np.percentile(event_times, [25, 50, 75]))
+    # Survival probabilities follow from the stored Breslow baseline fitted on training risks.
+    base = BreslowBaseline.fit(
+        train_rows.risk_label_death, train_rows.period_death, train_rows.label_death
+    )
+    np.testing.assert_allclose(
+        pred[surv_cols].to_numpy(),
+        base.survival(pred.risk_label_death.to_numpy(), times),
+        rtol=1e-5,
+    )
+    # Harrell's C equals scikit-survival called directly on the test rows.
+    test = pred[pred.split == "test"]
+    direct = concordance_index_censored(
+        test.label_death == 1, test.period_death, test.risk_label_death
+    )[0]
+    assert metrics["test"]["label_death"]["c_index"] == pytest.approx(direct)
+    assert {"c_index_uno", "td_auc_mean", "ibs", "logrank_p"} <= set(metrics["test"]["label_death"])
+    assert (run / "km_label_death_test.png").is_file()
+    # Predict with the checkpoint alone: same risks and survival columns as at test time.
+    ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
+    raw = torch.load(ckpt, weights_only=True)
+    assert "0.baseline_cumhaz" in raw["nervus_task_state"]
+    out = tmp_path / "pred"
+    predict(ckpt, csv, out)
+    again = pd.read_csv(out / "predictions.csv")
+    np.testing.assert_allclose(again.risk_label_death, pred.risk_label_death, atol=1e-6)
+    np.testing.assert_allclose(again[surv_cols].to_numpy(), pred[surv_cols].to_numpy(), atol=1e-6)
+
+
+def test_two_endpoints_and_td_auc_matches_sksurv(dataset, tmp_path):
+    csv = dataset(task="survival", n=80, images=False)
+    df = pd.read_csv(csv)
+    rng = np.random.default_rng(1)
+    df["label_rfs"] = (rng.random(len(df)) < 0.6).astype(int)
+    df["periods_rfs"] = rng.exponential(10, len(df)) * (1 + df.input_a.clip(0, None))
+    # The longest follow-up is a censored training case, so scikit-survival's censoring estimate
+    # covers every validation time and can be called directly for the reference value.
+    df.loc[0, ["split", "label_rfs", "periods_rfs"]] = ["train", 0, 1000.0]
+    df.to_csv(csv, index=False)
+    run = tmp_path / "run"
+    _train(
+        csv,
+        run,
+        [
+            "model/extractor=none",
+            "trainer.max_epochs=2",
+            "task.ties=breslow",
+            "task.eval_times=[5.0,10.0]",
+        ],
+    )
+    pred = pd.read_csv(run / "predictions.csv")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"risk_label_death", "risk_label_rfs", "surv_label_rfs_t5", "surv_label_rfs_t10"} <= set(
+        pred.columns
+    )
+    train_rows, val = pred[pred.split == "train"], pred[pred.split == "val"]
+    y_train = Surv.from_arrays(train_rows.label_rfs == 1, train_rows.periods_rfs)
+    y_val = Surv.from_arrays(val.label_rfs == 1, val.periods_rfs)
+    auc, _ = cumulative_dynamic_auc(y_train, y_val, val.risk_label_rfs, [5.0, 10.0])
+    got = metrics["val"]["label_rfs"]
+    assert [got["td_auc_t5"], got["td_auc_t10"]] == pytest.approx(list(auc))
+    curve = pd.read_csv(run / "learning_curve.csv")
+    assert {"train_loss_label_death", "val_loss_label_rfs"} <= set(curve.columns)
+
+
+def test_weighted_sampler_balances_events(dataset):
+    csv = dataset(task="survival", n=200, images=False)
+    df = pd.read_csv(csv)
+    train = df.index[df.split == "train"]
+    df.loc[train, "label_death"] = (np.arange(len(train)) % 5 == 0).astype(int)  # 20 % events
+    df.to_csv(csv, index=False)
+    dm = NervusDataModule(csv, task="survival", sampler="weighted", batch_size=50)
+    torch.manual_seed(0)
+    events = torch.cat([b["target"][:, 0] for _ in range(40) for b in dm.train_dataloader()])
+    assert events.mean().item() == pytest.approx(0.5, abs=0.03)
