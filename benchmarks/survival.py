@@ -37,8 +37,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -123,7 +125,10 @@ def fit_deepsurv(
                 *overrides,
             ],
         )
-    train(cfg, run_dir)
+    # Lightning prints its test-loss table to stdout; keep the benchmark's output to C-indices
+    # (and keep test numbers out of sight in --evaluate val tuning runs).
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        train(cfg, run_dir)
     endpoint = preset_endpoint(dataset)
     label = f"label_{endpoint}"
     predictions = pd.read_csv(run_dir / "predictions.csv")
@@ -178,7 +183,9 @@ def run_benchmark(
                         "seconds": time.perf_counter() - start,
                     }
                 )
-                print(f"{dataset:8s} seed {seed} {method:8s} {evaluate} C = {c_index:.4f}", flush=True)
+                print(
+                    f"{dataset:8s} seed {seed} {method:8s} {evaluate} C = {c_index:.4f}", flush=True
+                )
     return pd.DataFrame(rows)
 
 
@@ -207,7 +214,9 @@ def format_table(summary: pd.DataFrame, split: str) -> str:
         "|---|---|---|---|",
     ]
     for row in summary.itertuples():
-        lines.append(f"| {row.dataset} | {row.method} | {row.mean:.3f} ± {row.sd:.3f} | {row.n_seeds} |")
+        lines.append(
+            f"| {row.dataset} | {row.method} | {row.mean:.3f} ± {row.sd:.3f} | {row.n_seeds} |"
+        )
     return "\n".join(lines)
 
 
@@ -225,8 +234,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="per-seed results")
     args = parser.parse_args(argv)
 
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     start = time.perf_counter()
     results = run_benchmark(

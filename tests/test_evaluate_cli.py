@@ -77,7 +77,8 @@ def test_cli_writes_report_next_to_predictions(run_dir, tmp_path):
     predictions = pd.read_csv(run_dir / "predictions.csv")
     for split, rows in predictions.groupby("split"):
         expected = roc_auc_score(rows["label_cls"] == "yes", rows["prob_label_cls_yes"])
-        row = metrics.query("split == @split and group == 'all' and metric == 'auroc'")
+        overall = metrics[metrics["group"] == "all"]
+        row = overall[(overall["split"] == split) & (overall["metric"] == "auroc")]
         assert row["value"].item() == pytest.approx(expected)
         assert np.isfinite(row[["ci_lower", "ci_upper"]].to_numpy()).all()
 

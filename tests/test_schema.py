@@ -199,3 +199,18 @@ def test_label_names_do_not_collide_by_substring(dataset):
     csv = _edit(dataset(), lambda d: d.assign(label_clsx=d.label_cls))
     _, schema = load_table(csv, task="classification", labels=["label_cls"])
     assert [s.name for s in schema.labels] == ["label_cls"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_failing_to_decode_later_names_its_file(dataset, tmp_path, workers):
+    from nervus_lightning.data.images import ImageReadError
+
+    csv = dataset()
+    dm = NervusDataModule(csv, task="classification", num_workers=workers, batch_size=8)
+    broken = tmp_path / "img" / "case000.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # header intact, pixels truncated
+    with pytest.raises(ImageReadError) as info:
+        for _ in dm.predict_dataloader():
+            pass
+    assert "case000.png" in str(info.value) and "Traceback" not in str(info.value)
+    assert isinstance(info.value, NervusInputError)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from nervus_lightning.data.schema import NervusInputError
+
 __all__ = [
     "CANDIDATE_BIT_DEPTHS",
     "ImageReadError",
@@ -43,15 +45,23 @@ _EIGHT_BIT_GRAY_MODES = frozenset({"L", "1"})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ImageReadError(ValueError):
-    """An image file is missing or cannot be decoded.
+class ImageReadError(NervusInputError):
+    """An image file is missing or cannot be decoded (a user error: reported without traceback).
 
     Attributes:
         path: the file, as given.
         reason: what is wrong and what to do about it.
     """
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:
+            # Re-raised by a DataLoader worker with the worker's formatted traceback as the only
+            # argument: keep its last line, which is this error's own message.
+            last = str(path).rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+            self.path, self.reason = "", message
+            super().__init__(message)
+            return
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read image '{self.path}': {reason}")

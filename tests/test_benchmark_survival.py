@@ -1,0 +1,86 @@
+"""Smoke test of benchmarks/survival.py, and the tuned DeepSurv settings of the survival presets."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import compose_config
+from sklearn.preprocessing import StandardScaler
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import concordance_index_censored
+
+from nervus_lightning.survival.presets import PRESETS, preset_frame
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "survival.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_survival", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_and_scores_cox_like_scikit_survival(benchmark, tmp_path, monkeypatch):
+    monkeypatch.setenv("NERVUS_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "survival.csv"
+    benchmark.main(
+        ["--datasets", "whas500", "--seeds", "1", "--quick", "--methods", "deepsurv", "coxph"]
+        + ["--csv", str(out)]
+    )
+    results = pd.read_csv(out)
+    assert sorted(results["method"]) == ["coxph", "deepsurv"]
+    assert set(results["dataset"]) == {"whas500"} and set(results["split"]) == {"test"}
+    assert results["c_index"].between(0.0, 1.0).all()
+
+    # The Cox baseline: split seed 1's training rows, scored on its test rows, done by hand.
+    frame = preset_frame("whas500", seed=1)
+    inputs = [c for c in frame.columns if c.startswith("input_")]
+    train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+    scaler = StandardScaler().fit(train[inputs].to_numpy(float))
+    y_train = np.array(
+        list(zip(train["label_death"].astype(bool), train["period_death"], strict=True)),
+        dtype=[("event", bool), ("time", float)],
+    )
+    cox = CoxPHSurvivalAnalysis(alpha=1e-4).fit(scaler.transform(train[inputs]), y_train)
+    expected = concordance_index_censored(
+        test["label_death"].astype(bool),
+        test["period_death"],
+        cox.predict(scaler.transform(test[inputs])),
+    )[0]
+    got = results.loc[results["method"] == "coxph", "c_index"].item()
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_summary_is_mean_and_sample_sd_over_seeds(benchmark):
+    results = pd.DataFrame(
+        {
+            "dataset": ["a"] * 3 + ["b"],
+            "method": ["coxph"] * 4,
+            "seed": [0, 1, 2, 0],
+            "c_index": [0.6, 0.7, 0.8, 0.5],
+        }
+    )
+    summary = benchmark.summarize(results).set_index("dataset")
+    assert summary.loc["a", "mean"] == pytest.approx(0.7)
+    assert summary.loc["a", "sd"] == pytest.approx(np.std([0.6, 0.7, 0.8], ddof=1))
+    assert np.isnan(summary.loc["b", "sd"])
+    assert "0.700 ± 0.100" in benchmark.format_table(summary.reset_index(), "test")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_settings_merge_and_command_line_wins(preset):
+    cfg = compose_config([f"data={preset}"])
+    assert cfg.task.name == "survival" and cfg.model.extractor.name == "none"
+    assert cfg.model.tabular.name == "mlp" and cfg.checkpoint.policy == "best"
+    overridden = compose_config(
+        [f"data={preset}", "model.tabular.dropout=0.05", "trainer.max_epochs=3"]
+    )
+    assert overridden.model.tabular.dropout == 0.05 and overridden.trainer.max_epochs == 3
