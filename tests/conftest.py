@@ -104,4 +104,5 @@ FAST = [
     "data.image_size=16",
     "data.batch_size=16",
     "data.num_workers=0",
+    "evaluation.n_bootstrap=20",
 ]

@@ -125,6 +125,17 @@ def test_survival_end_to_end_and_predict_from_checkpoint(dataset, tmp_path, inpu
     again = pd.read_csv(out / "predictions.csv")
     np.testing.assert_allclose(again.risk_label_death, pred.risk_label_death, atol=1e-6)
     np.testing.assert_allclose(again[surv_cols].to_numpy(), pred[surv_cols].to_numpy(), atol=1e-6)
+    # An external CSV alone is evaluated with the training follow-up kept in the checkpoint.
+    external = pd.read_csv(csv)
+    external = external[external.split == "external"].assign(
+        imgpath=lambda d: [str(csv.parent / p) for p in d.imgpath]
+    )
+    ext_csv = tmp_path / "ext.csv"
+    external.to_csv(ext_csv, index=False)
+    predict(ckpt, ext_csv, tmp_path / "ext_out", evaluation={"n_bootstrap": 10})
+    report = pd.read_csv(tmp_path / "ext_out" / "evaluation" / "metrics.csv")
+    c_index = report[(report.metric == "c_index") & (report.group == "all")]
+    assert c_index.value.iloc[0] == pytest.approx(metrics["external"]["label_death"]["c_index"])
 
 
 def test_two_endpoints_and_td_auc_matches_sksurv(dataset, tmp_path):

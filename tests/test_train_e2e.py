@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import FAST, compose_config
 
+from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.module import NervusModule
 from nervus_lightning.predict import predict
 from nervus_lightning.train import train
@@ -114,6 +115,19 @@ def test_predict_external_csv_from_checkpoint_alone(dataset, tmp_path):
     expected = train_pred[train_pred.split == "external_siteb"].reset_index(drop=True)
     cols = ["prob_label_cls_no", "prob_label_cls_yes"]
     np.testing.assert_allclose(pred[cols].to_numpy(), expected[cols].to_numpy(), atol=1e-6)
+    # The external report applies the operating threshold chosen on the training run's val
+    # split (stored in the checkpoint), not one chosen on the external cases.
+    stored = json.loads((run / "schema.json").read_text())["labels"][0]["threshold"]
+    val = train_pred[train_pred.split == "val"]
+    expected_threshold = choose_threshold(
+        (val.label_cls == "yes").to_numpy(), val.prob_label_cls_yes.to_numpy(), "youden"
+    )
+    assert stored == pytest.approx(expected_threshold)
+    report = pd.read_csv(out / "evaluation" / "metrics.csv")
+    row = report[(report.label == "label_cls") & (report.metric == "threshold")]
+    assert set(row.split) == {"external_siteb"}
+    assert row.value.iloc[0] == pytest.approx(stored)
+    assert (out / "evaluation" / "report.html").is_file()
 
 
 def test_predict_unlabelled_csv(dataset, tmp_path):

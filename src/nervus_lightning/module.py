@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -237,25 +238,30 @@ class NervusModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.task.load_state_tensors(checkpoint.get(TASK_STATE_KEY, {}))
 
-    def finalize(self, datamodule: Any, *checkpoint_paths: str) -> None:
-        """Fit what the task estimates on the training split after training, and store it in the
-        given checkpoint files so that each one alone is enough to predict."""
-        if not self.task.fits_after_training:
+    def finalize(
+        self, datamodule: Any, *checkpoint_paths: str, options: dict[str, Any] | None = None
+    ) -> None:
+        """Fit what the task estimates after training (survival baseline on ``train``, binary
+        thresholds on ``val``) and store it in the given checkpoint files, so that each one
+        alone is enough to predict."""
+        splits = [s for s in self.task.post_training_splits if len(datamodule.split_frame(s))]
+        if not splits:
             return
-        from nervus_lightning.data.schema import TRAIN
         from nervus_lightning.outputs import atomic_write
 
         was_training = self.training
         self.eval()
-        outputs: list[list[torch.Tensor]] = [[] for _ in self.schema.labels]
-        loader = datamodule._loader(datamodule.dataset(TRAIN))
+        outputs: dict[str, list[np.ndarray]] = {}
         with torch.no_grad():
-            for batch in loader:
-                for j, out in enumerate(self(batch)):
-                    outputs[j].append(self.task.transform_output(out, j))
+            for split in splits:
+                per_label: list[list[torch.Tensor]] = [[] for _ in self.schema.labels]
+                for batch in datamodule._loader(datamodule.dataset(split)):
+                    for j, out in enumerate(self(batch)):
+                        per_label[j].append(self.task.transform_output(out, j))
+                outputs[split] = [torch.cat(o).numpy() for o in per_label]
         self.train(was_training)
-        values = [torch.cat(o).numpy() for o in outputs]
-        self.task.fit_after_training(values, datamodule.split_frame(TRAIN))
+        frames = {s: datamodule.split_frame(s) for s in splits}
+        self.task.fit_after_training(outputs, frames, options or {})
         for path in checkpoint_paths:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             ckpt[TASK_STATE_KEY] = self.task.state_tensors()

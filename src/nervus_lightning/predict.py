@@ -28,8 +28,14 @@ def predict(
     batch_size: int = 64,
     num_workers: int = 0,
     trainer_options: dict | None = None,
+    evaluation: dict | None = None,
 ) -> dict:
-    """Predict ``csv`` with the model in ``ckpt``; write outputs to ``out_dir``; return metrics."""
+    """Predict ``csv`` with the model in ``ckpt``; write outputs to ``out_dir``; return metrics.
+
+    Where the CSV has labels, the evaluation report (``out_dir/evaluation``) is written too, with
+    ``evaluation`` options as in the ``evaluation`` config group; binary thresholds, survival
+    baseline and training follow-up come from the checkpoint."""
+    from nervus_lightning.evaluate import evaluate_run
     from nervus_lightning.data.datamodule import NervusDataModule
     from nervus_lightning.module import NervusModule
     from nervus_lightning.outputs import write_predictions_and_metrics
@@ -49,6 +55,8 @@ def predict(
     options = {"logger": False, "enable_model_summary": False, **(trainer_options or {})}
     trainer = L.Trainer(**options)
     _, metrics = write_predictions_and_metrics(module, datamodule, out_dir, trainer)
+    if metrics:
+        evaluate_run(Path(out_dir) / "predictions.csv", **(evaluation or {}))
     log.info("predictions of %s written to %s", csv, out_dir)
     return metrics
 
@@ -63,6 +71,7 @@ def main(cfg: DictConfig) -> None:
             batch_size=cfg.data.batch_size,
             num_workers=cfg.data.num_workers,
             trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True),
+            evaluation=OmegaConf.to_container(cfg.evaluation, resolve=True),
         )
     except NervusInputError as err:
         report_user_error(err)

@@ -19,7 +19,13 @@ from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
 from nervus_lightning.module import NervusModule
-from nervus_lightning.outputs import atomic_write, write_json, write_predictions_and_metrics
+from nervus_lightning.evaluate import evaluate_run
+from nervus_lightning.outputs import (
+    PREDICTIONS,
+    atomic_write,
+    write_json,
+    write_predictions_and_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +112,21 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if not trainer.is_global_zero:
         return float(checkpoint.best_model_score)
 
+    evaluation = _plain(cfg.get("evaluation")) or {}
     best = NervusModule.load_from_checkpoint(best_path, map_location="cpu")
-    if best.task.fits_after_training:
-        # Every kept checkpoint gets the state fitted with its own weights (e.g. the baseline
-        # hazard), so that any of them alone is enough to predict.
+    if best.task.post_training_splits:
+        # Every kept checkpoint gets the state fitted with its own weights (baseline hazard,
+        # thresholds), so that any of them alone is enough to predict.
         for path in Path(checkpoint.dirpath).glob("*.ckpt"):
             if str(path) != best_path:
                 NervusModule.load_from_checkpoint(path, map_location="cpu").finalize(
-                    datamodule, str(path)
+                    datamodule, str(path), options=evaluation
                 )
-        best.finalize(datamodule, best_path)
+        best.finalize(datamodule, best_path, options=evaluation)
     _, metrics = write_predictions_and_metrics(best, datamodule, run_dir)
+    evaluate_run(run_dir / PREDICTIONS, **evaluation)
     objective = float(checkpoint.best_model_score)
+    # Written last: its presence says the run finished.
     write_json(
         run_dir / "summary.json",
         {"best_checkpoint": best_path, "best_val_loss": objective, "metrics": metrics},

@@ -205,8 +205,31 @@ def _binary_threshold(
     positive: str,
     ctx: EvalContext,
     section: LabelSection,
+    stored: Mapping | None = None,
 ) -> tuple[float | None, str | None]:
-    for candidate in ("val", "train"):
+    """The operating threshold: chosen on ``val`` of these predictions; else the one chosen on
+    the training run's ``val`` and stored in the schema (predictions of an external set); else
+    chosen on ``train`` (flagged as optimistic there)."""
+    stored = stored or {}
+    usable_stored = (
+        stored.get("threshold") is not None
+        and stored.get("threshold_method") == ctx.threshold_method
+        and stored.get("positive_class") == positive
+        and (
+            ctx.threshold_method == "youden"
+            or stored.get("target_sensitivity") == ctx.target_sensitivity
+        )
+    )
+    for candidate in ("val", "stored", "train"):
+        if candidate == "stored":
+            if usable_stored and not (split == "val").any():
+                threshold = float(stored["threshold"])
+                section.notes.append(
+                    f"Threshold {threshold:.4g} chosen on the training run's 'val' split "
+                    f"({ctx.threshold_method}) and applied unchanged to these splits."
+                )
+                return threshold, "val"
+            continue
         use = (split == candidate).to_numpy()
         y_pos = (y[use] == positive).to_numpy()
         if y_pos.any() and not y_pos.all():
@@ -264,7 +287,7 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
     if binary:
         score = prob[:, classes.index(positive)]
         threshold, fitted_on = _binary_threshold(
-            df[name], score, df["split"], positive, ctx, section
+            df[name], score, df["split"], positive, ctx, section, stored=label
         )
         section.notes.append(f"Positive class: {positive!r}.")
 
@@ -470,10 +493,26 @@ def _survival_reference(
 ) -> tuple[np.ndarray, np.ndarray, BreslowBaseline, np.ndarray, np.ndarray, list[str]]:
     """Training follow-up, baseline, evaluation times and risk cut-points of a survival label:
     from the schema when it has them (fitted at training time), else fitted on ``train``."""
+    notes = []
+    if train.empty:
+        # Predictions of an external set: everything comes from the training run's schema.
+        return (
+            np.asarray(label["train_time"], dtype=float),
+            np.asarray(label["train_event"], dtype=float),
+            BreslowBaseline(
+                np.asarray(label["baseline"]["times"], dtype=float),
+                np.asarray(label["baseline"]["cumhaz"], dtype=float),
+            ),
+            np.asarray(label["eval_times"], dtype=float),
+            np.asarray(label["risk_cutpoints"], dtype=float),
+            [
+                "Training follow-up, baseline hazard, evaluation times and risk cut-points from "
+                "the training run (schema.json)."
+            ],
+        )
     train_time = train[period].to_numpy(dtype=float)
     train_event = train[name].to_numpy(dtype=float)
     train_risk = train[f"risk_{name}"].to_numpy(dtype=float)
-    notes = []
     if label.get("baseline"):
         baseline = BreslowBaseline(
             np.asarray(label["baseline"]["times"], dtype=float),
@@ -511,7 +550,11 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         )
     df = df[known].assign(**{c: values.loc[known, c] for c in values.columns})
     train = df[df["split"] == "train"]
-    if train.empty or not (train[name] != 0).any():
+    from_schema = train.empty and all(
+        label.get(k) is not None
+        for k in ("train_time", "train_event", "baseline", "eval_times", "risk_cutpoints")
+    )
+    if not from_schema and (train.empty or not (train[name] != 0).any()):
         section.notes.append(
             "No 'train' split with events in the predictions: survival metrics "
             "need the training follow-up and were not computed."

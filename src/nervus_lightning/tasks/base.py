@@ -55,12 +55,19 @@ class Task(ABC):
     def prediction_columns(self, values: np.ndarray, j: int) -> dict[str, Any]:
         """Columns of ``predictions.csv`` for label ``j`` from ``transform_output`` values."""
 
-    #: True when the task fits something on the training split after training (a survival
-    #: baseline hazard); see :meth:`fit_after_training`.
-    fits_after_training: ClassVar[bool] = False
+    #: Splits whose outputs the task needs after training to fit what predictions rely on
+    #: (survival: the baseline hazard on ``train``; classification: operating thresholds on
+    #: ``val``); see :meth:`fit_after_training`.
+    post_training_splits: ClassVar[tuple[str, ...]] = ()
 
-    def fit_after_training(self, outputs: list[np.ndarray], frame: pd.DataFrame) -> None:
-        """Fit post-training state from the training split's transformed outputs."""
+    def fit_after_training(
+        self,
+        outputs: dict[str, list[np.ndarray]],
+        frames: dict[str, pd.DataFrame],
+        options: dict[str, Any],
+    ) -> None:
+        """Fit post-training state from transformed outputs (per split, per label) of the
+        trained model on :attr:`post_training_splits`; ``options`` are the evaluation settings."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Post-training state as a flat dict of tensors (stored in checkpoints)."""

@@ -58,7 +58,7 @@ class SurvivalTask(Task):
 
     kind = "survival"
     primary_metric = "c_index"
-    fits_after_training = True
+    post_training_splits = ("train",)
 
     def __init__(
         self,
@@ -104,9 +104,15 @@ class SurvivalTask(Task):
         return None
 
     # -- after training --------------------------------------------------------------------
-    def fit_after_training(self, outputs: list[np.ndarray], frame: pd.DataFrame) -> None:
+    def fit_after_training(
+        self,
+        outputs: dict[str, list[np.ndarray]],
+        frames: dict[str, pd.DataFrame],
+        options: dict[str, Any],
+    ) -> None:
+        frame = frames["train"]
         for j, spec in enumerate(self.labels):
-            risk = outputs[j][:, 0].astype(np.float64)
+            risk = outputs["train"][j][:, 0].astype(np.float64)
             time = pd.to_numeric(frame[spec.period]).to_numpy(np.float64)
             event = pd.to_numeric(frame[spec.name]).to_numpy(np.float64)
             self.baselines[j] = BreslowBaseline.fit(risk, time, event)
@@ -156,6 +162,10 @@ class SurvivalTask(Task):
                 "cumhaz": self.baselines[j].cumhaz.tolist(),
             },
             "risk_cutpoints": self.cutpoints[j].tolist(),
+            # Training follow-up: the censoring distribution of Uno's C and the td-AUC, so that
+            # an external set can be evaluated without the training rows.
+            "train_time": self.train_time[j].tolist(),
+            "train_event": self.train_event[j].tolist(),
         }
 
     # -- outputs ---------------------------------------------------------------------------
