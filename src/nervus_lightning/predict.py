@@ -35,8 +35,8 @@ def predict(
     Where the CSV has labels, the evaluation report (``out_dir/evaluation``) is written too, with
     ``evaluation`` options as in the ``evaluation`` config group; binary thresholds, survival
     baseline and training follow-up come from the checkpoint."""
-    from nervus_lightning.evaluate import evaluate_run
     from nervus_lightning.data.datamodule import NervusDataModule
+    from nervus_lightning.evaluate import evaluate_run
     from nervus_lightning.module import NervusModule
     from nervus_lightning.outputs import write_predictions_and_metrics
 

@@ -18,8 +18,8 @@ from nervus_lightning.callbacks import LearningCurve, build_checkpoint_callback
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
-from nervus_lightning.module import NervusModule
 from nervus_lightning.evaluate import evaluate_run
+from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
     atomic_write,
