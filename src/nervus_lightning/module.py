@@ -278,6 +278,15 @@ class NervusModule(L.LightningModule):
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         opts = {k: v for k, v in self.optimizer_options.items() if k != "name"}
+        if self.optimizer_options["name"] in ("adam", "adamw") and not {"fused", "foreach"} & set(
+            opts
+        ):
+            # On CPU torch's default Adam loops over parameters in Python; the fused kernel is
+            # vectorised (about 5 % faster per fp32 step, 10 % with bf16, in benchmarks/).
+            opts["fused"] = all(
+                p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for p in self.parameters()
+            )
         optimizer = OPTIMIZERS[self.optimizer_options["name"]](self.parameters(), **opts)
         sched = {k: v for k, v in self.scheduler_options.items() if k != "name"}
         name = self.scheduler_options["name"]

@@ -1,0 +1,53 @@
+"""Smoke test of benchmarks/train_speed.py on a tiny configuration, so that it never goes stale."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+
+
+@pytest.fixture(scope="module")
+def train_speed():
+    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_speed"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("train_speed", None)
+
+
+@pytest.fixture
+def demo_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NERVUS_LIGHTNING_CACHE", str(tmp_path / "cache"))
+
+
+def test_subset_csv_keeps_the_asked_number_of_training_images(train_speed, demo_cache, tmp_path):
+    csv = train_speed.subset_csv(40, tmp_path)
+    frame = pd.read_csv(csv)
+    assert (frame["split"] == "train").sum() == 40
+    assert (frame["split"] == "test").sum() > 0
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["imgpath"])
+
+
+def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
+    args = ["--images", "64", "--image-size", "32", "--batch-size", "16", "--repeats", "2",
+            "--warmup", "1", "--threads", "1", "--accuracy", "--accuracy-epochs", "1"]
+    results = train_speed.main(args)
+    out = capsys.readouterr().out
+    names = [r.variant.name for r in results]
+    assert names[:2] == ["plain fp32", "nervus fp32"]
+    if train_speed.bf16_supported():
+        assert names[2:] == ["plain bf16", "nervus bf16"]
+    for result in results:
+        assert len(result.seconds) == len(result.cpu_seconds) == 2
+        assert all(s > 0 for s in result.seconds)
+        assert result.variant.name in out
+    for precision in ("fp32", "bf16") if train_speed.bf16_supported() else ("fp32",):
+        assert re.search(rf"nervus {precision} +accuracy 0\.\d{{4}} +AUROC [01]\.\d{{4}}", out)
