@@ -122,6 +122,8 @@ def fit_deepsurv(
                 f"seed={seed}",
                 "trainer.enable_progress_bar=false",
                 "trainer.enable_model_summary=false",
+                # Only the C-index is needed here: skip the bootstrap intervals of the report.
+                "evaluation.n_bootstrap=0",
                 *overrides,
             ],
         )

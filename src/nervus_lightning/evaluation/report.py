@@ -166,6 +166,11 @@ def _subsets(df: pd.DataFrame, ctx: EvalContext) -> Iterator[tuple[str, str, pd.
                 yield split, value, in_split[groups.astype(str) == value]
 
 
+def _where(split: str, group: str) -> str:
+    """Figure name and caption part of a subset: the split, or ``split, group <value>``."""
+    return split if group == ALL_GROUPS else f"{split}, group {group}"
+
+
 def _intervals(distributions: dict[str, np.ndarray], ci: float) -> dict[str, BootstrapCI]:
     with warnings.catch_warnings():
         # Skipped resamples are reported per row in the notes instead of as warnings.
@@ -338,9 +343,9 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
             summary[split] = {
                 c: f"{counts.get(c, 0)} ({counts.get(c, 0) / len(y):.1%})" for c in classes
             }
-            _classification_figures(
-                section, ctx, split, y, p, classes, positive, threshold, intervals
-            )
+        _classification_figures(
+            section, ctx, _where(split, group), y, p, classes, positive, threshold, intervals
+        )
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     return section
 
@@ -464,22 +469,23 @@ def evaluate_regression(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> L
                 "min": y.min(),
                 "max": y.max(),
             }
-            _figure(
-                section,
-                ctx,
-                split,
-                "scatter",
-                f"{name}, {split}: predicted vs true",
-                plots.plot_regression_scatter(y, pred, label=name, title=f"{name} - {split}"),
-            )
-            _figure(
-                section,
-                ctx,
-                split,
-                "bland_altman",
-                f"{name}, {split}: Bland-Altman",
-                plots.plot_bland_altman(y, pred, label=name, title=f"{name} - {split}"),
-            )
+        where = _where(split, group)
+        _figure(
+            section,
+            ctx,
+            where,
+            "scatter",
+            f"{name}, {where}: predicted vs true",
+            plots.plot_regression_scatter(y, pred, label=name, title=f"{name} - {where}"),
+        )
+        _figure(
+            section,
+            ctx,
+            where,
+            "bland_altman",
+            f"{name}, {where}: Bland-Altman",
+            plots.plot_bland_altman(y, pred, label=name, title=f"{name} - {where}"),
+        )
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     return section
 
@@ -606,34 +612,34 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         section.add(split, group, "events", float((event != 0).sum()))
         for metric, value in point.items():
             section.add(split, group, metric, value, intervals.get(metric), reasons.get(metric))
-        if group != ALL_GROUPS:
-            continue
-        summary[split] = {
-            "n": len(rows),
-            "events": int((event != 0).sum()),
-            "event rate": f"{(event != 0).mean():.1%}",
-            "median time": float(np.median(time)),
-        }
-        path = ctx.out_dir / "figures" / _safe_name(name) / f"{_safe_name(split)}_km.png"
+        if group == ALL_GROUPS:
+            summary[split] = {
+                "n": len(rows),
+                "events": int((event != 0).sum()),
+                "event rate": f"{(event != 0).mean():.1%}",
+                "median time": float(np.median(time)),
+            }
+        where = _where(split, group)
+        path = ctx.out_dir / "figures" / _safe_name(name) / f"{_safe_name(where)}_km.png"
         plot_km_risk_groups(
-            time, event, assign_risk_groups(risk, cutpoints), path, title=f"{name} - {split}"
+            time, event, assign_risk_groups(risk, cutpoints), path, title=f"{name} - {where}"
         )
-        section.figures.append((f"{name}, {split}: Kaplan-Meier by risk group", path))
+        section.figures.append((f"{name}, {where}: Kaplan-Meier by risk group", path))
         predicted = baseline.survival(risk, [calibration_time])[:, 0]
         table = survival_calibration_table(time, event, predicted, calibration_time)
-        calibration_tables.append(table.assign(split=split))
+        calibration_tables.append(table.assign(split=split, group=group))
         _figure(
             section,
             ctx,
-            split,
+            where,
             "calibration",
-            f"{name}, {split}: calibration at t = {calibration_time:g}",
-            plot_survival_calibration(table, calibration_time, title=f"{name} - {split}"),
+            f"{name}, {where}: calibration at t = {calibration_time:g}",
+            plot_survival_calibration(table, calibration_time, title=f"{name} - {where}"),
         )
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     if calibration_tables:
         table = pd.concat(calibration_tables, ignore_index=True)
-        table = table[["split", *table.columns.drop("split")]]
+        table = table[["split", "group", *table.columns.drop(["split", "group"])]]
         table.to_csv(ctx.out_dir / f"survival_calibration_{_safe_name(name)}.csv", index=False)
         section.tables.append(
             (

@@ -138,7 +138,7 @@ class SurvivalTask(Task):
                 self.train_event[j],
             )
             for name, value in zip(STATE_FIELDS, values, strict=True):
-                state[f"{j}.{name}"] = torch.as_tensor(np.asarray(value, np.float64))
+                state[f"{j}.{name}"] = torch.tensor(np.array(value, dtype=np.float64))
         return state
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
@@ -192,23 +192,35 @@ class SurvivalTask(Task):
             return None
         return time[known], event[known], risk[known]
 
-    def split_metrics(self, frame: pd.DataFrame, j: int) -> dict[str, float | None]:
-        arrays = self._split_arrays(frame, j)
-        if arrays is None or not self.is_fitted(j):
-            return {}
-        time, event, risk = arrays
-        reasons: dict[str, str] = {}
-        metrics = survival_metrics(
+    def _metrics(
+        self,
+        j: int,
+        time: np.ndarray,
+        event: np.ndarray,
+        risk: np.ndarray,
+        times: np.ndarray,
+        reasons: dict[str, str] | None = None,
+    ) -> dict[str, float | None]:
+        """scikit-survival metrics of label ``j`` against its training follow-up and baseline."""
+        return survival_metrics(
             self.train_time[j],
             self.train_event[j],
             time,
             event,
             risk,
             self.baselines[j],
-            self.eval_times[j],
+            times,
             self.cutpoints[j],
             reasons=reasons,
         )
+
+    def split_metrics(self, frame: pd.DataFrame, j: int) -> dict[str, float | None]:
+        arrays = self._split_arrays(frame, j)
+        if arrays is None or not self.is_fitted(j):
+            return {}
+        time, event, risk = arrays
+        reasons: dict[str, str] = {}
+        metrics = self._metrics(j, time, event, risk, self.eval_times[j], reasons)
         metrics = {"n": float(len(time)), "events": float(event.sum()), **metrics}
         if reasons:
             metrics["reasons"] = reasons
@@ -238,16 +250,7 @@ class SurvivalTask(Task):
                 )
                 lo, hi = np.percentile(self.train_time[j][self.train_event[j] > 0], [10, 90])
                 grid = np.linspace(lo, hi, 20)
-                m = survival_metrics(
-                    self.train_time[j],
-                    self.train_event[j],
-                    time,
-                    event,
-                    risk,
-                    self.baselines[j],
-                    grid,
-                    self.cutpoints[j],
-                )
+                m = self._metrics(j, time, event, risk, grid)
                 auc = np.array(
                     [np.nan if m[td_auc_key(t)] is None else m[td_auc_key(t)] for t in grid]
                 )
