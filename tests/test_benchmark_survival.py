@@ -84,9 +84,10 @@ def test_preset_settings_merge_and_command_line_wins(preset):
     assert cfg.checkpoint.policy == "best"
     # The validation-chosen DeepSurv settings replace the group defaults (mlp.yaml, adam.yaml,
     # cpu.yaml) rather than being merged under them.
-    assert list(cfg.model.tabular.hidden) == [64, 64] and cfg.model.tabular.dropout == 0.3
-    assert cfg.optimizer.name == "adamw" and cfg.optimizer.weight_decay == 1.0e-2
-    assert cfg.trainer.max_epochs == 40
+    assert list(cfg.model.tabular.hidden) == [32] and cfg.model.tabular.dropout == 0.3
+    assert cfg.model.tabular.norm == "none" and cfg.data.batch_size == 4096
+    assert cfg.optimizer.name == "adamw" and cfg.optimizer.weight_decay == 1.0e-3
+    assert cfg.optimizer.lr == 1.0e-2 and cfg.trainer.max_epochs == 150
     overridden = compose_config(
         [f"data={preset}", "optimizer=adam", "model.tabular.dropout=0.05", "trainer.max_epochs=3"]
     )

@@ -180,9 +180,12 @@ def test_report_html_is_self_contained(report):
     out, _, _ = report
     page = (out / "report.html").read_text(encoding="utf-8")
     pngs = list((out / "figures").rglob("*.png"))
-    # 4 splits x (ROC, PR, confusion, reliability) x 2 classification labels, less ROC and PR of
-    # the one-class external split; scatter + Bland-Altman x 4 splits; learning curves.
-    assert len(pngs) == 4 * 4 * 2 - 2 + 2 * 4 + 1
+    # 4 splits x (whole split, group F, group M) = 12 subsets; per subset (ROC, PR, confusion,
+    # reliability) x 2 classification labels, less ROC and PR of the one-class external split
+    # (whole and both groups); scatter + Bland-Altman per subset; learning curves.
+    subsets = 4 * 3
+    assert len(pngs) == subsets * 4 * 2 - 3 * 2 + 2 * subsets + 1
+    assert (out / "figures" / "label_bin" / "test_group_F_roc.png").is_file()
     assert page.count('src="data:image/png;base64,') == len(pngs)
     assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', page))
     assert "http://" not in page and "https://" not in page
