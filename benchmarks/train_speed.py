@@ -353,10 +353,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_false",
         help="skip the bf16 variants (skipped anyway without CPU support)",
     )
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also time bf16 with channels-last tensors")
-    parser.add_argument("--fused-adam", action="store_true",
-                        help="also time each variant with torch's fused Adam")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="also time bf16 with channels-last tensors"
+    )
+    parser.add_argument(
+        "--fused-adam", action="store_true", help="also time each variant with torch's fused Adam"
+    )
     parser.add_argument(
         "--accuracy", action="store_true", help="also compare fp32 and bf16-mixed test accuracy"
     )

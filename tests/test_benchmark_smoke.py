@@ -37,8 +37,23 @@ def test_subset_csv_keeps_the_asked_number_of_training_images(train_speed, demo_
 
 
 def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
-    args = ["--images", "64", "--image-size", "32", "--batch-size", "16", "--repeats", "2",
-            "--warmup", "1", "--threads", "1", "--accuracy", "--accuracy-epochs", "1"]
+    args = [
+        "--images",
+        "64",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--accuracy",
+        "--accuracy-epochs",
+        "1",
+    ]
     results = train_speed.main(args)
     out = capsys.readouterr().out
     names = [r.variant.name for r in results]
