@@ -255,7 +255,7 @@ class NervusModule(L.LightningModule):
         with torch.no_grad():
             for split in splits:
                 per_label: list[list[torch.Tensor]] = [[] for _ in self.schema.labels]
-                for batch in datamodule._loader(datamodule.dataset(split)):
+                for batch in datamodule.eval_dataloader(split):
                     for j, out in enumerate(self(batch)):
                         per_label[j].append(self.task.transform_output(out, j))
                 outputs[split] = [torch.cat(o).numpy() for o in per_label]

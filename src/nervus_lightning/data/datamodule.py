@@ -205,6 +205,10 @@ class NervusDataModule(L.LightningDataModule):
             **kwargs,
         )
 
+    def eval_dataloader(self, split: str | None) -> DataLoader:
+        """Cases of one split (``None``: every kept case) in CSV order, without augmentation."""
+        return self._loader(self.dataset(split))
+
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset(TRAIN, train=True)
         # A last batch of one case breaks batch normalisation; drop it rather than crash.
@@ -224,11 +228,11 @@ class NervusDataModule(L.LightningDataModule):
                 f"{self.csv}: no validation rows (split == 'val'); they pick the best checkpoint. "
                 "Mark some training cases as val."
             )
-        return self._loader(self.dataset(VAL))
+        return self.eval_dataloader(VAL)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(TEST))
+        return self.eval_dataloader(TEST)
 
     def predict_dataloader(self) -> DataLoader:
         """Every kept case of every split, in CSV order, without augmentation."""
-        return self._loader(self.dataset(None))
+        return self.eval_dataloader(None)
