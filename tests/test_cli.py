@@ -67,7 +67,7 @@ def test_multirun_and_predict_cli(dataset, tmp_path):
             f"ckpt={ckpt}",
             f"data.csv={csv}",
             "hydra.run.dir=pred",
-            "trainer.enable_progress_bar=false",
+            "device=cpu",
         ],
         tmp_path,
     )

@@ -22,18 +22,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from nervus_lightning.__main__ import report_user_error
-from nervus_lightning.config import config_dir
 from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
+from nervus_lightning.options import check_call_options, check_choice, check_number
 
 log = logging.getLogger(__name__)
 
 EVALUATION_DIR = "evaluation"
-THRESHOLD_METHODS = ("youden", "sensitivity")
+# pandas' default missing-value markers, kept for the numeric columns.
+_DEFAULT_NA = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+]  # fmt: skip
 
 
 def _read_schema(predictions_path: Path) -> dict:
@@ -113,6 +116,66 @@ def _evaluable_schema(predictions: pd.DataFrame, schema: dict, source: Path) -> 
     return {**schema, "labels": labels, "group": group}
 
 
+def check_evaluation_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``evaluation.*`` settings (names and values) before any work; return them.
+
+    ``threshold``, ``target_sensitivity`` and ``positive_class`` may be ``None`` (use the
+    model's stored contract). Positive class *names* are checked against the labels where the
+    labels are known (``NervusModule``, or ``schema.json`` in :func:`evaluate_run`).
+    """
+    options = dict(options)
+    check_call_options("evaluation", evaluate_run, options, skip=("predictions_path", "out_dir"))
+    if "n_bootstrap" in options:
+        check_number("evaluation.n_bootstrap", options["n_bootstrap"], low=0, integer=True)
+    if "ci" in options:
+        check_number("evaluation.ci", options["ci"], low=0, high=1, low_open=True, high_open=True)
+    if "seed" in options:
+        check_number("evaluation.seed", options["seed"], low=0, integer=True)
+    if options.get("threshold") is not None:
+        check_choice("evaluation.threshold", options["threshold"], THRESHOLD_METHODS)
+    if options.get("target_sensitivity") is not None:
+        check_number(
+            "evaluation.target_sensitivity",
+            options["target_sensitivity"],
+            low=0,
+            high=1,
+            low_open=True,
+        )
+    positive = options.get("positive_class")
+    if positive is not None and not isinstance(positive, Mapping):
+        raise NervusInputError(
+            f"evaluation.positive_class={positive!r} must map label names to classes, e.g. "
+            "evaluation.positive_class={label_cancer:malignant}."
+        )
+    return options
+
+
+def read_predictions(path: Path, schema: Mapping) -> pd.DataFrame:
+    """Read ``predictions.csv`` with class columns as text, exactly as written.
+
+    Class names such as ``"01"``, ``"1.0"``, ``"True"`` or ``"NA"`` must not be turned into
+    numbers, booleans or missing values; only an empty cell is a missing label.
+    """
+    text_columns = []
+    for label in schema.get("labels", []):
+        if label.get("classes"):
+            text_columns += [label["name"], f"pred_{label['name']}"]
+    text_columns += ["split", "uniqID"]
+    if schema.get("group"):
+        text_columns.append(schema["group"])
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        text = [c for c in text_columns if c in header]
+        return pd.read_csv(
+            path,
+            dtype={c: str for c in text},
+            keep_default_na=False,
+            na_values={c: [""] for c in text} | {c: _DEFAULT_NA for c in header if c not in text},
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise NervusInputError(f"{path} could not be read as CSV: {err}") from err
+
+
 def _run_config(run_dir: Path) -> dict | None:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
@@ -141,8 +204,8 @@ def evaluate_run(
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
-    threshold: str = "youden",
-    target_sensitivity: float = 0.9,
+    threshold: str | None = None,
+    target_sensitivity: float | None = None,
     positive_class: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Write the evaluation report of a run's ``predictions.csv``.
@@ -160,10 +223,14 @@ def evaluate_run(
         seed: seed of the bootstrap.
         threshold: how binary operating thresholds are chosen on ``val``: ``"youden"``
             (maximum sensitivity + specificity - 1) or ``"sensitivity"`` (the best specificity
-            with sensitivity at least ``target_sensitivity``).
-        target_sensitivity: used by ``threshold="sensitivity"``.
-        positive_class: label name -> positive class of a binary label (default: the last
-            class of the label, in the schema's order).
+            with sensitivity at least ``target_sensitivity``). ``None`` (default): the model's
+            contract stored in ``schema.json`` -- its method and the threshold it chose on the
+            training run's ``val`` split. A value that differs from the contract is an override:
+            the threshold is re-chosen on ``val`` of these predictions, said in the log and in
+            ``metrics_notes.csv``.
+        target_sensitivity: used by ``threshold="sensitivity"``; ``None``: the stored one.
+        positive_class: label name -> positive class of a binary label; ``None``: the stored
+            one (an override when it differs, as for ``threshold``).
 
     Returns:
         The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper``.
@@ -180,25 +247,20 @@ def evaluate_run(
             f"predictions file not found: {predictions_path}. Pass predictions=PATH of the "
             "predictions.csv in a run folder."
         )
-    if threshold not in THRESHOLD_METHODS:
-        raise NervusInputError(
-            f"evaluation.threshold={threshold!r} is not one of {list(THRESHOLD_METHODS)}."
-        )
-    if not 0 < ci < 1:
-        raise NervusInputError(f"evaluation.ci={ci} must be between 0 and 1 (e.g. 0.95).")
-    if not 0 < target_sensitivity <= 1:
-        raise NervusInputError(
-            f"evaluation.target_sensitivity={target_sensitivity} must be in (0, 1]."
-        )
-    if n_bootstrap < 0:
-        raise NervusInputError(f"evaluation.n_bootstrap={n_bootstrap} must be 0 or more.")
+    check_evaluation_options(
+        {
+            "n_bootstrap": n_bootstrap,
+            "ci": ci,
+            "seed": seed,
+            "threshold": threshold,
+            "target_sensitivity": target_sensitivity,
+            "positive_class": positive_class,
+        }
+    )
 
     run_dir = predictions_path.parent
     schema = _read_schema(predictions_path)
-    try:
-        predictions = pd.read_csv(predictions_path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise NervusInputError(f"{predictions_path} could not be read as CSV: {err}") from err
+    predictions = read_predictions(predictions_path, schema)
     schema = _evaluable_schema(predictions, schema, predictions_path)
 
     settings = {
@@ -206,7 +268,7 @@ def evaluate_run(
         "ci": float(ci),
         "seed": int(seed),
         "threshold": threshold,
-        "target_sensitivity": float(target_sensitivity),
+        "target_sensitivity": None if target_sensitivity is None else float(target_sensitivity),
         "positive_class": dict(positive_class) if positive_class else None,
     }
     config_summary: dict[str, Any] = {"predictions": str(predictions_path)}
@@ -233,19 +295,7 @@ def evaluate_run(
     return metrics
 
 
-@hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        if OmegaConf.is_missing(cfg, "predictions"):
-            raise NervusInputError(
-                "no predictions file given; run "
-                "`python -m nervus_lightning.evaluate predictions=PATH/predictions.csv`."
-            )
-        options = OmegaConf.to_container(cfg.evaluation, resolve=True)
-        evaluate_run(cfg.predictions, cfg.get("out"), **options)
-    except NervusInputError as err:
-        report_user_error(err)
+if __name__ == "__main__":  # the command line lives in nervus_lightning.cli
+    from nervus_lightning.cli.evaluate import main
 
-
-if __name__ == "__main__":
     main()

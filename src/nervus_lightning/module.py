@@ -15,11 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from nervus_lightning.data.schema import DataSchema
+from nervus_lightning.data.schema import DataSchema, NervusInputError
 from nervus_lightning.models.extractors import ImageExtractor, build_image_extractor
+from nervus_lightning.models.heads import HEADS
 from nervus_lightning.models.mixers import MIXERS
 from nervus_lightning.models.net import NervusNet
+from nervus_lightning.models.plugins import TARGET_KEY, build_component, resolve_class
 from nervus_lightning.models.tabular import TabularMLP
+from nervus_lightning.options import check_call_options, check_choice, check_keys, keyword_names
 from nervus_lightning.tasks.base import build_task
 
 OPTIMIZERS = {
@@ -28,9 +31,47 @@ OPTIMIZERS = {
     "sgd": torch.optim.SGD,
     "radam": torch.optim.RAdam,
 }
-SCHEDULERS = ("none", "cosine", "plateau")
+SCHEDULERS = {
+    "none": None,
+    "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
+    "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
+}
 EVAL_STAGES = ("val", "test")
 TASK_STATE_KEY = "nervus_task_state"
+#: Config keys of the task group that select demo data, not task options.
+_DEMO_KEYS = ("name", "demo_labels", "demo_positive_class")
+EXTRACTOR_KEYS = ("name", "pretrained", "weights_path")
+
+
+def _scheduler_kwargs(name: str, options: dict[str, Any], max_epochs: int) -> dict[str, Any]:
+    """Scheduler keyword arguments from the ``scheduler.*`` options (``t_max`` -> ``T_max``)."""
+    kwargs = dict(options)
+    if name == "cosine":
+        kwargs["T_max"] = kwargs.pop("t_max", None) or max(int(max_epochs or 1), 1)
+    return kwargs
+
+
+def check_optimisation_options(optimizer: dict[str, Any], scheduler: dict[str, Any]) -> None:
+    """Names and values of ``optimizer.*`` and ``scheduler.*``, tried on a dummy parameter."""
+    name = check_choice("optimizer.name", optimizer["name"], OPTIMIZERS)
+    opts = {k: v for k, v in optimizer.items() if k != "name"}
+    check_call_options("optimizer", OPTIMIZERS[name], opts, skip=("params",))
+    dummy = [nn.Parameter(torch.zeros(1))]
+    try:
+        built = OPTIMIZERS[name](dummy, **opts)
+    except (ValueError, TypeError) as err:
+        raise NervusInputError(f"optimizer={name} with options {opts}: {err}") from None
+    sched = check_choice("scheduler.name", scheduler["name"], SCHEDULERS)
+    if SCHEDULERS[sched] is None:
+        check_keys("scheduler", {k: v for k, v in scheduler.items() if k != "name"}, [])
+        return
+    sopts = {k: v for k, v in scheduler.items() if k != "name"}
+    allowed = keyword_names(SCHEDULERS[sched], skip=("optimizer", "T_max"))
+    check_keys("scheduler", sopts, [*allowed, "t_max"] if sched == "cosine" else allowed)
+    try:
+        SCHEDULERS[sched](built, **_scheduler_kwargs(sched, sopts, 1))
+    except (ValueError, TypeError) as err:
+        raise NervusInputError(f"scheduler={sched} with options {sopts}: {err}") from None
 
 
 def _options(value: Any, default_name: str | None) -> dict[str, Any]:
@@ -42,6 +83,10 @@ def _options(value: Any, default_name: str | None) -> dict[str, Any]:
     out = dict(value)
     out.setdefault("name", default_name)
     return out
+
+
+def _without_name(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k != "name"}
 
 
 def _infer_features(module: nn.Module, in_channels: int, image_size: int) -> int:
@@ -64,14 +109,26 @@ class NervusModule(L.LightningModule):
             weights_path}``, ``None``/``"none"`` for no image input, or any ``nn.Module`` mapping
             (B, C, H, W) images to (B, F) features (then pass it again to ``load_from_checkpoint``).
         tabular: tabular MLP options ``{name: mlp|none, hidden, dropout, norm}``.
-        mixer: fusion options ``{name: concat, hidden, dropout, norm}`` (used with two inputs).
+        mixer: fusion options ``{name: concat, hidden, dropout, norm}`` (used with two inputs),
+            or ``{_target_: your_pkg.YourMixer, ...}`` for your own class (see
+            :mod:`nervus_lightning.models.plugins`); likewise ``extractor``, ``tabular``, ``head``.
+        head: the output layer of each label: ``linear`` (default), ``mlp`` or ``{_target_...}``.
         task: task options ``{name, ...}`` (e.g. ``loss`` for regression); name defaults to the
             schema's task.
         optimizer: ``{name: adam|adamw|sgd|radam, lr, weight_decay, ...}``.
         scheduler: ``{name: none|cosine|plateau, ...}``.
         in_channels, image_size: image geometry (used to build and probe the extractor).
         channels_last: run the image extractor in channels-last memory format.
+        evaluation: the evaluation contract stored with the model: ``threshold``
+            (``youden``/``sensitivity``), ``target_sensitivity`` and ``positive_class`` (label ->
+            class; required for binary labels whose classes are not an obvious pair such as
+            no/yes). Other ``evaluation.*`` settings are kept for provenance.
         run_config: the resolved run configuration, stored in checkpoints for provenance.
+
+    Every option is checked when the module is built (a typo raises ``NervusInputError``
+    naming the key and the allowed values), so nothing fails after training has started.
+    Checkpoints never need the pretrained weights file again: they record the extractor as
+    built empty, and their state dict holds the trained weights.
     """
 
     def __init__(
@@ -80,12 +137,14 @@ class NervusModule(L.LightningModule):
         extractor: str | dict | nn.Module | None = "resnet18",
         tabular: str | dict | None = "mlp",
         mixer: str | dict | None = "concat",
+        head: str | dict | None = "linear",
         task: str | dict | None = None,
         optimizer: str | dict | None = "adam",
         scheduler: str | dict | None = "none",
         in_channels: int = 1,
         image_size: int = 64,
         channels_last: bool = False,
+        evaluation: dict | None = None,
         run_config: dict | None = None,
     ) -> None:
         super().__init__()
@@ -99,17 +158,14 @@ class NervusModule(L.LightningModule):
             raise ValueError(
                 f"task '{task_opts['name']}' does not match the data schema's '{self.schema.task}'"
             )
-        task_opts = {k: v for k, v in task_opts.items() if k not in ("name", "demo_labels")}
-        self.task = build_task(self.schema.task, self.schema.labels, **task_opts)
+        task_opts = {k: v for k, v in task_opts.items() if k not in _DEMO_KEYS}
+        self.task = build_task(
+            self.schema.task, self.schema.labels, evaluation=evaluation, **task_opts
+        )
         self.optimizer_options = _options(optimizer, "adam")
         self.scheduler_options = _options(scheduler, "none")
-        if self.optimizer_options["name"] not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer '{self.optimizer_options['name']}' not in {list(OPTIMIZERS)}"
-            )
-        if self.scheduler_options["name"] not in SCHEDULERS:
-            raise ValueError(f"scheduler '{self.scheduler_options['name']}' not in {SCHEDULERS}")
-        self.net = self._build_net(extractor, tabular, mixer, in_channels, image_size)
+        check_optimisation_options(self.optimizer_options, self.scheduler_options)
+        self.net = self._build_net(extractor, tabular, mixer, head, in_channels, image_size)
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleList(
@@ -120,16 +176,27 @@ class NervusModule(L.LightningModule):
             }
         )
 
-    def _build_net(self, extractor, tabular, mixer, in_channels: int, image_size: int) -> NervusNet:
+    def _build_net(
+        self, extractor, tabular, mixer, head, in_channels: int, image_size: int
+    ) -> NervusNet:
         image = None
         if self.schema.image_column:
             if isinstance(extractor, nn.Module):
                 image = extractor
                 image.out_features = _infer_features(extractor, in_channels, image_size)
+            elif isinstance(extractor, dict) and TARGET_KEY in extractor:
+                image = build_component(
+                    "model.extractor", extractor, {}, in_channels=in_channels, image_size=image_size
+                )
+                image.out_features = _infer_features(image, in_channels, image_size)
             else:
                 opts = _options(extractor, "resnet18")
+                check_keys("model.extractor", opts, EXTRACTOR_KEYS)
                 if opts["name"] == "none":
-                    raise ValueError("the schema has images but extractor is 'none'")
+                    raise NervusInputError(
+                        "the data have images but model.extractor is 'none'; choose an extractor "
+                        "or leave the images out (no imgpath column)."
+                    )
                 backbone, features = build_image_extractor(
                     opts["name"],
                     in_channels=in_channels,
@@ -141,26 +208,34 @@ class NervusModule(L.LightningModule):
         table = None
         if self.schema.input_columns:
             opts = _options(tabular, "mlp")
-            table = TabularMLP(
-                self.schema.input_mean,
-                self.schema.input_std,
-                hidden=opts.get("hidden", (64, 64)),
-                dropout=opts.get("dropout", 0.1),
-                norm=opts.get("norm", "batch"),
+            check_choice("model.tabular.name", opts["name"], ("mlp",))
+            table = build_component(
+                "model.tabular",
+                opts,
+                {"mlp": TabularMLP},
+                mean=self.schema.input_mean,
+                std=self.schema.input_std,
             )
         fusion = None
         if image is not None and table is not None:
-            opts = _options(mixer, "concat")
-            if opts["name"] not in MIXERS:
-                raise ValueError(f"mixer '{opts['name']}' not in {list(MIXERS)}")
-            fusion = MIXERS[opts["name"]](
-                [image.out_features, table.out_features],
-                hidden=opts.get("hidden", (256,)),
-                dropout=opts.get("dropout", 0.1),
-                norm=opts.get("norm", "batch"),
+            fusion = build_component(
+                "model.mixer",
+                _options(mixer, "concat"),
+                MIXERS,
+                in_features=[image.out_features, table.out_features],
             )
+        head_opts = _options(head, "linear")
+        resolve_class("model.head", head_opts, HEADS)  # fails before the net is built
+
+        def build_head(in_features: int, out_features: int) -> nn.Module:
+            return build_component(
+                "model.head", head_opts, HEADS, in_features=in_features, out_features=out_features
+            )
+
         sizes = [spec.output_dim for spec in self.schema.labels]
-        return NervusNet(sizes, image_extractor=image, tabular_extractor=table, mixer=fusion)
+        return NervusNet(
+            sizes, image_extractor=image, tabular_extractor=table, mixer=fusion, head=build_head
+        )
 
     # -- forward ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -234,34 +309,73 @@ class NervusModule(L.LightningModule):
     # -- post-training state (e.g. the survival baseline hazard) ------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TASK_STATE_KEY] = self.task.state_tensors()
+        hparams = checkpoint.get("hyper_parameters")
+        extractor = hparams.get("extractor") if hparams else None
+        if isinstance(extractor, dict) and (
+            extractor.get("pretrained") or extractor.get("weights_path")
+        ):
+            # The trained weights are in the state dict: a checkpoint that travels to another
+            # site must rebuild the architecture empty, never look for the ImageNet file (or a
+            # path of the training machine). The run config keeps where training started from.
+            checkpoint["hyper_parameters"] = {
+                **hparams,
+                "extractor": {**extractor, "pretrained": False, "weights_path": None},
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.task.load_state_tensors(checkpoint.get(TASK_STATE_KEY, {}))
 
+    @torch.no_grad()
+    def infer(self, loader: Any, device: torch.device | str | None = None) -> list[np.ndarray]:
+        """Transformed outputs (probabilities, original units, log hazards) of every case of
+        ``loader``, in its order: one ``(n, head_size)`` array per label.
+
+        Runs on ``device`` (default: where the module is), in evaluation mode, in float32.
+        """
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        device = torch.device(device) if device is not None else self.device
+        was_training = self.training
+        self.to(device).eval()
+        per_label: list[list[torch.Tensor]] = [[] for _ in self.schema.labels]
+        try:
+            for batch in loader:
+                batch = move_data_to_device(batch, device)
+                for j, out in enumerate(self(batch)):
+                    per_label[j].append(self.task.transform_output(out, j).cpu())
+        finally:
+            self.train(was_training)
+        return [torch.cat(o).numpy() for o in per_label]
+
     def finalize(
-        self, datamodule: Any, *checkpoint_paths: str, options: dict[str, Any] | None = None
+        self,
+        datamodule: Any,
+        *checkpoint_paths: str,
+        outputs: list[np.ndarray] | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         """Fit what the task estimates after training (survival baseline on ``train``, binary
         thresholds on ``val``) and store it in the given checkpoint files, so that each one
-        alone is enough to predict."""
+        alone is enough to predict.
+
+        ``outputs``: this model's :meth:`infer` outputs for every case of the data module (CSV
+        order), when the caller has them already; else the needed splits are inferred on
+        ``device``.
+        """
         splits = [s for s in self.task.post_training_splits if len(datamodule.split_frame(s))]
         if not splits:
             return
         from nervus_lightning.outputs import atomic_write
 
-        was_training = self.training
-        self.eval()
-        outputs: dict[str, list[np.ndarray]] = {}
-        with torch.no_grad():
-            for split in splits:
-                per_label: list[list[torch.Tensor]] = [[] for _ in self.schema.labels]
-                for batch in datamodule.eval_dataloader(split):
-                    for j, out in enumerate(self(batch)):
-                        per_label[j].append(self.task.transform_output(out, j))
-                outputs[split] = [torch.cat(o).numpy() for o in per_label]
-        self.train(was_training)
+        by_split: dict[str, list[np.ndarray]] = {}
+        for split in splits:
+            if outputs is not None:
+                rows = (datamodule.frame["split"] == split).to_numpy()
+                by_split[split] = [o[rows] for o in outputs]
+            else:
+                by_split[split] = self.infer(datamodule.eval_dataloader(split), device)
         frames = {s: datamodule.split_frame(s) for s in splits}
-        self.task.fit_after_training(outputs, frames, options or {})
+        self.task.fit_after_training(by_split, frames)
         for path in checkpoint_paths:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             ckpt[TASK_STATE_KEY] = self.task.state_tensors()
@@ -288,16 +402,13 @@ class NervusModule(L.LightningModule):
                 for p in self.parameters()
             )
         optimizer = OPTIMIZERS[self.optimizer_options["name"]](self.parameters(), **opts)
-        sched = {k: v for k, v in self.scheduler_options.items() if k != "name"}
         name = self.scheduler_options["name"]
-        if name == "none":
+        if SCHEDULERS[name] is None:
             return optimizer
-        if name == "cosine":
-            t_max = sched.pop("t_max", None) or max(int(self.trainer.max_epochs or 1), 1)
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, **sched)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **sched)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"},
-        }
+        kwargs = _scheduler_kwargs(
+            name, _without_name(self.scheduler_options), self.trainer.max_epochs
+        )
+        scheduler = {"scheduler": SCHEDULERS[name](optimizer, **kwargs)}
+        if name == "plateau":
+            scheduler["monitor"] = "val_loss"
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

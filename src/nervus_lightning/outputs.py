@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -61,67 +60,67 @@ def _json_default(value: Any) -> Any:
 
 
 def predict_frame(
-    module: Any, datamodule: NervusDataModule, trainer: L.Trainer | None = None
+    module: Any, datamodule: NervusDataModule, outputs: list[np.ndarray]
 ) -> pd.DataFrame:
-    """Predict every kept case of the data module's CSV; one row per case, in CSV order.
+    """``predictions.csv`` as a frame: one row per kept case of the CSV, in CSV order.
 
-    Columns: ``uniqID``, ``split``, ``group`` (if any), then per label its true value (where the
-    CSV has it; for survival also the time column) followed by the task's prediction columns.
+    ``outputs`` are ``module.infer(datamodule.predict_dataloader())``. Columns: ``uniqID``,
+    ``split``, ``group`` (if any), then per label its true value (where the CSV has it; for
+    survival also the time column) followed by the task's prediction columns.
     """
-    trainer = trainer or L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    batches = trainer.predict(module, dataloaders=datamodule.predict_dataloader())
-    index = torch.cat([b["index"] for b in batches]).numpy()
-    order = np.argsort(index)
     frame = datamodule.frame
     schema = module.schema
     out = pd.DataFrame({ID_COLUMN: frame[ID_COLUMN].to_numpy(), SPLIT_COLUMN: frame[SPLIT_COLUMN]})
     if schema.group_column and schema.group_column in frame.columns:
         out[schema.group_column] = frame[schema.group_column].to_numpy()
     for j, spec in enumerate(schema.labels):
-        values = torch.cat([b["outputs"][j] for b in batches]).numpy()[order]
         if spec.name in frame.columns:
             out[spec.name] = frame[spec.name].to_numpy()
         if spec.period and spec.period in frame.columns:
             out[spec.period] = pd.to_numeric(frame[spec.period], errors="coerce").to_numpy()
-        for col, vals in module.task.prediction_columns(values, j).items():
+        for col, vals in module.task.prediction_columns(outputs[j], j).items():
             out[col] = vals
     return out
 
 
-def split_metrics(module: Any, predictions: pd.DataFrame) -> dict[str, dict[str, dict]]:
-    """``{split: {label: {metric: value}}}`` for every split whose labels are known."""
-    result: dict[str, dict[str, dict]] = {}
-    for split, rows in predictions.groupby(SPLIT_COLUMN, sort=False):
-        per_label = {}
-        for j, spec in enumerate(module.schema.labels):
-            metrics = module.task.split_metrics(rows, j)
-            if metrics:
-                per_label[spec.name] = dict(metrics)
-                if getattr(metrics, "reasons", None):
-                    per_label[spec.name]["reasons"] = dict(metrics.reasons)
-        if per_label:
-            result[str(split)] = per_label
-    return result
-
-
-def write_predictions_and_metrics(
+def write_predictions(
     module: Any,
     datamodule: NervusDataModule,
     out_dir: str | os.PathLike,
-    trainer: L.Trainer | None = None,
-) -> tuple[pd.DataFrame, dict]:
-    """Write ``predictions.csv``, ``metrics.json`` and ``schema.json`` into ``out_dir``."""
+    outputs: list[np.ndarray],
+) -> pd.DataFrame:
+    """Write ``predictions.csv`` and ``schema.json`` (labels with the fitted contract)."""
     out_dir = Path(out_dir)
-    predictions = predict_frame(module, datamodule, trainer)
-    metrics = split_metrics(module, predictions)
+    predictions = predict_frame(module, datamodule, outputs)
     write_json(out_dir / SCHEMA, module.export_schema())
     write_csv(out_dir / PREDICTIONS, predictions)
-    write_json(out_dir / METRICS, metrics)
     module.task.write_figures(predictions, out_dir)
-    return predictions, metrics
+    return predictions
+
+
+def metrics_summary(table: pd.DataFrame, notes: pd.DataFrame | None = None) -> dict:
+    """``metrics.json``: ``{split: {label: {metric: value}}}`` of whole splits (group ``all``),
+    taken from the evaluation's ``metrics.csv`` rows so that both files always agree; a
+    ``reasons`` entry per label carries the notes of missing values."""
+    result: dict[str, dict[str, dict]] = {}
+    whole = table[table["group"] == "all"]
+    for row in whole.itertuples(index=False):
+        value = None if pd.isna(row.value) else float(row.value)
+        result.setdefault(str(row.split), {}).setdefault(str(row.label), {})[row.metric] = value
+    if notes is not None and not notes.empty:
+        for row in notes[notes["group"] == "all"].itertuples(index=False):
+            entry = result.get(str(row.split), {}).get(str(row.label))
+            if entry is not None and entry.get(row.metric) is None:
+                entry.setdefault("reasons", {})[row.metric] = row.note
+    return result
+
+
+def write_metrics_json(run_dir: str | os.PathLike, table: pd.DataFrame) -> dict:
+    """Write ``metrics.json`` next to ``predictions.csv`` from the evaluation's ``metrics.csv``
+    rows (``table``) and its ``metrics_notes.csv``; return what was written."""
+    run_dir = Path(run_dir)
+    notes_path = run_dir / "evaluation" / "metrics_notes.csv"
+    notes = pd.read_csv(notes_path) if notes_path.is_file() else None
+    metrics = metrics_summary(table, notes)
+    write_json(run_dir / METRICS, metrics)
+    return metrics

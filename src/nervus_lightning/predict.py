@@ -1,24 +1,41 @@
 """``python -m nervus_lightning.predict ckpt=PATH data.csv=PATH``: external validation.
 
-Loads a checkpoint (which carries the schema, class names, input statistics and, for survival,
-the baseline hazard), reads the CSV with that schema and writes predictions and metrics.
+Loads a checkpoint (which carries the schema, class names, input statistics, the evaluation
+contract and, for survival, the baseline hazard), reads the CSV with that schema and writes
+predictions, the evaluation report and metrics. Nothing of the training machine is needed: no
+training CSV, no pretrained-weights file.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-import hydra
-import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+import torch
 
-from nervus_lightning.__main__ import report_user_error
-from nervus_lightning.config import config_dir
 from nervus_lightning.data.schema import NervusInputError
 
 log = logging.getLogger(__name__)
+
+
+def inference_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU; ``gpu`` means ``cuda``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "gpu":
+        device = "cuda"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise NervusInputError(
+            f"device={device!r} is not a device ({err}); use auto, cpu, cuda or cuda:<index>."
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise NervusInputError(f"device={device!r}: no CUDA GPU on this machine; use device=cpu.")
+    return resolved
 
 
 def predict(
@@ -27,23 +44,27 @@ def predict(
     out_dir: str | Path,
     batch_size: int = 64,
     num_workers: int = 0,
-    trainer_options: dict | None = None,
-    evaluation: dict | None = None,
+    device: str | torch.device = "auto",
+    evaluation: dict[str, Any] | None = None,
 ) -> dict:
     """Predict ``csv`` with the model in ``ckpt``; write outputs to ``out_dir``; return metrics.
 
-    Where the CSV has labels, the evaluation report (``out_dir/evaluation``) is written too, with
-    ``evaluation`` options as in the ``evaluation`` config group; binary thresholds, survival
-    baseline and training follow-up come from the checkpoint."""
+    Where the CSV has labels, the evaluation report (``out_dir/evaluation``) and
+    ``metrics.json`` are written too. ``evaluation`` takes the options of the ``evaluation``
+    config group; ``threshold``, ``target_sensitivity`` and ``positive_class`` left at ``None``
+    apply the contract stored in the checkpoint (its threshold included), and a value that
+    differs from it is an override, said in the log and in ``metrics_notes.csv``."""
     from nervus_lightning.data.datamodule import NervusDataModule
-    from nervus_lightning.evaluate import evaluate_run
+    from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
     from nervus_lightning.module import NervusModule
-    from nervus_lightning.outputs import write_predictions_and_metrics
+    from nervus_lightning.outputs import PREDICTIONS, write_metrics_json, write_predictions
 
+    evaluation = check_evaluation_options(evaluation or {})
+    device = inference_device(device)
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise NervusInputError(f"checkpoint not found: {ckpt}. Pass ckpt=PATH of a .ckpt file.")
-    module = NervusModule.load_from_checkpoint(ckpt, map_location="cpu")
+    module = NervusModule.load_from_checkpoint(ckpt, map_location=device)
     datamodule = NervusDataModule(
         csv,
         schema=module.schema,
@@ -52,30 +73,17 @@ def predict(
         batch_size=batch_size,
         num_workers=num_workers,
     )
-    options = {"logger": False, "enable_model_summary": False, **(trainer_options or {})}
-    trainer = L.Trainer(**options)
-    _, metrics = write_predictions_and_metrics(module, datamodule, out_dir, trainer)
-    if metrics:
-        evaluate_run(Path(out_dir) / "predictions.csv", **(evaluation or {}))
+    outputs = module.infer(datamodule.predict_dataloader(), device)
+    predictions = write_predictions(module, datamodule, out_dir, outputs)
+    metrics: dict = {}
+    if any(spec.name in predictions.columns for spec in module.schema.labels):
+        table = evaluate_run(Path(out_dir) / PREDICTIONS, **evaluation)
+        metrics = write_metrics_json(out_dir, table)
     log.info("predictions of %s written to %s", csv, out_dir)
     return metrics
 
 
-@hydra.main(config_path=config_dir(), config_name="predict", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        predict(
-            cfg.ckpt,
-            cfg.data.csv,
-            HydraConfig.get().runtime.output_dir,
-            batch_size=cfg.data.batch_size,
-            num_workers=cfg.data.num_workers,
-            trainer_options=OmegaConf.to_container(cfg.trainer, resolve=True),
-            evaluation=OmegaConf.to_container(cfg.evaluation, resolve=True),
-        )
-    except NervusInputError as err:
-        report_user_error(err)
+if __name__ == "__main__":  # the command line lives in nervus_lightning.cli
+    from nervus_lightning.cli.predict import main
 
-
-if __name__ == "__main__":
     main()

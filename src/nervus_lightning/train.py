@@ -18,13 +18,14 @@ from nervus_lightning.callbacks import LearningCurve, build_checkpoint_callback
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
-from nervus_lightning.evaluate import evaluate_run
+from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
     atomic_write,
     write_json,
-    write_predictions_and_metrics,
+    write_metrics_json,
+    write_predictions,
 )
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,7 @@ def _plain(node: Any) -> Any:
 
 def build_datamodule(cfg: DictConfig) -> NervusDataModule:
     data = cfg.data
-    labels = _plain(data.get("labels"))
-    csv = data.get("csv")
-    if not csv:
-        preset = data.get("preset") or "demo"
-        if preset == "demo":
-            csv = build_demo_dataset(data.get("demo_root"))
-            labels = labels or _plain(cfg.task.get("demo_labels"))
-        else:
-            csv = materialize_preset(preset, data.get("demo_root"), seed=data.get("split_seed", 0))
+    csv, labels, _ = resolve_data(cfg)
     return NervusDataModule(
         csv,
         task=cfg.task.name,
@@ -53,11 +46,41 @@ def build_datamodule(cfg: DictConfig) -> NervusDataModule:
         in_channels=data.in_channels,
         batch_size=data.batch_size,
         num_workers=data.num_workers,
-        use_images=cfg.model.extractor.name != "none",
-        use_tabular=cfg.model.tabular.name != "none",
+        use_images=cfg.model.extractor.get("name") != "none",
+        use_tabular=cfg.model.tabular.get("name") != "none",
         augmentation=cfg.augmentation.name,
         sampler=cfg.sampler.name,
     )
+
+
+def resolve_data(cfg: DictConfig) -> tuple[str | Path, list[str] | None, bool]:
+    """The CSV to train on, its label columns and whether it is the built-in demo data."""
+    data = cfg.data
+    labels = _plain(data.get("labels"))
+    csv = data.get("csv")
+    if csv:
+        return csv, labels, False
+    preset = data.get("preset") or "demo"
+    if preset == "demo":
+        return (
+            build_demo_dataset(data.get("demo_root")),
+            labels or _plain(cfg.task.get("demo_labels")),
+            True,
+        )
+    return (
+        materialize_preset(preset, data.get("demo_root"), seed=data.get("split_seed", 0)),
+        (labels),
+        False,
+    )
+
+
+def evaluation_options(cfg: DictConfig) -> dict[str, Any]:
+    """``evaluation.*`` checked; on the demo data, the demo's positive classes by default."""
+    options = check_evaluation_options(_plain(cfg.get("evaluation")) or {})
+    demo = not cfg.data.get("csv") and (cfg.data.get("preset") or "demo") == "demo"
+    if demo and not options.get("positive_class"):
+        options["positive_class"] = _plain(cfg.task.get("demo_positive_class")) or None
+    return options
 
 
 def materialize_preset(name: str, root: str | None = None, seed: int = 0) -> Path:
@@ -73,28 +96,40 @@ def materialize_preset(name: str, root: str | None = None, seed: int = 0) -> Pat
     return path
 
 
-def build_module(cfg: DictConfig, schema: DataSchema) -> NervusModule:
+def build_module(
+    cfg: DictConfig, schema: DataSchema, evaluation: dict[str, Any] | None = None
+) -> NervusModule:
     return NervusModule(
         schema,
         extractor=_plain(cfg.model.extractor),
         tabular=_plain(cfg.model.tabular),
         mixer=_plain(cfg.model.mixer),
+        head=_plain(cfg.model.get("head")) or "linear",
         task=_plain(cfg.task),
         optimizer=_plain(cfg.optimizer),
         scheduler=_plain(cfg.scheduler),
         in_channels=cfg.data.in_channels,
         image_size=cfg.data.image_size,
         channels_last=bool(cfg.model.get("channels_last", False)),
+        evaluation=evaluation,
         run_config=_plain(cfg),
     )
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
-    """Fit, test with the best checkpoint, and write every output into ``run_dir``."""
+    """Fit, test with the best checkpoint, and write every output into ``run_dir``.
+
+    Every option is checked before the first epoch (data, model, optimiser, task, evaluation).
+    After training, on the training accelerator: the task's post-training state is fitted with
+    each kept checkpoint's own weights (thresholds on val, survival baseline on train), then the
+    best model predicts every case, and the evaluation report and ``metrics.json`` are written
+    from the same computation.
+    """
     run_dir = Path(run_dir)
     L.seed_everything(cfg.seed, workers=True)
+    evaluation = evaluation_options(cfg)
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule.schema)
+    module = build_module(cfg, datamodule.schema, evaluation)
 
     checkpoint = build_checkpoint_callback(cfg.checkpoint.policy, run_dir / "checkpoints")
     trainer = L.Trainer(
@@ -112,19 +147,22 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if not trainer.is_global_zero:
         return float(checkpoint.best_model_score)
 
-    evaluation = _plain(cfg.get("evaluation")) or {}
-    best = NervusModule.load_from_checkpoint(best_path, map_location="cpu")
+    device = trainer.strategy.root_device
+    log.info("post-training work (thresholds, baseline hazard, predictions) on %s", device)
+    best = NervusModule.load_from_checkpoint(best_path, map_location=device)
     if best.task.post_training_splits:
         # Every kept checkpoint gets the state fitted with its own weights (baseline hazard,
         # thresholds), so that any of them alone is enough to predict.
         for path in Path(checkpoint.dirpath).glob("*.ckpt"):
             if str(path) != best_path:
-                NervusModule.load_from_checkpoint(path, map_location="cpu").finalize(
-                    datamodule, str(path), options=evaluation
+                NervusModule.load_from_checkpoint(path, map_location=device).finalize(
+                    datamodule, str(path), device=device
                 )
-        best.finalize(datamodule, best_path, options=evaluation)
-    _, metrics = write_predictions_and_metrics(best, datamodule, run_dir)
-    evaluate_run(run_dir / PREDICTIONS, **evaluation)
+    outputs = best.infer(datamodule.predict_dataloader(), device)
+    best.finalize(datamodule, best_path, outputs=outputs)
+    write_predictions(best, datamodule, run_dir, outputs)
+    table = evaluate_run(run_dir / PREDICTIONS, **evaluation)
+    metrics = write_metrics_json(run_dir, table)
     objective = float(checkpoint.best_model_score)
     # Written last: its presence says the run finished.
     write_json(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import math
 import re
 import warnings
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.evaluation import plots
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,
@@ -62,6 +64,9 @@ from nervus_lightning.survival.metrics import (
     survival_metrics,
 )
 from nervus_lightning.survival.plots import plot_km_risk_groups
+from nervus_lightning.tasks.classification import obvious_positive_class
+
+log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["split", "group", "label", "metric", "value", "ci_lower", "ci_upper"]
 ALL_GROUPS = "all"
@@ -79,8 +84,9 @@ class EvalContext:
     n_bootstrap: int
     ci: float
     seed: int
-    threshold_method: str
-    target_sensitivity: float
+    #: Overrides of the stored evaluation contract (None / empty: use the stored one).
+    threshold_method: str | None
+    target_sensitivity: float | None
     positive_class: Mapping[str, str]
 
 
@@ -208,44 +214,40 @@ def _binary_threshold(
     score: np.ndarray,
     split: pd.Series,
     positive: str,
-    ctx: EvalContext,
+    method: str,
+    target: float,
     section: LabelSection,
-    stored: Mapping | None = None,
+    stored: float | None = None,
+    overrides: list[str] | None = None,
 ) -> tuple[float | None, str | None]:
-    """The operating threshold: chosen on ``val`` of these predictions; else the one chosen on
-    the training run's ``val`` and stored in the schema (predictions of an external set); else
-    chosen on ``train`` (flagged as optimistic there)."""
-    stored = stored or {}
-    usable_stored = (
-        stored.get("threshold") is not None
-        and stored.get("threshold_method") == ctx.threshold_method
-        and stored.get("positive_class") == positive
-        and (
-            ctx.threshold_method == "youden"
-            or stored.get("target_sensitivity") == ctx.target_sensitivity
+    """The operating threshold of a binary label and the split it was chosen on.
+
+    The model's contract comes first: the threshold chosen on the training run's ``val`` split
+    (stored in the checkpoint and ``schema.json``) is applied unchanged, whether or not these
+    predictions hold ``val`` rows. When the user overrides the contract (another method, target
+    sensitivity or positive class), the threshold is re-chosen on ``val`` of these predictions,
+    and it is an error if there is none. Without a stored threshold (the training ``val`` split
+    lacked a class), it is chosen on ``val``, else on ``train`` (flagged optimistic), else the
+    arg-max class is used -- each said in the notes.
+    """
+    how = method if method == "youden" else f"sensitivity >= {target:g}"
+    if overrides:
+        section.notes.append(
+            "Evaluation contract overridden: " + "; ".join(overrides) + ". The threshold is "
+            "re-chosen on 'val' of these predictions instead of the stored one."
         )
-    )
-    for candidate in ("val", "stored", "train"):
-        if candidate == "stored":
-            if usable_stored and not (split == "val").any():
-                threshold = float(stored["threshold"])
-                section.notes.append(
-                    f"Threshold {threshold:.4g} chosen on the training run's 'val' split "
-                    f"({ctx.threshold_method}) and applied unchanged to these splits."
-                )
-                return threshold, "val"
-            continue
+    elif stored is not None:
+        section.notes.append(
+            f"Threshold {stored:.4g} chosen on the training run's 'val' split ({how}) and "
+            "applied unchanged to every split."
+        )
+        return float(stored), "val"
+    candidates = ("val",) if overrides else ("val", "train")
+    for candidate in candidates:
         use = (split == candidate).to_numpy()
         y_pos = (y[use] == positive).to_numpy()
         if y_pos.any() and not y_pos.all():
-            threshold = choose_threshold(
-                y_pos, score[use], ctx.threshold_method, ctx.target_sensitivity
-            )
-            how = (
-                f"{ctx.threshold_method}"
-                if ctx.threshold_method == "youden"
-                else f"sensitivity >= {ctx.target_sensitivity:g}"
-            )
+            threshold = choose_threshold(y_pos, score[use], method, target)
             if candidate == "train":
                 section.notes.append(
                     f"No 'val' split with both classes: the threshold ({how}) was chosen on "
@@ -257,11 +259,64 @@ def _binary_threshold(
                     "applied unchanged to the other splits."
                 )
             return threshold, candidate
+    if overrides:
+        raise NervusInputError(
+            f"label {section.name!r}: " + "; ".join(overrides) + " needs a new threshold, but "
+            "these predictions have no 'val' rows with both classes to choose it on. Drop the "
+            "override to use the threshold stored with the model, or add validation rows "
+            "(split=val) to the CSV."
+        )
     section.notes.append(
-        "Neither 'val' nor 'train' has both classes: no threshold was chosen; "
+        "No threshold stored with the model and neither 'val' nor 'train' has both classes: "
         "threshold-based metrics use the arg-max class."
     )
+    warnings.warn(
+        f"label {section.name!r}: no operating threshold available; using the arg-max class",
+        RuntimeWarning,
+        stacklevel=2,
+    )
     return None, None
+
+
+def _threshold_note(fitted_on: str | None, overrides: list[str]) -> str:
+    note = f"chosen on '{fitted_on}'" if fitted_on else "arg-max (none chosen)"
+    if overrides:
+        note += "; contract overridden at evaluation: " + "; ".join(overrides)
+    return note
+
+
+def _contract(label: Mapping, ctx: EvalContext, classes: list[str]) -> tuple[str, str, float, list]:
+    """Positive class, threshold method and target sensitivity of a binary label: the stored
+    contract of ``schema.json`` unless the evaluation settings override it (listed)."""
+    name = label["name"]
+    stored_positive = label.get("positive_class")
+    positive = ctx.positive_class.get(name)
+    if positive is not None:
+        positive = str(positive)
+    positive = positive or stored_positive or obvious_positive_class(classes)
+    if positive is None:
+        raise NervusInputError(
+            f"binary label {name!r} has classes {classes} and its schema.json names no positive "
+            f"class: pass evaluation.positive_class={{{name}:<class>}}."
+        )
+    if positive not in classes:
+        raise NervusInputError(
+            f"evaluation.positive_class.{name}={positive!r} is not one of its classes {classes}."
+        )
+    stored_method = label.get("threshold_method")
+    method = ctx.threshold_method or stored_method or "youden"
+    stored_target = label.get("target_sensitivity")
+    target = ctx.target_sensitivity
+    if target is None:
+        target = stored_target if stored_target is not None else 0.9
+    overrides = []
+    if stored_positive is not None and positive != stored_positive:
+        overrides.append(f"positive class {positive!r} instead of the stored {stored_positive!r}")
+    if stored_method is not None and method != stored_method:
+        overrides.append(f"threshold method {method!r} instead of the stored {stored_method!r}")
+    elif method == "sensitivity" and stored_target is not None and target != stored_target:
+        overrides.append(f"target sensitivity {target:g} instead of the stored {stored_target:g}")
+    return positive, method, float(target), overrides
 
 
 def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
@@ -285,14 +340,22 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
         )
     prob = df[prob_columns].to_numpy(dtype=float)
     binary = len(classes) == 2
-    positive = ctx.positive_class.get(name, classes[-1]) if binary else None
-    if binary and positive not in classes:
-        raise ValueError(f"positive class {positive!r} for {name!r} is not among {classes}")
-    threshold, fitted_on = None, None
+    positive, threshold, fitted_on, overrides = None, None, None, []
     if binary:
+        positive, method, target, overrides = _contract(label, ctx, classes)
+        if overrides:
+            log.warning("label %r: %s", name, "; ".join(overrides))
         score = prob[:, classes.index(positive)]
         threshold, fitted_on = _binary_threshold(
-            df[name], score, df["split"], positive, ctx, section, stored=label
+            df[name],
+            score,
+            df["split"],
+            positive,
+            method,
+            target,
+            section,
+            stored=label.get("threshold"),
+            overrides=overrides,
         )
         section.notes.append(f"Positive class: {positive!r}.")
 
@@ -336,7 +399,7 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
                 group,
                 "threshold",
                 threshold,
-                note=f"chosen on '{fitted_on}'" if fitted_on else "arg-max (none chosen)",
+                note=_threshold_note(fitted_on, overrides),
             )
         if group == ALL_GROUPS:
             counts = pd.Series(y).value_counts()
@@ -701,8 +764,8 @@ def evaluate_predictions(
     n_bootstrap: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
-    threshold_method: str = "youden",
-    target_sensitivity: float = 0.9,
+    threshold_method: str | None = None,
+    target_sensitivity: float | None = None,
     positive_class: dict[str, str] | None = None,
     config_summary: dict | None = None,
     learning_curve: pd.DataFrame | None = None,
@@ -716,9 +779,13 @@ def evaluate_predictions(
         n_bootstrap: bootstrap resamples per CI; 0 skips the intervals.
         ci: confidence level of the intervals.
         seed: seed of the bootstrap (the same for every split, group and label).
-        threshold_method: ``"youden"`` or ``"sensitivity"`` (see ``choose_threshold``).
-        target_sensitivity: the sensitivity aimed at by ``threshold_method="sensitivity"``.
-        positive_class: label name -> its positive class (binary labels; default: last class).
+        threshold_method: ``"youden"`` or ``"sensitivity"`` (see ``choose_threshold``);
+            ``None`` keeps the method stored in the schema (the model's contract).
+        target_sensitivity: the sensitivity aimed at by ``threshold_method="sensitivity"``;
+            ``None`` keeps the stored one.
+        positive_class: label name -> its positive class (binary labels); labels not named keep
+            the stored positive class. A value that differs from the stored contract re-chooses
+            the threshold on ``val`` (see :func:`_binary_threshold`).
         config_summary: run configuration shown at the top of the report (nested dicts allowed).
         learning_curve: per-epoch losses/metrics (an ``epoch`` column and numeric columns).
 

@@ -6,7 +6,7 @@ tabular inputs to one output tensor per label (logits, standardised values or lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ class NervusNet(nn.Module):
         tabular_extractor: maps (B, n_inputs) to (B, F_tab), with ``out_features``.
         mixer: fuses the list of feature vectors (needed only with two extractors).
         head_sizes: output size of each head (classes, or 1 for regression / survival).
+        head: builds one head as ``head(in_features, out_features)`` (default ``nn.Linear``).
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class NervusNet(nn.Module):
         image_extractor: nn.Module | None = None,
         tabular_extractor: nn.Module | None = None,
         mixer: nn.Module | None = None,
+        head: Callable[[int, int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if image_extractor is None and tabular_extractor is None:
@@ -42,7 +44,8 @@ class NervusNet(nn.Module):
             features = image_extractor.out_features + tabular_extractor.out_features
         else:
             features = (image_extractor or tabular_extractor).out_features
-        self.heads = nn.ModuleList(nn.Linear(features, size) for size in head_sizes)
+        head = head or nn.Linear
+        self.heads = nn.ModuleList(head(features, size) for size in head_sizes)
 
     def features(
         self, image: torch.Tensor | None = None, tabular: torch.Tensor | None = None

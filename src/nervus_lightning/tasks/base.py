@@ -7,6 +7,7 @@ A task sees the network's raw output for one label (``(B, head_size)``) and the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from torchmetrics import MetricCollection
 
 from nervus_lightning.data.schema import LabelSpec
+from nervus_lightning.options import check_call_options, check_choice
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -31,8 +33,12 @@ class Task(ABC):
         if getattr(cls, "kind", None):
             TASKS[cls.kind] = cls
 
-    def __init__(self, labels: list[LabelSpec], **options: Any) -> None:
+    def __init__(
+        self, labels: list[LabelSpec], evaluation: Mapping[str, Any] | None = None, **options: Any
+    ) -> None:
         self.labels = labels
+        #: The evaluation settings the model was built with (stored in its checkpoints).
+        self.evaluation = dict(evaluation or {})
 
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
@@ -64,10 +70,9 @@ class Task(ABC):
         self,
         outputs: dict[str, list[np.ndarray]],
         frames: dict[str, pd.DataFrame],
-        options: dict[str, Any],
     ) -> None:
         """Fit post-training state from transformed outputs (per split, per label) of the
-        trained model on :attr:`post_training_splits`; ``options`` are the evaluation settings."""
+        trained model on :attr:`post_training_splits`."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Post-training state as a flat dict of tensors (stored in checkpoints)."""
@@ -83,20 +88,22 @@ class Task(ABC):
         """Extra JSON for label ``j`` in ``schema.json`` (e.g. a survival baseline)."""
         return {}
 
-    @abstractmethod
-    def split_metrics(self, frame: pd.DataFrame, j: int) -> dict[str, float | None]:
-        """Point metrics of label ``j`` on the rows of one split of ``predictions.csv``."""
-
 
 def zero_loss(output: torch.Tensor) -> torch.Tensor:
     """A zero that keeps the graph (no NaN, zero gradient) for batches with nothing to learn."""
     return output.sum() * 0.0
 
 
-def build_task(kind: str, labels: list[LabelSpec], **options: Any) -> Task:
+def build_task(
+    kind: str,
+    labels: list[LabelSpec],
+    evaluation: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Task:
+    """The task of kind ``kind``; ``options`` (``task.*``) are checked against its arguments."""
     # Importing the package registers every task kind.
     import nervus_lightning.tasks  # noqa: F401
 
-    if kind not in TASKS:
-        raise ValueError(f"unknown task '{kind}'; choose one of {sorted(TASKS)}")
-    return TASKS[kind](labels, **options)
+    check_choice("task", kind, sorted(TASKS))
+    check_call_options("task", TASKS[kind], options, skip=("labels", "evaluation"))
+    return TASKS[kind](labels, evaluation=evaluation, **options)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from nervus_lightning.evaluation.metrics import regression_metrics
+from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import Task, zero_loss
 
 LOSSES = {
@@ -26,11 +25,9 @@ class RegressionTask(Task):
     kind = "regression"
     primary_metric = "mae"
 
-    def __init__(self, labels, loss: str = "mse", **options: Any) -> None:
-        super().__init__(labels)
-        if loss not in LOSSES:
-            raise ValueError(f"task.loss '{loss}' is not one of {sorted(LOSSES)} for regression")
-        self.loss_fn = LOSSES[loss]
+    def __init__(self, labels, loss: str = "mse", evaluation: Any = None) -> None:
+        super().__init__(labels, evaluation=evaluation)
+        self.loss_fn = LOSSES[check_choice("task.loss", loss, sorted(LOSSES))]
 
     def _standardised_target(self, batch: dict[str, Any], j: int) -> torch.Tensor:
         spec = self.labels[j]
@@ -60,13 +57,3 @@ class RegressionTask(Task):
 
     def prediction_columns(self, values: np.ndarray, j: int) -> dict[str, Any]:
         return {f"pred_{self.labels[j].name}": values[:, 0]}
-
-    def split_metrics(self, frame: pd.DataFrame, j: int) -> dict[str, float | None]:
-        name = self.labels[j].name
-        if name not in frame.columns:
-            return {}
-        y = pd.to_numeric(frame[name], errors="coerce").to_numpy(float)
-        known = ~np.isnan(y)
-        if not known.any():
-            return {}
-        return regression_metrics(y[known], frame[f"pred_{name}"].to_numpy(float)[known])

@@ -108,7 +108,6 @@ class SurvivalTask(Task):
         self,
         outputs: dict[str, list[np.ndarray]],
         frames: dict[str, pd.DataFrame],
-        options: dict[str, Any],
     ) -> None:
         frame = frames["train"]
         for j, spec in enumerate(self.labels):

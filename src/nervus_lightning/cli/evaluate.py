@@ -1,0 +1,27 @@
+"""``python -m nervus_lightning.evaluate predictions=PATH``: rebuild a run's evaluation report."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from nervus_lightning.cli import run_reporting_user_errors
+from nervus_lightning.config import config_dir
+from nervus_lightning.data.schema import NervusInputError
+
+
+def _evaluate(cfg: DictConfig) -> None:
+    from nervus_lightning.evaluate import evaluate_run
+
+    if OmegaConf.is_missing(cfg, "predictions"):
+        raise NervusInputError(
+            "no predictions file given; run "
+            "`python -m nervus_lightning.evaluate predictions=PATH/predictions.csv`."
+        )
+    options = OmegaConf.to_container(cfg.evaluation, resolve=True)
+    evaluate_run(cfg.predictions, cfg.get("out"), **options)
+
+
+@hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_reporting_user_errors(lambda: _evaluate(cfg))

@@ -1,0 +1,27 @@
+"""``python -m nervus_lightning.predict ckpt=PATH data.csv=PATH``: external validation."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nervus_lightning.cli import run_reporting_user_errors
+from nervus_lightning.config import config_dir
+
+
+@hydra.main(config_path=config_dir(), config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from nervus_lightning.predict import predict
+
+    run_reporting_user_errors(
+        lambda: predict(
+            cfg.ckpt,
+            cfg.data.csv,
+            HydraConfig.get().runtime.output_dir,
+            batch_size=cfg.data.batch_size,
+            num_workers=cfg.data.num_workers,
+            device=cfg.device,
+            evaluation=OmegaConf.to_container(cfg.evaluation, resolve=True),
+        )
+    )

@@ -1,0 +1,20 @@
+"""``python -m nervus_lightning``: train, validate and test (Hydra command line).
+
+With no arguments it trains on the embedded demo data; ``data.csv=PATH`` switches to a CSV.
+"""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from nervus_lightning.cli import run_reporting_user_errors
+from nervus_lightning.config import config_dir
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    from nervus_lightning.train import train
+
+    return run_reporting_user_errors(lambda: train(cfg, HydraConfig.get().runtime.output_dir))
