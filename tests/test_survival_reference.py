@@ -220,21 +220,25 @@ def _scenarios(data) -> Iterator[tuple[str, np.ndarray, np.ndarray, Any]]:
 
 def test_survival_metrics_from_aggregates_equal_sksurv_with_training_rows(data):
     time, event, risk = data["time"], data["event"], data["risk"]
-    for name, train, evaluated, eval_times in _scenarios(data):
+    for name, fit_rows, evaluated, eval_times in _scenarios(data):
         reference = SurvivalReference.fit(
-            time[train], event[train], risk[train], eval_times=eval_times
+            time[fit_rows], event[fit_rows], risk[fit_rows], eval_times=eval_times
         )
         got = survival_metrics(reference, time[evaluated], event[evaluated], risk[evaluated])
-        times = default_eval_times(time[train], event[train]) if eval_times is None else eval_times
+        times = (
+            default_eval_times(time[fit_rows], event[fit_rows])
+            if eval_times is None
+            else eval_times
+        )
         expected = sksurv_metrics(
-            time[train],
-            event[train],
-            risk[train],
+            time[fit_rows],
+            event[fit_rows],
+            risk[fit_rows],
             time[evaluated],
             event[evaluated],
             risk[evaluated],
             times,
-            risk_group_cutpoints(risk[train]),
+            risk_group_cutpoints(risk[fit_rows]),
         )
         assert list(got) == list(expected), name
         _assert_same(got, expected)
@@ -253,7 +257,9 @@ def test_reference_storage_round_trips_and_grid_is_exact(data, tmp_path):
     )
 
     torch.save(reference.to_tensors(), tmp_path / "ref.pt")
-    from_tensors = SurvivalReference.from_tensors(torch.load(tmp_path / "ref.pt", weights_only=True))
+    from_tensors = SurvivalReference.from_tensors(
+        torch.load(tmp_path / "ref.pt", weights_only=True)
+    )
     from_json = SurvivalReference.from_json(json.loads(json.dumps(reference.to_json())))
     expected = survival_metrics(reference, time[test], event[test], risk[test])
     for restored in (from_tensors, from_json):
@@ -310,6 +316,7 @@ def test_detector_finds_the_training_vectors(data):
     assert find_patient_vectors(reference.to_json(), time, event) == []
 
 
+@pytest.mark.slow  # about 10-15 s: training, predict and two evaluation reports
 def test_run_stores_aggregates_only_and_scores_as_before(tmp_path):
     """whas500 end to end: a tiny DeepSurv, an external set with longer follow-up than training;
     checkpoint and schema.json hold no training vector; metrics, survival columns and the
@@ -346,9 +353,7 @@ def test_run_stores_aggregates_only_and_scores_as_before(tmp_path):
     # Prediction columns and metrics: the same numbers as with the full training rows.
     label = schema["labels"][0]
     eval_times = np.asarray(label["eval_times"])
-    np.testing.assert_allclose(
-        eval_times, np.percentile(train_time[train_event > 0], [25, 50, 75])
-    )
+    np.testing.assert_allclose(eval_times, np.percentile(train_time[train_event > 0], [25, 50, 75]))
     full = BreslowBaseline.fit(train_risk, train_time, train_event)
     surv_cols = [f"surv_label_death_t{format_time(t)}" for t in eval_times]
     np.testing.assert_allclose(

@@ -4,9 +4,10 @@ Brier score and integrated Brier score.
 This module owns computing these three statistics from a *stored* censoring curve
 (:class:`CensoringCurve`) instead of the training rows. scikit-survival's functions refit the
 censoring Kaplan-Meier estimate from the full training outcome array on every call and offer no
-way to pass a fitted curve, so the formulas are written out here; ``tests/test_survival_reference.py``
-checks every value against scikit-survival called with the full training data (with tied
-times, external follow-up longer than training, and the times where scikit-survival raises).
+way to pass a fitted curve, so the formulas are written out here;
+``tests/test_survival_reference.py`` checks every value against scikit-survival called with the
+full training data (with tied times, external follow-up longer than training, and the times
+where scikit-survival raises).
 
 Notation: the evaluated set has times :math:`T_i`, event indicators :math:`\delta_i` and risk
 scores :math:`\eta_i` (higher = earlier event). :math:`\hat G(t)` is the Kaplan-Meier estimate

@@ -15,22 +15,23 @@ Reported keys (:func:`survival_metrics`), in this order:
     Harrell's concordance index (``concordance_index_censored``) of the risk scores.
 ``c_index_uno``
     Uno's IPCW concordance index (as ``concordance_index_ipcw``), censoring distribution
-    estimated by Kaplan-Meier on the *training* split, truncated at ``tau`` (:func:`uno_truncation_time`:
-    the 90th percentile of training follow-up times, capped at the evaluated set's largest
-    time). Only pairs whose earlier time is below ``tau`` count, which keeps the censoring
-    weights away from the unstable tail.
+    estimated by Kaplan-Meier on the *training* split, truncated at ``tau``
+    (:func:`uno_truncation_time`: the 90th percentile of training follow-up times, capped at the
+    evaluated set's largest time). Only pairs whose earlier time is below ``tau`` count, which
+    keeps the censoring weights away from the unstable tail.
 ``td_auc_t<time>``
-    Cumulative/dynamic time-dependent AUC (as ``cumulative_dynamic_auc``) at each evaluation time,
-    one key per requested time (names from :func:`format_time`), so every split has the same
-    columns.
+    Cumulative/dynamic time-dependent AUC (as ``cumulative_dynamic_auc``) at each evaluation
+    time, one key per requested time (names from :func:`format_time`), so every split has the
+    same columns.
 ``td_auc_mean``
     scikit-survival's survival-weighted mean of the AUCs over the evaluation times that could be
     computed for this split.
 ``ibs``
-    Integrated Brier score (as ``integrated_brier_score``) of the survival probabilities given by
-    the Breslow baseline (stored on a grid that contains these times), on :func:`ibs_time_grid`: evenly spaced times between the 10th and
-    90th percentiles of the *training* follow-up times, kept where they lie inside the evaluated
-    set's follow-up (so val/test/external scores cover the same period where possible).
+    Integrated Brier score (as ``integrated_brier_score``) of the survival probabilities given
+    by the Breslow baseline (stored on a grid that contains these times), on
+    :func:`ibs_time_grid`: evenly spaced times between the 10th and 90th percentiles of the
+    *training* follow-up times, kept where they lie inside the evaluated set's follow-up (so
+    val/test/external scores cover the same period where possible).
 ``logrank_p``
     p-value of the log-rank test (``compare_survival``) across the risk groups defined by the
     training cut-points (:func:`risk_group_cutpoints`, :func:`assign_risk_groups`).

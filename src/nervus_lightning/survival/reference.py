@@ -206,9 +206,7 @@ class SurvivalReference:
             "censoring_survival": self.censoring.survival,
         }
         out = {k: torch.from_numpy(np.array(v, dtype=np.float64)) for k, v in arrays.items()}
-        out.update(
-            {k: torch.tensor(v, dtype=torch.float64) for k, v in self._scalars().items()}
-        )
+        out.update({k: torch.tensor(v, dtype=torch.float64) for k, v in self._scalars().items()})
         return out
 
     @classmethod
