@@ -250,6 +250,15 @@ def test_reference_storage_round_trips_and_grid_is_exact(data, tmp_path):
     time, event, risk = data["time"], data["event"], data["risk"]
     reference = SurvivalReference.fit(time[train], event[train], risk[train])
     full = BreslowBaseline.fit(risk[train], time[train], event[train])
+    # The grids the metrics and the td-AUC figure used when they read the training rows.
+    np.testing.assert_array_equal(
+        reference.ibs_grid(), np.unique(np.linspace(*np.percentile(time[train], [10, 90]), 50))
+    )
+    event_times = time[train][event[train]]
+    np.testing.assert_array_equal(
+        reference.td_auc_plot_grid(), np.linspace(*np.percentile(event_times, [10, 90]), 20)
+    )
+    assert reference.max_time == time[train].max()
     needed = np.r_[reference.eval_times, np.median(reference.eval_times), reference.ibs_grid()]
     assert np.isin(needed, reference.baseline.times).all()
     np.testing.assert_allclose(

@@ -141,6 +141,7 @@ class SurvivalReference:
         risk = as_numpy(train_risk)
         if not (time.shape == event.shape == risk.shape):
             raise ValueError("train_time, train_event and train_risk must have the same length")
+        full = BreslowBaseline.fit(risk, time, event)  # raises when there is no event
         if eval_times is None:
             eval_times = default_eval_times(time, event)
         if risk_cutpoints is None:
@@ -148,7 +149,6 @@ class SurvivalReference:
         eval_times = as_numpy(eval_times)
         follow_up = np.percentile(time, IBS_PERCENTILES)
         event_range = np.percentile(time[event], PLOT_PERCENTILES)
-        full = BreslowBaseline.fit(risk, time, event)
         reference = cls(
             eval_times=eval_times,
             risk_cutpoints=risk_cutpoints,
