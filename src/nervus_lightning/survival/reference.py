@@ -196,7 +196,9 @@ class SurvivalReference:
         return {name: float(getattr(self, name)) for name in _SCALARS}
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Float64 tensors (``weights_only`` safe); scalars are 0-d tensors."""
+        """Float64 tensors (``weights_only`` safe): ``eval_times``, ``risk_cutpoints``,
+        ``baseline_times``, ``baseline_cumhaz``, ``censoring_times``, ``censoring_survival`` and
+        one 0-d tensor per scalar (``max_time``, ``follow_up_p10``, ...)."""
         arrays = {
             "eval_times": self.eval_times,
             "risk_cutpoints": self.risk_cutpoints,
@@ -230,10 +232,12 @@ class SurvivalReference:
         """Inverse of :meth:`to_tensors`."""
         return cls._from_fields(lambda name: tensors[name].cpu().numpy())
 
-    JSON_KEYS = ("eval_times", "risk_cutpoints", "baseline", "censoring", "summary")
+    JSON_KEYS = ("eval_times", "risk_cutpoints", "baseline", "censoring", "time_summary")
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (lists and floats; Python's float repr round-trips exactly)."""
+        """Plain JSON for a ``schema.json`` label: ``eval_times``, ``risk_cutpoints``,
+        ``baseline`` ``{times, cumhaz}``, ``censoring`` ``{times, survival}`` and
+        ``time_summary`` (the scalars). Python's float repr round-trips exactly."""
         return {
             "eval_times": self.eval_times.tolist(),
             "risk_cutpoints": self.risk_cutpoints.tolist(),
@@ -245,7 +249,7 @@ class SurvivalReference:
                 "times": self.censoring.times.tolist(),
                 "survival": self.censoring.survival.tolist(),
             },
-            "summary": self._scalars(),
+            "time_summary": self._scalars(),
         }
 
     @classmethod
@@ -261,6 +265,6 @@ class SurvivalReference:
             "baseline_cumhaz": data["baseline"]["cumhaz"],
             "censoring_times": data["censoring"]["times"],
             "censoring_survival": data["censoring"]["survival"],
-            **data["summary"],
+            **data["time_summary"],
         }
         return cls._from_fields(lambda name: np.asarray(fields[name], dtype=np.float64))
