@@ -125,7 +125,7 @@ def test_survival_end_to_end_and_predict_from_checkpoint(dataset, tmp_path, inpu
     again = pd.read_csv(out / "predictions.csv")
     np.testing.assert_allclose(again.risk_label_death, pred.risk_label_death, atol=1e-6)
     np.testing.assert_allclose(again[surv_cols].to_numpy(), pred[surv_cols].to_numpy(), atol=1e-6)
-    # An external CSV alone is evaluated with the training follow-up kept in the checkpoint.
+    # An external CSV alone is evaluated with the training aggregates kept in the checkpoint.
     external = pd.read_csv(csv)
     external = external[external.split == "external"].assign(
         imgpath=lambda d: [str(csv.parent / p) for p in d.imgpath]

@@ -31,6 +31,7 @@ from nervus_lightning.survival.metrics import (
     uno_truncation_time,
 )
 from nervus_lightning.survival.plots import plot_km_risk_groups, plot_td_auc
+from nervus_lightning.survival.reference import SurvivalReference
 
 COLUMNS = ["age", "bmi", "hr", "sysbp", "diasbp"]
 
@@ -149,19 +150,21 @@ def test_default_eval_times_and_risk_groups(cox):
 # --- survival_metrics ------------------------------------------------------------------------
 
 
-def _metrics(cox, subjects, eval_times, reasons=None):
+def _reference(cox, eval_times=None):
     train = cox["train"]
+    return SurvivalReference.fit(
+        cox["time"][train], cox["event"][train], cox["risk"][train], eval_times=eval_times
+    )
+
+
+def _metrics(cox, subjects, eval_times, reasons=None):
+    """Metrics from the training aggregates only (the training rows are not passed)."""
     time, event, risk = cox["time"], cox["event"], cox["risk"]
-    baseline = BreslowBaseline.fit(risk[train], time[train], event[train])
     return survival_metrics(
-        time[train],
-        event[train],
+        _reference(cox, eval_times),
         time[subjects],
         event[subjects],
         risk[subjects],
-        baseline,
-        eval_times,
-        risk_group_cutpoints(risk[train]),
         reasons=reasons,
     )
 
@@ -185,7 +188,8 @@ def test_metrics_equal_direct_sksurv_calls(cox):
     assert got["c_index"] == pytest.approx(
         concordance_index_censored(event[test], time[test], risk[test])[0], rel=1e-12
     )
-    tau = uno_truncation_time(time[train], time[test])
+    reference = _reference(cox, eval_times)
+    tau = uno_truncation_time(reference, time[test])
     assert tau == pytest.approx(np.percentile(time[train], 90))
     assert got["c_index_uno"] == pytest.approx(
         concordance_index_ipcw(y[train], y[test], risk[test], tau=tau)[0], rel=1e-12
@@ -195,7 +199,7 @@ def test_metrics_equal_direct_sksurv_calls(cox):
         assert got[td_auc_key(t)] == pytest.approx(value, rel=1e-12)
     assert got["td_auc_mean"] == pytest.approx(mean_auc, rel=1e-12)
 
-    grid = ibs_time_grid(time[train], time[test])
+    grid = ibs_time_grid(reference, time[test])
     assert grid.shape[0] == 50
     assert grid.min() >= time[test].min() and grid.max() < time[test].max()
     surv = np.array([f(grid) for f in model.predict_survival_function(cox["x"][test])])

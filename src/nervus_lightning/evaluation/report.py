@@ -56,14 +56,9 @@ from nervus_lightning.evaluation.survival_calibration import (
     survival_calibration_table,
 )
 from nervus_lightning.evaluation.thresholds import choose_threshold
-from nervus_lightning.survival.baseline import BreslowBaseline
-from nervus_lightning.survival.metrics import (
-    assign_risk_groups,
-    default_eval_times,
-    risk_group_cutpoints,
-    survival_metrics,
-)
+from nervus_lightning.survival.metrics import assign_risk_groups, survival_metrics
 from nervus_lightning.survival.plots import plot_km_risk_groups
+from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.classification import obvious_positive_class
 
 log = logging.getLogger(__name__)
@@ -559,44 +554,25 @@ def evaluate_regression(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> L
 
 def _survival_reference(
     train: pd.DataFrame, label: Mapping, name: str, period: str
-) -> tuple[np.ndarray, np.ndarray, BreslowBaseline, np.ndarray, np.ndarray, list[str]]:
-    """Training follow-up, baseline, evaluation times and risk cut-points of a survival label:
-    from the schema when it has them (fitted at training time), else fitted on ``train``."""
-    notes = []
-    if train.empty:
-        # Predictions of an external set: everything comes from the training run's schema.
-        return (
-            np.asarray(label["train_time"], dtype=float),
-            np.asarray(label["train_event"], dtype=float),
-            BreslowBaseline(
-                np.asarray(label["baseline"]["times"], dtype=float),
-                np.asarray(label["baseline"]["cumhaz"], dtype=float),
-            ),
-            np.asarray(label["eval_times"], dtype=float),
-            np.asarray(label["risk_cutpoints"], dtype=float),
-            [
-                "Training follow-up, baseline hazard, evaluation times and risk cut-points from "
-                "the training run (schema.json)."
-            ],
-        )
+) -> tuple[SurvivalReference, list[str]]:
+    """Training-split aggregates of a survival label: from the schema when it has them (fitted
+    at training time), else fitted on the ``train`` rows of the predictions."""
+    if all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS):
+        return SurvivalReference.from_json(dict(label)), [
+            "Censoring distribution, baseline hazard, evaluation times and risk cut-points "
+            "from the training run (schema.json)."
+        ]
     train_time = train[period].to_numpy(dtype=float)
     train_event = train[name].to_numpy(dtype=float)
     train_risk = train[f"risk_{name}"].to_numpy(dtype=float)
-    if label.get("baseline"):
-        baseline = BreslowBaseline(
-            np.asarray(label["baseline"]["times"], dtype=float),
-            np.asarray(label["baseline"]["cumhaz"], dtype=float),
-        )
-    else:
-        baseline = BreslowBaseline.fit(train_risk, train_time, train_event)
-        notes.append("No baseline hazard in the schema: Breslow baseline fitted on 'train'.")
-    eval_times = np.asarray(
-        label.get("eval_times") or default_eval_times(train_time, train_event), dtype=float
+    reference = SurvivalReference.fit(
+        train_time,
+        train_event,
+        train_risk,
+        eval_times=label.get("eval_times") or None,
+        risk_cutpoints=label.get("risk_cutpoints") or None,
     )
-    cutpoints = np.asarray(
-        label.get("risk_cutpoints") or risk_group_cutpoints(train_risk), dtype=float
-    )
-    return train_time, train_event, baseline, eval_times, cutpoints, notes
+    return reference, ["No survival reference in the schema: fitted on the 'train' rows."]
 
 
 def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
@@ -619,19 +595,15 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         )
     df = df[known].assign(**{c: values.loc[known, c] for c in values.columns})
     train = df[df["split"] == "train"]
-    from_schema = train.empty and all(
-        label.get(k) is not None
-        for k in ("train_time", "train_event", "baseline", "eval_times", "risk_cutpoints")
-    )
+    from_schema = all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS)
     if not from_schema and (train.empty or not (train[name] != 0).any()):
         section.notes.append(
             "No 'train' split with events in the predictions: survival metrics "
             "need the training follow-up and were not computed."
         )
         return section
-    train_time, train_event, baseline, eval_times, cutpoints, notes = _survival_reference(
-        train, label, name, period
-    )
+    reference, notes = _survival_reference(train, label, name, period)
+    eval_times, cutpoints = reference.eval_times, reference.risk_cutpoints
     section.notes += notes
     calibration_time = float(np.median(eval_times))
     section.notes.append(
@@ -643,17 +615,7 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
     def metrics(
         time: np.ndarray, event: np.ndarray, risk: np.ndarray, reasons: dict[str, str] | None = None
     ) -> dict[str, float | None]:
-        return survival_metrics(
-            train_time,
-            train_event,
-            time,
-            event,
-            risk,
-            baseline,
-            eval_times,
-            cutpoints,
-            reasons=reasons,
-        )
+        return survival_metrics(reference, time, event, risk, reasons=reasons)
 
     summary, calibration_tables = {}, []
     for split, group, rows in _subsets(df, ctx):
@@ -688,7 +650,7 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             time, event, assign_risk_groups(risk, cutpoints), path, title=f"{name} - {where}"
         )
         section.figures.append((f"{name}, {where}: Kaplan-Meier by risk group", path))
-        predicted = baseline.survival(risk, [calibration_time])[:, 0]
+        predicted = reference.survival(risk, [calibration_time])[:, 0]
         table = survival_calibration_table(time, event, predicted, calibration_time)
         calibration_tables.append(table.assign(split=split, group=group))
         _figure(

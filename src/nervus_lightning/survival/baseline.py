@@ -20,8 +20,12 @@ without centring, so ``risk`` must be on the same scale at fit and prediction ti
 matches scikit-survival's ``CoxPHSurvivalAnalysis`` (``tests/test_survival_metrics.py`` checks
 the values against it).
 
-For checkpoints, :meth:`BreslowBaseline.to_tensors` / :meth:`BreslowBaseline.from_tensors`
-give plain tensors that ``torch.load(..., weights_only=True)`` can read (no pickle).
+:meth:`BreslowBaseline.fit` keeps :math:`\hat H_0` at every distinct training event time, which
+is patient-level information; what a checkpoint stores is the same curve evaluated on a time grid
+(a ``BreslowBaseline`` whose ``times`` are the grid; see
+:class:`~nervus_lightning.survival.reference.SurvivalReference`).
+:meth:`BreslowBaseline.to_tensors` / :meth:`BreslowBaseline.from_tensors` give plain tensors that
+``torch.load(..., weights_only=True)`` can read (no pickle).
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ class BreslowBaseline:
     r"""Baseline cumulative hazard as a step function.
 
     Attributes:
-        times: distinct training event times, ascending, shape ``(m,)``.
-        cumhaz: :math:`\hat H_0` at those times (non-decreasing), shape ``(m,)``.
+        times: where the step function is known, ascending, shape ``(m,)``: the distinct
+            training event times after :meth:`fit`, or a time grid.
+        cumhaz: :math:`\hat H_0` at those times (non-decreasing), shape ``(m,)``; between two
+            times the value of the earlier one, before the first 0.
     """
 
     times: np.ndarray

@@ -1,30 +1,37 @@
-"""Survival metrics of one evaluated split, as thin wrappers around scikit-survival.
+"""Survival metrics of one evaluated split, from the training split's aggregates only.
 
-This module owns *which* scikit-survival statistics are reported for a survival label, on which
-times, and when a statistic cannot be computed. It computes no statistic itself.
+This module owns *which* statistics are reported for a survival label, on which times, and when
+a statistic cannot be computed. The training split enters only through a
+:class:`~nervus_lightning.survival.reference.SurvivalReference` (censoring Kaplan-Meier curve,
+baseline hazard on a grid, cut-points, evaluation times, a few percentiles), so a checkpoint
+that carries no patient rows can score any data set. Harrell's C and the log-rank test are
+scikit-survival's functions; the three IPCW statistics come from
+:mod:`nervus_lightning.survival.ipcw`, which gives scikit-survival's values from the stored
+censoring curve (scikit-survival itself would need the training rows).
 
 Reported keys (:func:`survival_metrics`), in this order:
 
 ``c_index``
     Harrell's concordance index (``concordance_index_censored``) of the risk scores.
 ``c_index_uno``
-    Uno's IPCW concordance index (``concordance_index_ipcw``), censoring distribution estimated
-    by Kaplan-Meier on the *training* split, truncated at ``tau`` (:func:`uno_truncation_time`:
-    the 90th percentile of training follow-up times, capped at the evaluated set's largest
-    time). Only pairs whose earlier time is below ``tau`` count, which keeps the censoring
-    weights away from the unstable tail.
+    Uno's IPCW concordance index (as ``concordance_index_ipcw``), censoring distribution
+    estimated by Kaplan-Meier on the *training* split, truncated at ``tau``
+    (:func:`uno_truncation_time`: the 90th percentile of training follow-up times, capped at the
+    evaluated set's largest time). Only pairs whose earlier time is below ``tau`` count, which
+    keeps the censoring weights away from the unstable tail.
 ``td_auc_t<time>``
-    Cumulative/dynamic time-dependent AUC (``cumulative_dynamic_auc``) at each evaluation time,
-    one key per requested time (names from :func:`format_time`), so every split has the same
-    columns.
+    Cumulative/dynamic time-dependent AUC (as ``cumulative_dynamic_auc``) at each evaluation
+    time, one key per requested time (names from :func:`format_time`), so every split has the
+    same columns.
 ``td_auc_mean``
     scikit-survival's survival-weighted mean of the AUCs over the evaluation times that could be
     computed for this split.
 ``ibs``
-    Integrated Brier score (``integrated_brier_score``) of the survival probabilities given by
-    the Breslow baseline, on :func:`ibs_time_grid`: evenly spaced times between the 10th and
-    90th percentiles of the *training* follow-up times, kept where they lie inside the evaluated
-    set's follow-up (so val/test/external scores cover the same period where possible).
+    Integrated Brier score (as ``integrated_brier_score``) of the survival probabilities given
+    by the Breslow baseline (stored on a grid that contains these times), on
+    :func:`ibs_time_grid`: evenly spaced times between the 10th and 90th percentiles of the
+    *training* follow-up times, kept where they lie inside the evaluated set's follow-up (so
+    val/test/external scores cover the same period where possible).
 ``logrank_p``
     p-value of the log-rank test (``compare_survival``) across the risk groups defined by the
     training cut-points (:func:`risk_group_cutpoints`, :func:`assign_risk_groups`).
@@ -33,7 +40,7 @@ Times outside the evaluable range: scikit-survival raises for evaluation times o
 ``[min, max)`` of the evaluated set's times, and its censoring weights need times inside the
 training follow-up. Such evaluation times are dropped (their key is ``None``) instead of raising.
 Subjects of the evaluated set followed *beyond* the last time a metric looks at are
-administratively censored just after it before calling scikit-survival (event set to 0, time
+administratively censored just after it before computing the statistic (event set to 0, time
 capped at the largest training time). This changes no value that scikit-survival could already
 compute (those subjects count only as "still event-free" there), but lets an external set with
 longer follow-up than the training set be scored instead of raising.
@@ -52,15 +59,20 @@ from typing import Any
 import numpy as np
 from sksurv.compare import compare_survival
 from sksurv.exceptions import NoComparablePairException
-from sksurv.metrics import (
-    concordance_index_censored,
-    concordance_index_ipcw,
-    cumulative_dynamic_auc,
-    integrated_brier_score,
-)
+from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
-from nervus_lightning.survival.baseline import BreslowBaseline, as_numpy
+from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.ipcw import (
+    cumulative_dynamic_auc,
+    integrated_brier_score,
+    uno_concordance,
+)
+from nervus_lightning.survival.reference import (
+    SurvivalReference,
+    default_eval_times,
+    risk_group_cutpoints,
+)
 
 __all__ = [
     "assign_risk_groups",
@@ -72,10 +84,6 @@ __all__ = [
     "td_auc_key",
     "uno_truncation_time",
 ]
-
-EVAL_PERCENTILES = (25.0, 50.0, 75.0)
-UNO_TAU_PERCENTILE = 90.0
-IBS_PERCENTILES = (10.0, 90.0)
 
 
 def format_time(t: float) -> str:
@@ -91,52 +99,25 @@ def td_auc_key(t: float) -> str:
     return f"td_auc_t{format_time(t)}"
 
 
-def default_eval_times(train_time: Any, train_event: Any) -> np.ndarray:
-    """25th, 50th and 75th percentiles of the training *event* times (linear interpolation).
-
-    Duplicates (many ties) are removed, so the result may hold fewer than three times.
-    """
-    time = as_numpy(train_time)
-    event = as_numpy(train_event) != 0
-    if not event.any():
-        raise ValueError("the training split has no event: cannot choose evaluation times")
-    return np.unique(np.percentile(time[event], EVAL_PERCENTILES))
-
-
-def risk_group_cutpoints(train_risk: Any, n_groups: int = 2) -> np.ndarray:
-    """Cut-points splitting the *training* risks into ``n_groups`` equally sized groups.
-
-    Returns the ``k / n_groups`` quantiles for ``k = 1 .. n_groups - 1`` (the median for two
-    groups). Fitting them on the training split keeps val/test groups free of test information.
-    """
-    if n_groups < 2:
-        raise ValueError(f"n_groups must be at least 2, got {n_groups}")
-    risk = as_numpy(train_risk)
-    return np.quantile(risk, np.arange(1, n_groups) / n_groups)
-
-
 def assign_risk_groups(risk: Any, cutpoints: Any) -> np.ndarray:
     """Risk group of each subject: 0 = lowest risk; a risk equal to a cut-point goes below it."""
     return np.searchsorted(as_numpy(cutpoints), as_numpy(risk), side="left")
 
 
-def uno_truncation_time(train_time: Any, time: Any) -> float:
+def uno_truncation_time(reference: SurvivalReference, time: Any) -> float:
     """``tau`` of Uno's C: 90th percentile of training times, capped at the evaluated maximum."""
-    return float(min(np.percentile(as_numpy(train_time), UNO_TAU_PERCENTILE), as_numpy(time).max()))
+    return float(min(reference.follow_up_p90, as_numpy(time).max()))
 
 
-def _inside_followup(times: np.ndarray, train_time: np.ndarray, time: np.ndarray) -> np.ndarray:
+def _inside_followup(times: np.ndarray, max_train_time: float, time: np.ndarray) -> np.ndarray:
     # scikit-survival needs min(time) <= t < max(time); IPCW needs t below the training maximum.
-    return (times >= time.min()) & (times < time.max()) & (times < train_time.max())
+    return (times >= time.min()) & (times < time.max()) & (times < max_train_time)
 
 
-def ibs_time_grid(train_time: Any, time: Any, n_points: int = 50) -> np.ndarray:
+def ibs_time_grid(reference: SurvivalReference, time: Any) -> np.ndarray:
     """Times for the integrated Brier score (see module docstring); may hold < 2 times."""
-    train_time = as_numpy(train_time)
-    time = as_numpy(time)
-    low, high = np.percentile(train_time, IBS_PERCENTILES)
-    grid = np.unique(np.linspace(low, high, n_points))
-    return grid[_inside_followup(grid, train_time, time)]
+    grid = reference.ibs_grid()
+    return grid[_inside_followup(grid, reference.max_time, as_numpy(time))]
 
 
 def _censor_after(
@@ -148,48 +129,40 @@ def _censor_after(
 
 
 def survival_metrics(
-    train_time: Any,
-    train_event: Any,
+    reference: SurvivalReference,
     time: Any,
     event: Any,
     risk: Any,
-    baseline: BreslowBaseline,
-    eval_times: Sequence[float] | np.ndarray,
-    risk_cutpoints: Any,
+    eval_times: Sequence[float] | np.ndarray | None = None,
     *,
     reasons: dict[str, str] | None = None,
     tau: float | None = None,
-    ibs_points: int = 50,
 ) -> dict[str, float | None]:
     """All survival metrics of one evaluated split (keys and choices: module docstring).
 
     Args:
-        train_time, train_event: training split follow-up (censoring distribution, time grids).
+        reference: training-split aggregates (censoring curve, baseline hazard, cut-points,
+            evaluation times, time grids); no training rows are needed.
         time, event: the evaluated split's times and event indicators (bool or 0/1).
         risk: the evaluated split's risk scores (log hazard ratios; higher = worse).
-        baseline: Breslow baseline fitted on the training split (survival probabilities).
-        eval_times: times of the time-dependent AUCs (e.g. :func:`default_eval_times`).
-        risk_cutpoints: training cut-points for the log-rank test (:func:`risk_group_cutpoints`).
+        eval_times: times of the time-dependent AUCs; ``None`` uses ``reference.eval_times``.
         reasons: if a dict is given, it receives ``metric -> why`` for every ``None`` value.
         tau: truncation time of Uno's C; ``None`` uses :func:`uno_truncation_time`.
-        ibs_points: number of times of the integrated Brier score grid.
 
     Returns:
         ``{name: float or None}`` with the keys listed in the module docstring.
     """
-    train_time = as_numpy(train_time)
-    train_event = as_numpy(train_event) != 0
     time = as_numpy(time)
     event = as_numpy(event) != 0
     risk = as_numpy(risk)
-    eval_times = as_numpy(eval_times)
+    eval_times = as_numpy(reference.eval_times if eval_times is None else eval_times)
     if not (time.shape == event.shape == risk.shape):
         raise ValueError(
             f"time, event and risk must have the same length, got {time.shape[0]}, "
             f"{event.shape[0]}, {risk.shape[0]}"
         )
-    if train_time.shape != train_event.shape:
-        raise ValueError("train_time and train_event must have the same length")
+    max_train = reference.max_time
+    censoring = reference.censoring
 
     why: dict[str, str] = {}
     results: dict[str, float | None] = {}
@@ -209,9 +182,6 @@ def survival_metrics(
             reasons.update(why)
         return results
 
-    survival_train = Surv.from_arrays(event=train_event, time=train_time)
-    survival_test = Surv.from_arrays(event=event, time=time)
-
     # Harrell's C.
     try:
         results["c_index"] = float(concordance_index_censored(event, time, risk)[0])
@@ -220,25 +190,23 @@ def survival_metrics(
         why["c_index"] = "no comparable pair (no event before another subject's time)"
 
     # Uno's C.
-    tau_used = uno_truncation_time(train_time, time) if tau is None else float(tau)
+    tau_used = uno_truncation_time(reference, time) if tau is None else float(tau)
     results["c_index_uno"] = None
-    if tau_used >= train_time.max():
+    if tau_used >= max_train:
         why["c_index_uno"] = (
             f"tau={format_time(tau_used)} is not below the largest training time "
-            f"{format_time(train_time.max())}"
+            f"{format_time(max_train)}"
         )
     elif not (event & (time < tau_used)).any():
         why["c_index_uno"] = f"no event before tau={format_time(tau_used)}"
     else:
         try:
-            results["c_index_uno"] = float(
-                concordance_index_ipcw(survival_train, survival_test, risk, tau=tau_used)[0]
-            )
+            results["c_index_uno"] = uno_concordance(time, event, risk, censoring, tau_used)
         except NoComparablePairException:
             why["c_index_uno"] = f"no comparable pair before tau={format_time(tau_used)}"
 
     # Time-dependent AUC at each evaluation time.
-    inside = _inside_followup(eval_times, train_time, time)
+    inside = _inside_followup(eval_times, max_train, time)
     has_case = np.array([(event & (time <= t)).any() for t in eval_times], dtype=bool)
     valid = inside & has_case
     for t, key, ok_range, ok_case in zip(eval_times, auc_keys, inside, has_case, strict=True):
@@ -246,18 +214,16 @@ def survival_metrics(
         if not ok_range:
             why[key] = (
                 f"time {format_time(t)} is outside the evaluable follow-up "
-                f"[{format_time(time.min())}, {format_time(min(time.max(), train_time.max()))})"
+                f"[{format_time(time.min())}, {format_time(min(time.max(), max_train))})"
             )
         elif not ok_case:
             why[key] = f"no event up to time {format_time(t)}"
     results["td_auc_mean"] = None
     if valid.any():
         auc_times = np.unique(eval_times[valid])
-        auc_time, auc_event = _censor_after(time, event, auc_times.max(), train_time.max())
-        auc, mean_auc = cumulative_dynamic_auc(
-            survival_train, Surv.from_arrays(event=auc_event, time=auc_time), risk, auc_times
-        )
-        by_time = dict(zip(auc_times.tolist(), np.atleast_1d(auc).tolist(), strict=True))
+        auc_time, auc_event = _censor_after(time, event, auc_times.max(), max_train)
+        auc, mean_auc = cumulative_dynamic_auc(auc_time, auc_event, risk, auc_times, censoring)
+        by_time = dict(zip(auc_times.tolist(), auc.tolist(), strict=True))
         for t, key, ok in zip(eval_times, auc_keys, valid, strict=True):
             if ok:
                 results[key] = float(by_time[float(t)])
@@ -266,7 +232,7 @@ def survival_metrics(
         why["td_auc_mean"] = "no evaluation time could be scored"
 
     # Integrated Brier score.
-    grid = ibs_time_grid(train_time, time, ibs_points)
+    grid = ibs_time_grid(reference, time)
     results["ibs"] = None
     if grid.shape[0] < 2:
         why["ibs"] = (
@@ -274,23 +240,19 @@ def survival_metrics(
             "times lie inside the evaluated follow-up"
         )
     else:
-        ibs_time, ibs_event = _censor_after(time, event, grid.max(), train_time.max())
-        results["ibs"] = float(
-            integrated_brier_score(
-                survival_train,
-                Surv.from_arrays(event=ibs_event, time=ibs_time),
-                baseline.survival(risk, grid),
-                grid,
-            )
+        ibs_time, ibs_event = _censor_after(time, event, grid.max(), max_train)
+        results["ibs"] = integrated_brier_score(
+            ibs_time, ibs_event, reference.survival(risk, grid), grid, censoring
         )
 
     # Log-rank test across training-defined risk groups.
-    groups = assign_risk_groups(risk, risk_cutpoints)
+    groups = assign_risk_groups(risk, reference.risk_cutpoints)
     results["logrank_p"] = None
     if np.unique(groups).shape[0] < 2:
         why["logrank_p"] = "all subjects fall into one risk group"
     else:
         try:
+            survival_test = Surv.from_arrays(event=event, time=time)
             results["logrank_p"] = float(compare_survival(survival_test, groups)[1])
         except np.linalg.LinAlgError:
             why["logrank_p"] = "log-rank covariance is singular (too few events per group)"

@@ -1,9 +1,12 @@
 """Survival (DeepSurv): one risk head per endpoint, Cox partial likelihood, Breslow baseline.
 
 The head outputs a log hazard ratio. After training, the task fits on the training split what
-survival predictions and metrics need -- Breslow's baseline cumulative hazard, the evaluation
-times, the risk-group cut-points and the training follow-up (censoring distribution for Uno's C)
--- and keeps it as tensors in the checkpoint, so predict on an external CSV needs nothing else.
+survival predictions and metrics need -- a
+:class:`~nervus_lightning.survival.reference.SurvivalReference`: Breslow's baseline cumulative
+hazard on a time grid, the censoring Kaplan-Meier curve, the evaluation times, the risk-group
+cut-points and a few percentiles of the training times -- and keeps it as tensors in the
+checkpoint, so predict on an external CSV needs nothing else. Only these aggregates are stored,
+never a training patient's time or event (a checkpoint may leave the hospital).
 
 Batch size and events: the Cox loss compares each event with the cases still at risk *in the same
 batch* (with several processes, in the global batch: risk scores are gathered with gradients). A
@@ -24,25 +27,11 @@ import torch
 from torchmetrics import MetricCollection
 
 from nervus_lightning.data.schema import LabelSpec
-from nervus_lightning.survival.baseline import BreslowBaseline
+from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival.loss import TIES, cox_loss
-from nervus_lightning.survival.metrics import (
-    assign_risk_groups,
-    default_eval_times,
-    format_time,
-    risk_group_cutpoints,
-    survival_metrics,
-)
+from nervus_lightning.survival.metrics import assign_risk_groups, format_time, survival_metrics
+from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.base import Task, zero_loss
-
-STATE_FIELDS = (
-    "baseline_times",
-    "baseline_cumhaz",
-    "eval_times",
-    "cutpoints",
-    "train_time",
-    "train_event",
-)
 
 
 class SurvivalTask(Task):
@@ -66,23 +55,18 @@ class SurvivalTask(Task):
         ties: str = "efron",
         eval_times: Sequence[float] | None = None,
         risk_groups: int = 2,
-        **options: Any,
+        evaluation: Any = None,
     ) -> None:
-        super().__init__(labels)
-        if ties not in TIES:
-            raise ValueError(f"task.ties '{ties}' is not one of {list(TIES)}")
-        if risk_groups < 2:
-            raise ValueError(f"task.risk_groups must be >= 2, got {risk_groups}")
-        self.ties = ties
+        super().__init__(labels, evaluation=evaluation)
+        self.ties = check_choice("task.ties", ties, list(TIES))
+        check_number("task.risk_groups", risk_groups, low=2, integer=True)
+        if eval_times is not None:
+            for t in eval_times:
+                check_number("task.eval_times", t, low=0, low_open=True)
         self.requested_times = None if eval_times is None else np.asarray(eval_times, float)
         self.risk_groups = risk_groups
         self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
-        n = len(labels)
-        self.baselines: list[BreslowBaseline | None] = [None] * n
-        self.eval_times: list[np.ndarray | None] = [None] * n
-        self.cutpoints: list[np.ndarray | None] = [None] * n
-        self.train_time: list[np.ndarray | None] = [None] * n
-        self.train_event: list[np.ndarray | None] = [None] * n
+        self.references: list[SurvivalReference | None] = [None] * len(labels)
 
     # -- training --------------------------------------------------------------------------
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
@@ -114,69 +98,48 @@ class SurvivalTask(Task):
             risk = outputs["train"][j][:, 0].astype(np.float64)
             time = pd.to_numeric(frame[spec.period]).to_numpy(np.float64)
             event = pd.to_numeric(frame[spec.name]).to_numpy(np.float64)
-            self.baselines[j] = BreslowBaseline.fit(risk, time, event)
-            times = self.requested_times
-            self.eval_times[j] = default_eval_times(time, event) if times is None else times
-            self.cutpoints[j] = risk_group_cutpoints(risk, self.risk_groups)
-            self.train_time[j], self.train_event[j] = time, event
+            self.references[j] = SurvivalReference.fit(
+                time,
+                event,
+                risk,
+                eval_times=self.requested_times,
+                n_risk_groups=self.risk_groups,
+            )
 
     def is_fitted(self, j: int) -> bool:
-        return self.baselines[j] is not None
+        return self.references[j] is not None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {}
-        for j in range(len(self.labels)):
-            if not self.is_fitted(j):
-                continue
-            values = (
-                self.baselines[j].times,
-                self.baselines[j].cumhaz,
-                self.eval_times[j],
-                self.cutpoints[j],
-                self.train_time[j],
-                self.train_event[j],
-            )
-            for name, value in zip(STATE_FIELDS, values, strict=True):
-                state[f"{j}.{name}"] = torch.tensor(np.array(value, dtype=np.float64))
+        for j, reference in enumerate(self.references):
+            if reference is not None:
+                state.update({f"{j}.{k}": v for k, v in reference.to_tensors().items()})
         return state
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         for j in range(len(self.labels)):
-            if f"{j}.baseline_times" not in state:
-                continue
-            get = {name: state[f"{j}.{name}"].numpy() for name in STATE_FIELDS}
-            self.baselines[j] = BreslowBaseline(get["baseline_times"], get["baseline_cumhaz"])
-            self.eval_times[j] = get["eval_times"]
-            self.cutpoints[j] = get["cutpoints"]
-            self.train_time[j] = get["train_time"]
-            self.train_event[j] = get["train_event"]
+            prefix = f"{j}."
+            fields = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if fields:
+                self.references[j] = SurvivalReference.from_tensors(fields)
 
     def export_label(self, j: int) -> dict[str, Any]:
-        if not self.is_fitted(j):
-            return {}
-        return {
-            "eval_times": self.eval_times[j].tolist(),
-            "baseline": {
-                "times": self.baselines[j].times.tolist(),
-                "cumhaz": self.baselines[j].cumhaz.tolist(),
-            },
-            "risk_cutpoints": self.cutpoints[j].tolist(),
-            # Training follow-up: the censoring distribution of Uno's C and the td-AUC, so that
-            # an external set can be evaluated without the training rows.
-            "train_time": self.train_time[j].tolist(),
-            "train_event": self.train_event[j].tolist(),
-        }
+        # The same aggregates as the checkpoint, so that `evaluate` can score an external set
+        # from schema.json alone.
+        reference = self.references[j]
+        return {} if reference is None else reference.to_json()
 
     # -- outputs ---------------------------------------------------------------------------
     def prediction_columns(self, values: np.ndarray, j: int) -> dict[str, Any]:
         name = self.labels[j].name
         risk = values[:, 0].astype(np.float64)
         cols: dict[str, Any] = {f"risk_{name}": risk}
-        if self.is_fitted(j):
-            surv = self.baselines[j].survival(risk, self.eval_times[j])
-            for k, t in enumerate(self.eval_times[j]):
+        reference = self.references[j]
+        if reference is not None:
+            surv = reference.survival(risk, reference.eval_times)
+            for k, t in enumerate(reference.eval_times):
                 cols[f"surv_{name}_t{format_time(t)}"] = surv[:, k]
-            cols[f"risk_group_{name}"] = assign_risk_groups(risk, self.cutpoints[j])
+            cols[f"risk_group_{name}"] = assign_risk_groups(risk, reference.risk_cutpoints)
         return cols
 
     def _split_arrays(self, frame: pd.DataFrame, j: int) -> tuple[np.ndarray, ...] | None:
@@ -190,40 +153,6 @@ class SurvivalTask(Task):
         if not known.any():
             return None
         return time[known], event[known], risk[known]
-
-    def _metrics(
-        self,
-        j: int,
-        time: np.ndarray,
-        event: np.ndarray,
-        risk: np.ndarray,
-        times: np.ndarray,
-        reasons: dict[str, str] | None = None,
-    ) -> dict[str, float | None]:
-        """scikit-survival metrics of label ``j`` against its training follow-up and baseline."""
-        return survival_metrics(
-            self.train_time[j],
-            self.train_event[j],
-            time,
-            event,
-            risk,
-            self.baselines[j],
-            times,
-            self.cutpoints[j],
-            reasons=reasons,
-        )
-
-    def split_metrics(self, frame: pd.DataFrame, j: int) -> dict[str, float | None]:
-        arrays = self._split_arrays(frame, j)
-        if arrays is None or not self.is_fitted(j):
-            return {}
-        time, event, risk = arrays
-        reasons: dict[str, str] = {}
-        metrics = self._metrics(j, time, event, risk, self.eval_times[j], reasons)
-        metrics = {"n": float(len(time)), "events": float(event.sum()), **metrics}
-        if reasons:
-            metrics["reasons"] = reasons
-        return metrics
 
     def write_figures(self, predictions: pd.DataFrame, out_dir: Any) -> None:
         """Kaplan-Meier curves of the risk groups and td-AUC over time, per split and endpoint."""
@@ -239,7 +168,8 @@ class SurvivalTask(Task):
                 if arrays is None or not self.is_fitted(j):
                     continue
                 time, event, risk = arrays
-                groups = assign_risk_groups(risk, self.cutpoints[j])
+                reference = self.references[j]
+                groups = assign_risk_groups(risk, reference.risk_cutpoints)
                 plot_km_risk_groups(
                     time,
                     event,
@@ -247,9 +177,8 @@ class SurvivalTask(Task):
                     out_dir / f"km_{spec.name}_{split}.png",
                     title=f"{spec.name}, {split} (cut-points from training risks)",
                 )
-                lo, hi = np.percentile(self.train_time[j][self.train_event[j] > 0], [10, 90])
-                grid = np.linspace(lo, hi, 20)
-                m = self._metrics(j, time, event, risk, grid)
+                grid = reference.td_auc_plot_grid()
+                m = survival_metrics(reference, time, event, risk, grid)
                 auc = np.array(
                     [np.nan if m[td_auc_key(t)] is None else m[td_auc_key(t)] for t in grid]
                 )

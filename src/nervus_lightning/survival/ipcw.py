@@ -1,0 +1,265 @@
+r"""Censoring distribution and the IPCW statistics that need it: Uno's C, cumulative/dynamic AUC,
+Brier score and integrated Brier score.
+
+This module owns computing these three statistics from a *stored* censoring curve
+(:class:`CensoringCurve`) instead of the training rows. scikit-survival's functions refit the
+censoring Kaplan-Meier estimate from the full training outcome array on every call and offer no
+way to pass a fitted curve, so the formulas are written out here;
+``tests/test_survival_reference.py`` checks every value against scikit-survival called with the
+full training data (with tied times, external follow-up longer than training, and the times
+where scikit-survival raises).
+
+Notation: the evaluated set has times :math:`T_i`, event indicators :math:`\delta_i` and risk
+scores :math:`\eta_i` (higher = earlier event). :math:`\hat G(t)` is the Kaplan-Meier estimate
+of the *censoring* survival function :math:`P(C > t)` on the training split. Two risks are tied
+when :math:`|\eta_i - \eta_j| \le 10^{-8}` (``tied_tol``), as in scikit-survival.
+
+Uno's concordance index, truncated at :math:`\tau`:
+
+.. math::
+
+    C_\tau = \frac{\sum_{i,j} \delta_i \hat G(T_i)^{-2}\, 1\{T_i < \tau\}\, c_{ij}
+                   \big(1\{\eta_i > \eta_j\} + \tfrac12 1\{\eta_i \approx \eta_j\}\big)}
+                  {\sum_{i,j} \delta_i \hat G(T_i)^{-2}\, 1\{T_i < \tau\}\, c_{ij}},
+
+where :math:`c_{ij} = 1` when :math:`T_j > T_i`, or :math:`T_j = T_i` and :math:`j` is
+censored (a pair counts as concordant only when the risks are not tied).
+
+Cumulative/dynamic AUC at time :math:`t` (cases :math:`T_i \le t, \delta_i = 1` weighted by
+:math:`1/\hat G(T_i)`; controls :math:`T_j > t`):
+
+.. math::
+
+    \mathrm{AUC}(t) = \frac{\sum_{i \in \text{cases}} \sum_{j \in \text{controls}}
+        \hat G(T_i)^{-1} \big(1\{\eta_i > \eta_j\} + \tfrac12 1\{\eta_i \approx \eta_j\}\big)}
+        {\big(\sum_{i \in \text{cases}} \hat G(T_i)^{-1}\big)\, |\text{controls}|},
+
+the area under the weighted ROC curve. The mean over times :math:`t_1 < \dots < t_k` weights
+each AUC by the drop of the evaluated set's own Kaplan-Meier curve :math:`\hat S`:
+:math:`\sum_k \mathrm{AUC}(t_k) (\hat S(t_{k-1}) - \hat S(t_k)) / (1 - \hat S(t_k))` with
+:math:`\hat S(t_0) = 1` (the single AUC when :math:`k = 1`).
+
+Brier score at :math:`t` of predicted survival probabilities :math:`\hat S_i(t)`, and its
+integral over a grid by the trapezoidal rule, divided by the grid's length:
+
+.. math::
+
+    \mathrm{BS}(t) = \frac1n \sum_i \Big[
+        \frac{\hat S_i(t)^2\, 1\{T_i \le t, \delta_i = 1\}}{\hat G(T_i)}
+        + \frac{(1 - \hat S_i(t))^2\, 1\{T_i > t\}}{\hat G(t)} \Big],
+    \qquad
+    \mathrm{IBS} = \frac{1}{t_k - t_1} \int_{t_1}^{t_k} \mathrm{BS}(t)\, dt,
+
+where a zero :math:`\hat G` makes its term 0.
+
+As in scikit-survival, every evaluation time must lie in ``[min(T), max(T))`` of the evaluated
+set, and :math:`\hat G` is undefined after the largest training time unless it reached 0 there
+(``ValueError`` in both cases; :mod:`nervus_lightning.survival.metrics` avoids them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sksurv.exceptions import NoComparablePairException
+from sksurv.nonparametric import SurvivalFunctionEstimator, kaplan_meier_estimator
+from sksurv.util import Surv
+
+from nervus_lightning.survival.baseline import as_numpy
+
+__all__ = [
+    "CensoringCurve",
+    "brier_scores",
+    "cumulative_dynamic_auc",
+    "integrated_brier_score",
+    "uno_concordance",
+]
+
+TIED_TOL = 1e-8
+# Rows of the pairwise comparison processed at once (memory: _CHUNK x n booleans).
+_CHUNK = 512
+
+
+@dataclass
+class CensoringCurve:
+    r"""Kaplan-Meier estimate :math:`\hat G` of the censoring survival function, kept only at
+    the times where it drops.
+
+    Attributes:
+        times: training times at which :math:`\hat G` drops (times with at least one censored
+            subject, except where it stays 1), ascending, shape ``(m,)``; may be empty.
+        survival: :math:`\hat G` just after each of ``times``, shape ``(m,)``.
+        max_time: the largest training time; :math:`\hat G` is undefined after it unless it is 0.
+    """
+
+    times: np.ndarray
+    survival: np.ndarray
+    max_time: float
+
+    def __post_init__(self) -> None:
+        self.times = np.asarray(self.times, dtype=np.float64).reshape(-1)
+        self.survival = np.asarray(self.survival, dtype=np.float64).reshape(-1)
+        self.max_time = float(self.max_time)
+        if self.times.shape != self.survival.shape:
+            raise ValueError("censoring times and survival must have the same length")
+
+    @classmethod
+    def fit(cls, time: Any, event: Any) -> CensoringCurve:
+        """Kaplan-Meier of the censoring times (scikit-survival's ``reverse=True`` estimator)."""
+        time = as_numpy(time)
+        event = as_numpy(event) != 0
+        if event.all():
+            return cls(np.empty(0), np.empty(0), time.max())
+        unique_time, prob = kaplan_meier_estimator(event, time, reverse=True)
+        drops = prob < np.r_[1.0, prob[:-1]]
+        return cls(unique_time[drops], prob[drops], time.max())
+
+    def __call__(self, times: Any) -> np.ndarray:
+        r""":math:`\hat G` at ``times`` (right-continuous step function), shape ``(k,)``."""
+        times = as_numpy(times)
+        index = np.searchsorted(self.times, times, side="right")
+        values = np.r_[1.0, self.survival][index]
+        beyond = times > self.max_time
+        if beyond.any():
+            if values[beyond][0] > 0:
+                raise ValueError(
+                    "the censoring distribution is undefined after the largest training time "
+                    f"{self.max_time:g}"
+                )
+            values[beyond] = 0.0
+        return values
+
+
+def _check_times(time: np.ndarray, times: Any) -> np.ndarray:
+    times = np.unique(as_numpy(times))
+    if times.shape[0] == 0 or times.max() >= time.max() or times.min() < time.min():
+        raise ValueError(
+            f"all times must be within the follow-up of the evaluated set: "
+            f"[{time.min():g}; {time.max():g}["
+        )
+    return times
+
+
+def _event_weights(censoring: CensoringCurve, time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """``1 / G(T_i)`` for events, 0 for censored subjects."""
+    g = censoring(time[event])
+    if (g == 0).any():
+        raise ValueError("censoring survival function is zero at one or more event times")
+    weights = np.zeros(time.shape[0])
+    weights[event] = 1.0 / g
+    return weights
+
+
+def uno_concordance(
+    time: Any,
+    event: Any,
+    risk: Any,
+    censoring: CensoringCurve,
+    tau: float,
+    tied_tol: float = TIED_TOL,
+) -> float:
+    """Uno's C truncated at ``tau`` (formula in the module docstring).
+
+    Raises:
+        NoComparablePairException: no pair with a positive weight.
+    """
+    time = as_numpy(time)
+    event = as_numpy(event) != 0
+    risk = as_numpy(risk)
+    before = event & (time < tau)
+    weights = _event_weights(censoring, time, before) ** 2
+
+    numerator = denominator = 0.0
+    rows = np.flatnonzero(weights > 0)
+    for start in range(0, rows.shape[0], _CHUNK):
+        i = rows[start : start + _CHUNK]
+        later = time[None, :] > time[i, None]
+        tied_censored = (time[None, :] == time[i, None]) & ~event[None, :]
+        comparable = later | tied_censored
+        diff = risk[i, None] - risk[None, :]
+        tied = np.abs(diff) <= tied_tol
+        score = np.where(tied, 0.5, (diff > 0).astype(float))
+        numerator += float(weights[i] @ (comparable * score).sum(axis=1))
+        denominator += float(weights[i] @ comparable.sum(axis=1))
+    if denominator == 0:
+        raise NoComparablePairException("no comparable pair: cannot estimate Uno's C")
+    return numerator / denominator
+
+
+def cumulative_dynamic_auc(
+    time: Any,
+    event: Any,
+    risk: Any,
+    times: Any,
+    censoring: CensoringCurve,
+    tied_tol: float = TIED_TOL,
+) -> tuple[np.ndarray, float]:
+    """AUC at each of the sorted unique ``times`` and their mean (module docstring).
+
+    Returns:
+        ``(auc, mean_auc)``: ``auc`` follows ``np.unique(times)``.
+    """
+    time = as_numpy(time)
+    event = as_numpy(event) != 0
+    risk = as_numpy(risk)
+    times = _check_times(time, times)
+    weights = _event_weights(censoring, time, event)
+
+    auc = np.empty(times.shape[0])
+    for k, t in enumerate(times):
+        case = event & (time <= t)
+        controls = np.sort(risk[time > t])
+        lower = np.searchsorted(controls, risk[case] - tied_tol, side="left")
+        upper = np.searchsorted(controls, risk[case] + tied_tol, side="right")
+        wins = lower + 0.5 * (upper - lower)
+        w = weights[case]
+        auc[k] = float(w @ wins) / (w.sum() * controls.shape[0])
+
+    if times.shape[0] == 1:
+        return auc, float(auc[0])
+    km = SurvivalFunctionEstimator().fit(Surv.from_arrays(event=event, time=time))
+    surv = km.predict_proba(times)
+    drop = -np.diff(np.r_[1.0, surv])
+    return auc, float((auc * drop).sum() / (1.0 - surv[-1]))
+
+
+def brier_scores(
+    time: Any, event: Any, survival: Any, times: Any, censoring: CensoringCurve
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brier score at each of the sorted unique ``times`` (module docstring).
+
+    Args:
+        survival: predicted survival probabilities, shape ``(n, len(unique times))``.
+
+    Returns:
+        ``(times, scores)``.
+    """
+    time = as_numpy(time)
+    event = as_numpy(event) != 0
+    times = _check_times(time, times)
+    survival = np.asarray(survival, dtype=np.float64).reshape(time.shape[0], -1)
+    if survival.shape[1] != times.shape[0]:
+        raise ValueError(f"expected {times.shape[0]} survival columns, got {survival.shape[1]}")
+    with np.errstate(divide="ignore"):
+        inv_g_times = np.where(censoring(times) > 0, 1.0 / censoring(times), 0.0)
+        g_subjects = censoring(time)
+        inv_g_subjects = np.where(g_subjects > 0, 1.0 / g_subjects, 0.0)
+    case = event[:, None] & (time[:, None] <= times[None, :])
+    control = time[:, None] > times[None, :]
+    terms = (
+        survival**2 * case * inv_g_subjects[:, None]
+        + (1.0 - survival) ** 2 * control * inv_g_times[None, :]
+    )
+    return times, terms.mean(axis=0)
+
+
+def integrated_brier_score(
+    time: Any, event: Any, survival: Any, times: Any, censoring: CensoringCurve
+) -> float:
+    """Trapezoidal integral of :func:`brier_scores` over ``times``, divided by its length."""
+    times, scores = brier_scores(time, event, survival, times, censoring)
+    if times.shape[0] < 2:
+        raise ValueError("at least two time points are needed for the integrated Brier score")
+    return float(np.trapezoid(scores, times) / (times[-1] - times[0]))
