@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
 from nervus_lightning.options import check_call_options, check_choice, check_number
+from nervus_lightning.tasks.base import task_class
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +59,6 @@ def _read_schema(predictions_path: Path) -> dict:
     return schema
 
 
-def _truth_columns(label: Mapping) -> list[str]:
-    columns = [label["name"]]
-    if label.get("task") == "survival" and label.get("period"):
-        columns.append(label["period"])
-    return columns
-
-
-def _prediction_columns(label: Mapping) -> list[str]:
-    name, task = label["name"], label.get("task")
-    if task == "classification":
-        return [f"prob_{name}_{c}" for c in label.get("classes") or []]
-    if task == "regression":
-        return [f"pred_{name}"]
-    if task == "survival":
-        return [f"risk_{name}"]
-    raise NervusInputError(
-        f"schema.json: label {name!r} has task {task!r}; expected classification, regression or "
-        "survival."
-    )
-
-
 def _evaluable_schema(predictions: pd.DataFrame, schema: dict, source: Path) -> dict:
     """The schema restricted to the labels whose true values are in the predictions.
 
@@ -90,13 +70,14 @@ def _evaluable_schema(predictions: pd.DataFrame, schema: dict, source: Path) -> 
         raise NervusInputError(f"{source} has no 'split' column; it is not a predictions.csv.")
     labels, skipped = [], []
     for label in schema["labels"]:
-        missing = [c for c in _prediction_columns(label) if c not in predictions.columns]
+        task = task_class(label.get("task"), f"schema.json: label {label['name']!r} task")
+        missing = [c for c in task.score_columns(label) if c not in predictions.columns]
         if missing:
             raise NervusInputError(
                 f"{source} lacks the prediction column(s) {missing} of label {label['name']!r} "
                 "named by the schema.json next to it; the two files come from different runs."
             )
-        truth = _truth_columns(label)
+        truth = task.truth_columns(label)
         if all(c in predictions.columns for c in truth) and predictions[truth].notna().any().all():
             labels.append(label)
         else:

@@ -9,7 +9,6 @@ model standardises them with the training statistics held in the schema (and in 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from nervus_lightning.data.schema import (
     validate_for_prediction,
 )
 from nervus_lightning.data.transforms import build_eval_transform, build_train_transform
+from nervus_lightning.tasks.base import task_class
 
 SAMPLERS = ("none", "weighted")
 
@@ -59,15 +59,9 @@ class NervusDataset(Dataset):
         )
         targets = np.stack([targets_array(self.frame, s) for s in schema.labels], axis=1)
         self.targets = torch.as_tensor(targets)
-        self.times = None
-        if schema.task == "survival":
-            times = [
-                pd.to_numeric(self.frame[s.period], errors="coerce").to_numpy(np.float32)
-                if s.period in self.frame.columns
-                else np.full(len(self.frame), np.nan, np.float32)
-                for s in schema.labels
-            ]
-            self.times = torch.as_tensor(np.stack(times, axis=1))
+        # What else the task's loss reads from a batch (e.g. survival times).
+        fields = task_class(schema.task).batch_fields(self.frame, schema.labels)
+        self.fields = {name: torch.as_tensor(values) for name, values in fields.items()}
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -79,8 +73,8 @@ class NervusDataset(Dataset):
             item["image"] = self.transform(image) if self.transform else image
         if self.tabular is not None:
             item["tabular"] = self.tabular[i]
-        if self.times is not None:
-            item["time"] = self.times[i]
+        for name, values in self.fields.items():
+            item[name] = values[i]
         return item
 
 
@@ -140,30 +134,18 @@ class NervusDataModule(L.LightningDataModule):
         else:
             self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
             self.frame = validate_for_prediction(self.csv, self.schema)
-        if sampler == "weighted" and self.schema.task == "regression":
+        task = task_class(self.schema.task)
+        if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(
-                "sampler=weighted balances classes (or events), but the labels are regression "
-                "targets. Use sampler=none."
+                f"sampler=weighted balances classes (or events), but the labels are "
+                f"{self.schema.task} targets. Use sampler=none."
             )
-        if self.schema.task == "survival" and schema is None:
-            self._warn_small_batches()
+        if schema is None:
+            task.check_training_data(self.split_frame(TRAIN), self.schema.labels, batch_size)
         if self.schema.image_column and check_images:
             self._check_images()
         self.train_transform = build_train_transform(augmentation, image_size)
         self.eval_transform = build_eval_transform(image_size)
-
-    def _warn_small_batches(self) -> None:
-        train = self.split_frame(TRAIN)
-        for spec in self.schema.labels:
-            rate = float(pd.to_numeric(train[spec.name]).mean())
-            p_empty = (1.0 - rate) ** self.batch_size
-            if p_empty > 0.05:
-                warnings.warn(
-                    f"survival label '{spec.name}': with an event rate of {rate:.1%} a batch of "
-                    f"{self.batch_size} has no event with probability {p_empty:.0%}; such batches "
-                    "teach the Cox model nothing. Increase data.batch_size.",
-                    stacklevel=2,
-                )
 
     def _check_images(self) -> None:
         paths = self.frame[self.schema.image_column].tolist()

@@ -1,8 +1,10 @@
 """Reading and validating a Nervus CSV, once, at the boundary.
 
-This module owns the CSV contract (see DESIGN.md): which columns are inputs, labels, survival
-times, splits and groups; what counts as bad input; and the *schema* that describes a data set to
-the rest of the library (label kinds, class lists, training statistics). Everything after
+This module owns the CSV contract (see DESIGN.md) common to every task: which columns are ids,
+inputs, images, labels, splits and groups; what counts as bad input; and the *schema* that
+describes a data set to the rest of the library (label kinds, class lists, training statistics).
+What a label column of one task kind must hold (classes, numbers, events with their time column)
+is that task's ``label_spec`` in :mod:`nervus_lightning.tasks`. Everything after
 :func:`load_table` may trust its inputs.
 
 Every problem is reported as one :class:`NervusInputError` whose message names the file, the
@@ -12,7 +14,6 @@ column, the CSV line numbers (the header is line 1, the first case line 2) and w
 from __future__ import annotations
 
 import difflib
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,6 @@ PERIOD_PREFIXES = ("period_", "periods_")
 
 TRAIN, VAL, TEST, EXCLUDE = "train", "val", "test", "exclude"
 EXTERNAL = "external"
-TASK_KINDS = ("classification", "regression", "survival")
 MAX_LISTED = 5
 
 
@@ -58,10 +58,9 @@ class LabelSpec:
 
     @property
     def output_dim(self) -> int:
-        if self.task == "classification":
-            assert self.classes is not None
-            return len(self.classes)
-        return 1
+        from nervus_lightning.tasks.base import task_class
+
+        return task_class(self.task).output_dim(self)
 
 
 @dataclass
@@ -133,7 +132,7 @@ def period_column_for(label: str, columns: Sequence[str]) -> str | None:
     return found[0] if found else None
 
 
-def _sort_classes(values: Sequence[str]) -> list[str]:
+def sort_classes(values: Sequence[str]) -> list[str]:
     """Sorted unique class names: numerically when all are numbers (so 2 < 10), else as text."""
     uniq = sorted(set(values))
     try:
@@ -142,7 +141,7 @@ def _sort_classes(values: Sequence[str]) -> list[str]:
         return uniq
 
 
-def _numeric(df: pd.DataFrame, col: str, path: Path, rows: pd.Index, what: str) -> pd.Series:
+def numeric_column(df: pd.DataFrame, col: str, path: Path, rows: pd.Index, what: str) -> pd.Series:
     """Convert one column to float, failing with the offending lines when values are not numbers."""
     raw = df.loc[rows, col]
     num = pd.to_numeric(raw, errors="coerce")
@@ -157,7 +156,7 @@ def _numeric(df: pd.DataFrame, col: str, path: Path, rows: pd.Index, what: str) 
     return num.astype(float)
 
 
-def _check_no_missing(series: pd.Series, col: str, path: Path, what: str, hint: str) -> None:
+def check_no_missing(series: pd.Series, col: str, path: Path, what: str, hint: str) -> None:
     miss = series.isna()
     if miss.any():
         raise NervusInputError(
@@ -220,8 +219,9 @@ def load_table(
     computed on the training split only. ``imgpath`` values that are relative are resolved
     against the CSV's folder.
     """
-    if task not in TASK_KINDS:
-        raise NervusInputError(f"task '{task}' is not one of {list(TASK_KINDS)}.")
+    from nervus_lightning.tasks.base import task_class
+
+    kind = task_class(task)
     path = Path(csv)
     df = read_csv(path)
     if ID_COLUMN not in df.columns:
@@ -230,7 +230,7 @@ def load_table(
         )
     _validate_splits(df, path)
     df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
-    _check_no_missing(df[ID_COLUMN], ID_COLUMN, path, "case id", "Give every case an id.")
+    check_no_missing(df[ID_COLUMN], ID_COLUMN, path, "case id", "Give every case an id.")
     dup = df[ID_COLUMN].duplicated(keep=False)
     if dup.any():
         raise NervusInputError(
@@ -244,22 +244,14 @@ def load_table(
             f"{path}: no training rows (no case has split == 'train'). Mark the training cases."
         )
     label_cols = select_label_columns(df, path, labels, task)
-    specs = [_label_spec(df, path, col, task, train_rows) for col in label_cols]
-    if task != "survival":
-        orphans = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
-        if orphans and labels is None:
-            raise NervusInputError(
-                f"{path}: has survival time column(s) {orphans} but task={task}. "
-                "Use task=survival, or list the labels to use in data.labels."
-            )
-    else:
-        _check_unpaired_periods(df, path, label_cols)
+    specs = [kind.label_spec(df, path, col, train_rows) for col in label_cols]
+    kind.check_columns(df, path, label_cols, explicit=labels is not None)
 
     input_cols = [c for c in df.columns if c.startswith(INPUT_PREFIX)] if use_tabular else []
     mean, std = _fit_inputs(df, path, input_cols, train_rows)
     image_col = IMAGE_COLUMN if use_images and IMAGE_COLUMN in df.columns else None
     if image_col:
-        _check_no_missing(df[image_col], image_col, path, "image path", "Give every case an image.")
+        check_no_missing(df[image_col], image_col, path, "image path", "Give every case an image.")
         base = path.parent
         df[image_col] = [
             p if os.path.isabs(p) else str(base / p) for p in df[image_col].astype(str)
@@ -281,105 +273,14 @@ def load_table(
     return df, schema
 
 
-def _label_spec(
-    df: pd.DataFrame, path: Path, col: str, task: str, train_rows: pd.Index
-) -> LabelSpec:
-    train = df.loc[train_rows, col]
-    hint = "Fill in the label or set split=exclude for those cases."
-    _check_no_missing(train, col, path, "label, training split", hint)
-    if task == "classification":
-        classes = _sort_classes(train.tolist())
-        if len(classes) < 2:
-            raise NervusInputError(
-                f"{path}: label '{col}' has only one class ({classes[0]!r}) in the training split; "
-                "a classifier needs at least two. Check the split or drop this label."
-            )
-        known = df[col].isna() | df[col].isin(classes)
-        if not known.all():
-            unseen = sorted(df.loc[~known, col].unique())
-            raise NervusInputError(
-                f"{path}: label '{col}' has class(es) {unseen} at {csv_lines(df.index[~known])} "
-                f"that never occur in the training split (classes: {classes}). Add training cases "
-                "of that class or fix the values."
-            )
-        return LabelSpec(name=col, task=task, classes=classes)
-    if task == "regression":
-        values = _numeric(df, col, path, df.index, "regression target")
-        tr = values[train_rows]
-        std = float(tr.std(ddof=0))
-        if not math.isfinite(std) or std == 0.0:
-            raise NervusInputError(
-                f"{path}: regression label '{col}' is constant in the training split; "
-                "nothing to learn."
-            )
-        return LabelSpec(name=col, task=task, mean=float(tr.mean()), std=std)
-    return _survival_spec(df, path, col, train_rows)
-
-
-def _survival_spec(df: pd.DataFrame, path: Path, col: str, train_rows: pd.Index) -> LabelSpec:
-    period = period_column_for(col, df.columns)
-    if period is None:
-        periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
-        labels = [c for c in df.columns if c.startswith(LABEL_PREFIX)]
-        if len(periods) == 1 and len(labels) == 1:
-            period = periods[0]  # the original Nervus pairs a lone period column with a lone label
-        else:
-            name = col[len(LABEL_PREFIX) :]
-            raise NervusInputError(
-                f"{path}: survival label '{col}' has no time column; add 'period_{name}' "
-                "(time to event or censoring, >= 0)."
-            )
-    events = _numeric(df, col, path, df.index, "survival event, 0 = censored, 1 = event")
-    times = _numeric(df, period, path, df.index, "survival time")
-    bad = events.notna() & ~events.isin([0.0, 1.0])
-    if bad.any():
-        raise NervusInputError(
-            f"{path}: survival event column '{col}' must be 0 (censored) or 1 (event) but has "
-            f"{sorted(events[bad].unique())[:3]} at {csv_lines(events.index[bad])}."
-        )
-    has_event = events.notna()
-    _check_no_missing(
-        times[has_event | times.index.isin(train_rows)],
-        period,
-        path,
-        "survival time",
-        "Every case with a known event status needs a time; or set split=exclude.",
-    )
-    neg = times < 0
-    if neg.any():
-        raise NervusInputError(
-            f"{path}: survival time column '{period}' has negative values at "
-            f"{csv_lines(times.index[neg])}. Times must be >= 0."
-        )
-    if events[train_rows].sum() == 0:
-        raise NervusInputError(
-            f"{path}: survival label '{col}' has no events (all 0) in the training split; a Cox "
-            "model cannot learn without events."
-        )
-    return LabelSpec(name=col, task="survival", period=period)
-
-
-def _check_unpaired_periods(df: pd.DataFrame, path: Path, label_cols: Sequence[str]) -> None:
-    paired = {period_column_for(c, df.columns) for c in label_cols}
-    periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
-    if len(periods) == 1 and len(label_cols) == 1:
-        return
-    unpaired = [p for p in periods if p not in paired]
-    if unpaired:
-        raise NervusInputError(
-            f"{path}: time column(s) {unpaired} have no matching event label "
-            f"(expected 'label_<name>' for 'period_<name>'). Add the label or remove the column."
-        )
-
-
 def _fit_inputs(
     df: pd.DataFrame, path: Path, cols: Sequence[str], train_rows: pd.Index
 ) -> tuple[list[float], list[float]]:
     """Check tabular inputs are numeric and complete; fit the standardiser on the training split."""
     means, stds = [], []
     for col in cols:
-        values = _numeric(df, col, path, df.index, "tabular input")
-        _check_no_missing(
+        values = numeric_column(df, col, path, df.index, "tabular input")
+        check_no_missing(
             values,
             col,
             path,
@@ -415,40 +316,22 @@ def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.Da
     if missing:
         raise NervusInputError(f"{path}: the model needs column(s) {missing}, which the CSV lacks.")
     for col in schema.input_columns:
-        df[col] = _numeric(df, col, path, df.index, "tabular input")
-        _check_no_missing(df[col], col, path, "tabular input", "Fill in the values.")
+        df[col] = numeric_column(df, col, path, df.index, "tabular input")
+        check_no_missing(df[col], col, path, "tabular input", "Fill in the values.")
     if schema.image_column:
         col = schema.image_column
-        _check_no_missing(df[col], col, path, "image path", "Give every case an image.")
+        check_no_missing(df[col], col, path, "image path", "Give every case an image.")
         df[col] = [p if os.path.isabs(p) else str(path.parent / p) for p in df[col].astype(str)]
+    from nervus_lightning.tasks.base import task_class
+
     for spec in schema.labels:
-        if spec.name not in df.columns:
-            continue
-        if spec.task == "classification":
-            known = df[spec.name].isna() | df[spec.name].isin(spec.classes or [])
-            if not known.all():
-                raise NervusInputError(
-                    f"{path}: label '{spec.name}' has class(es) "
-                    f"{sorted(df.loc[~known, spec.name].unique())} at "
-                    f"{csv_lines(df.index[~known])} "
-                    f"unknown to the model (classes: {spec.classes})."
-                )
-        else:
-            _numeric(df, spec.name, path, df.index, f"{spec.task} label")
-            if spec.period and spec.period in df.columns:
-                _numeric(df, spec.period, path, df.index, "survival time")
+        if spec.name in df.columns:
+            task_class(spec.task).check_prediction_labels(df, path, spec)
     return df
 
 
 def targets_array(df: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
-    """Encode one label column: class index (-1 if unknown) or float (NaN if unknown)."""
-    if spec.name not in df.columns:
-        fill = -1 if spec.task == "classification" else np.nan
-        return np.full(
-            len(df), fill, dtype=np.int64 if spec.task == "classification" else np.float32
-        )
-    col = df[spec.name]
-    if spec.task == "classification":
-        lookup = {c: i for i, c in enumerate(spec.classes or [])}
-        return np.array([lookup.get(v, -1) for v in col], dtype=np.int64)
-    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float32)
+    """Encode one label column for batches (the task decides how; see ``Task.encode_targets``)."""
+    from nervus_lightning.tasks.base import task_class
+
+    return task_class(spec.task).encode_targets(df, spec)

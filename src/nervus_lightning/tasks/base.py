@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,7 +16,12 @@ import pandas as pd
 import torch
 from torchmetrics import MetricCollection
 
-from nervus_lightning.data.schema import LabelSpec
+from nervus_lightning.data.schema import (
+    PERIOD_PREFIXES,
+    LabelSpec,
+    NervusInputError,
+    numeric_column,
+)
 from nervus_lightning.options import check_call_options, check_choice
 
 TASKS: dict[str, type[Task]] = {}
@@ -39,6 +45,68 @@ class Task(ABC):
         self.labels = labels
         #: The evaluation settings the model was built with (stored in its checkpoints).
         self.evaluation = dict(evaluation or {})
+
+    #: Whether ``sampler=weighted`` (inverse class frequency) makes sense for this kind.
+    balances_classes: ClassVar[bool] = True
+
+    # -- the CSV contract of a label (no model needed: used while reading the CSV) -------------
+    @classmethod
+    @abstractmethod
+    def label_spec(
+        cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
+    ) -> LabelSpec:
+        """Validate a label column of a training CSV and describe it (classes, statistics...)."""
+
+    @classmethod
+    def check_columns(
+        cls, df: pd.DataFrame, path: Path, label_columns: list[str], explicit: bool
+    ) -> None:
+        """Checks across columns (e.g. survival time columns without a label)."""
+        orphans = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
+        if orphans and not explicit:
+            raise NervusInputError(
+                f"{path}: has survival time column(s) {orphans} but task={cls.kind}. "
+                "Use task=survival, or list the labels to use in data.labels."
+            )
+
+    @classmethod
+    def check_prediction_labels(cls, df: pd.DataFrame, path: Path, spec: LabelSpec) -> None:
+        """Validate the (optional) label column of a CSV to predict."""
+        numeric_column(df, spec.name, path, df.index, f"{spec.task} label")
+
+    @classmethod
+    def encode_targets(cls, df: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
+        """One label column as the float targets of a batch (NaN where unknown or absent)."""
+        if spec.name not in df.columns:
+            return np.full(len(df), np.nan, dtype=np.float32)
+        return pd.to_numeric(df[spec.name], errors="coerce").to_numpy(dtype=np.float32)
+
+    @classmethod
+    def output_dim(cls, spec: LabelSpec) -> int:
+        """Size of the head of ``spec``."""
+        return 1
+
+    @classmethod
+    def batch_fields(cls, df: pd.DataFrame, labels: list[LabelSpec]) -> dict[str, np.ndarray]:
+        """Extra per-case arrays a batch needs besides ``target`` (e.g. survival times)."""
+        return {}
+
+    @classmethod
+    def check_training_data(
+        cls, train: pd.DataFrame, labels: list[LabelSpec], batch_size: int
+    ) -> None:
+        """Warnings about the training split given the batch size (nothing by default)."""
+
+    # -- what a label is in the files (no model needed: used by the evaluation too) -------------
+    @classmethod
+    def truth_columns(cls, label: Mapping[str, Any]) -> list[str]:
+        """Columns of ``predictions.csv`` holding the true value of a ``schema.json`` label."""
+        return [label["name"]]
+
+    @classmethod
+    @abstractmethod
+    def score_columns(cls, label: Mapping[str, Any]) -> list[str]:
+        """Prediction columns of ``predictions.csv`` that the evaluation of ``label`` reads."""
 
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
@@ -89,6 +157,14 @@ class Task(ABC):
         return {}
 
 
+def task_class(kind: str, where: str = "task") -> type[Task]:
+    """The registered task class of ``kind`` (``where`` names the setting in the error)."""
+    # Importing the package registers every task kind.
+    import nervus_lightning.tasks  # noqa: F401
+
+    return TASKS[check_choice(where, kind, sorted(TASKS))]
+
+
 def zero_loss(output: torch.Tensor) -> torch.Tensor:
     """A zero that keeps the graph (no NaN, zero gradient) for batches with nothing to learn."""
     return output.sum() * 0.0
@@ -101,9 +177,6 @@ def build_task(
     **options: Any,
 ) -> Task:
     """The task of kind ``kind``; ``options`` (``task.*``) are checked against its arguments."""
-    # Importing the package registers every task kind.
-    import nervus_lightning.tasks  # noqa: F401
-
-    check_choice("task", kind, sorted(TASKS))
-    check_call_options("task", TASKS[kind], options, skip=("labels", "evaluation"))
-    return TASKS[kind](labels, evaluation=evaluation, **options)
+    cls = task_class(kind)
+    check_call_options("task", cls, options, skip=("labels", "evaluation"))
+    return cls(labels, evaluation=evaluation, **options)

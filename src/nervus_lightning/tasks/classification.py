@@ -16,6 +16,7 @@ sensitivity and specificity swap places without warning.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,13 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
-from nervus_lightning.data.schema import LabelSpec, NervusInputError
+from nervus_lightning.data.schema import (
+    LabelSpec,
+    NervusInputError,
+    check_no_missing,
+    csv_lines,
+    sort_classes,
+)
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS, choose_threshold
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.tasks.base import Task, zero_loss
@@ -182,6 +189,56 @@ class ClassificationTask(Task):
         # Binary operating thresholds chosen on the validation split after training, so that
         # predict on an external set applies the same threshold without the validation rows.
         self.thresholds: list[float | None] = [None] * len(labels)
+
+    @classmethod
+    def label_spec(
+        cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
+    ) -> LabelSpec:
+        """Classes: the sorted values of the training split (numerically when all numbers)."""
+        train = df.loc[train_rows, column]
+        hint = "Fill in the label or set split=exclude for those cases."
+        check_no_missing(train, column, path, "label, training split", hint)
+        classes = sort_classes(train.tolist())
+        if len(classes) < 2:
+            raise NervusInputError(
+                f"{path}: label '{column}' has only one class ({classes[0]!r}) in the training "
+                "split; a classifier needs at least two. Check the split or drop this label."
+            )
+        known = df[column].isna() | df[column].isin(classes)
+        if not known.all():
+            unseen = sorted(df.loc[~known, column].unique())
+            raise NervusInputError(
+                f"{path}: label '{column}' has class(es) {unseen} at "
+                f"{csv_lines(df.index[~known])} that never occur in the training split (classes: "
+                f"{classes}). Add training cases of that class or fix the values."
+            )
+        return LabelSpec(name=column, task=cls.kind, classes=classes)
+
+    @classmethod
+    def check_prediction_labels(cls, df: pd.DataFrame, path: Path, spec: LabelSpec) -> None:
+        known = df[spec.name].isna() | df[spec.name].isin(spec.classes or [])
+        if not known.all():
+            raise NervusInputError(
+                f"{path}: label '{spec.name}' has class(es) "
+                f"{sorted(df.loc[~known, spec.name].unique())} at {csv_lines(df.index[~known])} "
+                f"unknown to the model (classes: {spec.classes})."
+            )
+
+    @classmethod
+    def encode_targets(cls, df: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
+        """Class indices; ``UNKNOWN`` (-1) where the label is missing or absent."""
+        if spec.name not in df.columns:
+            return np.full(len(df), UNKNOWN, dtype=np.int64)
+        lookup = {c: i for i, c in enumerate(spec.classes or [])}
+        return np.array([lookup.get(v, UNKNOWN) for v in df[spec.name]], dtype=np.int64)
+
+    @classmethod
+    def output_dim(cls, spec: LabelSpec) -> int:
+        return len(spec.classes or [])
+
+    @classmethod
+    def score_columns(cls, label: Mapping[str, Any]) -> list[str]:
+        return [f"prob_{label['name']}_{c}" for c in label.get("classes") or []]
 
     def contract(self, j: int) -> dict[str, Any]:
         """The evaluation contract of binary label ``j`` (empty for other labels)."""

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from nervus_lightning.data.schema import (
+    LabelSpec,
+    NervusInputError,
+    check_no_missing,
+    numeric_column,
+)
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import Task, zero_loss
 
@@ -28,6 +38,30 @@ class RegressionTask(Task):
     def __init__(self, labels, loss: str = "mse", evaluation: Any = None) -> None:
         super().__init__(labels, evaluation=evaluation)
         self.loss_fn = LOSSES[check_choice("task.loss", loss, sorted(LOSSES))]
+
+    balances_classes = False
+
+    @classmethod
+    def label_spec(
+        cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
+    ) -> LabelSpec:
+        """Numeric target; its training mean and standard deviation standardise the loss."""
+        train = df.loc[train_rows, column]
+        hint = "Fill in the label or set split=exclude for those cases."
+        check_no_missing(train, column, path, "label, training split", hint)
+        values = numeric_column(df, column, path, df.index, "regression target")
+        tr = values[train_rows]
+        std = float(tr.std(ddof=0))
+        if not math.isfinite(std) or std == 0.0:
+            raise NervusInputError(
+                f"{path}: regression label '{column}' is constant in the training split; "
+                "nothing to learn."
+            )
+        return LabelSpec(name=column, task=cls.kind, mean=float(tr.mean()), std=std)
+
+    @classmethod
+    def score_columns(cls, label: Mapping[str, Any]) -> list[str]:
+        return [f"pred_{label['name']}"]
 
     def _standardised_target(self, batch: dict[str, Any], j: int) -> torch.Tensor:
         spec = self.labels[j]

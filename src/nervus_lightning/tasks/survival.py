@@ -18,7 +18,9 @@ partial likelihood better.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,16 @@ import pandas as pd
 import torch
 from torchmetrics import MetricCollection
 
-from nervus_lightning.data.schema import LabelSpec
+from nervus_lightning.data.schema import (
+    LABEL_PREFIX,
+    PERIOD_PREFIXES,
+    LabelSpec,
+    NervusInputError,
+    check_no_missing,
+    csv_lines,
+    numeric_column,
+    period_column_for,
+)
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival.loss import TIES, cox_loss
 from nervus_lightning.survival.metrics import assign_risk_groups, format_time, survival_metrics
@@ -67,6 +78,114 @@ class SurvivalTask(Task):
         self.risk_groups = risk_groups
         self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.references: list[SurvivalReference | None] = [None] * len(labels)
+
+    @classmethod
+    def label_spec(
+        cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
+    ) -> LabelSpec:
+        """Event label 0/1 with its time column ``period_<name>`` (or ``periods_<name>``)."""
+        train = df.loc[train_rows, column]
+        hint = "Fill in the label or set split=exclude for those cases."
+        check_no_missing(train, column, path, "label, training split", hint)
+        period = period_column_for(column, df.columns)
+        if period is None:
+            periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
+            labels = [c for c in df.columns if c.startswith(LABEL_PREFIX)]
+            if len(periods) == 1 and len(labels) == 1:
+                period = periods[0]  # the original Nervus pairs a lone period with a lone label
+            else:
+                name = column[len(LABEL_PREFIX) :]
+                raise NervusInputError(
+                    f"{path}: survival label '{column}' has no time column; add "
+                    f"'period_{name}' (time to event or censoring, >= 0)."
+                )
+        events = numeric_column(
+            df, column, path, df.index, "survival event, 0 = censored, 1 = event"
+        )
+        times = numeric_column(df, period, path, df.index, "survival time")
+        bad = events.notna() & ~events.isin([0.0, 1.0])
+        if bad.any():
+            raise NervusInputError(
+                f"{path}: survival event column '{column}' must be 0 (censored) or 1 (event) but "
+                f"has {sorted(events[bad].unique())[:3]} at {csv_lines(events.index[bad])}."
+            )
+        has_event = events.notna()
+        check_no_missing(
+            times[has_event | times.index.isin(train_rows)],
+            period,
+            path,
+            "survival time",
+            "Every case with a known event status needs a time; or set split=exclude.",
+        )
+        negative = times < 0
+        if negative.any():
+            raise NervusInputError(
+                f"{path}: survival time column '{period}' has negative values at "
+                f"{csv_lines(times.index[negative])}. Times must be >= 0."
+            )
+        if events[train_rows].sum() == 0:
+            raise NervusInputError(
+                f"{path}: survival label '{column}' has no events (all 0) in the training split; "
+                "a Cox model cannot learn without events."
+            )
+        return LabelSpec(name=column, task=cls.kind, period=period)
+
+    @classmethod
+    def check_columns(
+        cls, df: pd.DataFrame, path: Path, label_columns: list[str], explicit: bool
+    ) -> None:
+        """Every time column must be paired with an event label."""
+        periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
+        if len(periods) == 1 and len(label_columns) == 1:
+            return
+        paired = {period_column_for(c, df.columns) for c in label_columns}
+        unpaired = [p for p in periods if p not in paired]
+        if unpaired:
+            raise NervusInputError(
+                f"{path}: time column(s) {unpaired} have no matching event label (expected "
+                "'label_<name>' for 'period_<name>'). Add the label or remove the column."
+            )
+
+    @classmethod
+    def check_prediction_labels(cls, df: pd.DataFrame, path: Path, spec: LabelSpec) -> None:
+        numeric_column(df, spec.name, path, df.index, "survival label")
+        if spec.period and spec.period in df.columns:
+            numeric_column(df, spec.period, path, df.index, "survival time")
+
+    @classmethod
+    def batch_fields(cls, df: pd.DataFrame, labels: list[LabelSpec]) -> dict[str, np.ndarray]:
+        """``time``: one column per endpoint (NaN where unknown)."""
+        times = [
+            pd.to_numeric(df[s.period], errors="coerce").to_numpy(np.float32)
+            if s.period in df.columns
+            else np.full(len(df), np.nan, np.float32)
+            for s in labels
+        ]
+        return {"time": np.stack(times, axis=1)}
+
+    @classmethod
+    def check_training_data(
+        cls, train: pd.DataFrame, labels: list[LabelSpec], batch_size: int
+    ) -> None:
+        """Warn when batches would often hold no event (they teach the Cox model nothing)."""
+        for spec in labels:
+            rate = float(pd.to_numeric(train[spec.name]).mean())
+            p_empty = (1.0 - rate) ** batch_size
+            if p_empty > 0.05:
+                warnings.warn(
+                    f"survival label '{spec.name}': with an event rate of {rate:.1%} a batch of "
+                    f"{batch_size} has no event with probability {p_empty:.0%}; such batches "
+                    "teach the Cox model nothing. Increase data.batch_size.",
+                    stacklevel=3,
+                )
+
+    @classmethod
+    def truth_columns(cls, label: Mapping[str, Any]) -> list[str]:
+        return [label["name"], label["period"]]
+
+    @classmethod
+    def score_columns(cls, label: Mapping[str, Any]) -> list[str]:
+        return [f"risk_{label['name']}"]
 
     # -- training --------------------------------------------------------------------------
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
