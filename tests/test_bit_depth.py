@@ -106,6 +106,18 @@ def test_png_sbit_declares_the_depth_without_decoding(tmp_path, monkeypatch):
         np.testing.assert_allclose(image, expected / 4095.0, rtol=0, atol=1e-7)
 
 
+def test_sbit_with_values_scaled_to_16_bits_is_told(tmp_path):
+    # The PNG standard asks writers to scale values up to 16 bits and keep the original depth in
+    # sBIT; the headers alone cannot tell, so reading the first such file says what to set.
+    csv, pixels = _data_set(tmp_path, [65535, 40000], sbit=12)
+    dm = _module(csv)
+    assert dm.schema.bit_depth == 12
+    with pytest.raises(NervusInputError, match=r"0\.png.*sBIT.*data\.bit_depth=16"):
+        _images(dm)
+    dm = _module(csv, bit_depth=16)
+    np.testing.assert_allclose(_images(dm)[1], pixels[1] / 65535.0, rtol=0, atol=1e-7)
+
+
 def test_sbit_wins_over_smaller_pixel_values_and_mixes_with_undeclared(tmp_path):
     _png(tmp_path / "a.png", 4000, sbit=14)
     _png(tmp_path / "b.png", 1000)
@@ -174,6 +186,11 @@ def test_schema_without_depth_keeps_the_per_image_rule(tmp_path):
         dm = NervusDataModule(csv, schema=legacy, image_size=SIZE)
     assert dm.schema.bit_depth is None
     np.testing.assert_allclose(_images(dm)[0], pixels[0] / 1023.0, atol=1e-7)
+    # Such a model's depth may be given explicitly; the caller's schema is not changed.
+    legacy_schema = DataSchema.from_dict(legacy)
+    dm = NervusDataModule(csv, schema=legacy_schema, image_size=SIZE, bit_depth=12)
+    assert (dm.schema.bit_depth, legacy_schema.bit_depth) == (12, None)
+    np.testing.assert_allclose(_images(dm)[0], pixels[0] / 4095.0, atol=1e-7)
 
 
 @pytest.mark.parametrize("setting", [16, "14"])

@@ -145,6 +145,24 @@ def test_gray_stem_handles_the_border_a_plain_folded_conv_gets_wrong():
     assert all(p.requires_grad for p in stem.parameters()) and len(list(stem.parameters())) == 3
 
 
+def test_gray_stem_under_bf16_autocast_is_no_less_precise_than_the_rgb_layer():
+    torch.manual_seed(5)
+    conv = get_model("resnet18", weights=None).conv1
+    stem = GrayStem(conv, IMAGENET_MEAN, IMAGENET_STD)
+    x = (0.45 + 0.15 * torch.randn(4, 1, 48, 48)).clamp(0, 1)  # a typical radiograph's range
+    rgb_input = _normalised_rgb(x)
+    with torch.no_grad():
+        exact = torch.nn.functional.conv2d(rgb_input.double(), conv.weight.double(), None, 2, 3)
+
+    def error(out: torch.Tensor) -> float:
+        return float((out.double() - exact).abs().mean() / exact.abs().mean())
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        rgb_error, stem_out = error(conv(rgb_input)), stem(x)
+    assert stem_out.dtype == torch.float32
+    assert error(stem_out) < rgb_error / 10  # the stem runs in float32 inside autocast
+
+
 def test_gray_stem_float32_and_gradients():
     torch.manual_seed(3)
     model, _ = build_image_extractor("resnet18", in_channels=1)

@@ -371,6 +371,14 @@ def _wide_image_scale(
     if bit_depth is not None:
         limit = 2.0**bit_depth - 1
         if high > limit:
+            if declared is not None and high > 2.0**declared - 1:
+                raise ImageReadError(
+                    file,
+                    f"its maximum pixel value {high:g} is above {limit:g}, the largest value of "
+                    f"the bit_depth={bit_depth} scaling used for this data set, although its PNG "
+                    f"sBIT chunk declares {declared} significant bits: the writer scaled the "
+                    "values up to 16 bits, as the PNG standard asks. Set data.bit_depth=16",
+                )
             raise ImageReadError(
                 file,
                 f"its maximum pixel value {high:g} is above {limit:g}, the largest value of the "

@@ -87,8 +87,13 @@ class GrayStem(nn.Module):
         return self.gray.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
-        return self.gray(x) - self.offset(ones)
+        # Each term is several times larger than their difference, so under bf16/fp16 autocast
+        # the stem would lose about 4x more precision than the RGB network's first layer: it
+        # runs in its weights' dtype (float32 unless the whole model was cast), a few % of FLOPs.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.to(self.gray.weight.dtype)
+            ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
+            return self.gray(x) - self.offset(ones)
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
