@@ -163,6 +163,21 @@ def test_gray_stem_under_bf16_autocast_is_no_less_precise_than_the_rgb_layer():
     assert error(stem_out) < rgb_error / 10  # the stem runs in float32 inside autocast
 
 
+def test_checkpoints_of_the_former_plain_gray_conv_load_with_the_same_outputs():
+    # Before the stem, a 1-channel model was a plain conv on images normalised with the averaged
+    # ImageNet mean and std; its state dict must load and give the same features.
+    torch.manual_seed(6)
+    model, features = build_image_extractor("resnet18", in_channels=1)
+    former = _without_classifier(get_model("resnet18", weights=None)).eval()
+    former.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.load_state_dict(former.state_dict())  # strict: every key matched
+    extractor = ImageExtractor(model, features, in_channels=1).eval()
+    x = torch.rand(2, 1, 32, 32)
+    mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(x), former((x - mean) / std), rtol=1e-5, atol=1e-5)
+
+
 def test_gray_stem_float32_and_gradients():
     torch.manual_seed(3)
     model, _ = build_image_extractor("resnet18", in_channels=1)

@@ -82,6 +82,19 @@ class GrayStem(nn.Module):
     def in_channels(self) -> int:
         return 1
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before this stem existed hold a plain 1-channel conv (``weight``,
+        # ``bias``) trained on images normalised with the averaged ImageNet mean and std;
+        # conv((x - m) / s, W) = conv(x, W / s) - conv(1, W m / s), so they load exactly.
+        old = state_dict.pop(prefix + "weight", None)
+        if old is not None and prefix + "gray.weight" not in state_dict:
+            mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+            state_dict[prefix + "gray.weight"] = old / std
+            state_dict[prefix + "offset.weight"] = old * (mean / std)
+            if prefix + "bias" in state_dict:
+                state_dict[prefix + "gray.bias"] = state_dict.pop(prefix + "bias")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def out_channels(self) -> int:
         return self.gray.out_channels
