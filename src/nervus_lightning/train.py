@@ -50,6 +50,7 @@ def build_datamodule(cfg: DictConfig) -> NervusDataModule:
         use_tabular=cfg.model.tabular.get("name") != "none",
         augmentation=cfg.augmentation.name,
         sampler=cfg.sampler.name,
+        bit_depth=data.get("bit_depth", "auto"),
     )
 
 

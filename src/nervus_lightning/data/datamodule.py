@@ -1,13 +1,15 @@
 """``NervusDataModule``: a Nervus CSV turned into Lightning dataloaders.
 
 Owns the datasets of each split, image decoding and transforms (augmentation on the training
-split only) and the weighted sampler. The CSV is read and validated once, when the module is
-built, so every user error surfaces before a model exists. Tabular inputs are passed *raw*: the
-model standardises them with the training statistics held in the schema (and in its checkpoint).
+split only), the weighted sampler and the one intensity scaling (bit depth) of every image of
+the data set. The CSV is read and validated once, when the module is built, so every user error
+surfaces before a model exists. Tabular inputs are passed *raw*: the model standardises them
+with the training statistics held in the schema (and in its checkpoint).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +21,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from nervus_lightning.data.images import check_image_files, read_image
+from nervus_lightning.data.images import (
+    CANDIDATE_BIT_DEPTHS,
+    check_image_files,
+    choose_bit_depth,
+    read_image,
+)
 from nervus_lightning.data.sampling import inverse_frequency_weights
 from nervus_lightning.data.schema import (
     SPLIT_COLUMN,
@@ -36,6 +43,21 @@ from nervus_lightning.data.transforms import build_eval_transform, build_train_t
 from nervus_lightning.tasks.base import task_class
 
 SAMPLERS = ("none", "weighted")
+BIT_DEPTHS = ("auto", *CANDIDATE_BIT_DEPTHS)
+
+
+def parse_bit_depth(value: str | int) -> int | None:
+    """``data.bit_depth`` as a number of bits, or None for ``auto``."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    if not isinstance(value, bool) and text.isdigit() and int(text) in CANDIDATE_BIT_DEPTHS:
+        return int(text)
+    raise NervusInputError(
+        f"data.bit_depth must be one of {', '.join(map(str, BIT_DEPTHS))}, got {value!r}. "
+        "Use auto to read it from the training images, or the number of significant bits of "
+        "your images (e.g. 12 for 12-bit radiographs stored in 16-bit files)."
+    )
 
 
 class NervusDataset(Dataset):
@@ -52,6 +74,7 @@ class NervusDataset(Dataset):
         self.in_channels = in_channels
         self.transform = transform
         self.image_paths = self.frame[schema.image_column].tolist() if schema.image_column else None
+        self.bit_depth = schema.bit_depth
         self.tabular = (
             torch.as_tensor(self.frame[schema.input_columns].to_numpy(np.float32))
             if schema.input_columns
@@ -69,7 +92,7 @@ class NervusDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {"index": i, "target": self.targets[i]}
         if self.image_paths is not None:
-            image = read_image(self.image_paths[i], self.in_channels)
+            image = read_image(self.image_paths[i], self.in_channels, bit_depth=self.bit_depth)
             item["image"] = self.transform(image) if self.transform else image
         if self.tabular is not None:
             item["tabular"] = self.tabular[i]
@@ -94,6 +117,11 @@ class NervusDataModule(L.LightningDataModule):
         schema: a trained model's schema; given, the CSV is read for prediction (labels optional,
             classes and statistics taken from the schema instead of fitted).
         check_images: open every image header before training and report the bad ones.
+        bit_depth: intensity scaling of images wider than 8 bits (8-bit images are always
+            divided by 255): ``auto`` reads it from the training images' headers (PNG ``sBIT``,
+            DICOM ``BitsStored``), else takes the smallest of 8/10/12/14/16 bits that holds the
+            largest training pixel value, with a warning; or 8, 10, 12, 14, 16. Stored in the
+            schema; with ``schema`` given, the schema's depth is used.
     """
 
     def __init__(
@@ -112,6 +140,7 @@ class NervusDataModule(L.LightningDataModule):
         schema: DataSchema | dict | None = None,
         check_images: bool = True,
         pin_memory: bool = False,
+        bit_depth: str | int = "auto",
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -120,6 +149,7 @@ class NervusDataModule(L.LightningDataModule):
             raise NervusInputError(f"sampler '{sampler}' is not one of {list(SAMPLERS)}.")
         if batch_size < 1:
             raise NervusInputError(f"data.batch_size must be >= 1, got {batch_size}.")
+        requested_bits = parse_bit_depth(bit_depth)
         self.csv = Path(csv)
         self.image_size = image_size
         self.in_channels = in_channels
@@ -144,6 +174,11 @@ class NervusDataModule(L.LightningDataModule):
             task.check_training_data(self.split_frame(TRAIN), self.schema.labels, batch_size)
         if self.schema.image_column and check_images:
             self._check_images()
+        if self.schema.image_column:
+            if schema is None:
+                self.schema.bit_depth = requested_bits or self._choose_bit_depth()
+            else:
+                self._check_schema_bit_depth(requested_bits)
         self.train_transform = build_train_transform(augmentation, image_size)
         self.eval_transform = build_eval_transform(image_size)
 
@@ -158,6 +193,36 @@ class NervusDataModule(L.LightningDataModule):
                 f"{self.csv}: {len(bad)} image file(s) in column '{self.schema.image_column}' "
                 f"are missing or unreadable:\n{listed}{more}\nFix the paths (relative paths are "
                 "relative to the CSV's folder) or set split=exclude for those cases."
+            )
+
+    def _choose_bit_depth(self) -> int:
+        paths = self.split_frame(TRAIN)[self.schema.image_column].tolist()
+        choice = choose_bit_depth(paths)
+        if choice.from_pixel_values:
+            warnings.warn(
+                f"data.bit_depth=auto chose {choice.bits} bits for {self.csv}: {choice.reason}. "
+                f"Every image wider than 8 bits is divided by {2**choice.bits - 1}. If the "
+                "images have another depth, set data.bit_depth (8, 10, 12, 14 or 16).",
+                stacklevel=3,
+            )
+        return choice.bits
+
+    def _check_schema_bit_depth(self, requested: int | None) -> None:
+        stored = self.schema.bit_depth
+        if stored is None:
+            if requested is not None:
+                self.schema = dataclasses.replace(self.schema, bit_depth=requested)
+                return
+            warnings.warn(
+                "the model's schema holds no bit depth (it was trained with an older version); "
+                "each image's scaling is guessed from the image alone, as it was in training.",
+                stacklevel=3,
+            )
+        elif requested is not None and requested != stored:
+            raise NervusInputError(
+                f"data.bit_depth={requested} differs from the {stored} bits the model was "
+                "trained with; images must be scaled as in training. Leave data.bit_depth=auto "
+                "to use the model's depth."
             )
 
     # -- splits -------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 This module owns the step from a file on disk to a ``C x H x W`` float32 tensor in ``[0, 1]``:
 decoding (PNG, JPEG, TIFF and other formats Pillow reads; DICOM when pydicom is installed),
-scaling by the image's true bit depth so 12-bit radiographs stored in 16-bit files keep their
-full contrast, and conversion to the number of channels the model expects. Resizing and
-augmentation are not done here; they live in :mod:`nervus_lightning.data.transforms`.
+scaling by the true bit depth so 12-bit radiographs stored in 16-bit files keep their full
+contrast, and conversion to the number of channels the model expects. Resizing and augmentation
+are not done here; they live in :mod:`nervus_lightning.data.transforms`.
 
 :func:`check_image_files` lets the data module validate every file of a data set at once, before
 any training starts, so that a bad file is reported with all the others instead of crashing an
-epoch hours later.
+epoch hours later. :func:`choose_bit_depth` decides the intensity scaling once for a whole data
+set (from the training images), so that a dark image is scaled like the bright ones.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,10 @@ from nervus_lightning.data.schema import NervusInputError
 
 __all__ = [
     "CANDIDATE_BIT_DEPTHS",
+    "BitDepthChoice",
     "ImageReadError",
     "check_image_files",
+    "choose_bit_depth",
     "read_image",
 ]
 
@@ -94,8 +98,9 @@ def read_image(
          so a 12-bit radiograph (maximum <= 4095) is divided by 4095, not 65535.
 
       Rule 3 looks at one image at a time: a very dark 16-bit image could be taken for 12-bit.
-      When all files of a data set share one depth, pass ``bit_depth`` to make the scaling
-      identical for every file.
+      :class:`~nervus_lightning.data.datamodule.NervusDataModule` therefore always passes
+      ``bit_depth``, chosen once per data set by :func:`choose_bit_depth` (``data.bit_depth``),
+      so that every file of a data set is scaled alike.
     * Float images (Pillow mode ``F``): used as they are when already within ``[0, 1]``,
       otherwise scaled like wide integer images.
     * DICOM: ``RescaleSlope``/``RescaleIntercept`` are applied and the result is scaled by
@@ -165,6 +170,124 @@ def check_image_files(
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         reasons = list(pool.map(_header_problem, paths))
     return [(str(p), r) for p, r in zip(paths, reasons, strict=True) if r is not None]
+
+
+@dataclass(frozen=True)
+class BitDepthChoice:
+    """The intensity scaling chosen for a data set by :func:`choose_bit_depth`.
+
+    Attributes:
+        bits: images wider than 8 bits are divided by ``2**bits - 1``.
+        from_pixel_values: True when some images declared no depth in their header and their
+            largest pixel value decided (a guess worth telling the user about).
+        reason: one sentence saying how ``bits`` was chosen.
+    """
+
+    bits: int
+    from_pixel_values: bool
+    reason: str
+
+
+def choose_bit_depth(
+    paths: Sequence[str | os.PathLike], max_workers: int | None = None
+) -> BitDepthChoice:
+    """Choose one bit depth for every image of a data set, from its (training) images.
+
+    Headers first: a PNG's ``sBIT`` chunk and a DICOM file's ``BitsStored`` declare the depth;
+    8-bit images count as 8 bits. Wide images (16-bit PNG/TIFF, float TIFF outside ``[0, 1]``)
+    that declare nothing are decoded, in parallel, and the smallest of
+    :data:`CANDIDATE_BIT_DEPTHS` that holds the largest value seen among them is taken. The
+    result is the largest of these depths, so no image of ``paths`` is above it.
+
+    Raises:
+        ImageReadError: a file cannot be read, or its values do not fit in 16 bits.
+    """
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        headers = list(pool.map(_declared_depth, paths))
+        undeclared = [p for p, (_, bits) in zip(paths, headers, strict=True) if bits is None]
+        maxima = list(pool.map(_pixel_maximum, undeclared))
+    declared = [bits for _, bits in headers if bits is not None]
+    wide_declared = [bits for kind, bits in headers if kind != "8-bit" and bits is not None]
+    seen = [(high, p) for high, p in zip(maxima, undeclared, strict=True) if high is not None]
+    if not seen:
+        bits = max(declared, default=8)
+        if wide_declared:
+            reason = f"the image headers (PNG sBIT / DICOM BitsStored) declare {bits} bits"
+        else:
+            reason = "all images are 8-bit"
+        return BitDepthChoice(bits, False, reason)
+    high, brightest = max(seen, key=lambda pair: pair[0])
+    from_values = _smallest_depth_holding(high, Path(brightest))
+    bits = max([*declared, from_values])
+    reason = (
+        f"{len(undeclared)} of {len(paths)} images wider than 8 bits declare no bit depth in "
+        f"their header (no PNG sBIT chunk); their largest pixel value is {high:g} "
+        f"('{brightest}'), which {from_values} bits hold"
+    )
+    if bits > from_values:
+        reason += f"; other image headers declare {bits} bits"
+    return BitDepthChoice(bits, True, reason)
+
+
+def _declared_depth(path: str | os.PathLike) -> tuple[str, int | None]:
+    """``(kind, bits)`` from the header only: kind is 8-bit, wide, float or dicom."""
+    file = Path(path)
+    if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
+        pydicom = _import_pydicom(file)
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several unrelated types for damaged files
+            raise ImageReadError(file, f"the DICOM header is damaged ({exc})") from exc
+        return "dicom", int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    mode = _with_pillow(file, lambda img: img.mode)
+    if mode == "F":
+        return "float", None
+    if mode in _WIDE_GRAY_MODES:
+        declared = _png_significant_bits(file)
+        return "wide", declared if declared and 8 <= declared <= 16 else None
+    return "8-bit", 8
+
+
+def _pixel_maximum(path: str | os.PathLike) -> float | None:
+    """Largest pixel value of a wide image; None for a float image already within [0, 1]."""
+    file = Path(path)
+    mode, values = _with_pillow(file, lambda img: (img.mode, np.asarray(img)))
+    if values.size == 0:
+        raise ImageReadError(file, "the image has no pixels")
+    low, high = float(values.min()), float(values.max())
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        return None
+    return high
+
+
+def _with_pillow(file: Path, use):
+    """``use(image)`` on the opened file, with decoding errors told as ImageReadError."""
+    try:
+        with Image.open(file) as img:
+            return use(img)
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            file, "not an image format that can be read (PNG, JPEG, TIFF, DICOM, ...)"
+        ) from None
+    except FileNotFoundError:
+        raise ImageReadError(file, _missing_reason(file)) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(
+            file,
+            f"the image data are damaged or truncated ({exc}); re-export the file, or set its "
+            "row's split to 'exclude'",
+        ) from exc
+
+
+def _smallest_depth_holding(high: float, file: Path) -> int:
+    for bits in CANDIDATE_BIT_DEPTHS:
+        if high <= 2.0**bits - 1:
+            return bits
+    raise ImageReadError(
+        file,
+        f"its maximum pixel value {high:g} does not fit in 16 bits; convert the images to "
+        "16-bit (or fewer) unsigned integers",
+    )
 
 
 def _header_problem(path: str | os.PathLike) -> str | None:
@@ -248,22 +371,26 @@ def _wide_image_scale(
     if bit_depth is not None:
         limit = 2.0**bit_depth - 1
         if high > limit:
+            if declared is not None and high > 2.0**declared - 1:
+                raise ImageReadError(
+                    file,
+                    f"its maximum pixel value {high:g} is above {limit:g}, the largest value of "
+                    f"the bit_depth={bit_depth} scaling used for this data set, although its PNG "
+                    f"sBIT chunk declares {declared} significant bits: the writer scaled the "
+                    "values up to 16 bits, as the PNG standard asks. Set data.bit_depth=16",
+                )
             raise ImageReadError(
                 file,
-                f"its maximum pixel value {high:g} does not fit the bit_depth={bit_depth} given "
-                f"(largest value {limit:g}); give a larger bit_depth",
+                f"its maximum pixel value {high:g} is above {limit:g}, the largest value of the "
+                f"bit_depth={bit_depth} scaling used for this data set, so it cannot be scaled "
+                "like the other images. When training, set data.bit_depth to the images' true "
+                "depth (8, 10, 12, 14 or 16); when predicting, the depth is the trained model's: "
+                f"convert the image to {bit_depth} bits, or set its row's split to 'exclude'",
             )
         return limit
     if declared is not None and high <= 2.0**declared - 1:
         return 2.0**declared - 1
-    for bits in CANDIDATE_BIT_DEPTHS:
-        if high <= 2.0**bits - 1:
-            return 2.0**bits - 1
-    raise ImageReadError(
-        file,
-        f"its maximum pixel value {high:g} does not fit in 16 bits; pass bit_depth= with the "
-        "number of significant bits of these images",
-    )
+    return 2.0 ** _smallest_depth_holding(high, file) - 1
 
 
 def _png_significant_bits(file: Path) -> int | None:

@@ -65,7 +65,13 @@ class LabelSpec:
 
 @dataclass
 class DataSchema:
-    """What a model needs to know about its data; JSON-serialisable via :meth:`to_dict`."""
+    """What a model needs to know about its data; JSON-serialisable via :meth:`to_dict`.
+
+    ``bit_depth`` is the intensity scaling of the images, chosen once on the training data
+    (``data.bit_depth``) and reused unchanged for prediction: images wider than 8 bits are
+    divided by ``2**bit_depth - 1``. It is None without images, and in schemas written before
+    the field existed (each image's depth was then guessed from the image alone).
+    """
 
     labels: list[LabelSpec]
     input_columns: list[str] = field(default_factory=list)
@@ -73,6 +79,7 @@ class DataSchema:
     input_std: list[float] = field(default_factory=list)
     image_column: str | None = None
     group_column: str | None = None
+    bit_depth: int | None = None
 
     @property
     def task(self) -> str:

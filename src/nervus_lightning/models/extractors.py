@@ -6,9 +6,11 @@ Rules, chosen so that one code path serves every torchvision family:
   ``classifier[-1]`` of DenseNet/EfficientNet/ConvNeXt, ``heads.head`` of ViT). Its ``in_features``
   is the feature size, read before it is replaced by ``nn.Identity`` -- the model is built once.
 * The first convolution (the first ``nn.Conv2d`` registered) is rebuilt for ``in_channels``. For a
-  grayscale input its kernel is the **sum** of the pretrained R, G and B kernels: a 1-channel image
-  ``x`` then produces exactly the activations the RGB network gives for the replicated image
-  ``(x, x, x)``, so the pretrained features keep their scale (a mean would divide them by 3).
+  grayscale input it becomes a :class:`GrayStem`, which folds the per-channel ImageNet
+  normalisation into the convolution: a 1-channel image ``x`` in ``[0, 1]`` then produces exactly
+  the activations the RGB network gives for ``(x, x, x)`` normalised per channel, as it was
+  trained, border pixels included. (Summing the R, G, B kernels alone, with one averaged
+  mean/std, is exact only when the three channel statistics are equal, which they are not.)
 * Pretrained weights are never downloaded: they come from torchvision's cache
   (``$TORCH_HOME/hub/checkpoints``) or from ``weights_path``; if neither has them the error says
   which file to put where.
@@ -25,9 +27,86 @@ from torchvision.models import get_model, get_model_weights, list_models
 
 from nervus_lightning.data.schema import NervusInputError
 
-# ImageNet statistics of torchvision's pretrained weights; grayscale uses their means.
+# ImageNet statistics of torchvision's pretrained weights (RGB order).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GrayStem(nn.Module):
+    """A network's first (RGB) convolution for a gray ``[0, 1]`` image, normalisation folded in.
+
+    The RGB network sees ``z_c = (x - m_c) / s_c`` for each channel ``c`` (ImageNet mean ``m``
+    and std ``s``) and computes ``conv(z, W) + b``, the padding of ``z`` filled with zeros.
+    Because convolution is linear this equals
+
+        conv(x, sum_c W_c / s_c)  -  conv(1, sum_c W_c m_c / s_c)  +  b
+
+    where ``1`` is an image of ones of the input's size, padded like ``x``. The second term is
+    what turns the padded zeros of ``x`` into the padded zeros of ``z`` (a different raw value per
+    channel): it is a constant map, computed at batch size 1 and broadcast over the batch.
+    Both kernels (``gray.weight``, ``offset.weight``) and the bias remain trainable.
+
+    Args:
+        conv: the pretrained 3-channel convolution (``groups=1``).
+        mean, std: the per-channel statistics the RGB network's inputs were normalised with.
+    """
+
+    def __init__(self, conv: nn.Conv2d, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        if conv.in_channels != 3 or conv.groups != 1:
+            raise ValueError(
+                f"GrayStem needs a 3-channel convolution with groups=1, got in_channels="
+                f"{conv.in_channels}, groups={conv.groups}"
+            )
+        options = {
+            "kernel_size": conv.kernel_size,
+            "stride": conv.stride,
+            "padding": conv.padding,
+            "dilation": conv.dilation,
+            "padding_mode": conv.padding_mode,
+            "device": conv.weight.device,
+            "dtype": conv.weight.dtype,
+        }
+        self.gray = nn.Conv2d(1, conv.out_channels, bias=conv.bias is not None, **options)
+        self.offset = nn.Conv2d(1, conv.out_channels, bias=False, **options)
+        weight = conv.weight.detach()
+        scale = torch.tensor(std, dtype=weight.dtype).view(1, 3, 1, 1)
+        shift = torch.tensor(mean, dtype=weight.dtype).view(1, 3, 1, 1)
+        with torch.no_grad():
+            self.gray.weight.copy_((weight / scale).sum(dim=1, keepdim=True))
+            self.offset.weight.copy_((weight * shift / scale).sum(dim=1, keepdim=True))
+            if conv.bias is not None:
+                self.gray.bias.copy_(conv.bias)
+
+    @property
+    def in_channels(self) -> int:
+        return 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before this stem existed hold a plain 1-channel conv (``weight``,
+        # ``bias``) trained on images normalised with the averaged ImageNet mean and std;
+        # conv((x - m) / s, W) = conv(x, W / s) - conv(1, W m / s), so they load exactly.
+        old = state_dict.pop(prefix + "weight", None)
+        if old is not None and prefix + "gray.weight" not in state_dict:
+            mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+            state_dict[prefix + "gray.weight"] = old / std
+            state_dict[prefix + "offset.weight"] = old * (mean / std)
+            if prefix + "bias" in state_dict:
+                state_dict[prefix + "gray.bias"] = state_dict.pop(prefix + "bias")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def out_channels(self) -> int:
+        return self.gray.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each term is several times larger than their difference, so under bf16/fp16 autocast
+        # the stem would lose about 4x more precision than the RGB network's first layer: it
+        # runs in its weights' dtype (float32 unless the whole model was cast), a few % of FLOPs.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.to(self.gray.weight.dtype)
+            ones = torch.ones((1, 1, *x.shape[-2:]), dtype=x.dtype, device=x.device)
+            return self.gray(x) - self.offset(ones)
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -51,7 +130,11 @@ def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
 
 
 def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Rebuild the first convolution for ``in_channels`` (sum of RGB kernels for one channel)."""
+    """Fit the first convolution to ``in_channels``: a :class:`GrayStem` for one channel.
+
+    After this a 1-channel model takes gray ``[0, 1]`` images *unnormalised* (the stem holds the
+    ImageNet normalisation); a 3-channel model is left as it is and takes normalised input.
+    """
     name, conv = _first_conv(model)
     if conv.in_channels == in_channels:
         return
@@ -59,22 +142,7 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
         raise ValueError(
             f"cannot adapt a {conv.in_channels}-channel conv to {in_channels} channels"
         )
-    new = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    )
-    with torch.no_grad():
-        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
-        if conv.bias is not None:
-            new.bias.copy_(conv.bias)
-    _replace(model, name, new)
+    _replace(model, name, GrayStem(conv, IMAGENET_MEAN, IMAGENET_STD))
 
 
 def pretrained_weights_file(name: str) -> tuple[Path, str]:
@@ -146,19 +214,23 @@ def build_image_extractor(
 
 
 class ImageExtractor(nn.Module):
-    """Normalises [0, 1] images with ImageNet statistics, then runs the backbone."""
+    """Runs a backbone of :func:`build_image_extractor` on ``[0, 1]`` images; flat features.
+
+    Three-channel images are normalised per channel with the ImageNet statistics here; for
+    one-channel images the backbone's :class:`GrayStem` does the same normalisation exactly, so
+    they are passed as they are.
+    """
 
     def __init__(self, backbone: nn.Module, out_features: int, in_channels: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.out_features = out_features
-        if in_channels == 1:
-            mean = torch.tensor([sum(IMAGENET_MEAN) / 3])
-            std = torch.tensor([sum(IMAGENET_STD) / 3])
-        else:
-            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        self.normalise = in_channels == 3
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone((x - self.mean) / self.std).flatten(1)
+        if self.normalise:
+            x = (x - self.mean) / self.std
+        return self.backbone(x).flatten(1)
