@@ -244,7 +244,14 @@ def test_train_then_predict_end_to_end_keeps_the_depth(tmp_path):
         rows[-1]["split"] = split
     pd.DataFrame(rows).to_csv(root / "data.csv", index=False)
     run = tmp_path / "run"
-    cfg = compose_config([f"data.csv={root / 'data.csv'}", *FAST, "model/tabular=none"])
+    cfg = compose_config(
+        [
+            f"data.csv={root / 'data.csv'}",
+            *FAST,
+            "model/tabular=none",
+            "+evaluation.positive_class={label_y:b}",
+        ]
+    )
     with pytest.warns(UserWarning, match=AUTO_WARNING):
         train(cfg, run)
     assert json.loads((run / "schema.json").read_text())["bit_depth"] == 12

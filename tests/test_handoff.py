@@ -90,6 +90,9 @@ def test_pretrained_checkpoint_predicts_without_the_weights_file(dataset, tmp_pa
         (["+task.smoothing=0.1"], "task.smoothing"),
         (["model/extractor=resnet18", "model.mixer.norm=btch"], "model.mixer.norm"),
         (["model.tabular.norm=lyer"], "model.tabular.norm"),
+        (["augmentation.name=xry"], "augmentation.name"),
+        (["trainer.precision=17-mixed"], "trainer"),
+        (["+trainer.max_epoch=3"], "trainer"),
     ],
 )
 def test_option_typos_stop_before_the_first_epoch(dataset, tmp_path, overrides, key):

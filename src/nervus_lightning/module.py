@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from nervus_lightning.data.schema import DataSchema, NervusInputError
-from nervus_lightning.models.extractors import ImageExtractor, build_image_extractor
 from nervus_lightning.models.heads import HEADS
 from nervus_lightning.models.mixers import MIXERS
 from nervus_lightning.models.net import NervusNet
@@ -40,7 +39,7 @@ EVAL_STAGES = ("val", "test")
 TASK_STATE_KEY = "nervus_task_state"
 #: Config keys of the task group that select demo data, not task options.
 _DEMO_KEYS = ("name", "demo_labels", "demo_positive_class")
-EXTRACTOR_KEYS = ("name", "pretrained", "weights_path")
+TORCHVISION_EXTRACTOR = "nervus_lightning.models.extractors.TorchvisionExtractor"
 
 
 def _scheduler_kwargs(name: str, options: dict[str, Any], max_epochs: int) -> dict[str, Any]:
@@ -59,7 +58,7 @@ def check_optimisation_options(optimizer: dict[str, Any], scheduler: dict[str, A
     dummy = [nn.Parameter(torch.zeros(1))]
     try:
         built = OPTIMIZERS[name](dummy, **opts)
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # torch raises ValueError, TypeError or IndexError for bad values
         raise NervusInputError(f"optimizer={name} with options {opts}: {err}") from None
     sched = check_choice("scheduler.name", scheduler["name"], SCHEDULERS)
     if SCHEDULERS[sched] is None:
@@ -70,7 +69,7 @@ def check_optimisation_options(optimizer: dict[str, Any], scheduler: dict[str, A
     check_keys("scheduler", sopts, [*allowed, "t_max"] if sched == "cosine" else allowed)
     try:
         SCHEDULERS[sched](built, **_scheduler_kwargs(sched, sopts, 1))
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # as for the optimiser
         raise NervusInputError(f"scheduler={sched} with options {sopts}: {err}") from None
 
 
@@ -184,27 +183,22 @@ class NervusModule(L.LightningModule):
             if isinstance(extractor, nn.Module):
                 image = extractor
                 image.out_features = _infer_features(extractor, in_channels, image_size)
-            elif isinstance(extractor, dict) and TARGET_KEY in extractor:
-                image = build_component(
-                    "model.extractor", extractor, {}, in_channels=in_channels, image_size=image_size
-                )
-                image.out_features = _infer_features(image, in_channels, image_size)
             else:
-                opts = _options(extractor, "resnet18")
-                check_keys("model.extractor", opts, EXTRACTOR_KEYS)
-                if opts["name"] == "none":
+                opts = _options(extractor, None)
+                if TARGET_KEY not in opts and not opts.get("name"):
+                    opts["name"] = "resnet18"
+                if opts.get("name") == "none" and TARGET_KEY not in opts:
                     raise NervusInputError(
                         "the data have images but model.extractor is 'none'; choose an extractor "
                         "or leave the images out (no imgpath column)."
                     )
-                backbone, features = build_image_extractor(
-                    opts["name"],
-                    in_channels=in_channels,
-                    pretrained=bool(opts.get("pretrained", False)),
-                    weights_path=opts.get("weights_path"),
-                    image_size=image_size,
+                # A bare name is a torchvision model (the built-in YAMLs say so with _target_).
+                opts.setdefault(TARGET_KEY, TORCHVISION_EXTRACTOR)
+                image = build_component(
+                    "model.extractor", opts, {}, in_channels=in_channels, image_size=image_size
                 )
-                image = ImageExtractor(backbone, features, in_channels)
+                if not hasattr(image, "out_features"):
+                    image.out_features = _infer_features(image, in_channels, image_size)
         table = None
         if self.schema.input_columns:
             opts = _options(tabular, "mlp")

@@ -1,9 +1,9 @@
 """``python -m nervus_lightning.predict ckpt=PATH data.csv=PATH``: external validation.
 
 Loads a checkpoint (which carries the schema, class names, input statistics, the evaluation
-contract and, for survival, the baseline hazard), reads the CSV with that schema and writes
-predictions, the evaluation report and metrics. Nothing of the training machine is needed: no
-training CSV, no pretrained-weights file.
+contract and, for survival, training aggregates: baseline hazard, censoring curve), reads the CSV
+with that schema and writes predictions, the evaluation report and metrics. Nothing of the
+training machine is needed: no training CSV, no pretrained-weights file.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def predict(
         batch_size=batch_size,
         num_workers=num_workers,
     )
+    log.info("predicting %d case(s) of %s on %s", len(datamodule.frame), csv, device)
     outputs = module.infer(datamodule.predict_dataloader(), device)
     predictions = write_predictions(module, datamodule, out_dir, outputs)
     metrics: dict = {}

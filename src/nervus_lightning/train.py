@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -117,6 +118,24 @@ def build_module(
     )
 
 
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    """The Lightning trainer of ``trainer.*``; Lightning's refusal of an option is a user error."""
+    options = _plain(cfg.trainer)
+    try:
+        return L.Trainer(
+            **options,
+            default_root_dir=str(run_dir),
+            callbacks=callbacks,
+            logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
+        )
+    except TypeError as err:  # an argument lightning.Trainer does not take
+        raise NervusInputError(
+            f"trainer options: {err}. See lightning.Trainer's arguments."
+        ) from None
+    except (ValueError, MisconfigurationException) as err:
+        raise NervusInputError(f"trainer options {options}: {err}") from None
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Fit, test with the best checkpoint, and write every output into ``run_dir``.
 
@@ -133,12 +152,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     module = build_module(cfg, datamodule.schema, evaluation)
 
     checkpoint = build_checkpoint_callback(cfg.checkpoint.policy, run_dir / "checkpoints")
-    trainer = L.Trainer(
-        **_plain(cfg.trainer),
-        default_root_dir=str(run_dir),
-        callbacks=[checkpoint, LearningCurve(run_dir)],
-        logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
-    )
+    trainer = build_trainer(cfg, run_dir, [checkpoint, LearningCurve(run_dir)])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best_path = checkpoint.best_model_path
     if not best_path:

@@ -40,7 +40,12 @@ from nervus_lightning.data.schema import (
     targets_array,
     validate_for_prediction,
 )
-from nervus_lightning.data.transforms import build_eval_transform, build_train_transform
+from nervus_lightning.data.transforms import (
+    TRAIN_TRANSFORMS,
+    build_eval_transform,
+    build_train_transform,
+)
+from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import task_class
 
 SAMPLERS = ("none", "weighted")
@@ -180,6 +185,7 @@ class NervusDataModule(L.LightningDataModule):
                 self.schema.bit_depth = requested_bits or self._choose_bit_depth()
             else:
                 self._check_schema_bit_depth(requested_bits)
+        check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
         self.train_transform = build_train_transform(augmentation, image_size)
         self.eval_transform = build_eval_transform(image_size)
 

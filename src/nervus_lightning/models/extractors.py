@@ -234,3 +234,34 @@ class ImageExtractor(nn.Module):
         if self.normalise:
             x = (x - self.mean) / self.std
         return self.backbone(x).flatten(1)
+
+
+class TorchvisionExtractor(ImageExtractor):
+    """A torchvision classification model as an image extractor, built from its config entry
+    (``conf/model/extractor/<name>.yaml``: ``_target_`` this class, ``name``, ``pretrained``,
+    ``weights_path``); ``in_channels`` and ``image_size`` come from the data.
+
+    Args:
+        name: any torchvision classification model name (``torchvision.models.list_models``).
+        in_channels: channels of the input images (1 or 3).
+        image_size: input size (fixes a ViT's position embeddings).
+        pretrained: start from torchvision's ImageNet weights (local file only, never downloaded).
+        weights_path: explicit weights file instead of torchvision's cache.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet18",
+        in_channels: int = 1,
+        image_size: int | None = None,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+    ) -> None:
+        backbone, features = build_image_extractor(
+            name,
+            in_channels=in_channels,
+            pretrained=bool(pretrained),
+            weights_path=weights_path,
+            image_size=image_size,
+        )
+        super().__init__(backbone, features, in_channels)

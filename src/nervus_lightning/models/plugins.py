@@ -51,8 +51,10 @@ def build_component(
     extractor that only takes RGB).
     """
     cls = resolve_class(key, options, registry)
-    opts = {k: v for k, v in options.items() if k not in (TARGET_KEY, "name")}
     accepted = inspect.signature(cls).parameters
+    # ``name`` selects a built-in (or labels a user's entry) unless the class takes it.
+    dropped = (TARGET_KEY,) if "name" in accepted else (TARGET_KEY, "name")
+    opts = {k: v for k, v in options.items() if k not in dropped}
     takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     fixed = {k: v for k, v in fixed.items() if takes_any or k in accepted}
     check_call_options(key, cls, opts, skip=tuple(fixed))
