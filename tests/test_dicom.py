@@ -215,3 +215,15 @@ def test_schema_without_dicom_settings_reads_as_older_versions_did(tmp_path):
     del old["window"], old["frame"]
     predicting = NervusDataModule(csv, schema=old, image_size=8)
     assert (predicting.schema.window, predicting.schema.frame) == ("none", "first")
+
+
+def test_dicom_files_leave_the_bit_depth_of_other_images_alone(tmp_path):
+    from PIL import Image
+
+    from nervus_lightning.data.images import choose_bit_depth
+
+    ramp = np.linspace(0, 4095, 64).round().astype(np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    ct = bundled("CT_small.dcm")  # BitsStored 16, scaled by its own header
+    assert choose_bit_depth([tmp_path / "ramp.png", ct]).bits == 12
+    assert choose_bit_depth([ct]).bits == 16

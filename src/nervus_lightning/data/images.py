@@ -150,7 +150,7 @@ def read_image(
     if not file.is_file():
         raise ImageReadError(path, _missing_reason(file))
 
-    if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
+    if _is_dicom(file):
         array = read_dicom(file, window=window, frame=frame)
     else:
         try:
@@ -216,9 +216,16 @@ def choose_bit_depth(
     :data:`CANDIDATE_BIT_DEPTHS` that holds the largest value seen among them is taken. The
     result is the largest of these depths, so no image of ``paths`` is above it.
 
+    DICOM files are scaled by their own headers (:mod:`nervus_lightning.data.dicom`), whatever the
+    bit depth: in a data set that mixes them with other images they are left out of the choice;
+    in an all-DICOM data set their largest ``BitsStored`` is taken.
+
     Raises:
         ImageReadError: a file cannot be read, or its values do not fit in 16 bits.
     """
+    others = [p for p in paths if not _is_dicom(Path(p))]
+    if others:
+        paths = others
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         headers = list(pool.map(_declared_depth, paths))
         undeclared = [p for p, (_, bits) in zip(paths, headers, strict=True) if bits is None]
@@ -249,7 +256,7 @@ def choose_bit_depth(
 def _declared_depth(path: str | os.PathLike) -> tuple[str, int | None]:
     """``(kind, bits)`` from the header only: kind is 8-bit, wide, float or dicom."""
     file = Path(path)
-    if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
+    if _is_dicom(file):
         pydicom = import_pydicom(file)
         try:
             ds = pydicom.dcmread(file, stop_before_pixels=True)
@@ -312,7 +319,7 @@ def _header_problem(path: str | os.PathLike) -> str | None:
     if not file.is_file():
         return _missing_reason(file)
     try:
-        if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
+        if _is_dicom(file):
             return dicom_header_problem(file)
         with Image.open(file) as img:
             width, height = img.size
@@ -429,6 +436,10 @@ def _png_significant_bits(file: Path) -> int | None:
                 handle.seek(length + 4, os.SEEK_CUR)  # skip the data and the CRC
     except OSError:
         return None
+
+
+def _is_dicom(file: Path) -> bool:
+    return file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file)
 
 
 def _has_dicom_preamble(file: Path) -> bool:
