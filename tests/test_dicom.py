@@ -227,3 +227,40 @@ def test_dicom_files_leave_the_bit_depth_of_other_images_alone(tmp_path):
     ct = bundled("CT_small.dcm")  # BitsStored 16, scaled by its own header
     assert choose_bit_depth([tmp_path / "ramp.png", ct]).bits == 12
     assert choose_bit_depth([ct]).bits == 16
+
+
+def test_enhanced_multi_frame_reads_rescale_and_window_from_functional_groups(tmp_path):
+    # No enhanced multi-frame file ships with pydicom: a bundled 15-frame file given functional
+    # groups (PS3.3 C.7.6.16): a shared rescale and a window per frame.
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(bundled("rtdose.dcm"))
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept = 2, -100
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = [transform]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for i in range(int(ds.NumberOfFrames)):
+        voi = Dataset()
+        voi.WindowCenter, voi.WindowWidth = 2_000_000 + 10_000 * i, 1_000_000
+        group = Dataset()
+        group.FrameVOILUTSequence = [voi]
+        frames.append(group)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path)
+
+    pixels = ds.pixel_array
+    flat = pydicom.dcmread(bundled("rtdose.dcm"))  # the same values, where pydicom reads them
+    flat.RescaleSlope, flat.RescaleIntercept = 2, -100
+    flat.WindowCenter, flat.WindowWidth = 2_000_000 + 10_000 * 7, 1_000_000
+    image = read_image(path, 1, frame="middle")[0].numpy()
+    np.testing.assert_allclose(image, _pydicom_display(flat, pixels[7]), atol=1e-6)
+    assert 0.05 < image.mean() < 0.95  # the window shows the dose, not a black image
+
+    mean = read_image(path, 1, frame="mean")[0].numpy()
+    average = apply_modality_lut(pixels, flat).mean(axis=0)
+    low, high = _window_output_range(flat)
+    expected = (apply_voi_lut(average, flat) - low) / (high - low)
+    np.testing.assert_allclose(mean, expected, atol=1e-6)

@@ -27,6 +27,11 @@ This module owns everything DICOM-specific between a ``.dcm`` file and the float
    so every file of a series is scaled alike.
 5. **MONOCHROME1** is inverted (``1 - x``) so that dense tissue is bright, as in MONOCHROME2.
 
+Enhanced multi-frame files (Enhanced CT/MR, ...) keep Rescale Slope/Intercept and the window in
+functional groups rather than at the top level, where pydicom's LUT functions look; the values of
+the chosen frame (its own group over the shared one; for ``mean``, each frame's rescale and the
+central frame's window) are handed to those functions.
+
 Colour files (RGB, or YBR which pydicom converts to RGB) are scaled by ``2**BitsStored - 1``;
 windows do not apply to them. The settings are part of a model's preprocessing contract and are
 stored in its schema (:class:`~nervus_lightning.data.schema.DataSchema`).
@@ -197,18 +202,21 @@ def read_dicom(
     try:
         if frames > 1 and frame == "mean":
             total = None
-            for pixels in iter_pixels(ds):
-                values = apply_modality_lut(pixels, ds) if monochrome else pixels
+            for index, pixels in enumerate(iter_pixels(ds)):
+                header = _frame_header(ds, index)
+                values = apply_modality_lut(pixels, header) if monochrome else pixels
                 values = values.astype(np.float64)
                 total = values if total is None else total + values
             values = total / frames
-            if monochrome and _uses_voi_lut_sequence(ds, window):
+            header = _frame_header(ds, frames // 2)  # the window of the central frame
+            if monochrome and _uses_voi_lut_sequence(header, window):
                 # A LUT is indexed by integers: the mean falls back onto the LUT's input grid.
                 values = np.rint(values).astype(np.int64)
         else:
-            index = {"first": 0, "middle": frames // 2, "mean": 0}[frame]
+            index = {"first": 0, "middle": frames // 2}[frame] if frames > 1 else 0
+            header = _frame_header(ds, index)
             pixels = pixel_array(ds, index=index) if frames > 1 else ds.pixel_array
-            values = apply_modality_lut(pixels, ds) if monochrome else pixels
+            values = apply_modality_lut(pixels, header) if monochrome else pixels
     except ImageReadError:
         raise
     except Exception as exc:  # missing pixel data, damaged stream, decoder failure
@@ -218,7 +226,7 @@ def read_dicom(
             "to PNG, or set its row's split to 'exclude'",
         ) from exc
     if monochrome:
-        return _display_values(values, ds, window, photometric == "MONOCHROME1")
+        return _display_values(values, header, window, photometric == "MONOCHROME1")
     if values.ndim == 3 and values.shape[-1] == 3:  # pydicom converts YBR to RGB when decoding
         bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
         return (values.astype(np.float64) / (2.0**bits - 1)).clip(0.0, 1.0).astype(np.float32)
@@ -227,6 +235,58 @@ def read_dicom(
         f"DICOM photometric interpretation '{photometric}' is not supported; convert the file "
         "to MONOCHROME2 or RGB",
     )
+
+
+# What the modality and VOI LUT steps read from a header.
+_LUT_KEYWORDS = (
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
+)
+# Where an enhanced multi-frame file (Enhanced CT/MR/XA, ...) keeps them instead, per frame or
+# shared by all frames (PS3.3 C.7.6.16): pydicom's LUT functions read the top level only.
+_FUNCTIONAL_GROUPS = (
+    ("PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept")),
+    ("FrameVOILUTSequence", ("WindowCenter", "WindowWidth", "VOILUTFunction")),
+)
+
+
+def _frame_header(ds, index: int):
+    """``ds``, or for an enhanced multi-frame file a header with frame ``index``'s LUT values.
+
+    Shared functional groups apply to every frame; a frame's own group overrides them.
+    """
+    from pydicom.dataset import Dataset
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    groups = [shared[0]] if shared else []
+    if per_frame and index < len(per_frame):
+        groups.append(per_frame[index])
+    if not groups:
+        return ds
+    view = Dataset()
+    if hasattr(ds, "file_meta"):
+        view.file_meta = ds.file_meta  # the byte order of OW lookup tables
+    for keyword in _LUT_KEYWORDS:
+        if keyword in ds:
+            setattr(view, keyword, ds[keyword].value)
+    for group in groups:
+        for sequence, keywords in _FUNCTIONAL_GROUPS:
+            items = group.get(sequence)
+            if items:
+                for keyword in keywords:
+                    if keyword in items[0]:
+                        setattr(view, keyword, items[0][keyword].value)
+    return view
 
 
 def _has_voi_lut_sequence(ds) -> bool:
