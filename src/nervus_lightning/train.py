@@ -52,6 +52,8 @@ def build_datamodule(cfg: DictConfig) -> NervusDataModule:
         augmentation=cfg.augmentation.name,
         sampler=cfg.sampler.name,
         bit_depth=data.get("bit_depth", "auto"),
+        window=_plain(data.get("window", "auto")),
+        frame=data.get("frame", "middle"),
     )
 
 

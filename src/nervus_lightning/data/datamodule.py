@@ -22,6 +22,13 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from nervus_lightning.data.dicom import (
+    DEFAULT_FRAME,
+    DEFAULT_WINDOW,
+    Window,
+    parse_frame,
+    parse_window,
+)
 from nervus_lightning.data.images import (
     CANDIDATE_BIT_DEPTHS,
     check_image_files,
@@ -66,6 +73,21 @@ def parse_bit_depth(value: str | int) -> int | None:
     )
 
 
+# How DICOM files were read before the schema recorded it (schemas without window/frame).
+_LEGACY_WINDOW, _LEGACY_FRAME = "none", "first"
+
+
+def dicom_settings(schema: DataSchema) -> tuple[Window, str]:
+    """The ``(window, frame)`` a schema asks DICOM files to be read with."""
+    window = _LEGACY_WINDOW if schema.window is None else parse_window(schema.window)
+    frame = _LEGACY_FRAME if schema.frame is None else parse_frame(schema.frame)
+    return window, frame
+
+
+def _window_for_schema(window: Window) -> str | list[float]:
+    return list(window) if isinstance(window, tuple) else window
+
+
 class NervusDataset(Dataset):
     """Cases of one split: image (C, H, W floats in [0, 1]), raw tabular inputs, targets."""
 
@@ -81,6 +103,7 @@ class NervusDataset(Dataset):
         self.transform = transform
         self.image_paths = self.frame[schema.image_column].tolist() if schema.image_column else None
         self.bit_depth = schema.bit_depth
+        self.window, self.dicom_frame = dicom_settings(schema)
         self.tabular = (
             torch.as_tensor(self.frame[schema.input_columns].to_numpy(np.float32))
             if schema.input_columns
@@ -98,7 +121,13 @@ class NervusDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {"index": i, "target": self.targets[i]}
         if self.image_paths is not None:
-            image = read_image(self.image_paths[i], self.in_channels, bit_depth=self.bit_depth)
+            image = read_image(
+                self.image_paths[i],
+                self.in_channels,
+                bit_depth=self.bit_depth,
+                window=self.window,
+                frame=self.dicom_frame,
+            )
             item["image"] = self.transform(image) if self.transform else image
         if self.tabular is not None:
             item["tabular"] = self.tabular[i]
@@ -128,6 +157,13 @@ class NervusDataModule(L.LightningDataModule):
             DICOM ``BitsStored``), else takes the smallest of 8/10/12/14/16 bits that holds the
             largest training pixel value, with a warning; or 8, 10, 12, 14, 16. Stored in the
             schema; with ``schema`` given, the schema's depth is used.
+        window: DICOM VOI LUT / window (``data.window``): ``auto`` (the file's own VOI LUT or
+            window, else the full range; the default), ``none`` (the full range after the
+            modality LUT) or ``[center, width]`` in modality units (e.g. ``[-600, 1500]``).
+        frame: frame of a multi-frame DICOM file (``data.frame``): ``middle`` (default),
+            ``first`` or ``mean``. ``window`` and ``frame`` are stored in the schema; with
+            ``schema`` given, None (the default) uses the schema's, and a different value is an
+            error (images must be read as in training).
     """
 
     def __init__(
@@ -147,15 +183,20 @@ class NervusDataModule(L.LightningDataModule):
         check_images: bool = True,
         pin_memory: bool = False,
         bit_depth: str | int = "auto",
+        window: str | Sequence[float] | None = None,
+        frame: str | None = None,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise NervusInputError(f"data.in_channels must be 1 or 3, got {in_channels}.")
+        check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
         if sampler not in SAMPLERS:
             raise NervusInputError(f"sampler '{sampler}' is not one of {list(SAMPLERS)}.")
         if batch_size < 1:
             raise NervusInputError(f"data.batch_size must be >= 1, got {batch_size}.")
         requested_bits = parse_bit_depth(bit_depth)
+        requested_window = None if window is None else parse_window(window)
+        requested_frame = None if frame is None else parse_frame(frame)
         self.csv = Path(csv)
         self.image_size = image_size
         self.in_channels = in_channels
@@ -183,9 +224,11 @@ class NervusDataModule(L.LightningDataModule):
         if self.schema.image_column:
             if schema is None:
                 self.schema.bit_depth = requested_bits or self._choose_bit_depth()
+                self.schema.window = _window_for_schema(requested_window or DEFAULT_WINDOW)
+                self.schema.frame = requested_frame or DEFAULT_FRAME
             else:
                 self._check_schema_bit_depth(requested_bits)
-        check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
+                self._check_schema_dicom_settings(requested_window, requested_frame)
         self.train_transform = build_train_transform(augmentation, image_size)
         self.eval_transform = build_eval_transform(image_size)
 
@@ -231,6 +274,23 @@ class NervusDataModule(L.LightningDataModule):
                 "trained with; images must be scaled as in training. Leave data.bit_depth=auto "
                 "to use the model's depth."
             )
+
+    def _check_schema_dicom_settings(self, window: Window | None, frame: str | None) -> None:
+        stored_window, stored_frame = dicom_settings(self.schema)
+        for key, requested, stored in (
+            ("window", window, stored_window),
+            ("frame", frame, stored_frame),
+        ):
+            if requested is not None and requested != stored:
+                shown = _window_for_schema(stored) if key == "window" else stored
+                raise NervusInputError(
+                    f"data.{key}={_window_for_schema(requested)} differs from the {key} the "
+                    f"model was trained with ({shown}); DICOM images must be read as in "
+                    f"training. Leave data.{key} unset to use the model's."
+                )
+        self.schema = dataclasses.replace(
+            self.schema, window=_window_for_schema(stored_window), frame=stored_frame
+        )
 
     # -- splits -------------------------------------------------------------------------------
     def split_names(self) -> list[str]:

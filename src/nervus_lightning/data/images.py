@@ -25,6 +25,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from nervus_lightning.data.dicom import (
+    DEFAULT_FRAME,
+    DEFAULT_WINDOW,
+    Window,
+    dicom_header_problem,
+    import_pydicom,
+    read_dicom,
+)
 from nervus_lightning.data.schema import NervusInputError
 
 __all__ = [
@@ -75,7 +83,12 @@ class ImageReadError(NervusInputError):
 
 
 def read_image(
-    path: str | os.PathLike, in_channels: int, *, bit_depth: int | None = None
+    path: str | os.PathLike,
+    in_channels: int,
+    *,
+    bit_depth: int | None = None,
+    window: Window = DEFAULT_WINDOW,
+    frame: str = DEFAULT_FRAME,
 ) -> torch.Tensor:
     """Read one image file as a float32 tensor of shape ``in_channels x H x W`` in ``[0, 1]``.
 
@@ -103,10 +116,11 @@ def read_image(
       so that every file of a data set is scaled alike.
     * Float images (Pillow mode ``F``): used as they are when already within ``[0, 1]``,
       otherwise scaled like wide integer images.
-    * DICOM: ``RescaleSlope``/``RescaleIntercept`` are applied and the result is scaled by
-      the range that ``BitsStored`` (and ``PixelRepresentation``) allow, so the scaling is the
-      same for every file of a series; ``MONOCHROME1`` is inverted so that bright means dense,
-      as in ``MONOCHROME2``. No VOI LUT / windowing is applied: window CT beforehand if needed.
+    * DICOM: as a viewer shows it, by :func:`nervus_lightning.data.dicom.read_dicom`: the
+      modality LUT (Rescale Slope/Intercept or Modality LUT Sequence), then the VOI LUT or
+      window chosen by ``window``, scaled to ``[0, 1]`` by the fixed output range of that step,
+      then ``MONOCHROME1`` inverted so that bright means dense; ``frame`` picks the frame of a
+      multi-frame file.
 
     Channels: colour images are reduced to one channel with the ITU-R 601-2 luma weights
     (0.299 R + 0.587 G + 0.114 B, as Pillow's ``L`` conversion); alpha is dropped without
@@ -118,6 +132,9 @@ def read_image(
         bit_depth: for integer images wider than 8 bits (and float images outside ``[0, 1]``),
             the number of significant bits (1 to 32). Overrides the rule above; it has no
             effect on 8-bit images, float images within ``[0, 1]`` or DICOM files.
+        window: DICOM only: ``"auto"`` (the file's VOI LUT or window, else the full range),
+            ``"none"`` (the full range) or ``(center, width)`` in modality units.
+        frame: DICOM only: ``"middle"``, ``"first"`` or ``"mean"`` frame of a multi-frame file.
 
     Raises:
         ImageReadError: the file is missing, cannot be decoded, or its values do not fit the
@@ -133,8 +150,8 @@ def read_image(
     if not file.is_file():
         raise ImageReadError(path, _missing_reason(file))
 
-    if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
-        array = _read_dicom(file)
+    if _is_dicom(file):
+        array = read_dicom(file, window=window, frame=frame)
     else:
         try:
             array = _read_with_pillow(file, bit_depth)
@@ -199,9 +216,16 @@ def choose_bit_depth(
     :data:`CANDIDATE_BIT_DEPTHS` that holds the largest value seen among them is taken. The
     result is the largest of these depths, so no image of ``paths`` is above it.
 
+    DICOM files are scaled by their own headers (:mod:`nervus_lightning.data.dicom`), whatever the
+    bit depth: in a data set that mixes them with other images they are left out of the choice;
+    in an all-DICOM data set their largest ``BitsStored`` is taken.
+
     Raises:
         ImageReadError: a file cannot be read, or its values do not fit in 16 bits.
     """
+    others = [p for p in paths if not _is_dicom(Path(p))]
+    if others:
+        paths = others
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         headers = list(pool.map(_declared_depth, paths))
         undeclared = [p for p, (_, bits) in zip(paths, headers, strict=True) if bits is None]
@@ -232,8 +256,8 @@ def choose_bit_depth(
 def _declared_depth(path: str | os.PathLike) -> tuple[str, int | None]:
     """``(kind, bits)`` from the header only: kind is 8-bit, wide, float or dicom."""
     file = Path(path)
-    if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
-        pydicom = _import_pydicom(file)
+    if _is_dicom(file):
+        pydicom = import_pydicom(file)
         try:
             ds = pydicom.dcmread(file, stop_before_pixels=True)
         except Exception as exc:  # pydicom raises several unrelated types for damaged files
@@ -295,8 +319,8 @@ def _header_problem(path: str | os.PathLike) -> str | None:
     if not file.is_file():
         return _missing_reason(file)
     try:
-        if file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file):
-            return _dicom_header_problem(file)
+        if _is_dicom(file):
+            return dicom_header_problem(file)
         with Image.open(file) as img:
             width, height = img.size
     except UnidentifiedImageError:
@@ -414,6 +438,10 @@ def _png_significant_bits(file: Path) -> int | None:
         return None
 
 
+def _is_dicom(file: Path) -> bool:
+    return file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file)
+
+
 def _has_dicom_preamble(file: Path) -> bool:
     try:
         with open(file, "rb") as handle:
@@ -421,71 +449,6 @@ def _has_dicom_preamble(file: Path) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:] == b"DICM"
-
-
-def _import_pydicom(file: Path):
-    try:
-        import pydicom
-    except ImportError:
-        raise ImageReadError(
-            file, "this is a DICOM file; install pydicom (`pip install pydicom`) to read it"
-        ) from None
-    return pydicom
-
-
-def _dicom_header_problem(file: Path) -> str | None:
-    try:
-        pydicom = _import_pydicom(file)
-    except ImageReadError as missing:
-        return missing.reason
-    try:
-        ds = pydicom.dcmread(file, stop_before_pixels=True)
-    except Exception as exc:  # pydicom raises several unrelated types for damaged files
-        return f"the DICOM header is damaged ({exc})"
-    if "Rows" not in ds or "Columns" not in ds:
-        return "the DICOM file holds no image (no Rows/Columns); is it a report or a plan?"
-    return None
-
-
-def _read_dicom(file: Path) -> np.ndarray:
-    """Decode a DICOM file as ``H x W`` or ``H x W x 3`` float32 in ``[0, 1]`` (first frame)."""
-    pydicom = _import_pydicom(file)
-    try:
-        ds = pydicom.dcmread(file)
-        pixels = ds.pixel_array
-    except Exception as exc:  # missing pixel data, unsupported compression, damaged file
-        raise ImageReadError(
-            file,
-            f"the DICOM pixel data cannot be decoded ({exc}); for compressed transfer syntaxes "
-            "install pylibjpeg or gdcm, or convert the file to PNG",
-        ) from exc
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if signed:
-        stored_low, stored_high = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
-    else:
-        stored_low, stored_high = 0.0, 2.0**bits - 1
-    if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        values = pixels.astype(np.float64) * slope + intercept
-        low, high = sorted((stored_low * slope + intercept, stored_high * slope + intercept))
-        scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
-        if photometric == "MONOCHROME1":
-            scaled = 1.0 - scaled
-        return scaled.astype(np.float32)
-    # pydicom converts YBR colour spaces to RGB by default when decoding.
-    if pixels.ndim == 3 and pixels.shape[-1] == 3:
-        return (pixels.astype(np.float64) / stored_high).astype(np.float32)
-    raise ImageReadError(
-        file,
-        f"DICOM photometric interpretation '{photometric}' is not supported; convert the file "
-        "to MONOCHROME2 or RGB",
-    )
 
 
 def _to_channels(image: torch.Tensor, in_channels: int) -> torch.Tensor:

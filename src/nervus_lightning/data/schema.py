@@ -71,6 +71,12 @@ class DataSchema:
     (``data.bit_depth``) and reused unchanged for prediction: images wider than 8 bits are
     divided by ``2**bit_depth - 1``. It is None without images, and in schemas written before
     the field existed (each image's depth was then guessed from the image alone).
+
+    ``window`` and ``frame`` are how DICOM images are shown to the model (``data.window``:
+    ``"auto"``, ``"none"`` or ``[center, width]``; ``data.frame``: ``"middle"``, ``"first"`` or
+    ``"mean"``; see :mod:`nervus_lightning.data.dicom`), fixed at training and reused unchanged
+    for prediction. None without images, and in schemas written before the fields existed
+    (DICOM files were then read as ``window="none"``, ``frame="first"``).
     """
 
     labels: list[LabelSpec]
@@ -80,6 +86,8 @@ class DataSchema:
     image_column: str | None = None
     group_column: str | None = None
     bit_depth: int | None = None
+    window: str | list[float] | None = None
+    frame: str | None = None
 
     @property
     def task(self) -> str:

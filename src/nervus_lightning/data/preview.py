@@ -1,0 +1,166 @@
+"""See what the network sees: each case's input image as a PNG, and a contact sheet.
+
+This module owns the preview of a data set before training: for the first ``n`` cases of a split,
+the image exactly as the data module hands it to the model (file decoded, DICOM LUTs and window,
+bit-depth scaling, resize to ``data.image_size``), before augmentation and before the model's own
+intensity normalisation. A radiologist checks windowing, inversion and orientation here.
+
+The ``[0, 1]`` input is written with 0 as black and 1 as white (the PNG's full 8-bit range,
+``round(255 * x)``), never stretched image by image: a window that leaves the tissue a dull grey
+must look dull here too, as it does to the network. The contact sheet shows the same images with
+their uniqIDs and, when an augmentation preset is set, a row of augmented versions under them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.data.schema import ID_COLUMN, NervusInputError
+
+__all__ = ["SHEET_NAME", "preview_file_name", "to_png_array", "write_preview"]
+
+SHEET_NAME = "sheet.png"
+# Contact-sheet layout: tiles at least this many pixels wide (small inputs are enlarged without
+# interpolation, so pixels stay visible), this many cases per row, and a caption strip.
+_MIN_TILE = 128
+_COLUMNS = 8
+_CAPTION = 14
+_GAP = 4
+
+
+def to_png_array(image: torch.Tensor) -> np.ndarray:
+    """``C x H x W`` floats in ``[0, 1]`` -> ``H x W`` (gray) or ``H x W x 3`` uint8, 1.0 -> 255.
+
+    Three channels that are all equal (a gray image repeated for a 3-channel model) are written
+    as gray.
+    """
+    values = image.detach().float().clamp(0.0, 1.0)
+    colour = values.shape[0] == 3 and not (values == values[:1]).all()
+    array = values.permute(1, 2, 0) if colour else values[0]
+    return np.rint(array.numpy() * 255.0).astype(np.uint8)
+
+
+def preview_file_name(uniq_id: str) -> str:
+    """``<uniqID>.png`` with characters that are unsafe in file names replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(uniq_id)) + ".png"
+
+
+def write_preview(
+    datamodule: NervusDataModule,
+    out_dir: str | Path,
+    split: str = "train",
+    n: int = 16,
+    augmented: bool = False,
+    seed: int = 0,
+) -> list[Path]:
+    """Write ``out_dir/<uniqID>.png`` for the first ``n`` cases of ``split`` and the sheet.
+
+    Args:
+        datamodule: the data, built as for training (its window, frame, bit depth, image size and
+            augmentation preset are the ones previewed).
+        out_dir: folder to write into (created).
+        split: ``train``, ``val``, ``test`` or an external split of the CSV.
+        n: number of cases, in CSV order.
+        augmented: add a row of the training augmentation's output under each row of inputs.
+        seed: seed of the augmentation's random draws, so a preview can be reproduced.
+
+    Returns:
+        The per-case PNGs written, then the contact sheet.
+
+    Raises:
+        NervusInputError: no image column, an unknown or empty split, or ``n < 1``.
+    """
+    if not datamodule.schema.image_column:
+        raise NervusInputError(
+            f"{datamodule.csv}: there are no images to preview (no imgpath column, or the image "
+            "extractor is off)."
+        )
+    if n < 1:
+        raise NervusInputError(f"n must be at least 1, got {n}.")
+    present = datamodule.split_names()
+    if split not in present:
+        raise NervusInputError(
+            f"{datamodule.csv}: split={split!r} has no rows; the CSV's splits are "
+            f"{', '.join(present)}."
+        )
+    frame = datamodule.split_frame(split).head(n)
+    inputs = datamodule.dataset(split)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    names: list[str] = []
+    tiles: list[np.ndarray] = []
+    written: list[Path] = []
+    for i, uniq_id in enumerate(frame[ID_COLUMN].astype(str)):
+        array = to_png_array(inputs[i]["image"])
+        name = preview_file_name(uniq_id)
+        if name in names:  # two uniqIDs that differ only in unsafe characters
+            name = f"{Path(name).stem}__{i}.png"
+        names.append(name)
+        Image.fromarray(array).save(out / name)
+        written.append(out / name)
+        tiles.append(array)
+
+    augmented_tiles = None
+    if augmented:
+        training = datamodule.dataset(split, train=True)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            augmented_tiles = [to_png_array(training[i]["image"]) for i in range(len(tiles))]
+        finally:
+            torch.random.set_rng_state(generator_state)
+    captions = [str(u) for u in frame[ID_COLUMN]]
+    sheet = _contact_sheet(tiles, captions, augmented_tiles)
+    sheet.save(out / SHEET_NAME)
+    written.append(out / SHEET_NAME)
+    return written
+
+
+def _tile(array: np.ndarray, size: int) -> Image.Image:
+    image = Image.fromarray(array).convert("RGB")
+    return image.resize((size, size), Image.Resampling.NEAREST)
+
+
+def _contact_sheet(
+    tiles: list[np.ndarray], captions: list[str], augmented: list[np.ndarray] | None
+) -> Image.Image:
+    """Rows of ``_COLUMNS`` tiles with captions; an augmented row under each when given."""
+    side = tiles[0].shape[0]
+    size = side * max(1, -(-_MIN_TILE // side))  # an integer multiple: pixels stay square
+    columns = min(_COLUMNS, len(tiles))
+    blocks = -(-len(tiles) // columns)
+    rows_per_block = 2 if augmented is not None else 1
+    cell_h = size + _CAPTION
+    width = columns * (size + _GAP) + _GAP
+    height = blocks * rows_per_block * (cell_h + _GAP) + _GAP
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, (array, caption) in enumerate(zip(tiles, captions, strict=True)):
+        block, column = divmod(i, columns)
+        x = _GAP + column * (size + _GAP)
+        y = _GAP + block * rows_per_block * (cell_h + _GAP)
+        sheet.paste(_tile(array, size), (x, y))
+        draw.text((x + 2, y + size + 1), _fit(draw, caption, font, size), fill="black", font=font)
+        if augmented is not None:
+            y += cell_h + _GAP
+            sheet.paste(_tile(augmented[i], size), (x, y))
+            label = _fit(draw, f"{caption} (augmented)", font, size)
+            draw.text((x + 2, y + size + 1), label, fill="dimgray", font=font)
+    return sheet
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text`` shortened with an ellipsis until it fits in ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width - 4:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width - 4:
+        text = text[:-1]
+    return text + "..."
