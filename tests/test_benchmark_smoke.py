@@ -10,6 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from nervus_lightning.data.demo import build_demo_dataset
+from nervus_lightning.data.schema import NervusInputError
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
 
 
@@ -31,11 +34,24 @@ def demo_cache(tmp_path, monkeypatch):
 def test_subset_csv_keeps_the_asked_number_of_training_images(train_speed, demo_cache, tmp_path):
     csv = train_speed.subset_csv(40, tmp_path)
     frame = pd.read_csv(csv)
+    demo = pd.read_csv(build_demo_dataset())
+    # The first 40 training cases of the demo, and every case of the other splits, in order.
+    kept = demo[(demo["split"] != "train") | (demo.groupby("split").cumcount() < 40)]
+    assert list(frame["uniqID"]) == list(kept["uniqID"])
     assert (frame["split"] == "train").sum() == 40
-    assert (frame["split"] == "test").sum() > 0
+    assert list(frame["label_parity"]) == list(kept["label_parity"])
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["imgpath"])
 
 
+# Genuine bug in benchmarks/train_speed.py (make_module): since binary labels with classes that
+# are no obvious pair need evaluation.positive_class, NervusModule(...) for label_parity
+# (even/odd) raises before the first step. Fix: pass evaluation={"positive_class": {LABEL: "odd"}}
+# there, then remove this mark (strict: the test reports when the fix lands).
+@pytest.mark.xfail(
+    raises=NervusInputError,
+    strict=True,
+    reason="benchmarks/train_speed.py builds NervusModule without evaluation.positive_class",
+)
 def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
     args = [
         "--images",
@@ -56,6 +72,7 @@ def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
     ]
     results = train_speed.main(args)
     out = capsys.readouterr().out
+    assert "64 images 32x32 x1, batch 16, 1 epoch(s) per run, 2 repeats" in out
     names = [r.variant.name for r in results]
     assert names[:2] == ["plain fp32", "nervus fp32"]
     if train_speed.bf16_supported():
@@ -63,6 +80,10 @@ def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
     for result in results:
         assert len(result.seconds) == len(result.cpu_seconds) == 2
         assert all(s > 0 for s in result.seconds)
-        assert result.variant.name in out
+        # The printed table reports these measurements (median and min seconds per epoch).
+        line = re.search(rf"^{re.escape(result.variant.name)} +(\S+) +(\S+) ", out, re.M)
+        assert line, result.variant.name
+        assert float(line.group(1)) == pytest.approx(result.median, abs=5e-4)
+        assert float(line.group(2)) == pytest.approx(result.best, abs=5e-4)
     for precision in ("fp32", "bf16") if train_speed.bf16_supported() else ("fp32",):
         assert re.search(rf"nervus {precision} +accuracy 0\.\d{{4}} +AUROC [01]\.\d{{4}}", out)

@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 FAST = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "data.batch_size=16"]
 
@@ -73,9 +75,15 @@ def test_multirun_and_predict_cli(dataset, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((tmp_path / "pred" / "metrics.json").read_text())
-    assert "external" in metrics and "auroc" in metrics["external"]["label_cls"]
     pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
-    assert len(pred) == len(pd.read_csv(csv))
+    assert list(pred.uniqID) == list(pd.read_csv(csv).uniqID)
+    # The command line predicts what the training job predicted with the same checkpoint.
+    trained = pd.read_csv(jobs[0] / "predictions.csv")
+    np.testing.assert_allclose(pred.prob_label_cls_yes, trained.prob_label_cls_yes, atol=1e-6)
+    external = pred[pred.split == "external"]
+    assert metrics["external"]["label_cls"]["auroc"] == pytest.approx(
+        roc_auc_score(external.label_cls == "yes", external.prob_label_cls_yes)
+    )
     out = run(
         [
             "-m",

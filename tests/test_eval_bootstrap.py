@@ -106,7 +106,10 @@ def test_vectorised_regression_metrics_equal_point_metrics():
 
 def test_stratified_resamples_keep_class_counts():
     y = np.array([0] * 30 + [1] * 5)
-    for block in _resample_blocks(35, 100, 0, y):
+    blocks = list(_resample_blocks(35, 100, 0, y))
+    assert sum(len(block) for block in blocks) == 100
+    for block in blocks:
+        assert block.shape[1] == 35
         assert np.all((y[block] == 1).sum(axis=1) == 5)
 
 

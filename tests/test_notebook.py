@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
+from sksurv.metrics import concordance_index_censored
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -53,5 +58,36 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     client.execute()
     runs = work / "tutorial_runs"
     for run in ("classifier", "external", "survival"):
-        assert (runs / run / "evaluation" / "report.html").is_file()
-        assert (runs / run / "evaluation" / "metrics.csv").is_file()
+        assert "</html>" in (runs / run / "evaluation" / "report.html").read_text()
+
+    # What the reader is shown is what the run wrote.
+    summary = json.loads((runs / "classifier" / "summary.json").read_text())
+    printed = "".join(
+        output.get("text", "") for cell in nb.cells for output in cell.get("outputs", [])
+    )
+    shown = re.search(r"best validation loss: (\S+)", printed)
+    assert shown and float(shown.group(1)) == pytest.approx(summary["best_val_loss"], abs=5e-5)
+
+    # Every case of the study and of the external CSV is predicted once, in CSV order, with
+    # probabilities; the external AUROC (positive class "odd") agrees with scikit-learn.
+    for run, csv in (("classifier", "my_study.csv"), ("external", "my_external.csv")):
+        pred = pd.read_csv(runs / run / "predictions.csv")
+        assert list(pred.uniqID) == list(pd.read_csv(runs / csv).uniqID)
+        probs = pred[["prob_label_parity_even", "prob_label_parity_odd"]].to_numpy()
+        assert ((probs >= 0) & (probs <= 1)).all()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    table = pd.read_csv(runs / "external" / "evaluation" / "metrics.csv")
+    auroc = table[(table.metric == "auroc") & (table.group == "all")].value.item()
+    assert auroc == pytest.approx(
+        roc_auc_score(pred.label_parity == "odd", pred.prob_label_parity_odd)
+    )
+
+    # The survival run's Harrell's C on the test split agrees with scikit-survival.
+    pred = pd.read_csv(runs / "survival" / "predictions.csv")
+    test = pred[pred.split == "test"]
+    table = pd.read_csv(runs / "survival" / "evaluation" / "metrics.csv")
+    rows = table[(table.metric == "c_index") & (table.group == "all") & (table.split == "test")]
+    expected = concordance_index_censored(
+        test.label_death == 1, test.period_death, test.risk_label_death
+    )[0]
+    assert rows.value.item() == pytest.approx(expected)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -16,6 +18,14 @@ def _python_example() -> str:
 
 def test_readme_library_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(_python_example(), "README.md", "exec"), {})
+    namespace: dict = {}
+    exec(compile(_python_example(), "README.md", "exec"), namespace)
     assert "['even', 'odd']" in capsys.readouterr().out
-    assert list((tmp_path / "runs" / "example").rglob("*.ckpt"))
+    # The restored checkpoint is the trained model: same probabilities on the test split.
+    model, restored = namespace["model"], namespace["restored"]
+    loader = namespace["datamodule"].eval_dataloader("test")
+    (trained,) = model.infer(loader, "cpu")
+    (again,) = restored.infer(loader, "cpu")
+    assert trained.shape == (len(namespace["datamodule"].split_frame("test")), 2)
+    np.testing.assert_allclose(trained.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(again, trained, atol=1e-6)

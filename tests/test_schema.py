@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.preprocessing import StandardScaler
 
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError, load_table
@@ -47,7 +49,12 @@ def test_scaler_uses_training_rows_only(dataset):
         ),
     )
     frame, schema = load_table(csv, task="classification")
-    assert schema.input_mean[1] < 100
+    # The statistics of scikit-learn's StandardScaler fitted on the training rows alone.
+    train = pd.read_csv(csv).query("split == 'train'")[["input_a", "input_b"]]
+    scaler = StandardScaler().fit(train.to_numpy())
+    assert schema.input_columns == ["input_a", "input_b"]
+    np.testing.assert_allclose(schema.input_mean, scaler.mean_, rtol=1e-12)
+    np.testing.assert_allclose(schema.input_std, scaler.scale_, rtol=1e-12)
 
 
 def test_missing_file(tmp_path):
@@ -164,6 +171,8 @@ def test_images_off_ignores_imgpath(dataset, tmp_path):
     (tmp_path / "img/case001.png").unlink()
     dm = NervusDataModule(csv, task="classification", use_images=False)
     assert dm.schema.image_column is None
+    batch = next(iter(dm.predict_dataloader()))
+    assert "image" not in batch and batch["tabular"].shape[1] == 2
 
 
 def test_no_inputs_at_all(dataset):

@@ -45,6 +45,15 @@ def test_bad_survival_values(dataset, problem, expected):
     assert expected in msg and "line 5" in msg
 
 
+def _assert_survival_curves(pred, label, surv_cols):
+    """Probabilities in [0, 1], non-increasing in time, and lower for a higher risk."""
+    surv = pred[surv_cols].to_numpy()
+    assert ((surv >= 0) & (surv <= 1)).all()
+    assert (np.diff(surv, axis=1) <= 1e-12).all()
+    by_risk = surv[np.argsort(pred[f"risk_{label}"].to_numpy(), kind="stable")]
+    assert (np.diff(by_risk, axis=0) <= 1e-12).all()
+
+
 def _edit_rows(csv, problem):
     df = pd.read_csv(csv)
     for (row, col), value in problem.items():
@@ -95,7 +104,12 @@ def test_survival_end_to_end_and_predict_from_checkpoint(dataset, tmp_path, inpu
     times = label["eval_times"]
     surv_cols = [c for c in pred.columns if c.startswith("surv_label_death_t")]
     assert len(surv_cols) == len(times) == 3
-    assert pred[surv_cols].apply(lambda r: np.all(np.diff(r.to_numpy()) <= 1e-12), axis=1).all()
+    assert list(pred.uniqID) == list(pd.read_csv(csv).uniqID)
+    assert np.isfinite(pred.risk_label_death).all()
+    _assert_survival_curves(pred, "label_death", surv_cols)
+    curve = pd.read_csv(run / "learning_curve.csv")
+    assert list(curve.epoch) == [0, 1]
+    assert np.isfinite(curve[["train_loss", "val_loss"]].to_numpy()).all()
     train_rows = pred[pred.split == "train"]
     event_times = train_rows.period_death[train_rows.label_death == 1]
     np.testing.assert_allclose(times, np.percentile(event_times, [25, 50, 75]))
@@ -164,6 +178,8 @@ def test_two_endpoints_and_td_auc_matches_sksurv(dataset, tmp_path):
     assert {"risk_label_death", "risk_label_rfs", "surv_label_rfs_t5", "surv_label_rfs_t10"} <= set(
         pred.columns
     )
+    for label in ("label_death", "label_rfs"):
+        _assert_survival_curves(pred, label, [f"surv_{label}_t5", f"surv_{label}_t10"])
     train_rows, val = pred[pred.split == "train"], pred[pred.split == "val"]
     y_train = Surv.from_arrays(train_rows.label_rfs == 1, train_rows.periods_rfs)
     y_val = Surv.from_arrays(val.label_rfs == 1, val.periods_rfs)

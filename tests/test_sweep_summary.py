@@ -118,11 +118,14 @@ def test_real_multirun(tmp_path):
     for _, row in table.iterrows():
         job = sweep / row["job"]
         summary = json.loads((job / "summary.json").read_text())
+        # The row describes its own job: the lr it lists is the one that job trained with.
+        job_config = OmegaConf.load(job / ".hydra" / "config.yaml")
+        assert job_config.optimizer.lr == pytest.approx(row["optimizer.lr"])
         assert row["best_val_loss"] == pytest.approx(summary["best_val_loss"])
         # The objective is the lowest validation loss of the job's learning curve.
         curve = pd.read_csv(job / "learning_curve.csv")
         assert row["best_val_loss"] == pytest.approx(curve["val_loss"].min())
-        assert row["val/label_cls/auroc"] == pytest.approx(
-            summary["metrics"]["val"]["label_cls"]["auroc"]
-        )
-    assert "test/label_cls/auroc" in table.columns
+        for split in ("val", "test"):
+            assert row[f"{split}/label_cls/auroc"] == pytest.approx(
+                summary["metrics"][split]["label_cls"]["auroc"]
+            )
