@@ -158,6 +158,7 @@ def make_module(dm: NervusDataModule, args: argparse.Namespace, variant: Variant
         in_channels=1,
         image_size=args.image_size,
         channels_last=variant.channels_last,
+        evaluation={"positive_class": {LABEL: "odd"}},
     )
 
 

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from nervus_lightning.data.demo import build_demo_dataset
-from nervus_lightning.data.schema import NervusInputError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
 
@@ -43,15 +42,6 @@ def test_subset_csv_keeps_the_asked_number_of_training_images(train_speed, demo_
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["imgpath"])
 
 
-# Genuine bug in benchmarks/train_speed.py (make_module): since binary labels with classes that
-# are no obvious pair need evaluation.positive_class, NervusModule(...) for label_parity
-# (even/odd) raises before the first step. Fix: pass evaluation={"positive_class": {LABEL: "odd"}}
-# there, then remove this mark (strict: the test reports when the fix lands).
-@pytest.mark.xfail(
-    raises=NervusInputError,
-    strict=True,
-    reason="benchmarks/train_speed.py builds NervusModule without evaluation.positive_class",
-)
 def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
     args = [
         "--images",
