@@ -144,6 +144,7 @@ def evaluate_run(
     threshold: str = "youden",
     target_sensitivity: float = 0.9,
     positive_class: Mapping[str, str] | None = None,
+    train_figures: bool = False,
 ) -> pd.DataFrame:
     """Write the evaluation report of a run's ``predictions.csv``.
 
@@ -164,6 +165,8 @@ def evaluate_run(
         target_sensitivity: used by ``threshold="sensitivity"``.
         positive_class: label name -> positive class of a binary label (default: the last
             class of the label, in the schema's order).
+        train_figures: also draw the ``train`` split in the report's figures (its metrics are
+            always computed).
 
     Returns:
         The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper``.
@@ -208,6 +211,7 @@ def evaluate_run(
         "threshold": threshold,
         "target_sensitivity": float(target_sensitivity),
         "positive_class": dict(positive_class) if positive_class else None,
+        "train_figures": bool(train_figures),
     }
     config_summary: dict[str, Any] = {"predictions": str(predictions_path)}
     run_config = _run_config(run_dir)
@@ -228,6 +232,7 @@ def evaluate_run(
         positive_class=settings["positive_class"],
         config_summary=config_summary,
         learning_curve=_learning_curve(run_dir),
+        train_figures=settings["train_figures"],
     )
     log.info("evaluation of %s written to %s", predictions_path, out)
     return metrics
