@@ -182,9 +182,9 @@ def test_report_html_is_self_contained(report):
     page = (out / "report.html").read_text(encoding="utf-8")
     pngs = list((out / "figures").rglob("*.png"))
     # Per classification label: ROC and PR with the splits overlaid, ROC by group, reliability,
-    # confusion matrices; regression: predicted vs true, Bland-Altman, predicted vs true by
-    # group; the learning curves.
-    assert len(pngs) == 2 * 5 + 3 + 1
+    # (multi-class) confusion matrices; regression: predicted vs true, Bland-Altman, predicted vs
+    # true by group; the learning curves.
+    assert len(pngs) == 4 + 5 + 3 + 1
     assert {p.name for p in (out / "figures" / "label_mc").iterdir()} == {
         "roc.png",
         "pr.png",

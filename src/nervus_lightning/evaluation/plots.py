@@ -26,7 +26,7 @@ from sklearn.metrics import (
 from nervus_lightning.evaluation.metrics import ECE_BINS
 
 Interval = tuple[float | None, float | None]
-MACRO = "__macro__"  # key of the macro-average AUC interval in plot_roc's ``intervals``
+_UNIT_TICKS = np.linspace(0.0, 1.0, 5)
 
 
 def new_figure(width: float = 5.0, height: float = 5.0) -> Figure:
@@ -67,7 +67,7 @@ def _targets(classes: Sequence[str], positive_class: str | None) -> list[str]:
     return classes
 
 
-def _panels(n: int, width: float = 4.2, height: float = 4.2) -> tuple[Figure, list]:
+def panel_figure(n: int, width: float = 4.2, height: float = 4.2) -> tuple[Figure, list]:
     """A figure with ``n`` square panels in one row (two rows beyond four panels)."""
     columns = n if n <= 4 else int(np.ceil(n / 2))
     rows = int(np.ceil(n / columns))
@@ -100,7 +100,7 @@ def plot_roc(
     AUC interval of data set ``name``; a data set without both outcomes in a panel is left out.
     """
     targets = _targets(classes, positive_class)
-    fig, axes = _panels(len(targets))
+    fig, axes = panel_figure(len(targets))
     intervals = intervals or {}
     for ax, target in zip(axes, targets, strict=True):
         column = list(classes).index(target)
@@ -129,6 +129,8 @@ def plot_roc(
             ylabel="Sensitivity",
             title=title if len(targets) == 1 else f"{target!r} vs rest",
             aspect="equal",
+            xticks=_UNIT_TICKS,
+            yticks=_UNIT_TICKS,
         )
         ax.legend(loc="lower right", fontsize="x-small")
     if len(targets) > 1:
@@ -149,7 +151,7 @@ def plot_precision_recall(
     """Precision-recall curves overlaid (panels as :func:`plot_roc`), average precision in the
     legend; the dotted line of the same colour is the data set's prevalence (a random model)."""
     targets = _targets(classes, positive_class)
-    fig, axes = _panels(len(targets))
+    fig, axes = panel_figure(len(targets))
     intervals = intervals or {}
     for ax, target in zip(axes, targets, strict=True):
         column = list(classes).index(target)
@@ -177,6 +179,8 @@ def plot_precision_recall(
             ylabel="Precision (PPV)",
             title=title if len(targets) == 1 else f"{target!r} vs rest",
             aspect="equal",
+            xticks=_UNIT_TICKS,
+            yticks=_UNIT_TICKS,
         )
         ax.legend(loc="lower left", fontsize="x-small")
     if len(targets) > 1:
@@ -296,7 +300,16 @@ def plot_reliability(
             continue
         mean_predicted, observed, counts = reliability_bins(outcome, predicted)
         style = {"ls": "-", **_style(styles, name)}
-        (line,) = ax.plot(mean_predicted, observed, marker="o", lw=1.6, ms=4, label=name, **style)
+        (line,) = ax.plot(mean_predicted, observed, lw=1.4, label=name, **style)
+        # Marker area grows with the bin's cases, so a bin of two cases does not look like one
+        # of two hundred.
+        ax.scatter(
+            mean_predicted,
+            observed,
+            s=6 + 60 * counts / counts.max(),
+            color=line.get_color(),
+            zorder=3,
+        )
         all_counts = np.bincount(np.searchsorted(edges[1:-1], predicted), minlength=ECE_BINS)
         hist.stairs(all_counts, edges, color=line.get_color(), lw=1.2)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel=ylabel, title=title)
@@ -310,7 +323,7 @@ def plot_reliability(
 def _regression_panels(
     panels: Mapping[str, Series], styles: Styles | None, title: str
 ) -> tuple[Figure, list]:
-    fig, axes = _panels(len(panels), width=4.0, height=3.8)
+    fig, axes = panel_figure(len(panels), width=4.0, height=3.8)
     fig.suptitle(title)
     for ax, panel in zip(axes, panels, strict=True):
         ax.set_title(panel, fontsize="medium")

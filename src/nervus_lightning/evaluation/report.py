@@ -631,7 +631,8 @@ def _both_classes(y: np.ndarray, classes: list[str], positive: str | None) -> bo
 
 def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
     """ROC and precision-recall curves with the splits overlaid (multi-class: one one-vs-rest
-    panel per class), ROC by group on the main split, reliability diagram, confusion matrices."""
+    panel per class), ROC by group on the main split, reliability diagram; confusion matrices
+    per split for multi-class labels."""
     name, info = section.name, section.info
     classes, positive, threshold = info["classes"], info["positive"], info["threshold"]
     splits = figure_splits(section, ctx)
@@ -753,30 +754,25 @@ def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
                 title=f"{name}: calibration",
             ),
         )
-        if positive is not None and threshold is not None:
-            negative = next(c for c in classes if c != positive)
-            how = f"at threshold {threshold:.3g}"
-
-            def decide(p: np.ndarray) -> np.ndarray:
-                return np.where(p[:, classes.index(positive)] >= threshold, positive, negative)
-
-        else:
-            how = "arg-max class"
-
-            def decide(p: np.ndarray) -> np.ndarray:
-                return np.asarray(classes, dtype=object)[np.argmax(p, axis=1)]
-
-        _save(
-            section,
-            ctx,
-            "confusion",
-            f"Confusion matrices of {name} per split ({how}): counts and share of the true class.",
-            plots.plot_confusion_matrices(
-                {s: (y, decide(p)) for s, (y, p) in series.items()},
-                classes,
-                title=f"{name}: confusion matrix ({how})",
-            ),
-        )
+        if positive is None:
+            # Binary labels: the headline table's sensitivity, specificity, PPV and NPV already
+            # say what the 2 x 2 matrix would; multi-class labels need the matrix to show which
+            # classes are confused.
+            _save(
+                section,
+                ctx,
+                "confusion",
+                f"Confusion matrices of {name} per split (arg-max class): counts and share of "
+                "the true class.",
+                plots.plot_confusion_matrices(
+                    {
+                        s: (y, np.asarray(classes, dtype=object)[np.argmax(p, axis=1)])
+                        for s, (y, p) in series.items()
+                    },
+                    classes,
+                    title=f"{name}: confusion matrix (arg-max class)",
+                ),
+            )
 
 
 def regression_figures(section: LabelSection, ctx: EvalContext) -> None:
@@ -822,8 +818,8 @@ def regression_figures(section: LabelSection, ctx: EvalContext) -> None:
 
 
 def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
-    """Kaplan-Meier curves by training-defined risk group, one panel per split; calibration at
-    the middle evaluation time with the splits overlaid."""
+    """Kaplan-Meier curves by training-defined risk group and calibration at the middle
+    evaluation time, each one figure with one panel per split."""
     name = section.name
     splits = figure_splits(section, ctx)
     chosen = {s: x for s in splits if (x := _subset(section, s))}
@@ -851,9 +847,9 @@ def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
         section,
         ctx,
         "calibration",
-        f"Calibration of {name} at t = {t:g}: Kaplan-Meier observed against mean predicted "
-        "survival per bin of predicted survival (equal-sized bins, 95% interval), splits "
-        f"overlaid ({where}).",
+        f"Calibration of {name} at t = {t:g} (the middle evaluation time), one panel per split "
+        f"({where}): Kaplan-Meier observed survival (95% interval) against mean predicted "
+        "survival in equal-sized bins of predicted survival; dotted: perfect calibration.",
         plot_survival_calibration(
             tables, t, styles=split_styles(splits), title=f"{name}: calibration at t = {t:g}"
         ),
@@ -1186,7 +1182,8 @@ def report_context(
     return {
         "source": (config_summary or {}).get("predictions", ""),
         "splits": [(s, int(sizes.get(s, 0))) for s in ctx.splits],
-        "figure_splits": [s for s in shown],
+        "figure_splits": shown,
+        "has_classification": any(s.task == "classification" for s in sections),
         "train_hidden": "train" in ctx.splits and "train" not in shown,
         "n_bootstrap": ctx.n_bootstrap,
         "ci": f"{ctx.ci:.0%}",

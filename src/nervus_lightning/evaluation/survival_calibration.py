@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sksurv.nonparametric import kaplan_meier_estimator
 
-from nervus_lightning.evaluation.plots import Styles, new_figure
+from nervus_lightning.evaluation.plots import Styles, panel_figure
 
 CALIBRATION_COLUMNS = [
     "bin",
@@ -77,15 +77,16 @@ def plot_survival_calibration(
     styles: Styles | None = None,
     title: str = "",
 ) -> Figure:
-    """Observed (Kaplan-Meier, with 95% interval) against mean predicted survival per bin, one
-    line per table of ``tables`` (e.g. per split; a single table is drawn alone)."""
+    """Observed (Kaplan-Meier, with 95% interval) against mean predicted survival per bin: one
+    panel per table of ``tables`` (e.g. per split; a single table gives one panel). Bins whose
+    follow-up ends before ``t`` have no observed value and are not drawn."""
     if isinstance(tables, pd.DataFrame):
-        tables = {"risk bins": tables}
-    fig = new_figure(5, 5)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
-    for name, table in tables.items():
+        tables = {"": tables}
+    fig, axes = panel_figure(len(tables), width=3.9, height=4.1)
+    for ax, (name, table) in zip(axes, tables.items(), strict=True):
         shown = table[table["observed"].notna()]
+        style = {"ls": "-", **(styles or {}).get(name, {})}
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
         ax.errorbar(
             shown["predicted"],
             shown["observed"],
@@ -97,16 +98,18 @@ def plot_survival_calibration(
             ms=4,
             capsize=2,
             lw=1.4,
-            label=f"{name} ({len(shown)} bins of ~{int(table['n'].median())})",
-            **{"ls": "-", **(styles or {}).get(name, {})},
+            **style,
         )
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-        xlabel=f"Predicted survival at t = {t:g}",
-        ylabel=f"Observed (Kaplan-Meier) survival at t = {t:g}",
-        title=title,
-        aspect="equal",
-    )
-    ax.legend(loc="upper left", fontsize="x-small")
+        bins = f"{len(shown)} bins of ~{int(table['n'].median())} cases"
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            xlabel=f"Predicted survival at t = {t:g}",
+            ylabel=f"Observed survival at t = {t:g}" if ax is axes[0] else None,
+            title=f"{name} ({bins})" if name else bins,
+            aspect="equal",
+        )
+        ax.title.set_fontsize("medium")
+    if title:
+        fig.suptitle(title)
     return fig
