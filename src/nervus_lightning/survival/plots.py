@@ -139,7 +139,7 @@ def _draw_km(
 
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("Survival probability")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper right", fontsize="small")
     ax.set_title(" — ".join(s for s in (title, p_text) if s))
     ax.grid(alpha=0.3)
     table_ax.set_yticks(range(len(levels)), names)
