@@ -1,5 +1,8 @@
 """Evaluation figures: ROC, precision-recall, confusion matrix, reliability, regression plots.
 
+Each figure compares several data sets (usually splits, or the groups of one split): curves are
+overlaid in one panel (``series``: name -> (true, predicted)), scatter plots get one panel per key
+of ``panels``; ``styles`` keeps a split's colour and line style the same across figures.
 Each function returns a matplotlib ``Figure`` built without pyplot (Agg canvas), so it neither
 needs a display nor changes the backend of the caller's session; :func:`save_figure` writes it
 as a PNG without the software tag, so the file carries no web address.

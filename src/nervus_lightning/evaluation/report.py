@@ -7,11 +7,17 @@
   split, else one value of the schema's group column; CIs are percentile bootstrap intervals);
 - ``metrics_notes.csv``: the same keys with a ``note`` wherever a value or interval needs one
   (why it is missing, where the threshold came from, skipped resamples);
-- ``figures/<label>/<split>_<kind>.png`` and ``report.html``: one offline page, figures embedded.
+- ``figures/<label>/<kind>.png``: the figures a reader needs, each with the splits overlaid or
+  one panel per split (val, test, external; train only with ``train_figures``), chosen by
+  :func:`select_figures` from the arrays the evaluators keep per split x group;
+- ``report.html``: one offline page rendered by :func:`render_report` from
+  ``templates/report.html.j2`` (jinja2, autoescaped): per label a headline table (test and
+  external splits, val marked) and its figures first; data, learning curves, the full
+  split x group tables and the configuration after it, the last two folded.
 
-Survival labels get the metrics of :mod:`nervus_lightning.survival.metrics` with CIs, a
-Kaplan-Meier figure by training-defined risk group per split, and calibration at the middle
-evaluation time (``survival_calibration_<label>.csv``, a table and a figure per split).
+Survival labels get the metrics of :mod:`nervus_lightning.survival.metrics` with CIs, Kaplan-Meier
+curves by training-defined risk group and calibration at the middle evaluation time
+(``survival_calibration_<label>.csv``, a table and a figure, one panel per split).
 
 Binary operating thresholds are chosen on the ``val`` split (``train`` when there is no usable
 ``val``, said in the report) and applied unchanged to every other split. Classification CIs come
