@@ -1052,7 +1052,7 @@ def _fmt(value: float | None, metric: str) -> str:
     if metric == "logrank_p":
         return "< 0.001" if value < 0.001 else f"{value:.3f}"
     if metric in ("mae", "rmse", "threshold"):
-        return f"{value:.4g}"
+        return f"{value:#.4g}"  # '#' keeps trailing zeros, so a column's digits line up
     return f"{value:.3f}"
 
 
