@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import numpy as np
@@ -180,12 +181,17 @@ def test_report_html_is_self_contained(report):
     out, _, _ = report
     page = (out / "report.html").read_text(encoding="utf-8")
     pngs = list((out / "figures").rglob("*.png"))
-    # 4 splits x (whole split, group F, group M) = 12 subsets; per subset (ROC, PR, confusion,
-    # reliability) x 2 classification labels, less ROC and PR of the one-class external split
-    # (whole and both groups); scatter + Bland-Altman per subset; learning curves.
-    subsets = 4 * 3
-    assert len(pngs) == subsets * 4 * 2 - 3 * 2 + 2 * subsets + 1
-    assert (out / "figures" / "label_bin" / "test_group_F_roc.png").is_file()
+    # Per classification label: ROC and PR with the splits overlaid, ROC by group, reliability,
+    # (multi-class) confusion matrices; regression: predicted vs true, Bland-Altman, predicted vs
+    # true by group; the learning curves.
+    assert len(pngs) == 4 + 5 + 3 + 1
+    assert {p.name for p in (out / "figures" / "label_mc").iterdir()} == {
+        "roc.png",
+        "pr.png",
+        "roc_by_group.png",
+        "reliability.png",
+        "confusion.png",
+    }
     assert page.count('src="data:image/png;base64,') == len(pngs)
     assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', page))
     assert "http://" not in page and "https://" not in page
@@ -195,10 +201,56 @@ def test_report_html_is_self_contained(report):
         "model.extractor",
         "resnet18",
         "class balance",
-        "chosen on &#x27;val&#x27;",
+        "chosen on 'val'",
         "label_reg",
     ):
-        assert text in page, text
+        assert text in html.unescape(page), text
+    # A demo-sized report stays small enough to mail around.
+    assert (out / "report.html").stat().st_size < 1.5e6
+
+
+def test_report_opens_on_results_and_folds_the_rest(report):
+    out, _, _ = report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    headline = page.index("Table 1. label_bin: headline metrics")
+    assert headline < page.index("<img") < page.index('id="data"') < page.index('id="full-tables"')
+    assert page.index('id="full-tables"') < page.index('id="configuration"')
+    # Configuration and the full split x group tables are folded.
+    config = page[page.index('id="configuration"') :]
+    assert "<details>" in config and config.index("<details>") < config.index("model.extractor")
+    full = page[page.index('id="full-tables"') : page.index('id="configuration"')]
+    assert full.count("<details>") == 3
+    # Headline table: test and external first, val last and marked; no train row.
+    table = page[headline : page.index("</table>", headline)]
+    rows = re.findall(r'<th scope="row" class="key">([^<]+)', table)
+    assert rows == ["test", "external_site_b", "val"]
+    assert 'class="dev"' in table and "<sup>†</sup>" in table
+    # Figures show val, test and external only: train stays in the tables.
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S)
+    assert captions and not any("train" in c for c in captions)
+    assert "(val, test, external_site_b)" in page
+
+
+def test_train_figures_on_request(tmp_path):
+    frame, schema = _synthetic(200)
+    evaluate_predictions(frame, schema, tmp_path, n_bootstrap=0, train_figures=True)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "(train, val, test, external_site_b)" in page
+
+
+def test_report_escapes_user_text(tmp_path):
+    frame, schema = _synthetic(120)
+    frame["group"] = np.where(frame["group"] == "F", "<b>F</b>", "M & co")
+    evaluate_predictions(
+        frame,
+        schema,
+        tmp_path,
+        n_bootstrap=0,
+        config_summary={"note": "<script>alert(1)</script>"},
+    )
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in page and "<b>F</b>" not in page
+    assert "&lt;script&gt;" in page and "&lt;b&gt;F&lt;/b&gt;" in page and "M &amp; co" in page
 
 
 def _threshold_case(with_val: bool) -> tuple[pd.DataFrame, dict]:
@@ -244,7 +296,7 @@ def test_threshold_is_never_chosen_on_test(tmp_path, with_val):
     assert _value(metrics, "test", "all", "label_x", "sensitivity").value == 0.0
     assert _value(metrics, "test", "all", "label_x", "auroc").value == 1.0
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert ("chosen on &#x27;train&#x27;" in page) == (not with_val)
+    assert ("chosen on 'train'" in html.unescape(page)) == (not with_val)
     assert metrics["ci_lower"].isna().all()
 
 
@@ -305,4 +357,6 @@ def test_survival_label_metrics_km_and_calibration(tmp_path):
     expected = km_surv[km_time <= t][-1] if (km_time <= t).any() else 1.0
     assert test_bins.observed.iloc[0] == pytest.approx(expected)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 6  # KM + calibration per split
+    # Kaplan-Meier panels of val and test in one figure, calibration with both overlaid.
+    assert page.count("data:image/png;base64,") == 2
+    assert "one panel per split (val, test)" in page

@@ -62,7 +62,10 @@ def _cli(*args, cwd):
 
 def test_cli_writes_report_next_to_predictions(run_dir, tmp_path):
     result = _cli(
-        f"predictions={run_dir / 'predictions.csv'}", "evaluation.n_bootstrap=50", cwd=tmp_path
+        f"predictions={run_dir / 'predictions.csv'}",
+        "evaluation.n_bootstrap=50",
+        "evaluation.train_figures=true",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     out = run_dir / "evaluation"
@@ -71,6 +74,9 @@ def test_cli_writes_report_next_to_predictions(run_dir, tmp_path):
     assert set(metrics["split"]) == {"train", "val", "test"}
     page = (out / "report.html").read_text()
     assert "Learning curves" in page and "optimizer.lr" in page and "n_bootstrap" in page
+    # Results first, configuration folded at the end; train drawn on request.
+    assert page.index("headline metrics") < page.index("<details>") < page.index("optimizer.lr")
+    assert "(train, val, test)" in page
     # Nothing of Hydra's in the working directory.
     assert list(tmp_path.iterdir()) == []
 
@@ -92,7 +98,8 @@ def test_evaluate_run_options_reach_the_report(run_dir, tmp_path):
         threshold="sensitivity",
         target_sensitivity=1.0,
     )
-    assert (out / "report.html").is_file()
+    page = (out / "report.html").read_text()
+    assert "(val, test)" in page and "train_figures=true draws it" in page  # train not drawn
     assert metrics["ci_lower"].isna().all()  # n_bootstrap=0: no intervals
     predictions = pd.read_csv(run_dir / "predictions.csv")
     thresholds = metrics.query("metric == 'threshold' and group == 'all'").set_index("split")

@@ -41,6 +41,7 @@ def test_wheel_ships_conf_and_hydra_finds_it(tmp_path):
     assert "nervus_lightning/conf/train.yaml" in names
     assert "nervus_lightning/conf/predict.yaml" in names
     assert "nervus_lightning/conf/model/extractor/resnet18.yaml" in names
+    assert "nervus_lightning/evaluation/templates/report.html.j2" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # Import the package from the unpacked wheel only (as an installed wheel would be), from a
@@ -53,6 +54,9 @@ def test_wheel_ships_conf_and_hydra_finds_it(tmp_path):
         "with initialize_config_dir(config_dir=d, version_base='1.3'):\n"
         "    cfg = compose('train', overrides=['task=regression'])\n"
         "print(cfg.task.name, cfg.model.extractor.name)\n"
+        "from nervus_lightning.evaluation.report import _TEMPLATES\n"
+        "assert _TEMPLATES.get_template('report.html.j2').filename.startswith("
+        f"{str(site)!r})\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(

@@ -188,6 +188,7 @@ def evaluate_run(
     threshold: str | None = None,
     target_sensitivity: float | None = None,
     positive_class: Mapping[str, str] | None = None,
+    train_figures: bool = False,
 ) -> pd.DataFrame:
     """Write the evaluation report of a run's ``predictions.csv``.
 
@@ -212,6 +213,8 @@ def evaluate_run(
         target_sensitivity: used by ``threshold="sensitivity"``; ``None``: the stored one.
         positive_class: label name -> positive class of a binary label; ``None``: the stored
             one (an override when it differs, as for ``threshold``).
+        train_figures: also draw the ``train`` split in the report's figures (its metrics are
+            always computed).
 
     Returns:
         The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper``.
@@ -251,6 +254,7 @@ def evaluate_run(
         "threshold": threshold,
         "target_sensitivity": None if target_sensitivity is None else float(target_sensitivity),
         "positive_class": dict(positive_class) if positive_class else None,
+        "train_figures": bool(train_figures),
     }
     config_summary: dict[str, Any] = {"predictions": str(predictions_path)}
     run_config = _run_config(run_dir)
@@ -271,6 +275,7 @@ def evaluate_run(
         positive_class=settings["positive_class"],
         config_summary=config_summary,
         learning_curve=_learning_curve(run_dir),
+        train_figures=settings["train_figures"],
     )
     log.info("evaluation of %s written to %s", predictions_path, out)
     return metrics

@@ -1,5 +1,8 @@
 """Evaluation figures: ROC, precision-recall, confusion matrix, reliability, regression plots.
 
+Each figure compares several data sets (usually splits, or the groups of one split): curves are
+overlaid in one panel (``series``: name -> (true, predicted)), scatter plots get one panel per key
+of ``panels``; ``styles`` keeps a split's colour and line style the same across figures.
 Each function returns a matplotlib ``Figure`` built without pyplot (Agg canvas), so it neither
 needs a display nor changes the backend of the caller's session; :func:`save_figure` writes it
 as a PNG without the software tag, so the file carries no web address.
@@ -20,14 +23,13 @@ from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
     precision_recall_curve,
-    roc_auc_score,
     roc_curve,
 )
 
 from nervus_lightning.evaluation.metrics import ECE_BINS
 
 Interval = tuple[float | None, float | None]
-MACRO = "__macro__"  # key of the macro-average AUC interval in plot_roc's ``intervals``
+_UNIT_TICKS = np.linspace(0.0, 1.0, 5)
 
 
 def new_figure(width: float = 5.0, height: float = 5.0) -> Figure:
@@ -37,7 +39,7 @@ def new_figure(width: float = 5.0, height: float = 5.0) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 96) -> Path:
     """Write ``fig`` as PNG at ``path`` (parent folders created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,241 +47,369 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+Series = Mapping[str, tuple[np.ndarray, np.ndarray]]
+"""Overlaid data sets of one figure: legend name -> (true values, predictions)."""
+Styles = Mapping[str, Mapping[str, object]]
+"""Legend name -> matplotlib line keywords (``color``, ``ls``), so a split looks the same in
+every figure of a report."""
+
+
 def _with_ci(name: str, value: float, interval: Interval | None, ci: float) -> str:
     if interval is None or interval[0] is None or interval[1] is None:
+        return f"{name} {value:.3f}"
+    if not (np.isfinite(interval[0]) and np.isfinite(interval[1])):
         return f"{name} {value:.3f}"
     return f"{name} {value:.3f} ({ci:.0%} CI {interval[0]:.3f}-{interval[1]:.3f})"
 
 
-def _one_vs_rest(
-    y_true: Sequence[str], prob: np.ndarray, classes: Sequence[str], positive_class: str | None
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(class, is_class, score) per curve to draw: one for binary, one per class otherwise."""
-    y = np.asarray(y_true, dtype=object)
+def _targets(classes: Sequence[str], positive_class: str | None) -> list[str]:
+    """The class of each one-vs-rest panel: the positive class for binary, else every class."""
     classes = list(classes)
     if len(classes) == 2:
-        pos = positive_class if positive_class is not None else classes[-1]
-        return [(pos, y == pos, prob[:, classes.index(pos)])]
-    return [(c, y == c, prob[:, j]) for j, c in enumerate(classes)]
+        return [positive_class if positive_class is not None else classes[-1]]
+    return classes
+
+
+def panel_figure(n: int, width: float = 4.2, height: float = 4.2) -> tuple[Figure, list]:
+    """A figure with ``n`` square panels in one row (two rows beyond four panels)."""
+    columns = n if n <= 4 else int(np.ceil(n / 2))
+    rows = int(np.ceil(n / columns))
+    fig = new_figure(width * columns, height * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])
+
+
+def _style(styles: Styles | None, name: str) -> dict:
+    return dict((styles or {}).get(name, {}))
 
 
 def plot_roc(
-    y_true: Sequence[str],
-    prob: np.ndarray,
+    series: Series,
     classes: Sequence[str],
     *,
     positive_class: str | None = None,
-    intervals: Mapping[str, Interval] | None = None,
+    intervals: Mapping[str, Mapping[str, Interval]] | None = None,
     ci: float = 0.95,
     threshold: float | None = None,
+    styles: Styles | None = None,
     title: str = "ROC curve",
 ) -> Figure:
-    """ROC curve(s) with the AUC (and its CI from ``intervals[class]``) in the legend.
+    """ROC curves of several data sets (e.g. splits) overlaid, AUC and its CI in the legend.
 
-    Binary: the curve of the positive class, with the operating point at ``threshold`` marked.
-    Multi-class: one-vs-rest curve per class (classes absent from ``y_true`` are left out), and
-    the macro-average AUC (interval: ``intervals[MACRO]``) in the title when all are present.
+    Binary: one panel, the positive class, with the operating point at ``threshold`` marked on
+    every curve. Multi-class: one one-vs-rest panel per class. ``intervals[name][class]`` is the
+    AUC interval of data set ``name``; a data set without both outcomes in a panel is left out.
     """
-    fig = new_figure()
-    ax = fig.add_subplot()
+    targets = _targets(classes, positive_class)
+    fig, axes = panel_figure(len(targets))
     intervals = intervals or {}
-    for name, is_class, score in _one_vs_rest(y_true, np.asarray(prob), classes, positive_class):
-        if is_class.all() or not is_class.any():
-            continue
-        fpr, tpr, _ = roc_curve(is_class, score)
-        label = _with_ci("AUC", auc(fpr, tpr), intervals.get(name), ci)
-        ax.plot(fpr, tpr, lw=1.8, label=label if len(classes) == 2 else f"{name}: {label}")
-        if threshold is not None and len(classes) == 2:
-            pred = score >= threshold
-            sens = pred[is_class].mean()
-            spec = (~pred[~is_class]).mean()
-            ax.plot(
-                [1 - spec],
-                [sens],
-                "o",
-                color="black",
-                label=f"threshold {threshold:.3g}: sens {sens:.2f}, spec {spec:.2f}",
-            )
-    present = set(np.asarray(y_true, dtype=object))
-    if len(classes) > 2 and present >= set(classes):
-        macro = roc_auc_score(
-            np.asarray(y_true, dtype=object), prob, multi_class="ovr", labels=list(classes)
+    for ax, target in zip(axes, targets, strict=True):
+        column = list(classes).index(target)
+        for name, (y, prob) in series.items():
+            is_class = np.asarray(y, dtype=object) == target
+            if is_class.all() or not is_class.any():
+                continue
+            score = np.asarray(prob, dtype=float)[:, column]
+            fpr, tpr, _ = roc_curve(is_class, score)
+            label = _with_ci("AUC", auc(fpr, tpr), intervals.get(name, {}).get(target), ci)
+            (line,) = ax.plot(fpr, tpr, lw=1.8, label=f"{name}: {label}", **_style(styles, name))
+            if threshold is not None and len(targets) == 1:
+                pred = score >= threshold
+                ax.plot(
+                    [1 - (~pred[~is_class]).mean()],
+                    [pred[is_class].mean()],
+                    "o",
+                    color=line.get_color(),
+                    markeredgecolor="black",
+                )
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        ax.set(
+            xlim=(-0.01, 1.01),
+            ylim=(-0.01, 1.01),
+            xlabel="1 - specificity",
+            ylabel="Sensitivity",
+            title=title if len(targets) == 1 else f"{target!r} vs rest",
+            aspect="equal",
+            xticks=_UNIT_TICKS,
+            yticks=_UNIT_TICKS,
         )
-        title += "\n" + _with_ci("macro AUC", macro, intervals.get(MACRO), ci)
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
-        xlabel="1 - specificity (false positive rate)",
-        ylabel="Sensitivity (true positive rate)",
-        title=title,
-        aspect="equal",
-    )
-    ax.legend(loc="lower right", fontsize="small")
+        ax.legend(loc="lower right", fontsize="x-small")
+    if len(targets) > 1:
+        fig.suptitle(title)
     return fig
 
 
 def plot_precision_recall(
-    y_true: Sequence[str],
-    prob: np.ndarray,
+    series: Series,
     classes: Sequence[str],
     *,
     positive_class: str | None = None,
-    intervals: Mapping[str, Interval] | None = None,
+    intervals: Mapping[str, Mapping[str, Interval]] | None = None,
     ci: float = 0.95,
+    styles: Styles | None = None,
     title: str = "Precision-recall curve",
 ) -> Figure:
-    """Precision-recall curve(s) with average precision in the legend; dotted: prevalence."""
-    fig = new_figure()
-    ax = fig.add_subplot()
+    """Precision-recall curves overlaid (panels as :func:`plot_roc`), average precision in the
+    legend; the dotted line of the same colour is the data set's prevalence (a random model)."""
+    targets = _targets(classes, positive_class)
+    fig, axes = panel_figure(len(targets))
     intervals = intervals or {}
-    for name, is_class, score in _one_vs_rest(y_true, np.asarray(prob), classes, positive_class):
-        if is_class.all() or not is_class.any():
-            continue
-        precision, recall, _ = precision_recall_curve(is_class, score)
-        label = _with_ci("AP", average_precision_score(is_class, score), intervals.get(name), ci)
-        line = ax.step(
-            recall,
-            precision,
-            where="post",
-            lw=1.8,
-            label=label if len(classes) == 2 else f"{name}: {label}",
-        )[0]
-        ax.axhline(is_class.mean(), ls=":", lw=1, color=line.get_color())
-    ax.set(
-        xlim=(-0.01, 1.01),
-        ylim=(-0.01, 1.01),
-        xlabel="Recall (sensitivity)",
-        ylabel="Precision (PPV)",
-        title=title,
-        aspect="equal",
-    )
-    ax.legend(loc="lower left", fontsize="small")
+    for ax, target in zip(axes, targets, strict=True):
+        column = list(classes).index(target)
+        for name, (y, prob) in series.items():
+            is_class = np.asarray(y, dtype=object) == target
+            if is_class.all() or not is_class.any():
+                continue
+            score = np.asarray(prob, dtype=float)[:, column]
+            precision, recall, _ = precision_recall_curve(is_class, score)
+            ap = average_precision_score(is_class, score)
+            label = _with_ci("AP", ap, intervals.get(name, {}).get(target), ci)
+            (line,) = ax.step(
+                recall,
+                precision,
+                where="post",
+                lw=1.8,
+                label=f"{name}: {label}",
+                **_style(styles, name),
+            )
+            ax.axhline(is_class.mean(), ls=":", lw=1, color=line.get_color())
+        ax.set(
+            xlim=(-0.01, 1.01),
+            ylim=(-0.01, 1.01),
+            xlabel="Recall (sensitivity)",
+            ylabel="Precision (PPV)",
+            title=title if len(targets) == 1 else f"{target!r} vs rest",
+            aspect="equal",
+            xticks=_UNIT_TICKS,
+            yticks=_UNIT_TICKS,
+        )
+        ax.legend(loc="lower left", fontsize="x-small")
+    if len(targets) > 1:
+        fig.suptitle(title)
     return fig
 
 
-def plot_confusion_matrix(
-    y_true: Sequence[str],
-    y_pred: Sequence[str],
+def plot_confusion_matrices(
+    panels: Mapping[str, tuple[Sequence[str], Sequence[str]]],
     classes: Sequence[str],
     *,
     title: str = "Confusion matrix",
 ) -> Figure:
-    """Counts with row percentages (share of each true class)."""
-    cm = confusion_matrix(
-        np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=list(classes)
-    )
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
-    size = 2.5 + 0.7 * len(classes)
-    fig = new_figure(size + 1, size)
-    ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(
-                j,
-                i,
-                f"{cm[i, j]}\n{share[i, j]:.0%}",
-                ha="center",
-                va="center",
-                color="white" if share[i, j] > 0.6 else "black",
-                fontsize="small",
-            )
-    ax.set(
-        xticks=range(len(classes)),
-        yticks=range(len(classes)),
-        xticklabels=classes,
-        yticklabels=classes,
-        xlabel="Predicted",
-        ylabel="True",
-        title=title,
-    )
-    fig.colorbar(image, ax=ax, label="share of true class", shrink=0.8)
+    """One confusion matrix per data set (``name -> (true, predicted)``): counts with the share
+    of each true class."""
+    classes = list(classes)
+    size = 1.6 + 0.6 * len(classes)
+    fig = new_figure(size * len(panels) + 0.4, size + 0.5)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    for ax, (name, (y_true, y_pred)) in zip(axes, panels.items(), strict=True):
+        cm = confusion_matrix(
+            np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object), labels=classes
+        )
+        rows = cm.sum(axis=1, keepdims=True)
+        share = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]}\n{share[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    color="white" if share[i, j] > 0.6 else "black",
+                    fontsize="small",
+                )
+        ax.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xticklabels=classes,
+            yticklabels=classes,
+            xlabel="Predicted",
+            ylabel="True" if ax is axes[0] else None,
+            title=name,
+        )
+    fig.suptitle(title)
     return fig
 
 
-def plot_reliability(
+def reliability_outcome(
     y_true: Sequence[str],
     prob: np.ndarray,
     classes: Sequence[str],
-    *,
     positive_class: str | None = None,
-    title: str = "Reliability diagram",
-) -> Figure:
-    """Observed vs predicted in 10 equal-width bins, with a histogram of predictions below.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(0/1 outcome, predicted probability) that a reliability diagram sets against each other.
 
-    Binary: event rate vs probability of the positive class. Multi-class: top-label (accuracy
-    of the arg-max class vs its probability), matching the ``ece`` metric.
+    Binary: whether the case is of the positive class, and its probability. Multi-class:
+    top-label, i.e. whether the arg-max class is right, and its probability (as the ``ece``
+    metric).
     """
     y = np.asarray(y_true, dtype=object)
     prob = np.asarray(prob, dtype=float)
     classes = list(classes)
     if len(classes) == 2:
         pos = positive_class if positive_class is not None else classes[-1]
-        outcome, predicted = y == pos, prob[:, classes.index(pos)]
+        return (y == pos).astype(float), prob[:, classes.index(pos)]
+    arg = np.argmax(prob, axis=1)
+    return (np.asarray(classes, dtype=object)[arg] == y).astype(float), prob.max(axis=1)
+
+
+def reliability_bins(
+    outcome: np.ndarray, predicted: np.ndarray, n_bins: int = ECE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean predicted probability, observed share and number of cases of every bin that holds
+    cases (``n_bins`` equal-width bins on [0, 1]); the first two are scikit-learn's
+    ``calibration_curve``, which leaves empty bins out."""
+    outcome = np.asarray(outcome, dtype=float)
+    predicted = np.asarray(predicted, dtype=float)
+    observed, mean_predicted = calibration_curve(
+        outcome, predicted, n_bins=n_bins, strategy="uniform"
+    )
+    # Same bin assignment as calibration_curve (and the ece metric).
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], predicted), minlength=n_bins)
+    return mean_predicted, observed, counts[counts > 0]
+
+
+def plot_reliability(
+    series: Series,
+    classes: Sequence[str],
+    *,
+    positive_class: str | None = None,
+    styles: Styles | None = None,
+    title: str = "Reliability diagram",
+) -> Figure:
+    """Observed share against mean predicted probability per equal-width bin, data sets
+    overlaid; only bins that hold cases are drawn, and the panel below gives their counts.
+
+    Binary: the positive class. Multi-class: top-label (accuracy of the arg-max class against its
+    probability), matching the ``ece`` metric. The points are those of :func:`reliability_bins`.
+    """
+    classes = list(classes)
+    if len(classes) == 2:
+        pos = positive_class if positive_class is not None else classes[-1]
         xlabel, ylabel = f"Predicted probability of {pos!r}", f"Observed share of {pos!r}"
     else:
-        arg = np.argmax(prob, axis=1)
-        outcome, predicted = np.asarray(classes, dtype=object)[arg] == y, prob.max(axis=1)
-        xlabel, ylabel = "Confidence (top-class probability)", "Accuracy"
-    fig = new_figure(5, 6)
+        xlabel, ylabel = "Confidence (top-class probability)", "Accuracy of the top class"
+    fig = new_figure(5, 5.6)
     ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    observed, mean_pred = calibration_curve(outcome, predicted, n_bins=ECE_BINS, strategy="uniform")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.plot(mean_pred, observed, "o-", lw=1.8, label="model")
-    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel=ylabel, title=title)
-    ax.legend(loc="upper left", fontsize="small")
-    hist.hist(predicted, bins=np.linspace(0, 1, ECE_BINS + 1), color="grey")
-    hist.set(xlabel=xlabel, ylabel="cases")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    for name, (y, prob) in series.items():
+        outcome, predicted = reliability_outcome(y, prob, classes, positive_class)
+        if predicted.shape[0] == 0:
+            continue
+        mean_predicted, observed, counts = reliability_bins(outcome, predicted)
+        style = {"ls": "-", **_style(styles, name)}
+        (line,) = ax.plot(mean_predicted, observed, lw=1.4, label=name, **style)
+        # Marker area grows with the bin's cases, so a bin of two cases does not look like one
+        # of two hundred.
+        ax.scatter(
+            mean_predicted,
+            observed,
+            s=6 + 60 * counts / counts.max(),
+            color=line.get_color(),
+            zorder=3,
+        )
+        all_counts = np.bincount(np.searchsorted(edges[1:-1], predicted), minlength=ECE_BINS)
+        hist.stairs(all_counts, edges, color=line.get_color(), lw=1.2)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel=ylabel, title=title)
+    ax.legend(loc="upper left", fontsize="x-small")
+    hist.set(xlabel=xlabel, ylabel="cases per bin")
+    hist.set_yscale("symlog", linthresh=10)
+    hist.yaxis.set_major_formatter("{x:.0f}")
     return fig
+
+
+def _regression_panels(
+    panels: Mapping[str, Series], styles: Styles | None, title: str
+) -> tuple[Figure, list]:
+    fig, axes = panel_figure(len(panels), width=4.0, height=3.8)
+    fig.suptitle(title)
+    for ax, panel in zip(axes, panels, strict=True):
+        ax.set_title(panel, fontsize="medium")
+    return fig, axes
 
 
 def plot_regression_scatter(
-    y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "", title: str = "Predicted vs true"
+    panels: Mapping[str, Series],
+    *,
+    label: str = "",
+    styles: Styles | None = None,
+    title: str = "Predicted vs true",
 ) -> Figure:
-    """Scatter of predicted against true values with the identity line."""
-    y_true = np.asarray(y_true, dtype=float)
-    y_pred = np.asarray(y_pred, dtype=float)
-    fig = new_figure()
-    ax = fig.add_subplot()
-    ax.scatter(y_true, y_pred, s=12, alpha=0.6)
-    low = float(min(y_true.min(), y_pred.min()))
-    high = float(max(y_true.max(), y_pred.max()))
-    ax.plot([low, high], [low, high], ls="--", color="grey", lw=1, label="identity")
-    ax.set(xlabel=f"True {label}".strip(), ylabel=f"Predicted {label}".strip(), title=title)
-    ax.legend(loc="upper left", fontsize="small")
+    """Predicted against true values with the identity line: one panel per key of ``panels``,
+    the data sets of a panel overlaid. All panels share the same axes range."""
+    fig, axes = _regression_panels(panels, styles, title)
+    values = [np.asarray(v, dtype=float) for p in panels.values() for s in p.values() for v in s]
+    low = float(min(v.min() for v in values if v.size))
+    high = float(max(v.max() for v in values if v.size))
+    pad = 0.03 * (high - low or 1.0)
+    for ax, series in zip(axes, panels.values(), strict=True):
+        for name, (y, pred) in series.items():
+            ax.scatter(y, pred, s=9, alpha=0.55, label=name, **_scatter_style(styles, name))
+        ax.plot([low, high], [low, high], ls=":", color="grey", lw=1)
+        ax.set(
+            xlim=(low - pad, high + pad),
+            ylim=(low - pad, high + pad),
+            xlabel=f"True {label}".strip(),
+            ylabel=f"Predicted {label}".strip(),
+            aspect="equal",
+        )
+        if len(series) > 1:
+            ax.legend(loc="upper left", fontsize="x-small")
     return fig
 
 
+def _scatter_style(styles: Styles | None, name: str) -> dict:
+    style = _style(styles, name)
+    return {"color": style["color"]} if "color" in style else {}
+
+
 def plot_bland_altman(
-    y_true: np.ndarray, y_pred: np.ndarray, *, label: str = "", title: str = "Bland-Altman plot"
+    panels: Mapping[str, Series],
+    *,
+    label: str = "",
+    styles: Styles | None = None,
+    title: str = "Bland-Altman plot",
 ) -> Figure:
-    """Difference (predicted - true) against the mean of the two, with bias and 95% limits."""
-    y_true = np.asarray(y_true, dtype=float)
-    y_pred = np.asarray(y_pred, dtype=float)
-    mean = (y_true + y_pred) / 2
-    diff = y_pred - y_true
-    bias = float(diff.mean())
-    sd = float(diff.std(ddof=1)) if diff.shape[0] > 1 else 0.0
-    fig = new_figure(6, 4.5)
-    ax = fig.add_subplot()
-    ax.scatter(mean, diff, s=12, alpha=0.6)
-    ax.axhline(bias, color="black", lw=1.2, label=f"bias {bias:.3g}")
-    for sign in (-1, 1):
-        ax.axhline(
-            bias + sign * 1.96 * sd,
-            color="black",
-            ls="--",
-            lw=1,
-            label="bias ± 1.96 SD" if sign > 0 else None,
+    """Difference (predicted - true) against the mean of the two, with the bias (solid) and the
+    95% limits of agreement (bias ± 1.96 SD, dashed) of each data set in its colour; panels as
+    :func:`plot_regression_scatter`, with a shared y axis."""
+    fig, axes = _regression_panels(panels, styles, title)
+    for ax, series in zip(axes, panels.values(), strict=True):
+        for name, (y, pred) in series.items():
+            y = np.asarray(y, dtype=float)
+            pred = np.asarray(pred, dtype=float)
+            diff = pred - y
+            bias = float(diff.mean())
+            sd = float(diff.std(ddof=1)) if diff.shape[0] > 1 else 0.0
+            points = ax.scatter(
+                (y + pred) / 2, diff, s=9, alpha=0.55, **_scatter_style(styles, name)
+            )
+            color = points.get_facecolor()[0][:3]
+            prefix = f"{name}: " if len(series) > 1 else ""
+            ax.axhline(bias, color=color, lw=1.2, label=f"{prefix}bias {bias:.3g}")
+            for sign in (-1, 1):
+                ax.axhline(
+                    bias + sign * 1.96 * sd,
+                    color=color,
+                    ls="--",
+                    lw=1,
+                    label=f"{prefix}limits ± {1.96 * sd:.3g}" if sign > 0 else None,
+                )
+        ax.set(
+            xlabel=f"Mean of predicted and true {label}".strip(),
+            ylabel=f"Predicted - true {label}".strip(),
         )
-    ax.set(
-        xlabel=f"Mean of predicted and true {label}".strip(),
-        ylabel=f"Predicted - true {label}".strip(),
-        title=title,
-    )
-    ax.legend(loc="best", fontsize="small")
+        ax.legend(loc="best", fontsize="x-small")
+    if len(axes) > 1:
+        low = min(ax.get_ylim()[0] for ax in axes)
+        high = max(ax.get_ylim()[1] for ax in axes)
+        for ax in axes:
+            ax.set_ylim(low, high)
     return fig
 
 

@@ -7,11 +7,17 @@
   split, else one value of the schema's group column; CIs are percentile bootstrap intervals);
 - ``metrics_notes.csv``: the same keys with a ``note`` wherever a value or interval needs one
   (why it is missing, where the threshold came from, skipped resamples);
-- ``figures/<label>/<split>_<kind>.png`` and ``report.html``: one offline page, figures embedded.
+- ``figures/<label>/<kind>.png``: the figures a reader needs, each with the splits overlaid or
+  one panel per split (val, test, external; train only with ``train_figures``), chosen by
+  :func:`select_figures` from the arrays the evaluators keep per split x group;
+- ``report.html``: one offline page rendered by :func:`render_report` from
+  ``templates/report.html.j2`` (jinja2, autoescaped): per label a headline table (test and
+  external splits, val marked) and its figures first; data, learning curves, the full
+  split x group tables and the configuration after it, the last two folded.
 
-Survival labels get the metrics of :mod:`nervus_lightning.survival.metrics` with CIs, a
-Kaplan-Meier figure by training-defined risk group per split, and calibration at the middle
-evaluation time (``survival_calibration_<label>.csv``, a table and a figure per split).
+Survival labels get the metrics of :mod:`nervus_lightning.survival.metrics` with CIs, Kaplan-Meier
+curves by training-defined risk group and calibration at the middle evaluation time
+(``survival_calibration_<label>.csv``, a table and a figure, one panel per split).
 
 Binary operating thresholds are chosen on the ``val`` split (``train`` when there is no usable
 ``val``, said in the report) and applied unchanged to every other split. Classification CIs come
@@ -22,7 +28,6 @@ from a bootstrap stratified by true class, regression and survival CIs from a pl
 from __future__ import annotations
 
 import base64
-import html
 import logging
 import math
 import re
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 
@@ -46,6 +52,7 @@ from nervus_lightning.evaluation.bootstrap import (
     weighted_regression_metrics,
 )
 from nervus_lightning.evaluation.metrics import (
+    ECE_BINS,
     MetricValues,
     classification_metrics,
     is_missing_label,
@@ -57,7 +64,7 @@ from nervus_lightning.evaluation.survival_calibration import (
 )
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.survival.metrics import assign_risk_groups, survival_metrics
-from nervus_lightning.survival.plots import plot_km_risk_groups
+from nervus_lightning.survival.plots import plot_km_risk_group_panels
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.classification import obvious_positive_class
 
@@ -83,15 +90,28 @@ class EvalContext:
     threshold_method: str | None
     target_sensitivity: float | None
     positive_class: Mapping[str, str]
+    train_figures: bool = False
+
+
+@dataclass
+class Subset:
+    """The arrays of one split x group that the figures of its label are drawn from."""
+
+    split: str
+    group: str
+    arrays: dict[str, np.ndarray]
+    calibration: pd.DataFrame | None = None
 
 
 @dataclass
 class LabelSection:
-    """What one label contributes: metric rows, figures, data summary and notes."""
+    """What one label contributes: metric rows, figure data, figures, data summary and notes."""
 
     name: str
     task: str
     rows: list[dict] = field(default_factory=list)
+    subsets: list[Subset] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # label-wide figure inputs (classes, threshold...)
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, png)
     summary: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
@@ -167,11 +187,6 @@ def _subsets(df: pd.DataFrame, ctx: EvalContext) -> Iterator[tuple[str, str, pd.
                 yield split, value, in_split[groups.astype(str) == value]
 
 
-def _where(split: str, group: str) -> str:
-    """Figure name and caption part of a subset: the split, or ``split, group <value>``."""
-    return split if group == ALL_GROUPS else f"{split}, group {group}"
-
-
 def _intervals(distributions: dict[str, np.ndarray], ci: float) -> dict[str, BootstrapCI]:
     with warnings.catch_warnings():
         # Skipped resamples are reported per row in the notes instead of as warnings.
@@ -190,14 +205,6 @@ def _add_metrics(
     for metric, value in point.items():
         notes = [n for n in (point.reasons.get(metric), extra_note(metric)) if n]
         section.add(split, group, metric, value, intervals.get(metric), "; ".join(notes) or None)
-
-
-def _figure(
-    section: LabelSection, ctx: EvalContext, split: str, kind: str, caption: str, fig: object
-) -> None:
-    path = ctx.out_dir / "figures" / _safe_name(section.name) / f"{_safe_name(split)}_{kind}.png"
-    plots.save_figure(fig, path)
-    section.figures.append((caption, path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,90 +408,10 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
             summary[split] = {
                 c: f"{counts.get(c, 0)} ({counts.get(c, 0) / len(y):.1%})" for c in classes
             }
-        _classification_figures(
-            section, ctx, _where(split, group), y, p, classes, positive, threshold, intervals
-        )
+        section.subsets.append(Subset(split, group, {"y": y, "prob": p}))
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
+    section.info.update(classes=classes, positive=positive, threshold=threshold)
     return section
-
-
-def _classification_figures(
-    section: LabelSection,
-    ctx: EvalContext,
-    split: str,
-    y: np.ndarray,
-    p: np.ndarray,
-    classes: list[str],
-    positive: str | None,
-    threshold: float | None,
-    intervals: Mapping[str, BootstrapCI],
-) -> None:
-    name = section.name
-    if positive is not None:
-        auc_ci = {positive: tuple(intervals["auroc"])} if "auroc" in intervals else {}
-        ap_ci = {positive: tuple(intervals["ap"])} if "ap" in intervals else {}
-    else:
-        auc_ci = {c: tuple(intervals[f"auroc[{c}]"]) for c in classes if f"auroc[{c}]" in intervals}
-        ap_ci = {}
-    if len(set(y)) > 1:
-        if positive is None and "auroc" in intervals:
-            auc_ci[plots.MACRO] = tuple(intervals["auroc"])
-        _figure(
-            section,
-            ctx,
-            split,
-            "roc",
-            f"{name}, {split}: ROC curve",
-            plots.plot_roc(
-                y,
-                p,
-                classes,
-                positive_class=positive,
-                intervals=auc_ci,
-                ci=ctx.ci,
-                threshold=threshold,
-                title=f"{name} - {split}",
-            ),
-        )
-        _figure(
-            section,
-            ctx,
-            split,
-            "pr",
-            f"{name}, {split}: precision-recall curve",
-            plots.plot_precision_recall(
-                y,
-                p,
-                classes,
-                positive_class=positive,
-                intervals=ap_ci,
-                ci=ctx.ci,
-                title=f"{name} - {split}",
-            ),
-        )
-    if positive is not None and threshold is not None:
-        negative = next(c for c in classes if c != positive)
-        y_pred = np.where(p[:, classes.index(positive)] >= threshold, positive, negative)
-        how = f"threshold {threshold:.3g}"
-    else:
-        y_pred = np.asarray(classes, dtype=object)[np.argmax(p, axis=1)]
-        how = "arg-max class"
-    _figure(
-        section,
-        ctx,
-        split,
-        "confusion",
-        f"{name}, {split}: confusion matrix ({how})",
-        plots.plot_confusion_matrix(y, y_pred, classes, title=f"{name} - {split} ({how})"),
-    )
-    _figure(
-        section,
-        ctx,
-        split,
-        "reliability",
-        f"{name}, {split}: reliability diagram",
-        plots.plot_reliability(y, p, classes, positive_class=positive, title=f"{name} - {split}"),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,23 +454,7 @@ def evaluate_regression(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> L
                 "min": y.min(),
                 "max": y.max(),
             }
-        where = _where(split, group)
-        _figure(
-            section,
-            ctx,
-            where,
-            "scatter",
-            f"{name}, {where}: predicted vs true",
-            plots.plot_regression_scatter(y, pred, label=name, title=f"{name} - {where}"),
-        )
-        _figure(
-            section,
-            ctx,
-            where,
-            "bland_altman",
-            f"{name}, {where}: Bland-Altman",
-            plots.plot_bland_altman(y, pred, label=name, title=f"{name} - {where}"),
-        )
+        section.subsets.append(Subset(split, group, {"y": y, "pred": pred}))
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     return section
 
@@ -644,23 +555,18 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
                 "event rate": f"{(event != 0).mean():.1%}",
                 "median time": float(np.median(time)),
             }
-        where = _where(split, group)
-        path = ctx.out_dir / "figures" / _safe_name(name) / f"{_safe_name(where)}_km.png"
-        plot_km_risk_groups(
-            time, event, assign_risk_groups(risk, cutpoints), path, title=f"{name} - {where}"
-        )
-        section.figures.append((f"{name}, {where}: Kaplan-Meier by risk group", path))
         predicted = reference.survival(risk, [calibration_time])[:, 0]
         table = survival_calibration_table(time, event, predicted, calibration_time)
         calibration_tables.append(table.assign(split=split, group=group))
-        _figure(
-            section,
-            ctx,
-            where,
-            "calibration",
-            f"{name}, {where}: calibration at t = {calibration_time:g}",
-            plot_survival_calibration(table, calibration_time, title=f"{name} - {where}"),
+        section.subsets.append(
+            Subset(
+                split,
+                group,
+                {"time": time, "event": event, "risk_group": assign_risk_groups(risk, cutpoints)},
+                calibration=table,
+            )
         )
+    section.info.update(calibration_time=calibration_time)
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     if calibration_tables:
         table = pd.concat(calibration_tables, ignore_index=True)
@@ -681,6 +587,316 @@ TASK_EVALUATORS: dict[str, Callable[[pd.DataFrame, Mapping, EvalContext], LabelS
     "regression": evaluate_regression,
     "survival": evaluate_survival,
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Figure selection: which figures a reader needs, drawn from the subsets the evaluators kept
+
+_SPLIT_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def figure_splits(section: LabelSection, ctx: EvalContext) -> list[str]:
+    """Splits drawn in the figures: every evaluated split but ``train`` (unless
+    ``ctx.train_figures``); ``train`` alone when it is the only split."""
+    present = [s for s in ctx.splits if any(x.split == s for x in section.subsets)]
+    shown = [s for s in present if s != "train" or ctx.train_figures]
+    return shown or present
+
+
+def split_styles(splits: list[str]) -> dict[str, dict[str, object]]:
+    """One colour per split, the same in every figure; ``val`` dashed grey, ``train`` dotted."""
+    styles: dict[str, dict[str, object]] = {}
+    colours = iter(_SPLIT_COLOURS * 4)
+    for split in splits:
+        if split == "val":
+            styles[split] = {"color": "#555555", "ls": "--"}
+        elif split == "train":
+            styles[split] = {"color": "#ff7f0e", "ls": ":"}
+        else:
+            styles[split] = {"color": next(colours)}
+    return styles
+
+
+def _main_split(splits: list[str]) -> str:
+    """The split whose groups are compared: test, else the first external split, else val."""
+    for split in splits:
+        if split not in ("train", "val"):
+            return split
+    return "val" if "val" in splits else splits[0]
+
+
+def _subset(section: LabelSection, split: str, group: str = ALL_GROUPS) -> Subset | None:
+    return next((x for x in section.subsets if x.split == split and x.group == group), None)
+
+
+def _interval(
+    section: LabelSection, split: str, group: str, metric: str
+) -> tuple[float, float] | None:
+    for row in section.rows:
+        if (row["split"], row["group"], row["metric"]) == (split, group, metric):
+            if row["ci_lower"] is None or row["ci_upper"] is None:
+                return None
+            return float(row["ci_lower"]), float(row["ci_upper"])
+    return None
+
+
+def _save(section: LabelSection, ctx: EvalContext, kind: str, caption: str, fig: object) -> None:
+    path = ctx.out_dir / "figures" / _safe_name(section.name) / f"{kind}.png"
+    plots.save_figure(fig, path)
+    section.figures.append((caption, path))
+
+
+def _group_series(section: LabelSection, split: str, keys: tuple[str, str]) -> dict:
+    """Group value -> arrays ``keys`` of the groups of ``split`` (empty without groups)."""
+    return {
+        x.group: tuple(x.arrays[k] for k in keys)
+        for x in section.subsets
+        if x.split == split and x.group != ALL_GROUPS
+    }
+
+
+def _both_classes(y: np.ndarray, classes: list[str], positive: str | None) -> bool:
+    present = set(y)
+    return positive in present and len(present) > 1 if positive else len(present) > 1
+
+
+def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
+    """ROC and precision-recall curves with the splits overlaid (multi-class: one one-vs-rest
+    panel per class), ROC by group on the main split, reliability diagram; confusion matrices
+    per split for multi-class labels."""
+    name, info = section.name, section.info
+    classes, positive, threshold = info["classes"], info["positive"], info["threshold"]
+    splits = figure_splits(section, ctx)
+    styles = split_styles(splits)
+    series = {s: (x.arrays["y"], x.arrays["prob"]) for s in splits if (x := _subset(section, s))}
+    ci_text = f"{ctx.ci:.0%} bootstrap CI" if ctx.n_bootstrap > 0 else "no CI"
+    val_text = " val (dashed) is the development split." if "val" in series else ""
+    targets = [positive] if positive else classes
+    auc_key = (lambda c: "auroc") if positive else (lambda c: f"auroc[{c}]")
+    curves = {s: v for s, v in series.items() if _both_classes(v[0], classes, positive)}
+    if curves:
+        where = ", ".join(curves)
+        if positive:
+            what = (
+                f"ROC curve of {name} ({positive!r} positive) on {where}, AUC with {ci_text}."
+                + (
+                    f" Dots: the operating point at threshold {threshold:.3g}."
+                    if threshold is not None
+                    else ""
+                )
+            )
+        else:
+            what = (
+                f"One-vs-rest ROC curves of {name}, one panel per class, splits overlaid "
+                f"({where}); per-class AUC with {ci_text}."
+            )
+        _save(
+            section,
+            ctx,
+            "roc",
+            what + val_text,
+            plots.plot_roc(
+                curves,
+                classes,
+                positive_class=positive,
+                intervals={
+                    s: {c: _interval(section, s, ALL_GROUPS, auc_key(c)) for c in targets}
+                    for s in curves
+                },
+                ci=ctx.ci,
+                threshold=threshold,
+                styles=styles,
+                title=f"{name}: ROC",
+            ),
+        )
+        pr_intervals = (
+            {s: {positive: _interval(section, s, ALL_GROUPS, "ap")} for s in curves}
+            if positive
+            else {}
+        )
+        _save(
+            section,
+            ctx,
+            "pr",
+            (
+                f"Precision-recall curve of {name} ({positive!r} positive)"
+                if positive
+                else f"One-vs-rest precision-recall curves of {name}, one panel per class"
+            )
+            + f", splits overlaid ({where}); average precision"
+            + (f" with {ci_text}" if positive else "")
+            + "; dotted: the split's prevalence (a model without skill)."
+            + val_text,
+            plots.plot_precision_recall(
+                curves,
+                classes,
+                positive_class=positive,
+                intervals=pr_intervals,
+                ci=ctx.ci,
+                styles=styles,
+                title=f"{name}: precision-recall",
+            ),
+        )
+    main = _main_split(splits)
+    by_group = {
+        g: v
+        for g, v in _group_series(section, main, ("y", "prob")).items()
+        if _both_classes(v[0], classes, positive)
+    }
+    if len(by_group) > 1:
+        _save(
+            section,
+            ctx,
+            "roc_by_group",
+            f"ROC curves of {name} on {main} by {ctx.group_column}"
+            + (" (one-vs-rest, one panel per class)" if not positive else "")
+            + f", AUC with {ci_text}.",
+            plots.plot_roc(
+                by_group,
+                classes,
+                positive_class=positive,
+                intervals={
+                    g: {c: _interval(section, main, g, auc_key(c)) for c in targets}
+                    for g in by_group
+                },
+                ci=ctx.ci,
+                threshold=threshold,
+                title=f"{name}: ROC on {main} by {ctx.group_column}",
+            ),
+        )
+    if series:
+        what = (
+            f"probability of {positive!r}"
+            if positive
+            else "top-class probability against its accuracy (as the ECE)"
+        )
+        _save(
+            section,
+            ctx,
+            "reliability",
+            f"Reliability diagram of {name} ({what}) in {ECE_BINS} equal-width bins, splits "
+            "overlaid; only bins holding cases are drawn, the lower panel counts the cases per "
+            "bin." + val_text,
+            plots.plot_reliability(
+                series,
+                classes,
+                positive_class=positive,
+                styles=styles,
+                title=f"{name}: calibration",
+            ),
+        )
+        if positive is None:
+            # Binary labels: the headline table's sensitivity, specificity, PPV and NPV already
+            # say what the 2 x 2 matrix would; multi-class labels need the matrix to show which
+            # classes are confused.
+            _save(
+                section,
+                ctx,
+                "confusion",
+                f"Confusion matrices of {name} per split (arg-max class): counts and share of "
+                "the true class.",
+                plots.plot_confusion_matrices(
+                    {
+                        s: (y, np.asarray(classes, dtype=object)[np.argmax(p, axis=1)])
+                        for s, (y, p) in series.items()
+                    },
+                    classes,
+                    title=f"{name}: confusion matrix (arg-max class)",
+                ),
+            )
+
+
+def regression_figures(section: LabelSection, ctx: EvalContext) -> None:
+    """Predicted vs true and Bland-Altman, one panel per split; predicted vs true by group."""
+    name = section.name
+    splits = figure_splits(section, ctx)
+    styles = split_styles(splits)
+    panels = {
+        s: {s: (x.arrays["y"], x.arrays["pred"])} for s in splits if (x := _subset(section, s))
+    }
+    if not panels:
+        return
+    where = ", ".join(panels)
+    _save(
+        section,
+        ctx,
+        "scatter",
+        f"Predicted against true {name}, one panel per split ({where}); dotted: identity.",
+        plots.plot_regression_scatter(
+            panels, label=name, styles=styles, title=f"{name}: predicted vs true"
+        ),
+    )
+    _save(
+        section,
+        ctx,
+        "bland_altman",
+        f"Bland-Altman plots of {name}, one panel per split ({where}): predicted - true against "
+        "their mean, with the bias (solid) and the 95% limits of agreement (dashed).",
+        plots.plot_bland_altman(panels, label=name, styles=styles, title=f"{name}: Bland-Altman"),
+    )
+    main = _main_split(splits)
+    by_group = _group_series(section, main, ("y", "pred"))
+    if len(by_group) > 1:
+        _save(
+            section,
+            ctx,
+            "scatter_by_group",
+            f"Predicted against true {name} on {main}, by {ctx.group_column}.",
+            plots.plot_regression_scatter(
+                {main: by_group}, label=name, title=f"{name} on {main} by {ctx.group_column}"
+            ),
+        )
+
+
+def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
+    """Kaplan-Meier curves by training-defined risk group and calibration at the middle
+    evaluation time, each one figure with one panel per split."""
+    name = section.name
+    splits = figure_splits(section, ctx)
+    chosen = {s: x for s in splits if (x := _subset(section, s))}
+    if not chosen:
+        return
+    where = ", ".join(chosen)
+    _save(
+        section,
+        ctx,
+        "km",
+        f"Kaplan-Meier survival of {name} by risk group (cut-points from the training risk "
+        f"scores), one panel per split ({where}), with the log-rank p-value and the numbers at "
+        "risk.",
+        plot_km_risk_group_panels(
+            {
+                s: (x.arrays["time"], x.arrays["event"], x.arrays["risk_group"])
+                for s, x in chosen.items()
+            },
+            title=f"{name}: Kaplan-Meier by risk group",
+        ),
+    )
+    t = section.info["calibration_time"]
+    tables = {s: x.calibration for s, x in chosen.items() if x.calibration is not None}
+    _save(
+        section,
+        ctx,
+        "calibration",
+        f"Calibration of {name} at t = {t:g} (the middle evaluation time), one panel per split "
+        f"({where}): Kaplan-Meier observed survival (95% interval) against mean predicted "
+        "survival in equal-sized bins of predicted survival; dotted: perfect calibration.",
+        plot_survival_calibration(
+            tables, t, styles=split_styles(splits), title=f"{name}: calibration at t = {t:g}"
+        ),
+    )
+
+
+FIGURE_BUILDERS: dict[str, Callable[[LabelSection, EvalContext], None]] = {
+    "classification": classification_figures,
+    "regression": regression_figures,
+    "survival": survival_figures,
+}
+
+
+def select_figures(section: LabelSection, ctx: EvalContext) -> None:
+    """Draw the figures of one evaluated label into ``section.figures`` (PNG files)."""
+    FIGURE_BUILDERS[section.task](section, ctx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,6 +947,7 @@ def evaluate_predictions(
     positive_class: dict[str, str] | None = None,
     config_summary: dict | None = None,
     learning_curve: pd.DataFrame | None = None,
+    train_figures: bool = False,
 ) -> pd.DataFrame:
     """Evaluate a run's predictions; write metrics.csv, figures and report.html to ``out_dir``.
 
@@ -748,8 +965,11 @@ def evaluate_predictions(
         positive_class: label name -> its positive class (binary labels); labels not named keep
             the stored positive class. A value that differs from the stored contract re-chooses
             the threshold on ``val`` (see :func:`_binary_threshold`).
-        config_summary: run configuration shown at the top of the report (nested dicts allowed).
+        config_summary: run configuration shown, folded, at the end of the report (nested dicts
+            allowed).
         learning_curve: per-epoch losses/metrics (an ``epoch`` column and numeric columns).
+        train_figures: also draw the ``train`` split in the figures (its metrics are always in
+            ``metrics.csv`` and in the full table of the report).
 
     Returns:
         The rows of ``metrics.csv`` (columns ``split, group, label, metric, value, ci_lower,
@@ -771,10 +991,13 @@ def evaluate_predictions(
         threshold_method,
         target_sensitivity,
         positive_class or {},
+        train_figures,
     )
     sections = [
         TASK_EVALUATORS[label["task"]](predictions, label, ctx) for label in schema["labels"]
     ]
+    for section in sections:
+        select_figures(section, ctx)
 
     all_rows = pd.DataFrame(
         [row for s in sections for row in s.rows], columns=[*METRIC_COLUMNS, "note"]
@@ -797,25 +1020,48 @@ def evaluate_predictions(
 
 
 # --------------------------------------------------------------------------------------------
-# HTML
+# HTML: the data of the page (tables as rows of text, figures as data URIs) and its template
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("nervus_lightning.evaluation", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_METRIC_NAMES = {
+    "auroc": "AUROC",
+    "ap": "AP",
+    "brier": "Brier",
+    "ece": "ECE",
+    "ppv": "PPV",
+    "npv": "NPV",
+    "f1": "F1",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
+    "pearson_r": "Pearson r",
+    "c_index": "Harrell's C",
+    "c_index_uno": "Uno's C",
+    "td_auc_mean": "mean td-AUC",
+    "ibs": "IBS",
+    "logrank_p": "log-rank p",
+}
+_TASK_SUMMARY = {
+    "classification": "class balance",
+    "regression": "distribution",
+    "survival": "events and follow-up",
+}
 
 
-_CSS = """
-body{font-family:system-ui,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
-color:#222;padding:0 1em}
-h1{border-bottom:2px solid #446}h2{margin-top:2em;border-bottom:1px solid #aab}
-table{border-collapse:collapse;margin:0.6em 0;font-size:0.88em}
-th,td{border:1px solid #ccd;padding:3px 7px;text-align:right}th{background:#eef}
-td:first-child,th:first-child,td.key{text-align:left}
-.figs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:380px}
-figure img{width:100%;border:1px solid #ddd}figcaption{font-size:0.8em;color:#555}
-.note{color:#555;font-size:0.85em}ul.notes{font-size:0.85em;color:#444}
-"""
+def _metric_name(metric: str) -> str:
+    if metric.startswith("auroc[") and metric.endswith("]"):
+        return f"AUROC {metric[6:-1]}"
+    return _METRIC_NAMES.get(metric, metric)
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="" src="data:image/png;base64,{data}">'
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def _flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
@@ -835,52 +1081,153 @@ def _fmt(value: float | None, metric: str) -> str:
     if metric == "logrank_p":
         return "< 0.001" if value < 0.001 else f"{value:.3f}"
     if metric in ("mae", "rmse", "threshold"):
-        return f"{value:.4g}"
+        return f"{value:#.4g}"  # '#' keeps trailing zeros, so a column's digits line up
     return f"{value:.3f}"
 
 
-def _metrics_table(section: LabelSection, ci: float) -> str:
-    rows = section.rows
-    metric_names = list(dict.fromkeys(r["metric"] for r in rows))
-    keys = list(dict.fromkeys((r["split"], r["group"]) for r in rows))
-    lookup = {(r["split"], r["group"], r["metric"]): r for r in rows}
-    out = ["<table><tr><th>split</th><th>group</th>"]
-    out += [f"<th>{html.escape(m)}</th>" for m in metric_names]
-    out.append("</tr>")
+def _cell(row: Mapping | None, metric: str, footnotes: list[str], where: str) -> dict:
+    """One table cell: value, its interval and the number of its footnote (0: none); cells with
+    the same note share one footnote."""
+    if row is None:
+        return {"value": "", "ci": "", "note": 0}
+    ci = ""
+    if row["ci_lower"] is not None and row["ci_upper"] is not None:
+        ci = f"{_fmt(row['ci_lower'], metric)} – {_fmt(row['ci_upper'], metric)}"
+    note = 0
+    if row["note"] and metric != "threshold":
+        text = f"{where}: {row['note']}"
+        if text not in footnotes:
+            footnotes.append(text)
+        note = footnotes.index(text) + 1
+    return {"value": _fmt(row["value"], metric), "ci": ci, "note": note}
+
+
+def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
+    """Headline metrics with CIs of every evaluated split but train (test and external first,
+    val last and marked); the threshold and time-dependent AUCs stay in the full table."""
+    rows = [r for r in section.rows if r["group"] == ALL_GROUPS]
+    metrics = [
+        m
+        for m in dict.fromkeys(r["metric"] for r in rows)
+        if m != "threshold" and not m.startswith("td_auc_t")
+    ]
+    lookup = {(r["split"], r["metric"]): r for r in rows}
+    present = [s for s in ctx.splits if any(r["split"] == s for r in rows)]
+    splits = [s for s in present if s not in ("train", "val")]
+    splits += [s for s in present if s == "val"]
+    if not splits:
+        splits = present
     footnotes: list[str] = []
-    for split, group in keys:
-        out.append(
-            f"<tr><td class=key>{html.escape(split)}</td><td class=key>{html.escape(group)}</td>"
-        )
-        for metric in metric_names:
-            row = lookup.get((split, group, metric))
-            if row is None:
-                out.append("<td></td>")
-                continue
-            text = _fmt(row["value"], metric)
-            if row["ci_lower"] is not None and row["ci_upper"] is not None:
-                text += (
-                    f"<br><span class=note>({_fmt(row['ci_lower'], metric)}, "
-                    f"{_fmt(row['ci_upper'], metric)})</span>"
-                )
-            if row["note"] and metric != "threshold":
-                footnotes.append(f"{split} / {group} / {metric}: {row['note']}")
-                text += f"<sup>{len(footnotes)}</sup>"
-            out.append(f"<td>{text}</td>")
-        out.append("</tr>")
-    out.append("</table>")
-    out.append(f"<p class=note>In brackets: {ci:.0%} percentile bootstrap confidence interval.</p>")
-    if footnotes:
-        out.append(
-            "<ol class=notes>" + "".join(f"<li>{html.escape(f)}</li>" for f in footnotes) + "</ol>"
-        )
-    return "\n".join(out)
+    body = [
+        {
+            "split": split,
+            "development": split == "val",
+            "cells": [_cell(lookup.get((split, m)), m, footnotes, split) for m in metrics],
+        }
+        for split in splits
+    ]
+    return {
+        "columns": [_metric_name(m) for m in metrics],
+        "rows": body,
+        "footnotes": footnotes,
+        "has_val": "val" in splits,
+    }
 
 
-def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(
-        index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, escape=True
+def full_table(section: LabelSection) -> dict:
+    """Every split x group x metric row of the label, as in metrics.csv."""
+    metrics = list(dict.fromkeys(r["metric"] for r in section.rows))
+    keys = list(dict.fromkeys((r["split"], r["group"]) for r in section.rows))
+    lookup = {(r["split"], r["group"], r["metric"]): r for r in section.rows}
+    footnotes: list[str] = []
+    body = [
+        {
+            "split": split,
+            "group": group,
+            "development": False,
+            "cells": [
+                _cell(lookup.get((split, group, m)), m, footnotes, f"{split} / {group}")
+                for m in metrics
+            ],
+        }
+        for split, group in keys
+    ]
+    return {"columns": [_metric_name(m) for m in metrics], "rows": body, "footnotes": footnotes}
+
+
+def _plain_table(frame: pd.DataFrame) -> dict:
+    def text(value: object) -> str:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return ""
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.4g}"
+        return str(value)
+
+    return {
+        "columns": [str(c) for c in frame.columns],
+        "rows": [[text(v) for v in row] for row in frame.itertuples(index=False)],
+    }
+
+
+def _data_table(predictions: pd.DataFrame, ctx: EvalContext) -> dict:
+    counts = predictions.groupby("split").size().reindex(ctx.splits).rename("cases")
+    frame = counts.to_frame()
+    if ctx.group_column:
+        by_group = pd.crosstab(predictions["split"], predictions[ctx.group_column].astype(str))
+        frame = frame.join(by_group.reindex(ctx.splits).add_prefix(f"{ctx.group_column}="))
+    return _plain_table(frame.rename_axis("split").reset_index())
+
+
+def report_context(
+    predictions: pd.DataFrame,
+    sections: list[LabelSection],
+    ctx: EvalContext,
+    config_summary: Mapping | None,
+    learning_curve_png: Path | None,
+) -> dict:
+    """Everything the template shows, as plain values (escaping is the template's job)."""
+    sizes = predictions.groupby("split").size()
+    shown = [s for s in ctx.splits if s != "train" or ctx.train_figures] or ctx.splits
+    labels = []
+    for section in sections:
+        labels.append(
+            {
+                "name": section.name,
+                "task": section.task,
+                "anchor": _safe_name(section.name),
+                "notes": section.notes,
+                "headline": headline_table(section, ctx) if section.rows else None,
+                "figures": [
+                    {"caption": caption, "src": _data_uri(path)}
+                    for caption, path in section.figures
+                ],
+                "full": full_table(section) if section.rows else None,
+                "tables": [(caption, _plain_table(t)) for caption, t in section.tables],
+                "summary_title": _TASK_SUMMARY[section.task],
+                "summary": (
+                    _plain_table(section.summary)
+                    if section.summary is not None and not section.summary.empty
+                    else None
+                ),
+            }
+        )
+    config = (
+        [(name, str(value)) for name, value in _flatten(config_summary)] if config_summary else []
     )
+    return {
+        "source": (config_summary or {}).get("predictions", ""),
+        "splits": [(s, int(sizes.get(s, 0))) for s in ctx.splits],
+        "figure_splits": shown,
+        "has_classification": any(s.task == "classification" for s in sections),
+        "train_hidden": "train" in ctx.splits and "train" not in shown,
+        "n_bootstrap": ctx.n_bootstrap,
+        "ci": f"{ctx.ci:.0%}",
+        "group_column": ctx.group_column,
+        "labels": labels,
+        "data": _data_table(predictions, ctx),
+        "learning_curve": _data_uri(learning_curve_png) if learning_curve_png else None,
+        "config": config,
+    }
 
 
 def render_report(
@@ -890,63 +1237,6 @@ def render_report(
     config_summary: Mapping | None,
     learning_curve_png: Path | None,
 ) -> str:
-    """The HTML page (a string) with everything embedded."""
-    parts = [
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
-        "<title>nervus_lightning evaluation</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>Evaluation report</h1>",
-    ]
-    if config_summary:
-        parts.append("<h2>Configuration</h2>")
-        parts.append(
-            _table(
-                pd.DataFrame(list(_flatten(config_summary)), columns=["setting", "value"]).astype(
-                    str
-                )
-            )
-        )
-
-    parts.append("<h2>Data</h2>")
-    counts = predictions.groupby("split").size().reindex(ctx.splits).rename("cases")
-    frame = counts.to_frame()
-    if ctx.group_column:
-        by_group = pd.crosstab(predictions["split"], predictions[ctx.group_column].astype(str))
-        frame = frame.join(by_group.reindex(ctx.splits).add_prefix(f"{ctx.group_column}="))
-    parts.append(_table(frame.rename_axis("split").reset_index()))
-    for section in sections:
-        if section.summary is not None and not section.summary.empty:
-            what = {
-                "classification": "class balance",
-                "regression": "distribution",
-                "survival": "events and follow-up",
-            }[section.task]
-            parts.append(f"<h3>{html.escape(section.name)}: {what}</h3>")
-            parts.append(_table(section.summary))
-
-    if learning_curve_png is not None:
-        parts.append("<h2>Learning curves</h2>")
-        parts.append(f"<figure style='width:720px'>{_img(learning_curve_png)}</figure>")
-
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.name)} ({section.task})</h2>")
-        if section.notes:
-            parts.append(
-                "<ul class=notes>"
-                + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes)
-                + "</ul>"
-            )
-        if section.rows:
-            parts.append(_metrics_table(section, ctx.ci))
-        for caption, table in section.tables:
-            parts.append(f"<h3>{html.escape(caption)}</h3>")
-            parts.append(_table(table))
-        if section.figures:
-            parts.append("<div class=figs>")
-            for caption, path in section.figures:
-                parts.append(
-                    f"<figure>{_img(path)}<figcaption>{html.escape(caption)}</figcaption></figure>"
-                )
-            parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    """The HTML page (a string, everything embedded) from ``templates/report.html.j2``."""
+    context = report_context(predictions, sections, ctx, config_summary, learning_curve_png)
+    return _TEMPLATES.get_template("report.html.j2").render(**context)

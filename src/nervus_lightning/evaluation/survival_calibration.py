@@ -9,11 +9,14 @@ of the label as ``t``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sksurv.nonparametric import kaplan_meier_estimator
 
-from nervus_lightning.evaluation.plots import new_figure
+from nervus_lightning.evaluation.plots import Styles, panel_figure
 
 CALIBRATION_COLUMNS = [
     "bin",
@@ -67,32 +70,46 @@ def survival_calibration_table(
     return pd.DataFrame(rows, columns=CALIBRATION_COLUMNS)
 
 
-def plot_survival_calibration(table: pd.DataFrame, t: float, *, title: str = "") -> object:
-    """Observed (Kaplan-Meier, with 95% interval) against mean predicted survival per bin."""
-    fig = new_figure()
-    ax = fig.add_subplot()
-    ok = table["observed"].notna()
-    shown = table[ok]
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.errorbar(
-        shown["predicted"],
-        shown["observed"],
-        yerr=[
-            shown["observed"] - shown["observed_lower"],
-            shown["observed_upper"] - shown["observed"],
-        ],
-        fmt="o-",
-        capsize=3,
-        lw=1.5,
-        label="risk bins (Kaplan-Meier, 95% CI)",
-    )
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-        xlabel=f"Predicted survival at t = {t:g}",
-        ylabel=f"Observed survival at t = {t:g}",
-        title=title,
-        aspect="equal",
-    )
-    ax.legend(loc="upper left", fontsize="small")
+def plot_survival_calibration(
+    tables: Mapping[str, pd.DataFrame] | pd.DataFrame,
+    t: float,
+    *,
+    styles: Styles | None = None,
+    title: str = "",
+) -> Figure:
+    """Observed (Kaplan-Meier, with 95% interval) against mean predicted survival per bin: one
+    panel per table of ``tables`` (e.g. per split; a single table gives one panel). Bins whose
+    follow-up ends before ``t`` have no observed value and are not drawn."""
+    if isinstance(tables, pd.DataFrame):
+        tables = {"": tables}
+    fig, axes = panel_figure(len(tables), width=3.9, height=4.1)
+    for ax, (name, table) in zip(axes, tables.items(), strict=True):
+        shown = table[table["observed"].notna()]
+        style = {"ls": "-", **(styles or {}).get(name, {})}
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        ax.errorbar(
+            shown["predicted"],
+            shown["observed"],
+            yerr=[
+                shown["observed"] - shown["observed_lower"],
+                shown["observed_upper"] - shown["observed"],
+            ],
+            marker="o",
+            ms=4,
+            capsize=2,
+            lw=1.4,
+            **style,
+        )
+        bins = f"{len(shown)} bins of ~{int(table['n'].median())} cases"
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            xlabel=f"Predicted survival at t = {t:g}",
+            ylabel=f"Observed survival at t = {t:g}" if ax is axes[0] else None,
+            title=f"{name} ({bins})" if name else bins,
+            aspect="equal",
+        )
+        ax.title.set_fontsize("medium")
+    if title:
+        fig.suptitle(title)
     return fig

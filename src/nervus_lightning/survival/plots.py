@@ -8,7 +8,7 @@ display is needed and pyplot's global state is never touched.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,12 @@ from sksurv.util import Surv
 
 from nervus_lightning.survival.baseline import as_numpy
 
-__all__ = ["default_group_names", "plot_km_risk_groups", "plot_td_auc"]
+__all__ = [
+    "default_group_names",
+    "plot_km_risk_group_panels",
+    "plot_km_risk_groups",
+    "plot_td_auc",
+]
 
 
 def default_group_names(n_groups: int) -> list[str]:
@@ -69,28 +74,48 @@ def plot_km_risk_groups(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
+    fig = Figure(figsize=(7, 5.5))
+    ax, table_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    _draw_km(ax, table_ax, time, event, groups, title, group_names, n_risk_times)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _draw_km(
+    ax: Any,
+    table_ax: Any,
+    time: Any,
+    event: Any,
+    groups: Any,
+    title: str,
+    group_names: Sequence[str] | None,
+    n_risk_times: int,
+    levels: np.ndarray | None = None,
+) -> None:
+    """Kaplan-Meier curves per group on ``ax``, numbers at risk on ``table_ax``; ``levels`` (all
+    group values, default those in ``groups``) fixes each group's colour and table row."""
     time = as_numpy(time)
     event = as_numpy(event) != 0
     groups = np.asarray(groups).reshape(-1)
-    levels = np.unique(groups)
+    levels = np.unique(groups) if levels is None else np.asarray(levels)
     names = list(group_names) if group_names is not None else default_group_names(len(levels))
     if len(names) != len(levels):
         raise ValueError(f"{len(names)} group names given for {len(levels)} groups")
 
     p_text = ""
-    if len(levels) > 1 and event.any():
+    if np.unique(groups).shape[0] > 1 and event.any():
         try:
             p_value = compare_survival(Surv.from_arrays(event=event, time=time), groups)[1]
             p_text = f"log-rank {_format_p(float(p_value))}"
         except np.linalg.LinAlgError:
             p_text = "log-rank test not computable"
 
-    fig = Figure(figsize=(7, 5.5))
-    ax, table_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
     ticks = MaxNLocator(nbins=n_risk_times - 1).tick_values(0.0, float(time.max()))
     risk_times = ticks[(ticks >= 0.0) & (ticks <= time.max())]
     for row, (level, name) in enumerate(zip(levels, names, strict=True)):
         member = groups == level
+        if not member.any():
+            continue
         if event[member].any():
             km_time, km_surv = kaplan_meier_estimator(event[member], time[member])
         else:
@@ -99,6 +124,7 @@ def plot_km_risk_groups(
             np.r_[0.0, km_time],
             np.r_[1.0, km_surv],
             where="post",
+            color=f"C{row}",
             label=f"{name} (n={member.sum()})",
         )
         censored = member & ~event
@@ -113,7 +139,7 @@ def plot_km_risk_groups(
 
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("Survival probability")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper right", fontsize="small")
     ax.set_title(" — ".join(s for s in (title, p_text) if s))
     ax.grid(alpha=0.3)
     table_ax.set_yticks(range(len(levels)), names)
@@ -124,8 +150,36 @@ def plot_km_risk_groups(
     for side in ("top", "right", "left"):
         table_ax.spines[side].set_visible(False)
     table_ax.tick_params(axis="y", length=0)
-    fig.tight_layout()
-    return _save(fig, path)
+
+
+def plot_km_risk_group_panels(
+    panels: Mapping[str, tuple[Any, Any, Any]],
+    *,
+    title: str = "",
+    group_names: Sequence[str] | None = None,
+    n_risk_times: int = 5,
+) -> Figure:
+    """One Kaplan-Meier panel (with log-rank p-value and numbers at risk) per data set, e.g.
+    per evaluated split: ``panels`` maps the panel title to ``(time, event, groups)``.
+
+    Returns the figure (Agg canvas) for the caller to save; every panel uses the same group
+    names, so the risk groups must be defined once (e.g. by training cut-points).
+    """
+    n = len(panels)
+    levels = np.unique(np.concatenate([np.asarray(g).reshape(-1) for _, _, g in panels.values()]))
+    fig = Figure(figsize=(4.6 * n, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, n, height_ratios=[4, 1])
+    for column, (name, (time, event, groups)) in enumerate(panels.items()):
+        ax = fig.add_subplot(grid[0, column])
+        table_ax = fig.add_subplot(grid[1, column], sharex=ax)
+        _draw_km(ax, table_ax, time, event, groups, name, group_names, n_risk_times, levels)
+        ax.title.set_fontsize("medium")
+        if column:
+            ax.set_ylabel("")
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def plot_td_auc(times: Any, auc: Any, mean_auc: float | None, path: str | os.PathLike) -> Path:
