@@ -48,6 +48,23 @@ class Task(ABC):
 
     #: Whether ``sampler=weighted`` (inverse class frequency) makes sense for this kind.
     balances_classes: ClassVar[bool] = True
+    #: Title of the per-split data summary in the report (class balance, distribution...).
+    summary_title: ClassVar[str] = "data"
+    #: How this kind's bootstrap resamples differ from the plain one, said in the report.
+    resampling_note: ClassVar[str | None] = None
+
+    # -- evaluation (no model needed: works from predictions.csv and schema.json) -----------------
+    @classmethod
+    @abstractmethod
+    def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: Any) -> Any:
+        """Metrics with bootstrap CIs, notes and tables of one ``schema.json`` label on every split
+        and group of ``predictions`` (a :class:`~nervus_lightning.evaluation.sections.LabelSection`;
+        ``ctx`` is the :class:`~nervus_lightning.evaluation.sections.EvalContext`)."""
+
+    @classmethod
+    @abstractmethod
+    def figures(cls, section: Any, ctx: Any) -> None:
+        """Draw the figures a reader needs for ``section`` into ``section.figures``."""
 
     # -- the CSV contract of a label (no model needed: used while reading the CSV) -------------
     @classmethod

@@ -19,6 +19,30 @@ from nervus_lightning.data.schema import (
     check_no_missing,
     numeric_column,
 )
+from nervus_lightning.evaluation import plots
+from nervus_lightning.evaluation.bootstrap import (
+    BootstrapCI,
+    weighted_bootstrap_distributions,
+    weighted_regression_metrics,
+)
+from nervus_lightning.evaluation.metrics import (
+    regression_metrics,
+)
+from nervus_lightning.evaluation.sections import (
+    ALL_GROUPS,
+    EvalContext,
+    LabelSection,
+    Subset,
+    add_figure,
+    add_metric_rows,
+    bootstrap_intervals,
+    figure_splits,
+    find_subset,
+    group_series,
+    iter_subsets,
+    main_split,
+    split_styles,
+)
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import Task, zero_loss
 
@@ -33,6 +57,16 @@ class RegressionTask(Task):
     """Targets standardised with training mean/std in the loss; outputs de-standardised."""
 
     kind = "regression"
+    summary_title = "distribution"
+
+    @classmethod
+    def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
+        return evaluate_regression(predictions, label, ctx)
+
+    @classmethod
+    def figures(cls, section: LabelSection, ctx: EvalContext) -> None:
+        regression_figures(section, ctx)
+
     primary_metric = "mae"
 
     def __init__(self, labels, loss: str = "mse", evaluation: Any = None) -> None:
@@ -91,3 +125,90 @@ class RegressionTask(Task):
 
     def prediction_columns(self, values: np.ndarray, j: int) -> dict[str, Any]:
         return {f"pred_{self.labels[j].name}": values[:, 0]}
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation: metrics with CIs, notes and figures of one regression label
+
+
+def evaluate_regression(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
+    """Metrics with CIs and figures of one regression label."""
+    name = label["name"]
+    section = LabelSection(name, "regression")
+    y_all = pd.to_numeric(df[name], errors="coerce")
+    known = y_all.notna().to_numpy()
+    if (~known).any():
+        section.notes.append(
+            f"{int((~known).sum())} case(s) without a true {name!r} are left out of its metrics."
+        )
+    df = df[known]
+    summary = {}
+    for split, group, rows in iter_subsets(df, ctx):
+        if rows.empty:
+            continue
+        y = pd.to_numeric(rows[name]).to_numpy(dtype=float)
+        pred = pd.to_numeric(rows[f"pred_{name}"]).to_numpy(dtype=float)
+        point = regression_metrics(y, pred)
+        intervals: dict[str, BootstrapCI] = {}
+        if ctx.n_bootstrap > 0:
+            intervals = bootstrap_intervals(
+                weighted_bootstrap_distributions(
+                    weighted_regression_metrics, y, pred, n_resamples=ctx.n_bootstrap, seed=ctx.seed
+                ),
+                ctx.ci,
+            )
+        add_metric_rows(section, split, group, point, intervals, lambda _m: None)
+        if group == ALL_GROUPS:
+            summary[split] = {
+                "n": len(y),
+                "mean": y.mean(),
+                "sd": y.std(ddof=1) if len(y) > 1 else np.nan,
+                "median": np.median(y),
+                "min": y.min(),
+                "max": y.max(),
+            }
+        section.subsets.append(Subset(split, group, {"y": y, "pred": pred}))
+    section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
+    return section
+
+
+def regression_figures(section: LabelSection, ctx: EvalContext) -> None:
+    """Predicted vs true and Bland-Altman, one panel per split; predicted vs true by group."""
+    name = section.name
+    splits = figure_splits(section, ctx)
+    styles = split_styles(splits)
+    panels = {
+        s: {s: (x.arrays["y"], x.arrays["pred"])} for s in splits if (x := find_subset(section, s))
+    }
+    if not panels:
+        return
+    where = ", ".join(panels)
+    add_figure(
+        section,
+        ctx,
+        "scatter",
+        f"Predicted against true {name}, one panel per split ({where}); dotted: identity.",
+        plots.plot_regression_scatter(
+            panels, label=name, styles=styles, title=f"{name}: predicted vs true"
+        ),
+    )
+    add_figure(
+        section,
+        ctx,
+        "bland_altman",
+        f"Bland-Altman plots of {name}, one panel per split ({where}): predicted - true against "
+        "their mean, with the bias (solid) and the 95% limits of agreement (dashed).",
+        plots.plot_bland_altman(panels, label=name, styles=styles, title=f"{name}: Bland-Altman"),
+    )
+    main = main_split(splits)
+    by_group = group_series(section, main, ("y", "pred"))
+    if len(by_group) > 1:
+        add_figure(
+            section,
+            ctx,
+            "scatter_by_group",
+            f"Predicted against true {name} on {main}, by {ctx.group_column}.",
+            plots.plot_regression_scatter(
+                {main: by_group}, label=name, title=f"{name} on {main} by {ctx.group_column}"
+            ),
+        )

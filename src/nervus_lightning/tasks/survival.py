@@ -38,9 +38,31 @@ from nervus_lightning.data.schema import (
     numeric_column,
     period_column_for,
 )
+from nervus_lightning.evaluation.bootstrap import (
+    BootstrapCI,
+    bootstrap_distributions,
+)
+from nervus_lightning.evaluation.sections import (
+    ALL_GROUPS,
+    EvalContext,
+    LabelSection,
+    Subset,
+    add_figure,
+    bootstrap_intervals,
+    figure_splits,
+    find_subset,
+    iter_subsets,
+    safe_name,
+    split_styles,
+)
+from nervus_lightning.evaluation.survival_calibration import (
+    plot_survival_calibration,
+    survival_calibration_table,
+)
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival.loss import TIES, cox_loss
 from nervus_lightning.survival.metrics import assign_risk_groups, format_time, survival_metrics
+from nervus_lightning.survival.plots import plot_km_risk_group_panels
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.base import Task, zero_loss
 
@@ -57,6 +79,16 @@ class SurvivalTask(Task):
     """
 
     kind = "survival"
+    summary_title = "events and follow-up"
+
+    @classmethod
+    def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
+        return evaluate_survival(predictions, label, ctx)
+
+    @classmethod
+    def figures(cls, section: LabelSection, ctx: EvalContext) -> None:
+        survival_figures(section, ctx)
+
     primary_metric = "c_index"
     post_training_splits = ("train",)
 
@@ -305,3 +337,165 @@ class SurvivalTask(Task):
                     plot_td_auc(
                         grid, auc, m["td_auc_mean"], out_dir / f"td_auc_{spec.name}_{split}.png"
                     )
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation: metrics with CIs, notes and figures of one survival label
+
+
+def _survival_reference(
+    train: pd.DataFrame, label: Mapping, name: str, period: str
+) -> tuple[SurvivalReference, list[str]]:
+    """Training-split aggregates of a survival label: from the schema when it has them (fitted
+    at training time), else fitted on the ``train`` rows of the predictions."""
+    if all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS):
+        return SurvivalReference.from_json(dict(label)), [
+            "Censoring distribution, baseline hazard, evaluation times and risk cut-points "
+            "from the training run (schema.json)."
+        ]
+    train_time = train[period].to_numpy(dtype=float)
+    train_event = train[name].to_numpy(dtype=float)
+    train_risk = train[f"risk_{name}"].to_numpy(dtype=float)
+    reference = SurvivalReference.fit(
+        train_time,
+        train_event,
+        train_risk,
+        eval_times=label.get("eval_times") or None,
+        risk_cutpoints=label.get("risk_cutpoints") or None,
+    )
+    return reference, ["No survival reference in the schema: fitted on the 'train' rows."]
+
+
+def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
+    """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
+
+    Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
+    log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
+    all of them, so survival CIs cost about 10 ms x ``n_bootstrap`` per split and group.
+    """
+    name = label["name"]
+    period = label["period"]
+    risk_column = f"risk_{name}"
+    section = LabelSection(name, "survival")
+    values = df[[name, period, risk_column]].apply(pd.to_numeric, errors="coerce")
+    known = values.notna().all(axis=1).to_numpy()
+    if (~known).any():
+        section.notes.append(
+            f"{int((~known).sum())} case(s) without event, time or risk are "
+            "left out of the survival metrics."
+        )
+    df = df[known].assign(**{c: values.loc[known, c] for c in values.columns})
+    train = df[df["split"] == "train"]
+    from_schema = all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS)
+    if not from_schema and (train.empty or not (train[name] != 0).any()):
+        section.notes.append(
+            "No 'train' split with events in the predictions: survival metrics "
+            "need the training follow-up and were not computed."
+        )
+        return section
+    reference, notes = _survival_reference(train, label, name, period)
+    eval_times, cutpoints = reference.eval_times, reference.risk_cutpoints
+    section.notes += notes
+    calibration_time = float(np.median(eval_times))
+    section.notes.append(
+        f"Calibration at t = {calibration_time:g} (middle evaluation time); "
+        "risk groups from the training cut-points "
+        f"{', '.join(f'{c:.3g}' for c in cutpoints)}."
+    )
+
+    def metrics(
+        time: np.ndarray, event: np.ndarray, risk: np.ndarray, reasons: dict[str, str] | None = None
+    ) -> dict[str, float | None]:
+        return survival_metrics(reference, time, event, risk, reasons=reasons)
+
+    summary, calibration_tables = {}, []
+    for split, group, rows in iter_subsets(df, ctx):
+        if rows.empty:
+            continue
+        time = rows[period].to_numpy(dtype=float)
+        event = rows[name].to_numpy(dtype=float)
+        risk = rows[risk_column].to_numpy(dtype=float)
+        reasons: dict[str, str] = {}
+        point = metrics(time, event, risk, reasons)
+        intervals: dict[str, BootstrapCI] = {}
+        if ctx.n_bootstrap > 0 and len(rows) > 1:
+            distributions = bootstrap_distributions(
+                metrics, time, event, risk, n_resamples=ctx.n_bootstrap, seed=ctx.seed
+            )
+            distributions.pop("logrank_p", None)  # a p-value has no confidence interval
+            intervals = bootstrap_intervals(distributions, ctx.ci)
+        section.add(split, group, "n", float(len(rows)))
+        section.add(split, group, "events", float((event != 0).sum()))
+        for metric, value in point.items():
+            section.add(split, group, metric, value, intervals.get(metric), reasons.get(metric))
+        if group == ALL_GROUPS:
+            summary[split] = {
+                "n": len(rows),
+                "events": int((event != 0).sum()),
+                "event rate": f"{(event != 0).mean():.1%}",
+                "median time": float(np.median(time)),
+            }
+        predicted = reference.survival(risk, [calibration_time])[:, 0]
+        table = survival_calibration_table(time, event, predicted, calibration_time)
+        calibration_tables.append(table.assign(split=split, group=group))
+        section.subsets.append(
+            Subset(
+                split,
+                group,
+                {"time": time, "event": event, "risk_group": assign_risk_groups(risk, cutpoints)},
+                calibration=table,
+            )
+        )
+    section.info.update(calibration_time=calibration_time)
+    section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
+    if calibration_tables:
+        table = pd.concat(calibration_tables, ignore_index=True)
+        table = table[["split", "group", *table.columns.drop(["split", "group"])]]
+        table.to_csv(ctx.out_dir / f"survival_calibration_{safe_name(name)}.csv", index=False)
+        section.tables.append(
+            (
+                f"Calibration at t = {calibration_time:g} by bin of predicted "
+                "survival (1 = highest risk)",
+                table,
+            )
+        )
+    return section
+
+
+def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
+    """Kaplan-Meier curves by training-defined risk group and calibration at the middle
+    evaluation time, each one figure with one panel per split."""
+    name = section.name
+    splits = figure_splits(section, ctx)
+    chosen = {s: x for s in splits if (x := find_subset(section, s))}
+    if not chosen:
+        return
+    where = ", ".join(chosen)
+    add_figure(
+        section,
+        ctx,
+        "km",
+        f"Kaplan-Meier survival of {name} by risk group (cut-points from the training risk "
+        f"scores), one panel per split ({where}), with the log-rank p-value and the numbers at "
+        "risk.",
+        plot_km_risk_group_panels(
+            {
+                s: (x.arrays["time"], x.arrays["event"], x.arrays["risk_group"])
+                for s, x in chosen.items()
+            },
+            title=f"{name}: Kaplan-Meier by risk group",
+        ),
+    )
+    t = section.info["calibration_time"]
+    tables = {s: x.calibration for s, x in chosen.items() if x.calibration is not None}
+    add_figure(
+        section,
+        ctx,
+        "calibration",
+        f"Calibration of {name} at t = {t:g} (the middle evaluation time), one panel per split "
+        f"({where}): Kaplan-Meier observed survival (95% interval) against mean predicted "
+        "survival in equal-sized bins of predicted survival; dotted: perfect calibration.",
+        plot_survival_calibration(
+            tables, t, styles=split_styles(splits), title=f"{name}: calibration at t = {t:g}"
+        ),
+    )
