@@ -22,6 +22,7 @@ The command line lives in :mod:`nervus_lightning.cli.export`.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -212,8 +213,8 @@ def _dynamic_shapes(n_inputs: int) -> tuple[tuple[dict[int, Any], ...]]:
 
 
 def _write_onnx(wrapper: DeployableNet, inputs: tuple, path: Path, opset: int) -> None:
-    _require("onnx", "onnx")
-    _require("onnxscript", "onnx")
+    # The torch.export-based exporter: it checks the graph against the dynamic batch axis
+    # instead of tracing one batch size, and is where torch's ONNX support goes on.
     program = torch.onnx.export(
         wrapper,
         inputs,
@@ -265,6 +266,11 @@ def export_model(
     if fmt == "onnx":
         _require("onnx", fmt)
         _require("onnxscript", fmt)
+        if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+            raise NervusInputError(
+                f"format=onnx needs torch >= 2.5 (its torch.export-based ONNX exporter); this is "
+                f"torch {torch.__version__}. Upgrade torch, or use format=torch_export."
+            )
     module = NervusModule.load_from_checkpoint(ckpt, map_location="cpu")
     module.eval()
     path = Path(out) if out is not None else ckpt.with_suffix(FORMATS[fmt])
