@@ -25,6 +25,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,8 @@ def _preprocessing(module: Any) -> dict[str, Any] | None:
             "range; [center, width]: DICOM LINEAR window in modality units); scale to [0, 1] by "
             "the fixed output range of that step; invert MONOCHROME1 (1 - x)",
             "other files: 8-bit images divided by 255; wider integer images divided by "
-            "2**bit_depth - 1; float images within [0, 1] as they are",
+            "2**bit_depth - 1; float images as they are when within [0, 1], else like wide integer "
+            "images",
             f"channels: colour reduced to gray with 0.299 R + 0.587 G + 0.114 B (alpha dropped) "
             f"when in_channels is 1; gray repeated to 3 channels when in_channels is 3 "
             f"(here {channels})",
@@ -213,9 +215,18 @@ def _dynamic_shapes(n_inputs: int) -> tuple[tuple[dict[int, Any], ...]]:
 
 
 def _write_onnx(wrapper: DeployableNet, inputs: tuple, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():
+        # Every input's batch axis is the one Dim "batch"; the exporter warns that it shares
+        # its name with itself and names the axis "batch" all the same.
+        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used.*")
+        program = _onnx_program(wrapper, inputs, opset)
+    program.save(str(path))
+
+
+def _onnx_program(wrapper: DeployableNet, inputs: tuple, opset: int) -> Any:
     # The torch.export-based exporter: it checks the graph against the dynamic batch axis
     # instead of tracing one batch size, and is where torch's ONNX support goes on.
-    program = torch.onnx.export(
+    return torch.onnx.export(
         wrapper,
         inputs,
         dynamo=True,
@@ -226,7 +237,6 @@ def _write_onnx(wrapper: DeployableNet, inputs: tuple, path: Path, opset: int) -
         external_data=False,
         verbose=False,
     )
-    program.save(str(path))
 
 
 def _write_torch_export(wrapper: DeployableNet, inputs: tuple, path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,6 +14,10 @@ from nervus_lightning.config import config_dir
 @hydra.main(config_path=config_dir(), config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from nervus_lightning.export import export_model
+
+    # The ONNX exporter's optimiser passes log every step at INFO, which Hydra's logging shows.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     def command() -> None:
         model_file, contract_file = export_model(
