@@ -1,0 +1,28 @@
+"""``python -m nervus_lightning.export ckpt=PATH [format=onnx|torch_export]``: deployment files."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from nervus_lightning.cli import run_reporting_user_errors
+from nervus_lightning.config import config_dir
+
+
+@hydra.main(config_path=config_dir(), config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from nervus_lightning.export import export_model
+
+    # The ONNX exporter's optimiser passes log every step at INFO, which Hydra's logging shows.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    def command() -> None:
+        model_file, contract_file = export_model(
+            cfg.ckpt, str(cfg.format), out=cfg.out, opset=int(cfg.opset)
+        )
+        print(f"exported {cfg.ckpt} to {model_file} (preprocessing contract: {contract_file})")
+
+    run_reporting_user_errors(command)
