@@ -25,6 +25,7 @@ predictions against the schema, writes the tables and renders the page.
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -320,6 +321,7 @@ def report_context(
     """Everything the template shows, as plain values (escaping is the template's job)."""
     sizes = predictions.groupby("split").size()
     shown = [s for s in ctx.splits if s != "train" or ctx.train_figures] or ctx.splits
+    figure_numbers = itertools.count(1)  # figures are numbered through the whole page
     labels = []
     for section in sections:
         labels.append(
@@ -330,9 +332,10 @@ def report_context(
                 "notes": section.notes,
                 "headline": headline_table(section, ctx) if section.rows else None,
                 "figures": [
-                    {"caption": caption, "src": _data_uri(path)}
+                    {"caption": caption, "src": _data_uri(path), "number": next(figure_numbers)}
                     for caption, path in section.figures
                 ],
+                "val_selects": task_class(section.task).val_selects,
                 "full": full_table(section) if section.rows else None,
                 "tables": [(caption, _plain_table(t)) for caption, t in section.tables],
                 "summary_title": task_class(section.task).summary_title,

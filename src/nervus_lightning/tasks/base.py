@@ -52,6 +52,8 @@ class Task(ABC):
     summary_title: ClassVar[str] = "data"
     #: How this kind's bootstrap resamples differ from the plain one, said in the report.
     resampling_note: ClassVar[str | None] = None
+    #: What the validation split chose for this kind (why its estimates are optimistic).
+    val_selects: ClassVar[str] = "the checkpoint"
 
     # -- evaluation (no model needed: works from predictions.csv and schema.json) -----------------
     @classmethod

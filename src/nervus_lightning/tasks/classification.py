@@ -200,6 +200,7 @@ class ClassificationTask(Task):
     kind = "classification"
     summary_title = "class balance"
     resampling_note = "classification labels resample within each true class"
+    val_selects = "the checkpoint and the operating threshold"
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
