@@ -33,13 +33,13 @@ import torch
 from torch import nn
 
 from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.tasks.base import task_class
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}
 DEFAULT_OPSET = 18
 #: Output name prefix per task: what the tensor holds (as in ``predictions.csv``).
-OUTPUT_PREFIX = {"classification": "prob", "regression": "pred", "survival": "risk"}
 #: The batch size of the example inputs; not 0 or 1, which torch.export would specialise on.
 _EXAMPLE_BATCH = 2
 
@@ -61,7 +61,9 @@ class DeployableNet(nn.Module):
             self.input_names.append("image")
         if schema.input_columns:
             self.input_names.append("tabular")
-        self.output_names = [f"{OUTPUT_PREFIX[spec.task]}_{spec.name}" for spec in schema.labels]
+        self.output_names = [
+            f"{task_class(spec.task).export_prefix}_{spec.name}" for spec in schema.labels
+        ]
         self.eval()
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -121,23 +123,9 @@ def _output_entries(module: Any, names: list[str]) -> list[dict[str, Any]]:
     entries = []
     for j, (spec, name) in enumerate(zip(module.schema.labels, names, strict=True)):
         entry: dict[str, Any] = {"name": name, "label": spec.name, "task": spec.task}
-        if spec.task == "classification":
-            entry["shape"] = ["batch", len(spec.classes)]
-            entry["classes"] = list(spec.classes)
-            entry["meaning"] = "softmax probability of each class, in the order of 'classes'"
-        elif spec.task == "regression":
-            entry["shape"] = ["batch", 1]
-            entry["meaning"] = "the prediction in the label's original units"
-        else:
-            entry["shape"] = ["batch", 1]
-            entry["period"] = spec.period
-            entry["meaning"] = (
-                "risk: the log hazard ratio (DeepSurv). Survival probability at time t: "
-                "exp(-H0(t) * exp(risk)), H0(t) the last 'baseline.cumhaz' value whose "
-                "'baseline.times' entry is <= t (0 before the first)"
-            )
+        entry.update(task_class(spec.task).export_output(spec))
         # The evaluation contract (positive class, threshold...) or, for survival, the
-        # training aggregates (baseline hazard and censoring curves at event times, eval times,
+        # training aggregates (baseline hazard on a time grid, censoring curve, eval times,
         # risk-group cut points): the same as schema.json, no case-level data.
         entry.update(module.task.export_label(j))
         entries.append(entry)

@@ -36,25 +36,27 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def build_datamodule(cfg: DictConfig) -> NervusDataModule:
+def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
+    """The data module of ``cfg.data``; ``overrides`` replace its keyword arguments (e.g. the
+    preview reads images only)."""
     data = cfg.data
     csv, labels, _ = resolve_data(cfg)
-    return NervusDataModule(
-        csv,
-        task=cfg.task.name,
-        labels=labels,
-        image_size=data.image_size,
-        in_channels=data.in_channels,
-        batch_size=data.batch_size,
-        num_workers=data.num_workers,
-        use_images=cfg.model.extractor.get("name") != "none",
-        use_tabular=cfg.model.tabular.get("name") != "none",
-        augmentation=cfg.augmentation.name,
-        sampler=cfg.sampler.name,
-        bit_depth=data.get("bit_depth", "auto"),
-        window=_plain(data.get("window", "auto")),
-        frame=data.get("frame", "middle"),
-    )
+    options = {
+        "task": cfg.task.name,
+        "labels": labels,
+        "image_size": data.image_size,
+        "in_channels": data.in_channels,
+        "batch_size": data.batch_size,
+        "num_workers": data.num_workers,
+        "use_images": cfg.model.extractor.get("name") != "none",
+        "use_tabular": cfg.model.tabular.get("name") != "none",
+        "augmentation": cfg.augmentation.name,
+        "sampler": cfg.sampler.name,
+        "bit_depth": data.get("bit_depth", "auto"),
+        "window": _plain(data.get("window", "auto")),
+        "frame": data.get("frame", "middle"),
+    }
+    return NervusDataModule(csv, **{**options, **overrides})
 
 
 def resolve_data(cfg: DictConfig) -> tuple[str | Path, list[str] | None, bool]:

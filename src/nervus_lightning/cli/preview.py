@@ -16,24 +16,11 @@ log = logging.getLogger(__name__)
 
 def preview(cfg: DictConfig) -> list[Path]:
     """Build the data as training would (images only) and write the preview PNGs."""
-    from nervus_lightning.data.datamodule import NervusDataModule
     from nervus_lightning.data.preview import write_preview
-    from nervus_lightning.train import _plain, resolve_data
+    from nervus_lightning.train import build_datamodule
 
-    data = cfg.data
-    csv, labels, _ = resolve_data(cfg)
-    datamodule = NervusDataModule(
-        csv,
-        task=cfg.task.name,
-        labels=labels,
-        image_size=data.image_size,
-        in_channels=data.in_channels,
-        batch_size=data.batch_size,
-        use_tabular=False,
-        augmentation=cfg.augmentation.name,
-        bit_depth=data.get("bit_depth", "auto"),
-        window=_plain(data.get("window", "auto")),
-        frame=data.get("frame", "middle"),
+    datamodule = build_datamodule(
+        cfg, use_images=True, use_tabular=False, sampler="none", num_workers=0
     )
     written = write_preview(
         datamodule,

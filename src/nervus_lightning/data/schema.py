@@ -259,6 +259,9 @@ def load_table(
             f"{path}: no training rows (no case has split == 'train'). Mark the training cases."
         )
     label_cols = select_label_columns(df, path, labels, task)
+    for col in label_cols:
+        hint = "Fill in the label or set split=exclude for those cases."
+        check_no_missing(df.loc[train_rows, col], col, path, "label, training split", hint)
     specs = [kind.label_spec(df, path, col, train_rows) for col in label_cols]
     kind.check_columns(df, path, label_cols, explicit=labels is not None)
 

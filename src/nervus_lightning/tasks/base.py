@@ -54,6 +54,15 @@ class Task(ABC):
     resampling_note: ClassVar[str | None] = None
     #: What the validation split chose for this kind (why its estimates are optimistic).
     val_selects: ClassVar[str] = "the checkpoint"
+    #: Name prefix of this kind's output in an exported graph (``<prefix>_<label>``).
+    export_prefix: ClassVar[str]
+    #: What that output holds, for the export's JSON contract.
+    export_meaning: ClassVar[str]
+
+    @classmethod
+    def export_output(cls, spec: LabelSpec) -> dict[str, Any]:
+        """Shape and meaning of label ``spec``'s output in an exported graph."""
+        return {"shape": ["batch", cls.output_dim(spec)], "meaning": cls.export_meaning}
 
     # -- evaluation (no model needed: works from predictions.csv and schema.json) -----------------
     @classmethod
@@ -74,7 +83,9 @@ class Task(ABC):
     def label_spec(
         cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
     ) -> LabelSpec:
-        """Validate a label column of a training CSV and describe it (classes, statistics...)."""
+        """Validate a label column of a training CSV and describe it (classes, statistics...).
+
+        The training rows of ``column`` are known to be filled in."""
 
     @classmethod
     def check_columns(

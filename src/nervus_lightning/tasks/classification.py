@@ -32,7 +32,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 from nervus_lightning.data.schema import (
     LabelSpec,
     NervusInputError,
-    check_no_missing,
     csv_lines,
     sort_classes,
 )
@@ -201,6 +200,12 @@ class ClassificationTask(Task):
     summary_title = "class balance"
     resampling_note = "classification labels resample within each true class"
     val_selects = "the checkpoint and the operating threshold"
+    export_prefix = "prob"
+    export_meaning = "softmax probability of each class, in the order of 'classes'"
+
+    @classmethod
+    def export_output(cls, spec: LabelSpec) -> dict[str, Any]:
+        return {**super().export_output(spec), "classes": list(spec.classes or [])}
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
@@ -240,10 +245,7 @@ class ClassificationTask(Task):
         cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
     ) -> LabelSpec:
         """Classes: the sorted values of the training split (numerically when all numbers)."""
-        train = df.loc[train_rows, column]
-        hint = "Fill in the label or set split=exclude for those cases."
-        check_no_missing(train, column, path, "label, training split", hint)
-        classes = sort_classes(train.tolist())
+        classes = sort_classes(df.loc[train_rows, column].tolist())
         if len(classes) < 2:
             raise NervusInputError(
                 f"{path}: label '{column}' has only one class ({classes[0]!r}) in the training "

@@ -16,7 +16,6 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from nervus_lightning.data.schema import (
     LabelSpec,
     NervusInputError,
-    check_no_missing,
     numeric_column,
 )
 from nervus_lightning.evaluation import plots
@@ -58,6 +57,8 @@ class RegressionTask(Task):
 
     kind = "regression"
     summary_title = "distribution"
+    export_prefix = "pred"
+    export_meaning = "the prediction in the label's original units"
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
@@ -80,9 +81,6 @@ class RegressionTask(Task):
         cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
     ) -> LabelSpec:
         """Numeric target; its training mean and standard deviation standardise the loss."""
-        train = df.loc[train_rows, column]
-        hint = "Fill in the label or set split=exclude for those cases."
-        check_no_missing(train, column, path, "label, training split", hint)
         values = numeric_column(df, column, path, df.index, "regression target")
         tr = values[train_rows]
         std = float(tr.std(ddof=0))

@@ -80,6 +80,16 @@ class SurvivalTask(Task):
 
     kind = "survival"
     summary_title = "events and follow-up"
+    export_prefix = "risk"
+    export_meaning = (
+        "risk: the log hazard ratio (DeepSurv). Survival probability at time t: "
+        "exp(-H0(t) * exp(risk)), H0(t) the last 'baseline.cumhaz' value whose "
+        "'baseline.times' entry is <= t (0 before the first)"
+    )
+
+    @classmethod
+    def export_output(cls, spec: LabelSpec) -> dict[str, Any]:
+        return {**super().export_output(spec), "period": spec.period}
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
@@ -116,9 +126,6 @@ class SurvivalTask(Task):
         cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
     ) -> LabelSpec:
         """Event label 0/1 with its time column ``period_<name>`` (or ``periods_<name>``)."""
-        train = df.loc[train_rows, column]
-        hint = "Fill in the label or set split=exclude for those cases."
-        check_no_missing(train, column, path, "label, training split", hint)
         period = period_column_for(column, df.columns)
         if period is None:
             periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
