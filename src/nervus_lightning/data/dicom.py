@@ -360,7 +360,12 @@ def _display_values(values: np.ndarray, ds, window: Window, monochrome1: bool) -
     else:  # none, or auto without a VOI in the file: the full range, brighter = higher value
         shown = values
         low, high = sorted(_modality_output_range(ds))
-    scaled = np.clip((shown.astype(np.float64) - low) / (high - low), 0.0, 1.0)
+    # In place on one float64 array (the LUT output, or a converted copy; it is not used
+    # elsewhere): a 2048 x 2048 radiograph would otherwise allocate four.
+    scaled = np.asarray(shown, dtype=np.float64)
+    scaled -= low
+    scaled /= high - low
+    np.clip(scaled, 0.0, 1.0, out=scaled)
     if monochrome1:
-        scaled = 1.0 - scaled
+        np.subtract(1.0, scaled, out=scaled)
     return scaled.astype(np.float32)
