@@ -218,3 +218,61 @@ def test_resume_checkpoint_outside_slurm(tmp_path, no_slurm, monkeypatch):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert resume_checkpoint(None, tmp_path) is None
+
+
+def test_requeue_signal_saves_and_resumes(tmp_path, slurm_task, monkeypatch):
+    """SIGUSR1 in the middle of an epoch: Lightning saves hpc_ckpt_1.ckpt in the run folder and
+    asks scontrol to requeue the job; the requeued job resumes from it at the same step."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.trainer.connectors import signal_connector
+
+    requeues = []
+    # Never call a real scontrol (this could be a SLURM login node).
+    monkeypatch.setattr(signal_connector, "call", lambda cmd, **kw: requeues.append(cmd) or 0)
+
+    class SignalAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5 and not requeues:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                trainer.should_stop = True  # SLURM would kill the job here
+
+    def fit(ckpt_path, callbacks, max_epochs):
+        options = trainer_options({"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs})
+        trainer = L.Trainer(
+            **options,
+            default_root_dir=str(tmp_path),
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=8,
+            limit_val_batches=0,
+        )
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+        return trainer
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        first = fit(None, [SignalAt()], max_epochs=2)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert requeues == [["scontrol", "requeue", "4242"]]
+    assert (tmp_path / "hpc_ckpt_1.ckpt").is_file()
+    assert first.global_step == 5
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    path = resume_checkpoint(None, tmp_path)
+    assert path == str(tmp_path / "hpc_ckpt_1.ckpt")
+    starts = []
+
+    class StartStep(L.Callback):
+        def on_train_start(self, trainer, *args):
+            starts.append(trainer.global_step)
+
+    try:
+        resumed = fit(path, [StartStep()], max_epochs=2)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    assert starts == [5]  # from the signal's step, not from scratch
+    assert resumed.global_step == 16  # 2 epochs of 8 batches in all

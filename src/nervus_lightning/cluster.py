@@ -79,10 +79,9 @@ def trainer_options(options: Mapping[str, Any]) -> dict[str, Any]:
             SLURMEnvironment(auto_requeue=auto_requeue, requeue_signal=requeue_signal)
         ]
         log.info(
-            "SLURM job %s: Lightning's SLURM plugin, auto-requeue %s on %s",
+            "SLURM job %s: Lightning's SLURM plugin, auto-requeue %s",
             os.environ.get("SLURM_JOB_ID"),
-            "on" if auto_requeue else "off",
-            requeue_signal.name,
+            f"on {requeue_signal.name}" if auto_requeue else "off",
         )
     return options
 
