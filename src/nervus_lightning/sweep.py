@@ -4,11 +4,16 @@ This module owns ``sweep_summary.csv`` in the sweep folder: one row per job with
 command-line overrides (one column per key), the sweep objective ``best_val_loss`` and the
 validation, test and external metrics of its ``summary.json`` flattened to columns named
 ``<split>/<label>/<metric>`` (e.g. ``val/label_cancer/auroc``). Rows are sorted by
-``best_val_loss``, best first; failed jobs come last with ``status=failed``.
+``best_val_loss``, best first; failed jobs come last with ``status=failed``. The column ``best``
+marks the one job with the lowest ``best_val_loss``; ``sweep_best.json`` repeats that job, its
+overrides (the parameters an Optuna search chose) and its checkpoint.
 
 :func:`summarize_sweep` builds the table from the folders alone; :class:`SweepSummary` is the
-Hydra callback (registered in ``conf/train.yaml``) that writes it after every job, so the table
-exists even when a failed job stops the sweep, and once more when the sweep ends.
+Hydra callback (registered in ``conf/train.yaml``) that writes both files after every job, so they
+exist even when a failed job stops the sweep, and once more when the sweep ends. When an Optuna
+search (``hparams_search=optuna``) keeps its study in ``hydra.sweeper.storage``, the callback also
+prepares the study for continuing: trials left running by a killed search are marked failed, and
+a sweep folder that already holds jobs is refused (their folders would be overwritten).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,12 +33,18 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nervus_lightning.outputs import write_csv
+from nervus_lightning.outputs import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "sweep_summary.csv"
+BEST_FILE = "sweep_best.json"
+# What the training function returns and a sweeper minimises: the lowest validation loss of the
+# run (the score of the checkpoint it selects).
 OBJECTIVE = "best_val_loss"
+OBJECTIVE_DIRECTION = "minimize"
+# The exit status of a user error (nervus_lightning.cli's convention).
+USER_ERROR_STATUS = 2
 # Training-split metrics are optimistic and would double the width of the table.
 _SKIPPED_SPLITS = ("train",)
 _SPLIT_RANK = {"val": 0, "test": 1, "external": 2}
@@ -140,17 +152,53 @@ def summarize_sweep(sweep_dir: str | Path, errors: Mapping[str, str] | None = No
     table["_failed"] = table["status"] == "failed"
     # Stable sort: equal objectives keep the job order.
     table = table.sort_values(["_failed", OBJECTIVE], kind="stable", na_position="last")
-    return table.drop(columns="_failed").reset_index(drop=True)
+    table = table.drop(columns="_failed").reset_index(drop=True)
+    # After sorting, the first row is the best one if it finished with a number.
+    best = table[OBJECTIVE].notna() & (table["status"] == "ok")
+    table.insert(table.columns.get_loc(OBJECTIVE) + 1, "best", best & (best.cumsum() == 1))
+    return table
+
+
+def best_job(table: pd.DataFrame, override_keys: list[str] | None = None) -> dict[str, Any] | None:
+    """The row flagged ``best`` as a JSON-ready dict (``None`` when no job finished).
+
+    ``params`` holds the job's overrides: every column between ``status`` and ``best_val_loss``
+    (or only ``override_keys`` when given).
+    """
+    if table.empty or not table["best"].any():
+        return None
+    row = table[table["best"]].iloc[0]
+    columns = list(table.columns)
+    keys = override_keys or columns[columns.index("status") + 1 : columns.index(OBJECTIVE)]
+    params = {k: row[k] for k in keys if k in row and not _missing(row[k])}
+    return {
+        "objective": OBJECTIVE,
+        "direction": OBJECTIVE_DIRECTION,
+        "job": str(row["job"]),
+        OBJECTIVE: float(row[OBJECTIVE]),
+        "params": params,
+        "best_checkpoint": row["best_checkpoint"],
+        "n_jobs": int(len(table)),
+        "n_finished": int((table["status"] == "ok").sum()),
+    }
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def write_sweep_summary(
     sweep_dir: str | Path, errors: Mapping[str, str] | None = None
 ) -> Path | None:
-    """Write ``sweep_summary.csv`` into ``sweep_dir``; ``None`` when it holds no job yet."""
+    """Write ``sweep_summary.csv`` (and ``sweep_best.json`` once a job finished) into
+    ``sweep_dir``; ``None`` when it holds no job yet."""
     sweep_dir = Path(sweep_dir)
     table = summarize_sweep(sweep_dir, errors)
     if table.empty:
         return None
+    best = best_job(table)
+    if best is not None:
+        write_json(sweep_dir / BEST_FILE, best)
     return write_csv(sweep_dir / SUMMARY_FILE, table)
 
 
@@ -160,6 +208,24 @@ class SweepSummary(Callback):
     def __init__(self) -> None:
         self.sweep_dir: Path | None = None
         self.errors: dict[str, str] = {}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.get("sweeper") or {}
+        storage = sweeper.get("storage")
+        if not storage or "optuna" not in str(sweeper.get("_target_", "")):
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir() and _job_dirs(sweep_dir):
+            # Hydra turns an exception raised here into a warning; the search must not start.
+            print(
+                f"nervus_lightning: error: hydra.sweep.dir={sweep_dir} already holds the jobs of "
+                "an earlier search; continuing the study there would overwrite their folders. "
+                "Leave hydra.sweep.dir at its default (a new timestamped folder) or name a new "
+                "one.",
+                file=sys.stderr,
+            )
+            raise SystemExit(USER_ERROR_STATUS)
+        continue_study(str(storage), sweeper.get("study_name"))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = config.get("hydra")
@@ -189,3 +255,30 @@ class SweepSummary(Callback):
         except Exception as err:  # a summary must never turn a finished sweep into a failure
             log.warning("could not write the sweep summary in %s: %s", self.sweep_dir, err)
             return None
+
+
+def continue_study(storage: str, study_name: str | None) -> int:
+    """Prepare an Optuna study in ``storage`` to be continued; return its finished trials.
+
+    Trials still marked running belong to a search that was killed (the Hydra sweeper runs one
+    search per study at a time): they are marked failed, so that they neither count as finished
+    nor stay running forever. A study that does not exist yet is left to the sweeper to create.
+    """
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in stale:
+        study._storage.set_trial_state(trial._trial_id, optuna.trial.TrialState.FAIL)
+    finished = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    log.info(
+        "continuing Optuna study %r in %s: %d finished trials%s",
+        study.study_name,
+        storage,
+        finished,
+        f", {len(stale)} left running by a killed search marked failed" if stale else "",
+    )
+    return finished
