@@ -9,6 +9,10 @@ The ``[0, 1]`` input is written with 0 as black and 1 as white (the PNG's full 8
 ``round(255 * x)``), never stretched image by image: a window that leaves the tissue a dull grey
 must look dull here too, as it does to the network. The contact sheet shows the same images with
 their uniqIDs and, when an augmentation preset is set, a row of augmented versions under them.
+
+With several images per case (``imgpath_<view>`` columns) each view is written as
+``<uniqID>__<view>.png`` and shown as its own tile, captioned ``<uniqID> <view>``; a missing view
+(``data.missing_views=allow``) is skipped.
 """
 
 from __future__ import annotations
@@ -46,9 +50,21 @@ def to_png_array(image: torch.Tensor) -> np.ndarray:
     return np.rint(array.numpy() * 255.0).astype(np.uint8)
 
 
-def preview_file_name(uniq_id: str) -> str:
-    """``<uniqID>.png`` with characters that are unsafe in file names replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(uniq_id)) + ".png"
+def preview_file_name(uniq_id: str, view: str | None = None) -> str:
+    """``<uniqID>.png`` (``<uniqID>__<view>.png`` for one of several views) with characters
+    that are unsafe in file names replaced by ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(uniq_id))
+    return f"{stem}__{view}.png" if view else f"{stem}.png"
+
+
+def _view_images(item: dict, views: list[str]) -> list[tuple[str | None, torch.Tensor]]:
+    """``(view, C x H x W image)`` of one dataset item, missing views left out."""
+    if not views:
+        return [(None, item["image"])]
+    mask = item.get("view_mask")
+    return [
+        (view, item["image"][v]) for v, view in enumerate(views) if mask is None or bool(mask[v])
+    ]
 
 
 def write_preview(
@@ -59,7 +75,8 @@ def write_preview(
     augmented: bool = False,
     seed: int = 0,
 ) -> list[Path]:
-    """Write ``out_dir/<uniqID>.png`` for the first ``n`` cases of ``split`` and the sheet.
+    """Write ``out_dir/<uniqID>.png`` (``<uniqID>__<view>.png`` per view) for the first ``n``
+    cases of ``split``, and the sheet.
 
     Args:
         datamodule: the data, built as for training (its window, frame, bit depth, image size and
@@ -76,7 +93,7 @@ def write_preview(
     Raises:
         NervusInputError: no image column, an unknown or empty split, or ``n < 1``.
     """
-    if not datamodule.schema.image_column:
+    if not datamodule.schema.has_images:
         raise NervusInputError(
             f"{datamodule.csv}: there are no images to preview (no imgpath column, or the image "
             "extractor is off)."
@@ -94,18 +111,22 @@ def write_preview(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    views = list(datamodule.schema.views)
     names: list[str] = []
     tiles: list[np.ndarray] = []
+    captions: list[str] = []
     written: list[Path] = []
     for i, uniq_id in enumerate(frame[ID_COLUMN].astype(str)):
-        array = to_png_array(inputs[i]["image"])
-        name = preview_file_name(uniq_id)
-        if name in names:  # two uniqIDs that differ only in unsafe characters
-            name = f"{Path(name).stem}__{i}.png"
-        names.append(name)
-        Image.fromarray(array).save(out / name)
-        written.append(out / name)
-        tiles.append(array)
+        for view, image in _view_images(inputs[i], views):
+            array = to_png_array(image)
+            name = preview_file_name(uniq_id, view)
+            if name in names:  # two uniqIDs that differ only in unsafe characters
+                name = f"{Path(name).stem}__{i}.png"
+            names.append(name)
+            Image.fromarray(array).save(out / name)
+            written.append(out / name)
+            tiles.append(array)
+            captions.append(f"{uniq_id} {view}" if view else str(uniq_id))
 
     augmented_tiles = None
     if augmented:
@@ -113,10 +134,13 @@ def write_preview(
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            augmented_tiles = [to_png_array(training[i]["image"]) for i in range(len(tiles))]
+            augmented_tiles = [
+                to_png_array(image)
+                for i in range(len(frame))
+                for _, image in _view_images(training[i], views)
+            ]
         finally:
             torch.random.set_rng_state(generator_state)
-    captions = [str(u) for u in frame[ID_COLUMN]]
     sheet = _contact_sheet(tiles, captions, augmented_tiles)
     sheet.save(out / SHEET_NAME)
     written.append(out / SHEET_NAME)
