@@ -11,8 +11,8 @@ must look dull here too, as it does to the network. The contact sheet shows the 
 their uniqIDs and, when an augmentation preset is set, a row of augmented versions under them.
 
 With several images per case (``imgpath_<view>`` columns) each view is written as
-``<uniqID>__<view>.png`` and shown as its own tile, captioned ``<uniqID> <view>``; a missing view
-(``data.missing_views=allow``) is skipped.
+``<uniqID>__<view>.png`` and shown as its own tile, captioned ``<uniqID> <view>``, a case's
+views side by side; a missing view (``data.missing_views=allow``) has no file and a grey tile.
 """
 
 from __future__ import annotations
@@ -57,13 +57,14 @@ def preview_file_name(uniq_id: str, view: str | None = None) -> str:
     return f"{stem}__{view}.png" if view else f"{stem}.png"
 
 
-def _view_images(item: dict, views: list[str]) -> list[tuple[str | None, torch.Tensor]]:
-    """``(view, C x H x W image)`` of one dataset item, missing views left out."""
+def _view_images(item: dict, views: list[str]) -> list[tuple[str | None, torch.Tensor | None]]:
+    """``(view, C x H x W image)`` of one dataset item; the image is None for a missing view."""
     if not views:
         return [(None, item["image"])]
     mask = item.get("view_mask")
     return [
-        (view, item["image"][v]) for v, view in enumerate(views) if mask is None or bool(mask[v])
+        (view, item["image"][v] if mask is None or bool(mask[v]) else None)
+        for v, view in enumerate(views)
     ]
 
 
@@ -118,6 +119,11 @@ def write_preview(
     written: list[Path] = []
     for i, uniq_id in enumerate(frame[ID_COLUMN].astype(str)):
         for view, image in _view_images(inputs[i], views):
+            captions.append(f"{uniq_id} {view}" if view else str(uniq_id))
+            if image is None:  # a missing view: a blank tile on the sheet, no file
+                captions[-1] += " (missing)"
+                tiles.append(None)
+                continue
             array = to_png_array(image)
             name = preview_file_name(uniq_id, view)
             if name in names:  # two uniqIDs that differ only in unsafe characters
@@ -126,7 +132,6 @@ def write_preview(
             Image.fromarray(array).save(out / name)
             written.append(out / name)
             tiles.append(array)
-            captions.append(f"{uniq_id} {view}" if view else str(uniq_id))
 
     augmented_tiles = None
     if augmented:
@@ -135,30 +140,38 @@ def write_preview(
         torch.manual_seed(seed)
         try:
             augmented_tiles = [
-                to_png_array(image)
+                None if image is None else to_png_array(image)
                 for i in range(len(frame))
                 for _, image in _view_images(training[i], views)
             ]
         finally:
             torch.random.set_rng_state(generator_state)
-    sheet = _contact_sheet(tiles, captions, augmented_tiles)
+    # Several views: a row holds whole cases, their views side by side.
+    per_row = len(views) * max(1, _COLUMNS // len(views)) if views else _COLUMNS
+    sheet = _contact_sheet(tiles, captions, augmented_tiles, per_row)
     sheet.save(out / SHEET_NAME)
     written.append(out / SHEET_NAME)
     return written
 
 
-def _tile(array: np.ndarray, size: int) -> Image.Image:
+def _tile(array: np.ndarray | None, size: int) -> Image.Image:
+    if array is None:
+        return Image.new("RGB", (size, size), "lightgray")
     image = Image.fromarray(array).convert("RGB")
     return image.resize((size, size), Image.Resampling.NEAREST)
 
 
 def _contact_sheet(
-    tiles: list[np.ndarray], captions: list[str], augmented: list[np.ndarray] | None
+    tiles: list[np.ndarray | None],
+    captions: list[str],
+    augmented: list[np.ndarray | None] | None,
+    per_row: int = _COLUMNS,
 ) -> Image.Image:
-    """Rows of ``_COLUMNS`` tiles with captions; an augmented row under each when given."""
-    side = tiles[0].shape[0]
+    """Rows of ``per_row`` tiles with captions (None: a grey tile, a missing view); an augmented
+    row under each when given."""
+    side = next((t.shape[0] for t in tiles if t is not None), _MIN_TILE)
     size = side * max(1, -(-_MIN_TILE // side))  # an integer multiple: pixels stay square
-    columns = min(_COLUMNS, len(tiles))
+    columns = min(per_row, len(tiles))
     blocks = -(-len(tiles) // columns)
     rows_per_block = 2 if augmented is not None else 1
     cell_h = size + _CAPTION
