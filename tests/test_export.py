@@ -14,6 +14,7 @@ import torch
 from conftest import FAST, compose_config, make_dataset
 
 from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.data.demo import write_multiview_demo
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.export import export_model
 from nervus_lightning.module import NervusModule
@@ -34,10 +35,12 @@ MODELS = {
         {"task": "regression", "images": False},
         ["task=regression", "model/extractor=none"],
     ),
+    # Two views (frontal, lateral; a quarter of the laterals missing) fused with a tabular input.
+    "multiview": ({"multiview": True}, ["data.missing_views=allow"]),
 }
 #: Each trains a resnet18 for its own test (about 25 s on a shared CPU); "fused" runs the same
-#: image path (GrayStem) in the default run.
-SLOW = {"image", "rgb"}
+#: image path (GrayStem) in the default run, and tests/test_multiview.py exports a two-view model.
+SLOW = {"image", "rgb", "multiview"}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,10 @@ def trained(tmp_path_factory):
         if name not in cache:
             root = tmp_path_factory.mktemp(name)
             options, overrides = MODELS[name]
-            csv = make_dataset(root, **options)
+            if options.get("multiview"):
+                csv = write_multiview_demo(root, n=40, seed=3, missing_fraction=0.25)
+            else:
+                csv = make_dataset(root, **options)
             torch.manual_seed(0)
             cfg = compose_config([f"data.csv={csv}", *FAST, *overrides])
             run = root / "run"
@@ -76,7 +82,11 @@ def _module_and_loader(ckpt: str, csv: str):
 
 
 def _feeds(batch, names: list[str]) -> dict[str, np.ndarray]:
-    return {name: batch[name].numpy().astype(np.float32) for name in names}
+    # Images and tabular values as float32; the view mask stays bool.
+    return {
+        name: batch[name].numpy() if name == "view_mask" else batch[name].numpy().astype(np.float32)
+        for name in names
+    }
 
 
 @pytest.mark.parametrize(
@@ -213,3 +223,23 @@ def test_command_line(trained, tmp_path):
     )
     assert result.returncode == 2
     assert "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_multiview_contract_lists_the_views(trained, tmp_path):
+    ckpt = trained("multiview")
+    model_file, contract_file = export_model(ckpt, "onnx", out=tmp_path / "mv.onnx")
+    contract = json.loads(contract_file.read_text())
+    image, tabular, mask = contract["inputs"]
+    assert image["shape"] == ["batch", 2, 1, 16, 16] and image["views"] == ["frontal", "lateral"]
+    assert image["columns"] == ["imgpath_frontal", "imgpath_lateral"]
+    assert tabular["columns"] == ["input_age"]
+    assert mask["name"] == "view_mask" and mask["dtype"] == "bool"
+    assert mask["shape"] == ["batch", 2]
+    assert contract["views"] == [
+        {"view": "frontal", "column": "imgpath_frontal"},
+        {"view": "lateral", "column": "imgpath_lateral"},
+    ]
+    assert contract["preprocessing"]["image_columns"] == image["columns"]
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image", "tabular", "view_mask"]

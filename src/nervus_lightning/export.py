@@ -5,8 +5,11 @@ contract:
 
 * :class:`DeployableNet` wraps a :class:`~nervus_lightning.module.NervusModule`'s network so that
   it takes plain named tensors (``image``: ``[B, C, H, W]`` float32 in ``[0, 1]``, the image as
-  ``python -m nervus_lightning.preview`` shows it; ``tabular``: ``[B, n]`` float32, the raw
-  ``input_*`` values) and returns one tensor per label, already transformed by the task
+  ``python -m nervus_lightning.preview`` shows it, or ``[B, V, C, H, W]`` with one image per
+  view for a model trained on ``imgpath_<view>`` columns; ``tabular``: ``[B, n]`` float32, the
+  raw ``input_*`` values; ``view_mask``: ``[B, V]`` bool, True where the view is present, for a
+  model trained with ``data.missing_views=allow``) and returns one tensor per label, already
+  transformed by the task
   (probabilities, original units, log hazard). Intensity normalisation of images and
   standardisation of tabular inputs stay inside the graph.
 * :func:`export_model` writes it as an ONNX file (``format=onnx``) or a ``torch.export`` program
@@ -14,7 +17,8 @@ contract:
   dimension, and a JSON beside it (:func:`deployment_contract`) that lists what happens *before*
   the graph (reading, DICOM LUTs and window, frame, bit depth, channels, resize), the input and
   output names and shapes, class names, thresholds, and for survival the training aggregates
-  needed to turn a risk into survival probabilities.
+  needed to turn a risk into survival probabilities; for several images per case, which slice
+  of the image input is which view (``views``: view name and CSV column, in order).
 
 The command line lives in :mod:`nervus_lightning.cli.export`.
 """
@@ -57,10 +61,12 @@ class DeployableNet(nn.Module):
         self.task = module.task
         schema = module.schema
         self.input_names: list[str] = []
-        if schema.image_column:
+        if schema.has_images:
             self.input_names.append("image")
         if schema.input_columns:
             self.input_names.append("tabular")
+        if schema.multiview and schema.missing_views == "allow":
+            self.input_names.append("view_mask")
         self.output_names = [
             f"{task_class(spec.task).export_prefix}_{spec.name}" for spec in schema.labels
         ]
@@ -68,43 +74,60 @@ class DeployableNet(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         named = dict(zip(self.input_names, inputs, strict=True))
-        outputs = self.net(image=named.get("image"), tabular=named.get("tabular"))
+        outputs = self.net(
+            image=named.get("image"), tabular=named.get("tabular"), view_mask=named.get("view_mask")
+        )
         return tuple(self.task.transform_output(out, j) for j, out in enumerate(outputs))
 
 
 def example_inputs(module: Any, batch: int = _EXAMPLE_BATCH) -> tuple[torch.Tensor, ...]:
-    """Random inputs of the right shapes (images in ``[0, 1]``, tabular around the means)."""
+    """Random inputs of the right shapes (images in ``[0, 1]``, tabular around the means, every
+    view present)."""
     schema = module.schema
     generator = torch.Generator().manual_seed(0)
     inputs = []
-    if schema.image_column:
+    if schema.has_images:
         size, channels = int(module.hparams.image_size), int(module.hparams.in_channels)
-        inputs.append(torch.rand(batch, channels, size, size, generator=generator))
+        views = (len(schema.views),) if schema.multiview else ()
+        inputs.append(torch.rand(batch, *views, channels, size, size, generator=generator))
     if schema.input_columns:
         mean = torch.tensor(schema.input_mean, dtype=torch.float32)
         std = torch.tensor(schema.input_std, dtype=torch.float32)
         noise = torch.randn(batch, len(mean), generator=generator)
         inputs.append(mean + std * noise)
+    if schema.multiview and schema.missing_views == "allow":
+        inputs.append(torch.ones(batch, len(schema.views), dtype=torch.bool))
     return tuple(inputs)
 
 
 def _input_entries(module: Any) -> list[dict[str, Any]]:
     schema = module.schema
     entries = []
-    if schema.image_column:
+    if schema.has_images:
         size, channels = int(module.hparams.image_size), int(module.hparams.in_channels)
-        entries.append(
-            {
-                "name": "image",
-                "shape": ["batch", channels, size, size],
-                "dtype": "float32",
-                "range": [0.0, 1.0],
-                "column": schema.image_column,
-                "meaning": "the image after the steps of 'preprocessing' (0 = black, 1 = white), "
-                "as `python -m nervus_lightning.preview` shows it; intensity normalisation "
-                "(ImageNet mean/std) is inside the graph",
-            }
+        entry: dict[str, Any] = {
+            "name": "image",
+            "shape": ["batch", channels, size, size],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+        }
+        if schema.multiview:
+            entry["shape"] = ["batch", len(schema.views), channels, size, size]
+            entry["views"] = list(schema.views)
+            entry["columns"] = list(schema.view_columns)
+        else:
+            entry["column"] = schema.image_column
+        entry["meaning"] = (
+            "the image after the steps of 'preprocessing' (0 = black, 1 = white), as `python -m "
+            "nervus_lightning.preview` shows it; intensity normalisation (ImageNet mean/std) is "
+            "inside the graph"
+            + (
+                "; one image per view, on axis 1 in the order of 'views'"
+                if schema.multiview
+                else ""
+            )
         )
+        entries.append(entry)
     if schema.input_columns:
         entries.append(
             {
@@ -114,6 +137,18 @@ def _input_entries(module: Any) -> list[dict[str, Any]]:
                 "columns": list(schema.input_columns),
                 "meaning": "the raw values of these CSV columns, in this order; standardisation "
                 "with the training mean/std is inside the graph",
+            }
+        )
+    if schema.multiview and schema.missing_views == "allow":
+        entries.append(
+            {
+                "name": "view_mask",
+                "shape": ["batch", len(schema.views)],
+                "dtype": "bool",
+                "views": list(schema.views),
+                "meaning": "True where the case has an image of that view; where False, pass "
+                "any image (zeros) for that view: the model uses its learned 'missing' "
+                "embedding instead",
             }
         )
     return entries
@@ -134,11 +169,13 @@ def _output_entries(module: Any, names: list[str]) -> list[dict[str, Any]]:
 
 def _preprocessing(module: Any) -> dict[str, Any] | None:
     schema = module.schema
-    if not schema.image_column:
+    if not schema.has_images:
         return None
     size, channels = int(module.hparams.image_size), int(module.hparams.in_channels)
     return {
         "image_column": schema.image_column,
+        "image_columns": schema.image_columns,
+        "views": list(schema.views) or None,
         "bit_depth": schema.bit_depth,
         "window": schema.window,
         "frame": schema.frame,
@@ -182,8 +219,13 @@ def deployment_contract(
         "inputs": _input_entries(module),
         "outputs": _output_entries(module, wrapper.output_names),
         "preprocessing": _preprocessing(module),
-        "image_size": int(module.hparams.image_size) if module.schema.image_column else None,
-        "in_channels": int(module.hparams.in_channels) if module.schema.image_column else None,
+        "views": [
+            {"view": view, "column": column}
+            for view, column in zip(module.schema.views, module.schema.view_columns, strict=True)
+        ]
+        or None,
+        "image_size": int(module.hparams.image_size) if module.schema.has_images else None,
+        "in_channels": int(module.hparams.in_channels) if module.schema.has_images else None,
         "schema": module.export_schema(),
     }
 

@@ -40,6 +40,8 @@ TASK_STATE_KEY = "nervus_task_state"
 #: Config keys of the task group that select demo data, not task options.
 _DEMO_KEYS = ("name", "demo_labels", "demo_positive_class")
 TORCHVISION_EXTRACTOR = "nervus_lightning.models.extractors.TorchvisionExtractor"
+#: ``model.extractor.shared``: one extractor for every view (true) or one per view (false).
+SHARED_KEY = "shared"
 
 
 def _scheduler_kwargs(name: str, options: dict[str, Any], max_epochs: int) -> dict[str, Any]:
@@ -105,10 +107,17 @@ class NervusModule(L.LightningModule):
     Args:
         schema: the data module's ``schema`` (labels, classes, input columns and statistics).
         extractor: image extractor: a torchvision model name, a dict ``{name, pretrained,
-            weights_path}``, ``None``/``"none"`` for no image input, or any ``nn.Module`` mapping
-            (B, C, H, W) images to (B, F) features (then pass it again to ``load_from_checkpoint``).
+            weights_path, shared}``, ``None``/``"none"`` for no image input, or any ``nn.Module``
+            mapping (B, C, H, W) images to (B, F) features (then pass it again to
+            ``load_from_checkpoint``). With several views per case (``schema.views``),
+            ``shared: true`` (default) runs one extractor on every view and ``shared: false``
+            builds one per view; a given ``nn.Module`` is shared.
         tabular: tabular MLP options ``{name: mlp|none, hidden, dropout, norm}``.
-        mixer: fusion options ``{name: concat, hidden, dropout, norm}`` (used with two inputs),
+        mixer: fusion options ``{name: concat, hidden, dropout, norm}``, used whenever there is
+            more than one feature block (image views, tabular); built with ``in_features`` (views
+            in order, tabular last) and, when its class takes it, ``modalities``
+            (``image/<view>``..., ``tabular``; the single image of an ``imgpath`` CSV is
+            ``image/image``),
             or ``{_target_: your_pkg.YourMixer, ...}`` for your own class (see
             :mod:`nervus_lightning.models.plugins`); likewise ``extractor``, ``tabular``, ``head``.
         head: the output layer of each label: ``linear`` (default), ``mlp`` or ``{_target_...}``.
@@ -178,27 +187,12 @@ class NervusModule(L.LightningModule):
     def _build_net(
         self, extractor, tabular, mixer, head, in_channels: int, image_size: int
     ) -> NervusNet:
-        image = None
-        if self.schema.image_column:
-            if isinstance(extractor, nn.Module):
-                image = extractor
-                image.out_features = _infer_features(extractor, in_channels, image_size)
-            else:
-                opts = _options(extractor, None)
-                if TARGET_KEY not in opts and not opts.get("name"):
-                    opts["name"] = "resnet18"
-                if opts.get("name") == "none" and TARGET_KEY not in opts:
-                    raise NervusInputError(
-                        "the data have images but model.extractor is 'none'; choose an extractor "
-                        "or leave the images out (no imgpath column)."
-                    )
-                # A bare name is a torchvision model (the built-in YAMLs say so with _target_).
-                opts.setdefault(TARGET_KEY, TORCHVISION_EXTRACTOR)
-                image = build_component(
-                    "model.extractor", opts, {}, in_channels=in_channels, image_size=image_size
-                )
-                if not hasattr(image, "out_features"):
-                    image.out_features = _infer_features(image, in_channels, image_size)
+        views = self.schema.views or None
+        image = (
+            self._build_image_extractors(extractor, in_channels, image_size)
+            if self.schema.has_images
+            else None
+        )
         table = None
         if self.schema.input_columns:
             opts = _options(tabular, "mlp")
@@ -210,13 +204,26 @@ class NervusModule(L.LightningModule):
                 mean=self.schema.input_mean,
                 std=self.schema.input_std,
             )
+        if image is None:
+            per_view = []
+        elif isinstance(image, list):
+            per_view = image
+        else:
+            per_view = [image] * len(views or ["image"])
+        sizes = [int(e.out_features) for e in per_view]
+        names = [f"image/{v}" for v in (views or ["image"])] if per_view else []
+        if table is not None:
+            sizes.append(int(table.out_features))
+            names.append("tabular")
         fusion = None
-        if image is not None and table is not None:
+        if len(sizes) > 1:
+            # ``modalities`` reaches mixers that take it (build_component drops it otherwise).
             fusion = build_component(
                 "model.mixer",
                 _options(mixer, "concat"),
                 MIXERS,
-                in_features=[image.out_features, table.out_features],
+                in_features=sizes,
+                modalities=names,
             )
         head_opts = _options(head, "linear")
         resolve_class("model.head", head_opts, HEADS)  # fails before the net is built
@@ -226,24 +233,70 @@ class NervusModule(L.LightningModule):
                 "model.head", head_opts, HEADS, in_features=in_features, out_features=out_features
             )
 
-        sizes = [spec.output_dim for spec in self.schema.labels]
+        heads = [spec.output_dim for spec in self.schema.labels]
         return NervusNet(
-            sizes, image_extractor=image, tabular_extractor=table, mixer=fusion, head=build_head
+            heads,
+            image_extractor=image,
+            tabular_extractor=table,
+            mixer=fusion,
+            head=build_head,
+            views=views,
+            missing_views=self.schema.missing_views == "allow",
         )
+
+    def _build_image_extractors(
+        self, extractor, in_channels: int, image_size: int
+    ) -> nn.Module | list[nn.Module]:
+        """The image extractor; with several views and ``shared: false``, one per view."""
+        if isinstance(extractor, nn.Module):
+            first, shared = extractor, True
+        else:
+            opts = _options(extractor, None)
+            shared = opts.pop(SHARED_KEY, True)
+            if not isinstance(shared, bool):
+                raise NervusInputError(
+                    f"model.extractor.{SHARED_KEY} must be true (one extractor for every view) "
+                    f"or false (one per view), got {shared!r}."
+                )
+            if TARGET_KEY not in opts and not opts.get("name"):
+                opts["name"] = "resnet18"
+            if opts.get("name") == "none" and TARGET_KEY not in opts:
+                raise NervusInputError(
+                    "the data have images but model.extractor is 'none'; choose an extractor "
+                    "or leave the images out (no imgpath column)."
+                )
+            # A bare name is a torchvision model (the built-in YAMLs say so with _target_).
+            opts.setdefault(TARGET_KEY, TORCHVISION_EXTRACTOR)
+
+            def build() -> nn.Module:
+                return build_component(
+                    "model.extractor", opts, {}, in_channels=in_channels, image_size=image_size
+                )
+
+            first = build()
+        if not hasattr(first, "out_features"):
+            first.out_features = _infer_features(first, in_channels, image_size)
+        if shared or len(self.schema.views) < 2:
+            return first
+        others = [build() for _ in self.schema.views[1:]]
+        for other in others:
+            other.out_features = first.out_features
+        return [first, *others]
 
     # -- forward ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
             self.task.gather = lambda t: self.all_gather(t, sync_grads=True).flatten(0, 1)
-        if self.channels_last and self.net.image_extractor is not None:
-            self.net.image_extractor.to(memory_format=torch.channels_last)
+        if self.channels_last:
+            for extractor in self.net.image_extractors():
+                extractor.to(memory_format=torch.channels_last)
 
     def forward(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         image = batch.get("image")
-        if image is not None and self.channels_last:
+        if image is not None and self.channels_last and image.ndim == 4:
             image = image.contiguous(memory_format=torch.channels_last)
-        return self.net(image=image, tabular=batch.get("tabular"))
+        return self.net(image=image, tabular=batch.get("tabular"), view_mask=batch.get("view_mask"))
 
     def _losses(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
         return [self.task.loss(out, batch, j) for j, out in enumerate(outputs)]

@@ -55,6 +55,7 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
         "bit_depth": data.get("bit_depth", "auto"),
         "window": _plain(data.get("window", "auto")),
         "frame": data.get("frame", "middle"),
+        "missing_views": data.get("missing_views", "refuse"),
     }
     return NervusDataModule(csv, **{**options, **overrides})
 

@@ -30,7 +30,7 @@ def preview(cfg: DictConfig) -> list[Path]:
         augmented=cfg.augmentation.name != "none",
         seed=int(cfg.seed),
     )
-    print(f"preview of {len(written) - 1} case(s) of split {cfg.split} written to {cfg.out}/")
+    print(f"preview of {len(written) - 1} image(s) of split {cfg.split} written to {cfg.out}/")
     return written
 
 

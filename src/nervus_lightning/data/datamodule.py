@@ -89,7 +89,12 @@ def _window_for_schema(window: Window) -> str | list[float]:
 
 
 class NervusDataset(Dataset):
-    """Cases of one split: image (C, H, W floats in [0, 1]), raw tabular inputs, targets."""
+    """Cases of one split: image (C, H, W floats in [0, 1]), raw tabular inputs, targets.
+
+    With several views (``schema.views``) the image is (V, C, H, W) in view order, each view
+    read and transformed on its own; when the schema allows missing views, an empty view cell
+    gives a zero image and ``view_mask`` (V,) bool says which views are present.
+    """
 
     def __init__(
         self,
@@ -97,15 +102,23 @@ class NervusDataset(Dataset):
         schema: DataSchema,
         in_channels: int,
         transform: Callable[[torch.Tensor], torch.Tensor] | None,
+        image_size: int | None = None,
     ) -> None:
         self.frame = frame.reset_index(drop=True)
+        self.view_size = image_size
         self.in_channels = in_channels
         self.transform = transform
         self.image_paths = self.frame[schema.image_column].tolist() if schema.image_column else None
+        # Several views: one path list per view (None for an empty cell).
+        self.view_paths = [
+            [p if isinstance(p, str) and p else None for p in self.frame[col]]
+            for col in schema.view_columns
+        ]
+        self.with_mask = schema.multiview and schema.missing_views == "allow"
         self.bit_depth = schema.bit_depth
         self.window, self.dicom_frame = dicom_settings(schema)
         self.tabular = (
-            torch.as_tensor(self.frame[schema.input_columns].to_numpy(np.float32))
+            torch.tensor(self.frame[schema.input_columns].to_numpy(np.float32))
             if schema.input_columns
             else None
         )
@@ -118,17 +131,35 @@ class NervusDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frame)
 
+    def _image(self, path: str) -> torch.Tensor:
+        image = read_image(
+            path,
+            self.in_channels,
+            bit_depth=self.bit_depth,
+            window=self.window,
+            frame=self.dicom_frame,
+        )
+        return self.transform(image) if self.transform else image
+
+    def _views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        present = [paths[i] is not None for paths in self.view_paths]
+        images = [self._image(paths[i]) for paths in self.view_paths if paths[i] is not None]
+        blank = torch.zeros_like(images[0]) if images else None
+        if blank is None:  # every view missing (allowed with tabular inputs): size from config
+            side = self.view_size or 1
+            blank = torch.zeros(self.in_channels, side, side)
+        it = iter(images)
+        stacked = torch.stack([next(it) if ok else blank for ok in present])
+        return stacked, torch.tensor(present, dtype=torch.bool)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {"index": i, "target": self.targets[i]}
         if self.image_paths is not None:
-            image = read_image(
-                self.image_paths[i],
-                self.in_channels,
-                bit_depth=self.bit_depth,
-                window=self.window,
-                frame=self.dicom_frame,
-            )
-            item["image"] = self.transform(image) if self.transform else image
+            item["image"] = self._image(self.image_paths[i])
+        if self.view_paths:
+            item["image"], mask = self._views(i)
+            if self.with_mask:
+                item["view_mask"] = mask
         if self.tabular is not None:
             item["tabular"] = self.tabular[i]
         for name, values in self.fields.items():
@@ -164,6 +195,15 @@ class NervusDataModule(L.LightningDataModule):
             ``first`` or ``mean``. ``window`` and ``frame`` are stored in the schema; with
             ``schema`` given, None (the default) uses the schema's, and a different value is an
             error (images must be read as in training).
+        missing_views: with ``imgpath_<view>`` columns (several images per case), what an empty
+            view cell means (``data.missing_views``): ``refuse`` (default; the cases are named
+            before training) or ``allow`` (a zero image, ``view_mask`` False, and the model's
+            learned "missing" embedding). With ``schema`` given, the schema's choice is used.
+
+    Batches hold ``index``, ``target``, the task's fields, ``tabular`` (B, n_inputs) when there
+    are tabular inputs, and ``image``: (B, C, H, W) for a single ``imgpath`` column, or
+    (B, V, C, H, W) in ``schema.views`` order for several views, with ``view_mask`` (B, V) bool
+    (True = present) when missing views are allowed.
     """
 
     def __init__(
@@ -185,6 +225,7 @@ class NervusDataModule(L.LightningDataModule):
         bit_depth: str | int = "auto",
         window: str | Sequence[float] | None = None,
         frame: str | None = None,
+        missing_views: str = "refuse",
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -206,7 +247,12 @@ class NervusDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         if schema is None:
             self.frame, self.schema = load_table(
-                self.csv, task=task, labels=labels, use_images=use_images, use_tabular=use_tabular
+                self.csv,
+                task=task,
+                labels=labels,
+                use_images=use_images,
+                use_tabular=use_tabular,
+                missing_views=missing_views,
             )
         else:
             self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
@@ -219,9 +265,9 @@ class NervusDataModule(L.LightningDataModule):
             )
         if schema is None:
             task.check_training_data(self.split_frame(TRAIN), self.schema.labels, batch_size)
-        if self.schema.image_column and check_images:
+        if self.schema.has_images and check_images:
             self._check_images()
-        if self.schema.image_column:
+        if self.schema.has_images:
             if schema is None:
                 self.schema.bit_depth = requested_bits or self._choose_bit_depth()
                 self.schema.window = _window_for_schema(requested_window or DEFAULT_WINDOW)
@@ -233,20 +279,28 @@ class NervusDataModule(L.LightningDataModule):
         self.eval_transform = build_eval_transform(image_size)
 
     def _check_images(self) -> None:
-        paths = self.frame[self.schema.image_column].tolist()
-        bad = check_image_files(paths)
-        if bad:
-            rows = {p: i for i, p in enumerate(paths)}
+        """Every image header of every image column, before training; the first bad column is
+        reported with its CSV lines."""
+        for column in self.schema.image_columns:
+            cells = self.frame[column]
+            given = cells.notna()
+            paths = cells[given].tolist()
+            bad = check_image_files(paths)
+            if not bad:
+                continue
+            rows = {p: i for i, p in zip(cells.index[given], paths, strict=True)}
             listed = "\n".join(f"  CSV line {rows[p] + 2}: {p}: {reason}" for p, reason in bad[:5])
             more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
             raise NervusInputError(
-                f"{self.csv}: {len(bad)} image file(s) in column '{self.schema.image_column}' "
+                f"{self.csv}: {len(bad)} image file(s) in column '{column}' "
                 f"are missing or unreadable:\n{listed}{more}\nFix the paths (relative paths are "
                 "relative to the CSV's folder) or set split=exclude for those cases."
             )
 
     def _choose_bit_depth(self) -> int:
-        paths = self.split_frame(TRAIN)[self.schema.image_column].tolist()
+        # One depth for every view: the views of a study come from the same kind of detector.
+        train = self.split_frame(TRAIN)
+        paths = [p for col in self.schema.image_columns for p in train[col].dropna().tolist()]
         choice = choose_bit_depth(paths)
         if choice.from_pixel_values:
             warnings.warn(
@@ -306,7 +360,9 @@ class NervusDataModule(L.LightningDataModule):
 
     def dataset(self, split: str | None, train: bool = False) -> NervusDataset:
         transform = self.train_transform if train else self.eval_transform
-        return NervusDataset(self.split_frame(split), self.schema, self.in_channels, transform)
+        return NervusDataset(
+            self.split_frame(split), self.schema, self.in_channels, transform, self.image_size
+        )
 
     def _loader(self, dataset: Dataset, shuffle: bool = False, **kwargs: Any) -> DataLoader:
         return DataLoader(

@@ -33,6 +33,9 @@ Survival times follow a proportional-hazards model,
 median survival of five years at the reference point); censoring times are exponential and
 independent, with the rate chosen so that the expected censored fraction is 30 %.
 
+:func:`write_multiview_demo` writes a second, small data set with *two images per case*
+(``imgpath_frontal``, ``imgpath_lateral``) whose label needs both views; see its docstring.
+
 Everything is drawn from one ``numpy`` generator seeded with ``seed``, so a build is
 reproducible bit for bit. The data set is written into a temporary folder and renamed into
 place, so a crash never leaves half a data set, and a complete existing build is reused.
@@ -55,12 +58,15 @@ from PIL import Image, PngImagePlugin
 __all__ = [
     "DEMO_CSV_NAME",
     "DEMO_VERSION",
+    "MULTIVIEW_CSV_NAME",
     "build_demo_dataset",
     "default_cache_root",
+    "write_multiview_demo",
 ]
 
 DEMO_VERSION = 1
 DEMO_CSV_NAME = "demo.csv"
+MULTIVIEW_CSV_NAME = "multiview.csv"
 _INFO_NAME = "build_info.json"
 _IMAGE_SIDE = 32
 _CENSORED_FRACTION = 0.30
@@ -242,3 +248,71 @@ def _stratified_split(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray
             split[members[start:stop]] = name
             start = stop
     return split.astype(str)
+
+
+def write_multiview_demo(
+    folder: str | os.PathLike,
+    n: int = 120,
+    seed: int = 0,
+    missing_fraction: float = 0.0,
+) -> Path:
+    """Write a small two-view data set into ``folder`` and return the path of its CSV.
+
+    Each case shows one digit of :func:`sklearn.datasets.load_digits` in its ``frontal`` view and
+    another, mirrored left to right, in its ``lateral`` view (32 x 32 8-bit PNGs under
+    ``images/``, paths relative to the CSV). ``label_high_sum`` is ``yes`` when the two digits add
+    up to 9 or more, else ``no``: no single view decides it. ``input_age`` (N(60, 12)) is a
+    tabular input that adds a little to the odds (``yes`` cases are 5 years older on average).
+    Splits: 60 % train, 20 % val, 20 % test.
+
+    Args:
+        folder: where to write ``multiview.csv`` and ``images/`` (created).
+        n: number of cases.
+        seed: seed of every random choice.
+        missing_fraction: fraction of cases whose ``imgpath_lateral`` cell is left empty (a
+            missing view, for ``data.missing_views=allow``); those cases are spread over splits.
+    """
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+
+    folder = Path(folder)
+    image_dir = folder / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    digits = load_digits()
+    picks = rng.integers(0, len(digits.target), (n, 2))
+    small = torch.from_numpy(digits.images[picks.ravel()].astype(np.float32) / 16.0)
+    large = torch.nn.functional.interpolate(
+        small.unsqueeze(1), size=(_IMAGE_SIDE, _IMAGE_SIDE), mode="bilinear", align_corners=False
+    )
+    pixels = np.rint(large.squeeze(1).clamp(0.0, 1.0).numpy() * 255.0).astype(np.uint8)
+    pixels = pixels.reshape(n, 2, _IMAGE_SIDE, _IMAGE_SIDE)
+    total = digits.target[picks].sum(axis=1)
+    high = total >= 9
+    age = np.round(np.clip(rng.normal(60.0, 12.0, n) + 5.0 * high, 20.0, 95.0), 1)
+    split = np.array(["train"] * n, dtype=object)
+    order = rng.permutation(n)
+    split[order[int(0.6 * n) : int(0.8 * n)]] = "val"
+    split[order[int(0.8 * n) :]] = "test"
+    missing = np.zeros(n, dtype=bool)
+    missing[rng.permutation(n)[: int(round(missing_fraction * n))]] = True
+
+    rows = []
+    for i in range(n):
+        uniq = f"mv_{i:04d}"
+        frontal = image_dir / f"{uniq}__frontal.png"
+        lateral = image_dir / f"{uniq}__lateral.png"
+        Image.fromarray(pixels[i, 0]).save(frontal)
+        Image.fromarray(np.ascontiguousarray(pixels[i, 1, :, ::-1])).save(lateral)
+        rows.append(
+            {
+                "uniqID": uniq,
+                "imgpath_frontal": frontal.relative_to(folder).as_posix(),
+                "imgpath_lateral": None if missing[i] else lateral.relative_to(folder).as_posix(),
+                "input_age": age[i],
+                "label_high_sum": "yes" if high[i] else "no",
+                "split": split[i],
+            }
+        )
+    csv = folder / MULTIVIEW_CSV_NAME
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv

@@ -9,6 +9,10 @@ The ``[0, 1]`` input is written with 0 as black and 1 as white (the PNG's full 8
 ``round(255 * x)``), never stretched image by image: a window that leaves the tissue a dull grey
 must look dull here too, as it does to the network. The contact sheet shows the same images with
 their uniqIDs and, when an augmentation preset is set, a row of augmented versions under them.
+
+With several images per case (``imgpath_<view>`` columns) each view is written as
+``<uniqID>__<view>.png`` and shown as its own tile, captioned ``<uniqID> <view>``, a case's
+views side by side; a missing view (``data.missing_views=allow``) has no file and a grey tile.
 """
 
 from __future__ import annotations
@@ -46,9 +50,22 @@ def to_png_array(image: torch.Tensor) -> np.ndarray:
     return np.rint(array.numpy() * 255.0).astype(np.uint8)
 
 
-def preview_file_name(uniq_id: str) -> str:
-    """``<uniqID>.png`` with characters that are unsafe in file names replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(uniq_id)) + ".png"
+def preview_file_name(uniq_id: str, view: str | None = None) -> str:
+    """``<uniqID>.png`` (``<uniqID>__<view>.png`` for one of several views) with characters
+    that are unsafe in file names replaced by ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(uniq_id))
+    return f"{stem}__{view}.png" if view else f"{stem}.png"
+
+
+def _view_images(item: dict, views: list[str]) -> list[tuple[str | None, torch.Tensor | None]]:
+    """``(view, C x H x W image)`` of one dataset item; the image is None for a missing view."""
+    if not views:
+        return [(None, item["image"])]
+    mask = item.get("view_mask")
+    return [
+        (view, item["image"][v] if mask is None or bool(mask[v]) else None)
+        for v, view in enumerate(views)
+    ]
 
 
 def write_preview(
@@ -59,7 +76,8 @@ def write_preview(
     augmented: bool = False,
     seed: int = 0,
 ) -> list[Path]:
-    """Write ``out_dir/<uniqID>.png`` for the first ``n`` cases of ``split`` and the sheet.
+    """Write ``out_dir/<uniqID>.png`` (``<uniqID>__<view>.png`` per view) for the first ``n``
+    cases of ``split``, and the sheet.
 
     Args:
         datamodule: the data, built as for training (its window, frame, bit depth, image size and
@@ -76,7 +94,7 @@ def write_preview(
     Raises:
         NervusInputError: no image column, an unknown or empty split, or ``n < 1``.
     """
-    if not datamodule.schema.image_column:
+    if not datamodule.schema.has_images:
         raise NervusInputError(
             f"{datamodule.csv}: there are no images to preview (no imgpath column, or the image "
             "extractor is off)."
@@ -94,18 +112,26 @@ def write_preview(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    views = list(datamodule.schema.views)
     names: list[str] = []
     tiles: list[np.ndarray] = []
+    captions: list[str] = []
     written: list[Path] = []
     for i, uniq_id in enumerate(frame[ID_COLUMN].astype(str)):
-        array = to_png_array(inputs[i]["image"])
-        name = preview_file_name(uniq_id)
-        if name in names:  # two uniqIDs that differ only in unsafe characters
-            name = f"{Path(name).stem}__{i}.png"
-        names.append(name)
-        Image.fromarray(array).save(out / name)
-        written.append(out / name)
-        tiles.append(array)
+        for view, image in _view_images(inputs[i], views):
+            captions.append(f"{uniq_id} {view}" if view else str(uniq_id))
+            if image is None:  # a missing view: a blank tile on the sheet, no file
+                captions[-1] += " (missing)"
+                tiles.append(None)
+                continue
+            array = to_png_array(image)
+            name = preview_file_name(uniq_id, view)
+            if name in names:  # two uniqIDs that differ only in unsafe characters
+                name = f"{Path(name).stem}__{i}.png"
+            names.append(name)
+            Image.fromarray(array).save(out / name)
+            written.append(out / name)
+            tiles.append(array)
 
     augmented_tiles = None
     if augmented:
@@ -113,28 +139,39 @@ def write_preview(
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            augmented_tiles = [to_png_array(training[i]["image"]) for i in range(len(tiles))]
+            augmented_tiles = [
+                None if image is None else to_png_array(image)
+                for i in range(len(frame))
+                for _, image in _view_images(training[i], views)
+            ]
         finally:
             torch.random.set_rng_state(generator_state)
-    captions = [str(u) for u in frame[ID_COLUMN]]
-    sheet = _contact_sheet(tiles, captions, augmented_tiles)
+    # Several views: a row holds whole cases, their views side by side.
+    per_row = len(views) * max(1, _COLUMNS // len(views)) if views else _COLUMNS
+    sheet = _contact_sheet(tiles, captions, augmented_tiles, per_row)
     sheet.save(out / SHEET_NAME)
     written.append(out / SHEET_NAME)
     return written
 
 
-def _tile(array: np.ndarray, size: int) -> Image.Image:
+def _tile(array: np.ndarray | None, size: int) -> Image.Image:
+    if array is None:
+        return Image.new("RGB", (size, size), "lightgray")
     image = Image.fromarray(array).convert("RGB")
     return image.resize((size, size), Image.Resampling.NEAREST)
 
 
 def _contact_sheet(
-    tiles: list[np.ndarray], captions: list[str], augmented: list[np.ndarray] | None
+    tiles: list[np.ndarray | None],
+    captions: list[str],
+    augmented: list[np.ndarray | None] | None,
+    per_row: int = _COLUMNS,
 ) -> Image.Image:
-    """Rows of ``_COLUMNS`` tiles with captions; an augmented row under each when given."""
-    side = tiles[0].shape[0]
+    """Rows of ``per_row`` tiles with captions (None: a grey tile, a missing view); an augmented
+    row under each when given."""
+    side = next((t.shape[0] for t in tiles if t is not None), _MIN_TILE)
     size = side * max(1, -(-_MIN_TILE // side))  # an integer multiple: pixels stay square
-    columns = min(_COLUMNS, len(tiles))
+    columns = min(per_row, len(tiles))
     blocks = -(-len(tiles) // columns)
     rows_per_block = 2 if augmented is not None else 1
     cell_h = size + _CAPTION

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,14 @@ import pandas as pd
 
 ID_COLUMN = "uniqID"
 IMAGE_COLUMN = "imgpath"
+#: Several images per case: one ``imgpath_<view>`` column per view (``imgpath_frontal``...).
+VIEW_PREFIX = IMAGE_COLUMN + "_"
+#: The view name of a plain ``imgpath`` column when it stands next to ``imgpath_<view>`` columns.
+PLAIN_VIEW = "image"
+#: ``data.missing_views``: an empty cell in a view column is refused, or replaced by a learned
+#: "missing" embedding.
+MISSING_VIEWS = ("refuse", "allow")
+_VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 SPLIT_COLUMN = "split"
 GROUP_COLUMN = "group"
 INPUT_PREFIX = "input_"
@@ -77,6 +86,15 @@ class DataSchema:
     ``"mean"``; see :mod:`nervus_lightning.data.dicom`), fixed at training and reused unchanged
     for prediction. None without images, and in schemas written before the fields existed
     (DICOM files were then read as ``window="none"``, ``frame="first"``).
+
+    Images come in one of two layouts. *Single view* (the Nervus CSV): one ``imgpath`` column,
+    named by ``image_column``; ``views`` is empty and batches carry ``image`` as (B, C, H, W).
+    *Several views*: ``imgpath_<view>`` columns (a plain ``imgpath`` beside them is the view
+    ``image``), named in order by ``view_columns`` with their view names in ``views``;
+    ``image_column`` is None and batches carry ``image`` as (B, V, C, H, W) in this order.
+    ``missing_views`` says whether an empty view cell was refused (``refuse``) or replaced by a
+    learned embedding (``allow``; batches then carry ``view_mask``). Bit depth, window and frame
+    are shared by every view.
     """
 
     labels: list[LabelSpec]
@@ -88,10 +106,28 @@ class DataSchema:
     bit_depth: int | None = None
     window: str | list[float] | None = None
     frame: str | None = None
+    views: list[str] = field(default_factory=list)
+    view_columns: list[str] = field(default_factory=list)
+    missing_views: str = "refuse"
 
     @property
     def task(self) -> str:
         return self.labels[0].task
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the model reads images (one view or several)."""
+        return bool(self.image_column or self.views)
+
+    @property
+    def multiview(self) -> bool:
+        """Whether images come as several views per case (batches of shape (B, V, C, H, W))."""
+        return bool(self.views)
+
+    @property
+    def image_columns(self) -> list[str]:
+        """Every image column, in view order (``[image_column]`` for a single view)."""
+        return list(self.view_columns) if self.views else [c for c in [self.image_column] if c]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,12 +263,15 @@ def load_table(
     use_images: bool = True,
     use_tabular: bool = True,
     require_train: bool = True,
+    missing_views: str = "refuse",
 ) -> tuple[pd.DataFrame, DataSchema]:
     """Read and validate a Nervus CSV for training; return the kept rows and the fitted schema.
 
     Excluded rows (``split == exclude``) are dropped. Classes, input and target statistics are
-    computed on the training split only. ``imgpath`` values that are relative are resolved
-    against the CSV's folder.
+    computed on the training split only. Image paths that are relative are resolved against
+    the CSV's folder. ``imgpath_<view>`` columns make a multi-view schema (see
+    :func:`find_views`); ``missing_views`` (``refuse`` or ``allow``) says what an empty view
+    cell means.
     """
     from nervus_lightning.tasks.base import task_class
 
@@ -267,17 +306,22 @@ def load_table(
 
     input_cols = [c for c in df.columns if c.startswith(INPUT_PREFIX)] if use_tabular else []
     mean, std = _fit_inputs(df, path, input_cols, train_rows)
-    image_col = IMAGE_COLUMN if use_images and IMAGE_COLUMN in df.columns else None
+    check_missing_views(missing_views)
+    views = find_views(df.columns, path) if use_images else []
+    image_col = IMAGE_COLUMN if use_images and not views and IMAGE_COLUMN in df.columns else None
     if image_col:
         check_no_missing(df[image_col], image_col, path, "image path", "Give every case an image.")
-        base = path.parent
-        df[image_col] = [
-            p if os.path.isabs(p) else str(base / p) for p in df[image_col].astype(str)
-        ]
-    if not image_col and not input_cols:
+        _resolve_paths(df, image_col, path)
+    view_cols = [view_column(v) for v in views]
+    if views:
+        _check_view_cells(df, path, views, view_cols, missing_views, has_tabular=bool(input_cols))
+        for col in view_cols:
+            _resolve_paths(df, col, path)
+    if not image_col and not views and not input_cols:
         raise NervusInputError(
-            f"{path}: no input to learn from: no '{IMAGE_COLUMN}' column (or images turned off "
-            "with model/extractor=none) and no 'input_*' columns (or model/tabular=none)."
+            f"{path}: no input to learn from: no '{IMAGE_COLUMN}' or '{VIEW_PREFIX}<view>' column "
+            "(or images turned off with model/extractor=none) and no 'input_*' columns (or "
+            "model/tabular=none)."
         )
     group_col = GROUP_COLUMN if GROUP_COLUMN in df.columns else None
     schema = DataSchema(
@@ -287,8 +331,99 @@ def load_table(
         input_std=std,
         image_column=image_col,
         group_column=group_col,
+        views=views,
+        view_columns=view_cols,
+        missing_views=missing_views if views else "refuse",
     )
     return df, schema
+
+
+def view_column(view: str) -> str:
+    """The CSV column of a view: ``imgpath`` for the plain view ``image``, else
+    ``imgpath_<view>``."""
+    return IMAGE_COLUMN if view == PLAIN_VIEW else VIEW_PREFIX + view
+
+
+def find_views(columns: Sequence[str], path: Path) -> list[str]:
+    """The views of a CSV, in column order; empty for a single-view (plain ``imgpath``) CSV.
+
+    ``imgpath_<view>`` columns make a multi-view CSV. A plain ``imgpath`` column beside them is
+    one more view, named ``image``, placed first (so ``imgpath_image`` is refused as a clash).
+    View names are letters, digits and ``-`` (they name preview and explanation files).
+    """
+    suffixes = [c[len(VIEW_PREFIX) :] for c in columns if c.startswith(VIEW_PREFIX)]
+    if not suffixes:
+        return []
+    bad = [VIEW_PREFIX + v for v in suffixes if not _VIEW_NAME.match(v)]
+    if bad:
+        raise NervusInputError(
+            f"{path}: image column(s) {bad} do not name a view. Name each view column "
+            f"'{VIEW_PREFIX}<view>' with a view name of letters, digits and '-' (e.g. "
+            f"{VIEW_PREFIX}frontal, {VIEW_PREFIX}lateral)."
+        )
+    if IMAGE_COLUMN in columns:
+        if PLAIN_VIEW in suffixes:
+            raise NervusInputError(
+                f"{path}: columns '{IMAGE_COLUMN}' and '{VIEW_PREFIX}{PLAIN_VIEW}' would both be "
+                f"the view '{PLAIN_VIEW}' (a plain '{IMAGE_COLUMN}' beside view columns is the "
+                f"view '{PLAIN_VIEW}'). Rename one of them, e.g. '{IMAGE_COLUMN}' to "
+                f"'{VIEW_PREFIX}frontal'."
+            )
+        return [PLAIN_VIEW, *suffixes]
+    return suffixes
+
+
+def check_missing_views(value: str) -> None:
+    if value not in MISSING_VIEWS:
+        raise NervusInputError(
+            f"data.missing_views must be one of {list(MISSING_VIEWS)}, got {value!r}: refuse "
+            "stops on an empty view cell, allow replaces the view by a learned embedding."
+        )
+
+
+def _resolve_paths(df: pd.DataFrame, col: str, path: Path) -> None:
+    """Relative image paths are relative to the CSV's folder; empty cells stay empty."""
+    df[col] = [
+        p if not isinstance(p, str) or os.path.isabs(p) else str(path.parent / p) for p in df[col]
+    ]
+
+
+def _check_view_cells(
+    df: pd.DataFrame,
+    path: Path,
+    views: Sequence[str],
+    columns: Sequence[str],
+    missing_views: str,
+    has_tabular: bool,
+    training: bool = True,
+) -> None:
+    """Empty view cells: refused (``refuse``) or allowed while a case keeps some input."""
+    if missing_views == "refuse":
+        hint = (
+            "or set data.missing_views=allow to replace a missing view by a learned embedding."
+            if training
+            else "or use a model trained with data.missing_views=allow."
+        )
+        for col in columns:
+            check_no_missing(
+                df[col],
+                col,
+                path,
+                "image path of one view",
+                "Give every case an image for every view, set split=exclude for those cases, "
+                + hint,
+            )
+        return
+    if has_tabular:
+        return
+    none = df[list(columns)].isna().all(axis=1)
+    if none.any():
+        raise NervusInputError(
+            f"{path}: {int(none.sum())} case(s) have no image in any view column "
+            f"({', '.join(columns)}) and the model has no tabular inputs, so there is nothing "
+            f"to predict from, at {csv_lines(df.index[none])}. Give them an image or set "
+            "split=exclude."
+        )
 
 
 def _fit_inputs(
@@ -329,6 +464,17 @@ def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.Da
         raise NervusInputError(
             f"{path}: column '{ID_COLUMN}' must be unique; repeats at {csv_lines(df.index[dup])}."
         )
+    if schema.views:
+        lacking = [c for c in schema.view_columns if c not in df.columns]
+        if lacking:
+            trained = ", ".join(
+                f"{v} ({c})" for v, c in zip(schema.views, schema.view_columns, strict=True)
+            )
+            raise NervusInputError(
+                f"{path}: the model was trained on the views {trained}; the CSV lacks the "
+                f"column(s) {lacking}. Add them (same names), with the image of that view for "
+                "each case."
+            )
     needed = list(schema.input_columns) + ([schema.image_column] if schema.image_column else [])
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -340,6 +486,18 @@ def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.Da
         col = schema.image_column
         check_no_missing(df[col], col, path, "image path", "Give every case an image.")
         df[col] = [p if os.path.isabs(p) else str(path.parent / p) for p in df[col].astype(str)]
+    if schema.views:
+        _check_view_cells(
+            df,
+            path,
+            schema.views,
+            schema.view_columns,
+            schema.missing_views,
+            has_tabular=bool(schema.input_columns),
+            training=False,
+        )
+        for col in schema.view_columns:
+            _resolve_paths(df, col, path)
     from nervus_lightning.tasks.base import task_class
 
     for spec in schema.labels:
