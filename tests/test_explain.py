@@ -147,6 +147,9 @@ FAMILIES = {
     "efficientnet_v2_s": "backbone.features.7",
     "convnext_tiny": "backbone.features.7",
     "vit_b_16": "backbone.encoder.layers.encoder_layer_11.ln_1",
+    # Not offered as YAMLs, but any torchvision name works as model/extractor.name.
+    "mobilenet_v3_small": "backbone.features.12",
+    "regnet_y_400mf": "backbone.trunk_output",
 }
 
 

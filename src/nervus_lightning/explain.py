@@ -344,7 +344,7 @@ def explain_module(
     split: str = "test",
     n: int | None = 32,
     layer: str | None = None,
-    ig_steps: int = 32,
+    ig_steps: int = 16,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
 ) -> Explanation:
@@ -482,7 +482,7 @@ def explain_settings(options: Mapping[str, Any]) -> dict[str, Any]:
     """``split``, ``n``, ``layer`` and ``ig_steps`` of the ``explain`` config group, checked."""
     from nervus_lightning.options import check_number
 
-    n, steps = options.get("n"), options.get("ig_steps", 32)
+    n, steps = options.get("n"), options.get("ig_steps", 16)
     if n is not None:
         check_number("explain.n", n, low=1, integer=True)
     check_number("explain.ig_steps", steps, low=1, integer=True)
@@ -520,7 +520,7 @@ def explain(
     split: str = "test",
     n: int | None = 32,
     layer: str | None = None,
-    ig_steps: int = 32,
+    ig_steps: int = 16,
     batch_size: int = 16,
     num_workers: int = 0,
     device: str | torch.device = "auto",
