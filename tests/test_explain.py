@@ -298,3 +298,31 @@ def test_explain_command_writes_maps_and_overlays(explained_run):
 
     with pytest.raises(NervusInputError, match=r"split='external' has no rows"):
         explain(ckpt, csv, out, split="external")
+
+
+def test_after_training_options_are_checked_before_the_first_epoch(tmp_path):
+    csv = make_dataset(tmp_path, n=16, size=16)
+    base = [f"data.csv={csv}", *FAST, "explain.after_training=true"]
+    with pytest.raises(NervusInputError, match=r"split='external' has no rows"):
+        train(compose_config([*base, "explain.split=external"]), tmp_path / "a")
+    with pytest.raises(NervusInputError, match=r"explain\.layer='nowhere' is not a module"):
+        train(compose_config([*base, "explain.layer=nowhere"]), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_tabular_regression_model_gets_attributions_only(tmp_path):
+    from nervus_lightning.data.datamodule import NervusDataModule
+    from nervus_lightning.explain import explain_module
+    from nervus_lightning.module import NervusModule
+
+    csv = make_dataset(tmp_path, task="regression", images=False, n=24)
+    data = NervusDataModule(csv, task="regression", use_images=False, batch_size=8)
+    torch.manual_seed(0)
+    module = NervusModule(data.schema, extractor=None, tabular={"name": "mlp", "hidden": [8]})
+    result = explain_module(module, data, tmp_path / "explain", split="test", n=4, ig_steps=8)
+    assert not (tmp_path / "explain" / "label_value").exists()  # no image, no maps
+    assert list(result.cases["explained"]) == ["output"] * 4
+    expected = module.infer(data.eval_dataloader("test"))[0][:4, 0]
+    np.testing.assert_allclose(result.cases["score"], expected, rtol=1e-5)
+    written = pd.read_csv(tmp_path / "explain" / "attribution.csv")
+    assert sorted(written["input"]) == ["input_a", "input_b"] and (written["cases"] == 4).all()
