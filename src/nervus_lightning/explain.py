@@ -318,8 +318,11 @@ class Explanation:
     out_dir: Path
 
 
-def check_explain(module: Any, datamodule: Any, split: str, n: int | None, layer: str | None):
-    """Check the options against the model and data before any work (or training)."""
+def check_explain(
+    module: Any, datamodule: Any, split: str, n: int | None, layer: str | None
+) -> GradCamLayer | None:
+    """Check the options against the model and data before any work (or training); return the
+    Grad-CAM layer (``None`` for a model without images)."""
     require_captum()
     if n is not None and int(n) < 1:
         raise NervusInputError(f"explain: n must be at least 1 or null (every case), got {n}.")
