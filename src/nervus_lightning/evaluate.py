@@ -276,6 +276,7 @@ def evaluate_run(
         config_summary=config_summary,
         learning_curve=_learning_curve(run_dir),
         train_figures=settings["train_figures"],
+        explain_dir=run_dir / "explain",
     )
     log.info("evaluation of %s written to %s", predictions_path, out)
     return metrics

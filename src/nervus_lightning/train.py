@@ -20,6 +20,7 @@ from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
 from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
+from nervus_lightning.explain import check_explain_options, explain_after_training
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
@@ -155,6 +156,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     evaluation = evaluation_options(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.schema, evaluation)
+    check_explain_options(cfg.get("explain"), module, datamodule)
 
     checkpoint = build_checkpoint_callback(cfg.checkpoint.policy, run_dir / "checkpoints")
     trainer = build_trainer(cfg, run_dir, [checkpoint, LearningCurve(run_dir)])
@@ -181,6 +183,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     outputs = best.infer(datamodule.predict_dataloader(), device)
     best.finalize(datamodule, best_path, outputs=outputs)
     write_predictions(best, datamodule, run_dir, outputs)
+    explain_after_training(cfg.get("explain"), best, datamodule, run_dir, device)
     table = evaluate_run(run_dir / PREDICTIONS, **evaluation)
     metrics = write_metrics_json(run_dir, table)
     objective = float(checkpoint.best_model_score)

@@ -3,7 +3,8 @@
 This package is the only place that parses Hydra configs into objects for the commands and
 turns a user error (:class:`~nervus_lightning.data.schema.NervusInputError`) into one message on
 stderr and exit status 2. Library modules never import it; ``python -m nervus_lightning`` and
-``python -m nervus_lightning.<command>`` (``predict``, ``evaluate``, ``preview``) are thin shims
+``python -m nervus_lightning.<command>`` (``predict``, ``evaluate``, ``preview``, ``explain``,
+``export``) are thin shims
 that call the ``main`` of the module of the same name here.
 """
 

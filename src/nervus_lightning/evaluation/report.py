@@ -13,7 +13,9 @@
 - ``report.html``: one offline page rendered by :func:`render_report` from
   ``templates/report.html.j2`` (jinja2, autoescaped): per label a headline table (test and
   external splits, val marked) and its figures first; data, learning curves, the full
-  split x group tables and the configuration after it, the last two folded.
+  split x group tables and the configuration after it, the last two folded. When the run folder
+  holds explanations (``explain/``, see :mod:`nervus_lightning.explain`), each label also shows a
+  small gallery of Grad-CAM overlays and a chart of how much each input mattered.
 
 What a label's metrics, notes, tables and figures are is its task's business: each label is
 evaluated by ``task_class(label["task"]).evaluate`` and drawn by ``.figures`` (the classes of
@@ -87,6 +89,7 @@ def evaluate_predictions(
     config_summary: dict | None = None,
     learning_curve: pd.DataFrame | None = None,
     train_figures: bool = False,
+    explain_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Evaluate a run's predictions; write metrics.csv, figures and report.html to ``out_dir``.
 
@@ -109,6 +112,9 @@ def evaluate_predictions(
         learning_curve: per-epoch losses/metrics (an ``epoch`` column and numeric columns).
         train_figures: also draw the ``train`` split in the figures (its metrics are always in
             ``metrics.csv`` and in the full table of the report).
+        explain_dir: the run's ``explain`` folder; where it holds ``cases.csv`` and
+            ``attribution.csv``, the report shows a gallery of overlays and an attribution chart
+            per label.
 
     Returns:
         The rows of ``metrics.csv`` (columns ``split, group, label, metric, value, ci_lower,
@@ -137,6 +143,7 @@ def evaluate_predictions(
     ]
     for section in sections:
         select_figures(section, ctx)
+    galleries = explanations(Path(explain_dir), sections, out_dir) if explain_dir else {}
 
     all_rows = pd.DataFrame(
         [row for s in sections for row in s.rows], columns=[*METRIC_COLUMNS, "note"]
@@ -153,7 +160,7 @@ def evaluate_predictions(
         curve_png = plots.save_figure(
             plots.plot_learning_curves(learning_curve), out_dir / "figures" / "learning_curves.png"
         )
-    page = render_report(predictions, sections, ctx, config_summary, curve_png)
+    page = render_report(predictions, sections, ctx, config_summary, curve_png, galleries)
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     return metrics
 
@@ -317,6 +324,7 @@ def report_context(
     ctx: EvalContext,
     config_summary: Mapping | None,
     learning_curve_png: Path | None,
+    galleries: Mapping[str, list[dict]] | None = None,
 ) -> dict:
     """Everything the template shows, as plain values (escaping is the template's job)."""
     sizes = predictions.groupby("split").size()
@@ -336,6 +344,7 @@ def report_context(
                     for caption, path in section.figures
                 ],
                 "val_selects": task_class(section.task).val_selects,
+                "gallery": (galleries or {}).get(section.name, []),
                 "full": full_table(section) if section.rows else None,
                 "tables": [(caption, _plain_table(t)) for caption, t in section.tables],
                 "summary_title": task_class(section.task).summary_title,
@@ -375,7 +384,102 @@ def render_report(
     ctx: EvalContext,
     config_summary: Mapping | None,
     learning_curve_png: Path | None,
+    galleries: Mapping[str, list[dict]] | None = None,
 ) -> str:
     """The HTML page (a string, everything embedded) from ``templates/report.html.j2``."""
-    context = report_context(predictions, sections, ctx, config_summary, learning_curve_png)
+    context = report_context(
+        predictions, sections, ctx, config_summary, learning_curve_png, galleries
+    )
     return _TEMPLATES.get_template("report.html.j2").render(**context)
+
+
+# -- explanations (python -m nervus_lightning.explain, or explain.after_training) ---------------
+_GALLERY_SIZE = 4
+
+
+def explanations(
+    explain_dir: Path, sections: list[LabelSection], out_dir: Path
+) -> dict[str, list[dict]]:
+    """Per label, the gallery rows of its Grad-CAM overlays (from ``cases.csv``); the chart of
+    ``attribution.csv`` is added to the label's figures. Nothing when the files are absent."""
+    attribution_path = explain_dir / "attribution.csv"
+    if attribution_path.is_file():
+        attribution = pd.read_csv(attribution_path, dtype={"label": str, "input": str})
+        for section in sections:
+            rows = attribution[attribution["label"] == section.name]
+            if rows.empty:
+                continue
+            png = plots.save_figure(
+                _attribution_chart(rows),
+                out_dir / "figures" / safe_name(section.name) / "attribution.png",
+            )
+            n = int(rows["cases"].iloc[0])
+            section.figures.append(
+                (
+                    f"How much each input moved the explained output (mean |Integrated Gradients| "
+                    f"over {n} case(s), baseline a black image and the training mean of each "
+                    "input; the image is the sum over its pixels).",
+                    png,
+                )
+            )
+    cases_path = explain_dir / "cases.csv"
+    if not cases_path.is_file():
+        return {}
+    text = {c: str for c in ("uniqID", "split", "label", "explained", "truth")}
+    cases = pd.read_csv(cases_path, dtype=text, keep_default_na=False, na_values={"truth": [""]})
+    if "overlay" not in cases.columns:
+        return {}
+    galleries = {}
+    for section in sections:
+        rows = cases[(cases["label"] == section.name) & (cases["overlay"].astype(str) != "")]
+        groups = _gallery_groups(rows, section.info.get("classes"), section.info.get("positive"))
+        galleries[section.name] = [
+            {
+                "title": title,
+                "cases": [
+                    {
+                        "src": _data_uri(explain_dir / row.overlay),
+                        "caption": f"{row.uniqID} ({row.split}): {row.explained} "
+                        f"{row.score:.3g}" + ("" if pd.isna(row.truth) else f", true {row.truth}"),
+                    }
+                    for row in chosen.head(_GALLERY_SIZE).itertuples(index=False)
+                ],
+            }
+            for title, chosen in groups
+            if not chosen.empty
+        ]
+    return galleries
+
+
+def _gallery_groups(
+    rows: pd.DataFrame, classes: list[str] | None, positive: str | None
+) -> list[tuple[str, pd.DataFrame]]:
+    """(title, cases most confident first) of a label's explained cases."""
+    by_score = rows.sort_values("score", ascending=False, kind="stable")
+    known = by_score[by_score["truth"].notna()]
+    if positive is not None:
+        said = known["explained"] == positive
+        truly = known["truth"] == positive
+        return [
+            ("True positives", known[said & truly]),
+            ("False positives", known[said & ~truly]),
+            ("False negatives", known[~said & truly]),
+        ]
+    if classes:
+        right = known["explained"] == known["truth"]
+        return [("Correct", known[right]), ("Wrong", known[~right])]
+    return [("Highest output", by_score), ("Lowest output", by_score.iloc[::-1])]
+
+
+def _attribution_chart(rows: pd.DataFrame):
+    rows = rows.iloc[::-1]  # largest at the top
+    fig = plots.new_figure(5.0, 0.45 * len(rows) + 1.2)
+    ax = fig.add_subplot()
+    ax.barh(rows["input"], rows["mean_abs_attribution"], color="#4a6fa5")
+    for y, (value, share) in enumerate(
+        zip(rows["mean_abs_attribution"], rows["share"], strict=True)
+    ):
+        ax.text(value, y, f" {share:.0%}", va="center", fontsize=8)
+    ax.set_xlabel("mean |attribution| (output units)")
+    ax.margins(x=0.15)
+    return fig

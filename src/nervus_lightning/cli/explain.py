@@ -1,0 +1,40 @@
+"""``python -m nervus_lightning.explain ckpt=PATH [data.csv=PATH] [split=test] [n=32]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nervus_lightning.cli import run_reporting_user_errors
+from nervus_lightning.config import config_dir
+
+
+@hydra.main(config_path=config_dir(), config_name="explain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from nervus_lightning.explain import EXPLAIN_DIR, explain, explain_settings
+
+    def command() -> None:
+        out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / EXPLAIN_DIR
+        settings = explain_settings(OmegaConf.to_container(cfg.explain, resolve=True))
+        settings.update(split=str(cfg.split), n=None if cfg.n is None else int(cfg.n))
+        result = explain(
+            cfg.ckpt,
+            cfg.data.csv,
+            out,
+            batch_size=int(cfg.data.batch_size),
+            num_workers=int(cfg.data.num_workers),
+            device=cfg.device,
+            **settings,
+        )
+        cases = result.cases[result.cases["label"] == result.cases["label"].iloc[0]]
+        print(f"explained {len(cases)} case(s) of split {cfg.split}; written to {out}/")
+        if (out.parent / "predictions.csv").is_file():
+            print(
+                "the report shows them once rebuilt: python -m nervus_lightning.evaluate "
+                f"predictions={out.parent / 'predictions.csv'}"
+            )
+
+    run_reporting_user_errors(command)

@@ -1,0 +1,587 @@
+"""``python -m nervus_lightning.explain ckpt=PATH [data.csv=PATH] [split=test] [n=32]``: where
+did the model look, and how much did each input matter.
+
+This module owns the explanations of a trained model. captum does the attribution arithmetic;
+what is written here is the choice of layer, target and baseline, and the files:
+
+* **Grad-CAM** (captum's ``LayerGradCam``, upsampled to ``data.image_size`` with
+  ``LayerAttribution.interpolate``, bilinear) for each case and each label, of the head output of
+  the *explained target*: the predicted class of a classification label (its logit; the class of
+  ``pred_<label>`` in ``predictions.csv``, so the stored operating threshold of a binary label
+  applies), the output of a regression label, the log-risk of a survival label. Negative evidence
+  is cut (``relu_attributions=True``), as in Selvaraju et al. The tabular inputs of a fused model
+  stay at the case's own values. Files: ``explain/<label>/<uniqID>.npy`` (float32, image size
+  squared, in the layer's units: gradient times activation, not normalised) and
+  ``explain/<label>/<uniqID>.png`` (the map scaled to its own maximum, drawn over the image as
+  the network gets it and as ``python -m nervus_lightning.preview`` shows it), listed in
+  ``explain/cases.csv``.
+* **The layer** (:func:`find_gradcam_layer`) is chosen per torchvision family: ResNet ``layer4``;
+  DenseNet ``features`` (the final norm, after which DenseNet's forward applies its ReLU in place,
+  so the maps weigh the ReLU's output); EfficientNet, EfficientNetV2, ConvNeXt (its last stage),
+  MobileNet ``features[-1]``; RegNet ``trunk_output``. A ViT has no spatial feature map, and its
+  last block's patch tokens do not reach the class token that the head reads; its maps are
+  Grad-CAM on the *input* of the last encoder block's attention (``encoder.layers[-1].ln_1``,
+  whose patch tokens feed that attention), reshaped to the patch grid (as the pytorch-grad-cam
+  project recommends; attention rollout would ignore the gradient, i.e. which label is
+  explained). Another extractor needs ``explain.layer=<module path>`` inside it (a module whose
+  output is ``(B, C, h, w)``).
+* **Per-input attribution** for models with tabular inputs (``explain/attribution.csv``): captum's
+  Integrated Gradients of the same target, from a baseline of a black image (all zeros, the
+  darkest input the network can get) and the training mean of every ``input_*`` column (zero
+  after the model's standardisation, i.e. an "average patient"). The attributions of one case
+  add up to the output minus the output at the baseline (completeness), so the image's share
+  (the sum over its pixels) and each column's can be compared: the CSV holds, per label and
+  input, the mean over the explained cases of the absolute attribution.
+
+Multi-view data will explain each view with :func:`grad_cam` given a forward function that
+replaces that view; its files will be ``<uniqID>__<view>.npy``.
+The command line lives in :mod:`nervus_lightning.cli.explain`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN, NervusInputError
+
+log = logging.getLogger(__name__)
+
+EXPLAIN_DIR = "explain"
+CASES = "cases.csv"
+ATTRIBUTION = "attribution.csv"
+IMAGE_INPUT = "image"
+#: Blend of the heat map over the image: opacity at the map's maximum (zero where it is zero).
+_OVERLAY_ALPHA = 0.6
+_COLORMAP = "jet"
+
+
+# -- the layer Grad-CAM weighs -------------------------------------------------------------------
+def _last_child(path: str) -> Callable[[nn.Module], str]:
+    def child(backbone: nn.Module) -> str:
+        *_, (name, _) = backbone.get_submodule(path).named_children()
+        return f"{path}.{name}"
+
+    return child
+
+
+def _gradcam_paths() -> dict[type, Callable[[nn.Module], str]]:
+    """torchvision class -> the layer's path inside that backbone."""
+    from torchvision import models
+
+    return {
+        models.ResNet: lambda _: "layer4",
+        models.DenseNet: lambda _: "features",
+        models.EfficientNet: _last_child("features"),
+        models.ConvNeXt: _last_child("features"),
+        models.MobileNetV2: _last_child("features"),
+        models.MobileNetV3: _last_child("features"),
+        models.RegNet: lambda _: "trunk_output",
+        models.VisionTransformer: lambda b: _last_child("encoder.layers")(b) + ".ln_1",
+    }
+
+
+class _PatchGrid(nn.Module):
+    """Identity on ViT patch tokens viewed as a ``(B, D, h, w)`` map: the layer captum hooks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@dataclass
+class GradCamLayer:
+    """The module whose output Grad-CAM weighs, and its path inside the image extractor.
+
+    ``tokens``: the module returns ViT tokens ``(B, 1 + h*w, D)`` (class token first); while
+    :meth:`attached` is active they pass through a ``(B, D, h, w)`` view that captum hooks.
+    """
+
+    module: nn.Module
+    path: str
+    tokens: bool = False
+    #: The map's own size (h, w), known after the first :func:`grad_cam`.
+    grid: tuple[int, ...] | None = None
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[nn.Module]:
+        """The module to give ``LayerGradCam`` (for tokens: a grid view hooked in meanwhile)."""
+        if not self.tokens:
+            yield self.module
+            return
+        grid = _PatchGrid()
+
+        def to_grid(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            cls, patches = output[:, :1], output[:, 1:]
+            b, n, d = patches.shape
+            side = math.isqrt(n)
+            view = grid(patches.transpose(1, 2).reshape(b, d, side, side))
+            return torch.cat([cls, view.flatten(2).transpose(1, 2)], dim=1)
+
+        handle = self.module.register_forward_hook(to_grid)
+        try:
+            yield grid
+        finally:
+            handle.remove()
+
+
+def find_gradcam_layer(extractor: nn.Module, layer: str | None = None) -> GradCamLayer:
+    """The Grad-CAM layer of an image extractor (``NervusNet.image_extractor``).
+
+    Args:
+        extractor: a :class:`~nervus_lightning.models.extractors.TorchvisionExtractor`, or any
+            image extractor when ``layer`` is given.
+        layer: a module path inside ``extractor`` (e.g. ``backbone.layer3``, or ``features.4`` of
+            your own extractor) whose output is a ``(B, C, h, w)`` map; ``None``: chosen by the
+            torchvision family (see the module docstring).
+
+    Raises:
+        NervusInputError: ``layer`` names no module, or no family rule fits and ``layer`` is not
+            given (the message lists the extractor's modules to choose from).
+    """
+    if layer:
+        try:
+            return GradCamLayer(extractor.get_submodule(str(layer)), str(layer))
+        except AttributeError:
+            raise NervusInputError(
+                f"explain.layer={layer!r} is not a module of the image extractor "
+                f"({type(extractor).__name__}); its modules are: {_module_list(extractor)}."
+            ) from None
+    backbone = getattr(extractor, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        for cls, path_of in _gradcam_paths().items():
+            if isinstance(backbone, cls):
+                path = path_of(backbone)
+                tokens = isinstance(backbone, _vit_class())
+                return GradCamLayer(backbone.get_submodule(path), f"backbone.{path}", tokens)
+    name = type(backbone if isinstance(backbone, nn.Module) else extractor).__name__
+    raise NervusInputError(
+        f"explain: no Grad-CAM layer is known for the image extractor {name}. Name one with "
+        f"explain.layer=<module path>, a module whose output is (batch, channels, h, w), "
+        f"usually the last convolutional stage; the extractor's modules are: "
+        f"{_module_list(extractor)}."
+    )
+
+
+def _vit_class() -> type:
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer
+
+
+def _module_list(extractor: nn.Module, limit: int = 12) -> str:
+    names = [n for n, _ in extractor.named_modules() if n and n.count(".") <= 1]
+    shown = names[-limit:]
+    return ("..., " if len(names) > limit else "") + ", ".join(shown)
+
+
+# -- the maps ------------------------------------------------------------------------------------
+def require_captum() -> None:
+    """A clear error when captum (the ``explain`` extra) is not installed."""
+    if importlib.util.find_spec("captum") is None:
+        raise NervusInputError(
+            "explanations need the Python package 'captum', which is not installed; install it "
+            'with: pip install "nervus-lightning[explain]"'
+        )
+
+
+def grad_cam(
+    forward: Callable[..., torch.Tensor],
+    image: torch.Tensor,
+    layer: GradCamLayer,
+    target: torch.Tensor | int,
+    forward_args: tuple = (),
+) -> torch.Tensor:
+    """Grad-CAM maps of ``image`` at its own size: ``(B, H, W)``, float32, non-negative.
+
+    Args:
+        forward: maps ``(image, *forward_args)`` to the head output ``(B, K)`` to explain (for
+            several views: a function that puts ``image`` in place of one view).
+        image: ``(B, C, H, W)`` as the network takes it.
+        layer: from :func:`find_gradcam_layer`.
+        target: the output column explained, one per case or one for all.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    with layer.attached() as module, torch.enable_grad():
+        cam = LayerGradCam(forward, module).attribute(
+            image,
+            target=target,
+            additional_forward_args=forward_args or None,
+            relu_attributions=True,
+        )
+        layer.grid = tuple(cam.shape[-2:])
+        cam = LayerAttribution.interpolate(cam.detach(), image.shape[-2:], "bilinear")
+    # Bilinear interpolation of a non-negative map stays non-negative but for rounding.
+    return cam[:, 0].clamp_min(0.0).float()
+
+
+def head_forward(net: nn.Module, j: int, has_image: bool) -> Callable[..., torch.Tensor]:
+    """``(image, tabular)`` (or ``(tabular,)`` without images) -> raw output of head ``j``."""
+    if has_image:
+        return lambda image, tabular=None: net(image=image, tabular=tabular)[j]
+    return lambda tabular: net(image=None, tabular=tabular)[j]
+
+
+def input_attributions(
+    net: nn.Module,
+    j: int,
+    image: torch.Tensor | None,
+    tabular: torch.Tensor,
+    tabular_mean: torch.Tensor,
+    target: torch.Tensor | int,
+    n_steps: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Integrated Gradients of head ``j``'s ``target`` per input: ``(B, 1 + n_inputs)`` (the
+    image summed over its pixels first, when there is one; then each tabular column), and the
+    completeness error per case (sum of attributions minus the output's change from the
+    baseline). Baseline: a black image and the training mean of each tabular input."""
+    from captum.attr import IntegratedGradients
+
+    forward = head_forward(net, j, image is not None)
+    base_tab = tabular_mean.to(tabular).expand_as(tabular)
+    inputs = (image, tabular) if image is not None else (tabular,)
+    baselines = (torch.zeros_like(image), base_tab) if image is not None else (base_tab,)
+    with torch.enable_grad():
+        attributions, delta = IntegratedGradients(forward).attribute(
+            inputs,
+            baselines=baselines,
+            target=target,
+            n_steps=n_steps,
+            internal_batch_size=len(tabular),
+            return_convergence_delta=True,
+        )
+    parts = []
+    if image is not None:
+        parts.append(attributions[0].flatten(1).sum(1, keepdim=True))
+    parts.append(attributions[-1])
+    per_input = torch.cat(parts, dim=1).detach().double().cpu().numpy()
+    return per_input, delta.detach().double().cpu().numpy()
+
+
+# -- files ---------------------------------------------------------------------------------------
+def file_stem(uniq_id: Any) -> str:
+    """``uniqID`` with characters that are unsafe in file names replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(uniq_id))
+
+
+def overlay(image: torch.Tensor, cam: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` uint8: the map scaled to its maximum, coloured, over the image in gray.
+
+    The image is drawn as the network gets it (0 black, 1 white, as the preview writes it); the
+    colour's opacity follows the map, so regions the map leaves at zero show the plain image.
+    """
+    from matplotlib import colormaps
+
+    from nervus_lightning.data.preview import to_png_array
+
+    base = to_png_array(image).astype(np.float64) / 255.0
+    if base.ndim == 2:
+        base = np.repeat(base[..., None], 3, axis=2)
+    peak = float(cam.max())
+    scaled = cam / peak if peak > 0 else np.zeros_like(cam)
+    colour = colormaps[_COLORMAP](scaled)[..., :3]
+    alpha = (_OVERLAY_ALPHA * scaled)[..., None]
+    return np.rint(255.0 * ((1 - alpha) * base + alpha * colour)).astype(np.uint8)
+
+
+def _explained_targets(module: Any, values: np.ndarray, j: int) -> tuple[np.ndarray, list[str]]:
+    """Head column explained per case and its name: the predicted class (``pred_<label>`` of
+    ``predictions.csv``), else the one output."""
+    spec = module.schema.labels[j]
+    if spec.classes:
+        predicted = module.task.prediction_columns(values, j)[f"pred_{spec.name}"]
+        index = np.array([spec.classes.index(c) for c in predicted], dtype=np.int64)
+        return index, [str(c) for c in predicted]
+    return np.zeros(len(values), dtype=np.int64), ["output"] * len(values)
+
+
+@dataclass
+class Explanation:
+    """What :func:`explain_module` wrote: the cases table, the attribution table (or None)."""
+
+    cases: pd.DataFrame
+    attribution: pd.DataFrame | None
+    out_dir: Path
+
+
+def check_explain(
+    module: Any, datamodule: Any, split: str, n: int | None, layer: str | None
+) -> GradCamLayer | None:
+    """Check the options against the model and data before any work (or training); return the
+    Grad-CAM layer (``None`` for a model without images)."""
+    require_captum()
+    if n is not None and int(n) < 1:
+        raise NervusInputError(f"explain: n must be at least 1 or null (every case), got {n}.")
+    present = datamodule.split_names()
+    if split not in present:
+        raise NervusInputError(
+            f"{datamodule.csv}: explain split={split!r} has no rows; the CSV's splits are "
+            f"{', '.join(present)}."
+        )
+    if module.net.image_extractor is not None:
+        return find_gradcam_layer(module.net.image_extractor, layer)
+    if layer:
+        raise NervusInputError(f"explain.layer={layer!r} given, but the model has no image input.")
+    return None
+
+
+def explain_module(
+    module: Any,
+    datamodule: Any,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    n: int | None = 32,
+    layer: str | None = None,
+    ig_steps: int = 16,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> Explanation:
+    """Write Grad-CAM maps and overlays (models with images) and ``attribution.csv`` (models with
+    tabular inputs) for the first ``n`` cases of ``split`` into ``out_dir``.
+
+    Args:
+        module: a trained :class:`~nervus_lightning.module.NervusModule`.
+        datamodule: the data, read with the module's schema (as ``predict`` reads it).
+        out_dir: the ``explain`` folder (created).
+        split: the split whose cases are explained.
+        n: the first ``n`` cases of the split, in CSV order; ``None``: all.
+        layer: ``explain.layer``, a module path in the image extractor (see
+            :func:`find_gradcam_layer`); ``None``: by torchvision family.
+        ig_steps: Integrated Gradients steps (the completeness error shrinks with more).
+        batch_size: cases per Grad-CAM pass (and per chunk of Integrated Gradients' steps).
+        device: where the model runs.
+
+    Returns:
+        The rows of ``cases.csv`` and ``attribution.csv``.
+    """
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    cam_layer = check_explain(module, datamodule, split, n, layer)
+    device = torch.device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = datamodule.split_frame(split)
+    count = len(frame) if n is None else min(int(n), len(frame))
+    frame = frame.head(count)
+    loader = DataLoader(
+        Subset(datamodule.dataset(split), range(count)), batch_size=batch_size, shuffle=False
+    )
+    module.to(device).eval()
+    net, schema = module.net, module.schema
+    tab_mean = torch.tensor(schema.input_mean or [], dtype=torch.float32, device=device)
+    stems = _unique_stems(frame[ID_COLUMN])
+    rows: list[dict[str, Any]] = []
+    per_input: list[list[np.ndarray]] = [[] for _ in schema.labels]
+    worst_delta = 0.0
+    for batch in loader:
+        batch = move_data_to_device(batch, device)
+        image, tabular = batch.get("image"), batch.get("tabular")
+        index = batch["index"].cpu().numpy()
+        with torch.no_grad():
+            outputs = net(image=image, tabular=tabular)
+        for j, spec in enumerate(schema.labels):
+            values = module.task.transform_output(outputs[j], j).cpu().numpy()
+            target, explained = _explained_targets(module, values, j)
+            target_t = torch.as_tensor(target, device=device)
+            folder = out / file_stem(spec.name)
+            cams = None
+            if cam_layer is not None:
+                extra = (tabular,) if tabular is not None else ()
+                forward = head_forward(net, j, True)
+                cams = grad_cam(forward, image, cam_layer, target_t, extra).cpu().numpy()
+                folder.mkdir(exist_ok=True)
+            for k, i in enumerate(index):
+                row = frame.iloc[int(i)]
+                entry = {
+                    ID_COLUMN: row[ID_COLUMN],
+                    SPLIT_COLUMN: row[SPLIT_COLUMN],
+                    "label": spec.name,
+                    "explained": explained[k],
+                    "score": float(values[k, target[k]]),
+                    "truth": row.get(spec.name),
+                }
+                if cams is not None:
+                    stem = stems[int(i)]
+                    np.save(folder / f"{stem}.npy", cams[k].astype(np.float32))
+                    picture = overlay(image[k].detach().cpu(), cams[k])
+                    Image.fromarray(picture).save(folder / f"{stem}.png")
+                    entry["map"] = f"{folder.name}/{stem}.npy"
+                    entry["overlay"] = f"{folder.name}/{stem}.png"
+                rows.append(entry)
+            if tabular is not None:
+                attr, delta = input_attributions(
+                    net, j, image, tabular, tab_mean, target_t, ig_steps
+                )
+                per_input[j].append(attr)
+                worst_delta = max(worst_delta, float(np.abs(delta).max()))
+    if cam_layer is not None and cam_layer.grid and min(cam_layer.grid) < 3:
+        log.warning(
+            "Grad-CAM: %s gives a %s map at image size %d, too coarse to show where the model "
+            "looked; use a larger data.image_size or an earlier layer (explain.layer=...).",
+            cam_layer.path,
+            "x".join(map(str, cam_layer.grid)),
+            image.shape[-1],
+        )
+    cases = pd.DataFrame(rows)
+    cases.to_csv(out / CASES, index=False)
+    attribution = None
+    if schema.input_columns:
+        names = ([IMAGE_INPUT] if cam_layer is not None else []) + list(schema.input_columns)
+        attribution = attribution_table(
+            [np.concatenate(a) for a in per_input], [s.name for s in schema.labels], names
+        )
+        attribution.to_csv(out / ATTRIBUTION, index=False)
+        log.info("Integrated Gradients: largest completeness error %.3g", worst_delta)
+    log.info("explained %d case(s) of split %s in %s", count, split, out)
+    return Explanation(cases, attribution, out)
+
+
+def attribution_table(
+    per_label: list[np.ndarray], labels: list[str], inputs: list[str]
+) -> pd.DataFrame:
+    """``attribution.csv``: per label and input the mean absolute attribution over cases and its
+    share of the label's total, largest first."""
+    tables = []
+    for label, values in zip(labels, per_label, strict=True):
+        mean_abs = np.abs(values).mean(axis=0)
+        total = mean_abs.sum()
+        table = pd.DataFrame(
+            {
+                "label": label,
+                "input": inputs,
+                "mean_abs_attribution": mean_abs,
+                "share": mean_abs / total if total > 0 else np.nan,
+                "cases": len(values),
+            }
+        )
+        tables.append(table.sort_values("mean_abs_attribution", ascending=False, kind="stable"))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _unique_stems(ids: pd.Series) -> list[str]:
+    stems: list[str] = []
+    for i, uniq_id in enumerate(ids):
+        stem = file_stem(uniq_id)
+        stems.append(f"{stem}__{i}" if stem in stems else stem)
+    return stems
+
+
+def explain_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``split``, ``n``, ``layer`` and ``ig_steps`` of the ``explain`` config group, checked."""
+    from nervus_lightning.options import check_number
+
+    n, steps = options.get("n"), options.get("ig_steps", 16)
+    if n is not None:
+        check_number("explain.n", n, low=1, integer=True)
+    check_number("explain.ig_steps", steps, low=1, integer=True)
+    return {
+        "split": str(options.get("split", "test")),
+        "n": None if n is None else int(n),
+        "layer": options.get("layer") or None,
+        "ig_steps": int(steps),
+    }
+
+
+def check_explain_options(options: Mapping[str, Any] | None, module: Any, datamodule: Any) -> None:
+    """Before training: with ``explain.after_training`` true, the options, captum, the split
+    and the Grad-CAM layer are checked, so that nothing fails after the last epoch."""
+    if options and options.get("after_training"):
+        settings = explain_settings(options)
+        check_explain(module, datamodule, settings["split"], settings["n"], settings["layer"])
+
+
+def explain_after_training(
+    options: Mapping[str, Any] | None, module: Any, datamodule: Any, run_dir: Path, device: Any
+) -> None:
+    """Training's ``explain.*`` options: with ``after_training`` true, explain the best model
+    into ``run_dir/explain`` (before the report is written, so that it shows the gallery)."""
+    if options and options.get("after_training"):
+        out = Path(run_dir) / EXPLAIN_DIR
+        explain_module(module, datamodule, out, device=device, **explain_settings(options))
+
+
+def explain(
+    ckpt: str | Path,
+    csv: str | Path | None,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    n: int | None = 32,
+    layer: str | None = None,
+    ig_steps: int = 16,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+) -> Explanation:
+    """Explain the model of ``ckpt`` on ``csv`` (read as ``predict`` reads it); ``csv=None``:
+    the data the checkpoint was trained on (its ``data.csv``, or the demo data or preset)."""
+    from nervus_lightning.data.datamodule import NervusDataModule
+    from nervus_lightning.module import NervusModule
+    from nervus_lightning.predict import inference_device
+
+    require_captum()
+    device = inference_device(device)
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise NervusInputError(f"checkpoint not found: {ckpt}. Pass ckpt=PATH of a .ckpt file.")
+    module = NervusModule.load_from_checkpoint(ckpt, map_location=device)
+    if csv is None:
+        csv = _training_csv(module, ckpt)
+    datamodule = NervusDataModule(
+        csv,
+        schema=module.schema,
+        image_size=module.hparams.image_size,
+        in_channels=module.hparams.in_channels,
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
+    return explain_module(
+        module,
+        datamodule,
+        out_dir,
+        split=split,
+        n=n,
+        layer=layer,
+        ig_steps=ig_steps,
+        batch_size=batch_size,
+        device=device,
+    )
+
+
+def _training_csv(module: Any, ckpt: Path) -> str | Path:
+    from omegaconf import OmegaConf
+
+    from nervus_lightning.train import resolve_data
+
+    config = module.hparams.get("run_config")
+    if not config or "data" not in config:
+        raise NervusInputError(
+            f"{ckpt} does not record its training data; pass data.csv=PATH of the CSV to explain."
+        )
+    csv, _, _ = resolve_data(OmegaConf.create(config))
+    if not Path(csv).is_file():
+        raise NervusInputError(
+            f"{ckpt} was trained on {csv}, which is not on this machine; pass data.csv=PATH."
+        )
+    return csv
+
+
+if __name__ == "__main__":  # the command line lives in nervus_lightning.cli
+    from nervus_lightning.cli.explain import main
+
+    main()
