@@ -53,8 +53,8 @@ def synthetic_radiograph(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def write_dicom(pixels: np.ndarray, path: Path, rle: bool = False) -> None:
     """Write ``pixels`` as a MONOCHROME1 CR-like DICOM file (optionally RLE compressed)."""
-    from pydicom.dataset import FileMetaDataset
     from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
     meta = FileMetaDataset()
