@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, compose_config
+from conftest import FAST, compose_config, write_png
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
@@ -280,3 +282,55 @@ def test_gated_mixer_on_the_demo_data_from_the_command_line(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test"]["label_parity"]["auroc"] > 0.7  # the images carry parity
+
+
+# -- benchmarks/fusion.py, so that it never goes stale --------------------------------------------
+FUSION = Path(__file__).resolve().parents[1] / "benchmarks" / "fusion.py"
+
+
+@pytest.fixture
+def fusion(monkeypatch, tmp_path):
+    """The benchmark module, its demo replaced by 40 tiny cases with the demo's columns."""
+    spec = importlib.util.spec_from_file_location("fusion_benchmark", FUSION)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        odd = i % 2
+        rel = f"images/demo_{i:04d}.png"
+        write_png(tmp_path / "demo" / rel, np.full((8, 8), 60 + 120 * odd, np.uint8))
+        rows.append(
+            {
+                "uniqID": f"demo_{i:04d}",
+                "imgpath": rel,
+                "input_age": rng.normal(60, 12),
+                "input_sex": i % 3 % 2,
+                "input_marker": rng.normal(),
+                "label_parity": "odd" if odd else "even",
+                "split": ["train", "train", "val", "test"][i // 2 % 4],
+            }
+        )
+    demo_csv = tmp_path / "demo" / "demo.csv"
+    pd.DataFrame(rows).to_csv(demo_csv, index=False)
+    monkeypatch.setattr(module, "build_demo_dataset", lambda root=None: demo_csv)
+    return module
+
+
+def test_fusion_benchmark_label_needs_both_inputs(fusion, tmp_path):
+    frame = pd.read_csv(fusion.fusion_csv(tmp_path))
+    expected = (frame.label_parity == "odd") & (frame.input_marker > 0)
+    assert list(frame.label_both == "yes") == list(expected)
+    assert 0 < expected.sum() < len(frame)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame.imgpath)
+
+
+@pytest.mark.slow
+def test_fusion_benchmark_runs(fusion, tmp_path, capsys):
+    out = tmp_path / "fusion.csv"
+    args = ["--mixers", "concat", "film", "--seeds", "0", "--epochs", "1", "--image-size", "8"]
+    results = fusion.main([*args, "--batch-size", "8", "--csv", str(out)])
+    assert list(results.mixer) == ["concat", "film"]
+    assert pd.read_csv(out).shape == results.shape
+    assert results.filter(like="auroc").stack().between(0, 1).all()
+    assert "| film |" in capsys.readouterr().out
