@@ -120,7 +120,7 @@ def fit_and_score(csv: Path, mixer: str, seed: int, args: argparse.Namespace) ->
 def format_table(results: pd.DataFrame) -> str:
     """Mean ± sd over seeds, one row per mixer, in the order they were asked for."""
     columns = [f"{s}_auroc_{label}" for label in LABELS for s in SPLITS]
-    head = ["mixer", *[c.replace("_auroc_label", " ") for c in columns], "s / run"]
+    head = ["mixer", *[c.replace("_auroc_label_", " ") for c in columns], "s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mixer, group in results.groupby("mixer", sort=False):
         cells = [mixer]
@@ -141,7 +141,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch.set_num_threads (1: a shared CPU thrashes)"
+    )
     parser.add_argument("--demo-root", default=None, help="demo cache (default: the usual one)")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="per-seed results")
     return parser.parse_args(argv)
