@@ -243,3 +243,57 @@ def test_two_endpoints_and_fused_image_table(dataset, tmp_path, pycox_ibs):
     assert [s["survival_model"] for s in schema["labels"]] == ["logistic_hazard"] * 2
     curve = pd.read_csv(tmp_path / "run" / "learning_curve.csv")
     assert {"train_loss_label_death", "val_loss_label_rfs"} <= set(curve.columns)
+
+
+def test_event_that_is_not_0_or_1_is_a_clear_error(dataset, tmp_path):
+    csv = dataset(task="survival", n=32, images=False)
+    df = pd.read_csv(csv)
+    df.loc[3, "label_death"] = 2  # a cause code: single-event models need 0/1
+    df.to_csv(csv, index=False)
+    cfg = compose_config(
+        [f"data.csv={csv}", "task=survival", "task.model=deephit", "model/extractor=none", *FAST]
+    )
+    with pytest.raises(NervusInputError, match=r"'label_death' must be 0 \(censored\) or 1"):
+        train(cfg, tmp_path / "run")
+
+
+def _ddp_worker(rank: int, world: int, port: int, cuts, data, out) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    phi, time, event = data
+    n = phi.shape[0]
+    part = slice(rank * n // world, (rank + 1) * n // world)
+    local = phi[part].clone().requires_grad_(True)
+    task = _task("deephit")
+    task.cuts[0] = cuts
+    task.gather = lambda t: torch.cat(all_gather(t))
+    loss = task.loss(local, {"target": event[part], "time": time[part]}, 0)
+    loss.backward()
+    out[rank] = (loss.item(), local.grad.clone())
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_deephit_rank_loss_sees_the_global_batch_with_several_processes():
+    import torch.multiprocessing as mp
+
+    time, event = _survival_data(16, seed=5)
+    task = _task("deephit")
+    task.fit_before_training(pd.DataFrame({"period_death": time, "label_death": event}))
+    phi = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+    data = (phi, torch.tensor(time).float()[:, None], torch.tensor(event).float()[:, None])
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(2, 29531, task.cuts[0], data, out), nprocs=2, join=True)
+    full = phi.clone().requires_grad_(True)
+    expected = task.loss(full, {"target": data[2], "time": data[1]}, 0)
+    expected.backward()
+    for rank in range(2):
+        loss, grad = out[rank]
+        assert loss == pytest.approx(expected.item(), rel=1e-6)
+        part = slice(rank * 8, (rank + 1) * 8)
+        torch.testing.assert_close(grad / 2, full.grad[part])
