@@ -1,5 +1,11 @@
 """Survival (DeepSurv): one risk head per endpoint, Cox partial likelihood, Breslow baseline.
 
+``task.model`` other than ``cox`` selects a discrete-time model instead (``logistic_hazard``,
+``pmf``, ``deephit``): its head has ``task.num_durations`` outputs, and the grid, loss, curves and
+risk score are those of :mod:`nervus_lightning.survival.discrete`; what follows about the
+training aggregates holds for every model (their Breslow baseline is then fitted on the risk
+score and used only by the ``ibs`` and calibration of the evaluation).
+
 The head outputs a log hazard ratio. After training, the task fits on the training split what
 survival predictions and metrics need -- a
 :class:`~nervus_lightning.survival.reference.SurvivalReference`: Breslow's baseline cumulative
