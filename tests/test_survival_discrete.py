@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,8 @@ from pycox.evaluation import EvalSurv
 from pycox.models import PMF, DeepHitSingle, LogisticHazard
 from pycox.models.data import pair_rank_mat
 from pycox.models.loss import DeepHitSingleLoss, nll_logistic_hazard, nll_pmf
+from pycox.models.utils import make_subgrid
+from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 from sksurv.metrics import concordance_index_censored
 
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
@@ -141,8 +144,26 @@ def test_bad_options_and_too_fine_grid():
     time, event = _survival_data(10)
     task = _task("pmf", num_durations=30)
     frame = pd.DataFrame({"period_death": time, "label_death": event})
-    with pytest.raises(NervusInputError, match=r"label_death.*num_durations=30.*or lower"):
+    with pytest.raises(NervusInputError, match=r"label_death.*num_durations=30.*lower"):
         task.fit_before_training(frame)
+
+
+def test_grid_with_tied_times_still_has_num_durations_cuts():
+    rng = np.random.default_rng(4)
+    time = rng.integers(1, 15, 80).astype(np.float64)  # heavy ties: pycox's cuts coincide
+    event = (rng.random(80) < 0.7).astype(np.float64)
+    with pytest.warns(UserWarning, match="cuts are not unique"):
+        assert len(LabTransDiscreteTime(10, scheme="quantiles").fit(time, event).cuts) < 10
+    cuts = discrete.fit_grid(time, event, 10)
+    assert len(cuts) == 10 and cuts[0] == 0 and cuts[-1] == time.max()
+    # They are pycox's cut points of some finer Kaplan-Meier level grid.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        candidates = [
+            LabTransDiscreteTime(n, scheme="quantiles").fit(time, event).cuts
+            for n in range(10, 200)
+        ]
+    assert any(len(c) == 10 and np.array_equal(c, cuts) for c in candidates)
 
 
 def _check_run(run, csv, label="label_death"):
@@ -172,8 +193,11 @@ def _check_run(run, csv, label="label_death"):
     assert got["c_index"] == pytest.approx(
         concordance_index_censored(test[label] == 1, test[period], test[f"risk_{label}"])[0]
     )
+    # pycox evaluates discrete models on their curves interpolated 10 points per interval.
+    times = np.asarray(make_subgrid(cuts, 10), dtype=np.float64)
+    curves = discrete.interpolate_survival(test[grid_cols].to_numpy(), cuts, times)
     ev = EvalSurv(
-        pd.DataFrame(test[grid_cols].to_numpy().T, index=cuts),
+        pd.DataFrame(curves.T, index=times),
         test[period].to_numpy(),
         test[label].to_numpy(),
         censor_surv="km",
@@ -185,6 +209,7 @@ def _check_run(run, csv, label="label_death"):
     return pred
 
 
+@pytest.mark.slow
 def test_logistic_hazard_through_the_command_line_and_predict_alone(dataset, tmp_path, pycox_ibs):
     csv = dataset(task="survival", n=64, images=False)
     args = [

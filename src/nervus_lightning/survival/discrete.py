@@ -65,26 +65,37 @@ DISCRETE_MODELS = MODELS[1:]
 
 
 def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.ndarray:
-    """Cut points from the Kaplan-Meier quantiles of the training times (pycox's scheme).
+    """``num_durations`` cut points at Kaplan-Meier quantiles of the training times.
+
+    pycox's ``LabTransDiscreteTime(n, scheme="quantiles")`` takes ``n`` evenly spaced levels of
+    the Kaplan-Meier curve and drops the cut points that coincide (tied times, a flat tail), so
+    it may return fewer than ``n``. The head size is fixed before the grid is known, so the
+    number of levels is raised from ``num_durations`` until exactly ``num_durations`` distinct
+    cut points come out (still pycox's cuts, of a finer level grid).
 
     Raises:
-        NervusInputError: when the training event times give fewer distinct cut points than
-            ``num_durations`` (the head size is fixed before the grid is known).
+        NervusInputError: when no number of levels gives ``num_durations`` distinct cut points
+            (too few distinct training times).
     """
     from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 
     time = as_numpy(time)
     event = as_numpy(event)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "cuts are not unique": checked below
-        cuts = LabTransDiscreteTime(num_durations, scheme="quantiles").fit(time, event).cuts
-    if len(cuts) != num_durations:
-        raise NervusInputError(
-            f"{where}task.num_durations={num_durations}, but the training event times give "
-            f"only {len(cuts)} distinct quantile cut points. Set task.num_durations={len(cuts)} "
-            "or lower."
-        )
-    return np.asarray(cuts, dtype=np.float64)
+    found = 0
+    for levels in range(num_durations, 20 * num_durations + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "cuts are not unique": handled here
+            cuts = LabTransDiscreteTime(levels, scheme="quantiles").fit(time, event).cuts
+        found = max(found, len(cuts))
+        if len(cuts) == num_durations:
+            return np.asarray(cuts, dtype=np.float64)
+        if len(cuts) > num_durations:
+            break
+    raise NervusInputError(
+        f"{where}task.num_durations={num_durations}, but the training times give no grid of "
+        f"that many distinct Kaplan-Meier quantile cut points (at most {found} found). Set "
+        "task.num_durations lower."
+    )
 
 
 def discretize(cuts: np.ndarray, time: Any, event: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +175,17 @@ def risk_score(surv: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return 1.0 - rmst / (cuts[-1] - cuts[0])
 
 
+#: Points per grid interval of the curves the pycox metrics read (pycox's ``interpolate(10)``).
+SUBGRID = 10
+
+
+def subgrid(cuts: np.ndarray, sub: int = SUBGRID) -> np.ndarray:
+    """``sub`` evenly spaced times per interval of ``cuts`` (pycox's ``make_subgrid``)."""
+    from pycox.models.utils import make_subgrid
+
+    return np.asarray(make_subgrid(as_numpy(cuts), sub), dtype=np.float64)
+
+
 def grid_column(name: str, k: int) -> str:
     """Column of ``predictions.csv`` with label ``name``'s survival at the ``k``-th cut."""
     return f"surv_{name}_grid{k}"
@@ -228,26 +250,32 @@ def curve_metrics(
     reference: Any,
     reasons: dict[str, str] | None = None,
 ) -> dict[str, float | None]:
-    """Antolini's C and pycox's IBS of one survival label on the rows of ``predictions.csv``.
+    """Antolini's C and pycox's IBS of a discrete-time label on the rows of ``predictions.csv``
+    (``{}`` for Cox, or when the ``surv_<label>_grid<k>`` columns are missing).
 
-    The curves are the model's own: for a discrete-time model the ``surv_<label>_grid<k>``
-    columns at the cuts of ``label["grid"]``; for Cox the Breslow curve of the reference (its
-    stored time grid) at each row's risk. The IBS grid is the one of scikit-survival's ``ibs``
+    The curves are the model's own, from the ``surv_<label>_grid<k>`` columns at the cuts of
+    ``label["grid"]``, interpolated as in ``predictions.csv`` on :data:`SUBGRID` points per
+    interval (pycox's ``interpolate(SUBGRID)``, what pycox evaluates its discrete models on:
+    otherwise every event of the first interval would read the survival at time 0). The IBS
+    grid is the one of scikit-survival's ``ibs``
     (:func:`nervus_lightning.survival.metrics.ibs_time_grid`), so the two are comparable.
+
+    Cox is left out: the Breslow baseline a checkpoint keeps is a coarse time grid (no training
+    event times), and before its first positive time every curve is 1, which would count most
+    early events as ties in Antolini's C.
     """
     from nervus_lightning.survival.metrics import ibs_time_grid
 
     name, period = label["name"], label["period"]
+    grid = label.get("grid")
+    if label.get("survival_model", "cox") == "cox" or not grid:
+        return {}
+    columns = [grid_column(name, k) for k in range(len(grid))]
+    if not set(columns) <= set(rows.columns):
+        return {}
+    cuts = np.asarray(grid, dtype=np.float64)
+    times = subgrid(cuts)
+    surv = interpolate_survival(rows[columns].to_numpy(dtype=np.float64), cuts, times)
     time = rows[period].to_numpy(dtype=np.float64)
     event = rows[name].to_numpy(dtype=np.float64)
-    grid = label.get("grid")
-    if label.get("survival_model", "cox") != "cox" and grid:
-        columns = [grid_column(name, k) for k in range(len(grid))]
-        if not set(columns) <= set(rows.columns):
-            return {}
-        times = np.asarray(grid, dtype=np.float64)
-        surv = rows[columns].to_numpy(dtype=np.float64)
-    else:
-        times = reference.baseline.times
-        surv = reference.survival(rows[f"risk_{name}"].to_numpy(dtype=np.float64), times)
     return pycox_metrics(surv, times, time, event, ibs_time_grid(reference, time), reasons)
