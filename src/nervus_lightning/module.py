@@ -233,7 +233,7 @@ class NervusModule(L.LightningModule):
                 "model.head", head_opts, HEADS, in_features=in_features, out_features=out_features
             )
 
-        heads = [spec.output_dim for spec in self.schema.labels]
+        heads = [self.task.head_size(j) for j in range(len(self.schema.labels))]
         return NervusNet(
             heads,
             image_extractor=image,
@@ -285,6 +285,9 @@ class NervusModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if stage == "fit" and datamodule is not None and hasattr(datamodule, "split_frame"):
+            self.task.fit_before_training(datamodule.split_frame("train"))
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
             self.task.gather = lambda t: self.all_gather(t, sync_grads=True).flatten(0, 1)

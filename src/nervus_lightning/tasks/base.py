@@ -138,6 +138,13 @@ class Task(ABC):
     def score_columns(cls, label: Mapping[str, Any]) -> list[str]:
         """Prediction columns of ``predictions.csv`` that the evaluation of ``label`` reads."""
 
+    def head_size(self, j: int) -> int:
+        """Size of label ``j``'s head for these task options (default :meth:`output_dim`)."""
+        return self.labels[j].output_dim
+
+    def fit_before_training(self, train: pd.DataFrame) -> None:
+        """Fit on the training split what the loss needs (e.g. a survival time grid)."""
+
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         """Loss of label ``j`` on this batch (cases with an unknown target are ignored)."""

@@ -1,5 +1,11 @@
 """Survival (DeepSurv): one risk head per endpoint, Cox partial likelihood, Breslow baseline.
 
+``task.model`` other than ``cox`` selects a discrete-time model instead (``logistic_hazard``,
+``pmf``, ``deephit``): its head has ``task.num_durations`` outputs, and the grid, loss, curves and
+risk score are those of :mod:`nervus_lightning.survival.discrete`; what follows about the
+training aggregates holds for every model (their Breslow baseline is then fitted on the risk
+score and used only by the ``ibs`` and calibration of the evaluation).
+
 The head outputs a log hazard ratio. After training, the task fits on the training split what
 survival predictions and metrics need -- a
 :class:`~nervus_lightning.survival.reference.SurvivalReference`: Breslow's baseline cumulative
@@ -60,6 +66,7 @@ from nervus_lightning.evaluation.survival_calibration import (
     survival_calibration_table,
 )
 from nervus_lightning.options import check_choice, check_number
+from nervus_lightning.survival import discrete
 from nervus_lightning.survival.loss import TIES, cox_loss
 from nervus_lightning.survival.metrics import assign_risk_groups, format_time, survival_metrics
 from nervus_lightning.survival.plots import plot_km_risk_group_panels
@@ -76,6 +83,11 @@ class SurvivalTask(Task):
             percentiles of the training event times (per endpoint).
         risk_groups: number of risk groups for Kaplan-Meier curves and the log-rank test
             (cut-points: quantiles of the training risks; 2 = median split).
+        model: ``cox`` (DeepSurv, default) or a discrete-time model that does not assume
+            proportional hazards: ``logistic_hazard``, ``pmf`` or ``deephit`` (single event);
+            see :mod:`nervus_lightning.survival.discrete`.
+        num_durations: size of the discrete time grid (and of the head) of those models.
+        alpha, sigma: DeepHit's weighting of likelihood vs rank loss and its rank-loss scale.
     """
 
     kind = "survival"
@@ -108,10 +120,21 @@ class SurvivalTask(Task):
         ties: str = "efron",
         eval_times: Sequence[float] | None = None,
         risk_groups: int = 2,
+        model: str = "cox",
+        num_durations: int = 20,
+        alpha: float = 0.2,
+        sigma: float = 0.1,
         evaluation: Any = None,
     ) -> None:
         super().__init__(labels, evaluation=evaluation)
         self.ties = check_choice("task.ties", ties, list(TIES))
+        self.model = check_choice("task.model", model, list(discrete.MODELS))
+        check_number("task.num_durations", num_durations, low=2, integer=True)
+        check_number("task.alpha", alpha, low=0, high=1)
+        check_number("task.sigma", sigma, low=0, low_open=True)
+        self.num_durations, self.alpha, self.sigma = num_durations, float(alpha), float(sigma)
+        #: Cut points of each endpoint's time grid (discrete-time models; training split).
+        self.cuts: list[np.ndarray | None] = [None] * len(labels)
         check_number("task.risk_groups", risk_groups, low=2, integer=True)
         if eval_times is not None:
             for t in eval_times:
@@ -227,7 +250,29 @@ class SurvivalTask(Task):
         return [f"risk_{label['name']}"]
 
     # -- training --------------------------------------------------------------------------
+    @property
+    def is_discrete(self) -> bool:
+        return self.model != "cox"
+
+    def head_size(self, j: int) -> int:
+        return self.num_durations if self.is_discrete else 1
+
+    def fit_before_training(self, train: pd.DataFrame) -> None:
+        """The time grid of a discrete-time model, from the training split only."""
+        if not self.is_discrete:
+            return
+        for j, spec in enumerate(self.labels):
+            # As the batches carry them (float32), so that a time equal to a cut stays on it.
+            time = pd.to_numeric(train[spec.period], errors="coerce").to_numpy(np.float32)
+            event = pd.to_numeric(train[spec.name], errors="coerce").to_numpy(np.float64)
+            known = ~(np.isnan(time) | np.isnan(event))
+            self.cuts[j] = discrete.fit_grid(
+                time[known], event[known], self.num_durations, where=f"label '{spec.name}': "
+            )
+
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
+        if self.is_discrete:
+            return self._discrete_loss(output, batch, j)
         risk = output[:, 0].float()
         event = batch["target"][:, j].float()
         time = batch["time"][:, j].float()
@@ -238,7 +283,29 @@ class SurvivalTask(Task):
             return zero_loss(output)
         return cox_loss(risk[known], time[known], event[known] > 0, ties=self.ties)
 
+    def _discrete_loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
+        if self.cuts[j] is None:
+            raise RuntimeError(
+                f"task.model={self.model}: the time grid is fitted on the training split when "
+                "training starts (NervusModule.setup); train with a NervusDataModule."
+            )
+        phi = output.float()
+        event = batch["target"][:, j].float()
+        time = batch["time"][:, j].float()
+        if self.gather is not None and self.model == "deephit":
+            # DeepHit's rank loss compares cases, like the Cox risk sets: use the global batch.
+            phi, event, time = self.gather(phi), self.gather(event), self.gather(time)
+        known = ~(torch.isnan(event) | torch.isnan(time))
+        if not bool(known.any()):
+            return zero_loss(output)
+        return discrete.discrete_loss(
+            self.model, phi[known], self.cuts[j], time[known], event[known], self.alpha, self.sigma
+        )
+
     def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
+        # Discrete-time models: the survival curve at the grid's cut points.
+        if self.is_discrete:
+            return discrete.grid_survival(self.model, output)
         return output.float()
 
     def make_metrics(self, j: int) -> MetricCollection | None:
@@ -253,7 +320,7 @@ class SurvivalTask(Task):
     ) -> None:
         frame = frames["train"]
         for j, spec in enumerate(self.labels):
-            risk = outputs["train"][j][:, 0].astype(np.float64)
+            risk = self._risk(outputs["train"][j], j)
             time = pd.to_numeric(frame[spec.period]).to_numpy(np.float64)
             event = pd.to_numeric(frame[spec.name]).to_numpy(np.float64)
             self.references[j] = SurvivalReference.fit(
@@ -267,8 +334,17 @@ class SurvivalTask(Task):
     def is_fitted(self, j: int) -> bool:
         return self.references[j] is not None
 
+    def _risk(self, values: np.ndarray, j: int) -> np.ndarray:
+        if self.is_discrete:
+            return discrete.risk_score(values, self.cuts[j])
+        return values[:, 0].astype(np.float64)
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        state = {}
+        state = {
+            f"grid.{j}": torch.from_numpy(cuts.copy())
+            for j, cuts in enumerate(self.cuts)
+            if cuts is not None
+        }
         for j, reference in enumerate(self.references):
             if reference is not None:
                 state.update({f"{j}.{k}": v for k, v in reference.to_tensors().items()})
@@ -276,6 +352,8 @@ class SurvivalTask(Task):
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         for j in range(len(self.labels)):
+            if f"grid.{j}" in state:
+                self.cuts[j] = state[f"grid.{j}"].cpu().numpy().astype(np.float64)
             prefix = f"{j}."
             fields = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if fields:
@@ -285,19 +363,30 @@ class SurvivalTask(Task):
         # The same aggregates as the checkpoint, so that `evaluate` can score an external set
         # from schema.json alone.
         reference = self.references[j]
-        return {} if reference is None else reference.to_json()
+        out = {} if reference is None else reference.to_json()
+        if self.is_discrete and self.cuts[j] is not None:
+            out.update(survival_model=self.model, grid=self.cuts[j].tolist())
+        return out
 
     # -- outputs ---------------------------------------------------------------------------
     def prediction_columns(self, values: np.ndarray, j: int) -> dict[str, Any]:
         name = self.labels[j].name
-        risk = values[:, 0].astype(np.float64)
+        risk = self._risk(values, j)
         cols: dict[str, Any] = {f"risk_{name}": risk}
         reference = self.references[j]
         if reference is not None:
-            surv = reference.survival(risk, reference.eval_times)
+            if self.is_discrete:
+                surv = discrete.interpolate_survival(values, self.cuts[j], reference.eval_times)
+            else:
+                surv = reference.survival(risk, reference.eval_times)
             for k, t in enumerate(reference.eval_times):
                 cols[f"surv_{name}_t{format_time(t)}"] = surv[:, k]
             cols[f"risk_group_{name}"] = assign_risk_groups(risk, reference.risk_cutpoints)
+        if self.is_discrete:
+            # The whole curve on the grid, so that the evaluation (predictions.csv and
+            # schema.json only) can compute the curve-based metrics.
+            for k in range(values.shape[1]):
+                cols[discrete.grid_column(name, k)] = values[:, k].astype(np.float64)
         return cols
 
     def _split_arrays(self, frame: pd.DataFrame, j: int) -> tuple[np.ndarray, ...] | None:
@@ -424,6 +513,8 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         risk = rows[risk_column].to_numpy(dtype=float)
         reasons: dict[str, str] = {}
         point = metrics(time, event, risk, reasons)
+        # The model's own curves scored by pycox (point estimates only, no bootstrap).
+        point.update(discrete.curve_metrics(rows, label, reference, reasons))
         intervals: dict[str, BootstrapCI] = {}
         if ctx.n_bootstrap > 0 and len(rows) > 1:
             distributions = bootstrap_distributions(

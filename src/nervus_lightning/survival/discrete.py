@@ -1,0 +1,281 @@
+r"""Discrete-time survival models that do not assume proportional hazards, on pycox.
+
+This module owns what ``task.model=logistic_hazard | pmf | deephit`` changes with respect to
+DeepSurv (``task.model=cox``): the time grid, the loss, the survival curve a head's output stands
+for, the risk score derived from it, and the curve-based metrics (Antolini's time-dependent
+C-index and pycox's integrated Brier score). The likelihoods, label transform and metrics are
+pycox's (``pycox.models.loss``, ``LabTransDiscreteTime``, ``EvalSurv``); nothing of them is
+re-implemented here (``tests/test_survival_discrete.py`` compares every number with pycox).
+
+Time grid
+    ``num_durations`` cut points :math:`0 = \tau_0 < \dots < \tau_{m-1}` from the Kaplan-Meier
+    quantiles of the *training* split (pycox's ``LabTransDiscreteTime(m, scheme="quantiles")``;
+    the last cut is the largest training time). Only these aggregates are kept (checkpoint and
+    ``schema.json``). pycox's transform moves an event to the next cut and a censoring to the
+    previous one; a time beyond the last cut (validation, test, an external CSV) is *censored at
+    the last cut* (pycox's ``right_censor=True``), so it counts as "event-free up to the end of
+    the grid".
+Head
+    ``m`` outputs :math:`\phi`. ``logistic_hazard``: discrete hazards
+    :math:`h_k = \sigma(\phi_k)`, :math:`S(\tau_k) = \prod_{l \le k}(1 - h_l)`. ``pmf`` and
+    ``deephit``: :math:`f = \mathrm{softmax}([\phi, 0])` without its last entry (the mass left
+    beyond the grid), :math:`S(\tau_k) = 1 - \sum_{l \le k} f_l`. DeepHit's loss is
+    ``alpha * nll_pmf + (1 - alpha) * rank loss(sigma)`` (pycox's ``DeepHitSingleLoss``).
+Curve between the cuts
+    Linear in time (pycox's ``interpolate(scheme="const_pdf")``: constant density within an
+    interval), and constant after the last cut (the model says nothing beyond the largest
+    training time). Non-increasing and in [0, 1].
+Risk score
+    ``risk = 1 - RMST(tau_max) / tau_max``: the cumulative event probability averaged over
+    :math:`[0, \tau_{m-1}]` (one minus the restricted mean survival time of the interpolated
+    curve, as a fraction of the grid). In [0, 1], higher = worse; it orders patients for
+    Harrell's C, the risk groups and the IPCW statistics like Cox's log hazard ratio does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.survival.baseline import as_numpy
+
+__all__ = [
+    "DISCRETE_MODELS",
+    "MODELS",
+    "curve_metrics",
+    "discrete_loss",
+    "discretize",
+    "fit_grid",
+    "grid_column",
+    "grid_survival",
+    "interpolate_survival",
+    "risk_score",
+]
+
+MODELS = ("cox", "logistic_hazard", "pmf", "deephit")
+DISCRETE_MODELS = MODELS[1:]
+
+
+def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.ndarray:
+    """``num_durations`` cut points at Kaplan-Meier quantiles of the training times.
+
+    pycox's ``LabTransDiscreteTime(n, scheme="quantiles")`` takes ``n`` evenly spaced levels of
+    the Kaplan-Meier curve and drops the cut points that coincide (tied times, a flat tail), so
+    it may return fewer than ``n``. The head size is fixed before the grid is known, so the
+    number of levels is raised from ``num_durations`` until exactly ``num_durations`` distinct
+    cut points come out (still pycox's cuts, of a finer level grid).
+
+    Raises:
+        NervusInputError: when no number of levels gives ``num_durations`` distinct cut points
+            (too few distinct training times).
+    """
+    from pycox.preprocessing.label_transforms import LabTransDiscreteTime
+
+    time = as_numpy(time)
+    event = as_numpy(event)
+    found = 0
+    for levels in range(num_durations, 20 * num_durations + 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "cuts are not unique": handled here
+            cuts = LabTransDiscreteTime(levels, scheme="quantiles").fit(time, event).cuts
+        found = max(found, len(cuts))
+        if len(cuts) == num_durations:
+            return np.asarray(cuts, dtype=np.float64)
+        if len(cuts) > num_durations:
+            break
+    raise NervusInputError(
+        f"{where}task.num_durations={num_durations}, but the training times give no grid of "
+        f"that many distinct Kaplan-Meier quantile cut points (at most {found} found). Set "
+        "task.num_durations lower."
+    )
+
+
+def discretize(cuts: np.ndarray, time: Any, event: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Interval index and event indicator of each case (pycox's ``LabTransDiscreteTime``)."""
+    from pycox.preprocessing.label_transforms import LabTransDiscreteTime
+
+    return LabTransDiscreteTime(np.asarray(cuts, dtype=np.float64)).transform(
+        as_numpy(time), as_numpy(event)
+    )
+
+
+def discrete_loss(
+    model: str,
+    phi: Tensor,
+    cuts: np.ndarray,
+    time: Tensor,
+    event: Tensor,
+    alpha: float = 0.2,
+    sigma: float = 0.1,
+) -> Tensor:
+    """pycox's mean negative log-likelihood (``deephit``: with its rank loss) of one batch.
+
+    ``time`` and ``event`` are the observed times and 0/1 indicators of the cases with both
+    known; they are discretised on ``cuts`` on the CPU (pycox's transform is numpy).
+    """
+    from pycox.models.loss import DeepHitSingleLoss, nll_logistic_hazard, nll_pmf
+
+    idx, events = discretize(cuts, time.detach().cpu().numpy(), event.detach().cpu().numpy())
+    idx_t = torch.from_numpy(idx).to(phi.device)
+    events_t = torch.from_numpy(events).to(device=phi.device, dtype=phi.dtype)
+    if model == "logistic_hazard":
+        return nll_logistic_hazard(phi, idx_t, events_t)
+    if model == "pmf":
+        return nll_pmf(phi, idx_t, events_t)
+    if model == "deephit":
+        from pycox.models.data import pair_rank_mat
+
+        rank_mat = torch.from_numpy(pair_rank_mat(idx, events)).to(phi.device, phi.dtype)
+        return DeepHitSingleLoss(alpha, sigma)(phi, idx_t, events_t, rank_mat)
+    raise ValueError(f"not a discrete-time model: {model!r}")
+
+
+def grid_survival(model: str, phi: Tensor) -> Tensor:
+    """Survival probabilities at the cut points, shape ``(n, m)``, in [0, 1], non-increasing."""
+    phi = phi.float()
+    if model == "logistic_hazard":
+        # prod(1 - sigmoid(phi)) in log space: log(1 - sigmoid(x)) = logsigmoid(-x).
+        surv = torch.exp(torch.cumsum(F.logsigmoid(-phi), dim=1))
+    elif model in ("pmf", "deephit"):
+        padded = torch.cat([phi, torch.zeros_like(phi[:, :1])], dim=1)
+        pmf = torch.softmax(padded, dim=1)[:, :-1]
+        surv = 1.0 - torch.cumsum(pmf, dim=1)
+    else:
+        raise ValueError(f"not a discrete-time model: {model!r}")
+    return surv.clamp(0.0, 1.0)
+
+
+def interpolate_survival(surv: np.ndarray, cuts: np.ndarray, times: Any) -> np.ndarray:
+    """The grid curves at ``times``: linear between cuts, constant after the last one.
+
+    Shape ``(n, len(times))``; ``surv`` is ``(n, len(cuts))``.
+    """
+    surv = np.asarray(surv, dtype=np.float64)
+    cuts = as_numpy(cuts)
+    times = as_numpy(times)
+    left = np.clip(np.searchsorted(cuts, times, side="right") - 1, 0, len(cuts) - 2)
+    weight = np.clip((times - cuts[left]) / (cuts[left + 1] - cuts[left]), 0.0, 1.0)
+    return surv[:, left] * (1.0 - weight) + surv[:, left + 1] * weight
+
+
+def risk_score(surv: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """``1 - RMST / grid length`` of the interpolated curves (module docstring), shape ``(n,)``."""
+    surv = np.asarray(surv, dtype=np.float64)
+    cuts = as_numpy(cuts)
+    # The trapezoid rule is exact for the piecewise-linear curve.
+    rmst = np.sum(np.diff(cuts) * (surv[:, 1:] + surv[:, :-1]) / 2.0, axis=1)
+    return 1.0 - rmst / (cuts[-1] - cuts[0])
+
+
+#: Points per grid interval of the curves the pycox metrics read (pycox's ``interpolate(10)``).
+SUBGRID = 10
+
+
+def subgrid(cuts: np.ndarray, sub: int = SUBGRID) -> np.ndarray:
+    """``sub`` evenly spaced times per interval of ``cuts`` (pycox's ``make_subgrid``)."""
+    from pycox.models.utils import make_subgrid
+
+    return np.asarray(make_subgrid(as_numpy(cuts), sub), dtype=np.float64)
+
+
+def grid_column(name: str, k: int) -> str:
+    """Column of ``predictions.csv`` with label ``name``'s survival at the ``k``-th cut."""
+    return f"surv_{name}_grid{k}"
+
+
+# --------------------------------------------------------------------------------------------
+# Curve-based metrics (pycox's EvalSurv), next to scikit-survival's risk-based ones
+
+
+def pycox_metrics(
+    surv: np.ndarray,
+    times: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    ibs_grid: Sequence[float],
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """Antolini's C and the integrated Brier score of pycox's ``EvalSurv`` on these curves.
+
+    ``surv`` ``(n, len(times))`` is read as a right-continuous step function of ``times``
+    (EvalSurv's ``steps="post"``); the censoring distribution of the Brier score is the
+    Kaplan-Meier curve of the *evaluated* set (``censor_surv="km"``, pycox's convention; the
+    ``ibs`` of scikit-survival's family uses the training censoring curve instead).
+
+    Keys: ``c_index_antolini``, ``ibs_pycox`` (None, with a reason, when not computable).
+    """
+    from pycox.evaluation import EvalSurv
+
+    why: dict[str, str] = {}
+    out: dict[str, float | None] = {"c_index_antolini": None, "ibs_pycox": None}
+    event = as_numpy(event) != 0
+    time = as_numpy(time)
+    if time.shape[0] < 2 or not event.any():
+        why = dict.fromkeys(out, "fewer than 2 subjects or no event in the evaluated set")
+    else:
+        frame = pd.DataFrame(np.asarray(surv, dtype=np.float64).T, index=as_numpy(times))
+        evaluator = EvalSurv(frame, time, event.astype(np.float64), censor_surv="km")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c_index = float(evaluator.concordance_td("antolini"))
+        if np.isfinite(c_index):
+            out["c_index_antolini"] = c_index
+        else:
+            why["c_index_antolini"] = "no comparable pair"
+        grid = as_numpy(ibs_grid)
+        if grid.shape[0] < 2:
+            why["ibs_pycox"] = "fewer than 2 grid times inside the evaluated follow-up"
+        else:
+            # EvalSurv.integrated_brier_score (pycox 0.3.0) calls scipy.integrate.simps, removed
+            # in SciPy 1.14; its per-time Brier scores integrated by simps' successor instead.
+            from scipy.integrate import simpson
+
+            scores = evaluator.brier_score(grid).to_numpy()
+            out["ibs_pycox"] = float(simpson(scores, x=grid) / (grid[-1] - grid[0]))
+    if reasons is not None:
+        reasons.update(why)
+    return out
+
+
+def curve_metrics(
+    rows: pd.DataFrame,
+    label: Mapping[str, Any],
+    reference: Any,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """Antolini's C and pycox's IBS of a discrete-time label on the rows of ``predictions.csv``
+    (``{}`` for Cox, or when the ``surv_<label>_grid<k>`` columns are missing).
+
+    The curves are the model's own, from the ``surv_<label>_grid<k>`` columns at the cuts of
+    ``label["grid"]``, interpolated as in ``predictions.csv`` on :data:`SUBGRID` points per
+    interval (pycox's ``interpolate(SUBGRID)``, what pycox evaluates its discrete models on:
+    otherwise every event of the first interval would read the survival at time 0). The IBS
+    grid is the one of scikit-survival's ``ibs``
+    (:func:`nervus_lightning.survival.metrics.ibs_time_grid`), so the two are comparable.
+
+    Cox is left out: the Breslow baseline a checkpoint keeps is a coarse time grid (no training
+    event times), and before its first positive time every curve is 1, which would count most
+    early events as ties in Antolini's C.
+    """
+    from nervus_lightning.survival.metrics import ibs_time_grid
+
+    name, period = label["name"], label["period"]
+    grid = label.get("grid")
+    if label.get("survival_model", "cox") == "cox" or not grid:
+        return {}
+    columns = [grid_column(name, k) for k in range(len(grid))]
+    if not set(columns) <= set(rows.columns):
+        return {}
+    cuts = np.asarray(grid, dtype=np.float64)
+    times = subgrid(cuts)
+    surv = interpolate_survival(rows[columns].to_numpy(dtype=np.float64), cuts, times)
+    time = rows[period].to_numpy(dtype=np.float64)
+    event = rows[name].to_numpy(dtype=np.float64)
+    return pycox_metrics(surv, times, time, event, ibs_time_grid(reference, time), reasons)
