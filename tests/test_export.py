@@ -31,6 +31,11 @@ MODELS = {
     "fused": ({}, []),
     "rgb": ({"tabular": False, "rgb": True}, ["data.in_channels=3"]),
     "survival": ({"task": "survival", "images": False}, ["task=survival", "model/extractor=none"]),
+    # A discrete-time survival model: the graph returns the survival curve on the time grid.
+    "survival_pmf": (
+        {"task": "survival", "images": False},
+        ["task=survival", "task.model=pmf", "task.num_durations=5", "model/extractor=none"],
+    ),
     "regression": (
         {"task": "regression", "images": False},
         ["task=regression", "model/extractor=none"],
@@ -243,3 +248,17 @@ def test_multiview_contract_lists_the_views(trained, tmp_path):
     assert contract["preprocessing"]["image_columns"] == image["columns"]
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image", "tabular", "view_mask"]
+
+
+def test_discrete_survival_contract_is_the_curve_on_the_grid(trained, tmp_path):
+    ckpt = trained("survival_pmf")
+    module = NervusModule.load_from_checkpoint(ckpt, map_location="cpu")
+    model_file, contract_file = export_model(ckpt, "onnx", out=tmp_path / "pmf.onnx")
+    (entry,) = json.loads(contract_file.read_text())["outputs"]
+    assert entry["name"] == "surv_label_death" and entry["shape"] == ["batch", 5]
+    assert entry["survival_model"] == "pmf" and len(entry["grid"]) == 5
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["surv_label_death"]
+    (surv,) = session.run(None, {"tabular": np.zeros((3, 2), dtype=np.float32)})
+    assert surv.shape == (3, 5)
+    assert np.all(np.diff(surv, axis=1) <= 1e-6) and surv.min() >= 0 and surv.max() <= 1

@@ -37,7 +37,6 @@ import torch
 from torch import nn
 
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.tasks.base import task_class
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,7 @@ class DeployableNet(nn.Module):
             self.input_names.append("tabular")
         if schema.multiview and schema.missing_views == "allow":
             self.input_names.append("view_mask")
-        self.output_names = [
-            f"{task_class(spec.task).export_prefix}_{spec.name}" for spec in schema.labels
-        ]
+        self.output_names = [self.task.export_name(j) for j in range(len(schema.labels))]
         self.eval()
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -158,7 +155,7 @@ def _output_entries(module: Any, names: list[str]) -> list[dict[str, Any]]:
     entries = []
     for j, (spec, name) in enumerate(zip(module.schema.labels, names, strict=True)):
         entry: dict[str, Any] = {"name": name, "label": spec.name, "task": spec.task}
-        entry.update(task_class(spec.task).export_output(spec))
+        entry.update(module.task.export_output(j))
         # The evaluation contract (positive class, threshold...) or, for survival, the
         # training aggregates (baseline hazard on a time grid, censoring curve, eval times,
         # risk-group cut points): the same as schema.json, no case-level data.

@@ -59,10 +59,14 @@ class Task(ABC):
     #: What that output holds, for the export's JSON contract.
     export_meaning: ClassVar[str]
 
-    @classmethod
-    def export_output(cls, spec: LabelSpec) -> dict[str, Any]:
-        """Shape and meaning of label ``spec``'s output in an exported graph."""
-        return {"shape": ["batch", cls.output_dim(spec)], "meaning": cls.export_meaning}
+    def export_name(self, j: int) -> str:
+        """Name of label ``j``'s output in an exported graph."""
+        return f"{self.export_prefix}_{self.labels[j].name}"
+
+    def export_output(self, j: int) -> dict[str, Any]:
+        """Shape and meaning of label ``j``'s output in an exported graph (what
+        :meth:`transform_output` returns for these task options)."""
+        return {"shape": ["batch", self.head_size(j)], "meaning": self.export_meaning}
 
     # -- evaluation (no model needed: works from predictions.csv and schema.json) -----------------
     @classmethod

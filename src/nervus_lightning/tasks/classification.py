@@ -203,9 +203,8 @@ class ClassificationTask(Task):
     export_prefix = "prob"
     export_meaning = "softmax probability of each class, in the order of 'classes'"
 
-    @classmethod
-    def export_output(cls, spec: LabelSpec) -> dict[str, Any]:
-        return {**super().export_output(spec), "classes": list(spec.classes or [])}
+    def export_output(self, j: int) -> dict[str, Any]:
+        return {**super().export_output(j), "classes": list(self.labels[j].classes or [])}
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):

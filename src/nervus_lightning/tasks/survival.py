@@ -99,9 +99,20 @@ class SurvivalTask(Task):
         "'baseline.times' entry is <= t (0 before the first)"
     )
 
-    @classmethod
-    def export_output(cls, spec: LabelSpec) -> dict[str, Any]:
-        return {**super().export_output(spec), "period": spec.period}
+    def export_name(self, j: int) -> str:
+        # A discrete-time model's graph returns the survival curve, not a risk.
+        prefix = "surv" if self.is_discrete else self.export_prefix
+        return f"{prefix}_{self.labels[j].name}"
+
+    def export_output(self, j: int) -> dict[str, Any]:
+        out = {**super().export_output(j), "period": self.labels[j].period}
+        if self.is_discrete:
+            out["meaning"] = (
+                f"survival probability at each time of 'grid' ({self.model} model); between "
+                "grid times interpolate linearly (constant density); constant before the first "
+                "and after the last grid time"
+            )
+        return out
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
