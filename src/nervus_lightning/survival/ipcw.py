@@ -23,7 +23,10 @@ Uno's concordance index, truncated at :math:`\tau`:
                   {\sum_{i,j} \delta_i \hat G(T_i)^{-2}\, 1\{T_i < \tau\}\, c_{ij}},
 
 where :math:`c_{ij} = 1` when :math:`T_j > T_i`, or :math:`T_j = T_i` and :math:`j` is
-censored (a pair counts as concordant only when the risks are not tied).
+censored (a pair counts as concordant only when the risks are not tied). These are Harrell's
+pairs, so the sums are the per-event counts of
+:func:`~nervus_lightning.survival.concordance.concordance_counts` weighted by
+:math:`\hat G(T_i)^{-2}`: :math:`O(n \log n)`.
 
 Cumulative/dynamic AUC at time :math:`t` (cases :math:`T_i \le t, \delta_i = 1` weighted by
 :math:`1/\hat G(T_i)`; controls :math:`T_j > t`):
@@ -68,6 +71,7 @@ from sksurv.nonparametric import SurvivalFunctionEstimator, kaplan_meier_estimat
 from sksurv.util import Surv
 
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
 
 __all__ = [
     "CensoringCurve",
@@ -78,8 +82,6 @@ __all__ = [
 ]
 
 TIED_TOL = 1e-8
-# Rows of the pairwise comparison processed at once (memory: _CHUNK x n booleans).
-_CHUNK = 512
 
 
 @dataclass
@@ -170,22 +172,12 @@ def uno_concordance(
     risk = as_numpy(risk)
     before = event & (time < tau)
     weights = _event_weights(censoring, time, before) ** 2
-
-    numerator = denominator = 0.0
-    rows = np.flatnonzero(weights > 0)
-    for start in range(0, rows.shape[0], _CHUNK):
-        i = rows[start : start + _CHUNK]
-        later = time[None, :] > time[i, None]
-        tied_censored = (time[None, :] == time[i, None]) & ~event[None, :]
-        comparable = later | tied_censored
-        diff = risk[i, None] - risk[None, :]
-        tied = np.abs(diff) <= tied_tol
-        score = np.where(tied, 0.5, (diff > 0).astype(float))
-        numerator += float(weights[i] @ (comparable * score).sum(axis=1))
-        denominator += float(weights[i] @ comparable.sum(axis=1))
-    if denominator == 0:
+    # c_ij and the scores are Harrell's pairs: weighted per-event counts, O(n log n).
+    counts = concordance_counts(event, time, risk, tied_tol)
+    w = weights[counts.index]
+    if not (w @ counts.comparable) > 0:
         raise NoComparablePairException("no comparable pair: cannot estimate Uno's C")
-    return numerator / denominator
+    return weighted_concordance(counts, w)
 
 
 def cumulative_dynamic_auc(

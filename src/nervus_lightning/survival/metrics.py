@@ -4,15 +4,16 @@ This module owns *which* statistics are reported for a survival label, on which 
 a statistic cannot be computed. The training split enters only through a
 :class:`~nervus_lightning.survival.reference.SurvivalReference` (censoring Kaplan-Meier curve,
 baseline hazard on a grid, cut-points, evaluation times, a few percentiles), so a checkpoint
-that carries no patient rows can score any data set. Harrell's C and the log-rank test are
-scikit-survival's functions; the three IPCW statistics come from
+that carries no patient rows can score any data set. Harrell's C comes from
+:mod:`nervus_lightning.survival.concordance` (scikit-survival's definition and counts, in
+O(n log n)); the log-rank test is scikit-survival's; the three IPCW statistics come from
 :mod:`nervus_lightning.survival.ipcw`, which gives scikit-survival's values from the stored
 censoring curve (scikit-survival itself would need the training rows).
 
 Reported keys (:func:`survival_metrics`), in this order:
 
 ``c_index``
-    Harrell's concordance index (``concordance_index_censored``) of the risk scores.
+    Harrell's concordance index (as ``concordance_index_censored``) of the risk scores.
 ``c_index_uno``
     Uno's IPCW concordance index (as ``concordance_index_ipcw``), censoring distribution
     estimated by Kaplan-Meier on the *training* split, truncated at ``tau``
@@ -59,10 +60,10 @@ from typing import Any
 import numpy as np
 from sksurv.compare import compare_survival
 from sksurv.exceptions import NoComparablePairException
-from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.concordance import concordance_index_censored
 from nervus_lightning.survival.ipcw import (
     cumulative_dynamic_auc,
     integrated_brier_score,
