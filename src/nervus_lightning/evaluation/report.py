@@ -87,6 +87,9 @@ def evaluate_predictions(
     config_summary: dict | None = None,
     learning_curve: pd.DataFrame | None = None,
     train_figures: bool = False,
+    train_metrics: bool = True,
+    max_rows_exact: int = 100_000,
+    max_rows_bootstrap: int = 10_000,
 ) -> pd.DataFrame:
     """Evaluate a run's predictions; write metrics.csv, figures and report.html to ``out_dir``.
 
@@ -107,8 +110,10 @@ def evaluate_predictions(
         config_summary: run configuration shown, folded, at the end of the report (nested dicts
             allowed).
         learning_curve: per-epoch losses/metrics (an ``epoch`` column and numeric columns).
-        train_figures: also draw the ``train`` split in the figures (its metrics are always in
-            ``metrics.csv`` and in the full table of the report).
+        train_figures: also draw the ``train`` split in the figures (its metrics are in
+            ``metrics.csv`` and in the full table of the report unless ``train_metrics=False``).
+        train_metrics, max_rows_exact, max_rows_bootstrap: see
+            :func:`nervus_lightning.evaluate.evaluate_run`.
 
     Returns:
         The rows of ``metrics.csv`` (columns ``split, group, label, metric, value, ci_lower,
@@ -120,6 +125,8 @@ def evaluate_predictions(
     predictions = predictions.reset_index(drop=True).copy()
     predictions["split"] = predictions["split"].astype(str)
     splits = split_order([s for s in predictions["split"].unique() if s != "exclude"])
+    if not train_metrics and len(splits) > 1:
+        splits = [s for s in splits if s != "train"]
     ctx = EvalContext(
         splits,
         group_column,
@@ -131,6 +138,8 @@ def evaluate_predictions(
         target_sensitivity,
         positive_class or {},
         train_figures,
+        max_rows_exact,
+        max_rows_bootstrap,
     )
     sections = [
         task_class(label["task"]).evaluate(predictions, label, ctx) for label in schema["labels"]

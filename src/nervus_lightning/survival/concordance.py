@@ -135,14 +135,14 @@ def concordance_counts(
     position = np.empty(n, dtype=np.int64)
     position[rank_order] = np.arange(n)
     distinct, first = np.unique(r[rank_order], return_index=True)
-    first = np.r_[first, n]
+    first = np.append(first, n)
 
     events_at = np.flatnonzero(e)
     t_i = t[events_at]
     r_i = r[events_at]
     group_start = np.searchsorted(t, t_i, side="left")
     group_end = np.searchsorted(t, t_i, side="right")
-    events_before = np.r_[0, np.cumsum(e)]
+    events_before = np.concatenate(([0], np.cumsum(e)))
     censored_start = group_start + (events_before[group_end] - events_before[group_start])
 
     # Distinct risks below which a pair is concordant, and below which it is concordant or
@@ -161,7 +161,9 @@ def concordance_counts(
     bound_tie = first[tied_end]
     m = events_at.shape[0]
     below = _count_below(
-        position, np.r_[censored_start, censored_start], np.r_[bound_con, bound_tie]
+        position,
+        np.concatenate((censored_start, censored_start)),
+        np.concatenate((bound_con, bound_tie)),
     )
     concordant = bound_con - below[:m]
     concordant_or_tied = bound_tie - below[m:]
