@@ -197,7 +197,7 @@ def evaluate_run(
     train_figures: bool = False,
     train_metrics: bool = True,
     max_rows_exact: int = 100_000,
-    max_rows_bootstrap: int = 10_000,
+    max_rows_bootstrap: int = 5_000,
 ) -> pd.DataFrame:
     """Write the evaluation report of a run's ``predictions.csv``.
 

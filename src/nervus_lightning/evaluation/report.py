@@ -89,7 +89,7 @@ def evaluate_predictions(
     train_figures: bool = False,
     train_metrics: bool = True,
     max_rows_exact: int = 100_000,
-    max_rows_bootstrap: int = 10_000,
+    max_rows_bootstrap: int = 5_000,
 ) -> pd.DataFrame:
     """Evaluate a run's predictions; write metrics.csv, figures and report.html to ``out_dir``.
 

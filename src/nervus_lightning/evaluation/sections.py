@@ -61,7 +61,7 @@ class EvalContext:
     #: Above this many cases, the censoring-weighted survival metrics use a seeded subsample.
     max_rows_exact: int = 100_000
     #: Above this many cases, bootstrap resamples draw this many (m-out-of-n).
-    max_rows_bootstrap: int = 10_000
+    max_rows_bootstrap: int = 5_000
 
 
 @dataclass
