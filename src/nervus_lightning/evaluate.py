@@ -112,6 +112,12 @@ def check_evaluation_options(options: Mapping[str, Any]) -> dict[str, Any]:
         check_number("evaluation.ci", options["ci"], low=0, high=1, low_open=True, high_open=True)
     if "seed" in options:
         check_number("evaluation.seed", options["seed"], low=0, integer=True)
+    for key in ("max_rows_exact", "max_rows_bootstrap"):
+        if key in options:
+            check_number(f"evaluation.{key}", options[key], low=2, integer=True)
+    for key in ("train_metrics", "train_figures"):
+        if key in options and not isinstance(options[key], bool):
+            raise NervusInputError(f"evaluation.{key}={options[key]!r} must be true or false.")
     if options.get("threshold") is not None:
         check_choice("evaluation.threshold", options["threshold"], THRESHOLD_METHODS)
     if options.get("target_sensitivity") is not None:
@@ -189,6 +195,9 @@ def evaluate_run(
     target_sensitivity: float | None = None,
     positive_class: Mapping[str, str] | None = None,
     train_figures: bool = False,
+    train_metrics: bool = True,
+    max_rows_exact: int = 100_000,
+    max_rows_bootstrap: int = 5_000,
 ) -> pd.DataFrame:
     """Write the evaluation report of a run's ``predictions.csv``.
 
@@ -213,8 +222,15 @@ def evaluate_run(
         target_sensitivity: used by ``threshold="sensitivity"``; ``None``: the stored one.
         positive_class: label name -> positive class of a binary label; ``None``: the stored
             one (an override when it differs, as for ``threshold``).
-        train_figures: also draw the ``train`` split in the report's figures (its metrics are
-            always computed).
+        train_figures: also draw the ``train`` split in the report's figures.
+        train_metrics: compute the ``train`` split's metrics (``False``: ``metrics.csv`` and the
+            report have no ``train`` rows; training aggregates are still used).
+        max_rows_exact: a split with more cases computes its censoring-weighted survival
+            metrics (Uno's C, td-AUC, IBS) on a seeded random subsample of this many cases
+            (Harrell's C and the log-rank test use every case); said in ``metrics_notes.csv``.
+        max_rows_bootstrap: a split with more cases is bootstrapped with resamples of this
+            many cases (m-out-of-n, intervals rescaled to the split's size; see
+            :mod:`nervus_lightning.evaluation.bootstrap`); said in ``metrics_notes.csv``.
 
     Returns:
         The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper``.
@@ -239,6 +255,9 @@ def evaluate_run(
             "threshold": threshold,
             "target_sensitivity": target_sensitivity,
             "positive_class": positive_class,
+            "train_metrics": train_metrics,
+            "max_rows_exact": max_rows_exact,
+            "max_rows_bootstrap": max_rows_bootstrap,
         }
     )
 
@@ -255,6 +274,9 @@ def evaluate_run(
         "target_sensitivity": None if target_sensitivity is None else float(target_sensitivity),
         "positive_class": dict(positive_class) if positive_class else None,
         "train_figures": bool(train_figures),
+        "train_metrics": bool(train_metrics),
+        "max_rows_exact": int(max_rows_exact),
+        "max_rows_bootstrap": int(max_rows_bootstrap),
     }
     config_summary: dict[str, Any] = {"predictions": str(predictions_path)}
     run_config = _run_config(run_dir)
@@ -277,6 +299,9 @@ def evaluate_run(
         learning_curve=_learning_curve(run_dir),
         train_figures=settings["train_figures"],
         explain_dir=run_dir / "explain",
+        train_metrics=settings["train_metrics"],
+        max_rows_exact=settings["max_rows_exact"],
+        max_rows_bootstrap=settings["max_rows_bootstrap"],
     )
     log.info("evaluation of %s written to %s", predictions_path, out)
     return metrics

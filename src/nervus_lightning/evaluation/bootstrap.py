@@ -10,6 +10,15 @@ class, as pROC does for AUC: a test set's class counts are usually fixed by its 
 way no resample lacks a class (where AUROC would be undefined). Regression and survival metrics
 are bootstrapped unstratified.
 
+Large sets (m-out-of-n): with ``size`` below the number of cases ``n``, each resample draws
+``m = size`` cases with replacement from all ``n`` (the evaluation sets ``size`` from
+``evaluation.max_rows_bootstrap``), so a bootstrap of a million rows costs what one of ``m``
+costs. A root-n consistent statistic (every reported one: C-indices, AUCs, Brier scores, means)
+varies ``sqrt(n / m)`` times more on ``m`` cases than on ``n``, so
+:func:`rescale_distribution` shrinks each resample's deviation from the point value by
+``sqrt(m / n)`` before the percentile interval is taken (Bickel and Sakov's m-out-of-n
+bootstrap with the root-n rate).
+
 Interval: the ``(1 - ci) / 2`` and ``(1 + ci) / 2`` quantiles (numpy's default linear
 interpolation) of the metric over the resamples where it is defined. Resamples where it is not
 defined are skipped and counted; above ``max_skipped_fraction`` a warning is given and the reason
@@ -54,9 +63,17 @@ class BootstrapCI:
 
 
 def _resample_blocks(
-    n: int, n_resamples: int, seed: int, strata: Sequence | np.ndarray | None
+    n: int,
+    n_resamples: int,
+    seed: int,
+    strata: Sequence | np.ndarray | None,
+    size: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield ``(block, n)`` arrays of case indices; deterministic for the arguments given."""
+    """Yield ``(block, m)`` arrays of case indices; deterministic for the arguments given.
+
+    ``m = n`` (the ordinary bootstrap) unless ``size < n`` is given (m-out-of-n: each stratum
+    contributes its share of ``size``, at least one case).
+    """
     if n < 1:
         raise ValueError("cannot bootstrap zero cases")
     rng = np.random.default_rng(seed)
@@ -68,18 +85,41 @@ def _resample_blocks(
             raise ValueError(f"strata has {strata.shape[0]} entries for {n} cases")
         _, codes = np.unique(strata, return_inverse=True)
         groups = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
-    block = max(1, min(n_resamples, _BLOCK_ELEMENTS // n))
+    if size is None or size >= n:
+        draws = [members.shape[0] for members in groups]
+    else:
+        draws = [max(1, round(size * members.shape[0] / n)) for members in groups]
+    m = sum(draws)
+    block = max(1, min(n_resamples, _BLOCK_ELEMENTS // m))
     done = 0
     while done < n_resamples:
-        size = min(block, n_resamples - done)
+        count = min(block, n_resamples - done)
         yield np.concatenate(
             [
-                members[rng.integers(0, members.shape[0], size=(size, members.shape[0]))]
-                for members in groups
+                members[rng.integers(0, members.shape[0], size=(count, k))]
+                for members, k in zip(groups, draws, strict=True)
             ],
             axis=1,
         )
-        done += size
+        done += count
+
+
+def bootstrap_size(n: int, max_rows: int | None) -> int:
+    """Cases per resample: ``n``, or ``max_rows`` when there are more (m-out-of-n)."""
+    return n if max_rows is None else min(n, int(max_rows))
+
+
+def rescale_distribution(values: np.ndarray, point: float | None, m: int, n: int) -> np.ndarray:
+    """m-out-of-n bootstrap values mapped to the spread of a statistic on ``n`` cases.
+
+    A root-n consistent statistic computed on ``m`` resampled cases varies ``sqrt(n / m)``
+    times more than on ``n``; its deviations from the point value are shrunk by
+    ``sqrt(m / n)``, so that the percentile interval of the result is the m-out-of-n interval
+    for ``n`` cases. ``m >= n`` or no point value: unchanged.
+    """
+    if point is None or m >= n:
+        return values
+    return point + np.sqrt(m / n) * (np.asarray(values, dtype=float) - point)
 
 
 def resample_counts(indices: np.ndarray, n: int) -> np.ndarray:
@@ -147,9 +187,11 @@ def bootstrap_distributions(
     n_resamples: int = 1000,
     seed: int = 0,
     strata: Sequence | np.ndarray | None = None,
+    size: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Like :func:`bootstrap_distribution` for a ``metrics_fn`` returning several named metrics
-    (all computed on the same resamples; ``None`` values become NaN)."""
+    (all computed on the same resamples; ``None`` values become NaN). ``size``: cases per
+    resample when fewer than ``n`` (m-out-of-n; see :func:`rescale_distribution`)."""
     arrays = tuple(np.asarray(a) for a in arrays)
     n = arrays[0].shape[0]
     if any(a.shape[0] != n for a in arrays):
@@ -157,7 +199,7 @@ def bootstrap_distributions(
     rows: list[Mapping[str, float | None]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        for block in _resample_blocks(n, n_resamples, seed, strata):
+        for block in _resample_blocks(n, n_resamples, seed, strata, size):
             rows.extend(metrics_fn(*(a[idx] for a in arrays)) for idx in block)
     names = list(dict.fromkeys(name for row in rows for name in row))
     return {

@@ -90,6 +90,9 @@ def evaluate_predictions(
     learning_curve: pd.DataFrame | None = None,
     train_figures: bool = False,
     explain_dir: str | Path | None = None,
+    train_metrics: bool = True,
+    max_rows_exact: int = 100_000,
+    max_rows_bootstrap: int = 5_000,
 ) -> pd.DataFrame:
     """Evaluate a run's predictions; write metrics.csv, figures and report.html to ``out_dir``.
 
@@ -110,11 +113,13 @@ def evaluate_predictions(
         config_summary: run configuration shown, folded, at the end of the report (nested dicts
             allowed).
         learning_curve: per-epoch losses/metrics (an ``epoch`` column and numeric columns).
-        train_figures: also draw the ``train`` split in the figures (its metrics are always in
-            ``metrics.csv`` and in the full table of the report).
         explain_dir: the run's ``explain`` folder; where it holds ``cases.csv`` and
             ``attribution.csv``, the report shows a gallery of overlays and an attribution chart
             per label.
+        train_figures: also draw the ``train`` split in the figures (its metrics are in
+            ``metrics.csv`` and in the full table of the report unless ``train_metrics=False``).
+        train_metrics, max_rows_exact, max_rows_bootstrap: see
+            :func:`nervus_lightning.evaluate.evaluate_run`.
 
     Returns:
         The rows of ``metrics.csv`` (columns ``split, group, label, metric, value, ci_lower,
@@ -126,6 +131,8 @@ def evaluate_predictions(
     predictions = predictions.reset_index(drop=True).copy()
     predictions["split"] = predictions["split"].astype(str)
     splits = split_order([s for s in predictions["split"].unique() if s != "exclude"])
+    if not train_metrics and len(splits) > 1:
+        splits = [s for s in splits if s != "train"]
     ctx = EvalContext(
         splits,
         group_column,
@@ -137,6 +144,8 @@ def evaluate_predictions(
         target_sensitivity,
         positive_class or {},
         train_figures,
+        max_rows_exact,
+        max_rows_bootstrap,
     )
     sections = [
         task_class(label["task"]).evaluate(predictions, label, ctx) for label in schema["labels"]

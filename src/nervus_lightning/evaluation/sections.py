@@ -58,6 +58,10 @@ class EvalContext:
     target_sensitivity: float | None
     positive_class: Mapping[str, str]
     train_figures: bool = False
+    #: Above this many cases, the censoring-weighted survival metrics use a seeded subsample.
+    max_rows_exact: int = 100_000
+    #: Above this many cases, bootstrap resamples draw this many (m-out-of-n).
+    max_rows_bootstrap: int = 5_000
 
 
 @dataclass

@@ -23,7 +23,10 @@ Uno's concordance index, truncated at :math:`\tau`:
                   {\sum_{i,j} \delta_i \hat G(T_i)^{-2}\, 1\{T_i < \tau\}\, c_{ij}},
 
 where :math:`c_{ij} = 1` when :math:`T_j > T_i`, or :math:`T_j = T_i` and :math:`j` is
-censored (a pair counts as concordant only when the risks are not tied).
+censored (a pair counts as concordant only when the risks are not tied). These are Harrell's
+pairs, so the sums are the per-event counts of
+:func:`~nervus_lightning.survival.concordance.concordance_counts` weighted by
+:math:`\hat G(T_i)^{-2}`: :math:`O(n \log n)`.
 
 Cumulative/dynamic AUC at time :math:`t` (cases :math:`T_i \le t, \delta_i = 1` weighted by
 :math:`1/\hat G(T_i)`; controls :math:`T_j > t`):
@@ -64,22 +67,25 @@ from typing import Any
 
 import numpy as np
 from sksurv.exceptions import NoComparablePairException
-from sksurv.nonparametric import SurvivalFunctionEstimator, kaplan_meier_estimator
-from sksurv.util import Surv
+from sksurv.nonparametric import kaplan_meier_estimator
 
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.concordance import (
+    ConcordanceCounts,
+    concordance_counts,
+    weighted_concordance,
+)
 
 __all__ = [
     "CensoringCurve",
     "brier_scores",
     "cumulative_dynamic_auc",
     "integrated_brier_score",
+    "kaplan_meier_at",
     "uno_concordance",
 ]
 
 TIED_TOL = 1e-8
-# Rows of the pairwise comparison processed at once (memory: _CHUNK x n booleans).
-_CHUNK = 512
 
 
 @dataclass
@@ -120,7 +126,7 @@ class CensoringCurve:
         r""":math:`\hat G` at ``times`` (right-continuous step function), shape ``(k,)``."""
         times = as_numpy(times)
         index = np.searchsorted(self.times, times, side="right")
-        values = np.r_[1.0, self.survival][index]
+        values = np.concatenate(([1.0], self.survival))[index]
         beyond = times > self.max_time
         if beyond.any():
             if values[beyond][0] > 0:
@@ -159,8 +165,12 @@ def uno_concordance(
     censoring: CensoringCurve,
     tau: float,
     tied_tol: float = TIED_TOL,
+    counts: ConcordanceCounts | None = None,
 ) -> float:
     """Uno's C truncated at ``tau`` (formula in the module docstring).
+
+    ``counts``: the :func:`concordance_counts` of these arrays when the caller has them (for
+    Harrell's C), so that they are not counted twice.
 
     Raises:
         NoComparablePairException: no pair with a positive weight.
@@ -170,22 +180,13 @@ def uno_concordance(
     risk = as_numpy(risk)
     before = event & (time < tau)
     weights = _event_weights(censoring, time, before) ** 2
-
-    numerator = denominator = 0.0
-    rows = np.flatnonzero(weights > 0)
-    for start in range(0, rows.shape[0], _CHUNK):
-        i = rows[start : start + _CHUNK]
-        later = time[None, :] > time[i, None]
-        tied_censored = (time[None, :] == time[i, None]) & ~event[None, :]
-        comparable = later | tied_censored
-        diff = risk[i, None] - risk[None, :]
-        tied = np.abs(diff) <= tied_tol
-        score = np.where(tied, 0.5, (diff > 0).astype(float))
-        numerator += float(weights[i] @ (comparable * score).sum(axis=1))
-        denominator += float(weights[i] @ comparable.sum(axis=1))
-    if denominator == 0:
+    # c_ij and the scores are Harrell's pairs: weighted per-event counts, O(n log n).
+    if counts is None:
+        counts = concordance_counts(event, time, risk, tied_tol)
+    w = weights[counts.index]
+    if not (w @ counts.comparable) > 0:
         raise NoComparablePairException("no comparable pair: cannot estimate Uno's C")
-    return numerator / denominator
+    return weighted_concordance(counts, w)
 
 
 def cumulative_dynamic_auc(
@@ -219,10 +220,23 @@ def cumulative_dynamic_auc(
 
     if times.shape[0] == 1:
         return auc, float(auc[0])
-    km = SurvivalFunctionEstimator().fit(Surv.from_arrays(event=event, time=time))
-    surv = km.predict_proba(times)
-    drop = -np.diff(np.r_[1.0, surv])
+    surv = kaplan_meier_at(time, event, times)
+    drop = -np.diff(surv, prepend=1.0)
     return auc, float((auc * drop).sum() / (1.0 - surv[-1]))
+
+
+def kaplan_meier_at(time: np.ndarray, event: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Kaplan-Meier survival of ``(time, event)`` at ``times`` (right-continuous), as
+    scikit-survival's ``SurvivalFunctionEstimator`` without its input checks (bootstrap loops
+    call this thousands of times)."""
+    unique_time = np.unique(time)
+    inverse = np.searchsorted(unique_time, time)
+    deaths = np.bincount(inverse, weights=event.astype(np.float64), minlength=unique_time.shape[0])
+    total = np.bincount(inverse, minlength=unique_time.shape[0])
+    at_risk = time.shape[0] - (np.cumsum(total) - total)
+    surv = np.cumprod(1.0 - deaths / at_risk)
+    index = np.searchsorted(unique_time, times, side="right")
+    return np.concatenate(([1.0], surv))[index]
 
 
 def brier_scores(

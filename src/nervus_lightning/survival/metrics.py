@@ -4,15 +4,16 @@ This module owns *which* statistics are reported for a survival label, on which 
 a statistic cannot be computed. The training split enters only through a
 :class:`~nervus_lightning.survival.reference.SurvivalReference` (censoring Kaplan-Meier curve,
 baseline hazard on a grid, cut-points, evaluation times, a few percentiles), so a checkpoint
-that carries no patient rows can score any data set. Harrell's C and the log-rank test are
-scikit-survival's functions; the three IPCW statistics come from
+that carries no patient rows can score any data set. Harrell's C comes from
+:mod:`nervus_lightning.survival.concordance` (scikit-survival's definition and counts, in
+O(n log n)); the log-rank test is scikit-survival's; the three IPCW statistics come from
 :mod:`nervus_lightning.survival.ipcw`, which gives scikit-survival's values from the stored
 censoring curve (scikit-survival itself would need the training rows).
 
 Reported keys (:func:`survival_metrics`), in this order:
 
 ``c_index``
-    Harrell's concordance index (``concordance_index_censored``) of the risk scores.
+    Harrell's concordance index (as ``concordance_index_censored``) of the risk scores.
 ``c_index_uno``
     Uno's IPCW concordance index (as ``concordance_index_ipcw``), censoring distribution
     estimated by Kaplan-Meier on the *training* split, truncated at ``tau``
@@ -59,10 +60,10 @@ from typing import Any
 import numpy as np
 from sksurv.compare import compare_survival
 from sksurv.exceptions import NoComparablePairException
-from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
 from nervus_lightning.survival.ipcw import (
     cumulative_dynamic_auc,
     integrated_brier_score,
@@ -74,8 +75,14 @@ from nervus_lightning.survival.reference import (
     risk_group_cutpoints,
 )
 
+# Above this many rows a split's IPCW metrics use a seeded random subsample (evaluation option
+# ``max_rows_exact``; its default in conf/evaluation/default.yaml is the same).
+MAX_ROWS_EXACT = 100_000
+
 __all__ = [
+    "MAX_ROWS_EXACT",
     "assign_risk_groups",
+    "ipcw_subsample",
     "default_eval_times",
     "format_time",
     "ibs_time_grid",
@@ -128,6 +135,14 @@ def _censor_after(
     return np.where(beyond, np.minimum(time, cap), time), event & ~beyond
 
 
+def ipcw_subsample(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
+    """Sorted row indices of the seeded random subsample (without replacement) the IPCW
+    metrics use when ``n > max_rows``; ``None``: all rows."""
+    if max_rows is None or n <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+
+
 def survival_metrics(
     reference: SurvivalReference,
     time: Any,
@@ -137,6 +152,10 @@ def survival_metrics(
     *,
     reasons: dict[str, str] | None = None,
     tau: float | None = None,
+    max_rows_exact: int | None = MAX_ROWS_EXACT,
+    seed: int = 0,
+    logrank: bool = True,
+    ibs_survival: np.ndarray | None = None,
 ) -> dict[str, float | None]:
     """All survival metrics of one evaluated split (keys and choices: module docstring).
 
@@ -148,6 +167,12 @@ def survival_metrics(
         eval_times: times of the time-dependent AUCs; ``None`` uses ``reference.eval_times``.
         reasons: if a dict is given, it receives ``metric -> why`` for every ``None`` value.
         tau: truncation time of Uno's C; ``None`` uses :func:`uno_truncation_time`.
+        max_rows_exact: above this many rows the IPCW metrics (Uno's C, td-AUC, IBS) are
+            computed on the :func:`ipcw_subsample` of this size drawn with ``seed`` (Harrell's
+            C and the log-rank test always use every row); ``None``: never.
+        logrank: ``False`` leaves ``logrank_p`` out (``None``), e.g. in bootstrap resamples.
+        ibs_survival: the rows' predicted survival at ``reference.ibs_grid()``, when the caller
+            has it (bootstrap loops); computed otherwise.
 
     Returns:
         ``{name: float or None}`` with the keys listed in the module docstring.
@@ -182,12 +207,45 @@ def survival_metrics(
             reasons.update(why)
         return results
 
-    # Harrell's C.
+    # Harrell's C, on every row.
+    counts = concordance_counts(event, time, risk)
     try:
-        results["c_index"] = float(concordance_index_censored(event, time, risk)[0])
+        c_index = weighted_concordance(counts)
+        results["c_index"] = None if np.isnan(c_index) else c_index
+        if results["c_index"] is None:
+            why["c_index"] = "no comparable pair (no event before another subject's time)"
     except NoComparablePairException:
         results["c_index"] = None
         why["c_index"] = "no comparable pair (no event before another subject's time)"
+
+    # Log-rank test across training-defined risk groups, on every row.
+    results["logrank_p"] = None
+    if logrank:
+        groups = assign_risk_groups(risk, reference.risk_cutpoints)
+        if np.unique(groups).shape[0] < 2:
+            why["logrank_p"] = "all subjects fall into one risk group"
+        else:
+            try:
+                survival_test = Surv.from_arrays(event=event, time=time)
+                results["logrank_p"] = float(compare_survival(survival_test, groups)[1])
+            except np.linalg.LinAlgError:
+                why["logrank_p"] = "log-rank covariance is singular (too few events per group)"
+    else:
+        why["logrank_p"] = "not computed"
+
+    # The IPCW metrics, on a seeded subsample above max_rows_exact.
+    sub = ipcw_subsample(time.shape[0], max_rows_exact, seed)
+    if sub is not None:
+        time, event, risk = time[sub], event[sub], risk[sub]
+        ibs_survival = None if ibs_survival is None else ibs_survival[sub]
+        counts = None
+        if not event.any():
+            for key in ["c_index_uno", *auc_keys, "td_auc_mean", "ibs"]:
+                results[key] = None
+                why[key] = "the IPCW subsample has no event"
+            if reasons is not None:
+                reasons.update(why)
+            return {key: results[key] for key in keys}
 
     # Uno's C.
     tau_used = uno_truncation_time(reference, time) if tau is None else float(tau)
@@ -201,13 +259,16 @@ def survival_metrics(
         why["c_index_uno"] = f"no event before tau={format_time(tau_used)}"
     else:
         try:
-            results["c_index_uno"] = uno_concordance(time, event, risk, censoring, tau_used)
+            results["c_index_uno"] = uno_concordance(
+                time, event, risk, censoring, tau_used, counts=counts
+            )
         except NoComparablePairException:
             why["c_index_uno"] = f"no comparable pair before tau={format_time(tau_used)}"
 
     # Time-dependent AUC at each evaluation time.
     inside = _inside_followup(eval_times, max_train, time)
-    has_case = np.array([(event & (time <= t)).any() for t in eval_times], dtype=bool)
+    first_event = time[event].min()
+    has_case = eval_times >= first_event
     valid = inside & has_case
     for t, key, ok_range, ok_case in zip(eval_times, auc_keys, inside, has_case, strict=True):
         results[key] = None
@@ -232,7 +293,9 @@ def survival_metrics(
         why["td_auc_mean"] = "no evaluation time could be scored"
 
     # Integrated Brier score.
-    grid = ibs_time_grid(reference, time)
+    full_grid = reference.ibs_grid()
+    kept = _inside_followup(full_grid, reference.max_time, time)
+    grid = full_grid[kept]
     results["ibs"] = None
     if grid.shape[0] < 2:
         why["ibs"] = (
@@ -241,21 +304,10 @@ def survival_metrics(
         )
     else:
         ibs_time, ibs_event = _censor_after(time, event, grid.max(), max_train)
-        results["ibs"] = integrated_brier_score(
-            ibs_time, ibs_event, reference.survival(risk, grid), grid, censoring
+        predicted = (
+            reference.survival(risk, grid) if ibs_survival is None else ibs_survival[:, kept]
         )
-
-    # Log-rank test across training-defined risk groups.
-    groups = assign_risk_groups(risk, reference.risk_cutpoints)
-    results["logrank_p"] = None
-    if np.unique(groups).shape[0] < 2:
-        why["logrank_p"] = "all subjects fall into one risk group"
-    else:
-        try:
-            survival_test = Surv.from_arrays(event=event, time=time)
-            results["logrank_p"] = float(compare_survival(survival_test, groups)[1])
-        except np.linalg.LinAlgError:
-            why["logrank_p"] = "log-rank covariance is singular (too few events per group)"
+        results["ibs"] = integrated_brier_score(ibs_time, ibs_event, predicted, grid, censoring)
 
     if reasons is not None:
         reasons.update(why)

@@ -47,6 +47,8 @@ from nervus_lightning.data.schema import (
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,
     bootstrap_distributions,
+    bootstrap_size,
+    rescale_distribution,
 )
 from nervus_lightning.evaluation.sections import (
     ALL_GROUPS,
@@ -68,7 +70,13 @@ from nervus_lightning.evaluation.survival_calibration import (
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival import discrete
 from nervus_lightning.survival.loss import TIES, cox_loss
-from nervus_lightning.survival.metrics import assign_risk_groups, format_time, survival_metrics
+from nervus_lightning.survival.metrics import (
+    MAX_ROWS_EXACT,
+    assign_risk_groups,
+    format_time,
+    ipcw_subsample,
+    survival_metrics,
+)
 from nervus_lightning.survival.plots import plot_km_risk_group_panels
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.base import Task, zero_loss
@@ -123,6 +131,12 @@ class SurvivalTask(Task):
         survival_figures(section, ctx)
 
     primary_metric = "c_index"
+    resampling_note = (
+        "survival splits larger than evaluation.max_rows_bootstrap cases draw that many cases "
+        "per resample, intervals rescaled to the split's size (m-out-of-n bootstrap); above "
+        "evaluation.max_rows_exact, Uno's C, td-AUC and the IBS use a seeded random subsample "
+        "(metrics_notes.csv says where)"
+    )
     post_training_splits = ("train",)
 
     def __init__(
@@ -436,7 +450,11 @@ class SurvivalTask(Task):
                     title=f"{spec.name}, {split} (cut-points from training risks)",
                 )
                 grid = reference.td_auc_plot_grid()
-                m = survival_metrics(reference, time, event, risk, grid)
+                m = survival_metrics(
+                    reference, time, event, risk, grid, logrank=False,
+                    max_rows_exact=self.evaluation.get("max_rows_exact", MAX_ROWS_EXACT),
+                    seed=self.evaluation.get("seed", 0),
+                )  # fmt: skip
                 auc = np.array(
                     [np.nan if m[td_auc_key(t)] is None else m[td_auc_key(t)] for t in grid]
                 )
@@ -473,12 +491,35 @@ def _survival_reference(
     return reference, ["No survival reference in the schema: fitted on the 'train' rows."]
 
 
+def _is_ipcw(metric: str, ipcw_keys: set[str]) -> bool:
+    return metric in ipcw_keys or metric.startswith("td_auc_t")
+
+
+def _large_split_notes(n: int, ctx: EvalContext) -> dict[str, str | None]:
+    """What a split larger than the evaluation limits was computed on (metrics_notes.csv)."""
+    notes: dict[str, str | None] = {"ipcw": None, "bootstrap": None}
+    if n > ctx.max_rows_exact:
+        notes["ipcw"] = (
+            f"computed on a random subsample of {ctx.max_rows_exact:,} of the {n:,} cases "
+            f"(seed {ctx.seed}; evaluation.max_rows_exact)"
+        )
+    if ctx.n_bootstrap > 0 and n > ctx.max_rows_bootstrap:
+        notes["bootstrap"] = (
+            f"CI from resamples of {ctx.max_rows_bootstrap:,} of the {n:,} cases, rescaled to "
+            "the cases the value is computed on (m-out-of-n bootstrap; "
+            "evaluation.max_rows_bootstrap)"
+        )
+    return notes
+
+
 def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
     """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
 
     Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
     log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
-    all of them, so survival CIs cost about 10 ms x ``n_bootstrap`` per split and group.
+    all of them (O(m log m) each, m = min(cases, ``evaluation.max_rows_bootstrap``)). Splits
+    above ``evaluation.max_rows_exact`` / ``max_rows_bootstrap`` cases are evaluated as
+    :func:`_large_split_notes` says, in ``metrics_notes.csv``.
     """
     name = label["name"]
     period = label["period"]
@@ -510,11 +551,8 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         f"{', '.join(f'{c:.3g}' for c in cutpoints)}."
     )
 
-    def metrics(
-        time: np.ndarray, event: np.ndarray, risk: np.ndarray, reasons: dict[str, str] | None = None
-    ) -> dict[str, float | None]:
-        return survival_metrics(reference, time, event, risk, reasons=reasons)
-
+    ipcw_keys = {"c_index_uno", "td_auc_mean", "ibs"}
+    ibs_grid = reference.ibs_grid()
     summary, calibration_tables = {}, []
     for split, group, rows in iter_subsets(df, ctx):
         if rows.empty:
@@ -522,21 +560,48 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         time = rows[period].to_numpy(dtype=float)
         event = rows[name].to_numpy(dtype=float)
         risk = rows[risk_column].to_numpy(dtype=float)
+        n = len(rows)
         reasons: dict[str, str] = {}
-        point = metrics(time, event, risk, reasons)
-        # The model's own curves scored by pycox (point estimates only, no bootstrap).
-        point.update(discrete.curve_metrics(rows, label, reference, reasons))
+        point = survival_metrics(
+            reference, time, event, risk, reasons=reasons, max_rows_exact=ctx.max_rows_exact,
+            seed=ctx.seed,
+        )  # fmt: skip
+        ipcw_rows = min(n, ctx.max_rows_exact)
+        # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
+        # Antolini C compares all pairs, so it gets the IPCW metrics' subsample).
+        sub = ipcw_subsample(n, ctx.max_rows_exact, ctx.seed)
+        scored = rows if sub is None else rows.iloc[sub]
+        point.update(discrete.curve_metrics(scored, label, reference, reasons))
         intervals: dict[str, BootstrapCI] = {}
-        if ctx.n_bootstrap > 0 and len(rows) > 1:
+        if ctx.n_bootstrap > 0 and n > 1:
+            m = bootstrap_size(n, ctx.max_rows_bootstrap)
+            # Predicted survival on the IBS grid once per split, not once per resample.
+            table = reference.survival(risk, ibs_grid) if n <= ctx.max_rows_bootstrap else None
+
+            def resample_metrics(t, e, r, index, table=table):
+                return survival_metrics(
+                    reference, t, e, r, max_rows_exact=None, logrank=False,
+                    ibs_survival=None if table is None else table[index],
+                )  # fmt: skip
+
             distributions = bootstrap_distributions(
-                metrics, time, event, risk, n_resamples=ctx.n_bootstrap, seed=ctx.seed
-            )
+                resample_metrics, time, event, risk, np.arange(n),
+                n_resamples=ctx.n_bootstrap, seed=ctx.seed, size=m,
+            )  # fmt: skip
             distributions.pop("logrank_p", None)  # a p-value has no confidence interval
+            for metric, values in distributions.items():
+                size = ipcw_rows if _is_ipcw(metric, ipcw_keys) else n
+                distributions[metric] = rescale_distribution(values, point.get(metric), m, size)
             intervals = bootstrap_intervals(distributions, ctx.ci)
+        large = _large_split_notes(n, ctx)
         section.add(split, group, "n", float(len(rows)))
         section.add(split, group, "events", float((event != 0).sum()))
         for metric, value in point.items():
-            section.add(split, group, metric, value, intervals.get(metric), reasons.get(metric))
+            note = [reasons.get(metric), large["ipcw"] if _is_ipcw(metric, ipcw_keys) else None]
+            if metric in intervals:
+                note.append(large["bootstrap"])
+            text = "; ".join(x for x in note if x) or None
+            section.add(split, group, metric, value, intervals.get(metric), text)
         if group == ALL_GROUPS:
             summary[split] = {
                 "n": len(rows),
