@@ -37,8 +37,9 @@ what is written here is the choice of layer, target and baseline, and the files:
 that runs that view live through its extractor (the layer is found in that view's extractor) with
 the other views' and the tabular features fixed (computed once per batch, no gradient), so a
 shared extractor's layer fires once per call (:func:`view_forward`). Files
-``explain/<label>/<uniqID>__<view>.npy`` and ``.png``; a view the case lacks (``view_mask``
-False, ``data.missing_views=allow``) gets no file, and ``cases.csv`` names it in
+``explain/<label>/<uniqID>__<view>.npy`` and ``.png``, listed in ``cases.csv`` as
+``map_<view>`` and ``overlay_<view>``; a view the case lacks (``view_mask`` False,
+``data.missing_views=allow``) gets no file (empty cells), and ``cases.csv`` names it in
 ``missing_views``. Integrated Gradients then has one input per view (``image/<view>`` in
 ``attribution.csv``, each from a black image) besides the tabular columns, also for a model
 without tabular inputs. A missing view's pixels never reach the output (its features are the
@@ -435,8 +436,9 @@ def explain_module(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
 ) -> Explanation:
-    """Write Grad-CAM maps and overlays (models with images) and ``attribution.csv`` (models with
-    tabular inputs) for the first ``n`` cases of ``split`` into ``out_dir``.
+    """Write Grad-CAM maps and overlays (models with images; one per present view) and
+    ``attribution.csv`` (models with tabular inputs or several views) for the first ``n`` cases
+    of ``split`` into ``out_dir``.
 
     Args:
         module: a trained :class:`~nervus_lightning.module.NervusModule`.
