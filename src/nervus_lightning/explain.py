@@ -33,8 +33,19 @@ what is written here is the choice of layer, target and baseline, and the files:
   (the sum over its pixels) and each column's can be compared: the CSV holds, per label and
   input, the mean over the explained cases of the absolute attribution.
 
-Multi-view data will explain each view with :func:`grad_cam` given a forward function that
-replaces that view; its files will be ``<uniqID>__<view>.npy``.
+**Several views** (``imgpath_<view>`` columns): each view gets its own Grad-CAM, from a forward
+that runs that view live through its extractor (the layer is found in that view's extractor) with
+the other views' and the tabular features fixed (computed once per batch, no gradient), so a
+shared extractor's layer fires once per call (:func:`view_forward`). Files
+``explain/<label>/<uniqID>__<view>.npy`` and ``.png``, listed in ``cases.csv`` as
+``map_<view>`` and ``overlay_<view>``; a view the case lacks (``view_mask`` False,
+``data.missing_views=allow``) gets no file (empty cells), and ``cases.csv`` names it in
+``missing_views``. Integrated Gradients then has one input per view (``image/<view>`` in
+``attribution.csv``, each from a black image) besides the tabular columns, also for a model
+without tabular inputs. A missing view's pixels never reach the output (its features are the
+learned "missing" embedding whatever the pixels), so its attribution is exactly zero; it enters
+the mean over cases as a zero, i.e. the mean says how much the view moved the output over the
+explained cases, present or not.
 The command line lives in :mod:`nervus_lightning.cli.explain`.
 """
 
@@ -236,38 +247,103 @@ def head_forward(net: nn.Module, j: int, has_image: bool) -> Callable[..., torch
     return lambda tabular: net(image=None, tabular=tabular)[j]
 
 
+def view_forward(
+    net: nn.Module,
+    j: int,
+    blocks: list[torch.Tensor],
+    v: int,
+    view_mask: torch.Tensor | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``(B, C, H, W)`` image of view ``v`` -> raw output of head ``j``, every other feature
+    block fixed at ``blocks`` (from ``net.feature_blocks``, detached): only view ``v`` passes
+    through its extractor. Where ``view_mask`` is False the view's "missing" embedding is used,
+    as the network does, so the output is the network's own."""
+    extractor = net.image_extractors()[v]
+    fixed = [b.detach() for b in blocks]
+
+    def forward(image: torch.Tensor) -> torch.Tensor:
+        live = extractor(image).flatten(1)
+        if view_mask is not None and net.missing_view_features is not None:
+            missing = net.missing_view_features[v].to(live.dtype)
+            live = torch.where(view_mask[:, v : v + 1], live, missing)
+        return net.fuse([*fixed[:v], live, *fixed[v + 1 :]])[j]
+
+    return forward
+
+
+def view_grad_cams(
+    net: nn.Module,
+    j: int,
+    image: torch.Tensor,
+    tabular: torch.Tensor | None,
+    layers: list[GradCamLayer],
+    target: torch.Tensor | int,
+    view_mask: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Grad-CAM of head ``j`` for each view: ``V`` maps ``(B, H, W)`` (one for a single image).
+
+    Args:
+        image: ``(B, C, H, W)`` for a single-view net, ``(B, V, C, H, W)`` otherwise.
+        layers: the Grad-CAM layer of each view's extractor (see :func:`gradcam_layers`).
+        view_mask: ``(B, V)``; the maps of a missing view are zero (not meaningful).
+    """
+    with torch.no_grad():
+        blocks = net.feature_blocks(image, tabular, view_mask)
+    views = image.unbind(1) if image.ndim == 5 else (image,)
+    return [
+        grad_cam(view_forward(net, j, blocks, v, view_mask), pixels, layers[v], target)
+        for v, pixels in enumerate(views)
+    ]
+
+
 def input_attributions(
     net: nn.Module,
     j: int,
     image: torch.Tensor | None,
-    tabular: torch.Tensor,
+    tabular: torch.Tensor | None,
     tabular_mean: torch.Tensor,
     target: torch.Tensor | int,
     n_steps: int = 32,
+    view_mask: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Integrated Gradients of head ``j``'s ``target`` per input: ``(B, 1 + n_inputs)`` (the
-    image summed over its pixels first, when there is one; then each tabular column), and the
-    completeness error per case (sum of attributions minus the output's change from the
-    baseline). Baseline: a black image and the training mean of each tabular input."""
+    """Integrated Gradients of head ``j``'s ``target`` per input: ``(B, V + n_inputs)`` (each
+    image view summed over its pixels first, ``V`` = 1 for a single image; then each tabular
+    column), and the completeness error per case (sum of attributions minus the output's change
+    from the baseline). Baseline: a black image per view and the training mean of each tabular
+    input; ``view_mask`` (``(B, V)``) is the same at the input and the baseline, so a missing
+    view's attribution is zero."""
     from captum.attr import IntegratedGradients
 
-    forward = head_forward(net, j, image is not None)
-    base_tab = tabular_mean.to(tabular).expand_as(tabular)
-    inputs = (image, tabular) if image is not None else (tabular,)
-    baselines = (torch.zeros_like(image), base_tab) if image is not None else (base_tab,)
+    views = [] if image is None else list(image.unbind(1) if image.ndim == 5 else (image,))
+    stacked = image is not None and image.ndim == 5
+    n_views = len(views)
+
+    def forward(*parts: torch.Tensor) -> torch.Tensor:
+        *inputs, mask = parts
+        pixels = None
+        if n_views:
+            pixels = torch.stack(inputs[:n_views], 1) if stacked else inputs[0]
+        table = inputs[n_views] if tabular is not None else None
+        return net(image=pixels, tabular=table, view_mask=mask)[j]
+
+    inputs = tuple(v.contiguous() for v in views)
+    baselines = tuple(torch.zeros_like(v) for v in inputs)
+    if tabular is not None:
+        inputs += (tabular,)
+        baselines += (tabular_mean.to(tabular).expand_as(tabular),)
     with torch.enable_grad():
         attributions, delta = IntegratedGradients(forward).attribute(
             inputs,
             baselines=baselines,
             target=target,
+            additional_forward_args=(view_mask,),
             n_steps=n_steps,
-            internal_batch_size=len(tabular),
+            internal_batch_size=len(inputs[0]),
             return_convergence_delta=True,
         )
-    parts = []
-    if image is not None:
-        parts.append(attributions[0].flatten(1).sum(1, keepdim=True))
-    parts.append(attributions[-1])
+    parts = [a.flatten(1).sum(1, keepdim=True) for a in attributions[:n_views]]
+    if tabular is not None:
+        parts.append(attributions[-1])
     per_input = torch.cat(parts, dim=1).detach().double().cpu().numpy()
     return per_input, delta.detach().double().cpu().numpy()
 
@@ -318,11 +394,21 @@ class Explanation:
     out_dir: Path
 
 
+def gradcam_layers(net: nn.Module, layer: str | None) -> list[GradCamLayer]:
+    """The Grad-CAM layer of each view's extractor (one for a single image; one object for
+    every view when the extractor is shared); empty for a model without images."""
+    found: dict[int, GradCamLayer] = {}
+    return [
+        found.setdefault(id(extractor), find_gradcam_layer(extractor, layer))
+        for extractor in net.image_extractors()
+    ]
+
+
 def check_explain(
     module: Any, datamodule: Any, split: str, n: int | None, layer: str | None
-) -> GradCamLayer | None:
+) -> list[GradCamLayer]:
     """Check the options against the model and data before any work (or training); return the
-    Grad-CAM layer (``None`` for a model without images)."""
+    Grad-CAM layer of each view (empty for a model without images)."""
     require_captum()
     if n is not None and int(n) < 1:
         raise NervusInputError(f"explain: n must be at least 1 or null (every case), got {n}.")
@@ -332,11 +418,10 @@ def check_explain(
             f"{datamodule.csv}: explain split={split!r} has no rows; the CSV's splits are "
             f"{', '.join(present)}."
         )
-    if module.net.image_extractor is not None:
-        return find_gradcam_layer(module.net.image_extractor, layer)
-    if layer:
+    layers = gradcam_layers(module.net, layer)
+    if layer and not layers:
         raise NervusInputError(f"explain.layer={layer!r} given, but the model has no image input.")
-    return None
+    return layers
 
 
 def explain_module(
@@ -351,8 +436,9 @@ def explain_module(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
 ) -> Explanation:
-    """Write Grad-CAM maps and overlays (models with images) and ``attribution.csv`` (models with
-    tabular inputs) for the first ``n`` cases of ``split`` into ``out_dir``.
+    """Write Grad-CAM maps and overlays (models with images; one per present view) and
+    ``attribution.csv`` (models with tabular inputs or several views) for the first ``n`` cases
+    of ``split`` into ``out_dir``.
 
     Args:
         module: a trained :class:`~nervus_lightning.module.NervusModule`.
@@ -371,7 +457,7 @@ def explain_module(
     """
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
-    cam_layer = check_explain(module, datamodule, split, n, layer)
+    cam_layers = check_explain(module, datamodule, split, n, layer)
     device = torch.device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -383,27 +469,30 @@ def explain_module(
     )
     module.to(device).eval()
     net, schema = module.net, module.schema
+    views = list(schema.views) if schema.multiview else []
     tab_mean = torch.tensor(schema.input_mean or [], dtype=torch.float32, device=device)
     stems = _unique_stems(frame[ID_COLUMN])
+    # Per-input attribution compares inputs: a tabular column or a second view to compare with.
+    attribute = bool(schema.input_columns) or len(views) > 1
     rows: list[dict[str, Any]] = []
     per_input: list[list[np.ndarray]] = [[] for _ in schema.labels]
     worst_delta = 0.0
     for batch in loader:
         batch = move_data_to_device(batch, device)
         image, tabular = batch.get("image"), batch.get("tabular")
+        mask = batch.get("view_mask")
         index = batch["index"].cpu().numpy()
         with torch.no_grad():
-            outputs = net(image=image, tabular=tabular)
+            outputs = net(image=image, tabular=tabular, view_mask=mask)
         for j, spec in enumerate(schema.labels):
             values = module.task.transform_output(outputs[j], j).cpu().numpy()
             target, explained = _explained_targets(module, values, j)
             target_t = torch.as_tensor(target, device=device)
             folder = out / file_stem(spec.name)
-            cams = None
-            if cam_layer is not None:
-                extra = (tabular,) if tabular is not None else ()
-                forward = head_forward(net, j, True)
-                cams = grad_cam(forward, image, cam_layer, target_t, extra).cpu().numpy()
+            cams: list[np.ndarray] = []
+            if cam_layers:
+                maps = view_grad_cams(net, j, image, tabular, cam_layers, target_t, mask)
+                cams = [m.cpu().numpy() for m in maps]
                 folder.mkdir(exist_ok=True)
             for k, i in enumerate(index):
                 row = frame.iloc[int(i)]
@@ -415,33 +504,46 @@ def explain_module(
                     "score": float(values[k, target[k]]),
                     "truth": row.get(spec.name),
                 }
-                if cams is not None:
-                    stem = stems[int(i)]
-                    np.save(folder / f"{stem}.npy", cams[k].astype(np.float32))
-                    picture = overlay(image[k].detach().cpu(), cams[k])
-                    Image.fromarray(picture).save(folder / f"{stem}.png")
-                    entry["map"] = f"{folder.name}/{stem}.npy"
-                    entry["overlay"] = f"{folder.name}/{stem}.png"
+                if cams:
+                    pictures = image[k].unbind(0) if views else (image[k],)
+                    missing = []
+                    for v, (cam, picture) in enumerate(zip(cams, pictures, strict=True)):
+                        suffix = f"_{views[v]}" if views else ""
+                        if mask is not None and not bool(mask[k, v]):
+                            missing.append(views[v])
+                            entry[f"map{suffix}"] = entry[f"overlay{suffix}"] = ""
+                            continue
+                        stem = stems[int(i)] + (f"__{views[v]}" if views else "")
+                        np.save(folder / f"{stem}.npy", cam[k].astype(np.float32))
+                        drawn = overlay(picture.detach().cpu(), cam[k])
+                        Image.fromarray(drawn).save(folder / f"{stem}.png")
+                        entry[f"map{suffix}"] = f"{folder.name}/{stem}.npy"
+                        entry[f"overlay{suffix}"] = f"{folder.name}/{stem}.png"
+                    if views:
+                        entry["missing_views"] = ";".join(missing)
                 rows.append(entry)
-            if tabular is not None:
+            if attribute:
                 attr, delta = input_attributions(
-                    net, j, image, tabular, tab_mean, target_t, ig_steps
+                    net, j, image, tabular, tab_mean, target_t, ig_steps, mask
                 )
                 per_input[j].append(attr)
                 worst_delta = max(worst_delta, float(np.abs(delta).max()))
-    if cam_layer is not None and cam_layer.grid and min(cam_layer.grid) < 3:
-        log.warning(
-            "Grad-CAM: %s gives a %s map at image size %d, too coarse to show where the model "
-            "looked; use a larger data.image_size or an earlier layer (explain.layer=...).",
-            cam_layer.path,
-            "x".join(map(str, cam_layer.grid)),
-            image.shape[-1],
-        )
+    for cam_layer in {id(c): c for c in cam_layers}.values():
+        if cam_layer.grid and min(cam_layer.grid) < 3:
+            log.warning(
+                "Grad-CAM: %s gives a %s map at image size %d, too coarse to show where the "
+                "model looked; use a larger data.image_size or an earlier layer "
+                "(explain.layer=...).",
+                cam_layer.path,
+                "x".join(map(str, cam_layer.grid)),
+                image.shape[-1],
+            )
     cases = pd.DataFrame(rows)
     cases.to_csv(out / CASES, index=False)
     attribution = None
-    if schema.input_columns:
-        names = ([IMAGE_INPUT] if cam_layer is not None else []) + list(schema.input_columns)
+    if attribute:
+        image_names = [f"{IMAGE_INPUT}/{v}" for v in views] or [IMAGE_INPUT]
+        names = (image_names if cam_layers else []) + list(schema.input_columns)
         attribution = attribution_table(
             [np.concatenate(a) for a in per_input], [s.name for s in schema.labels], names
         )

@@ -427,7 +427,7 @@ def explanations(
                 (
                     f"How much each input moved the explained output (mean |Integrated Gradients| "
                     f"over {n} case(s), baseline a black image and the training mean of each "
-                    "input; the image is the sum over its pixels).",
+                    "input; an image (or view) is the sum over its pixels).",
                     png,
                 )
             )
@@ -436,22 +436,34 @@ def explanations(
         return {}
     text = {c: str for c in ("uniqID", "split", "label", "explained", "truth")}
     cases = pd.read_csv(cases_path, dtype=text, keep_default_na=False, na_values={"truth": [""]})
-    if "overlay" not in cases.columns:
+    # One overlay column per view (``overlay_<view>``), or ``overlay`` for a single image.
+    views = [c.removeprefix("overlay_") for c in cases.columns if c.startswith("overlay_")]
+    columns = [f"overlay_{v}" for v in views] or ["overlay"]
+    if not set(columns) <= set(cases.columns):
         return {}
+    overlays = cases[columns].fillna("").astype(str)
     galleries = {}
     for section in sections:
-        rows = cases[(cases["label"] == section.name) & (cases["overlay"].astype(str) != "")]
+        rows = cases[(cases["label"] == section.name) & (overlays != "").any(axis=1)]
         groups = _gallery_groups(rows, section.info.get("classes"), section.info.get("positive"))
         galleries[section.name] = [
             {
                 "title": title,
                 "cases": [
                     {
-                        "src": _data_uri(explain_dir / row.overlay),
+                        "views": [
+                            {
+                                "name": view,
+                                "src": _data_uri(explain_dir / overlays.at[index, column])
+                                if overlays.at[index, column]
+                                else None,
+                            }
+                            for view, column in zip(views or [None], columns, strict=True)
+                        ],
                         "caption": f"{row.uniqID} ({row.split}): {row.explained} "
                         f"{row.score:.3g}" + ("" if pd.isna(row.truth) else f", true {row.truth}"),
                     }
-                    for row in chosen.head(_GALLERY_SIZE).itertuples(index=False)
+                    for index, row in chosen.head(_GALLERY_SIZE).iterrows()
                 ],
             }
             for title, chosen in groups
