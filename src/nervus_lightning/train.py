@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -122,9 +123,31 @@ def build_module(
     )
 
 
+def uses_cuda(accelerator: Any) -> bool:
+    """Whether Lightning's ``accelerator`` option resolves to CUDA GPUs on this machine."""
+    if not isinstance(accelerator, str):  # an Accelerator instance
+        return type(accelerator).__name__ == "CUDAAccelerator"
+    name = accelerator.lower()
+    if name == "cuda":
+        return True
+    return name in ("gpu", "auto") and torch.cuda.is_available()
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Lightning trainer of ``trainer.*``; Lightning's refusal of an option is a user error."""
+    """The Lightning trainer of ``trainer.*``; Lightning's refusal of an option is a user error.
+
+    ``sync_batchnorm`` (batch-norm statistics over every process's batch) is honoured on CUDA
+    only, where PyTorch implements it; elsewhere (``trainer=ddp trainer.accelerator=cpu``) each
+    process keeps its own statistics, and the log says so.
+    """
     options = _plain(cfg.trainer)
+    if options.get("sync_batchnorm") and not uses_cuda(options.get("accelerator", "auto")):
+        log.info(
+            "trainer.sync_batchnorm is off: SyncBatchNorm needs CUDA GPUs and the accelerator is "
+            "%s; each process normalises with its own batch statistics.",
+            options.get("accelerator", "auto"),
+        )
+        options["sync_batchnorm"] = False
     try:
         return L.Trainer(
             **options,
