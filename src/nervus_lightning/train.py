@@ -7,6 +7,7 @@ returns the validation objective (best ``val_loss``) so sweepers can minimise it
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from nervus_lightning.callbacks import LearningCurve, build_checkpoint_callback
+from nervus_lightning.callbacks import (
+    LearningCurve,
+    RandomStates,
+    build_checkpoint_callback,
+    build_step_checkpoint,
+)
+from nervus_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
@@ -141,6 +148,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     process keeps its own statistics, and the log says so.
     """
     options = _plain(cfg.trainer)
+    # Checkpoints are written to a temporary file and renamed: never a truncated last.ckpt.
+    options.setdefault("plugins", [AtomicCheckpointIO()])
     if options.get("sync_batchnorm") and not uses_cuda(options.get("accelerator", "auto")):
         log.info(
             "trainer.sync_batchnorm is off: SyncBatchNorm needs CUDA GPUs and the accelerator is "
@@ -163,14 +172,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         raise NervusInputError(f"trainer options {options}: {err}") from None
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> float:
+def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()) -> float:
     """Fit, test with the best checkpoint, and write every output into ``run_dir``.
 
     Every option is checked before the first epoch (data, model, optimiser, task, evaluation).
     After training, on the training accelerator: the task's post-training state is fitted with
     each kept checkpoint's own weights (thresholds on val, survival baseline on train), then the
     best model predicts every case, and the evaluation report and ``metrics.json`` are written
-    from the same computation.
+    from the same computation. ``callbacks`` are added to the run's own (checkpoints, random
+    states, learning curve).
+
+    ``ckpt_path`` (e.g. ``.../checkpoints/last.ckpt``) resumes: with the same configuration the
+    run ends with the same weights as one that was never interrupted (in deterministic mode),
+    because the checkpoint carries the position in the epoch and the random states.
     """
     run_dir = Path(run_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -179,8 +193,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     module = build_module(cfg, datamodule.schema, evaluation)
 
     checkpoint = build_checkpoint_callback(cfg.checkpoint.policy, run_dir / "checkpoints")
-    trainer = build_trainer(cfg, run_dir, [checkpoint, LearningCurve(run_dir)])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    run_callbacks = [checkpoint, RandomStates(), LearningCurve(run_dir), *callbacks]
+    if cfg.checkpoint.get("every_n_train_steps"):
+        every = cfg.checkpoint.every_n_train_steps
+        run_callbacks.insert(1, build_step_checkpoint(run_dir / "checkpoints", every))
+    resume = cfg.get("ckpt_path")
+    if resume:
+        check_checkpoint(resume, "ckpt_path")
+    trainer = build_trainer(cfg, run_dir, run_callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best_path = checkpoint.best_model_path
     if not best_path:
         raise RuntimeError("training produced no checkpoint (did validation run?)")
