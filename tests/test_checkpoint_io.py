@@ -111,3 +111,50 @@ def test_trainer_writes_checkpoints_atomically(tmp_path):
 
     trainer = build_trainer(compose_config([]), tmp_path, [])
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# -- the output folder is checked before training --------------------------------------------
+
+
+def _tiny_config(dataset):
+    from conftest import FAST, compose_config
+
+    csv = dataset(images=False, n=16)
+    return compose_config([f"data.csv={csv}", "model/extractor=none", *FAST])
+
+
+def test_output_folder_under_a_file_stops_before_training(dataset, tmp_path):
+    from nervus_lightning.train import train
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(NervusInputError, match="not writable") as err:
+        train(_tiny_config(dataset), blocker / "run")
+    assert str(blocker / "run") in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_stops_before_training(dataset, tmp_path):
+    from nervus_lightning.train import train
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(NervusInputError, match="not writable"):
+            train(_tiny_config(dataset), locked / "run")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_full_disk_stops_before_training(dataset, tmp_path, monkeypatch):
+    import shutil
+
+    from nervus_lightning import train as train_module
+
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(train_module.shutil, "disk_usage", lambda _: real._replace(free=50 * 2**20))
+    with pytest.raises(NervusInputError, match="has 50 MiB free") as err:
+        train_module.train(_tiny_config(dataset), tmp_path / "run")
+    assert "hydra.run.dir" in str(err.value)
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))

@@ -7,6 +7,9 @@ returns the validation objective (best ``val_loss``) so sweepers can minimise it
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -172,6 +175,42 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         raise NervusInputError(f"trainer options {options}: {err}") from None
 
 
+#: Room for what a run writes besides checkpoints (logs, predictions, report, figures).
+OUTPUT_MARGIN_BYTES = 100 * 2**20
+#: Checkpoints on disk at once: the best, last.ckpt, and one being written (temporary file).
+CHECKPOINTS_AT_ONCE = 3
+
+
+def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
+    """Stop before the first epoch, not after hours, when the run folder cannot take the run's
+    files: it must be writable, and its disk must have room for the checkpoints kept at once
+    (each about three times the weights: weights plus the optimiser's two moments) plus a margin.
+    """
+    checkpoints = run_dir / "checkpoints"
+    try:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=checkpoints, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise NervusInputError(
+            f"the output folder {run_dir} is not writable ({err.strerror or err}); nothing was "
+            "trained. Fix its permissions, or choose another folder with hydra.run.dir=PATH."
+        ) from None
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    needed = 3 * weights * CHECKPOINTS_AT_ONCE + OUTPUT_MARGIN_BYTES
+    free = shutil.disk_usage(checkpoints).free
+    if free < needed:
+        mib = 2**20
+        raise NervusInputError(
+            f"the output folder {run_dir} has {free / mib:.0f} MiB free, and this run needs "
+            f"about {needed / mib:.0f} MiB ({CHECKPOINTS_AT_ONCE} checkpoints of about "
+            f"{3 * weights / mib:.0f} MiB, plus {OUTPUT_MARGIN_BYTES / mib:.0f} MiB for logs and "
+            "outputs); nothing was trained. Free some space, or choose a folder on another "
+            "disk with hydra.run.dir=PATH."
+        )
+
+
 def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()) -> float:
     """Fit, test with the best checkpoint, and write every output into ``run_dir``.
 
@@ -200,6 +239,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
     resume = cfg.get("ckpt_path")
     if resume:
         check_checkpoint(resume, "ckpt_path")
+    check_output_folder(run_dir, module)
     trainer = build_trainer(cfg, run_dir, run_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best_path = checkpoint.best_model_path
