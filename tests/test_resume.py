@@ -122,3 +122,49 @@ def test_same_seed_same_predictions(dataset, tmp_path):
         pd.read_csv(second / "predictions.csv"),
         check_exact=True,
     )
+
+
+# -- the pieces, fast ---------------------------------------------------------------------------
+
+
+def test_loader_resumes_at_the_saved_batch():
+    from nervus_lightning.data.sampling import EpochSampler, ResumableLoader
+
+    data = list(range(10))
+    loader = ResumableLoader(data, sampler=EpochSampler(data, seed=1), batch_size=3)
+    loader.sampler.set_epoch(2)
+    whole = [b.tolist() for b in loader]
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    assert state == {"epoch": 2, "batches": 1}
+
+    resumed = ResumableLoader(data, sampler=EpochSampler(data, seed=1), batch_size=3)
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(2)
+    assert [b.tolist() for b in resumed] == whole[1:]
+    assert [b.tolist() for b in resumed] == whole  # the skip applies to that epoch once
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)  # a checkpoint of an epoch that had ended: nothing skipped
+    assert len([b for b in resumed]) == len(whole)
+
+
+def test_random_states_survive_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from nervus_lightning.callbacks import RandomStates
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    torch.save(RandomStates().state_dict(), tmp_path / "states.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    callback = RandomStates()
+    callback.load_state_dict(torch.load(tmp_path / "states.pt", weights_only=True))
+    callback.on_train_start(None, None)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected

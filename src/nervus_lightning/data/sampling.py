@@ -112,14 +112,17 @@ class ResumableLoader(DataLoader):
         self._resume: dict[str, int] | None = None
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches": self._served}
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": self._served}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: this runs at the first batch, after Lightning's set_epoch.
-        sampler: EpochSampler = self.sampler
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler):  # Lightning swapped it (overfit_batches)
+            yield from super().__iter__()
+            return
         resume, self._resume = self._resume, None
         self._served = 0
         if resume and resume["epoch"] == sampler.epoch and resume["batches"] < len(self):
