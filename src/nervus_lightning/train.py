@@ -179,12 +179,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
 OUTPUT_MARGIN_BYTES = 100 * 2**20
 #: Checkpoints on disk at once: the best, last.ckpt, and one being written (temporary file).
 CHECKPOINTS_AT_ONCE = 3
+#: A checkpoint's size over the weights': the weights plus an optimiser's two moments (Adam).
+CHECKPOINT_OVER_WEIGHTS = 3
 
 
 def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
     """Stop before the first epoch, not after hours, when the run folder cannot take the run's
     files: it must be writable, and its disk must have room for the checkpoints kept at once
-    (each about three times the weights: weights plus the optimiser's two moments) plus a margin.
+    plus a margin.
     """
     checkpoints = run_dir / "checkpoints"
     try:
@@ -198,14 +200,15 @@ def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
             "trained. Fix its permissions, or choose another folder with hydra.run.dir=PATH."
         ) from None
     weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    needed = 3 * weights * CHECKPOINTS_AT_ONCE + OUTPUT_MARGIN_BYTES
+    checkpoint = CHECKPOINT_OVER_WEIGHTS * weights
+    needed = checkpoint * CHECKPOINTS_AT_ONCE + OUTPUT_MARGIN_BYTES
     free = shutil.disk_usage(checkpoints).free
     if free < needed:
         mib = 2**20
         raise NervusInputError(
             f"the output folder {run_dir} has {free / mib:.0f} MiB free, and this run needs "
             f"about {needed / mib:.0f} MiB ({CHECKPOINTS_AT_ONCE} checkpoints of about "
-            f"{3 * weights / mib:.0f} MiB, plus {OUTPUT_MARGIN_BYTES / mib:.0f} MiB for logs and "
+            f"{checkpoint / mib:.0f} MiB, plus {OUTPUT_MARGIN_BYTES / mib:.0f} MiB for logs and "
             "outputs); nothing was trained. Free some space, or choose a folder on another "
             "disk with hydra.run.dir=PATH."
         )
