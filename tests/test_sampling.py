@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import WeightedRandomSampler
+from torch.utils.data import SequentialSampler
 
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.sampling import inverse_frequency_weights
@@ -45,9 +45,12 @@ def test_weighted_loader_draws_classes_equally_and_eval_is_untouched(dataset):
     df.to_csv(csv, index=False)
     dm = NervusDataModule(csv, task="classification", sampler="weighted", batch_size=50)
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, WeightedRandomSampler)
-    torch.manual_seed(0)
-    drawn = torch.cat([b["target"][:, 0] for _ in range(30) for b in loader]).float()
+    assert loader.sampler.weights is not None  # an EpochSampler drawing by weight
+    drawn = []
+    for epoch in range(30):
+        loader.sampler.set_epoch(epoch)
+        drawn += [b["target"][:, 0] for b in loader]
+    drawn = torch.cat(drawn).float()
     assert drawn.mean().item() == pytest.approx(0.5, abs=0.03)  # 20 % "yes" in the data
-    assert not isinstance(dm.val_dataloader().sampler, WeightedRandomSampler)
-    assert not isinstance(dm.test_dataloader().sampler, WeightedRandomSampler)
+    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
+    assert isinstance(dm.test_dataloader().sampler, SequentialSampler)

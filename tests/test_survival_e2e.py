@@ -197,6 +197,10 @@ def test_weighted_sampler_balances_events(dataset):
     df.loc[train, "label_death"] = (np.arange(len(train)) % 5 == 0).astype(int)  # 20 % events
     df.to_csv(csv, index=False)
     dm = NervusDataModule(csv, task="survival", sampler="weighted", batch_size=50)
-    torch.manual_seed(0)
-    events = torch.cat([b["target"][:, 0] for _ in range(40) for b in dm.train_dataloader()])
+    loader = dm.train_dataloader()
+    events = []
+    for epoch in range(40):  # the draw is a function of (seed, epoch)
+        loader.sampler.set_epoch(epoch)
+        events += [b["target"][:, 0] for b in loader]
+    events = torch.cat(events)
     assert events.mean().item() == pytest.approx(0.5, abs=0.03)

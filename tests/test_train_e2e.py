@@ -18,10 +18,10 @@ from sklearn.metrics import (
     roc_auc_score,
     root_mean_squared_error,
 )
-from torch.utils.data import WeightedRandomSampler
 
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.images import read_image
+from nervus_lightning.data.sampling import EpochSampler
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import predict_frame
@@ -298,9 +298,12 @@ def test_augmentations_weighted_sampler_and_scheduler(dataset, tmp_path, aug):
     dm = build_datamodule(cfg)
 
     sampler = dm.train_dataloader().sampler
-    assert isinstance(sampler, WeightedRandomSampler)
-    torch.manual_seed(0)
-    drawn = np.concatenate([list(sampler) for _ in range(200)])
+    assert isinstance(sampler, EpochSampler) and sampler.weights is not None
+    drawn = []
+    for epoch in range(200):
+        sampler.set_epoch(epoch)
+        drawn.append(list(sampler))
+    drawn = np.concatenate(drawn)
     is_yes = dm.dataset("train").frame.label_cls.to_numpy() == "yes"
     assert is_yes.mean() == 0.25
     assert is_yes[drawn].mean() == pytest.approx(0.5, abs=0.03)
@@ -369,4 +372,4 @@ def test_resume_from_last_checkpoint(dataset, tmp_path):
     run2 = tmp_path / "run2"
     _run(csv, run2, ["model/extractor=none", "trainer.max_epochs=3", f"ckpt_path={last}"])
     curve = pd.read_csv(run2 / "learning_curve.csv")
-    assert list(curve.epoch) == [2]
+    assert list(curve.epoch) == [0, 1, 2]  # the curve goes on from the checkpoint

@@ -1,11 +1,15 @@
-"""Lightning callbacks of a run: checkpoint policies and the learning curve."""
+"""Lightning callbacks of a run: checkpoint policies, the random states that make a resumed run
+continue exactly, and the learning curve."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -56,6 +60,74 @@ def build_checkpoint_callback(policy: str, dirpath: str | os.PathLike) -> ModelC
     )
 
 
+def build_step_checkpoint(dirpath: str | os.PathLike, every_n_train_steps: int) -> ModelCheckpoint:
+    """Rewrite ``last.ckpt`` every ``every_n_train_steps`` optimiser steps (for long epochs: a
+    killed run then loses at most that many steps when resumed with ``ckpt_path``)."""
+    if not isinstance(every_n_train_steps, int) or every_n_train_steps < 1:
+        raise NervusInputError(
+            f"checkpoint.every_n_train_steps must be a positive integer or null, got "
+            f"{every_n_train_steps!r}."
+        )
+    return ModelCheckpoint(
+        dirpath=str(dirpath), save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
+    )
+
+
+class RandomStates(L.Callback):
+    """Store the global random states (Python, NumPy, torch CPU and CUDA) in every checkpoint
+    and put them back when training resumes, so that dropout and augmentation draw what an
+    uninterrupted run would have drawn. (Lightning restores the loops, optimiser and callbacks
+    but not these.)
+
+    The states are put back when training starts, after the sanity validation, whose data
+    loader draws from them too. Stored as tensors and plain values, so ``torch.load(...,
+    weights_only=True)`` still reads the checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        np_state = state["numpy"]
+        np.random.set_state(
+            (
+                np_state["kind"],
+                np_state["keys"].numpy().astype(np.uint32),
+                np_state["pos"],
+                np_state["has_gauss"],
+                np_state["cached_gaussian"],
+            )
+        )
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class LearningCurve(L.Callback):
     """One row per epoch (``epoch``, ``train_loss``, ``val_loss``, per-label losses and val
     metrics) in ``learning_curve.csv``, rewritten each epoch; ``learning_curve.png`` at the end."""
@@ -63,6 +135,13 @@ class LearningCurve(L.Callback):
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.out_dir = Path(out_dir)
         self.rows: list[dict[str, float]] = []
+
+    # A resumed run continues the curve of the epochs before the checkpoint.
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

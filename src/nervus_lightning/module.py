@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nervus_lightning.data.schema import DataSchema, NervusInputError
+from nervus_lightning.distributed import concat_records, gather_cases
 from nervus_lightning.models.heads import HEADS
 from nervus_lightning.models.mixers import MIXERS
 from nervus_lightning.models.net import NervusNet
@@ -37,6 +38,9 @@ SCHEDULERS = {
 }
 EVAL_STAGES = ("val", "test")
 TASK_STATE_KEY = "nervus_task_state"
+#: Batch entries that are model inputs, not per-case values the epoch's losses need.
+_INPUT_KEYS = ("image", "tabular")
+_OUTPUT_KEY = "_output_"
 #: Config keys of the task group that select demo data, not task options.
 _DEMO_KEYS = ("name", "demo_labels", "demo_positive_class")
 TORCHVISION_EXTRACTOR = "nervus_lightning.models.extractors.TorchvisionExtractor"
@@ -174,6 +178,7 @@ class NervusModule(L.LightningModule):
         self.scheduler_options = _options(scheduler, "none")
         check_optimisation_options(self.optimizer_options, self.scheduler_options)
         self.net = self._build_net(extractor, tabular, mixer, head, in_channels, image_size)
+        self._eval_records: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleList(
@@ -331,23 +336,55 @@ class NervusModule(L.LightningModule):
         outputs = self(batch)
         return self._log_losses("train", self._losses(outputs, batch), len(batch["index"]))
 
-    def _eval_step(self, stage: str, batch: dict[str, Any]) -> torch.Tensor:
+    def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         outputs = self(batch)
-        total = self._log_losses(stage, self._losses(outputs, batch), len(batch["index"]))
+        # Losses and metrics are computed once per epoch on the whole split (see
+        # _log_eval_epoch): with several processes every case then counts once, and the
+        # survival loss sees the risk sets of the whole split rather than of each batch.
+        record = {k: v for k, v in batch.items() if k not in _INPUT_KEYS and torch.is_tensor(v)}
+        record.update({f"{_OUTPUT_KEY}{j}": out.detach() for j, out in enumerate(outputs)})
+        self._eval_records.setdefault(stage, []).append(record)
+
+    def _log_eval_epoch(self, stage: str) -> None:
+        records = self._eval_records.pop(stage, [])
+        if not records:
+            return
+        world = self.trainer.world_size
+        cases = gather_cases(concat_records(records), world, self.all_gather)
+        outputs = [cases.pop(f"{_OUTPUT_KEY}{j}") for j in range(len(self.schema.labels))]
+        gather, self.task.gather = getattr(self.task, "gather", None), None  # whole split here
+        try:
+            losses = self._losses(outputs, cases)
+        finally:
+            self.task.gather = gather
+        self._log_losses(stage, losses, len(cases["index"]))
+        # Each process updates the metrics with its share of the unique cases; torchmetrics
+        # then joins the shares, so that every case counts once.
+        share = slice(self.global_rank, None, world)
+        mine = {k: v[share] for k, v in cases.items()}
         for j, (spec, out) in enumerate(zip(self.schema.labels, outputs, strict=True)):
             metrics = self.metrics[stage][j]
             if isinstance(metrics, nn.Identity):
                 continue
-            self.task.update_metrics(metrics, out, batch, j)
-            for name, metric in metrics.items():
-                self.log(f"{stage}_{name}_{spec.name}", metric, on_step=False, on_epoch=True)
-        return total
+            metrics.reset()
+            self.task.update_metrics(metrics, out[share], mine, j)
+            values = metrics.compute()
+            metrics.reset()
+            for name, value in values.items():
+                # Every process holds the same value: the mean over processes is that value.
+                self.log(f"{stage}_{name}_{spec.name}", value, on_epoch=True, sync_dist=True)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._eval_step("val", batch)
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_epoch("val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._eval_step("test", batch)
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_epoch("test")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         outputs = self(batch)

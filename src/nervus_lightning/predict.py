@@ -54,6 +54,7 @@ def predict(
     config group; ``threshold``, ``target_sensitivity`` and ``positive_class`` left at ``None``
     apply the contract stored in the checkpoint (its threshold included), and a value that
     differs from it is an override, said in the log and in ``metrics_notes.csv``."""
+    from nervus_lightning.checkpoints import check_checkpoint
     from nervus_lightning.data.datamodule import NervusDataModule
     from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
     from nervus_lightning.module import NervusModule
@@ -64,6 +65,7 @@ def predict(
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise NervusInputError(f"checkpoint not found: {ckpt}. Pass ckpt=PATH of a .ckpt file.")
+    check_checkpoint(ckpt)  # a truncated file is a clear error, not a pickle traceback
     module = NervusModule.load_from_checkpoint(ckpt, map_location=device)
     datamodule = NervusDataModule(
         csv,

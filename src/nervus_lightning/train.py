@@ -7,15 +7,28 @@ returns the validation objective (best ``val_loss``) so sweepers can minimise it
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from nervus_lightning.callbacks import LearningCurve, build_checkpoint_callback
+from nervus_lightning.callbacks import (
+    LearningCurve,
+    RandomStates,
+    build_checkpoint_callback,
+    build_step_checkpoint,
+)
+from nervus_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
+from nervus_lightning.cluster import resume_checkpoint, trainer_options
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
@@ -124,9 +137,37 @@ def build_module(
     )
 
 
+def uses_cuda(accelerator: Any) -> bool:
+    """Whether Lightning's ``accelerator`` option resolves to CUDA GPUs on this machine."""
+    if not isinstance(accelerator, str):  # an Accelerator instance
+        return type(accelerator).__name__ == "CUDAAccelerator"
+    name = accelerator.lower()
+    if name == "cuda":
+        return True
+    return name in ("gpu", "auto") and torch.cuda.is_available()
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Lightning trainer of ``trainer.*``; Lightning's refusal of an option is a user error."""
-    options = _plain(cfg.trainer)
+    """The Lightning trainer of ``trainer.*``; Lightning's refusal of an option is a user error.
+
+    ``sync_batchnorm`` (batch-norm statistics over every process's batch) is honoured on CUDA
+    only, where PyTorch implements it; elsewhere (``trainer=ddp trainer.accelerator=cpu``) each
+    process keeps its own statistics, and the log says so.
+    """
+    # Under SLURM, Lightning's SLURM plugin (auto-requeue on the preemption signal).
+    options = trainer_options(_plain(cfg.trainer))
+    # Checkpoints are written to a temporary file and renamed: never a truncated last.ckpt.
+    plugins = list(options.get("plugins") or [])
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    options["plugins"] = plugins
+    if options.get("sync_batchnorm") and not uses_cuda(options.get("accelerator", "auto")):
+        log.info(
+            "trainer.sync_batchnorm is off: SyncBatchNorm needs CUDA GPUs and the accelerator is "
+            "%s; each process normalises with its own batch statistics.",
+            options.get("accelerator", "auto"),
+        )
+        options["sync_batchnorm"] = False
     try:
         return L.Trainer(
             **options,
@@ -142,14 +183,58 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
         raise NervusInputError(f"trainer options {options}: {err}") from None
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> float:
+#: Room for what a run writes besides checkpoints (logs, predictions, report, figures).
+OUTPUT_MARGIN_BYTES = 100 * 2**20
+#: Checkpoints on disk at once: the best, last.ckpt, and one being written (temporary file).
+CHECKPOINTS_AT_ONCE = 3
+#: A checkpoint's size over the weights': the weights plus an optimiser's two moments (Adam).
+CHECKPOINT_OVER_WEIGHTS = 3
+
+
+def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
+    """Stop before the first epoch, not after hours, when the run folder cannot take the run's
+    files: it must be writable, and its disk must have room for the checkpoints kept at once
+    plus a margin.
+    """
+    checkpoints = run_dir / "checkpoints"
+    try:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=checkpoints, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise NervusInputError(
+            f"the output folder {run_dir} is not writable ({err.strerror or err}); nothing was "
+            "trained. Fix its permissions, or choose another folder with hydra.run.dir=PATH."
+        ) from None
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    checkpoint = CHECKPOINT_OVER_WEIGHTS * weights
+    needed = checkpoint * CHECKPOINTS_AT_ONCE + OUTPUT_MARGIN_BYTES
+    free = shutil.disk_usage(checkpoints).free
+    if free < needed:
+        mib = 2**20
+        raise NervusInputError(
+            f"the output folder {run_dir} has {free / mib:.0f} MiB free, and this run needs "
+            f"about {needed / mib:.0f} MiB ({CHECKPOINTS_AT_ONCE} checkpoints of about "
+            f"{checkpoint / mib:.0f} MiB, plus {OUTPUT_MARGIN_BYTES / mib:.0f} MiB for logs and "
+            "outputs); nothing was trained. Free some space, or choose a folder on another "
+            "disk with hydra.run.dir=PATH."
+        )
+
+
+def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()) -> float:
     """Fit, test with the best checkpoint, and write every output into ``run_dir``.
 
     Every option is checked before the first epoch (data, model, optimiser, task, evaluation).
     After training, on the training accelerator: the task's post-training state is fitted with
     each kept checkpoint's own weights (thresholds on val, survival baseline on train), then the
     best model predicts every case, and the evaluation report and ``metrics.json`` are written
-    from the same computation.
+    from the same computation. ``callbacks`` are added to the run's own (checkpoints, random
+    states, learning curve).
+
+    ``ckpt_path`` (e.g. ``.../checkpoints/last.ckpt``) resumes: with the same configuration the
+    run ends with the same weights as one that was never interrupted (in deterministic mode),
+    because the checkpoint carries the position in the epoch and the random states.
     """
     run_dir = Path(run_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -159,8 +244,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     check_explain_options(cfg.get("explain"), module, datamodule)
 
     checkpoint = build_checkpoint_callback(cfg.checkpoint.policy, run_dir / "checkpoints")
-    trainer = build_trainer(cfg, run_dir, [checkpoint, LearningCurve(run_dir)])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    run_callbacks = [checkpoint, RandomStates(), LearningCurve(run_dir), *callbacks]
+    if cfg.checkpoint.get("every_n_train_steps"):
+        every = cfg.checkpoint.every_n_train_steps
+        run_callbacks.insert(1, build_step_checkpoint(run_dir / "checkpoints", every))
+    # An explicit ckpt_path, else (a requeued SLURM job) the newest checkpoint of the run.
+    resume = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
+    if resume:
+        check_checkpoint(resume, "ckpt_path")
+    check_output_folder(run_dir, module)
+    trainer = build_trainer(cfg, run_dir, run_callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best_path = checkpoint.best_model_path
     if not best_path:
         raise RuntimeError("training produced no checkpoint (did validation run?)")

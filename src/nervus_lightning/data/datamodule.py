@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from nervus_lightning.data.dicom import (
     DEFAULT_FRAME,
@@ -35,7 +35,12 @@ from nervus_lightning.data.images import (
     choose_bit_depth,
     read_image,
 )
-from nervus_lightning.data.sampling import inverse_frequency_weights
+from nervus_lightning.data.sampling import (
+    EpochSampler,
+    ResumableLoader,
+    global_seed,
+    inverse_frequency_weights,
+)
 from nervus_lightning.data.schema import (
     SPLIT_COLUMN,
     TEST,
@@ -364,8 +369,14 @@ class NervusDataModule(L.LightningDataModule):
             self.split_frame(split), self.schema, self.in_channels, transform, self.image_size
         )
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False, **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self,
+        dataset: Dataset,
+        shuffle: bool = False,
+        loader: type[DataLoader] = DataLoader,
+        **kwargs: Any,
+    ) -> DataLoader:
+        return loader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
@@ -381,16 +392,19 @@ class NervusDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset(TRAIN, train=True)
+        # This process's share of one order seeded per epoch (shuffled, or drawn by weight),
+        # in a loader that resumes mid-epoch: see data.sampling.
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        weights = (
+            inverse_frequency_weights(ds.targets.numpy()) if self.sampler == "weighted" else None
+        )
+        sampler = EpochSampler(ds, world, rank, seed=global_seed(), weights=weights)
         # A last batch of one case breaks batch normalisation; drop it rather than crash.
-        drop_last = len(ds) % self.batch_size == 1 and len(ds) > self.batch_size
-        if self.sampler == "weighted":
-            codes = ds.targets.numpy()
-            weights = inverse_frequency_weights(codes)
-            sampler = WeightedRandomSampler(
-                torch.as_tensor(weights, dtype=torch.double), len(ds), replacement=True
-            )
-            return self._loader(ds, sampler=sampler, drop_last=drop_last)
-        return self._loader(ds, shuffle=True, drop_last=drop_last)
+        share = len(sampler)
+        drop_last = share % self.batch_size == 1 and share > self.batch_size
+        return self._loader(ds, sampler=sampler, drop_last=drop_last, loader=ResumableLoader)
 
     def val_dataloader(self) -> DataLoader:
         if (self.frame[SPLIT_COLUMN] == VAL).sum() == 0:
