@@ -252,8 +252,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
     resume = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
     if resume:
         check_checkpoint(resume, "ckpt_path")
-    check_output_folder(run_dir, module)
+    # Trainer options are checked first: a typo must not leave a checkpoints folder behind.
     trainer = build_trainer(cfg, run_dir, run_callbacks)
+    check_output_folder(run_dir, module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best_path = checkpoint.best_model_path
     if not best_path:
