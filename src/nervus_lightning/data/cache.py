@@ -104,20 +104,22 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def memory_budget(max_gb: float | None = None) -> int | None:
+def memory_budget(max_gb: float | None = None, processes: int | None = None) -> int | None:
     """Bytes ``auto`` lets one process's memory cache take.
 
     ``max_gb`` (``data.cache_max_gb``) when given; else :data:`MEMORY_FRACTION` of the available
-    RAM divided by the processes of this node (``LOCAL_WORLD_SIZE``: each DDP rank holds its own
-    copy). None when the available memory cannot be read (``auto`` then uses the disk).
+    RAM divided by ``processes``, the processes of this node (default ``LOCAL_WORLD_SIZE``): each
+    DDP rank holds its own copy. None when the available memory cannot be read (``auto`` then
+    uses the disk).
     """
     if max_gb is not None:
         return int(float(max_gb) * 1024**3)
     available = available_memory_bytes()
     if available is None:
         return None
-    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return int(available * MEMORY_FRACTION / processes)
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return int(available * MEMORY_FRACTION / max(1, processes))
 
 
 def estimated_bytes(n_images: int, settings: ReadSettings) -> int:
@@ -127,12 +129,16 @@ def estimated_bytes(n_images: int, settings: ReadSettings) -> int:
 
 
 def resolve_mode(
-    mode: str, n_images: int, settings: ReadSettings, max_gb: float | None = None
+    mode: str,
+    n_images: int,
+    settings: ReadSettings,
+    max_gb: float | None = None,
+    processes: int | None = None,
 ) -> str:
     """``memory``, ``disk`` or ``none`` for ``data.cache=mode`` (``auto`` by the budget)."""
     if mode != "auto":
         return mode
-    budget = memory_budget(max_gb)
+    budget = memory_budget(max_gb, processes)
     if budget is not None and estimated_bytes(n_images, settings) <= budget:
         return "memory"
     return "disk"

@@ -425,7 +425,9 @@ class NervusDataModule(L.LightningDataModule):
             for col in self.schema.image_columns
         ]
         n_images = sum(p is not None for paths in columns for p in paths)
-        mode = resolve_mode(self.cache_mode, n_images, settings, self.cache_max_gb)
+        # Each process of this node holds its own memory cache.
+        processes = self.trainer.num_devices if self.trainer is not None else None
+        mode = resolve_mode(self.cache_mode, n_images, settings, self.cache_max_gb, processes)
         if mode == "memory":
             self._cache = [build_memory_array(paths, settings) for paths in columns]
         elif mode == "disk":
