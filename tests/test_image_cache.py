@@ -160,3 +160,18 @@ def test_option_typos_rejected_before_training(tmp_path, override, message):
     cfg = compose_config(["data=csv", f"data.csv={csv}", "data.image_size=16", override])
     with pytest.raises(NervusInputError, match=message):
         build_datamodule(cfg)
+
+
+def test_gpu_benchmark_section_skipped_without_cuda(monkeypatch, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+    spec = importlib.util.spec_from_file_location("train_speed_gpu_check", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_speed_gpu_check", module)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert module.main(["--gpu"]) == []
+    assert "GPU section is skipped" in capsys.readouterr().out
