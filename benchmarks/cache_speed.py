@@ -15,7 +15,8 @@ process, ``--threads`` threads):
 * ``nervus cache=none``: the same, reading and resizing every image every epoch.
 
 Variants run ``--repeats`` times, interleaved in a rotated order (a shared machine slows them
-alike); the median seconds per epoch and its ratio to ``plain tensors`` are printed.
+alike); the median wall and CPU seconds per epoch and their ratios to ``plain tensors`` are
+printed.
 
 Usage::
 
@@ -44,12 +45,16 @@ from train_speed import (  # noqa: E402  (the sibling script, importable once it
     SEED,
     EpochTimer,
     Variant,
+    clock,
+    elapsed,
     make_module,
     make_trainer,
     subset_csv,
 )
 
 from nervus_lightning.data.datamodule import NervusDataModule  # noqa: E402
+
+Seconds = tuple[float, float]  # wall, CPU of this process
 
 
 def make_datamodule(csv: Path, args: argparse.Namespace, cache: str, folder: Path):
@@ -90,7 +95,7 @@ def in_memory_tensors(dm: NervusDataModule) -> TensorDataset:
     return TensorDataset(images, targets)
 
 
-def plain_epoch(dm: NervusDataModule, args: argparse.Namespace, data: TensorDataset) -> float:
+def plain_epoch(dm: NervusDataModule, args: argparse.Namespace, data: TensorDataset) -> Seconds:
     net, optimizer = _net_and_optimizer(dm, args)
     loader = DataLoader(
         data,
@@ -98,42 +103,36 @@ def plain_epoch(dm: NervusDataModule, args: argparse.Namespace, data: TensorData
         shuffle=True,
         generator=torch.Generator().manual_seed(SEED),
     )
-    start = _now()
+    start = clock()
     for image, target in loader:
         _step(net, optimizer, image, target)
-    return _now() - start
+    return elapsed(start)
 
 
-def floor_epoch(dm: NervusDataModule, args: argparse.Namespace, data: TensorDataset) -> float:
+def floor_epoch(dm: NervusDataModule, args: argparse.Namespace, data: TensorDataset) -> Seconds:
     net, optimizer = _net_and_optimizer(dm, args)
     image, target = data.tensors[0][: args.batch_size], data.tensors[1][: args.batch_size]
     batches = -(-len(data) // args.batch_size)
-    start = _now()
+    start = clock()
     for _ in range(batches):
         _step(net, optimizer, image, target)
-    return _now() - start
+    return elapsed(start)
 
 
-def nervus_epoch(dm: NervusDataModule, args: argparse.Namespace) -> float:
+def nervus_epoch(dm: NervusDataModule, args: argparse.Namespace) -> Seconds:
     dm.image_cache()  # built once (memory) before timing, as in a multi-epoch run
     module = make_module(dm, args, Variant("nervus"))
     timer = EpochTimer()
     L.seed_everything(SEED, verbose=False)
     make_trainer(Variant("nervus"), 1, [timer]).fit(module, datamodule=dm)
-    return timer.seconds[0][0]
+    return timer.seconds[0]
 
 
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
-
-
-def benchmark(csv: Path, args: argparse.Namespace, folder: Path) -> dict[str, list[float]]:
+def benchmark(csv: Path, args: argparse.Namespace, folder: Path) -> dict[str, list[Seconds]]:
     cached = make_datamodule(csv, args, "memory", folder)
     uncached = make_datamodule(csv, args, "none", folder)
     data = in_memory_tensors(uncached)
-    runs: dict[str, Callable[[], float]] = {
+    runs: dict[str, Callable[[], Seconds]] = {
         "floor (forward+backward only)": lambda: floor_epoch(uncached, args, data),
         "plain tensors": lambda: plain_epoch(uncached, args, data),
         "nervus cache=memory": lambda: nervus_epoch(cached, args),
@@ -142,7 +141,7 @@ def benchmark(csv: Path, args: argparse.Namespace, folder: Path) -> dict[str, li
     names = list(runs)
     for name in names:  # warm-up: thread pools, allocator, kernel choice
         runs[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    seconds: dict[str, list[Seconds]] = {name: [] for name in names}
     for rep in range(args.repeats):
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
@@ -150,12 +149,18 @@ def benchmark(csv: Path, args: argparse.Namespace, folder: Path) -> dict[str, li
     return seconds
 
 
-def format_table(seconds: dict[str, list[float]]) -> str:
-    reference = statistics.median(seconds["plain tensors"])
-    lines = [f"{'variant':32s} {'s/epoch (median)':>17s} {'vs plain tensors':>17s}"]
+def format_table(seconds: dict[str, list[Seconds]]) -> str:
+    """Median wall and CPU seconds per epoch, and their ratios to ``plain tensors`` (CPU seconds
+    of this process are less disturbed by other processes on a shared machine)."""
+    ref_wall = statistics.median(w for w, _ in seconds["plain tensors"])
+    ref_cpu = statistics.median(c for _, c in seconds["plain tensors"])
+    lines = [f"{'variant':32s} {'wall s':>8s} {'x plain':>8s} {'CPU s':>8s} {'x plain':>8s}"]
     for name, values in seconds.items():
-        median = statistics.median(values)
-        lines.append(f"{name:32s} {median:17.3f} {median / reference:16.2f}x")
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        lines.append(
+            f"{name:32s} {wall:8.3f} {wall / ref_wall:7.2f}x {cpu:8.3f} {cpu / ref_cpu:7.2f}x"
+        )
     return "\n".join(lines)
 
 
@@ -170,7 +175,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, list[float]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, list[Seconds]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
