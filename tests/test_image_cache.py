@@ -175,3 +175,20 @@ def test_gpu_benchmark_section_skipped_without_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert module.main(["--gpu"]) == []
     assert "GPU section is skipped" in capsys.readouterr().out
+
+
+def test_concurrent_builders_decode_once(tmp_path, count_reads):
+    # Two DDP ranks (here threads, each with its own lock-file handle) asking for the same array:
+    # one builds it under the lock, the other waits and maps the finished file.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nervus_lightning.data.cache import ReadSettings, open_disk_array
+
+    make_dataset(tmp_path, n=12, size=16)
+    paths = [str(tmp_path / f"img/case{i:03d}.png") for i in range(12)]
+    settings = ReadSettings(16, 1, 8, "auto", "middle")
+    with ThreadPoolExecutor(2) as pool:
+        arrays = list(pool.map(lambda _: open_disk_array(paths, settings, tmp_path / "c"), [0, 1]))
+    assert len(count_reads) == 12
+    assert np.array_equal(arrays[0], arrays[1])
+    assert [p.suffix for p in (tmp_path / "c").iterdir() if p.suffix == ".npy"] == [".npy"]
