@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/train_speed.py                      # ~1,000 images, 64 x 64, batch 32
     python benchmarks/train_speed.py --threads 2 --repeats 5 --accuracy
+    python benchmarks/train_speed.py --gpu                # CUDA only: see gpu_speed.py
 """
 
 from __future__ import annotations
@@ -364,11 +365,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--accuracy", action="store_true", help="also compare fp32 and bf16-mixed test accuracy"
     )
     parser.add_argument("--accuracy-epochs", type=int, default=5)
+    _gpu_section().add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _gpu_section():
+    """benchmarks/gpu_speed.py, the sibling script (importable whatever the working folder)."""
+    import sys
+
+    folder = str(Path(__file__).resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import gpu_speed
+
+    return gpu_speed
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     args = parse_args(argv)
+    if args.gpu:
+        _gpu_section().run(args)
+        return []
     torch.set_num_threads(args.threads)
     if args.bf16 and not bf16_supported():
         print("this CPU has no native bfloat16 support: bf16 variants skipped")

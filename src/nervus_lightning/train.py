@@ -70,6 +70,9 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
         "window": _plain(data.get("window", "auto")),
         "frame": data.get("frame", "middle"),
         "missing_views": data.get("missing_views", "refuse"),
+        "cache": data.get("cache", "auto"),
+        "cache_dir": data.get("cache_dir"),
+        "cache_max_gb": data.get("cache_max_gb"),
     }
     return NervusDataModule(csv, **{**options, **overrides})
 

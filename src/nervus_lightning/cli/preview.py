@@ -20,7 +20,13 @@ def preview(cfg: DictConfig) -> list[Path]:
     from nervus_lightning.train import build_datamodule
 
     datamodule = build_datamodule(
-        cfg, use_images=True, use_tabular=False, sampler="none", num_workers=0
+        # A few images are read once: building the whole data set's image cache would not pay.
+        cfg,
+        use_images=True,
+        use_tabular=False,
+        sampler="none",
+        num_workers=0,
+        cache="none",
     )
     written = write_preview(
         datamodule,

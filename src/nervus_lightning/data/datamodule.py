@@ -22,6 +22,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nervus_lightning.data.cache import (
+    CACHE_MODES,
+    ReadSettings,
+    build_memory_array,
+    cached_image,
+    default_cache_dir,
+    open_disk_array,
+    resolve_mode,
+)
 from nervus_lightning.data.dicom import (
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
@@ -61,6 +70,9 @@ from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import task_class
 
 SAMPLERS = ("none", "weighted")
+# Training presets that resize to image_size before anything random: they can start from the
+# cached (resized) image. xray crops at the file's resolution first, so it reads the files.
+RESIZE_FIRST_AUGMENTATIONS = frozenset({"none", "randaug", "trivialaugwide"})
 BIT_DEPTHS = ("auto", *CANDIDATE_BIT_DEPTHS)
 
 
@@ -108,8 +120,14 @@ class NervusDataset(Dataset):
         in_channels: int,
         transform: Callable[[torch.Tensor], torch.Tensor] | None,
         image_size: int | None = None,
+        cache: Sequence[np.ndarray] | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
         self.frame = frame.reset_index(drop=True)
+        # Decoded, resized images (data.cache): one array per image column, indexed by
+        # rows[i], the case's row in the data module's table.
+        self.cache = list(cache) if cache is not None else None
+        self.rows = np.arange(len(self.frame)) if rows is None else np.asarray(rows)
         self.view_size = image_size
         self.in_channels = in_channels
         self.transform = transform
@@ -136,7 +154,10 @@ class NervusDataset(Dataset):
     def __len__(self) -> int:
         return len(self.frame)
 
-    def _image(self, path: str) -> torch.Tensor:
+    def _image(self, path: str, i: int = 0, column: int = 0) -> torch.Tensor:
+        if self.cache is not None:
+            image = cached_image(self.cache[column], int(self.rows[i]))
+            return self.transform(image) if self.transform else image
         image = read_image(
             path,
             self.in_channels,
@@ -148,7 +169,11 @@ class NervusDataset(Dataset):
 
     def _views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         present = [paths[i] is not None for paths in self.view_paths]
-        images = [self._image(paths[i]) for paths in self.view_paths if paths[i] is not None]
+        images = [
+            self._image(paths[i], i, column)
+            for column, paths in enumerate(self.view_paths)
+            if paths[i] is not None
+        ]
         blank = torch.zeros_like(images[0]) if images else None
         if blank is None:  # every view missing (allowed with tabular inputs): size from config
             side = self.view_size or 1
@@ -160,7 +185,7 @@ class NervusDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {"index": i, "target": self.targets[i]}
         if self.image_paths is not None:
-            item["image"] = self._image(self.image_paths[i])
+            item["image"] = self._image(self.image_paths[i], i)
         if self.view_paths:
             item["image"], mask = self._views(i)
             if self.with_mask:
@@ -204,6 +229,15 @@ class NervusDataModule(L.LightningDataModule):
             view cell means (``data.missing_views``): ``refuse`` (default; the cases are named
             before training) or ``allow`` (a zero image, ``view_mask`` False, and the model's
             learned "missing" embedding). With ``schema`` given, the schema's choice is used.
+        cache: decoded-image cache (``data.cache``, see :mod:`nervus_lightning.data.cache`):
+            ``none`` (the default here: one pass over the images, as in predict and explain,
+            gains nothing), ``memory``, ``disk`` or ``auto`` (the training command's default:
+            ``memory`` when the arrays fit ``cache_max_gb``, or 25 % of the available RAM
+            shared by this node's processes, else ``disk``). Each image is read and resized
+            once, when the first dataset is built; augmentation still runs per epoch.
+        cache_dir: folder of the disk cache (default ``$NERVUS_LIGHTNING_CACHE/images`` or
+            ``~/.cache/nervus_lightning/images``); shared by DDP ranks and sweep jobs.
+        cache_max_gb: memory budget of ``cache=auto`` in GiB (None: 25 % of available RAM).
 
     Batches hold ``index``, ``target``, the task's fields, ``tabular`` (B, n_inputs) when there
     are tabular inputs, and ``image``: (B, C, H, W) for a single ``imgpath`` column, or
@@ -231,8 +265,22 @@ class NervusDataModule(L.LightningDataModule):
         window: str | Sequence[float] | None = None,
         frame: str | None = None,
         missing_views: str = "refuse",
+        cache: str = "none",
+        cache_dir: str | os.PathLike | None = None,
+        cache_max_gb: float | None = None,
     ) -> None:
         super().__init__()
+        self.cache_mode = check_choice("data.cache", cache, CACHE_MODES)
+        if cache_max_gb is not None and not (
+            isinstance(cache_max_gb, int | float) and cache_max_gb > 0
+        ):
+            raise NervusInputError(
+                f"data.cache_max_gb={cache_max_gb!r} must be a positive number of GiB, or null "
+                "for 25 % of the available memory."
+            )
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_max_gb = cache_max_gb
+        self._cache: list[np.ndarray] | None = None
         if in_channels not in (1, 3):
             raise NervusInputError(f"data.in_channels must be 1 or 3, got {in_channels}.")
         check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
@@ -280,6 +328,7 @@ class NervusDataModule(L.LightningDataModule):
             else:
                 self._check_schema_bit_depth(requested_bits)
                 self._check_schema_dicom_settings(requested_window, requested_frame)
+        self.augmentation = augmentation
         self.train_transform = build_train_transform(augmentation, image_size)
         self.eval_transform = build_eval_transform(image_size)
 
@@ -363,10 +412,43 @@ class NervusDataModule(L.LightningDataModule):
             return self.frame
         return self.frame[self.frame[SPLIT_COLUMN] == split]
 
+    def image_cache(self) -> list[np.ndarray] | None:
+        """The cache arrays of every image column (built on first call), or None (no cache)."""
+        if self._cache is not None or self.cache_mode == "none" or not self.schema.has_images:
+            return self._cache
+        window, frame = dicom_settings(self.schema)
+        settings = ReadSettings(
+            self.image_size, self.in_channels, self.schema.bit_depth, window, frame
+        )
+        columns = [
+            [p if isinstance(p, str) and p else None for p in self.frame[col]]
+            for col in self.schema.image_columns
+        ]
+        n_images = sum(p is not None for paths in columns for p in paths)
+        # Each process of this node holds its own memory cache.
+        processes = self.trainer.num_devices if self.trainer is not None else None
+        mode = resolve_mode(self.cache_mode, n_images, settings, self.cache_max_gb, processes)
+        if mode == "memory":
+            self._cache = [build_memory_array(paths, settings) for paths in columns]
+        elif mode == "disk":
+            self._cache = [open_disk_array(paths, settings, self.cache_dir) for paths in columns]
+        self.resolved_cache_mode = mode
+        return self._cache
+
     def dataset(self, split: str | None, train: bool = False) -> NervusDataset:
         transform = self.train_transform if train else self.eval_transform
+        frame = self.split_frame(split)
+        cache = None
+        if not train or self.augmentation in RESIZE_FIRST_AUGMENTATIONS:
+            cache = self.image_cache()
         return NervusDataset(
-            self.split_frame(split), self.schema, self.in_channels, transform, self.image_size
+            frame,
+            self.schema,
+            self.in_channels,
+            transform,
+            self.image_size,
+            cache=cache,
+            rows=self.frame.index.get_indexer(frame.index),
         )
 
     def _loader(
