@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/survival.py, and the tuned DeepSurv settings of the survival presets."""
+"""Smoke test of benchmarks/survival.py (scores against direct library calls, the simulated
+crossing-hazards data), and the tuned DeepSurv settings of the survival presets."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import compose_config
+from omegaconf import OmegaConf
+from pycox.evaluation import EvalSurv
 from sklearn.preprocessing import StandardScaler
 from sksurv.linear_model import CoxPHSurvivalAnalysis
-from sksurv.metrics import concordance_index_censored
+from sksurv.metrics import concordance_index_censored, integrated_brier_score
+from sksurv.nonparametric import kaplan_meier_estimator
+from sksurv.util import Surv
 
+from nervus_lightning.survival.metrics import ibs_time_grid
 from nervus_lightning.survival.presets import PRESETS, preset_frame
+from nervus_lightning.survival.reference import SurvivalReference
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "survival.py"
 
@@ -57,8 +64,57 @@ def test_benchmark_runs_and_scores_cox_like_scikit_survival(benchmark, tmp_path,
         test["period_death"],
         cox.predict(scaler.transform(test[inputs])),
     )[0]
-    got = results.loc[results["method"] == "coxph", "c_index"].item()
-    assert got == pytest.approx(expected, abs=1e-6)  # the CSV keeps 6 decimals
+    got = results.loc[results["method"] == "coxph"].iloc[0]
+    assert got["c_index"] == pytest.approx(expected, abs=1e-6)  # the CSV keeps 6 decimals
+
+    # Its IBS and Antolini C: scikit-survival's own Cox curves, scored by direct library calls.
+    y_test = Surv.from_arrays(test["label_death"].astype(bool), test["period_death"])
+    curves = cox.predict_survival_function(scaler.transform(test[inputs]))
+    reference = SurvivalReference.fit(
+        train["period_death"].to_numpy(), train["label_death"].to_numpy(), np.zeros(len(train))
+    )
+    grid = ibs_time_grid(reference, test["period_death"].to_numpy())
+    assert test["period_death"].max() < train["period_death"].max()  # no capping needed here
+    at_grid = np.stack([f(grid) for f in curves])
+    ibs = integrated_brier_score(y_train, y_test, at_grid, grid)
+    assert got["ibs"] == pytest.approx(ibs, abs=1e-6)
+    times = np.unique(train["period_death"])
+    at_times = np.stack([f(np.minimum(times, f.domain[1])) for f in curves])
+    evaluator = EvalSurv(
+        pd.DataFrame(at_times.T, index=times),
+        test["period_death"].to_numpy(),
+        test["label_death"].to_numpy(float),
+        censor_surv="km",
+    )
+    assert got["c_index_antolini"] == pytest.approx(evaluator.concordance_td("antolini"), abs=1e-6)
+
+
+def test_crossing_data_breaks_proportional_hazards(benchmark):
+    frame = benchmark.crossing_frame(split_seed=0)
+    assert len(frame) == benchmark.CROSSING_N
+    assert set(frame["split"]) == {"train", "val", "test"}
+    assert frame.equals(benchmark.crossing_frame(split_seed=0))
+    # The rows are drawn once; only the split moves with the seed.
+    other = benchmark.crossing_frame(split_seed=1)
+    assert other.drop(columns="split").equals(frame.drop(columns="split"))
+    assert not other["split"].equals(frame["split"])
+    # The two groups' Kaplan-Meier curves cross: group 0 is worse early, group 1 late.
+    event, time = frame["label_death"].astype(bool), frame["period_death"]
+    group = frame["input_group"] == 1
+    km = {g: kaplan_meier_estimator(event[group == g], time[group == g]) for g in (False, True)}
+
+    def at(g, t):
+        x, y = km[g]
+        return y[np.searchsorted(x, t, side="right") - 1]
+
+    assert at(False, 0.2) < at(True, 0.2) and at(False, 1.5) > at(True, 1.5)
+
+
+def test_preset_recipe_is_the_presets_config(benchmark):
+    preset = compose_config(["data=whas500"])
+    recipe = compose_config(["data.csv=x.csv", *benchmark.PRESET_RECIPE])
+    for key in ("model.tabular", "optimizer", "trainer.max_epochs", "data.batch_size", "task"):
+        assert OmegaConf.select(recipe, key) == OmegaConf.select(preset, key), key
 
 
 def test_summary_is_mean_and_sample_sd_over_seeds(benchmark):
@@ -71,9 +127,9 @@ def test_summary_is_mean_and_sample_sd_over_seeds(benchmark):
         }
     )
     summary = benchmark.summarize(results).set_index("dataset")
-    assert summary.loc["a", "mean"] == pytest.approx(0.7)
-    assert summary.loc["a", "sd"] == pytest.approx(np.std([0.6, 0.7, 0.8], ddof=1))
-    assert np.isnan(summary.loc["b", "sd"])
+    assert summary.loc["a", "c_index_mean"] == pytest.approx(0.7)
+    assert summary.loc["a", "c_index_sd"] == pytest.approx(np.std([0.6, 0.7, 0.8], ddof=1))
+    assert np.isnan(summary.loc["b", "c_index_sd"])
     assert "0.700 ± 0.100" in benchmark.format_table(summary.reset_index(), "test")
 
 

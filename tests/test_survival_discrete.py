@@ -19,7 +19,8 @@ from pycox.models.data import pair_rank_mat
 from pycox.models.loss import DeepHitSingleLoss, nll_logistic_hazard, nll_pmf
 from pycox.models.utils import make_subgrid
 from pycox.preprocessing.label_transforms import LabTransDiscreteTime
-from sksurv.metrics import concordance_index_censored
+from sksurv.metrics import concordance_index_censored, integrated_brier_score
+from sksurv.util import Surv
 
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
 from nervus_lightning.predict import predict
@@ -206,6 +207,18 @@ def _check_run(run, csv, label="label_death"):
     reference = SurvivalReference.from_json(spec)
     ibs_grid = ibs_time_grid(reference, test[period].to_numpy())
     assert got["ibs_pycox"] == pytest.approx(ev.integrated_brier_score(ibs_grid))
+    # scikit-survival's ibs and the calibration read the model's own curves, not a Breslow fit.
+    own = discrete.interpolate_survival(test[grid_cols].to_numpy(), cuts, ibs_grid)
+    train_y = Surv.from_arrays(train_rows[label] == 1, train_rows[period])
+    test_y = Surv.from_arrays(test[label] == 1, test[period])
+    assert got["ibs"] == pytest.approx(
+        integrated_brier_score(train_y, test_y, own, ibs_grid), rel=1e-9
+    )
+    calibration = pd.read_csv(run / "evaluation" / f"survival_calibration_{label}.csv")
+    bins = calibration[(calibration.split == "test") & (calibration.group == "all")]
+    t = float(np.median(spec["eval_times"]))
+    at_t = discrete.interpolate_survival(test[grid_cols].to_numpy(), cuts, [t])[:, 0]
+    assert np.average(bins.predicted, weights=bins.n) == pytest.approx(at_t.mean())
     return pred
 
 

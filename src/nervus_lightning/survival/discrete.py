@@ -57,6 +57,7 @@ __all__ = [
     "grid_column",
     "grid_survival",
     "interpolate_survival",
+    "model_survival",
     "risk_score",
 ]
 
@@ -266,16 +267,30 @@ def curve_metrics(
     """
     from nervus_lightning.survival.metrics import ibs_time_grid
 
-    name, period = label["name"], label["period"]
+    cuts = label.get("grid")
+    times = subgrid(np.asarray(cuts, dtype=np.float64)) if cuts else np.zeros(0)
+    surv = model_survival(rows, label, times)
+    if surv is None:
+        return {}
+    time = rows[label["period"]].to_numpy(dtype=np.float64)
+    event = rows[label["name"]].to_numpy(dtype=np.float64)
+    return pycox_metrics(surv, times, time, event, ibs_time_grid(reference, time), reasons)
+
+
+def model_survival(rows: pd.DataFrame, label: Mapping[str, Any], times: Any) -> np.ndarray | None:
+    """A discrete-time label's own curves at ``times``, shape ``(len(rows), len(times))``.
+
+    Read from the ``surv_<label>_grid<k>`` columns of ``predictions.csv`` at the cuts of
+    ``label["grid"]`` and interpolated as :func:`interpolate_survival` does. ``None`` for Cox
+    (``survival_model`` absent or ``cox``) or when the grid columns are missing: the caller then
+    falls back on the Breslow baseline.
+    """
     grid = label.get("grid")
     if label.get("survival_model", "cox") == "cox" or not grid:
-        return {}
-    columns = [grid_column(name, k) for k in range(len(grid))]
+        return None
+    columns = [grid_column(label["name"], k) for k in range(len(grid))]
     if not set(columns) <= set(rows.columns):
-        return {}
-    cuts = np.asarray(grid, dtype=np.float64)
-    times = subgrid(cuts)
-    surv = interpolate_survival(rows[columns].to_numpy(dtype=np.float64), cuts, times)
-    time = rows[period].to_numpy(dtype=np.float64)
-    event = rows[name].to_numpy(dtype=np.float64)
-    return pycox_metrics(surv, times, time, event, ibs_time_grid(reference, time), reasons)
+        return None
+    return interpolate_survival(
+        rows[columns].to_numpy(dtype=np.float64), np.asarray(grid, dtype=np.float64), times
+    )

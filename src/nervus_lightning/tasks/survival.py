@@ -4,7 +4,8 @@
 ``pmf``, ``deephit``): its head has ``task.num_durations`` outputs, and the grid, loss, curves and
 risk score are those of :mod:`nervus_lightning.survival.discrete`; what follows about the
 training aggregates holds for every model (their Breslow baseline is then fitted on the risk
-score and used only by the ``ibs`` and calibration of the evaluation).
+score but the evaluation does not use it: ``ibs`` and the calibration read the model's own
+curves, :func:`nervus_lightning.survival.discrete.model_survival`).
 
 The head outputs a log hazard ratio. After training, the task fits on the training split what
 survival predictions and metrics need -- a
@@ -544,6 +545,11 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
     reference, notes = _survival_reference(train, label, name, period)
     eval_times, cutpoints = reference.eval_times, reference.risk_cutpoints
     section.notes += notes
+    if label.get("survival_model", "cox") != "cox":
+        section.notes.append(
+            f"ibs and calibration from the {label['survival_model']} model's own survival curves "
+            "(interpolated between its grid times), not from a Breslow baseline."
+        )
     calibration_time = float(np.median(eval_times))
     section.notes.append(
         f"Calibration at t = {calibration_time:g} (middle evaluation time); "
@@ -562,9 +568,11 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         risk = rows[risk_column].to_numpy(dtype=float)
         n = len(rows)
         reasons: dict[str, str] = {}
+        # A discrete-time model's own curves on the IBS grid (None for Cox: Breslow baseline).
+        own_ibs = discrete.model_survival(rows, label, ibs_grid)
         point = survival_metrics(
             reference, time, event, risk, reasons=reasons, max_rows_exact=ctx.max_rows_exact,
-            seed=ctx.seed,
+            seed=ctx.seed, ibs_survival=own_ibs,
         )  # fmt: skip
         ipcw_rows = min(n, ctx.max_rows_exact)
         # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
@@ -576,7 +584,9 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         if ctx.n_bootstrap > 0 and n > 1:
             m = bootstrap_size(n, ctx.max_rows_bootstrap)
             # Predicted survival on the IBS grid once per split, not once per resample.
-            table = reference.survival(risk, ibs_grid) if n <= ctx.max_rows_bootstrap else None
+            table = own_ibs
+            if table is None and n <= ctx.max_rows_bootstrap:
+                table = reference.survival(risk, ibs_grid)
 
             def resample_metrics(t, e, r, index, table=table):
                 return survival_metrics(
@@ -609,7 +619,10 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
                 "event rate": f"{(event != 0).mean():.1%}",
                 "median time": float(np.median(time)),
             }
-        predicted = reference.survival(risk, [calibration_time])[:, 0]
+        predicted = discrete.model_survival(rows, label, [calibration_time])
+        if predicted is None:
+            predicted = reference.survival(risk, [calibration_time])
+        predicted = predicted[:, 0]
         table = survival_calibration_table(time, event, predicted, calibration_time)
         calibration_tables.append(table.assign(split=split, group=group))
         section.subsets.append(
