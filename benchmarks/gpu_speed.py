@@ -53,7 +53,9 @@ def _write_data(folder: Path, n: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(path)
         split = "train" if i < n - 8 else ("val" if i < n - 4 else "test")
-        rows.append({"uniqID": i, "imgpath": str(path), "label_y": "ab"[i % 2], "split": split})
+        rows.append(
+            {"uniqID": i, "imgpath": str(path), "label_y": ("no", "yes")[i % 2], "split": split}
+        )
     csv = folder / "gpu.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv
