@@ -435,11 +435,12 @@ class NervusDataModule(L.LightningDataModule):
         self.resolved_cache_mode = mode
         return self._cache
 
-    def dataset(self, split: str | None, train: bool = False) -> NervusDataset:
+    def dataset(self, split: str | None, train: bool = False, cached: bool = True) -> NervusDataset:
+        """The cases of ``split``; ``cached=False`` reads every image from its file."""
         transform = self.train_transform if train else self.eval_transform
         frame = self.split_frame(split)
         cache = None
-        if not train or self.augmentation in RESIZE_FIRST_AUGMENTATIONS:
+        if cached and (not train or self.augmentation in RESIZE_FIRST_AUGMENTATIONS):
             cache = self.image_cache()
         return NervusDataset(
             frame,
@@ -500,5 +501,10 @@ class NervusDataModule(L.LightningDataModule):
         return self.eval_dataloader(TEST)
 
     def predict_dataloader(self) -> DataLoader:
-        """Every kept case of every split, in CSV order, without augmentation."""
-        return self.eval_dataloader(None)
+        """Every kept case of every split, in CSV order, without augmentation.
+
+        Images are read from their files, never from the cache (which rounds them to 8 or 16
+        bits): the ``predictions.csv`` written after training must be exactly what ``predict``
+        gives from the checkpoint and the CSV.
+        """
+        return self._loader(self.dataset(None, cached=False))
