@@ -80,6 +80,29 @@ def check_checkpoint(path: str | os.PathLike, option: str = "ckpt") -> Path:
     )
 
 
+def load_trained(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """The :class:`~nervus_lightning.module.NervusModule` of a checkpoint, after
+    :func:`check_checkpoint` (so a truncated file is a clear error, not a pickle traceback):
+    what ``predict``, ``explain`` and ``export`` start from."""
+    from nervus_lightning.module import NervusModule
+
+    return NervusModule.load_from_checkpoint(check_checkpoint(path), map_location=map_location)
+
+
+def checkpoint_datamodule(module: Any, csv: str | os.PathLike, **loader: Any) -> Any:
+    """A data module reading ``csv`` as ``module`` was trained to (its schema, image size and
+    channels); ``loader`` holds ``batch_size`` / ``num_workers``."""
+    from nervus_lightning.data.datamodule import NervusDataModule
+
+    return NervusDataModule(
+        csv,
+        schema=module.schema,
+        image_size=module.hparams.image_size,
+        in_channels=module.hparams.in_channels,
+        **loader,
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, made atomic: the checkpoint goes to a temporary file in
     the target folder, is flushed to disk, then renamed over the target name (``os.replace``

@@ -632,8 +632,7 @@ def explain(
 ) -> Explanation:
     """Explain the model of ``ckpt`` on ``csv`` (read as ``predict`` reads it); ``csv=None``:
     the data the checkpoint was trained on (its ``data.csv``, or the demo data or preset)."""
-    from nervus_lightning.data.datamodule import NervusDataModule
-    from nervus_lightning.module import NervusModule
+    from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
     from nervus_lightning.predict import inference_device
 
     require_captum()
@@ -641,17 +640,10 @@ def explain(
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise NervusInputError(f"checkpoint not found: {ckpt}. Pass ckpt=PATH of a .ckpt file.")
-    module = NervusModule.load_from_checkpoint(ckpt, map_location=device)
+    module = load_trained(ckpt, map_location=device)
     if csv is None:
         csv = _training_csv(module, ckpt)
-    datamodule = NervusDataModule(
-        csv,
-        schema=module.schema,
-        image_size=module.hparams.image_size,
-        in_channels=module.hparams.in_channels,
-        batch_size=batch_size,
-        num_workers=num_workers,
-    )
+    datamodule = checkpoint_datamodule(module, csv, batch_size=batch_size, num_workers=num_workers)
     return explain_module(
         module,
         datamodule,

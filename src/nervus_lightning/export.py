@@ -287,8 +287,7 @@ def export_model(
             ``.json``.
         opset: the ONNX opset (``onnx`` only).
     """
-    from nervus_lightning.checkpoints import check_checkpoint
-    from nervus_lightning.module import NervusModule
+    from nervus_lightning.checkpoints import load_trained
 
     if fmt not in FORMATS:
         raise NervusInputError(
@@ -309,8 +308,7 @@ def export_model(
                 f"format=onnx needs torch >= 2.5 (its torch.export-based ONNX exporter); this is "
                 f"torch {torch.__version__}. Upgrade torch, or use format=torch_export."
             )
-    check_checkpoint(ckpt)  # a truncated file is a clear error, not a pickle traceback
-    module = NervusModule.load_from_checkpoint(ckpt, map_location="cpu")
+    module = load_trained(ckpt, map_location="cpu")
     module.eval()
     path = Path(out) if out is not None else ckpt.with_suffix(FORMATS[fmt])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,10 +54,8 @@ def predict(
     config group; ``threshold``, ``target_sensitivity`` and ``positive_class`` left at ``None``
     apply the contract stored in the checkpoint (its threshold included), and a value that
     differs from it is an override, said in the log and in ``metrics_notes.csv``."""
-    from nervus_lightning.checkpoints import check_checkpoint
-    from nervus_lightning.data.datamodule import NervusDataModule
+    from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
     from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
-    from nervus_lightning.module import NervusModule
     from nervus_lightning.outputs import PREDICTIONS, write_metrics_json, write_predictions
 
     evaluation = check_evaluation_options(evaluation or {})
@@ -65,16 +63,8 @@ def predict(
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise NervusInputError(f"checkpoint not found: {ckpt}. Pass ckpt=PATH of a .ckpt file.")
-    check_checkpoint(ckpt)  # a truncated file is a clear error, not a pickle traceback
-    module = NervusModule.load_from_checkpoint(ckpt, map_location=device)
-    datamodule = NervusDataModule(
-        csv,
-        schema=module.schema,
-        image_size=module.hparams.image_size,
-        in_channels=module.hparams.in_channels,
-        batch_size=batch_size,
-        num_workers=num_workers,
-    )
+    module = load_trained(ckpt, map_location=device)
+    datamodule = checkpoint_datamodule(module, csv, batch_size=batch_size, num_workers=num_workers)
     log.info("predicting %d case(s) of %s on %s", len(datamodule.frame), csv, device)
     outputs = module.infer(datamodule.predict_dataloader(), device)
     predictions = write_predictions(module, datamodule, out_dir, outputs)
