@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,32 @@ FAST = [
     "data.num_workers=0",
     "evaluation.n_bootstrap=20",
 ]
+
+
+# -- disk: a module's shared folders go when its tests have passed ---------------------------
+# Passed tests' tmp_path folders are removed at teardown (tmp_path_retention_policy = "failed"
+# in pyproject.toml). Folders that module-scoped fixtures make with tmp_path_factory (trained
+# runs with checkpoints of ~130 MiB) would stay until the session ends; they are removed when
+# their module ends with no failure, so the suite never holds more than a module's runs.
+
+_FAILED_MODULES: set[str] = set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        _FAILED_MODULES.add(item.module.__name__)
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_module_folders(request, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.module.__name__ in _FAILED_MODULES:
+        return
+    for folder in set(base.iterdir()) - before:
+        if folder.is_dir() and not folder.name.startswith("test_"):
+            shutil.rmtree(folder, ignore_errors=True)

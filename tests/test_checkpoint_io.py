@@ -3,6 +3,7 @@ names the file and the previous good checkpoint, wherever a checkpoint is read."
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -102,6 +103,23 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_disk_full_while_writing_keeps_the_old_checkpoint_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_atomically({"step": 1}, path)
+
+    def disk_full(obj, handle):
+        handle.write(b"PK part of a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(NervusInputError, match="filled up") as err:
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert "last.ckpt still holds the previous checkpoint" in str(err.value)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_trainer_writes_checkpoints_atomically(tmp_path):

@@ -11,6 +11,7 @@ the newest intact checkpoint in the same folder.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import zipfile
@@ -128,6 +129,17 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = f"{path.name} still holds the previous checkpoint" if path.exists() else (
+            "no earlier checkpoint was kept under that name"
+        )
+        raise NervusInputError(
+            f"the disk of {path.parent} filled up while a checkpoint was written to "
+            f"{path.name} ({err.strerror}); {kept}. Free some space and resume with "
+            "ckpt_path=PATH, or choose a folder on another disk with hydra.run.dir=PATH."
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
