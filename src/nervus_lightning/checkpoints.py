@@ -132,8 +132,10 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        kept = f"{path.name} still holds the previous checkpoint" if path.exists() else (
-            "no earlier checkpoint was kept under that name"
+        kept = (
+            f"{path.name} still holds the previous checkpoint"
+            if path.exists()
+            else "no earlier checkpoint was kept under that name"
         )
         raise NervusInputError(
             f"the disk of {path.parent} filled up while a checkpoint was written to "
