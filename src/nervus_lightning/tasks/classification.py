@@ -65,7 +65,7 @@ from nervus_lightning.evaluation.sections import (
 )
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS, choose_threshold
 from nervus_lightning.options import check_choice, check_number
-from nervus_lightning.tasks.base import Task, zero_loss
+from nervus_lightning.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +334,17 @@ class ClassificationTask(Task):
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         target = batch["target"][:, j].long()
-        if not (target != UNKNOWN).any():
-            return zero_loss(output)
-        return F.cross_entropy(
-            output.float(), target, ignore_index=UNKNOWN, label_smoothing=self.label_smoothing
+        # The mean over known targets, as reduction="mean" takes it, but without a Python test
+        # on a device tensor (that would wait for the GPU at every step); a batch with no known
+        # target gives 0 with a zero gradient.
+        total = F.cross_entropy(
+            output.float(),
+            target,
+            ignore_index=UNKNOWN,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
         )
+        return total / (target != UNKNOWN).sum().clamp(min=1)
 
     def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
         return torch.softmax(output.float(), dim=1)

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
 from nervus_lightning.data.schema import (
@@ -43,12 +42,13 @@ from nervus_lightning.evaluation.sections import (
     split_styles,
 )
 from nervus_lightning.options import check_choice
-from nervus_lightning.tasks.base import Task, zero_loss
+from nervus_lightning.tasks.base import Task
 
+#: Per-case losses (the mean over known targets is taken in ``RegressionTask.loss``).
 LOSSES = {
-    "mse": F.mse_loss,
-    "mae": F.l1_loss,
-    "rmse": lambda pred, target: torch.sqrt(F.mse_loss(pred, target)),
+    "mse": lambda pred, target: (pred - target) ** 2,
+    "mae": lambda pred, target: (pred - target).abs(),
+    "rmse": lambda pred, target: (pred - target) ** 2,  # square root of the mean, below
 }
 
 
@@ -72,7 +72,8 @@ class RegressionTask(Task):
 
     def __init__(self, labels, loss: str = "mse", evaluation: Any = None) -> None:
         super().__init__(labels, evaluation=evaluation)
-        self.loss_fn = LOSSES[check_choice("task.loss", loss, sorted(LOSSES))]
+        self.loss_name = check_choice("task.loss", loss, sorted(LOSSES))
+        self.loss_fn = LOSSES[self.loss_name]
 
     balances_classes = False
 
@@ -101,10 +102,18 @@ class RegressionTask(Task):
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         target = self._standardised_target(batch, j)
+        # Masked mean without boolean indexing or a Python test on a device tensor: either
+        # would wait for the GPU at every step. A batch with no known target gives 0 (zero
+        # gradient), as one that teaches nothing should.
         known = ~torch.isnan(target)
-        if not known.any():
-            return zero_loss(output)
-        return self.loss_fn(output[:, 0].float()[known], target[known])
+        per_case = self.loss_fn(output[:, 0].float(), torch.where(known, target, 0.0))
+        count = known.sum()
+        mean = torch.where(known, per_case, 0.0).sum() / count.clamp(min=1)
+        if self.loss_name != "rmse":
+            return mean
+        # sqrt has an infinite slope at 0: keep it away from batches with nothing known.
+        safe = torch.where(count > 0, mean, torch.ones_like(mean))
+        return torch.where(count > 0, safe.sqrt(), mean)
 
     def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
         spec = self.labels[j]
