@@ -286,7 +286,8 @@ def test_two_endpoints_and_fused_image_table(dataset, tmp_path, pycox_ibs):
 def test_event_that_is_not_0_or_1_is_a_clear_error(dataset, tmp_path):
     csv = dataset(task="survival", n=32, images=False)
     df = pd.read_csv(csv)
-    df.loc[3, "label_death"] = 2  # a cause code: single-event models need 0/1
+    df["label_death"] = df["label_death"].astype(float)
+    df.loc[3, "label_death"] = 0.5  # neither 0/1 nor a cause code 1..K
     df.to_csv(csv, index=False)
     cfg = compose_config(
         [f"data.csv={csv}", "task=survival", "task.model=deephit", "model/extractor=none", *FAST]
