@@ -16,6 +16,7 @@ from pycox.models.data import pair_rank_mat
 from pycox.models.loss import DeepHitLoss
 from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 from sksurv.metrics import concordance_index_censored
+from sksurv.nonparametric import cumulative_incidence_competing_risks
 
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
 from nervus_lightning.predict import predict
@@ -188,9 +189,21 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
         event, moved = competing.wolbers_data(test.period_death, test.label_death, c)
         expected = concordance_index_censored(event, moved, test[f"risk_label_death_{c}"])[0]
         assert metrics[f"c_index_cause{c}"] == pytest.approx(expected)
+    # Observed cumulative incidence: scikit-survival's Aalen-Johansen estimate, read at the
+    # calibration time; predicted: the mean of the cases' CIFs there.
+    t = float(np.median(spec["eval_times"]))
+    unique, observed = cumulative_incidence_competing_risks(
+        test.label_death.to_numpy(), test.period_death.to_numpy()
+    )
+    at = np.searchsorted(unique, t, side="right") - 1
+    for c in (1, 2):
+        assert metrics[f"cif_observed_cause{c}"] == pytest.approx(observed[c, at])
+        mean = discrete.interpolate_survival(cif[pred.split == "test", c - 1], cuts, [t]).mean()
+        assert metrics[f"cif_predicted_cause{c}"] == pytest.approx(mean)
     table = pd.read_csv(run / "evaluation" / "metrics.csv")
-    assert {"c_index_cause1", "events_cause2"} <= set(table.metric)
+    assert {"c_index_cause1", "events_cause2", "cif_observed_cause2"} <= set(table.metric)
     assert (run / "evaluation" / "report.html").is_file()
+    assert list((run / "evaluation").rglob("cumulative_incidence.png"))
     # The checkpoint alone reproduces the CIFs.
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
     assert torch.load(ckpt, weights_only=True)["nervus_task_state"]["grid.0"].shape == (6,)

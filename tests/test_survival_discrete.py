@@ -167,6 +167,22 @@ def test_grid_with_tied_times_still_has_num_durations_cuts():
     assert any(len(c) == 10 and np.array_equal(c, cuts) for c in candidates)
 
 
+@pytest.mark.parametrize("model", discrete.DISCRETE_MODELS)
+def test_a_batch_without_an_event_inside_the_grid_is_discretised_as_pycox_does(model):
+    # pycox 0.3.0's transform fails on such a batch (e.g. a validation batch, all censored).
+    cuts = np.array([0.0, 2.0, 5.0, 9.0])
+    time, event = np.array([1.0, 3.0, 12.0]), np.array([0.0, 0.0, 1.0])  # event beyond the grid
+    # pycox's transform treats each case alone: beside an event inside the grid it runs.
+    expected = LabTransDiscreteTime(cuts).transform(np.append(time, 4.0), np.append(event, 1.0))
+    idx, events = discrete.discretize(cuts, time, event)
+    assert idx.tolist() == expected[0][:-1].tolist() == [0, 1, 3]  # censored: previous cut
+    assert events.tolist() == expected[1][:-1].tolist() == [0, 0, 0]
+    task = _task(model)
+    task.cuts[0] = cuts
+    batch = {"target": torch.tensor(event)[:, None], "time": torch.tensor(time)[:, None]}
+    assert torch.isfinite(task.loss(torch.zeros(3, 4), batch, 0))
+
+
 def _check_run(run, csv, label="label_death"):
     """Curves monotone in [0, 1]; metrics equal scikit-survival and pycox on the same arrays."""
     pred = pd.read_csv(run / "predictions.csv")

@@ -39,13 +39,21 @@ Cause-specific concordance
     survival's definitions) after moving other-cause failures, censored, beyond the last time.
     Censoring the other causes instead would score a cause-specific hazard, not the CIF the
     model predicts, so it is not reported.
+Observed cumulative incidence
+    The Aalen-Johansen estimate of each cause's CIF (scikit-survival's
+    ``cumulative_incidence_competing_risks``) on the evaluated cases, against the mean of their
+    predicted CIFs (calibration in the large: both estimate the population's CIF under
+    independent censoring). 1 - Kaplan-Meier with the other causes censored would overstate
+    the incidence, so it is never drawn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -53,6 +61,7 @@ from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
 
 __all__ = [
+    "aalen_johansen",
     "cause_concordance",
     "cause_risks",
     "cif_column",
@@ -60,6 +69,7 @@ __all__ = [
     "competing_loss",
     "discretize_causes",
     "grid_cif",
+    "model_cif",
     "split_cif",
     "survival_from_cif",
     "wolbers_data",
@@ -162,3 +172,49 @@ def cause_concordance(time: Any, cause: Any, risk: Any, c: int) -> float | None:
         return None
     value = weighted_concordance(counts)
     return None if np.isnan(value) else value
+
+
+def model_cif(rows: pd.DataFrame, label: Mapping[str, Any], times: Any) -> np.ndarray | None:
+    """A competing label's predicted CIFs at ``times``, ``(len(rows), K, len(times))``, read from
+    the ``cif_<label>_<cause>_grid<k>`` columns and interpolated as the curves of
+    ``predictions.csv``; None when the label has no causes or the columns are missing."""
+    from nervus_lightning.survival.discrete import interpolate_survival
+
+    causes, grid = int(label.get("causes") or 0), label.get("grid")
+    if not causes or not grid:
+        return None
+    cuts = np.asarray(grid, dtype=np.float64)
+    columns = [
+        [cif_grid_column(label["name"], c, k) for k in range(len(cuts))]
+        for c in range(1, causes + 1)
+    ]
+    if not {x for cause in columns for x in cause} <= set(rows.columns):
+        return None
+    return np.stack(
+        [
+            interpolate_survival(rows[cause].to_numpy(dtype=np.float64), cuts, times)
+            for cause in columns
+        ],
+        axis=1,
+    )
+
+
+def aalen_johansen(time: Any, cause: Any, times: Any, causes: int) -> np.ndarray:
+    """Aalen-Johansen CIF of causes 1..``causes`` at ``times``, ``(causes, len(times))``.
+
+    scikit-survival's ``cumulative_incidence_competing_risks`` read as a right-continuous step
+    function (0 before the first time); a cause without events in these cases has CIF 0.
+    """
+    from sksurv.nonparametric import cumulative_incidence_competing_risks
+
+    time = as_numpy(time)
+    cause = np.rint(as_numpy(cause)).astype(np.int64)
+    times = as_numpy(times)
+    out = np.zeros((causes, times.shape[0]))
+    if not (cause != 0).any():
+        return out
+    unique, cif = cumulative_incidence_competing_risks(cause, time)
+    position = np.searchsorted(unique, times, side="right") - 1
+    for c in range(1, min(causes, cif.shape[0] - 1) + 1):
+        out[c - 1] = np.where(position >= 0, cif[c, np.maximum(position, 0)], 0.0)
+    return out

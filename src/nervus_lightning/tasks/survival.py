@@ -85,7 +85,10 @@ from nervus_lightning.survival.metrics import (
     ipcw_subsample,
     survival_metrics,
 )
-from nervus_lightning.survival.plots import plot_km_risk_group_panels
+from nervus_lightning.survival.plots import (
+    plot_cumulative_incidence_panels,
+    plot_km_risk_group_panels,
+)
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.base import Task, zero_loss
 
@@ -645,6 +648,32 @@ def _cause_metrics(
     return out
 
 
+def _cif_calibration(
+    rows: pd.DataFrame,
+    label: Mapping,
+    time: np.ndarray,
+    cause: np.ndarray,
+    t: float,
+    reasons: dict[str, str],
+) -> dict[str, float | None]:
+    """Each cause's observed (Aalen-Johansen) and mean predicted cumulative incidence at ``t``."""
+    causes = int(label["causes"])
+    predicted = competing.model_cif(rows, label, [t])
+    observed = competing.aalen_johansen(time, cause, [t], causes)[:, 0]
+    out: dict[str, float | None] = {}
+    for c in range(1, causes + 1):
+        key = f"cif_observed_cause{c}"
+        out[key] = float(observed[c - 1])
+        if t > time.max():
+            out[key] = None
+            reasons[key] = f"t = {t:g} is beyond the evaluated follow-up ({time.max():g})"
+        key = f"cif_predicted_cause{c}"
+        out[key] = None if predicted is None else float(predicted[:, c - 1, 0].mean())
+        if predicted is None:
+            reasons[key] = "no cif_<label>_<cause>_grid<k> columns in the predictions"
+    return out
+
+
 def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
     """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
 
@@ -697,7 +726,9 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             f"counting as the event (risk_{name}, surv_{name}_*). c_index_cause<c> is Wolbers' "
             f"concordance of risk_{name}_<c> (restricted mean time lost to cause c) for cause c: "
             "a cause-c failure is compared with everyone event-free after it and with every "
-            "other-cause failure, at any time; no censoring weights."
+            "other-cause failure, at any time; no censoring weights. cif_observed_cause<c> "
+            "(Aalen-Johansen) and cif_predicted_cause<c> (mean predicted CIF) are cause c's "
+            "cumulative incidence at the calibration time."
         )
     calibration_time = float(np.median(eval_times))
     section.notes.append(
@@ -731,6 +762,13 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         point.update(discrete.curve_metrics(scored, label, reference, reasons))
         cause_risk = rows[cause_columns].to_numpy(dtype=float)
         point.update(_cause_metrics(time, event, cause_risk, reasons))
+        cif_arrays = {}
+        if causes:
+            point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
+            times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
+            predicted_cif = competing.model_cif(rows, label, times)
+            if predicted_cif is not None:
+                cif_arrays = {"cif_times": times, "cif_mean": predicted_cif.mean(axis=0)}
         intervals: dict[str, BootstrapCI] = {}
         if ctx.n_bootstrap > 0 and n > 1:
             m = bootstrap_size(n, ctx.max_rows_bootstrap)
@@ -785,11 +823,16 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             Subset(
                 split,
                 group,
-                {"time": time, "event": event, "risk_group": assign_risk_groups(risk, cutpoints)},
+                {
+                    "time": time,
+                    "event": event,
+                    "risk_group": assign_risk_groups(risk, cutpoints),
+                    **cif_arrays,
+                },
                 calibration=table,
             )
         )
-    section.info.update(calibration_time=calibration_time)
+    section.info.update(calibration_time=calibration_time, causes=causes)
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     if calibration_tables:
         table = pd.concat(calibration_tables, ignore_index=True)
@@ -829,6 +872,26 @@ def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
             title=f"{name}: Kaplan-Meier by risk group",
         ),
     )
+    causes = section.info.get("causes")
+    with_cif = {s: x for s, x in chosen.items() if "cif_mean" in x.arrays}
+    if causes and with_cif:
+        add_figure(
+            section,
+            ctx,
+            "cumulative_incidence",
+            f"Cumulative incidence of each cause of {name}, one panel per split "
+            f"({', '.join(with_cif)}): Aalen-Johansen estimate (steps) and mean predicted "
+            "cumulative incidence (dashed).",
+            plot_cumulative_incidence_panels(
+                {
+                    s: (x.arrays["time"], x.arrays["event"], x.arrays["cif_times"],
+                        x.arrays["cif_mean"])
+                    for s, x in with_cif.items()
+                },
+                causes,
+                title=f"{name}: cumulative incidence by cause",
+            ),
+        )  # fmt: skip
     t = section.info["calibration_time"]
     tables = {s: x.calibration for s, x in chosen.items() if x.calibration is not None}
     add_figure(
