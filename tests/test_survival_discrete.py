@@ -167,6 +167,22 @@ def test_grid_with_tied_times_still_has_num_durations_cuts():
     assert any(len(c) == 10 and np.array_equal(c, cuts) for c in candidates)
 
 
+@pytest.mark.parametrize("model", discrete.DISCRETE_MODELS)
+def test_a_batch_without_an_event_inside_the_grid_is_discretised_as_pycox_does(model):
+    # pycox 0.3.0's transform fails on such a batch (e.g. a validation batch, all censored).
+    cuts = np.array([0.0, 2.0, 5.0, 9.0])
+    time, event = np.array([1.0, 3.0, 12.0]), np.array([0.0, 0.0, 1.0])  # event beyond the grid
+    # pycox's transform treats each case alone: beside an event inside the grid it runs.
+    expected = LabTransDiscreteTime(cuts).transform(np.append(time, 4.0), np.append(event, 1.0))
+    idx, events = discrete.discretize(cuts, time, event)
+    assert idx.tolist() == expected[0][:-1].tolist() == [0, 1, 3]  # censored: previous cut
+    assert events.tolist() == expected[1][:-1].tolist() == [0, 0, 0]
+    task = _task(model)
+    task.cuts[0] = cuts
+    batch = {"target": torch.tensor(event)[:, None], "time": torch.tensor(time)[:, None]}
+    assert torch.isfinite(task.loss(torch.zeros(3, 4), batch, 0))
+
+
 def _check_run(run, csv, label="label_death"):
     """Curves monotone in [0, 1]; metrics equal scikit-survival and pycox on the same arrays."""
     pred = pd.read_csv(run / "predictions.csv")
@@ -286,7 +302,8 @@ def test_two_endpoints_and_fused_image_table(dataset, tmp_path, pycox_ibs):
 def test_event_that_is_not_0_or_1_is_a_clear_error(dataset, tmp_path):
     csv = dataset(task="survival", n=32, images=False)
     df = pd.read_csv(csv)
-    df.loc[3, "label_death"] = 2  # a cause code: single-event models need 0/1
+    df["label_death"] = df["label_death"].astype(float)
+    df.loc[3, "label_death"] = 0.5  # neither 0/1 nor a cause code 1..K
     df.to_csv(csv, index=False)
     cfg = compose_config(
         [f"data.csv={csv}", "task=survival", "task.model=deephit", "model/extractor=none", *FAST]

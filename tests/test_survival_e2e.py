@@ -36,7 +36,7 @@ def _error(csv) -> str:
     [
         ({(3, "period_death"): -1.0}, "negative"),
         ({(3, "period_death"): np.nan}, "missing"),
-        ({(3, "label_death"): 2}, "0 (censored) or 1"),
+        ({(3, "label_death"): 0.5}, "0 (censored) or 1"),  # 2 would be a cause code
     ],
 )
 def test_bad_survival_values(dataset, problem, expected):

@@ -55,7 +55,8 @@ class LabelSpec:
 
     ``classes`` is the sorted class list of the training split (classification);
     ``mean``/``std`` are training statistics of a regression target; ``period`` is the time
-    column paired with a survival event label.
+    column paired with a survival event label; ``causes`` is K for a survival label coding
+    competing causes 1..K (0 = censored; None for a 0/1 event).
     """
 
     name: str
@@ -64,6 +65,7 @@ class LabelSpec:
     mean: float | None = None
     std: float | None = None
     period: str | None = None
+    causes: int | None = None
 
     @property
     def output_dim(self) -> int:

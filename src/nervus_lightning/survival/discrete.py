@@ -103,9 +103,18 @@ def discretize(cuts: np.ndarray, time: Any, event: Any) -> tuple[np.ndarray, np.
     """Interval index and event indicator of each case (pycox's ``LabTransDiscreteTime``)."""
     from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 
-    return LabTransDiscreteTime(np.asarray(cuts, dtype=np.float64)).transform(
-        as_numpy(time), as_numpy(event)
+    cuts = np.asarray(cuts, dtype=np.float64)
+    time, event = as_numpy(time), as_numpy(event)
+    # pycox 0.3.0's transform fails on cases without an event inside the grid (the max of an
+    # empty array), e.g. a validation batch that is all censored: one event at the first cut
+    # is added for it and dropped from the result.
+    inside = (event != 0) & (time <= cuts[-1])
+    if inside.any():
+        return LabTransDiscreteTime(cuts).transform(time, event)
+    idx, events = LabTransDiscreteTime(cuts).transform(
+        np.append(time, cuts[0]).astype(time.dtype), np.append(event, 1.0).astype(event.dtype)
     )
+    return idx[:-1], events[:-1]
 
 
 def discrete_loss(

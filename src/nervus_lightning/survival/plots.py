@@ -182,6 +182,38 @@ def plot_km_risk_group_panels(
     return fig
 
 
+def plot_cumulative_incidence_panels(
+    panels: Mapping[str, tuple[Any, Any, Any, Any]], causes: int, *, title: str = ""
+) -> Figure:
+    """Observed (Aalen-Johansen, steps) and mean predicted (lines) cumulative incidence of each
+    competing cause, one panel per data set: ``panels`` maps the panel title to
+    ``(time, cause, times, mean_predicted)`` with ``mean_predicted`` ``(causes, len(times))``.
+    """
+    from nervus_lightning.survival.competing import aalen_johansen
+
+    n = len(panels)
+    fig = Figure(figsize=(4.6 * n, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    colors = [f"C{c}" for c in range(causes)]
+    for ax, (name, (time, cause, times, predicted)) in zip(axes, panels.items(), strict=True):
+        time = as_numpy(time)
+        steps = np.unique(np.concatenate([[0.0], time[time <= np.max(times)]]))
+        observed = aalen_johansen(time, cause, steps, causes)
+        for c in range(causes):
+            ax.step(steps, observed[c], where="post", color=colors[c], label=f"cause {c + 1}")
+            ax.plot(as_numpy(times), np.asarray(predicted)[c], color=colors[c], linestyle="--")
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel("Time")
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Cumulative incidence")
+    axes[0].legend(loc="upper left", title="steps: Aalen-Johansen\ndashed: mean predicted")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def plot_td_auc(times: Any, auc: Any, mean_auc: float | None, path: str | os.PathLike) -> Path:
     """Time-dependent AUC against time, with the mean AUC as a dashed line; writes a PNG."""
     times = as_numpy(times)

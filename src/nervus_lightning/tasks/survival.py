@@ -7,6 +7,13 @@ training aggregates holds for every model (their Breslow baseline is then fitted
 score but the evaluation does not use it: ``ibs`` and the calibration read the model's own
 curves, :func:`nervus_lightning.survival.discrete.model_survival`).
 
+An event column coding competing causes (0 censored, 1..K, K >= 2; ``LabelSpec.causes``) makes a
+competing-risk endpoint, DeepHit only: ``K * num_durations`` outputs, the causes' cumulative
+incidences, per-cause risks and Wolbers' cause-specific C of
+:mod:`nervus_lightning.survival.competing`. Everything else (reference, risk groups, the
+single-event metrics, figures, calibration) then reads the event-free survival, any cause being
+the event, for which those single-event statistics are correct.
+
 The head outputs a log hazard ratio. After training, the task fits on the training split what
 survival predictions and metrics need -- a
 :class:`~nervus_lightning.survival.reference.SurvivalReference`: Breslow's baseline cumulative
@@ -69,7 +76,7 @@ from nervus_lightning.evaluation.survival_calibration import (
     survival_calibration_table,
 )
 from nervus_lightning.options import check_choice, check_number
-from nervus_lightning.survival import discrete
+from nervus_lightning.survival import competing, discrete
 from nervus_lightning.survival.loss import TIES, cox_loss
 from nervus_lightning.survival.metrics import (
     MAX_ROWS_EXACT,
@@ -78,9 +85,17 @@ from nervus_lightning.survival.metrics import (
     ipcw_subsample,
     survival_metrics,
 )
-from nervus_lightning.survival.plots import plot_km_risk_group_panels
+from nervus_lightning.survival.plots import (
+    plot_cumulative_incidence_panels,
+    plot_km_risk_group_panels,
+)
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.base import Task, zero_loss
+
+
+def _codes(values: pd.Series) -> str:
+    """The first few distinct values of a column, as a user wrote them (e.g. ``[1.5, 3]``)."""
+    return "[" + ", ".join(f"{v:g}" for v in sorted(values.unique())[:3]) + "]"
 
 
 class SurvivalTask(Task):
@@ -93,8 +108,9 @@ class SurvivalTask(Task):
         risk_groups: number of risk groups for Kaplan-Meier curves and the log-rank test
             (cut-points: quantiles of the training risks; 2 = median split).
         model: ``cox`` (DeepSurv, default) or a discrete-time model that does not assume
-            proportional hazards: ``logistic_hazard``, ``pmf`` or ``deephit`` (single event);
-            see :mod:`nervus_lightning.survival.discrete`.
+            proportional hazards: ``logistic_hazard``, ``pmf`` or ``deephit`` (single event, or
+            competing causes: :mod:`nervus_lightning.survival.competing`); see
+            :mod:`nervus_lightning.survival.discrete`.
         num_durations: size of the discrete time grid (and of the head) of those models.
         alpha, sigma: DeepHit's weighting of likelihood vs rank loss and its rank-loss scale.
     """
@@ -109,13 +125,21 @@ class SurvivalTask(Task):
     )
 
     def export_name(self, j: int) -> str:
-        # A discrete-time model's graph returns the survival curve, not a risk.
-        prefix = "surv" if self.is_discrete else self.export_prefix
+        # A discrete-time model's graph returns the survival curve (or the causes' cumulative
+        # incidences), not a risk.
+        prefix = "cif" if self.causes(j) else "surv" if self.is_discrete else self.export_prefix
         return f"{prefix}_{self.labels[j].name}"
 
     def export_output(self, j: int) -> dict[str, Any]:
         out = {**super().export_output(j), "period": self.labels[j].period}
-        if self.is_discrete:
+        if self.causes(j):
+            out["meaning"] = (
+                f"cumulative incidence of causes 1..{self.causes(j)} at each time of 'grid', "
+                "cause by cause (the first len(grid) values are cause 1); event-free survival "
+                "is 1 minus their sum; between grid times interpolate linearly; constant "
+                "after the last grid time"
+            )
+        elif self.is_discrete:
             out["meaning"] = (
                 f"survival probability at each time of 'grid' ({self.model} model); between "
                 "grid times interpolate linearly (constant density); constant before the first "
@@ -169,12 +193,20 @@ class SurvivalTask(Task):
         self.risk_groups = risk_groups
         self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.references: list[SurvivalReference | None] = [None] * len(labels)
+        competing = [s.name for s in labels if s.causes]
+        if competing and self.model != "deephit":
+            raise NervusInputError(
+                f"survival label(s) {competing} code competing causes (0 = censored, 1..K = "
+                f"cause), which only DeepHit models; task.model={self.model} needs 0/1 events. "
+                "Set task.model=deephit, or recode the column as 0/1 (any cause = event)."
+            )
 
     @classmethod
     def label_spec(
         cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
     ) -> LabelSpec:
-        """Event label 0/1 with its time column ``period_<name>`` (or ``periods_<name>``)."""
+        """Event label 0/1 (or competing causes 0/1..K) with its time column ``period_<name>``
+        (or ``periods_<name>``)."""
         period = period_column_for(column, df.columns)
         if period is None:
             periods = [c for c in df.columns if c.startswith(PERIOD_PREFIXES)]
@@ -191,12 +223,7 @@ class SurvivalTask(Task):
             df, column, path, df.index, "survival event, 0 = censored, 1 = event"
         )
         times = numeric_column(df, period, path, df.index, "survival time")
-        bad = events.notna() & ~events.isin([0.0, 1.0])
-        if bad.any():
-            raise NervusInputError(
-                f"{path}: survival event column '{column}' must be 0 (censored) or 1 (event) but "
-                f"has {sorted(events[bad].unique())[:3]} at {csv_lines(events.index[bad])}."
-            )
+        causes = cls._causes(events, path, column, train_rows)
         has_event = events.notna()
         check_no_missing(
             times[has_event | times.index.isin(train_rows)],
@@ -211,12 +238,54 @@ class SurvivalTask(Task):
                 f"{path}: survival time column '{period}' has negative values at "
                 f"{csv_lines(times.index[negative])}. Times must be >= 0."
             )
-        if events[train_rows].sum() == 0:
+        if (events[train_rows] != 0).sum() == 0:
             raise NervusInputError(
                 f"{path}: survival label '{column}' has no events (all 0) in the training split; "
                 "a Cox model cannot learn without events."
             )
-        return LabelSpec(name=column, task=cls.kind, period=period)
+        return LabelSpec(name=column, task=cls.kind, period=period, causes=causes)
+
+    @staticmethod
+    def _causes(events: pd.Series, path: Path, column: str, train_rows: pd.Index) -> int | None:
+        """K for an event column coding competing causes 0 (censored) / 1..K, K >= 2; None for
+        a 0/1 event column (see :mod:`nervus_lightning.survival.competing`)."""
+        known = events.notna()
+        bad = known & ((events < 0) | (events != events.round()))
+        if bad.any():
+            raise NervusInputError(
+                f"{path}: survival event column '{column}' must be 0 (censored) or 1 (event), or "
+                "for competing risks the cause 1, 2, ... of the first event, but has "
+                f"{_codes(events[bad])} at {csv_lines(events.index[bad])}."
+            )
+        trained = events[train_rows].dropna()
+        causes = int(trained.max()) if len(trained) else 0
+        if causes < 2:
+            beyond = known & (events > 1)
+            if beyond.any():
+                raise NervusInputError(
+                    f"{path}: survival event column '{column}' has causes "
+                    f"{_codes(events[beyond])} at {csv_lines(events.index[beyond])} "
+                    "but the training split has only 0/1: a cause needs training events. "
+                    "Move cases with those causes into the training split or recode them."
+                )
+            return None
+        unseen = [c for c in range(1, causes + 1) if not (trained == c).any()]
+        if unseen:
+            raise NervusInputError(
+                f"{path}: survival event column '{column}' codes competing causes 1..{causes}, "
+                f"but cause(s) {unseen} have no event in the training split; the model cannot "
+                "learn a cause without events. Number the causes 1..K without gaps, or merge "
+                "rare causes."
+            )
+        beyond = known & (events > causes)
+        if beyond.any():
+            raise NervusInputError(
+                f"{path}: survival event column '{column}' has cause(s) "
+                f"{_codes(events[beyond])} at {csv_lines(events.index[beyond])} "
+                f"beyond the training split's causes 1..{causes}: a cause needs training "
+                "events. Move such cases into the training split or recode them."
+            )
+        return causes
 
     @classmethod
     def check_columns(
@@ -236,7 +305,14 @@ class SurvivalTask(Task):
 
     @classmethod
     def check_prediction_labels(cls, df: pd.DataFrame, path: Path, spec: LabelSpec) -> None:
-        numeric_column(df, spec.name, path, df.index, "survival label")
+        events = numeric_column(df, spec.name, path, df.index, "survival label")
+        bad = events.notna() & ~events.isin(np.arange(spec.causes + 1)) if spec.causes else None
+        if bad is not None and bad.any():
+            raise NervusInputError(
+                f"{path}: survival label '{spec.name}' must hold 0 (censored) or a cause "
+                f"1..{spec.causes} (the model's competing causes) but has "
+                f"{_codes(events[bad])} at {csv_lines(events.index[bad])}."
+            )
         if spec.period and spec.period in df.columns:
             numeric_column(df, spec.period, path, df.index, "survival time")
 
@@ -257,7 +333,7 @@ class SurvivalTask(Task):
     ) -> None:
         """Warn when batches would often hold no event (they teach the Cox model nothing)."""
         for spec in labels:
-            rate = float(pd.to_numeric(train[spec.name]).mean())
+            rate = float((pd.to_numeric(train[spec.name]) != 0).mean())
             p_empty = (1.0 - rate) ** batch_size
             if p_empty > 0.05:
                 warnings.warn(
@@ -280,7 +356,13 @@ class SurvivalTask(Task):
     def is_discrete(self) -> bool:
         return self.model != "cox"
 
+    def causes(self, j: int) -> int | None:
+        """K of a competing-risk label (:mod:`nervus_lightning.survival.competing`), else None."""
+        return self.labels[j].causes
+
     def head_size(self, j: int) -> int:
+        if self.causes(j):
+            return self.causes(j) * self.num_durations
         return self.num_durations if self.is_discrete else 1
 
     def fit_before_training(self, train: pd.DataFrame) -> None:
@@ -292,8 +374,10 @@ class SurvivalTask(Task):
             time = pd.to_numeric(train[spec.period], errors="coerce").to_numpy(np.float32)
             event = pd.to_numeric(train[spec.name], errors="coerce").to_numpy(np.float64)
             known = ~(np.isnan(time) | np.isnan(event))
+            # Competing causes: the grid of "any event".
+            any_event = (event[known] != 0).astype(np.float64)
             self.cuts[j] = discrete.fit_grid(
-                time[known], event[known], self.num_durations, where=f"label '{spec.name}': "
+                time[known], any_event, self.num_durations, where=f"label '{spec.name}': "
             )
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
@@ -324,12 +408,20 @@ class SurvivalTask(Task):
         known = ~(torch.isnan(event) | torch.isnan(time))
         if not bool(known.any()):
             return zero_loss(output)
+        if self.causes(j):
+            return competing.competing_loss(
+                phi[known], self.causes(j), self.cuts[j], time[known], event[known],
+                self.alpha, self.sigma,
+            )  # fmt: skip
         return discrete.discrete_loss(
             self.model, phi[known], self.cuts[j], time[known], event[known], self.alpha, self.sigma
         )
 
     def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
         # Discrete-time models: the survival curve at the grid's cut points.
+        # Competing risks: each cause's cumulative incidence at the cut points (cause-major).
+        if self.causes(j):
+            return competing.grid_cif(output, self.causes(j))
         if self.is_discrete:
             return discrete.grid_survival(self.model, output)
         return output.float()
@@ -361,9 +453,17 @@ class SurvivalTask(Task):
         return self.references[j] is not None
 
     def _risk(self, values: np.ndarray, j: int) -> np.ndarray:
+        if self.causes(j):
+            return discrete.risk_score(self._survival_grid(values, j), self.cuts[j])
         if self.is_discrete:
             return discrete.risk_score(values, self.cuts[j])
         return values[:, 0].astype(np.float64)
+
+    def _survival_grid(self, values: np.ndarray, j: int) -> np.ndarray:
+        """Survival at the cut points: the head's curve, or 1 - sum of the causes' CIFs."""
+        if self.causes(j):
+            return competing.survival_from_cif(competing.split_cif(values, self.causes(j)))
+        return np.asarray(values, dtype=np.float64)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {
@@ -392,6 +492,8 @@ class SurvivalTask(Task):
         out = {} if reference is None else reference.to_json()
         if self.is_discrete and self.cuts[j] is not None:
             out.update(survival_model=self.model, grid=self.cuts[j].tolist())
+        if self.causes(j):
+            out.update(causes=self.causes(j))
         return out
 
     # -- outputs ---------------------------------------------------------------------------
@@ -399,10 +501,23 @@ class SurvivalTask(Task):
         name = self.labels[j].name
         risk = self._risk(values, j)
         cols: dict[str, Any] = {f"risk_{name}": risk}
+        causes = self.causes(j)
+        if causes:
+            cif = competing.split_cif(values, causes)
+            for c, cause_risk in enumerate(competing.cause_risks(cif, self.cuts[j]).T, 1):
+                cols[f"risk_{name}_{c}"] = cause_risk
+        surv_grid = self._survival_grid(values, j)
         reference = self.references[j]
         if reference is not None:
+            if causes:
+                for c in range(1, causes + 1):
+                    at = discrete.interpolate_survival(
+                        cif[:, c - 1], self.cuts[j], reference.eval_times
+                    )
+                    for k, t in enumerate(reference.eval_times):
+                        cols[competing.cif_column(name, c, format_time(t))] = at[:, k]
             if self.is_discrete:
-                surv = discrete.interpolate_survival(values, self.cuts[j], reference.eval_times)
+                surv = discrete.interpolate_survival(surv_grid, self.cuts[j], reference.eval_times)
             else:
                 surv = reference.survival(risk, reference.eval_times)
             for k, t in enumerate(reference.eval_times):
@@ -411,8 +526,12 @@ class SurvivalTask(Task):
         if self.is_discrete:
             # The whole curve on the grid, so that the evaluation (predictions.csv and
             # schema.json only) can compute the curve-based metrics.
-            for k in range(values.shape[1]):
-                cols[discrete.grid_column(name, k)] = values[:, k].astype(np.float64)
+            for k in range(surv_grid.shape[1]):
+                cols[discrete.grid_column(name, k)] = surv_grid[:, k]
+        if causes:
+            for c in range(1, causes + 1):
+                for k in range(cif.shape[2]):
+                    cols[competing.cif_grid_column(name, c, k)] = cif[:, c - 1, k]
         return cols
 
     def _split_arrays(self, frame: pd.DataFrame, j: int) -> tuple[np.ndarray, ...] | None:
@@ -513,6 +632,48 @@ def _large_split_notes(n: int, ctx: EvalContext) -> dict[str, str | None]:
     return notes
 
 
+def _cause_metrics(
+    time: np.ndarray,
+    cause: np.ndarray,
+    cause_risk: np.ndarray,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """Wolbers' C of each competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0)."""
+    out: dict[str, float | None] = {}
+    for c in range(1, cause_risk.shape[1] + 1):
+        key = f"c_index_cause{c}"
+        out[key] = competing.cause_concordance(time, cause, cause_risk[:, c - 1], c)
+        if out[key] is None and reasons is not None:
+            reasons[key] = f"no cause-{c} event with a comparable pair"
+    return out
+
+
+def _cif_calibration(
+    rows: pd.DataFrame,
+    label: Mapping,
+    time: np.ndarray,
+    cause: np.ndarray,
+    t: float,
+    reasons: dict[str, str],
+) -> dict[str, float | None]:
+    """Each cause's observed (Aalen-Johansen) and mean predicted cumulative incidence at ``t``."""
+    causes = int(label["causes"])
+    predicted = competing.model_cif(rows, label, [t])
+    observed = competing.aalen_johansen(time, cause, [t], causes)[:, 0]
+    out: dict[str, float | None] = {}
+    for c in range(1, causes + 1):
+        key = f"cif_observed_cause{c}"
+        out[key] = float(observed[c - 1])
+        if t > time.max():
+            out[key] = None
+            reasons[key] = f"t = {t:g} is beyond the evaluated follow-up ({time.max():g})"
+        key = f"cif_predicted_cause{c}"
+        out[key] = None if predicted is None else float(predicted[:, c - 1, 0].mean())
+        if predicted is None:
+            reasons[key] = "no cif_<label>_<cause>_grid<k> columns in the predictions"
+    return out
+
+
 def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
     """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
 
@@ -550,6 +711,25 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             f"ibs and calibration from the {label['survival_model']} model's own survival curves "
             "(interpolated between its grid times), not from a Breslow baseline."
         )
+    causes = int(label.get("causes") or 0)
+    cause_columns = [f"risk_{name}_{c}" for c in range(1, causes + 1)]
+    if causes and not set(cause_columns) <= set(df.columns):
+        section.notes.append(
+            f"Competing causes 1..{causes} but no {cause_columns[0]}... columns in the "
+            "predictions: cause-specific concordance not computed."
+        )
+        causes, cause_columns = 0, []
+    if causes:
+        section.notes.append(
+            f"Competing risks (causes 1..{causes}): the metrics without a cause number, the "
+            "Kaplan-Meier risk groups and the calibration are for event-free survival, any cause "
+            f"counting as the event (risk_{name}, surv_{name}_*). c_index_cause<c> is Wolbers' "
+            f"concordance of risk_{name}_<c> (restricted mean time lost to cause c) for cause c: "
+            "a cause-c failure is compared with everyone event-free after it and with every "
+            "other-cause failure, at any time; no censoring weights. cif_observed_cause<c> "
+            "(Aalen-Johansen) and cif_predicted_cause<c> (mean predicted CIF) are cause c's "
+            "cumulative incidence at the calibration time."
+        )
     calibration_time = float(np.median(eval_times))
     section.notes.append(
         f"Calibration at t = {calibration_time:g} (middle evaluation time); "
@@ -580,6 +760,15 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         sub = ipcw_subsample(n, ctx.max_rows_exact, ctx.seed)
         scored = rows if sub is None else rows.iloc[sub]
         point.update(discrete.curve_metrics(scored, label, reference, reasons))
+        cause_risk = rows[cause_columns].to_numpy(dtype=float)
+        point.update(_cause_metrics(time, event, cause_risk, reasons))
+        cif_arrays = {}
+        if causes:
+            point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
+            times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
+            predicted_cif = competing.model_cif(rows, label, times)
+            if predicted_cif is not None:
+                cif_arrays = {"cif_times": times, "cif_mean": predicted_cif.mean(axis=0)}
         intervals: dict[str, BootstrapCI] = {}
         if ctx.n_bootstrap > 0 and n > 1:
             m = bootstrap_size(n, ctx.max_rows_bootstrap)
@@ -588,11 +777,14 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             if table is None and n <= ctx.max_rows_bootstrap:
                 table = reference.survival(risk, ibs_grid)
 
-            def resample_metrics(t, e, r, index, table=table):
-                return survival_metrics(
-                    reference, t, e, r, max_rows_exact=None, logrank=False,
-                    ibs_survival=None if table is None else table[index],
-                )  # fmt: skip
+            def resample_metrics(t, e, r, index, table=table, cause_risk=cause_risk):
+                return {
+                    **survival_metrics(
+                        reference, t, e, r, max_rows_exact=None, logrank=False,
+                        ibs_survival=None if table is None else table[index],
+                    ),
+                    **_cause_metrics(t, e, cause_risk[index]),
+                }  # fmt: skip
 
             distributions = bootstrap_distributions(
                 resample_metrics, time, event, risk, np.arange(n),
@@ -606,6 +798,8 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         large = _large_split_notes(n, ctx)
         section.add(split, group, "n", float(len(rows)))
         section.add(split, group, "events", float((event != 0).sum()))
+        for c in range(1, causes + 1):
+            section.add(split, group, f"events_cause{c}", float((event == c).sum()))
         for metric, value in point.items():
             note = [reasons.get(metric), large["ipcw"] if _is_ipcw(metric, ipcw_keys) else None]
             if metric in intervals:
@@ -629,11 +823,16 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             Subset(
                 split,
                 group,
-                {"time": time, "event": event, "risk_group": assign_risk_groups(risk, cutpoints)},
+                {
+                    "time": time,
+                    "event": event,
+                    "risk_group": assign_risk_groups(risk, cutpoints),
+                    **cif_arrays,
+                },
                 calibration=table,
             )
         )
-    section.info.update(calibration_time=calibration_time)
+    section.info.update(calibration_time=calibration_time, causes=causes)
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     if calibration_tables:
         table = pd.concat(calibration_tables, ignore_index=True)
@@ -673,6 +872,26 @@ def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
             title=f"{name}: Kaplan-Meier by risk group",
         ),
     )
+    causes = section.info.get("causes")
+    with_cif = {s: x for s, x in chosen.items() if "cif_mean" in x.arrays}
+    if causes and with_cif:
+        add_figure(
+            section,
+            ctx,
+            "cumulative_incidence",
+            f"Cumulative incidence of each cause of {name}, one panel per split "
+            f"({', '.join(with_cif)}): Aalen-Johansen estimate (steps) and mean predicted "
+            "cumulative incidence (dashed).",
+            plot_cumulative_incidence_panels(
+                {
+                    s: (x.arrays["time"], x.arrays["event"], x.arrays["cif_times"],
+                        x.arrays["cif_mean"])
+                    for s, x in with_cif.items()
+                },
+                causes,
+                title=f"{name}: cumulative incidence by cause",
+            ),
+        )  # fmt: skip
     t = section.info["calibration_time"]
     tables = {s: x.calibration for s, x in chosen.items() if x.calibration is not None}
     add_figure(

@@ -1,0 +1,267 @@
+"""Competing risks with DeepHit (label_<name> = 0 censored / 1..K cause): pycox's loss on the
+same batch, CIFs that add up with the event-free survival, Wolbers' cause-specific C against
+scikit-survival and a pair count, end to end with predict from the checkpoint alone, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import FAST, compose_config
+from pycox.models.data import pair_rank_mat
+from pycox.models.loss import DeepHitLoss
+from pycox.preprocessing.label_transforms import LabTransDiscreteTime
+from sksurv.metrics import concordance_index_censored
+from sksurv.nonparametric import cumulative_incidence_competing_risks
+
+from nervus_lightning.data.schema import LabelSpec, NervusInputError
+from nervus_lightning.predict import predict
+from nervus_lightning.survival import competing, discrete
+from nervus_lightning.survival.metrics import format_time
+from nervus_lightning.tasks.survival import SurvivalTask
+from nervus_lightning.train import train
+
+
+def _competing_data(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two causes with exponential times; ``x`` raises cause 1's hazard and lowers cause 2's."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    t1 = rng.exponential(10 * np.exp(-x))
+    t2 = rng.exponential(10 * np.exp(x))
+    censor = rng.exponential(20, n)
+    time = np.round(np.minimum.reduce([t1, t2, censor]), 2) + 0.01
+    cause = np.where(censor < np.minimum(t1, t2), 0, np.where(t1 < t2, 1, 2))
+    return time, cause.astype(np.float64), x
+
+
+def _task(num_durations: int = 6, causes: int = 2) -> SurvivalTask:
+    spec = LabelSpec(name="label_death", task="survival", period="period_death", causes=causes)
+    return SurvivalTask([spec], model="deephit", num_durations=num_durations, alpha=0.3, sigma=0.5)
+
+
+def test_loss_equals_pycox_deephit_loss_on_the_same_batch():
+    time, cause, _ = _competing_data()
+    time = time.astype(np.float32)  # as batches carry it
+    task = _task()
+    task.fit_before_training(pd.DataFrame({"period_death": time, "label_death": cause}))
+    cuts = task.cuts[0]
+    assert task.head_size(0) == 2 * 6
+    # pycox's competing-risk recipe: its transform on "any event", the cause kept where an
+    # event is kept; its DeepHitLoss on (n, causes, m) logits with its pair rank matrix.
+    idx, is_event = LabTransDiscreteTime(cuts).transform(time, (cause > 0).astype(float))
+    codes = np.where(is_event > 0, cause, 0).astype(np.int64)
+    phi = torch.randn(60, 12, generator=torch.Generator().manual_seed(0))
+    expected = DeepHitLoss(0.3, 0.5)(
+        phi.view(60, 2, 6),
+        torch.from_numpy(idx),
+        torch.from_numpy(codes),
+        torch.from_numpy(pair_rank_mat(idx, codes)),
+    )
+    batch = {
+        "target": torch.tensor(cause).float()[:, None],
+        "time": torch.tensor(time).float()[:, None],
+    }
+    got = task.loss(phi, batch, 0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # A time beyond the last cut (val, test) is censored there, as in pycox's example.
+    late_idx, late = competing.discretize_causes(cuts, [cuts[-1] * 2], [2])
+    assert late_idx.tolist() == [len(cuts) - 1] and late.tolist() == [0]
+
+
+def test_cifs_monotone_in_unit_interval_and_add_up_with_survival():
+    task = _task()
+    phi = 3 * torch.randn(40, 12, generator=torch.Generator().manual_seed(1))
+    values = task.transform_output(phi, 0).numpy()
+    cif = competing.split_cif(values, 2)
+    surv = competing.survival_from_cif(cif)
+    assert ((cif >= 0) & (cif <= 1)).all() and (np.diff(cif, axis=2) >= -1e-7).all()
+    np.testing.assert_allclose(cif.sum(axis=1) + surv, 1.0, atol=1e-6)
+    assert (np.diff(surv, axis=1) <= 1e-7).all()
+    # pycox's DeepHit.predict_cif: the softmax over causes x times (+ "beyond the grid").
+    pmf = torch.softmax(torch.cat([phi, torch.zeros(40, 1)], dim=1), dim=1)[:, :-1]
+    np.testing.assert_allclose(cif, pmf.view(40, 2, 6).cumsum(2).numpy(), atol=1e-6)
+    # The per-cause risks (mean CIF over the grid) add up to the event-free risk.
+    cuts = np.array([0.0, 1.0, 2.0, 4.0, 7.0, 12.0])
+    risks = competing.cause_risks(cif, cuts)
+    np.testing.assert_allclose(risks.sum(axis=1), discrete.risk_score(surv, cuts), atol=1e-9)
+
+
+def _wolbers_by_pairs(time, cause, risk, c):
+    """Wolbers' C straight from its definition (scikit-survival's tie conventions)."""
+    concordant = comparable = 0.0
+    for i in np.flatnonzero(cause == c):
+        for j in range(len(time)):
+            if j == i:
+                continue
+            other = cause[j] not in (0, c)
+            later = time[j] > time[i] or (time[j] == time[i] and cause[j] == 0)
+            if not (other or later):
+                continue
+            comparable += 1
+            if abs(risk[i] - risk[j]) <= 1e-8:
+                concordant += 0.5
+            elif risk[i] > risk[j]:
+                concordant += 1
+    return concordant / comparable
+
+
+def test_wolbers_concordance_equals_scikit_survival_and_a_pair_count():
+    time, cause, x = _competing_data(80, seed=2)
+    time[:10] = time[10:20]  # tied times
+    rng = np.random.default_rng(0)
+    for c, risk in ((1, x + rng.normal(0, 1, 80)), (2, np.round(-x, 1))):
+        got = competing.cause_concordance(time, cause, risk, c)
+        event, moved = competing.wolbers_data(time, cause, c)
+        assert got == pytest.approx(concordance_index_censored(event, moved, risk)[0], rel=1e-12)
+        assert got == pytest.approx(_wolbers_by_pairs(time, cause, risk, c), rel=1e-12)
+    # Censoring the other cause instead gives another number: the comparable sets differ.
+    censored = concordance_index_censored(cause == 1, time, x)[0]
+    assert competing.cause_concordance(time, cause, x, 1) != pytest.approx(censored)
+    assert competing.cause_concordance(time, np.zeros(80), x, 1) is None
+
+
+def _write_csv(path: Path, n: int = 72, seed: int = 0) -> Path:
+    time, cause, x = _competing_data(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    split = np.array(["train"] * n, dtype=object)
+    split[n // 2 : 3 * n // 4] = "val"
+    split[3 * n // 4 :] = "test"
+    frame = pd.DataFrame(
+        {
+            "uniqID": [f"case{i:03d}" for i in range(n)],
+            "input_x": x,
+            "input_noise": rng.normal(size=n),
+            "label_death": cause.astype(int),
+            "period_death": time,
+            "split": split,
+        }
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _config(csv: Path, model: str = "deephit"):
+    overrides = [f"task.model={model}", "task.num_durations=6", "model/extractor=none"]
+    return compose_config([f"data.csv={csv}", "task=survival", *FAST, *overrides])
+
+
+def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_path):
+    csv = _write_csv(tmp_path / "cr.csv")
+    run = tmp_path / "run"
+    train(_config(csv), run)
+    pred = pd.read_csv(run / "predictions.csv")
+    schema = json.loads((run / "schema.json").read_text())
+    spec = schema["labels"][0]
+    assert spec["causes"] == 2 and spec["survival_model"] == "deephit"
+    cuts = np.asarray(spec["grid"])
+    cif = np.stack(
+        [
+            pred[[competing.cif_grid_column("label_death", c, k) for k in range(6)]].to_numpy()
+            for c in (1, 2)
+        ],
+        axis=1,
+    )
+    surv = pred[[discrete.grid_column("label_death", k) for k in range(6)]].to_numpy()
+    assert ((cif >= 0) & (cif <= 1)).all() and (np.diff(cif, axis=2) >= -1e-7).all()
+    np.testing.assert_allclose(cif.sum(axis=1) + surv, 1.0, atol=1e-6)
+    eval_cols = []
+    for c in (1, 2):
+        cols = [competing.cif_column("label_death", c, format_time(t)) for t in spec["eval_times"]]
+        expected = discrete.interpolate_survival(cif[:, c - 1], cuts, spec["eval_times"])
+        np.testing.assert_allclose(pred[cols].to_numpy(), expected, atol=1e-9)
+        eval_cols += cols
+    risks = competing.cause_risks(cif, cuts)
+    np.testing.assert_allclose(pred[["risk_label_death_1", "risk_label_death_2"]], risks, atol=1e-9)
+    np.testing.assert_allclose(pred.risk_label_death, discrete.risk_score(surv, cuts), atol=1e-9)
+    # Metrics: event-free survival (any cause) as single-event ones, Wolbers' C per cause.
+    metrics = json.loads((run / "metrics.json").read_text())["test"]["label_death"]
+    test = pred[pred.split == "test"]
+    assert metrics["c_index"] == pytest.approx(
+        concordance_index_censored(test.label_death != 0, test.period_death, test.risk_label_death)[
+            0
+        ]
+    )
+    for c in (1, 2):
+        event, moved = competing.wolbers_data(test.period_death, test.label_death, c)
+        expected = concordance_index_censored(event, moved, test[f"risk_label_death_{c}"])[0]
+        assert metrics[f"c_index_cause{c}"] == pytest.approx(expected)
+    # Observed cumulative incidence: scikit-survival's Aalen-Johansen estimate, read at the
+    # calibration time; predicted: the mean of the cases' CIFs there.
+    t = float(np.median(spec["eval_times"]))
+    unique, observed = cumulative_incidence_competing_risks(
+        test.label_death.to_numpy(), test.period_death.to_numpy()
+    )
+    at = np.searchsorted(unique, t, side="right") - 1
+    for c in (1, 2):
+        assert metrics[f"cif_observed_cause{c}"] == pytest.approx(observed[c, at])
+        mean = discrete.interpolate_survival(cif[pred.split == "test", c - 1], cuts, [t]).mean()
+        assert metrics[f"cif_predicted_cause{c}"] == pytest.approx(mean)
+    table = pd.read_csv(run / "evaluation" / "metrics.csv")
+    assert {"c_index_cause1", "events_cause2", "cif_observed_cause2"} <= set(table.metric)
+    assert (run / "evaluation" / "report.html").is_file()
+    assert list((run / "evaluation").rglob("cumulative_incidence.png"))
+    # The checkpoint alone reproduces the CIFs.
+    ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
+    assert torch.load(ckpt, weights_only=True)["nervus_task_state"]["grid.0"].shape == (6,)
+    predict(ckpt, csv, tmp_path / "pred")
+    again = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    columns = [c for c in pred.columns if c.startswith(("cif_", "surv_", "risk_label"))]
+    assert len([c for c in columns if c.startswith("cif_")]) == 2 * (6 + len(spec["eval_times"]))
+    np.testing.assert_allclose(again[columns], pred[columns], atol=1e-6)
+    assert set(eval_cols) <= set(again.columns)
+
+
+def _edit(csv: Path, **changes) -> Path:
+    frame = pd.read_csv(csv)
+    frame["label_death"] = frame["label_death"].astype(float)
+    for row, value in changes.items():
+        frame.loc[int(row[1:]), "label_death"] = value
+    frame.to_csv(csv, index=False)
+    return csv
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"r3": 1.5},
+            r"'label_death' must be 0 \(censored\) or 1 .*cause 1, 2.*\[1\.5\] at line 5",
+        ),
+        ({"r4": -1}, r"'label_death' must be 0.*\[-1\] at line 6"),
+        ({"r60": 3}, r"cause\(s\) \[3\] at line 62 beyond the training split's causes 1\.\.2"),
+    ],
+)
+def test_bad_cause_codes_are_clear_errors(tmp_path, changes, message):
+    csv = _edit(_write_csv(tmp_path / "cr.csv"), **changes)
+    with pytest.raises(NervusInputError, match=message):
+        train(_config(csv), tmp_path / "run")
+
+
+def test_a_cause_without_training_events_is_a_clear_error(tmp_path):
+    csv = _write_csv(tmp_path / "cr.csv")
+    frame = pd.read_csv(csv)
+    frame.loc[frame.label_death == 2, "label_death"] = 3  # causes 1 and 3: no cause 2
+    frame.to_csv(csv, index=False)
+    with pytest.raises(NervusInputError, match=r"cause\(s\) \[2\] have no event in the training"):
+        train(_config(csv), tmp_path / "run")
+
+
+@pytest.mark.parametrize("model", ["cox", "pmf"])
+def test_competing_causes_need_deephit(tmp_path, model):
+    csv = _write_csv(tmp_path / "cr.csv")
+    with pytest.raises(NervusInputError, match=r"label_death.*Set task.model=deephit"):
+        train(_config(csv, model), tmp_path / "run")
+
+
+def test_external_csv_with_an_unknown_cause_is_a_clear_error(tmp_path):
+    from nervus_lightning.data.schema import DataSchema, validate_for_prediction
+
+    csv = _edit(_write_csv(tmp_path / "cr.csv"), r70=5)
+    spec = LabelSpec("label_death", "survival", period="period_death", causes=2)
+    schema = DataSchema(labels=[spec], input_columns=["input_x", "input_noise"])
+    with pytest.raises(NervusInputError, match=r"cause 1\.\.2.*\[5\] at line 72"):
+        validate_for_prediction(csv, schema)
