@@ -225,7 +225,7 @@ def _flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
 def _fmt(value: float | None, metric: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if metric in ("n", "events"):
+    if metric in ("n", "events") or metric.startswith("events_cause"):
         return f"{value:.0f}"
     if metric == "logrank_p":
         return "< 0.001" if value < 0.001 else f"{value:.3f}"
