@@ -37,6 +37,12 @@ interpolated as the library does); Cox models (DeepSurv, ``coxph``): Breslow's e
 its own ``predict_survival_function``. For the discrete models the ``ibs`` is also checked
 against the one of their ``metrics.json``.
 
+``--recipe defaults`` trains the nervus models with the defaults a user gets on their own CSV
+instead of the presets' tuned settings: ``data.csv=<the data set's CSV> task=survival
+model/extractor=none`` and nothing else (``task.model=<method>`` for the discrete models); the
+CSV, the split and the seed are the same as above. Its per-seed values go to
+``benchmarks/results/survival_defaults.csv``.
+
 ``--evaluate val`` scores the validation split instead of the test split. It is the only mode
 used to choose DeepSurv's hyperparameters (``--override`` passes Hydra overrides to every
 nervus run), so the test split never influences a choice.
@@ -50,6 +56,8 @@ Usage::
     python benchmarks/survival.py --datasets whas500 --seeds 0 1 --quick
     python benchmarks/survival.py --evaluate val --override model.tabular.dropout=0.3 \\
         --csv /tmp/val.csv                                      # tuning, validation only
+    python benchmarks/survival.py --recipe defaults --methods deepsurv coxph \\
+        --datasets whas500 gbsg2 flchain                        # a user's defaults
 """
 
 from __future__ import annotations
@@ -93,6 +101,11 @@ SIMULATED = ("crossing",)
 DATASETS = (*PRESETS, *SIMULATED)
 SCORES = ("c_index", "c_index_antolini", "ibs")
 DEFAULT_CSV = Path(__file__).resolve().parent / "results" / "survival.csv"
+#: How the nervus models are configured: the presets' tuned settings, or a user's defaults.
+RECIPES = ("preset", "defaults")
+DEFAULTS_CSV = DEFAULT_CSV.with_name("survival_defaults.csv")
+#: The command a user runs on their own tabular survival CSV, after ``data.csv=...``.
+USER_DEFAULTS = ("task=survival", "model/extractor=none")
 # A quick run only checks that everything is wired; its numbers mean nothing.
 QUICK_OVERRIDES = ("trainer.max_epochs=2",)
 #: The presets' training recipe (conf/data/whas500.yaml), for the simulated CSV.
@@ -104,6 +117,7 @@ PRESET_RECIPE = (
     "model.tabular.hidden=[32]",
     "model.tabular.dropout=0.3",
     "model.tabular.norm=none",
+    "model.tabular.linear=false",
     "optimizer.lr=1.0e-2",
     "optimizer.weight_decay=1.0e-3",
     "trainer.max_epochs=150",
@@ -257,18 +271,23 @@ def fit_nervus(
     split: str,
     overrides: Sequence[str],
     run_dir: Path,
+    recipe: str = "preset",
 ) -> dict:
-    """Train through the library's recipe (``task.model`` of ``method``); scores on ``split``."""
+    """Train through the library's recipe (``task.model`` of ``method``); scores on ``split``.
+
+    ``recipe``: ``preset`` (the presets' tuned settings) or ``defaults`` (a user's command on the
+    same CSV, :data:`USER_DEFAULTS`)."""
     from hydra import compose, initialize_config_dir
 
     from nervus_lightning.config import config_dir
     from nervus_lightning.train import train
 
-    data = (
-        [f"data.csv={csv}", *PRESET_RECIPE]  # the split is the CSV's
-        if dataset in SIMULATED
-        else [f"data={dataset}", f"data.split_seed={seed}"]
-    )
+    if recipe == "defaults":
+        data = [f"data.csv={csv}", *USER_DEFAULTS]
+    elif dataset in SIMULATED:
+        data = [f"data.csv={csv}", *PRESET_RECIPE]  # the split is the CSV's
+    else:
+        data = [f"data={dataset}", f"data.split_seed={seed}"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
             config_name="train",
@@ -330,11 +349,14 @@ def run_benchmark(
     cox_alpha: float = 1e-4,
     quick: bool = False,
     partial_csv: Path | None = None,
+    recipe: str = "preset",
 ) -> pd.DataFrame:
     """One row per (dataset, seed, method): the :data:`SCORES` on ``evaluate`` and seconds
     (rewritten to ``partial_csv`` after every row, when given)."""
     if evaluate not in ("test", "val"):
         raise ValueError(f"evaluate must be 'test' or 'val', not {evaluate!r}")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, not {recipe!r}")
     overrides = [*(QUICK_OVERRIDES if quick else ()), *overrides]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -355,7 +377,14 @@ def run_benchmark(
                     elif method in NERVUS:
                         with tempfile.TemporaryDirectory() as run_dir:
                             scores = fit_nervus(
-                                dataset, csv, seed, method, evaluate, overrides, Path(run_dir)
+                                dataset,
+                                csv,
+                                seed,
+                                method,
+                                evaluate,
+                                overrides,
+                                Path(run_dir),
+                                recipe,
                             )
                     else:
                         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -365,6 +394,7 @@ def run_benchmark(
                             "seed": seed,
                             "method": method,
                             "split": evaluate,
+                            "recipe": recipe,
                             **scores,
                             "seconds": time.perf_counter() - start,
                         }
@@ -417,15 +447,28 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--evaluate", choices=("test", "val"), default="test")
     parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="preset",
+        help="nervus settings: the presets' tuned ones, or a user's defaults on the same CSV",
+    )
+    parser.add_argument(
         "--override", action="append", default=[], help="Hydra override for every nervus run"
     )
     parser.add_argument("--cox-alpha", type=float, default=1e-4)
     parser.add_argument("--quick", action="store_true", help="2 epochs: a wiring check only")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="per-seed results")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        help=f"per-seed results (default {DEFAULT_CSV.name}, "
+        f"{DEFAULTS_CSV.name} with --recipe defaults)",
+    )
     parser.add_argument(
         "--summarize", type=Path, nargs="+", help="only print the table of these per-seed CSVs"
     )
     args = parser.parse_args(argv)
+    if args.csv is None:
+        args.csv = DEFAULTS_CSV if args.recipe == "defaults" else DEFAULT_CSV
     if args.summarize:
         results = pd.concat([pd.read_csv(p) for p in args.summarize], ignore_index=True)
         print(format_table(summarize(results), results["split"].iloc[0]))
@@ -445,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         cox_alpha=args.cox_alpha,
         quick=args.quick,
         partial_csv=args.csv,
+        recipe=args.recipe,
     )
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(args.csv, index=False, float_format="%.6f")

@@ -253,11 +253,13 @@ def view_forward(
     blocks: list[torch.Tensor],
     v: int,
     view_mask: torch.Tensor | None = None,
+    tabular: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``(B, C, H, W)`` image of view ``v`` -> raw output of head ``j``, every other feature
     block fixed at ``blocks`` (from ``net.feature_blocks``, detached): only view ``v`` passes
     through its extractor. Where ``view_mask`` is False the view's "missing" embedding is used,
-    as the network does, so the output is the network's own."""
+    as the network does, so the output is the network's own (``tabular``: the raw inputs, for
+    a net with linear terms)."""
     extractor = net.image_extractors()[v]
     fixed = [b.detach() for b in blocks]
 
@@ -266,7 +268,7 @@ def view_forward(
         if view_mask is not None and net.missing_view_features is not None:
             missing = net.missing_view_features[v].to(live.dtype)
             live = torch.where(view_mask[:, v : v + 1], live, missing)
-        return net.fuse([*fixed[:v], live, *fixed[v + 1 :]])[j]
+        return net.fuse([*fixed[:v], live, *fixed[v + 1 :]], tabular)[j]
 
     return forward
 
@@ -291,7 +293,7 @@ def view_grad_cams(
         blocks = net.feature_blocks(image, tabular, view_mask)
     views = image.unbind(1) if image.ndim == 5 else (image,)
     return [
-        grad_cam(view_forward(net, j, blocks, v, view_mask), pixels, layers[v], target)
+        grad_cam(view_forward(net, j, blocks, v, view_mask, tabular), pixels, layers[v], target)
         for v, pixels in enumerate(views)
     ]
 

@@ -105,6 +105,24 @@ def _infer_features(module: nn.Module, in_channels: int, image_size: int) -> int
     return int(out.flatten(1).shape[1])
 
 
+def linear_term_by_default(schema: DataSchema, task: Any) -> bool:
+    """``model.tabular.linear=auto``: a linear term for Cox survival heads on tabular inputs alone.
+
+    Linear Cox is the reference every tabular prognosis model is judged against; with the term
+    the deep model starts as that model and training adds the network on top. Discrete-time
+    heads (``logistic_hazard``, ``pmf``, ``deephit``) do not get it by default: their linear
+    special case (one logistic model per time interval) is not the reference model, and a zero
+    network start there means flat, uninformed curves rather than a fitted model. Runs with
+    images keep their fusion as it was (set ``model.tabular.linear=true`` to add the term there).
+    """
+    return (
+        schema.task == "survival"
+        and not getattr(task, "is_discrete", True)
+        and bool(schema.input_columns)
+        and not schema.has_images
+    )
+
+
 class NervusModule(L.LightningModule):
     """Lightning wrapper of a Nervus model.
 
@@ -116,7 +134,14 @@ class NervusModule(L.LightningModule):
             ``load_from_checkpoint``). With several views per case (``schema.views``),
             ``shared: true`` (default) runs one extractor on every view and ``shared: false``
             builds one per view; a given ``nn.Module`` is shared.
-        tabular: tabular MLP options ``{name: mlp|none, hidden, dropout, norm}``.
+        tabular: tabular MLP options ``{name: mlp|none, hidden, dropout, norm, linear}``.
+            ``linear``: a linear term of the standardised tabular inputs beside the network in
+            every head (``NervusNet(linear=True)``: the network's path starts at exactly zero
+            and, for Cox heads, the term at the linear Cox fit of the training split, so the
+            model starts as fitted linear Cox). ``"auto"`` (the config's default): on for Cox
+            survival heads with tabular inputs and no images (:func:`linear_term_by_default`);
+            absent or ``False`` (this class's default, and checkpoints written before the
+            option existed): off.
         mixer: fusion options ``{name: concat, hidden, dropout, norm}``, used whenever there is
             more than one feature block (image views, tabular); built with ``in_features`` (views
             in order, tabular last) and, when its class takes it, ``modalities``
@@ -177,6 +202,11 @@ class NervusModule(L.LightningModule):
         self.optimizer_options = _options(optimizer, "adam")
         self.scheduler_options = _options(scheduler, "none")
         check_optimisation_options(self.optimizer_options, self.scheduler_options)
+        linear_option = False
+        if isinstance(tabular, dict) and "linear" in tabular:
+            tabular = dict(tabular)
+            linear_option = tabular.pop("linear")
+        self.linear = self._resolve_linear(linear_option)
         self.net = self._build_net(extractor, tabular, mixer, head, in_channels, image_size)
         self._eval_records: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.metrics = nn.ModuleDict(
@@ -188,6 +218,21 @@ class NervusModule(L.LightningModule):
                 for stage in EVAL_STAGES
             }
         )
+
+    def _resolve_linear(self, linear: bool | str) -> bool:
+        """``model.tabular.linear`` as a yes/no for this schema and task."""
+        if linear == "auto":
+            return linear_term_by_default(self.schema, self.task)
+        if not isinstance(linear, bool):
+            raise NervusInputError(
+                f"model.tabular.linear must be true, false or auto, got {linear!r}."
+            )
+        if linear and not self.schema.input_columns:
+            raise NervusInputError(
+                "model.tabular.linear=true adds a linear term of the input_* columns, and the "
+                "data have none; set model.tabular.linear=false (or auto)."
+            )
+        return linear
 
     def _build_net(
         self, extractor, tabular, mixer, head, in_channels: int, image_size: int
@@ -202,6 +247,12 @@ class NervusModule(L.LightningModule):
         if self.schema.input_columns:
             opts = _options(tabular, "mlp")
             check_choice("model.tabular.name", opts["name"], ("mlp",))
+            if self.linear and TARGET_KEY in opts:
+                raise NervusInputError(
+                    "model.tabular.linear needs the built-in tabular MLP (it standardises the "
+                    "inputs the linear term reads); set model.tabular.linear=false with your own "
+                    "tabular extractor."
+                )
             table = build_component(
                 "model.tabular",
                 opts,
@@ -247,6 +298,7 @@ class NervusModule(L.LightningModule):
             head=build_head,
             views=views,
             missing_views=self.schema.missing_views == "allow",
+            linear=self.linear,
         )
 
     def _build_image_extractors(
@@ -293,12 +345,27 @@ class NervusModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "split_frame"):
             self.task.fit_before_training(datamodule.split_frame("train"))
+            if self.net.linear_terms is not None:
+                self.start_linear_terms(datamodule.split_frame("train"))
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
             self.task.gather = lambda t: self.all_gather(t, sync_grads=True).flatten(0, 1)
         if self.channels_last:
             for extractor in self.net.image_extractors():
                 extractor.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def start_linear_terms(self, train: Any) -> None:
+        """Set each head's linear term to the task's start on the training rows (Cox: the
+        fitted linear Cox model), before the first epoch. A resumed run then loads its
+        checkpoint's weights over it."""
+        raw = torch.as_tensor(train[self.schema.input_columns].to_numpy(np.float32))
+        term0 = self.net.linear_terms[0]
+        inputs = self.net.tabular_extractor.standardise(raw.to(term0.weight.device))
+        for j, term in enumerate(self.net.linear_terms):
+            weight = self.task.linear_start(inputs, train, j)
+            if weight is not None:
+                term.weight.copy_(weight.to(term.weight))
 
     def forward(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         image = batch.get("image")

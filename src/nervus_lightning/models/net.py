@@ -11,7 +11,14 @@ part live and keep the others fixed:
   (:meth:`NervusNet.tabular_features`);
 * :meth:`NervusNet.fuse` -> the mixer (when there is more than one block) and the heads.
 
-``forward(image, tabular, view_mask)`` is ``fuse(feature_blocks(image, tabular, view_mask))``.
+``forward(image, tabular, view_mask)`` is ``fuse(feature_blocks(image, tabular, view_mask),
+tabular)``.
+
+With ``linear=True`` each head's output also gets a linear term of the standardised tabular
+inputs, ``output = head(mixed features) + W x_std + b`` (a skip connection beside the network),
+and the last linear layer of every head starts at zero: at initialisation the network's path
+adds exactly nothing, so the model *is* a linear model (for a Cox head, linear Cox; the module
+sets ``W`` to the training split's fit) and training adds what the network learns on top.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ class NervusNet(nn.Module):
             None (default): one image per case, (B, C, H, W).
         missing_views: learn one "missing" feature vector per view, used in place of the
             view's features where ``view_mask`` is False.
+        linear: add a linear term of the standardised tabular inputs to every head's output
+            and zero the heads' last linear layer (module docstring). Needs a tabular extractor
+            with a ``standardise`` method (``TabularMLP``) and heads that end in ``nn.Linear``.
     """
 
     def __init__(
@@ -49,6 +59,7 @@ class NervusNet(nn.Module):
         head: Callable[[int, int], nn.Module] | None = None,
         views: Sequence[str] | None = None,
         missing_views: bool = False,
+        linear: bool = False,
     ) -> None:
         super().__init__()
         if image_extractor is None and tabular_extractor is None:
@@ -75,6 +86,32 @@ class NervusNet(nn.Module):
         features = self.mixer.out_features if self.mixer is not None else sum(sizes)
         head = head or nn.Linear
         self.heads = nn.ModuleList(head(features, size) for size in head_sizes)
+        self.linear_terms = self._linear_terms(head_sizes) if linear else None
+
+    def _linear_terms(self, head_sizes: Sequence[int]) -> nn.ModuleList:
+        """One ``nn.Linear(n_inputs, head_size)`` per head, starting at zero, and each head's
+        last linear layer zeroed, so that the initial output is exactly 0."""
+        standardise = getattr(self.tabular_extractor, "standardise", None)
+        if standardise is None:
+            raise ValueError(
+                "linear=True needs a tabular extractor with a standardise method (TabularMLP)"
+            )
+        n_inputs = int(self.tabular_extractor.mean.numel())
+        terms = nn.ModuleList()
+        for head, size in zip(self.heads, head_sizes, strict=True):
+            last = [m for m in head.modules() if isinstance(m, nn.Linear)]
+            if not last:
+                raise ValueError(
+                    f"linear=True needs heads that end in nn.Linear; {type(head).__name__} has none"
+                )
+            nn.init.zeros_(last[-1].weight)
+            if last[-1].bias is not None:
+                nn.init.zeros_(last[-1].bias)
+            term = nn.Linear(n_inputs, size)
+            nn.init.zeros_(term.weight)
+            nn.init.zeros_(term.bias)
+            terms.append(term)
+        return terms
 
     # -- blocks ---------------------------------------------------------------------------
     def image_extractors(self) -> list[nn.Module]:
@@ -155,11 +192,19 @@ class NervusNet(nn.Module):
             return self.mixer(blocks)
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
-    def fuse(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+    def fuse(
+        self, blocks: list[torch.Tensor], tabular: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Mixer and heads: feature blocks (as :meth:`feature_blocks` gives) -> one output per
-        label."""
+        label. ``tabular``: the raw tabular inputs, needed by a net with linear terms."""
         shared = self.mix(blocks)
-        return [head(shared) for head in self.heads]
+        outputs = [head(shared) for head in self.heads]
+        if self.linear_terms is None:
+            return outputs
+        if tabular is None:
+            raise ValueError("this net has linear terms: fuse needs the raw tabular inputs")
+        x = self.tabular_extractor.standardise(tabular)
+        return [out + term(x) for out, term in zip(outputs, self.linear_terms, strict=True)]
 
     def features(
         self,
@@ -176,4 +221,4 @@ class NervusNet(nn.Module):
         tabular: torch.Tensor | None = None,
         view_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        return self.fuse(self.feature_blocks(image, tabular, view_mask))
+        return self.fuse(self.feature_blocks(image, tabular, view_mask), tabular)

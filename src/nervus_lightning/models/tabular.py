@@ -49,5 +49,9 @@ class TabularMLP(nn.Module):
         self.net = mlp(len(mean), hidden, dropout, norm)
         self.out_features = hidden[-1] if hidden else len(mean)
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs on the training scale: ``(x - mean) / std``, as the MLP sees them."""
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(self.standardise(x))

@@ -149,6 +149,14 @@ class Task(ABC):
     def fit_before_training(self, train: pd.DataFrame) -> None:
         """Fit on the training split what the loss needs (e.g. a survival time grid)."""
 
+    def linear_start(
+        self, inputs: torch.Tensor, train: pd.DataFrame, j: int
+    ) -> torch.Tensor | None:
+        """Starting weights ``(head_size, n_inputs)`` of label ``j``'s linear term (a net built
+        with ``linear=True``) from the standardised training ``inputs`` (rows of ``train``), or
+        None to start it at zero."""
+        return None
+
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         """Loss of label ``j`` on this batch (cases with an unknown target are ignored)."""

@@ -380,6 +380,27 @@ class SurvivalTask(Task):
                 time[known], any_event, self.num_durations, where=f"label '{spec.name}': "
             )
 
+    def linear_start(
+        self, inputs: torch.Tensor, train: pd.DataFrame, j: int
+    ) -> torch.Tensor | None:
+        """Cox heads: the linear Cox fit of the training split (:mod:`..survival.linear`), so
+        that the model starts as fitted linear Cox. Discrete-time heads start at zero."""
+        if self.is_discrete:
+            return None
+        from nervus_lightning.survival.linear import fit_linear_cox
+
+        spec = self.labels[j]
+        time = pd.to_numeric(train[spec.period], errors="coerce").to_numpy(np.float32)
+        event = pd.to_numeric(train[spec.name], errors="coerce").to_numpy(np.float64)
+        known = torch.as_tensor(~(np.isnan(time) | np.isnan(event)))
+        weight = fit_linear_cox(
+            inputs[known.to(inputs.device)],
+            torch.as_tensor(time)[known],
+            torch.as_tensor(event)[known] > 0,
+            ties=self.ties,
+        )
+        return weight[None, :]
+
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         if self.is_discrete:
             return self._discrete_loss(output, batch, j)
