@@ -4,6 +4,7 @@ to direct scikit-survival calls, predict from the checkpoint alone."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.predict import predict
 from nervus_lightning.survival.baseline import BreslowBaseline
+from nervus_lightning.tasks.base import build_task
 from nervus_lightning.train import train
 
 
@@ -88,8 +90,14 @@ def test_small_batches_warn(dataset):
     df.loc[train, "label_death"] = 0
     df.loc[train[:2], "label_death"] = 1
     df.to_csv(csv, index=False)
+    labels = NervusDataModule(csv, task="survival").schema.labels
+    train_rows = df[df.split == "train"]
     with pytest.warns(UserWarning, match="no event with probability"):
-        NervusDataModule(csv, task="survival", batch_size=4)
+        build_task("survival", labels).check_batches(train_rows, 4)
+    # Discrete-time models learn from censored cases too: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_task("survival", labels, model="pmf").check_batches(train_rows, 4)
 
 
 @pytest.mark.parametrize("inputs", [["model/tabular=none"], []], ids=["image", "fused"])

@@ -344,9 +344,13 @@ class NervusModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if stage == "fit" and datamodule is not None and hasattr(datamodule, "split_frame"):
-            self.task.fit_before_training(datamodule.split_frame("train"))
+            train = datamodule.split_frame("train")
+            self.task.fit_before_training(train)
+            # The Cox loss sees the global batch: every process's cases.
+            world = self.trainer.world_size if self._trainer else 1
+            self.task.check_batches(train, datamodule.batch_size * world)
             if self.net.linear_terms is not None:
-                self.start_linear_terms(datamodule.split_frame("train"))
+                self.start_linear_terms(train)
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
             self.task.gather = lambda t: self.all_gather(t, sync_grads=True).flatten(0, 1)

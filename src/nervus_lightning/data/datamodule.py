@@ -316,8 +316,6 @@ class NervusDataModule(L.LightningDataModule):
                 f"sampler=weighted balances classes (or events), but the labels are "
                 f"{self.schema.task} targets. Use sampler=none."
             )
-        if schema is None:
-            task.check_training_data(self.split_frame(TRAIN), self.schema.labels, batch_size)
         if self.schema.has_images and check_images:
             self._check_images()
         if self.schema.has_images:

@@ -125,12 +125,6 @@ class Task(ABC):
         """Extra per-case arrays a batch needs besides ``target`` (e.g. survival times)."""
         return {}
 
-    @classmethod
-    def check_training_data(
-        cls, train: pd.DataFrame, labels: list[LabelSpec], batch_size: int
-    ) -> None:
-        """Warnings about the training split given the batch size (nothing by default)."""
-
     # -- what a label is in the files (no model needed: used by the evaluation too) -------------
     @classmethod
     def truth_columns(cls, label: Mapping[str, Any]) -> list[str]:
@@ -148,6 +142,10 @@ class Task(ABC):
 
     def fit_before_training(self, train: pd.DataFrame) -> None:
         """Fit on the training split what the loss needs (e.g. a survival time grid)."""
+
+    def check_batches(self, train: pd.DataFrame, batch_size: int) -> None:
+        """Warnings about training batches of ``batch_size`` cases of the training split
+        (nothing by default); called when training starts, with the task's options known."""
 
     def linear_start(
         self, inputs: torch.Tensor, train: pd.DataFrame, j: int

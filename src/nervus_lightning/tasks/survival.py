@@ -328,22 +328,6 @@ class SurvivalTask(Task):
         return {"time": np.stack(times, axis=1)}
 
     @classmethod
-    def check_training_data(
-        cls, train: pd.DataFrame, labels: list[LabelSpec], batch_size: int
-    ) -> None:
-        """Warn when batches would often hold no event (they teach the Cox model nothing)."""
-        for spec in labels:
-            rate = float((pd.to_numeric(train[spec.name]) != 0).mean())
-            p_empty = (1.0 - rate) ** batch_size
-            if p_empty > 0.05:
-                warnings.warn(
-                    f"survival label '{spec.name}': with an event rate of {rate:.1%} a batch of "
-                    f"{batch_size} has no event with probability {p_empty:.0%}; such batches "
-                    "teach the Cox model nothing. Increase data.batch_size.",
-                    stacklevel=3,
-                )
-
-    @classmethod
     def truth_columns(cls, label: Mapping[str, Any]) -> list[str]:
         return [label["name"], label["period"]]
 
@@ -364,6 +348,24 @@ class SurvivalTask(Task):
         if self.causes(j):
             return self.causes(j) * self.num_durations
         return self.num_durations if self.is_discrete else 1
+
+    def check_batches(self, train: pd.DataFrame, batch_size: int) -> None:
+        """Warn when Cox batches would often hold no event: the partial likelihood of a batch
+        without events is empty, so such a batch teaches the model nothing. Discrete-time models
+        learn from censored cases too (they survived each interval they were seen in), so they
+        get no warning."""
+        if self.is_discrete:
+            return
+        for spec in self.labels:
+            rate = float((pd.to_numeric(train[spec.name]) != 0).mean())
+            p_empty = (1.0 - rate) ** batch_size
+            if p_empty > 0.05:
+                warnings.warn(
+                    f"survival label '{spec.name}': with an event rate of {rate:.1%} a batch of "
+                    f"{batch_size} has no event with probability {p_empty:.0%}; such batches "
+                    "teach the Cox model nothing. Increase data.batch_size.",
+                    stacklevel=2,
+                )
 
     def fit_before_training(self, train: pd.DataFrame) -> None:
         """The time grid of a discrete-time model, from the training split only."""
