@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset
 from nervus_lightning.module import NervusModule
+from nervus_lightning.train import cpu_has_native_bf16
 
 LABEL = "label_parity"
 SEED = 0
@@ -108,14 +109,6 @@ def clock() -> tuple[float, float]:
 def elapsed(start: tuple[float, float]) -> tuple[float, float]:
     wall, cpu = clock()
     return wall - start[0], cpu - start[1]
-
-
-def bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 matrix kernels natively (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def subset_csv(images: int, folder: Path) -> Path:
@@ -387,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         _gpu_section().run(args)
         return []
     torch.set_num_threads(args.threads)
-    if args.bf16 and not bf16_supported():
+    if args.bf16 and not cpu_has_native_bf16():
         print("this CPU has no native bfloat16 support: bf16 variants skipped")
         args.bf16 = False
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)

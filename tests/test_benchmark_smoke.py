@@ -65,7 +65,7 @@ def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
     assert "64 images 32x32 x1, batch 16, 1 epoch(s) per run, 2 repeats" in out
     names = [r.variant.name for r in results]
     assert names[:2] == ["plain fp32", "nervus fp32"]
-    if train_speed.bf16_supported():
+    if train_speed.cpu_has_native_bf16():
         assert names[2:] == ["plain bf16", "nervus bf16"]
     for result in results:
         assert len(result.seconds) == len(result.cpu_seconds) == 2
@@ -75,5 +75,5 @@ def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
         assert line, result.variant.name
         assert float(line.group(1)) == pytest.approx(result.median, abs=5e-4)
         assert float(line.group(2)) == pytest.approx(result.best, abs=5e-4)
-    for precision in ("fp32", "bf16") if train_speed.bf16_supported() else ("fp32",):
+    for precision in ("fp32", "bf16") if train_speed.cpu_has_native_bf16() else ("fp32",):
         assert re.search(rf"nervus {precision} +accuracy 0\.\d{{4}} +AUROC [01]\.\d{{4}}", out)

@@ -176,3 +176,17 @@ def test_full_disk_stops_before_training(dataset, tmp_path, monkeypatch):
         train_module.train(_tiny_config(dataset), tmp_path / "run")
     assert "hydra.run.dir" in str(err.value)
     assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_kernels_warns(tmp_path, monkeypatch, caplog, native):
+    from conftest import compose_config
+
+    from nervus_lightning import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    cfg = compose_config(["trainer.accelerator=cpu", "trainer.precision=bf16-mixed"])
+    with caplog.at_level("WARNING", logger="nervus_lightning.train"):
+        train_module.build_trainer(cfg, tmp_path, [])
+    warned = "without native bfloat16 kernels" in caplog.text
+    assert warned is (not native)
