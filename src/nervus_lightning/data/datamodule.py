@@ -10,6 +10,7 @@ with the training statistics held in the schema (and in its checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -70,9 +71,14 @@ from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import task_class
 
 SAMPLERS = ("none", "weighted")
-# Training presets that resize to image_size before anything random: they can start from the
-# cached (resized) image. xray crops at the file's resolution first, so it reads the files.
+# Training presets that resize to image_size before anything random: they start from the
+# cached (resized) image.
 RESIZE_FIRST_AUGMENTATIONS = frozenset({"none", "randaug", "trivialaugwide"})
+# Presets that crop first (xray: RandomResizedCrop keeps at least 85 % of the area at an aspect
+# ratio within 0.9-1.1, i.e. at least 0.87 of each side) start from a training-split cache this
+# many times larger than image_size: every crop then has more pixels than image_size on each
+# side, so it is resized down, as a crop of the full-resolution file is.
+CROP_SOURCE_SCALE = {"xray": 1.25}
 BIT_DEPTHS = ("auto", *CANDIDATE_BIT_DEPTHS)
 
 
@@ -281,6 +287,7 @@ class NervusDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.cache_max_gb = cache_max_gb
         self._cache: list[np.ndarray] | None = None
+        self._source_cache: list[np.ndarray] | None = None
         if in_channels not in (1, 3):
             raise NervusInputError(f"data.in_channels must be 1 or 3, got {in_channels}.")
         check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
@@ -414,32 +421,53 @@ class NervusDataModule(L.LightningDataModule):
         """The cache arrays of every image column (built on first call), or None (no cache)."""
         if self._cache is not None or self.cache_mode == "none" or not self.schema.has_images:
             return self._cache
+        self._cache = self._build_cache(self.image_size, self.frame.index)
+        return self._cache
+
+    def training_cache(self) -> list[np.ndarray] | None:
+        """The arrays the training split's augmentation starts from: the image cache for the
+        presets that resize first; for those that crop first (``CROP_SOURCE_SCALE``), arrays of
+        the training split's images only, at that multiple of ``image_size``."""
+        scale = CROP_SOURCE_SCALE.get(self.augmentation)
+        if scale is None:
+            return self.image_cache()
+        if self._source_cache is not None or self.cache_mode == "none":
+            return self._source_cache
+        if not self.schema.has_images:
+            return None
+        size = math.ceil(self.image_size * scale)
+        self._source_cache = self._build_cache(size, self.split_frame(TRAIN).index)
+        return self._source_cache
+
+    def _build_cache(self, size: int, rows: pd.Index) -> list[np.ndarray]:
+        """Arrays of every image column at ``size``, holding the images of ``rows`` (the other
+        rows stay zero); memory or disk as ``data.cache`` says (``auto``: by their size)."""
         window, frame = dicom_settings(self.schema)
-        settings = ReadSettings(
-            self.image_size, self.in_channels, self.schema.bit_depth, window, frame
-        )
+        settings = ReadSettings(size, self.in_channels, self.schema.bit_depth, window, frame)
+        keep = self.frame.index.isin(rows)
         columns = [
-            [p if isinstance(p, str) and p else None for p in self.frame[col]]
+            [
+                p if ok and isinstance(p, str) and p else None
+                for p, ok in zip(self.frame[col], keep, strict=True)
+            ]
             for col in self.schema.image_columns
         ]
         n_images = sum(p is not None for paths in columns for p in paths)
         # Each process of this node holds its own memory cache.
         processes = self.trainer.num_devices if self.trainer is not None else None
         mode = resolve_mode(self.cache_mode, n_images, settings, self.cache_max_gb, processes)
-        if mode == "memory":
-            self._cache = [build_memory_array(paths, settings) for paths in columns]
-        elif mode == "disk":
-            self._cache = [open_disk_array(paths, settings, self.cache_dir) for paths in columns]
         self.resolved_cache_mode = mode
-        return self._cache
+        if mode == "memory":
+            return [build_memory_array(paths, settings) for paths in columns]
+        return [open_disk_array(paths, settings, self.cache_dir) for paths in columns]
 
     def dataset(self, split: str | None, train: bool = False, cached: bool = True) -> NervusDataset:
         """The cases of ``split``; ``cached=False`` reads every image from its file."""
         transform = self.train_transform if train else self.eval_transform
         frame = self.split_frame(split)
         cache = None
-        if cached and (not train or self.augmentation in RESIZE_FIRST_AUGMENTATIONS):
-            cache = self.image_cache()
+        if cached:
+            cache = self.training_cache() if train else self.image_cache()
         return NervusDataset(
             frame,
             self.schema,
