@@ -28,12 +28,14 @@ test rows never influence a choice; ``val test`` scores both from the same runs)
 scikit-survival's ``concordance_index_censored`` on the same arrays (and the model's against the
 ``c_index`` of the run's ``metrics.json``), and ``ratio = c_model / c_true``.
 
-Output: a table of mean ± sd over seeds per input, and the per-seed values in a CSV (default
-``benchmarks/results/fused_survival.csv``).
+Output: a table of mean ± sd over seeds per input and split, and the per-seed values (with the
+overrides) in a CSV (default ``benchmarks/results/fused_survival.csv``).
 
 Usage::
 
-    python benchmarks/fused_survival.py                      # 3 inputs x 3 seeds, the defaults
+    python benchmarks/fused_survival.py --evaluate val test  # 3 inputs x 3 seeds, the defaults
+    python benchmarks/fused_survival.py --evaluate val test --override data.image_size=16 \\
+        augmentation=xray optimizer=adamw trainer.max_epochs=20 scheduler=cosine  # best on val
     python benchmarks/fused_survival.py --inputs fused --seeds 0 --evaluate val \\
         --override trainer.max_epochs=20 --csv /tmp/val.csv  # choosing settings on val only
 """
@@ -194,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             for inputs in args.inputs:
                 run_dir = Path(folder) / f"{inputs}_{seed}"
                 scored = fit_and_score(inputs, seed, args.evaluate, args.override, run_dir, demo)
+                for row in scored:
+                    row["overrides"] = " ".join(args.override) or "defaults"
                 rows.extend(scored)
                 args.csv.parent.mkdir(parents=True, exist_ok=True)
                 pd.DataFrame(rows).to_csv(args.csv, index=False)  # kept if stopped early

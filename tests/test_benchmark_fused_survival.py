@@ -51,7 +51,7 @@ def test_ratio_equals_scikit_survival_on_rows_with_ties(benchmark):
     assert scores["ratio"] < 1.0  # a noisy copy of the true risk orders the cases worse
 
 
-@pytest.mark.slow  # builds the demo and trains through the whole recipe: about 1 min on 2 cores
+@pytest.mark.slow  # builds the demo, trains through the whole recipe: about 1 min of CPU
 def test_benchmark_runs_end_to_end(benchmark, tmp_path, monkeypatch):
     monkeypatch.setenv("NERVUS_LIGHTNING_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "fused_survival.csv"
