@@ -10,8 +10,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LinearRegression
 from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
+from nervus_lightning import NervusDataModule
 from nervus_lightning.data import demo
 from nervus_lightning.data.demo import build_demo_dataset
 from nervus_lightning.data.images import read_image
@@ -27,6 +29,7 @@ COLUMNS = [
     "label_value",
     "label_death",
     "period_death",
+    "true_loghazard_death",
     "split",
     "group",
 ]
@@ -46,14 +49,14 @@ def digits():
 
 def test_layout_and_columns(built):
     root, csv, table = built
-    assert csv == root / "demo_v1" / "seed_0" / "demo.csv"
+    assert csv == root / f"demo_v{demo.DEMO_VERSION}" / "seed_0" / "demo.csv"
     assert list(table.columns) == COLUMNS
     assert len(table) == 1797
     assert table["uniqID"].is_unique
     assert table["uniqID"].iloc[0] == "demo_0000"
     assert not table.isna().any().any()
     # no staging folder left behind
-    assert [p.name for p in (root / "demo_v1").iterdir()] == ["seed_0"]
+    assert [p.name for p in (root / f"demo_v{demo.DEMO_VERSION}").iterdir()] == ["seed_0"]
 
 
 def test_labels_follow_the_digit(built, digits):
@@ -86,6 +89,34 @@ def test_survival_target_follows_the_cox_model(built, digits):
     # true log hazard ratios 0.25 per digit and 0.4 per 10 years (about 4 standard errors here)
     assert cox.coef_[0] == pytest.approx(0.25, abs=0.05)
     assert cox.coef_[1] == pytest.approx(0.4, abs=0.1)
+
+
+def test_true_log_hazard_follows_its_formula(built, digits):
+    _, _, table = built
+    expected = (
+        np.log(np.log(2.0) / 5.0) + 0.25 * (digits - 4.5) + 0.4 * (table["input_age"] - 60) / 10
+    )
+    np.testing.assert_allclose(table["true_loghazard_death"], expected, rtol=0, atol=1e-6)
+    # It is the risk that generated the times: a Cox fit on it alone has a slope near 1, and no
+    # fit on digit and age orders the cases better (Harrell C from scikit-survival).
+    outcome = Surv.from_arrays(table["label_death"].astype(bool), table["period_death"])
+    cox = CoxPHSurvivalAnalysis().fit(table[["true_loghazard_death"]], outcome)
+    assert cox.coef_[0] == pytest.approx(1.0, abs=0.1)
+    event, time = outcome["event"], outcome["time"]
+    true_c = concordance_index_censored(event, time, table["true_loghazard_death"])[0]
+    assert true_c > concordance_index_censored(event, time, digits.astype(float))[0] + 0.01
+    assert true_c > concordance_index_censored(event, time, table["input_age"])[0] + 0.05
+
+
+def test_true_log_hazard_is_not_fed_to_the_model(built):
+    _, csv, _ = built
+    datamodule = NervusDataModule(csv, task="survival", labels=["label_death"], image_size=16)
+    datamodule.setup("fit")
+    schema = datamodule.schema
+    assert schema.input_columns == ["input_age", "input_sex", "input_marker"]
+    assert [spec.name for spec in schema.labels] == ["label_death"]
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["tabular"].shape[1] == 3
 
 
 def test_split_proportions_and_stratification(built, digits):
@@ -152,7 +183,7 @@ def test_incomplete_build_is_replaced(tmp_path):
     assert rebuilt == csv
     assert (csv.parent / "images" / "demo_0005.png").is_file()
     assert rebuilt.read_bytes() == reference
-    assert sorted(p.name for p in (tmp_path / "demo_v1").iterdir()) == ["seed_0"]
+    assert sorted(p.name for p in (tmp_path / f"demo_v{demo.DEMO_VERSION}").iterdir()) == ["seed_0"]
 
 
 def test_default_root_from_environment(tmp_path, monkeypatch):

@@ -22,6 +22,10 @@ is upscaled bilinearly from 8 x 8 to 32 x 32 and saved as a grayscale PNG. About
 ``label_value``    digit + 1.5 * input_marker + N(0, 0.5^2) noise (regression)
 ``label_death``    1 = event, 0 = censored
 ``period_death``   follow-up time (years) = min(event time, censoring time)
+``true_loghazard_death``
+                   the true log-hazard of ``label_death`` (formula below), for benchmarks that
+                   compare a model's C-index with the best one possible. Not an input: the
+                   schema ignores columns that are not ``input_*``, ``label_*``, ``period_*``
 ``split``          ``train`` 60 %, ``val`` 20 %, ``test`` 10 %, ``external`` 10 %
                    (the external set is half of what a 60/20/20 split would make test),
                    stratified by digit so that every class is in every split
@@ -31,7 +35,11 @@ is upscaled bilinearly from 8 x 8 to 32 x 32 and saved as a grayscale PNG. About
 Survival times follow a proportional-hazards model,
 ``h(t) = h0 * exp(0.25 * (digit - 4.5) + 0.4 * (age - 60) / 10)`` with ``h0 = ln 2 / 5`` (a
 median survival of five years at the reference point); censoring times are exponential and
-independent, with the rate chosen so that the expected censored fraction is 30 %.
+independent, with the rate chosen so that the expected censored fraction is 30 %. The hazard
+needs both inputs: the digit is only in the image, the age only in the table.
+``true_loghazard_death`` is ``log h(t) = log h0 + 0.25 * (digit - 4.5) + 0.4 * (age - 60) / 10``
+with ``age`` the ``input_age`` of the CSV (rounded to 6 decimals); its Harrell C-index is the
+best any model can reach on average (the risk that generated the times).
 
 :func:`write_multiview_demo` writes a second, small data set with *two images per case*
 (``imgpath_frontal``, ``imgpath_lateral``) whose label needs both views; see its docstring.
@@ -64,12 +72,14 @@ __all__ = [
     "write_multiview_demo",
 ]
 
-DEMO_VERSION = 1
+# 2: adds true_loghazard_death (the other columns and the images are those of version 1).
+DEMO_VERSION = 2
 DEMO_CSV_NAME = "demo.csv"
 MULTIVIEW_CSV_NAME = "multiview.csv"
 _INFO_NAME = "build_info.json"
 _IMAGE_SIDE = 32
 _CENSORED_FRACTION = 0.30
+_BASELINE_HAZARD = float(np.log(2.0) / 5.0)  # per year: median survival 5 years at the reference
 _SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.1, "external": 0.1}
 _SIZE_CLASSES = ("small",) * 4 + ("medium",) * 3 + ("large",) * 3  # indexed by digit
 
@@ -83,7 +93,7 @@ def default_cache_root() -> Path:
 def build_demo_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """Write the demo data set (once) and return the path of its CSV.
 
-    The files go to ``<root>/demo_v1/seed_<seed>/`` (``demo.csv``, ``images/``,
+    The files go to ``<root>/demo_v<DEMO_VERSION>/seed_<seed>/`` (``demo.csv``, ``images/``,
     ``build_info.json``). A complete earlier build with the same seed is reused as it is; an
     incomplete one (missing images, other version) is replaced. Several processes may call this
     at the same time (e.g. one per GPU): each builds privately and the first to finish wins.
@@ -153,7 +163,8 @@ def _write_dataset(folder: Path, seed: int) -> None:
     sex = rng.integers(0, 2, n)
     marker = np.round(rng.normal(0.0, 1.0, n), 3)
     value = np.round(digit + 1.5 * marker + rng.normal(0.0, 0.5, n), 3)
-    event, period = _survival_outcome(digit, age, rng)
+    effect = _log_hazard_ratio(digit, age)
+    event, period = _survival_outcome(effect, rng)
     split = _stratified_split(digit, rng)
     group = np.where(rng.random(n) < 0.6, "site_a", "site_b")
     sixteen_bit = np.zeros(n, dtype=bool)
@@ -176,6 +187,7 @@ def _write_dataset(folder: Path, seed: int) -> None:
             "label_value": value,
             "label_death": event,
             "period_death": period,
+            "true_loghazard_death": np.round(np.log(_BASELINE_HAZARD) + effect, 6),
             "split": split,
             "group": group,
         }
@@ -208,12 +220,16 @@ def _write_images(
     return paths
 
 
+def _log_hazard_ratio(digit: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """``0.25 * (digit - 4.5) + 0.4 * (age - 60) / 10``: log h(t) - log h0 (module docstring)."""
+    return 0.25 * (digit - 4.5) + 0.4 * (age - 60.0) / 10.0
+
+
 def _survival_outcome(
-    digit: np.ndarray, age: np.ndarray, rng: np.random.Generator
+    effect: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Event indicator and follow-up time from the hazard in the module docstring."""
-    baseline = np.log(2.0) / 5.0
-    hazard = baseline * np.exp(0.25 * (digit - 4.5) + 0.4 * (age - 60.0) / 10.0)
+    """Event indicator and follow-up time of exponential event times, hazard h0 * exp(effect)."""
+    hazard = _BASELINE_HAZARD * np.exp(effect)
     censoring_rate = _censoring_rate(hazard, _CENSORED_FRACTION)
     event_time = rng.exponential(1.0 / hazard)
     censor_time = rng.exponential(1.0 / censoring_rate, len(hazard))
