@@ -159,7 +159,10 @@ def test_target_layer_of_every_offered_torchvision_family(name):
 
     from nervus_lightning.config import config_dir
 
-    offered = {p.stem for p in Path(config_dir(), "model", "extractor").glob("*.yaml")} - {"none"}
+    offered = {p.stem for p in Path(config_dir(), "model", "extractor").glob("*.yaml")} - {
+        "none",
+        "small_cnn",  # not torchvision: it names its own layer (test below)
+    }
     assert offered <= set(FAMILIES), f"add the new extractor(s) {offered - set(FAMILIES)} here"
     torch.manual_seed(0)
     extractor = TorchvisionExtractor(name, in_channels=1, image_size=SIZE).eval()
@@ -172,6 +175,22 @@ def test_target_layer_of_every_offered_torchvision_family(name):
     assert torch.isfinite(maps).all() and (maps >= 0).all()
     # The network itself is left as it was (the ViT grid view is only hooked in meanwhile).
     assert not extractor.backbone._forward_hooks and not layer.module._forward_hooks
+
+
+def test_small_cnn_names_its_last_stage_for_grad_cam():
+    from nervus_lightning.models.extractors import SmallCNN
+
+    torch.manual_seed(0)
+    extractor = SmallCNN(in_channels=1, widths=(8, 16, 32)).eval()
+    layer = find_gradcam_layer(extractor)
+    assert layer.path == "backbone.stage3" and layer.module is extractor.backbone.stage3
+    head = nn.Linear(extractor.out_features, 2)
+    image = torch.rand(2, 1, SIZE, SIZE)
+    maps = grad_cam(lambda x: head(extractor(x)), image, layer, torch.tensor([0, 1]))
+    assert maps.shape == (2, SIZE, SIZE) and torch.isfinite(maps).all() and (maps >= 0).all()
+    assert maps.flatten(1).amax(1).gt(0).all()  # the last stage has a real map: not all zero
+    # explain.layer still wins over the extractor's own choice.
+    assert find_gradcam_layer(extractor, "backbone.stage2").path == "backbone.stage2"
 
 
 def test_own_extractor_needs_a_layer_path():

@@ -22,10 +22,15 @@ from nervus_lightning.models.extractors import (
     pretrained_weights_file,
 )
 
-BACKBONES = sorted(
-    yaml.safe_load(p.read_text())["name"]
+_CONFIGS = {
+    p.stem: yaml.safe_load(p.read_text())
     for p in (Path(config_dir()) / "model" / "extractor").glob("*.yaml")
-    if p.stem != "none"
+}
+# The torchvision backbones offered as YAMLs (small_cnn is the project's own network).
+BACKBONES = sorted(
+    c["name"]
+    for c in _CONFIGS.values()
+    if c.get("_target_") == "nervus_lightning.models.extractors.TorchvisionExtractor"
 )
 
 
@@ -232,3 +237,24 @@ def test_pretrained_from_weights_path(tmp_path):
 def test_unknown_backbone_suggests_names():
     with pytest.raises(NervusInputError, match="resnet18"):
         build_image_extractor("resnet81")
+
+
+def test_small_cnn_shapes_weights_and_config():
+    from nervus_lightning.models.extractors import SmallCNN
+    from nervus_lightning.models.plugins import build_component
+
+    config = dict(_CONFIGS["small_cnn"])
+    assert config["_target_"] == "nervus_lightning.models.extractors.SmallCNN"
+    config.pop("shared")
+    torch.manual_seed(0)
+    model = build_component("model.extractor", config, {}, in_channels=1, image_size=16)
+    assert isinstance(model, SmallCNN) and model.out_features == 128
+    # 3x3 convs without bias + batch norm: 9*(1*32 + 32*32 + 32*64 + 64*64 + 64*128 + 128*128)
+    # conv weights and 2 * (2*32 + 2*64 + 2*128) batch-norm weights.
+    assert sum(p.numel() for p in model.parameters()) == 9 * 31776 + 2 * 448
+    for size in (8, 16, 17, 64):  # any size that survives the two 2x2 pools
+        assert model.eval()(torch.rand(3, 1, size, size)).shape == (3, 128)
+    rgb = SmallCNN(in_channels=3, widths=[4], convs_per_stage=1)
+    assert rgb.normalise and rgb(torch.rand(2, 3, 5, 5)).shape == (2, 4)
+    with pytest.raises(NervusInputError, match="widths"):
+        build_component("model.extractor", {**config, "widths": []}, {}, in_channels=1)

@@ -373,3 +373,25 @@ def test_resume_from_last_checkpoint(dataset, tmp_path):
     _run(csv, run2, ["model/extractor=none", "trainer.max_epochs=3", f"ckpt_path={last}"])
     curve = pd.read_csv(run2 / "learning_curve.csv")
     assert list(curve.epoch) == [0, 1, 2]  # the curve goes on from the checkpoint
+
+
+def test_small_cnn_trains_predicts_alone_and_explains(dataset, tmp_path):
+    """``model/extractor=small_cnn`` end to end: a fused survival model, its checkpoint alone
+    reproduces the predictions, and its Grad-CAM uses the network's own last stage."""
+    from nervus_lightning.explain import explain
+
+    csv = dataset(task="survival")
+    run = tmp_path / "run"
+    _run(csv, run, ["task=survival", "model/extractor=small_cnn", "trainer.max_epochs=2"])
+    module = NervusModule.load_from_checkpoint(_best_checkpoint(run), map_location="cpu")
+    extractor = module.net.image_extractor
+    assert type(extractor).__name__ == "SmallCNN" and extractor.out_features == 128
+    _assert_reloaded_best_checkpoint_reproduces(run, csv)
+    risk = pd.read_csv(run / "predictions.csv")["risk_label_death"]
+    assert np.isfinite(risk).all() and risk.nunique() > 1
+    out = tmp_path / "explain"
+    explain(_best_checkpoint(run), csv, out, split="val", n=3)
+    cases = pd.read_csv(out / "cases.csv")
+    assert len(cases) == 3
+    cam = np.load(out / "label_death" / f"{cases.uniqID.iloc[0]}.npy")
+    assert cam.shape == (16, 16) and np.isfinite(cam).all() and (cam >= 0).all()

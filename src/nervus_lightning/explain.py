@@ -18,7 +18,9 @@ what is written here is the choice of layer, target and baseline, and the files:
 * **The layer** (:func:`find_gradcam_layer`) is chosen per torchvision family: ResNet ``layer4``;
   DenseNet ``features`` (the final norm, after which DenseNet's forward applies its ReLU in place,
   so the maps weigh the ReLU's output); EfficientNet, EfficientNetV2, ConvNeXt (its last stage),
-  MobileNet ``features[-1]``; RegNet ``trunk_output``. A ViT has no spatial feature map, and its
+  MobileNet ``features[-1]``; RegNet ``trunk_output``; an extractor that names its own layer in a
+  ``gradcam_layer`` attribute (a module path inside it), that layer (``small_cnn``: its last
+  stage). A ViT has no spatial feature map, and its
   last block's patch tokens do not reach the class token that the head reads; its maps are
   Grad-CAM on the *input* of the last encoder block's attention (``encoder.layers[-1].ln_1``,
   whose patch tokens feed that attention), reshaped to the patch grid (as the pytorch-grad-cam
@@ -156,7 +158,8 @@ def find_gradcam_layer(extractor: nn.Module, layer: str | None = None) -> GradCa
         extractor: a :class:`~nervus_lightning.models.extractors.TorchvisionExtractor`, or any
             image extractor when ``layer`` is given.
         layer: a module path inside ``extractor`` (e.g. ``backbone.layer3``, or ``features.4`` of
-            your own extractor) whose output is a ``(B, C, h, w)`` map; ``None``: chosen by the
+            your own extractor) whose output is a ``(B, C, h, w)`` map; ``None``: the
+            extractor's own ``gradcam_layer`` attribute if it has one, else chosen by the
             torchvision family (see the module docstring).
 
     Raises:
@@ -171,6 +174,9 @@ def find_gradcam_layer(extractor: nn.Module, layer: str | None = None) -> GradCa
                 f"explain.layer={layer!r} is not a module of the image extractor "
                 f"({type(extractor).__name__}); its modules are: {_module_list(extractor)}."
             ) from None
+    own = getattr(extractor, "gradcam_layer", None)
+    if isinstance(own, str) and own:
+        return GradCamLayer(extractor.get_submodule(own), own)
     backbone = getattr(extractor, "backbone", None)
     if isinstance(backbone, nn.Module):
         for cls, path_of in _gradcam_paths().items():
