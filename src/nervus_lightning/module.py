@@ -115,12 +115,7 @@ def linear_term_by_default(schema: DataSchema, task: Any) -> bool:
     network start there means flat, uninformed curves rather than a fitted model. Runs with
     images keep their fusion as it was (set ``model.tabular.linear=true`` to add the term there).
     """
-    return (
-        schema.task == "survival"
-        and not getattr(task, "is_discrete", True)
-        and bool(schema.input_columns)
-        and not schema.has_images
-    )
+    return task.linear_by_default and bool(schema.input_columns) and not schema.has_images
 
 
 class NervusModule(L.LightningModule):

@@ -147,6 +147,12 @@ class Task(ABC):
         """Warnings about training batches of ``batch_size`` cases of the training split
         (nothing by default); called when training starts, with the task's options known."""
 
+    @property
+    def linear_by_default(self) -> bool:
+        """Whether ``model.tabular.linear=auto`` adds a linear term for a tabular-only model:
+        only where the linear special case is the reference model (Cox survival)."""
+        return False
+
     def linear_start(
         self, inputs: torch.Tensor, train: pd.DataFrame, j: int
     ) -> torch.Tensor | None:

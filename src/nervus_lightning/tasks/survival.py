@@ -340,6 +340,12 @@ class SurvivalTask(Task):
     def is_discrete(self) -> bool:
         return self.model != "cox"
 
+    @property
+    def linear_by_default(self) -> bool:
+        # Linear Cox is the reference of every tabular prognosis model; the discrete-time
+        # heads' linear special case (one logistic model per interval) is not.
+        return not self.is_discrete
+
     def causes(self, j: int) -> int | None:
         """K of a competing-risk label (:mod:`nervus_lightning.survival.competing`), else None."""
         return self.labels[j].causes
