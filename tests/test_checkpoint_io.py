@@ -138,7 +138,7 @@ def _tiny_config(dataset):
     from conftest import FAST, compose_config
 
     csv = dataset(images=False, n=16)
-    return compose_config([f"data.csv={csv}", "model/extractor=none", *FAST])
+    return compose_config([f"data.csv={csv}", *FAST, "model/extractor=none"])
 
 
 def test_output_folder_under_a_file_stops_before_training(dataset, tmp_path):

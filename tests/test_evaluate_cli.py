@@ -41,7 +41,7 @@ def write_tiny_csv(path, n=48, seed=0):
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     csv = write_tiny_csv(root / "tiny.csv")
-    cfg = compose_config([f"data.csv={csv}", "model/extractor=none", *FAST])
+    cfg = compose_config([f"data.csv={csv}", *FAST, "model/extractor=none"])
     run = root / "run"
     train(cfg, run)
     # What the Hydra command line leaves in a run folder, for the report's configuration table.

@@ -247,7 +247,7 @@ def test_attributions_match_captum_and_add_up():
 
 @pytest.fixture(scope="module")
 def explained_run(tmp_path_factory):
-    """A fused classifier trained with explain.after_training=true (resnet18, 32 px)."""
+    """A fused classifier trained with explain.after_training=true (small_cnn, 32 px)."""
     root = tmp_path_factory.mktemp("explained")
     csv = make_dataset(root, size=SIZE)
     overrides = [
@@ -257,7 +257,7 @@ def explained_run(tmp_path_factory):
         "explain.after_training=true",
         "explain.n=5",
         "explain.ig_steps=8",
-        "explain.layer=backbone.layer3",  # 2 x 2 at 32 px; layer4 would be 1 x 1
+        "explain.layer=backbone.stage2",  # 16 x 16 at 32 px (the default stage3: 8 x 8)
     ]
     torch.manual_seed(0)
     run = root / "run"
@@ -296,7 +296,7 @@ def test_explain_command_writes_maps_and_overlays(explained_run):
             "split=val",
             "n=3",
             "explain.ig_steps=4",
-            "explain.layer=backbone.layer3",
+            "explain.layer=backbone.stage2",
             f"out={out}",
             f"hydra.run.dir={root / 'hydra'}",
         ],

@@ -240,13 +240,12 @@ def explained_run(gappy_csv, tmp_path_factory):
         *FAST,
         f"data.image_size={SIZE}",
         "data.missing_views=allow",
-        "model/extractor=resnet18",
         "model.extractor.shared=false",
         "evaluation.n_bootstrap=0",
         "explain.after_training=true",
         "explain.n=8",
         "explain.ig_steps=4",
-        "explain.layer=backbone.layer2",
+        "explain.layer=backbone.stage2",
     ]
     train(compose_config(overrides), run)
     return run
@@ -273,7 +272,7 @@ def test_training_and_the_command_explain_every_view(explained_run, gappy_csv, t
             "split=val",
             "n=5",
             "explain.ig_steps=2",
-            "explain.layer=backbone.layer2",
+            "explain.layer=backbone.stage2",
             f"out={out}",
             f"hydra.run.dir={tmp_path / 'hydra'}",
         ],

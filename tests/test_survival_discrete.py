@@ -246,10 +246,10 @@ def test_logistic_hazard_through_the_command_line_and_predict_alone(dataset, tmp
         "task=survival",
         "task.model=logistic_hazard",
         "task.num_durations=8",
+        *[a for a in FAST if not a.startswith("trainer.max_epochs")],
         "model/extractor=none",
         "trainer.max_epochs=2",
         "hydra.run.dir=run",
-        *[a for a in FAST if not a.startswith("trainer.max_epochs")],
     ]
     out = subprocess.run(
         [sys.executable, "-m", "nervus_lightning", *args],
@@ -306,7 +306,7 @@ def test_event_that_is_not_0_or_1_is_a_clear_error(dataset, tmp_path):
     df.loc[3, "label_death"] = 0.5  # neither 0/1 nor a cause code 1..K
     df.to_csv(csv, index=False)
     cfg = compose_config(
-        [f"data.csv={csv}", "task=survival", "task.model=deephit", "model/extractor=none", *FAST]
+        [f"data.csv={csv}", "task=survival", "task.model=deephit", *FAST, "model/extractor=none"]
     )
     with pytest.raises(NervusInputError, match=r"'label_death' must be 0 \(censored\) or 1"):
         train(cfg, tmp_path / "run")
