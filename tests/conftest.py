@@ -171,6 +171,16 @@ def roomy_basetemp() -> Path | None:
     return _SHM / f"nervus-lightning-pytest-{os.getuid()}"
 
 
+def skip_without_disk(folder: Path, mib: int) -> None:
+    """Skip (with the reason shown) when ``folder``'s disk has under ``mib`` MiB free: for the
+    few tests that must train a full-size torchvision backbone (about 130 MiB a checkpoint),
+    which the space check would otherwise stop, and whose files would starve the tests after
+    them on a cramped disk."""
+    free = _free(folder) / 2**20
+    if free < mib:
+        pytest.skip(f"needs {mib} MiB free for ResNet18 checkpoints, {folder} has {free:.0f}")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     if config.option.basetemp is not None:

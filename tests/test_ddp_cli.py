@@ -20,6 +20,7 @@ from nervus_lightning.predict import predict
 from nervus_lightning.survival.loss import cox_loss
 
 DDP = [
+    "model/extractor=small_cnn",  # small checkpoints (see FAST in conftest)
     "trainer=ddp",
     "trainer.accelerator=cpu",
     "trainer.devices=2",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, compose_config, make_dataset
+from conftest import FAST, compose_config, make_dataset, skip_without_disk
 from sklearn.metrics import roc_auc_score
 from torchvision.models import resnet18
 
@@ -37,6 +37,7 @@ def _metrics_csv(run) -> pd.DataFrame:
 
 
 def test_pretrained_checkpoint_predicts_without_the_weights_file(dataset, tmp_path):
+    skip_without_disk(tmp_path, 600)
     weights = tmp_path / "imagenet_resnet18.pth"
     torch.manual_seed(0)
     torch.save(resnet18().state_dict(), weights)

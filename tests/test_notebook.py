@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import skip_without_disk
 from sklearn.metrics import roc_auc_score
 from sksurv.metrics import concordance_index_censored
 
@@ -47,6 +48,7 @@ def test_notebook_has_no_outputs():
 
 @pytest.mark.slow
 def test_tutorial_runs(tmp_path, monkeypatch):
+    skip_without_disk(tmp_path, 800)
     monkeypatch.setenv("JUPYTER_PATH", str(_kernelspec_for_this_python(tmp_path / "jupyter")))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     work = tmp_path / "work"

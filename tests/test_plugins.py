@@ -72,6 +72,7 @@ def test_user_mixer_from_own_config_folder_trains_and_predicts(tmp_path):
         [
             f"data.csv={csv}",
             "model/mixer=gated_sum",
+            "model/extractor=small_cnn",
             f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
             "trainer.max_epochs=1",
             "trainer.enable_progress_bar=false",

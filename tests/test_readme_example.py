@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from conftest import skip_without_disk
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -17,6 +18,7 @@ def _python_example() -> str:
 
 
 def test_readme_library_example_runs(tmp_path, monkeypatch, capsys):
+    skip_without_disk(tmp_path, 800)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(_python_example(), "README.md", "exec"), namespace)

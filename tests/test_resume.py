@@ -17,6 +17,7 @@ import torch
 SRC = str(Path(__file__).parents[1] / "src")
 # 24 training cases in batches of 4: 6 steps per epoch, last.ckpt every 4 steps.
 RUN = [
+    "model/extractor=small_cnn",  # small checkpoints (see FAST in conftest)
     "trainer.max_epochs=3",
     "trainer.deterministic=true",
     "trainer.enable_progress_bar=false",
