@@ -119,7 +119,7 @@ def test_default_survival_run_on_a_tabular_csv(dataset, tmp_path):
     command = [f"data.csv={csv}", "task=survival", "model/extractor=none", *QUIET]
     cfg = compose_config(command)
     assert cfg.data.batch_size >= 80 and cfg.trainer.max_epochs > 10
-    assert cfg.model.tabular.linear == "auto"
+    assert cfg.model.tabular.linear == "auto" and cfg.model.ensemble == 5
     # Fewer epochs than the default, to keep the test short; everything else is the default.
     cfg = compose_config([*command, "trainer.max_epochs=3"])
     run = tmp_path / "run"
@@ -135,7 +135,8 @@ def test_default_survival_run_on_a_tabular_csv(dataset, tmp_path):
     assert metrics["test"]["label_death"]["c_index"] == pytest.approx(direct)
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
     raw = torch.load(ckpt, weights_only=True)
-    assert "net.linear_terms.0.weight" in raw["state_dict"]
+    members = [f"net.members.{i}.linear_terms.0.weight" for i in range(5)]
+    assert all(key in raw["state_dict"] for key in members)
     n_rows = len(pd.read_csv(csv))
     for name, tensor in {**raw["state_dict"], **raw["nervus_task_state"]}.items():
         assert n_rows not in tensor.shape, f"{name} has one value per case"

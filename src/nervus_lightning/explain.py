@@ -71,6 +71,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN, NervusInputError
+from nervus_lightning.models.ensemble import member_nets
 
 log = logging.getLogger(__name__)
 
@@ -414,9 +415,10 @@ def gradcam_layers(net: nn.Module, layer: str | None) -> list[GradCamLayer]:
 
 def check_explain(
     module: Any, datamodule: Any, split: str, n: int | None, layer: str | None
-) -> list[GradCamLayer]:
+) -> list[list[GradCamLayer]]:
     """Check the options against the model and data before any work (or training); return the
-    Grad-CAM layer of each view (empty for a model without images)."""
+    Grad-CAM layer of each view (empty for a model without images), per network (one list; an
+    ensemble's members one each)."""
     require_captum()
     if n is not None and int(n) < 1:
         raise NervusInputError(f"explain: n must be at least 1 or null (every case), got {n}.")
@@ -426,8 +428,8 @@ def check_explain(
             f"{datamodule.csv}: explain split={split!r} has no rows; the CSV's splits are "
             f"{', '.join(present)}."
         )
-    layers = gradcam_layers(module.net, layer)
-    if layer and not layers:
+    layers = [gradcam_layers(net, layer) for net in member_nets(module.net)]
+    if layer and not layers[0]:
         raise NervusInputError(f"explain.layer={layer!r} given, but the model has no image input.")
     return layers
 
@@ -498,9 +500,14 @@ def explain_module(
             target_t = torch.as_tensor(target, device=device)
             folder = out / file_stem(spec.name)
             cams: list[np.ndarray] = []
-            if cam_layers:
-                maps = view_grad_cams(net, j, image, tabular, cam_layers, target_t, mask)
-                cams = [m.cpu().numpy() for m in maps]
+            if cam_layers[0]:
+                # An ensemble's map is its members' maps averaged, each member's Grad-CAM of
+                # its own output for the class the ensemble predicts.
+                per_net = [
+                    view_grad_cams(member, j, image, tabular, layers, target_t, mask)
+                    for member, layers in zip(member_nets(net), cam_layers, strict=True)
+                ]
+                cams = [torch.stack(m).mean(0).cpu().numpy() for m in zip(*per_net, strict=True)]
                 folder.mkdir(exist_ok=True)
             for k, i in enumerate(index):
                 row = frame.iloc[int(i)]
@@ -536,7 +543,7 @@ def explain_module(
                 )
                 per_input[j].append(attr)
                 worst_delta = max(worst_delta, float(np.abs(delta).max()))
-    for cam_layer in {id(c): c for c in cam_layers}.values():
+    for cam_layer in {id(c): c for c in cam_layers[0]}.values():
         if cam_layer.grid and min(cam_layer.grid) < 3:
             log.warning(
                 "Grad-CAM: %s gives a %s map at image size %d, too coarse to show where the "
@@ -551,7 +558,7 @@ def explain_module(
     attribution = None
     if attribute:
         image_names = [f"{IMAGE_INPUT}/{v}" for v in views] or [IMAGE_INPUT]
-        names = (image_names if cam_layers else []) + list(schema.input_columns)
+        names = (image_names if cam_layers[0] else []) + list(schema.input_columns)
         attribution = attribution_table(
             [np.concatenate(a) for a in per_input], [s.name for s in schema.labels], names
         )

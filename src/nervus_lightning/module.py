@@ -8,6 +8,7 @@ checkpoint and :meth:`NervusModule.load_from_checkpoint` restores a model that p
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning as L
@@ -17,12 +18,19 @@ from torch import nn
 
 from nervus_lightning.data.schema import DataSchema, NervusInputError
 from nervus_lightning.distributed import concat_records, gather_cases
+from nervus_lightning.models.ensemble import EnsembleNet, member_nets
 from nervus_lightning.models.heads import HEADS
 from nervus_lightning.models.mixers import MIXERS
 from nervus_lightning.models.net import NervusNet
 from nervus_lightning.models.plugins import TARGET_KEY, build_component, resolve_class
 from nervus_lightning.models.tabular import TabularMLP
-from nervus_lightning.options import check_call_options, check_choice, check_keys, keyword_names
+from nervus_lightning.options import (
+    check_call_options,
+    check_choice,
+    check_keys,
+    check_number,
+    keyword_names,
+)
 from nervus_lightning.tasks.base import build_task
 
 OPTIMIZERS = {
@@ -105,6 +113,11 @@ def _infer_features(module: nn.Module, in_channels: int, image_size: int) -> int
     return int(out.flatten(1).shape[1])
 
 
+def check_ensemble(value: Any) -> int:
+    """``model.ensemble`` as a number of networks (a whole number, at least 1)."""
+    return int(check_number("model.ensemble", value, low=1, integer=True))
+
+
 def linear_term_by_default(schema: DataSchema, task: Any) -> bool:
     """``model.tabular.linear=auto``: a linear term for Cox survival heads on tabular inputs alone.
 
@@ -151,6 +164,9 @@ class NervusModule(L.LightningModule):
         scheduler: ``{name: none|cosine|plateau, ...}``.
         in_channels, image_size: image geometry (used to build and probe the extractor).
         channels_last: run the image extractor in channels-last memory format.
+        ensemble: number of independently initialised networks trained side by side and
+            combined into one model (``model.ensemble``; see
+            :mod:`nervus_lightning.models.ensemble`); 1: a single network.
         evaluation: the evaluation contract stored with the model: ``threshold``
             (``youden``/``sensitivity``), ``target_sensitivity`` and ``positive_class`` (label ->
             class; required for binary labels whose classes are not an obvious pair such as
@@ -176,6 +192,7 @@ class NervusModule(L.LightningModule):
         in_channels: int = 1,
         image_size: int = 64,
         channels_last: bool = False,
+        ensemble: int = 1,
         evaluation: dict | None = None,
         run_config: dict | None = None,
     ) -> None:
@@ -202,7 +219,25 @@ class NervusModule(L.LightningModule):
             tabular = dict(tabular)
             linear_option = tabular.pop("linear")
         self.linear = self._resolve_linear(linear_option)
-        self.net = self._build_net(extractor, tabular, mixer, head, in_channels, image_size)
+        self.ensemble = check_ensemble(ensemble)
+        if self.ensemble == 1:
+            self.net = self._build_net(extractor, tabular, mixer, head, in_channels, image_size)
+        else:
+            # A module instance given as the extractor is copied: every member starts from it.
+            self.net = EnsembleNet(
+                [
+                    self._build_net(
+                        copy.deepcopy(extractor) if custom_extractor else extractor,
+                        tabular,
+                        mixer,
+                        head,
+                        in_channels,
+                        image_size,
+                    )  # fmt: skip
+                    for _ in range(self.ensemble)
+                ],
+                self.task.combine,
+            )
         self._eval_records: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.metrics = nn.ModuleDict(
             {
@@ -344,7 +379,7 @@ class NervusModule(L.LightningModule):
             # The Cox loss sees the global batch: every process's cases.
             world = self.trainer.world_size if self._trainer else 1
             self.task.check_batches(train, datamodule.batch_size * world)
-            if self.net.linear_terms is not None:
+            if any(net.linear_terms is not None for net in member_nets(self.net)):
                 self.start_linear_terms(train)
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
@@ -359,18 +394,25 @@ class NervusModule(L.LightningModule):
         fitted linear Cox model), before the first epoch. A resumed run then loads its
         checkpoint's weights over it."""
         raw = torch.as_tensor(train[self.schema.input_columns].to_numpy(np.float32))
-        term0 = self.net.linear_terms[0]
-        inputs = self.net.tabular_extractor.standardise(raw.to(term0.weight.device))
-        for j, term in enumerate(self.net.linear_terms):
-            weight = self.task.linear_start(inputs, train, j)
-            if weight is not None:
-                term.weight.copy_(weight.to(term.weight))
+        first = member_nets(self.net)[0]
+        term0 = first.linear_terms[0]
+        inputs = first.tabular_extractor.standardise(raw.to(term0.weight.device))
+        starts = [self.task.linear_start(inputs, train, j) for j in range(len(first.linear_terms))]
+        for net in member_nets(self.net):  # every ensemble member starts from the same fit
+            for term, weight in zip(net.linear_terms, starts, strict=True):
+                if weight is not None:
+                    term.weight.copy_(weight.to(term.weight))
 
-    def forward(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+    def _image(self, batch: dict[str, Any]) -> torch.Tensor | None:
         image = batch.get("image")
         if image is not None and self.channels_last and image.ndim == 4:
             image = image.contiguous(memory_format=torch.channels_last)
-        return self.net(image=image, tabular=batch.get("tabular"), view_mask=batch.get("view_mask"))
+        return image
+
+    def forward(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        return self.net(
+            image=self._image(batch), tabular=batch.get("tabular"), view_mask=batch.get("view_mask")
+        )
 
     def _losses(self, outputs: list[torch.Tensor], batch: dict[str, Any]) -> list[torch.Tensor]:
         return [self.task.loss(out, batch, j) for j, out in enumerate(outputs)]
@@ -399,8 +441,17 @@ class NervusModule(L.LightningModule):
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        outputs = self(batch)
-        return self._log_losses("train", self._losses(outputs, batch), len(batch["index"]))
+        if self.ensemble == 1:
+            outputs = self(batch)
+            return self._log_losses("train", self._losses(outputs, batch), len(batch["index"]))
+        # Each member learns from its own loss; their weights are disjoint, so the sum trains
+        # each one as if alone. The logged train_loss is the members' mean (one model's scale).
+        image = self._image(batch)
+        per_member = self.net.member_outputs(image, batch.get("tabular"), batch.get("view_mask"))
+        losses = [self._losses(outputs, batch) for outputs in per_member]
+        mean = [torch.stack(parts).mean() for parts in zip(*losses, strict=True)]
+        self._log_losses("train", [m.detach() for m in mean], len(batch["index"]))
+        return torch.stack([torch.stack(parts).sum() for parts in losses]).sum()
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         outputs = self(batch)

@@ -135,6 +135,7 @@ def build_module(
         in_channels=cfg.data.in_channels,
         image_size=cfg.data.image_size,
         channels_last=bool(cfg.model.get("channels_last", False)),
+        ensemble=cfg.model.get("ensemble", 1),
         evaluation=evaluation,
         run_config=_plain(cfg),
     )

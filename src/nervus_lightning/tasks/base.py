@@ -169,6 +169,13 @@ class Task(ABC):
     def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
         """Raw head output -> what users see (probabilities, original units, log hazard)."""
 
+    def combine(self, outputs: list[torch.Tensor], j: int) -> torch.Tensor:
+        """The raw output of an ensemble (``model.ensemble``) from its members' raw outputs of
+        label ``j``: one whose :meth:`transform_output` is the members' averaged prediction.
+        Default: the mean, for outputs whose transform is affine (regression's original units)
+        or that are averaged as they are (Cox log hazards)."""
+        return torch.stack([o.float() for o in outputs]).mean(0)
+
     def make_metrics(self, j: int) -> MetricCollection | None:
         """torchmetrics logged per epoch for label ``j`` (None for none)."""
         return None

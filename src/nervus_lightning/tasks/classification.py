@@ -64,6 +64,7 @@ from nervus_lightning.evaluation.sections import (
     split_styles,
 )
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS, choose_threshold
+from nervus_lightning.models.ensemble import mean_probability_logits
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.tasks.base import Task
 
@@ -348,6 +349,10 @@ class ClassificationTask(Task):
 
     def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
         return torch.softmax(output.float(), dim=1)
+
+    def combine(self, outputs: list[torch.Tensor], j: int) -> torch.Tensor:
+        # The log of the members' mean probabilities: logits whose softmax is that mean.
+        return mean_probability_logits([o.float() for o in outputs])
 
     def make_metrics(self, j: int) -> MetricCollection:
         k = len(self.labels[j].classes)

@@ -75,6 +75,10 @@ from nervus_lightning.evaluation.survival_calibration import (
     plot_survival_calibration,
     survival_calibration_table,
 )
+from nervus_lightning.models.ensemble import (
+    mean_survival_hazard_logits,
+    padded_mean_probability_logits,
+)
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival import competing, discrete
 from nervus_lightning.survival.loss import TIES, cox_loss
@@ -454,6 +458,16 @@ class SurvivalTask(Task):
         if self.is_discrete:
             return discrete.grid_survival(self.model, output)
         return output.float()
+
+    def combine(self, outputs: list[torch.Tensor], j: int) -> torch.Tensor:
+        # Cox: the mean log hazard (the geometric mean of the members' hazard ratios), which
+        # the Breslow baseline is then fitted to. Discrete-time and competing-risk models: the
+        # members' mean survival curves (or cumulative incidences, cause by cause).
+        if self.causes(j) or self.model in ("pmf", "deephit"):
+            return padded_mean_probability_logits(outputs)
+        if self.model == "logistic_hazard":
+            return mean_survival_hazard_logits(outputs)
+        return super().combine(outputs, j)
 
     def make_metrics(self, j: int) -> MetricCollection | None:
         # Concordance needs the whole split, not batches; it is computed on predictions.csv.
