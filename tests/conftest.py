@@ -148,7 +148,8 @@ def _remove_module_folders(request, tmp_path_factory):
 # CI machines have been seen with under 300 MiB free on their disk. When the system's temporary
 # folder has less than ROOMY free and /dev/shm (a RAM-backed tmpfs) has it, the suite's base
 # temporary folder goes there instead, and is removed when the session ends with every test
-# passed. An explicit --basetemp is never changed.
+# passed; TMPDIR goes beside it, for what the tests write with tempfile. An explicit --basetemp
+# is never changed.
 
 ROOMY = 2 * 2**30
 _SHM = Path("/dev/shm")
@@ -188,6 +189,12 @@ def pytest_configure(config):
     moved = roomy_basetemp()
     if moved is not None:
         config.option.basetemp = str(moved)
+        # Files made with tempfile (benchmark runs, subprocesses) follow: pytest empties the
+        # base folder when it first makes it, so this one is beside it.
+        scratch = moved.with_name(moved.name + "-tmp")
+        scratch.mkdir(exist_ok=True)
+        os.environ["TMPDIR"] = str(scratch)
+        tempfile.tempdir = None
         config.stash[_MOVED] = moved
 
 
@@ -202,3 +209,4 @@ def pytest_sessionfinish(session, exitstatus):
     moved = session.config.stash.get(_MOVED, None)
     if moved is not None and exitstatus == 0:
         shutil.rmtree(moved, ignore_errors=True)
+        shutil.rmtree(moved.with_name(moved.name + "-tmp"), ignore_errors=True)
