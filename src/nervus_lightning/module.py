@@ -233,7 +233,7 @@ class NervusModule(L.LightningModule):
                         head,
                         in_channels,
                         image_size,
-                    )  # fmt: skip
+                    )
                     for _ in range(self.ensemble)
                 ],
                 self.task.combine,

@@ -37,15 +37,9 @@ class EnsembleNet(nn.Module):
         self.members = nn.ModuleList(members)
         self.combine = combine
 
-    def member_nets(self) -> list[nn.Module]:
-        return list(self.members)
-
     def image_extractors(self) -> list[nn.Module]:
         """Every member's image extractors, member after member."""
         return [e for member in self.members for e in member.image_extractors()]
-
-    def modalities(self) -> list[str]:
-        return self.members[0].modalities()
 
     def member_outputs(
         self,
@@ -72,10 +66,10 @@ class EnsembleNet(nn.Module):
 
 def member_nets(net: nn.Module) -> list[nn.Module]:
     """The member networks of an ensemble, or ``[net]`` for a single network."""
-    return net.member_nets() if isinstance(net, EnsembleNet) else [net]
+    return list(net.members) if isinstance(net, EnsembleNet) else [net]
 
 
-# -- combining raw outputs (used by the tasks' ``combine``) ----------------------------------
+# -- combining raw outputs (the tasks' ``combine``; survival curves: survival.discrete) -------
 
 
 def mean_probability_logits(outputs: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
@@ -83,30 +77,3 @@ def mean_probability_logits(outputs: list[torch.Tensor], dim: int = 1) -> torch.
     mean probabilities, computed in log space."""
     logs = torch.stack([torch.log_softmax(o.float(), dim=dim) for o in outputs])
     return torch.logsumexp(logs, dim=0) - torch.log(torch.tensor(float(len(outputs))))
-
-
-def padded_mean_probability_logits(outputs: list[torch.Tensor]) -> torch.Tensor:
-    """As :func:`mean_probability_logits` for heads whose softmax runs over their outputs and a
-    fixed zero logit appended (pycox's PMF and DeepHit): the returned ``(n, m)`` logits, with
-    the zero appended again, give the mean of the members' ``m + 1`` probabilities."""
-    padded = [
-        torch.cat([o.float(), torch.zeros_like(o[:, :1], dtype=torch.float32)], 1) for o in outputs
-    ]
-    logits = mean_probability_logits(padded)
-    return logits[:, :-1] - logits[:, -1:]
-
-
-def mean_survival_hazard_logits(outputs: list[torch.Tensor]) -> torch.Tensor:
-    """Logistic-hazard logits ``(n, m)`` whose survival curve ``prod(1 - sigmoid)`` is the mean
-    of the members' curves: with the mean curve ``S``, each interval's hazard is
-    ``1 - S_k / S_(k-1)``, i.e. ``log(1 - h_k) = -d_k`` with ``d_k = log S_(k-1) - log S_k``,
-    and its logit is ``log(expm1(d_k))``."""
-    log_surv = torch.stack(
-        [torch.cumsum(torch.nn.functional.logsigmoid(-o.float()), dim=1) for o in outputs]
-    )
-    mean_log = torch.logsumexp(log_surv, dim=0) - torch.log(torch.tensor(float(len(outputs))))
-    previous = torch.cat([torch.zeros_like(mean_log[:, :1]), mean_log[:, :-1]], dim=1)
-    # The mean of non-increasing curves is non-increasing; the floor keeps the log finite
-    # where an interval's mean hazard is 0 to float precision.
-    drop = (previous - mean_log).clamp_min(1e-12)
-    return torch.log(torch.expm1(drop))

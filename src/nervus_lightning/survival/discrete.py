@@ -45,11 +45,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.models.ensemble import mean_probability_logits
 from nervus_lightning.survival.baseline import as_numpy
 
 __all__ = [
     "DISCRETE_MODELS",
     "MODELS",
+    "combine_outputs",
     "curve_metrics",
     "discrete_loss",
     "discretize",
@@ -161,6 +163,41 @@ def grid_survival(model: str, phi: Tensor) -> Tensor:
     else:
         raise ValueError(f"not a discrete-time model: {model!r}")
     return surv.clamp(0.0, 1.0)
+
+
+def combine_outputs(model: str, outputs: list[Tensor]) -> Tensor:
+    """Raw outputs of an ensemble (``model.ensemble``) whose :func:`grid_survival` is the mean of
+    the members' curves."""
+    if model == "logistic_hazard":
+        return _mean_survival_hazard_logits(outputs)
+    if model in ("pmf", "deephit"):
+        return _padded_mean_probability_logits(outputs)
+    raise ValueError(f"not a discrete-time model: {model!r}")
+
+
+def _padded_mean_probability_logits(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """As :func:`mean_probability_logits` for heads whose softmax runs over their outputs and a
+    fixed zero logit appended (pycox's PMF and DeepHit): the returned ``(n, m)`` logits, with
+    the zero appended again, give the mean of the members' ``m + 1`` probabilities."""
+    padded = [
+        torch.cat([o.float(), torch.zeros_like(o[:, :1], dtype=torch.float32)], 1) for o in outputs
+    ]
+    logits = mean_probability_logits(padded)
+    return logits[:, :-1] - logits[:, -1:]
+
+
+def _mean_survival_hazard_logits(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """Logistic-hazard logits ``(n, m)`` whose survival curve ``prod(1 - sigmoid)`` is the mean
+    of the members' curves: with the mean curve ``S``, each interval's hazard is
+    ``1 - S_k / S_(k-1)``, i.e. ``log(1 - h_k) = -d_k`` with ``d_k = log S_(k-1) - log S_k``,
+    and its logit is ``log(expm1(d_k))``."""
+    log_surv = torch.stack([torch.cumsum(F.logsigmoid(-o.float()), dim=1) for o in outputs])
+    mean_log = torch.logsumexp(log_surv, dim=0) - torch.log(torch.tensor(float(len(outputs))))
+    previous = torch.cat([torch.zeros_like(mean_log[:, :1]), mean_log[:, :-1]], dim=1)
+    # The mean of non-increasing curves is non-increasing; the floor keeps the log finite
+    # where an interval's mean hazard is 0 to float precision.
+    drop = (previous - mean_log).clamp_min(1e-12)
+    return torch.log(torch.expm1(drop))
 
 
 def interpolate_survival(surv: np.ndarray, cuts: np.ndarray, times: Any) -> np.ndarray:

@@ -75,10 +75,6 @@ from nervus_lightning.evaluation.survival_calibration import (
     plot_survival_calibration,
     survival_calibration_table,
 )
-from nervus_lightning.models.ensemble import (
-    mean_survival_hazard_logits,
-    padded_mean_probability_logits,
-)
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival import competing, discrete
 from nervus_lightning.survival.loss import TIES, cox_loss
@@ -463,10 +459,11 @@ class SurvivalTask(Task):
         # Cox: the mean log hazard (the geometric mean of the members' hazard ratios), which
         # the Breslow baseline is then fitted to. Discrete-time and competing-risk models: the
         # members' mean survival curves (or cumulative incidences, cause by cause).
-        if self.causes(j) or self.model in ("pmf", "deephit"):
-            return padded_mean_probability_logits(outputs)
-        if self.model == "logistic_hazard":
-            return mean_survival_hazard_logits(outputs)
+        if self.causes(j):
+            # One softmax over every cause and interval, as DeepHit's: averaged like a PMF.
+            return discrete.combine_outputs("deephit", outputs)
+        if self.is_discrete:
+            return discrete.combine_outputs(self.model, outputs)
         return super().combine(outputs, j)
 
     def make_metrics(self, j: int) -> MetricCollection | None:
