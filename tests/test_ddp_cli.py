@@ -135,6 +135,23 @@ def test_ddp_survival_counts_every_case_once(dataset, tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_competing_risks_fused_same_as_one_process(dataset, tmp_path):
+    """DeepHit with two causes on images and table in two processes: every case once, and the
+    curves and metrics of one process for the same checkpoint."""
+    csv = dataset(n=N_CASES, task="survival")
+    frame = pd.read_csv(csv)
+    second = (frame["label_death"] == 1) & (np.arange(len(frame)) % 2 == 1)
+    frame.loc[second, "label_death"] = 2  # every other event is of a second cause
+    assert set(frame.loc[frame["split"] == "train", "label_death"]) == {0, 1, 2}
+    frame.to_csv(csv, index=False)
+    run_dir = tmp_path / "run"
+    train_cli(csv, run_dir, "task=survival", "task.model=deephit", "task.num_durations=5")
+    predictions = assert_every_case_once(run_dir, csv)
+    assert any(c.startswith("cif_label_death_2_t") for c in predictions.columns)
+    assert_same_as_one_process(run_dir, csv, tmp_path)
+
+
+@pytest.mark.slow
 def test_ddp_weighted_sampler_runs(dataset, tmp_path):
     csv = dataset(n=N_CASES, images=False)
     run_dir = tmp_path / "run"
