@@ -210,3 +210,45 @@ def pytest_sessionfinish(session, exitstatus):
     if moved is not None and exitstatus == 0:
         shutil.rmtree(moved, ignore_errors=True)
         shutil.rmtree(moved.with_name(moved.name + "-tmp"), ignore_errors=True)
+
+
+def _gathered_loss_worker(rank: int, world: int, port: int, task, data, out) -> None:
+    """One process of :func:`assert_loss_sees_the_global_batch`."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    output, time, event = data
+    n = output.shape[0]
+    part = slice(rank * n // world, (rank + 1) * n // world)
+    local = output[part].clone().requires_grad_(True)
+    task.gather = lambda t: torch.cat(all_gather(t))  # as NervusModule sets it under DDP
+    loss = task.loss(local, {"target": event[part], "time": time[part]}, 0)
+    loss.backward()
+    out[rank] = (loss.item(), local.grad.clone())
+    dist.destroy_process_group()
+
+
+def assert_loss_sees_the_global_batch(task, output, time, event, port: int, world: int = 2):
+    """``world`` gloo processes each hold a share of the batch (``output``, ``time``, ``event``:
+    (n, k), (n, 1), (n, 1) tensors) and compute ``task.loss`` with the task gathering as under
+    DDP: each process's loss must equal the one-process loss of the whole batch, and its gradient
+    its share of that loss's gradient (all_gather's backward sums the ranks' identical losses;
+    DDP then averages over ranks, which gives the global-batch gradient)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    out = mp.Manager().dict()
+    data = (output, time, event)
+    mp.spawn(_gathered_loss_worker, args=(world, port, task, data, out), nprocs=world, join=True)
+    full = output.clone().requires_grad_(True)
+    expected = task.loss(full, {"target": event, "time": time}, 0)
+    expected.backward()
+    n = output.shape[0]
+    for rank in range(world):
+        loss, grad = out[rank]
+        assert loss == pytest.approx(expected.item(), rel=1e-6)
+        part = slice(rank * n // world, (rank + 1) * n // world)
+        torch.testing.assert_close(grad / world, full.grad[part])

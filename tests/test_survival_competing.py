@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, compose_config
+from conftest import FAST, assert_loss_sees_the_global_batch, compose_config
 from pycox.models.data import pair_rank_mat
 from pycox.models.loss import DeepHitLoss
 from pycox.preprocessing.label_transforms import LabTransDiscreteTime
@@ -267,46 +267,13 @@ def test_external_csv_with_an_unknown_cause_is_a_clear_error(tmp_path):
         validate_for_prediction(csv, schema)
 
 
-def _ddp_worker(rank: int, world: int, port: int, cuts, data, out) -> None:
-    import os
-
-    import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    phi, time, cause = data
-    n = phi.shape[0]
-    part = slice(rank * n // world, (rank + 1) * n // world)
-    local = phi[part].clone().requires_grad_(True)
-    task = _task()
-    task.cuts[0] = cuts
-    task.gather = lambda t: torch.cat(all_gather(t))  # as NervusModule sets it under DDP
-    loss = task.loss(local, {"target": cause[part], "time": time[part]}, 0)
-    loss.backward()
-    out[rank] = (loss.item(), local.grad.clone())
-    dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_competing_loss_sees_the_global_batch_with_several_processes():
-    """Under DDP each process holds half the batch; the rank loss must still compare every pair:
-    each process's loss equals the one-process loss of the whole batch, and its gradient is its
-    share of that loss's gradient (DDP averages the processes' gradients)."""
-    import torch.multiprocessing as mp
-
+    """Under DDP each process holds half the batch; DeepHit's rank loss must still compare every
+    pair (two gloo processes, two causes)."""
     time, cause, _ = _competing_data(20, seed=3)
     task = _task()
     task.fit_before_training(pd.DataFrame({"period_death": time, "label_death": cause}))
     phi = torch.randn(20, 12, generator=torch.Generator().manual_seed(1))
-    data = (phi, torch.tensor(time).float()[:, None], torch.tensor(cause).float()[:, None])
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, 29533, task.cuts[0], data, out), nprocs=2, join=True)
-    full = phi.clone().requires_grad_(True)
-    expected = task.loss(full, {"target": data[2], "time": data[1]}, 0)
-    expected.backward()
-    for rank in range(2):
-        loss, grad = out[rank]
-        assert loss == pytest.approx(expected.item(), rel=1e-6)
-        part = slice(rank * 10, (rank + 1) * 10)
-        torch.testing.assert_close(grad / 2, full.grad[part])
+    time_, cause_ = torch.tensor(time).float()[:, None], torch.tensor(cause).float()[:, None]
+    assert_loss_sees_the_global_batch(task, phi, time_, cause_, port=29533)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, compose_config
+from conftest import FAST, assert_loss_sees_the_global_batch, compose_config
 from pycox.evaluation import EvalSurv
 from pycox.models import PMF, DeepHitSingle, LogisticHazard
 from pycox.models.data import pair_rank_mat
@@ -312,43 +312,11 @@ def test_event_that_is_not_0_or_1_is_a_clear_error(dataset, tmp_path):
         train(cfg, tmp_path / "run")
 
 
-def _ddp_worker(rank: int, world: int, port: int, cuts, data, out) -> None:
-    import os
-
-    import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    phi, time, event = data
-    n = phi.shape[0]
-    part = slice(rank * n // world, (rank + 1) * n // world)
-    local = phi[part].clone().requires_grad_(True)
-    task = _task("deephit")
-    task.cuts[0] = cuts
-    task.gather = lambda t: torch.cat(all_gather(t))
-    loss = task.loss(local, {"target": event[part], "time": time[part]}, 0)
-    loss.backward()
-    out[rank] = (loss.item(), local.grad.clone())
-    dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_deephit_rank_loss_sees_the_global_batch_with_several_processes():
-    import torch.multiprocessing as mp
-
     time, event = _survival_data(16, seed=5)
     task = _task("deephit")
     task.fit_before_training(pd.DataFrame({"period_death": time, "label_death": event}))
     phi = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
-    data = (phi, torch.tensor(time).float()[:, None], torch.tensor(event).float()[:, None])
-    out = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, 29531, task.cuts[0], data, out), nprocs=2, join=True)
-    full = phi.clone().requires_grad_(True)
-    expected = task.loss(full, {"target": data[2], "time": data[1]}, 0)
-    expected.backward()
-    for rank in range(2):
-        loss, grad = out[rank]
-        assert loss == pytest.approx(expected.item(), rel=1e-6)
-        part = slice(rank * 8, (rank + 1) * 8)
-        torch.testing.assert_close(grad / 2, full.grad[part])
+    time_, event_ = torch.tensor(time).float()[:, None], torch.tensor(event).float()[:, None]
+    assert_loss_sees_the_global_batch(task, phi, time_, event_, port=29531)
