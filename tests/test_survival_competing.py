@@ -1,10 +1,13 @@
 """Competing risks with DeepHit (label_<name> = 0 censored / 1..K cause): pycox's loss on the
 same batch, CIFs that add up with the event-free survival, Wolbers' cause-specific C against
-scikit-survival and a pair count, end to end with predict from the checkpoint alone, bad inputs."""
+scikit-survival and a pair count, the cause-specific Brier score against scikit-survival (one
+cause), the Aalen-Johansen estimate and a loop, end to end with predict from the checkpoint alone,
+bad inputs."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +18,16 @@ from conftest import FAST, assert_loss_sees_the_global_batch, compose_config
 from pycox.models.data import pair_rank_mat
 from pycox.models.loss import DeepHitLoss
 from pycox.preprocessing.label_transforms import LabTransDiscreteTime
-from sksurv.metrics import concordance_index_censored
+from sklearn.metrics import mean_squared_error
+from sksurv.metrics import brier_score, concordance_index_censored, cumulative_dynamic_auc
 from sksurv.nonparametric import cumulative_incidence_competing_risks
+from sksurv.util import Surv
 
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
 from nervus_lightning.predict import predict
-from nervus_lightning.survival import competing, discrete
+from nervus_lightning.survival import competing, discrete, ipcw
 from nervus_lightning.survival.metrics import format_time
+from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.survival import SurvivalTask
 from nervus_lightning.train import train
 
@@ -124,6 +130,126 @@ def test_wolbers_concordance_equals_scikit_survival_and_a_pair_count():
     assert competing.cause_concordance(time, np.zeros(80), x, 1) is None
 
 
+def _continuous_competing(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`_competing_data` without rounding: no two times tie."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    t1, t2 = rng.exponential(10 * np.exp(-x)), rng.exponential(10 * np.exp(x))
+    censor = rng.exponential(20, n)
+    time = np.minimum.reduce([t1, t2, censor])
+    cause = np.where(censor < np.minimum(t1, t2), 0, np.where(t1 < t2, 1, 2))
+    return time, cause, x
+
+
+def _cause_brier_by_subjects(time, cause, cif, c, times, censoring):
+    """The cause-specific Brier score written as a loop over subjects and times."""
+    out = []
+    for k, t in enumerate(times):
+        total = 0.0
+        for i in range(time.shape[0]):
+            if time[i] <= t and cause[i] != 0:
+                total += (float(cause[i] == c) - cif[i, k]) ** 2 / censoring([time[i]])[0]
+            elif time[i] > t:
+                total += cif[i, k] ** 2 / censoring([t])[0]
+        out.append(total / time.shape[0])
+    return np.array(out)
+
+
+def test_cause_brier_score_against_scikit_survival_aalen_johansen_and_a_loop():
+    time, cause, x = _continuous_competing(300, seed=4)
+    train, test = slice(0, 200), slice(200, 300)
+    times = np.quantile(time[test], [0.2, 0.4, 0.6, 0.8])
+    rng = np.random.default_rng(1)
+    cif = rng.uniform(0, 0.6, size=(300, 2, times.shape[0]))
+    censoring = ipcw.CensoringCurve.fit(time[train], cause[train] != 0)
+    for c in (1, 2):
+        _, got = ipcw.cause_brier_scores(
+            time[test], cause[test], cif[test, c - 1], c, times, censoring
+        )
+        expected = _cause_brier_by_subjects(
+            time[test], cause[test], cif[test, c - 1], c, times, censoring
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+        integrated = ipcw.integrated_cause_brier_score(
+            time[test], cause[test], cif[test, c - 1], c, times, censoring
+        )
+        assert integrated == pytest.approx(np.trapezoid(got, times) / (times[-1] - times[0]))
+    # One cause: scikit-survival's Brier score of the survival 1 - F.
+    single = (cause != 0).astype(int)
+    y_train = Surv.from_arrays(single[train] != 0, time[train])
+    y_test = Surv.from_arrays(single[test] != 0, time[test])
+    _, expected = brier_score(y_train, y_test, 1 - cif[test, 0], times)
+    curve = ipcw.CensoringCurve.fit(time[train], single[train])
+    _, got = ipcw.cause_brier_scores(time[test], single[test], cif[test, 0], 1, times, curve)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # Predicting 0 with the censoring curve of the scored cases themselves, the score is the
+    # inverse-probability-weighted incidence, which equals the Aalen-Johansen estimate (no ties).
+    everyone = ipcw.CensoringCurve.fit(time, cause != 0)
+    unique, aalen_johansen = cumulative_incidence_competing_risks(cause, time)
+    grid = np.quantile(time, [0.1, 0.3, 0.5, 0.7, 0.9])
+    at = np.searchsorted(unique, grid, side="right") - 1
+    for c in (1, 2):
+        _, got = ipcw.cause_brier_scores(time, cause, np.zeros((300, 5)), c, grid, everyone)
+        np.testing.assert_allclose(got, aalen_johansen[c, at], rtol=1e-9)
+    # Without censoring every weight is 1: the mean squared error of "cause c by t".
+    uncensored = np.where(cause == 0, 1, cause)
+    no_censoring = ipcw.CensoringCurve.fit(time, np.ones(300))
+    _, got = ipcw.cause_brier_scores(time, uncensored, cif[:, 1], 2, times, no_censoring)
+    for k, t in enumerate(times):
+        target = (uncensored == 2) & (time <= t)
+        assert got[k] == pytest.approx(mean_squared_error(target, cif[:, 1, k]), rel=1e-12)
+
+
+def _cause_auc_by_pairs(time, cause, marker, c, times, censoring):
+    """The cause-specific AUC written as a loop over case-control pairs."""
+    out = []
+    for k, t in enumerate(times):
+        num = den = 0.0
+        for i in np.flatnonzero((cause == c) & (time <= t)):
+            w_i = 1 / censoring([time[i]])[0]
+            for j in range(time.shape[0]):
+                if time[j] > t:
+                    w_j = 1 / censoring([t])[0]
+                elif cause[j] not in (0, c):
+                    w_j = 1 / censoring([time[j]])[0]
+                else:
+                    continue
+                den += w_i * w_j
+                if abs(marker[i, k] - marker[j, k]) <= 1e-8:
+                    num += 0.5 * w_i * w_j
+                elif marker[i, k] > marker[j, k]:
+                    num += w_i * w_j
+        out.append(num / den)
+    return np.array(out)
+
+
+def test_cause_dynamic_auc_against_a_pair_loop_and_scikit_survival():
+    time, cause, x = _continuous_competing(240, seed=5)
+    train, test = slice(0, 140), slice(140, 240)
+    times = np.quantile(time[test], [0.25, 0.5, 0.75])
+    rng = np.random.default_rng(2)
+    marker = x[:, None] + rng.normal(0, 0.5, size=(240, 3))
+    marker[::7] = np.round(marker[::7])  # some tied markers
+    censoring = ipcw.CensoringCurve.fit(time[train], cause[train] != 0)
+    for c, m in ((1, marker), (2, -marker)):
+        got = ipcw.cause_dynamic_auc(time[test], cause[test], m[test], c, times, censoring)
+        expected = _cause_auc_by_pairs(time[test], cause[test], m[test], c, times, censoring)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+        assert (got > 0.6).all()  # x raises cause 1 and lowers cause 2
+    # One cause: scikit-survival's cumulative/dynamic AUC.
+    single = (cause != 0).astype(int)
+    y_train = Surv.from_arrays(single[train] != 0, time[train])
+    y_test = Surv.from_arrays(single[test] != 0, time[test])
+    expected, _ = cumulative_dynamic_auc(y_train, y_test, x[test], times)
+    curve = ipcw.CensoringCurve.fit(time[train], single[train])
+    got = ipcw.cause_dynamic_auc(time[test], single[test], x[test], 1, times, curve)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # No cause-2 failure before the first time: undefined there.
+    early = np.array([time[test][cause[test] == 2].min() * 0.999, times[1]])
+    got = ipcw.cause_dynamic_auc(time[test], cause[test], x[test], 2, early, censoring)
+    assert np.isnan(got[0]) and np.isfinite(got[1])
+
+
 def _write_csv(path: Path, n: int = 72, seed: int = 0) -> Path:
     time, cause, x = _competing_data(n, seed)
     rng = np.random.default_rng(seed + 1)
@@ -200,9 +326,38 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
         assert metrics[f"cif_observed_cause{c}"] == pytest.approx(observed[c, at])
         mean = discrete.interpolate_survival(cif[pred.split == "test", c - 1], cuts, [t]).mean()
         assert metrics[f"cif_predicted_cause{c}"] == pytest.approx(mean)
+    # Integrated Brier score of each cause's CIF on the ibs grid, censoring from the training
+    # rows (any cause an event): the direct call on the test rows' interpolated curves.
+    reference = SurvivalReference.from_json(spec)
+    grid = reference.ibs_grid()
+    grid = grid[(grid >= test.period_death.min()) & (grid < test.period_death.max())]
+    assert grid.shape[0] >= 2 and grid.max() < reference.max_time
+    train_rows = pred[pred.split == "train"]
+    censoring = ipcw.CensoringCurve.fit(train_rows.period_death, train_rows.label_death != 0)
+    for c in (1, 2):
+        curves = discrete.interpolate_survival(cif[pred.split == "test", c - 1], cuts, grid)
+        expected = ipcw.integrated_cause_brier_score(
+            test.period_death, test.label_death, curves, c, grid, censoring
+        )
+        assert metrics[f"ibs_cause{c}"] == pytest.approx(expected, rel=1e-9)
+        # Cause c's td-AUC at each evaluation time, the marker the predicted CIF there.
+        at = np.asarray(spec["eval_times"])
+        markers = discrete.interpolate_survival(cif[pred.split == "test", c - 1], cuts, at)
+        auc = ipcw.cause_dynamic_auc(test.period_death, test.label_death, markers, c, at, censoring)
+        for t, value in zip(at, auc, strict=True):
+            assert metrics[f"td_auc_cause{c}_t{format_time(t)}"] == pytest.approx(value)
     table = pd.read_csv(run / "evaluation" / "metrics.csv")
     assert {"c_index_cause1", "events_cause2", "cif_observed_cause2"} <= set(table.metric)
-    assert (run / "evaluation" / "report.html").is_file()
+    ibs_rows = table[table.metric.str.startswith("ibs_cause")]
+    assert len(ibs_rows) >= 2 and ibs_rows.ci_lower.notna().all()
+    # The report: event-free metrics in the headline table, each cause's in a table of its own.
+    html = (run / "evaluation" / "report.html").read_text()
+    headline = html.split("Table 1. label_death: headline")[1].split("Table 1 (per cause)")[0]
+    assert "Harrell" in headline and "cause" not in headline
+    per_cause = html.split("Table 1 (per cause)")[1].split("</table>")[0]
+    assert "Wolbers" in per_cause and "IBS of the CIF" in per_cause and "td-AUC at t" in per_cause
+    causes = re.findall(r'<td class="key">(\d)</td>', per_cause)
+    assert causes == ["1", "2", "1", "2"]  # test, then val
     assert list((run / "evaluation").rglob("cumulative_incidence.png"))
     # The checkpoint alone reproduces the CIFs.
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]

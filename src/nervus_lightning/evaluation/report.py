@@ -12,7 +12,8 @@
   by each task's ``figures`` from the arrays its ``evaluate`` keeps per split x group;
 - ``report.html``: one offline page rendered by :func:`render_report` from
   ``templates/report.html.j2`` (jinja2, autoescaped): per label a headline table (test and
-  external splits, val marked) and its figures first; data, learning curves, the full
+  external splits, val marked; with competing risks a second one, per cause) and its figures
+  first; data, learning curves, the full
   split x group tables and the configuration after it, the last two folded. When the run folder
   holds explanations (``explain/``, see :mod:`nervus_lightning.explain`), each label also shows a
   small gallery of Grad-CAM overlays and a chart of how much each input mattered.
@@ -30,6 +31,7 @@ import base64
 import itertools
 import logging
 import math
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -251,21 +253,42 @@ def _cell(row: Mapping | None, metric: str, footnotes: list[str], where: str) ->
     return {"value": _fmt(row["value"], metric), "ci": ci, "note": note}
 
 
+# Competing-risk metrics of one cause (``<kind>_cause<c>`` or, per evaluation time,
+# ``<kind>_cause<c>_t<time>``): the per-cause table's columns, kinds in this order.
+_CAUSE_METRIC = re.compile(
+    r"^(events|c_index|td_auc|ibs|cif_observed|cif_predicted)_cause(\d+)(?:_t(.+))?$"
+)
+_CAUSE_COLUMNS = {
+    "events": "events",
+    "c_index": "Wolbers' C",
+    "td_auc": "td-AUC",
+    "ibs": "IBS of the CIF",
+    "cif_observed": "observed CIF",
+    "cif_predicted": "mean predicted CIF",
+}
+
+
+def _headline_splits(rows: list[dict], ctx: EvalContext) -> list[str]:
+    """Every evaluated split but train (test and external first, val last); train alone when
+    nothing else was evaluated."""
+    present = [s for s in ctx.splits if any(r["split"] == s for r in rows)]
+    splits = [s for s in present if s not in ("train", "val")]
+    splits += [s for s in present if s == "val"]
+    return splits or present
+
+
 def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
     """Headline metrics with CIs of every evaluated split but train (test and external first,
-    val last and marked); the threshold and time-dependent AUCs stay in the full table."""
+    val last and marked); the threshold and time-dependent AUCs stay in the full table, the
+    per-cause metrics of competing risks go to :func:`cause_table`."""
     rows = [r for r in section.rows if r["group"] == ALL_GROUPS]
     metrics = [
         m
         for m in dict.fromkeys(r["metric"] for r in rows)
-        if m != "threshold" and not m.startswith("td_auc_t")
+        if m != "threshold" and not m.startswith("td_auc_t") and not _CAUSE_METRIC.match(m)
     ]
     lookup = {(r["split"], r["metric"]): r for r in rows}
-    present = [s for s in ctx.splits if any(r["split"] == s for r in rows)]
-    splits = [s for s in present if s not in ("train", "val")]
-    splits += [s for s in present if s == "val"]
-    if not splits:
-        splits = present
+    splits = _headline_splits(rows, ctx)
     footnotes: list[str] = []
     body = [
         {
@@ -281,6 +304,50 @@ def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
         "footnotes": footnotes,
         "has_val": "val" in splits,
     }
+
+
+def cause_table(section: LabelSection, ctx: EvalContext) -> dict | None:
+    """Competing risks: one row per split (as the headline table) and cause, one column per
+    per-cause metric (``events_cause<c>``, ``c_index_cause<c>``, ``td_auc_cause<c>_t<time>``,
+    ...); None without causes."""
+    rows = [r for r in section.rows if r["group"] == ALL_GROUPS]
+    parsed = [
+        (m.group(1), int(m.group(2)), m.group(3))
+        for r in rows
+        if (m := _CAUSE_METRIC.match(r["metric"]))
+    ]
+    if not parsed:
+        return None
+    # (kind, time) columns: kinds in _CAUSE_COLUMNS order, times in the order they come.
+    columns = list(dict.fromkeys((kind, at) for kind, _, at in parsed))
+    columns.sort(key=lambda column: list(_CAUSE_COLUMNS).index(column[0]))
+    causes = sorted({c for _, c, _ in parsed})
+    lookup = {(r["split"], r["metric"]): r for r in rows}
+    footnotes: list[str] = []
+
+    def metric(kind: str, c: int, at: str | None) -> str:
+        return f"{kind}_cause{c}" + ("" if at is None else f"_t{at}")
+
+    body = [
+        {
+            "split": split,
+            "group": str(c),
+            "development": split == "val",
+            "cells": [
+                _cell(lookup.get((split, metric(k, c, at))), metric(k, c, at), footnotes, split)
+                for k, at in columns
+            ],
+        }
+        for split in _headline_splits(rows, ctx)
+        for c in causes
+    ]
+    calibration = section.info.get("calibration_time")
+    names = []
+    for kind, at in columns:
+        if at is None and kind.startswith("cif_") and calibration is not None:
+            at = f"{calibration:g}"  # the observed and predicted CIFs are read there
+        names.append(_CAUSE_COLUMNS[kind] + ("" if at is None else f" at t = {at}"))
+    return {"columns": names, "rows": body, "footnotes": footnotes}
 
 
 def full_table(section: LabelSection) -> dict:
@@ -348,6 +415,7 @@ def report_context(
                 "anchor": safe_name(section.name),
                 "notes": section.notes,
                 "headline": headline_table(section, ctx) if section.rows else None,
+                "causes": cause_table(section, ctx) if section.rows else None,
                 "figures": [
                     {"caption": caption, "src": _data_uri(path), "number": next(figure_numbers)}
                     for caption, path in section.figures

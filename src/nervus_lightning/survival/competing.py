@@ -45,6 +45,14 @@ Observed cumulative incidence
     predicted CIFs (calibration in the large: both estimate the population's CIF under
     independent censoring). 1 - Kaplan-Meier with the other causes censored would overstate
     the incidence, so it is never drawn.
+Cause-specific Brier score and time-dependent AUC
+    ``ibs_cause<c>``: the integrated inverse-probability-of-censoring-weighted Brier score of
+    cause ``c``'s predicted CIF (:func:`nervus_lightning.survival.ipcw.cause_brier_scores`,
+    :func:`nervus_lightning.survival.metrics.cause_ibs`), on the times of ``ibs``;
+    ``td_auc_cause<c>_t<time>``: cause ``c``'s cumulative/dynamic AUC at each evaluation time,
+    marker the predicted CIF there, other-cause failures among the controls
+    (:func:`nervus_lightning.survival.ipcw.cause_dynamic_auc`,
+    :func:`nervus_lightning.survival.metrics.cause_td_auc`).
 """
 
 from __future__ import annotations

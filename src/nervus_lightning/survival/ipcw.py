@@ -55,6 +55,31 @@ integral over a grid by the trapezoidal rule, divided by the grid's length:
 
 where a zero :math:`\hat G` makes its term 0.
 
+With competing risks (:math:`\delta_i \in \{0, 1, \dots, K\}`, 0 censored, else the cause of the
+first event) the Brier score of cause :math:`c`'s predicted cumulative incidence
+:math:`\hat F_{c,i}(t)` weighs the subjects the same way, any cause counting as the event for
+:math:`\hat G` and for "event by :math:`t`"; the target is 1 only for a cause-:math:`c` failure
+by :math:`t` (Graf's score with the weights of Gerds & Schumacher, as for cause-specific
+prediction errors in the competing-risks literature):
+
+.. math::
+
+    \mathrm{BS}_c(t) = \frac1n \sum_i \Big[
+        \frac{(1\{\delta_i = c\} - \hat F_{c,i}(t))^2\, 1\{T_i \le t, \delta_i \ne 0\}}
+             {\hat G(T_i)}
+        + \frac{\hat F_{c,i}(t)^2\, 1\{T_i > t\}}{\hat G(t)} \Big].
+
+With one cause it is :math:`\mathrm{BS}(t)` of :math:`\hat S = 1 - \hat F_1`; the integrated
+score is integrated as above.
+
+The cumulative/dynamic AUC of cause :math:`c` at :math:`t` (Blanche, Dartigues &
+Jacqmin-Gadda, Stat Med 2013, their second definition of controls): cases are the cause-:math:`c`
+failures by :math:`t`, weighted :math:`1/\hat G(T_i)`; controls are everyone not failed from
+:math:`c` by :math:`t`: the event-free after :math:`t`, weighted :math:`1/\hat G(t)`, and the
+other-cause failures by :math:`t`, weighted :math:`1/\hat G(T_j)`. It is the weighted share of
+case-control pairs where the case has the higher marker (ties half). With one cause there are no
+other-cause failures and it is :math:`\mathrm{AUC}(t)` above.
+
 As in scikit-survival, every evaluation time must lie in ``[min(T), max(T))`` of the evaluated
 set, and :math:`\hat G` is undefined after the largest training time unless it reached 0 there
 (``ValueError`` in both cases; :mod:`nervus_lightning.survival.metrics` avoids them).
@@ -79,8 +104,11 @@ from nervus_lightning.survival.concordance import (
 __all__ = [
     "CensoringCurve",
     "brier_scores",
+    "cause_brier_scores",
+    "cause_dynamic_auc",
     "cumulative_dynamic_auc",
     "integrated_brier_score",
+    "integrated_cause_brier_score",
     "kaplan_meier_at",
     "uno_concordance",
 ]
@@ -225,6 +253,56 @@ def cumulative_dynamic_auc(
     return auc, float((auc * drop).sum() / (1.0 - surv[-1]))
 
 
+def cause_dynamic_auc(
+    time: Any,
+    cause: Any,
+    marker: Any,
+    c: int,
+    times: Any,
+    censoring: CensoringCurve,
+    tied_tol: float = TIED_TOL,
+) -> np.ndarray:
+    """Cumulative/dynamic AUC of cause ``c`` at each of the sorted unique ``times`` (competing
+    risks; module docstring); NaN at a time without a case or without a control.
+
+    Args:
+        cause: 0 (censored) or the cause 1..K of each subject's first event.
+        marker: ``(n, len(unique times))``, higher = more likely to fail from ``c`` by the time
+            (e.g. the predicted CIF there), or ``(n,)`` for one marker at every time.
+        censoring: Kaplan-Meier of the censoring times, any cause counting as an event.
+    """
+    time = as_numpy(time)
+    cause = np.rint(as_numpy(cause)).astype(np.int64)
+    times = _check_times(time, times)
+    marker = np.asarray(marker, dtype=np.float64)
+    if marker.ndim == 1:
+        marker = np.repeat(marker[:, None], times.shape[0], axis=1)
+    if marker.shape != (time.shape[0], times.shape[0]):
+        raise ValueError(f"expected markers of shape {(time.shape[0], times.shape[0])}")
+    failed = cause != 0
+    inv_g = np.zeros(time.shape[0])
+    inv_g[failed] = 1.0 / censoring(time[failed])
+    auc = np.full(times.shape[0], np.nan)
+    for k, t in enumerate(times):
+        case = failed & (cause == c) & (time <= t)
+        other = failed & (cause != c) & (time <= t)
+        later = time > t
+        if not case.any() or not (other.any() or later.any()):
+            continue
+        g_t = float(censoring([t])[0])
+        control_marker = np.concatenate([marker[other, k], marker[later, k]])
+        control_weight = np.concatenate([inv_g[other], np.full(int(later.sum()), 1.0 / g_t)])
+        order = np.argsort(control_marker, kind="stable")
+        sorted_marker = control_marker[order]
+        below = np.concatenate([[0.0], np.cumsum(control_weight[order])])
+        lower = np.searchsorted(sorted_marker, marker[case, k] - tied_tol, side="left")
+        upper = np.searchsorted(sorted_marker, marker[case, k] + tied_tol, side="right")
+        wins = below[lower] + 0.5 * (below[upper] - below[lower])
+        w = inv_g[case]
+        auc[k] = float(w @ wins) / (w.sum() * below[-1])
+    return auc
+
+
 def kaplan_meier_at(time: np.ndarray, event: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Kaplan-Meier survival of ``(time, event)`` at ``times`` (right-continuous), as
     scikit-survival's ``SurvivalFunctionEstimator`` without its input checks (bootstrap loops
@@ -237,6 +315,39 @@ def kaplan_meier_at(time: np.ndarray, event: np.ndarray, times: np.ndarray) -> n
     surv = np.cumprod(1.0 - deaths / at_risk)
     index = np.searchsorted(unique_time, times, side="right")
     return np.concatenate(([1.0], surv))[index]
+
+
+def _ipcw_brier(
+    time: np.ndarray,
+    event: np.ndarray,
+    outcome: np.ndarray,
+    predicted: Any,
+    times: Any,
+    censoring: CensoringCurve,
+) -> tuple[np.ndarray, np.ndarray]:
+    """IPCW Brier score of ``predicted`` ``P(outcome by t)`` at each of ``times``: a subject with
+    an event (of any kind) by ``t`` weighs ``1 / G(T_i)`` and its target is ``outcome``; one
+    still event-free after ``t`` weighs ``1 / G(t)`` with target 0; one censored before ``t``
+    weighs nothing."""
+    times = _check_times(time, times)
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(time.shape[0], -1)
+    if predicted.shape[1] != times.shape[0]:
+        raise ValueError(f"expected {times.shape[0]} prediction columns, got {predicted.shape[1]}")
+    with np.errstate(divide="ignore"):
+        inv_g_times = np.where(censoring(times) > 0, 1.0 / censoring(times), 0.0)
+        g_subjects = censoring(time)
+        inv_g_subjects = np.where(g_subjects > 0, 1.0 / g_subjects, 0.0)
+    case = event[:, None] & (time[:, None] <= times[None, :])
+    control = time[:, None] > times[None, :]
+    target = case & outcome[:, None]
+    weights = case * inv_g_subjects[:, None] + control * inv_g_times[None, :]
+    return times, ((target - predicted) ** 2 * weights).mean(axis=0)
+
+
+def _integrate(times: np.ndarray, scores: np.ndarray) -> float:
+    if times.shape[0] < 2:
+        raise ValueError("at least two time points are needed for the integrated Brier score")
+    return float(np.trapezoid(scores, times) / (times[-1] - times[0]))
 
 
 def brier_scores(
@@ -252,28 +363,39 @@ def brier_scores(
     """
     time = as_numpy(time)
     event = as_numpy(event) != 0
-    times = _check_times(time, times)
     survival = np.asarray(survival, dtype=np.float64).reshape(time.shape[0], -1)
-    if survival.shape[1] != times.shape[0]:
-        raise ValueError(f"expected {times.shape[0]} survival columns, got {survival.shape[1]}")
-    with np.errstate(divide="ignore"):
-        inv_g_times = np.where(censoring(times) > 0, 1.0 / censoring(times), 0.0)
-        g_subjects = censoring(time)
-        inv_g_subjects = np.where(g_subjects > 0, 1.0 / g_subjects, 0.0)
-    case = event[:, None] & (time[:, None] <= times[None, :])
-    control = time[:, None] > times[None, :]
-    terms = (
-        survival**2 * case * inv_g_subjects[:, None]
-        + (1.0 - survival) ** 2 * control * inv_g_times[None, :]
-    )
-    return times, terms.mean(axis=0)
+    return _ipcw_brier(time, event, event, 1.0 - survival, times, censoring)
 
 
 def integrated_brier_score(
     time: Any, event: Any, survival: Any, times: Any, censoring: CensoringCurve
 ) -> float:
     """Trapezoidal integral of :func:`brier_scores` over ``times``, divided by its length."""
-    times, scores = brier_scores(time, event, survival, times, censoring)
-    if times.shape[0] < 2:
-        raise ValueError("at least two time points are needed for the integrated Brier score")
-    return float(np.trapezoid(scores, times) / (times[-1] - times[0]))
+    return _integrate(*brier_scores(time, event, survival, times, censoring))
+
+
+def cause_brier_scores(
+    time: Any, cause: Any, cif: Any, c: int, times: Any, censoring: CensoringCurve
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brier score of cause ``c``'s predicted cumulative incidence at each of ``times``
+    (competing risks; module docstring).
+
+    Args:
+        cause: 0 (censored) or the cause 1..K of each subject's first event.
+        cif: predicted cumulative incidence of cause ``c``, shape ``(n, len(unique times))``.
+        censoring: Kaplan-Meier of the censoring times, any cause counting as an event.
+
+    Returns:
+        ``(times, scores)``.
+    """
+    time = as_numpy(time)
+    cause = np.rint(as_numpy(cause)).astype(np.int64)
+    return _ipcw_brier(time, cause != 0, cause == c, cif, times, censoring)
+
+
+def integrated_cause_brier_score(
+    time: Any, cause: Any, cif: Any, c: int, times: Any, censoring: CensoringCurve
+) -> float:
+    """Trapezoidal integral of :func:`cause_brier_scores` over ``times``, divided by its
+    length."""
+    return _integrate(*cause_brier_scores(time, cause, cif, c, times, censoring))

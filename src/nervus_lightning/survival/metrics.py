@@ -65,8 +65,10 @@ from sksurv.util import Surv
 from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
 from nervus_lightning.survival.ipcw import (
+    cause_dynamic_auc,
     cumulative_dynamic_auc,
     integrated_brier_score,
+    integrated_cause_brier_score,
     uno_concordance,
 )
 from nervus_lightning.survival.reference import (
@@ -82,6 +84,8 @@ MAX_ROWS_EXACT = 100_000
 __all__ = [
     "MAX_ROWS_EXACT",
     "assign_risk_groups",
+    "cause_ibs",
+    "cause_td_auc",
     "ipcw_subsample",
     "default_eval_times",
     "format_time",
@@ -133,6 +137,80 @@ def _censor_after(
     """Administrative censoring just after ``horizon`` (see module docstring)."""
     beyond = time > horizon
     return np.where(beyond, np.minimum(time, cap), time), event & ~beyond
+
+
+IBS_GRID_TOO_SHORT = (
+    "fewer than 2 grid times between the 10th and 90th percentiles of the training "
+    "times lie inside the evaluated follow-up"
+)
+
+
+def cause_ibs(
+    reference: SurvivalReference, time: Any, cause: Any, cif: Any, c: int
+) -> tuple[float | None, str | None]:
+    """Integrated Brier score of cause ``c``'s predicted cumulative incidence (competing risks;
+    :func:`~nervus_lightning.survival.ipcw.cause_brier_scores`) on the times of ``ibs``, with the
+    same administrative censoring after the grid; ``(None, why)`` when it cannot be computed.
+
+    Args:
+        cause: 0 (censored) or the cause 1..K of the first event, per subject.
+        cif: the subjects' predicted CIF of cause ``c`` at ``reference.ibs_grid()``.
+    """
+    time = as_numpy(time)
+    cause = np.rint(as_numpy(cause)).astype(np.int64)
+    full_grid = reference.ibs_grid()
+    kept = _inside_followup(full_grid, reference.max_time, time)
+    grid = full_grid[kept]
+    if time.shape[0] < 2 or not (cause != 0).any():
+        return None, "the evaluated split has fewer than 2 subjects or no event"
+    if grid.shape[0] < 2:
+        return None, IBS_GRID_TOO_SHORT
+    capped, event = _censor_after(time, cause != 0, grid.max(), reference.max_time)
+    cif = np.asarray(cif, dtype=np.float64)[:, kept]
+    value = integrated_cause_brier_score(
+        capped, np.where(event, cause, 0), cif, c, grid, reference.censoring
+    )
+    return value, None
+
+
+def cause_td_auc(
+    reference: SurvivalReference, time: Any, cause: Any, cif: Any, c: int
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Cause ``c``'s cumulative/dynamic AUC (competing risks;
+    :func:`~nervus_lightning.survival.ipcw.cause_dynamic_auc`) at each evaluation time, the
+    marker being the predicted CIF of cause ``c`` there; keys ``td_auc_cause<c>_t<time>``.
+
+    Args:
+        cause: 0 (censored) or the cause 1..K of the first event, per subject.
+        cif: the subjects' predicted CIF of cause ``c`` at ``reference.eval_times``.
+
+    Returns:
+        ``(values, reasons)``: a value per evaluation time, and why for each ``None``.
+    """
+    time = as_numpy(time)
+    cause = np.rint(as_numpy(cause)).astype(np.int64)
+    eval_times = as_numpy(reference.eval_times)
+    keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in eval_times]
+    values: dict[str, float | None] = dict.fromkeys(keys)
+    why: dict[str, str] = {}
+    inside = _inside_followup(eval_times, reference.max_time, time)
+    for key, t, ok in zip(keys, eval_times, inside, strict=True):
+        if not ok:
+            why[key] = (
+                f"time {format_time(t)} is outside the evaluable follow-up "
+                f"[{format_time(time.min())}, {format_time(min(time.max(), reference.max_time))})"
+            )
+    if inside.any():
+        times = eval_times[inside]
+        cif = np.asarray(cif, dtype=np.float64)[:, inside]
+        auc = cause_dynamic_auc(time, cause, cif, c, times, reference.censoring)
+        by_time = dict(zip(np.unique(times).tolist(), auc.tolist(), strict=True))
+        for key, t, ok in zip(keys, eval_times, inside, strict=True):
+            if ok and np.isfinite(by_time[float(t)]):
+                values[key] = float(by_time[float(t)])
+            elif ok:
+                why[key] = f"no cause-{c} failure, or no one else, up to time {format_time(t)}"
+    return values, why
 
 
 def ipcw_subsample(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
@@ -298,10 +376,7 @@ def survival_metrics(
     grid = full_grid[kept]
     results["ibs"] = None
     if grid.shape[0] < 2:
-        why["ibs"] = (
-            "fewer than 2 grid times between the 10th and 90th percentiles of the training "
-            "times lie inside the evaluated follow-up"
-        )
+        why["ibs"] = IBS_GRID_TOO_SHORT
     else:
         ibs_time, ibs_event = _censor_after(time, event, grid.max(), max_train)
         predicted = (

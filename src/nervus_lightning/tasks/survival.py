@@ -81,6 +81,8 @@ from nervus_lightning.survival.loss import TIES, cox_loss
 from nervus_lightning.survival.metrics import (
     MAX_ROWS_EXACT,
     assign_risk_groups,
+    cause_ibs,
+    cause_td_auc,
     format_time,
     ipcw_subsample,
     survival_metrics,
@@ -677,14 +679,41 @@ def _cause_metrics(
     cause: np.ndarray,
     cause_risk: np.ndarray,
     reasons: dict[str, str] | None = None,
+    reference: SurvivalReference | None = None,
+    ibs_cif: np.ndarray | None = None,
+    auc_cif: np.ndarray | None = None,
 ) -> dict[str, float | None]:
-    """Wolbers' C of each competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0)."""
+    """Per competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0): Wolbers' C, and, with
+    ``reference`` and the predicted CIFs (``(n, K, times)``) at its evaluation times
+    (``auc_cif``) and on its IBS grid (``ibs_cif``), the cumulative/dynamic AUC at each
+    evaluation time and the integrated Brier score of the cause's CIF."""
     out: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+    missing = "no cif_<label>_<cause>_grid<k> columns in the predictions"
     for c in range(1, cause_risk.shape[1] + 1):
         key = f"c_index_cause{c}"
         out[key] = competing.cause_concordance(time, cause, cause_risk[:, c - 1], c)
-        if out[key] is None and reasons is not None:
-            reasons[key] = f"no cause-{c} event with a comparable pair"
+        if out[key] is None:
+            why[key] = f"no cause-{c} event with a comparable pair"
+        if reference is None:
+            continue
+        if auc_cif is None:
+            keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in reference.eval_times]
+            out.update(dict.fromkeys(keys))
+            why.update(dict.fromkeys(keys, missing))
+        else:
+            values, reason = cause_td_auc(reference, time, cause, auc_cif[:, c - 1], c)
+            out.update(values)
+            why.update(reason)
+        key = f"ibs_cause{c}"
+        if ibs_cif is None:
+            out[key], why[key] = None, missing
+        else:
+            out[key], text = cause_ibs(reference, time, cause, ibs_cif[:, c - 1], c)
+            if text is not None:
+                why[key] = text
+    if reasons is not None:
+        reasons.update(why)
     return out
 
 
@@ -768,7 +797,12 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             "a cause-c failure is compared with everyone event-free after it and with every "
             "other-cause failure, at any time; no censoring weights. cif_observed_cause<c> "
             "(Aalen-Johansen) and cif_predicted_cause<c> (mean predicted CIF) are cause c's "
-            "cumulative incidence at the calibration time."
+            "cumulative incidence at the calibration time. td_auc_cause<c>_t<time> is cause c's "
+            "cumulative/dynamic AUC at an evaluation time (marker: predicted cumulative "
+            "incidence there; cases: cause-c failures by then; controls: everyone else, "
+            "other-cause failures included) and ibs_cause<c> the integrated Brier score of "
+            "cause c's predicted cumulative incidence on the ibs times, both with censoring "
+            "weights from the training split (any cause counting as an event)."
         )
     calibration_time = float(np.median(eval_times))
     section.notes.append(
@@ -801,7 +835,15 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         scored = rows if sub is None else rows.iloc[sub]
         point.update(discrete.curve_metrics(scored, label, reference, reasons))
         cause_risk = rows[cause_columns].to_numpy(dtype=float)
-        point.update(_cause_metrics(time, event, cause_risk, reasons))
+        # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
+        cause_reference = reference if causes else None
+        cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
+        cause_auc_cif = competing.model_cif(rows, label, eval_times) if causes else None
+        point.update(
+            _cause_metrics(
+                time, event, cause_risk, reasons, cause_reference, cause_ibs_cif, cause_auc_cif
+            )
+        )
         cif_arrays = {}
         if causes:
             point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
@@ -817,13 +859,20 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             if table is None and n <= ctx.max_rows_bootstrap:
                 table = reference.survival(risk, ibs_grid)
 
-            def resample_metrics(t, e, r, index, table=table, cause_risk=cause_risk):
+            def resample_metrics(
+                t, e, r, index, table=table, cause_risk=cause_risk, ibs_cif=cause_ibs_cif,
+                auc_cif=cause_auc_cif, cause_reference=cause_reference,
+            ):  # fmt: skip
                 return {
                     **survival_metrics(
                         reference, t, e, r, max_rows_exact=None, logrank=False,
                         ibs_survival=None if table is None else table[index],
                     ),
-                    **_cause_metrics(t, e, cause_risk[index]),
+                    **_cause_metrics(
+                        t, e, cause_risk[index], None, cause_reference,
+                        None if ibs_cif is None else ibs_cif[index],
+                        None if auc_cif is None else auc_cif[index],
+                    ),
                 }  # fmt: skip
 
             distributions = bootstrap_distributions(
