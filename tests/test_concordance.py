@@ -1,5 +1,6 @@
 """O(n log n) Harrell's C against scikit-survival's ``concordance_index_censored``: C and every
-count, on random data with many tied times and risks and on bundled clinical data sets."""
+count, on random data with many tied times and risks and on bundled clinical data sets; the
+weighted pair sums of the competing-risks concordance against a direct sum."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nervus_lightning.survival.concordance import (
     concordance_counts,
     concordance_index_censored,
     weighted_concordance,
+    weighted_pairs_before,
 )
 
 
@@ -101,3 +103,24 @@ def test_weighted_counts_give_unos_c() -> None:
     i = counts.index
     weights = np.where(time[i] < tau, 1.0 / g[i] ** 2, 0.0)
     assert weighted_concordance(counts, weights) == pytest.approx(expected, abs=1e-12)
+
+
+def test_weighted_pairs_before_equal_direct_sums() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n, q = int(rng.integers(1, 90)), int(rng.integers(1, 40))
+        time = rng.integers(0, 15, n).astype(float)  # many tied times
+        marker = np.round(rng.normal(size=n), 1)  # and tied markers
+        weights = rng.uniform(0.5, 3.0, n)
+        query_time = rng.integers(0, 16, q).astype(float)
+        query_marker = np.round(rng.normal(size=q), 1)
+        total, concordant, tied = weighted_pairs_before(
+            time, marker, weights, query_time, query_marker
+        )
+        for k in range(q):
+            before = time < query_time[k]
+            assert total[k] == pytest.approx(weights[before].sum(), abs=1e-9)
+            below = before & (query_marker[k] - marker > 1e-8)
+            assert concordant[k] == pytest.approx(weights[below].sum(), abs=1e-9)
+            close = before & (np.abs(query_marker[k] - marker) <= 1e-8)
+            assert tied[k] == pytest.approx(weights[close].sum(), abs=1e-9)

@@ -19,14 +19,20 @@ from pycox.models.data import pair_rank_mat
 from pycox.models.loss import DeepHitLoss
 from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 from sklearn.metrics import mean_squared_error
-from sksurv.metrics import brier_score, concordance_index_censored, cumulative_dynamic_auc
+from sksurv.metrics import (
+    brier_score,
+    concordance_index_censored,
+    concordance_index_ipcw,
+    cumulative_dynamic_auc,
+)
 from sksurv.nonparametric import cumulative_incidence_competing_risks
 from sksurv.util import Surv
 
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
+from nervus_lightning.evaluate import evaluate_run
 from nervus_lightning.predict import predict
 from nervus_lightning.survival import competing, discrete, ipcw
-from nervus_lightning.survival.metrics import format_time
+from nervus_lightning.survival.metrics import format_time, ipcw_subsample
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.survival import SurvivalTask
 from nervus_lightning.train import train
@@ -250,6 +256,53 @@ def test_cause_dynamic_auc_against_a_pair_loop_and_scikit_survival():
     assert np.isnan(got[0]) and np.isfinite(got[1])
 
 
+def _cause_uno_by_pairs(time, cause, risk, c, censoring, tau):
+    """The censoring-weighted cause-specific C written as a loop over pairs."""
+    num = den = 0.0
+    for i in np.flatnonzero((cause == c) & (time < tau)):
+        g_i = censoring([time[i]])[0]
+        for j in range(time.shape[0]):
+            later = time[j] > time[i] or (time[j] == time[i] and cause[j] != c)
+            if later:
+                w = 1 / g_i**2
+            elif cause[j] not in (0, c):  # another cause failed first
+                w = 1 / (g_i * censoring([time[j]])[0])
+            else:
+                continue
+            den += w
+            if abs(risk[i] - risk[j]) <= 1e-8:
+                num += 0.5 * w
+            elif risk[i] > risk[j]:
+                num += w
+    return num / den
+
+
+def test_cause_uno_concordance_against_a_loop_uno_and_wolbers():
+    time, cause, x = _competing_data(220, seed=6)  # rounded times: ties
+    train, test = slice(0, 120), slice(120, 220)
+    risk = np.round(x + np.random.default_rng(3).normal(0, 0.7, 220), 1)
+    censoring = ipcw.CensoringCurve.fit(time[train], cause[train] != 0)
+    tau = float(np.quantile(time[train], 0.9))
+    for c, r in ((1, risk), (2, -risk)):
+        got = ipcw.cause_uno_concordance(time[test], cause[test], r[test], c, censoring, tau)
+        expected = _cause_uno_by_pairs(time[test], cause[test], r[test], c, censoring, tau)
+        assert got == pytest.approx(expected, rel=1e-12)
+    # One cause: scikit-survival's Uno C.
+    single = (cause != 0).astype(int)
+    y_train = Surv.from_arrays(single[train] != 0, time[train])
+    y_test = Surv.from_arrays(single[test] != 0, time[test])
+    expected = concordance_index_ipcw(y_train, y_test, risk[test], tau)[0]
+    curve = ipcw.CensoringCurve.fit(time[train], single[train])
+    got = ipcw.cause_uno_concordance(time[test], single[test], risk[test], 1, curve, tau)
+    assert got == pytest.approx(expected, rel=1e-12)
+    # No censoring and tau beyond every time: Wolbers' C.
+    uncensored = np.where(cause == 0, 1, cause)
+    no_censoring = ipcw.CensoringCurve.fit(time, np.ones(220))
+    for c in (1, 2):
+        got = ipcw.cause_uno_concordance(time, uncensored, risk, c, no_censoring, np.inf)
+        assert got == pytest.approx(competing.cause_concordance(time, uncensored, risk, c))
+
+
 def _write_csv(path: Path, n: int = 72, seed: int = 0) -> Path:
     time, cause, x = _competing_data(n, seed)
     rng = np.random.default_rng(seed + 1)
@@ -346,6 +399,28 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
         auc = ipcw.cause_dynamic_auc(test.period_death, test.label_death, markers, c, at, censoring)
         for t, value in zip(at, auc, strict=True):
             assert metrics[f"td_auc_cause{c}_t{format_time(t)}"] == pytest.approx(value)
+        # Cause c's censoring-weighted C of its risk, truncated at Uno's tau.
+        tau = min(reference.follow_up_p90, test.period_death.max())
+        expected = ipcw.cause_uno_concordance(
+            test.period_death, test.label_death, test[f"risk_label_death_{c}"], c, censoring, tau
+        )
+        assert metrics[f"c_index_uno_cause{c}"] == pytest.approx(expected, rel=1e-12)
+    # Above evaluation.max_rows_exact the per-cause IPCW metrics use the seeded subsample of
+    # the other IPCW metrics (Wolbers' C still every row), and the notes say so.
+    small = evaluate_run(
+        run / "predictions.csv", tmp_path / "small", n_bootstrap=0, max_rows_exact=12, seed=3
+    )
+    small = small[(small.split == "test") & (small.group == "all")].set_index("metric")
+    sub = ipcw_subsample(len(test), 12, 3)
+    curves = discrete.interpolate_survival(cif[pred.split == "test", 0][sub], cuts, grid)
+    expected = ipcw.integrated_cause_brier_score(
+        test.period_death.iloc[sub], test.label_death.iloc[sub], curves, 1, grid, censoring
+    )
+    assert small.loc["ibs_cause1", "value"] == pytest.approx(expected, rel=1e-9)
+    assert small.loc["c_index_cause1", "value"] == pytest.approx(metrics["c_index_cause1"])
+    notes = pd.read_csv(tmp_path / "small" / "metrics_notes.csv")
+    noted = notes[(notes.split == "test") & notes.metric.str.startswith("ibs_cause")]
+    assert noted.note.str.contains("random subsample of 12").all() and len(noted) == 2
     table = pd.read_csv(run / "evaluation" / "metrics.csv")
     assert {"c_index_cause1", "events_cause2", "cif_observed_cause2"} <= set(table.metric)
     ibs_rows = table[table.metric.str.startswith("ibs_cause")]
@@ -356,6 +431,7 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
     assert "Harrell" in headline and "cause" not in headline
     per_cause = html.split("Table 1 (per cause)")[1].split("</table>")[0]
     assert "Wolbers" in per_cause and "IBS of the CIF" in per_cause and "td-AUC at t" in per_cause
+    assert "Uno weights" in per_cause
     causes = re.findall(r'<td class="key">(\d)</td>', per_cause)
     assert causes == ["1", "2", "1", "2"]  # test, then val
     assert list((run / "evaluation").rglob("cumulative_incidence.png"))

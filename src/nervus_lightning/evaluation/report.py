@@ -256,11 +256,13 @@ def _cell(row: Mapping | None, metric: str, footnotes: list[str], where: str) ->
 # Competing-risk metrics of one cause (``<kind>_cause<c>`` or, per evaluation time,
 # ``<kind>_cause<c>_t<time>``): the per-cause table's columns, kinds in this order.
 _CAUSE_METRIC = re.compile(
-    r"^(events|c_index|td_auc|ibs|cif_observed|cif_predicted)_cause(\d+)(?:_t(.+))?$"
+    r"^(events|c_index|c_index_uno|td_auc|ibs|cif_observed|cif_predicted)_cause(\d+)"
+    r"(?:_t(.+))?$"
 )
 _CAUSE_COLUMNS = {
     "events": "events",
     "c_index": "Wolbers' C",
+    "c_index_uno": "Wolbers' C, Uno weights",
     "td_auc": "td-AUC",
     "ibs": "IBS of the CIF",
     "cif_observed": "observed CIF",

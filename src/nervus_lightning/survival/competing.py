@@ -45,7 +45,9 @@ Observed cumulative incidence
     predicted CIFs (calibration in the large: both estimate the population's CIF under
     independent censoring). 1 - Kaplan-Meier with the other causes censored would overstate
     the incidence, so it is never drawn.
-Cause-specific Brier score and time-dependent AUC
+Censoring-weighted cause-specific statistics
+    ``c_index_uno_cause<c>``: Wolbers' C with Uno's censoring weights, truncated at Uno's
+    ``tau`` (:func:`nervus_lightning.survival.ipcw.cause_uno_concordance`);
     ``ibs_cause<c>``: the integrated inverse-probability-of-censoring-weighted Brier score of
     cause ``c``'s predicted CIF (:func:`nervus_lightning.survival.ipcw.cause_brier_scores`,
     :func:`nervus_lightning.survival.metrics.cause_ibs`), on the times of ``ibs``;

@@ -22,6 +22,11 @@ scikit-survival's. What remains is counting, for each event, the subjects in a p
 order whose risk position lies below a bound: the prefix splits into at most
 :math:`\log_2 n` aligned power-of-two blocks, and each level of blocks is kept sorted by risk
 position (a bottom-up merge sort), so each count is a binary search per level.
+
+:func:`weighted_pairs_before` runs the same count with a weight per subject (cumulative sums
+inside the sorted blocks) over the subjects *before* a time: the competing-risks concordance of
+:mod:`nervus_lightning.survival.ipcw` weighs each other-cause failure by its own censoring
+weight.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "concordance_counts",
     "concordance_index_censored",
     "weighted_concordance",
+    "weighted_pairs_before",
 ]
 
 TIED_TOL = 1e-8
@@ -68,29 +74,43 @@ class ConcordanceCounts:
         return self.comparable - self.concordant - self.tied_risk
 
 
-def _count_below(position: np.ndarray, ends: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """``#{j < ends[q] : position[j] < bounds[q]}`` for each query ``q``.
+def _count_below(
+    position: np.ndarray, ends: np.ndarray, bounds: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """``#{j < ends[q] : position[j] < bounds[q]}`` for each query ``q``; with ``weights``, the
+    sum of ``weights[j]`` over those ``j`` instead of their number.
 
     ``position`` is a permutation of ``0 .. n-1``. ``[0, end)`` is the union of the aligned
     blocks ``[(k) 2^l, (k+1) 2^l)`` with ``k = (end >> l) - 1`` for every bit ``l`` set in
     ``end``; each level's blocks are kept sorted (``block * n + position``), so the count inside
-    one block is a binary search.
+    one block is a binary search (and the weight sum a difference of cumulative sums).
     """
     n = position.shape[0]
-    counts = np.zeros(ends.shape[0], dtype=np.int64)
+    weighted = weights is not None
+    counts = np.zeros(ends.shape[0], dtype=np.float64 if weighted else np.int64)
     index = np.arange(n, dtype=np.int64)
     values = position.astype(np.int64)  # values sorted within the blocks of the current level
+    w = np.asarray(weights, dtype=np.float64) if weighted else None
     level = 0
     while (1 << level) <= n:
         keys = (index >> level) * n + values
         if level:
             # Two sorted runs per block: a stable (merge) sort does this in linear time.
-            keys = np.sort(keys, kind="stable")
+            if weighted:
+                order = np.argsort(keys, kind="stable")
+                keys, w = keys[order], w[order]
+            else:
+                keys = np.sort(keys, kind="stable")
             values = keys - (index >> level) * n
         use = ((ends >> level) & 1).astype(bool)
         if use.any():
             block = (ends[use] >> level) - 1
-            counts[use] += np.searchsorted(keys, block * n + bounds[use]) - (block << level)
+            found = np.searchsorted(keys, block * n + bounds[use])
+            if weighted:
+                cumulative = np.concatenate(([0.0], np.cumsum(w)))
+                counts[use] += cumulative[found] - cumulative[block << level]
+            else:
+                counts[use] += found - (block << level)
         level += 1
     return counts
 
@@ -113,6 +133,32 @@ def _prefix_end(values: np.ndarray, inside: Any, guess: np.ndarray) -> np.ndarra
     return k
 
 
+def _risk_positions(
+    risk: np.ndarray, queries: np.ndarray, tied_tol: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each risk's position in ascending risk order, and for each query risk the number of
+    positions holding risks below it by more than ``tied_tol`` (concordant) and below it or
+    within ``tied_tol`` of it (concordant or tied), with scikit-survival's floating-point
+    tests."""
+    n = risk.shape[0]
+    rank_order = np.argsort(risk, kind="stable")
+    position = np.empty(n, dtype=np.int64)
+    position[rank_order] = np.arange(n)
+    distinct, first = np.unique(risk[rank_order], return_index=True)
+    first = np.append(first, n)
+    concordant_end = _prefix_end(
+        distinct,
+        lambda u, q: (queries[q] - u) > tied_tol,
+        np.searchsorted(distinct, queries - tied_tol, side="left"),
+    )
+    tied_end = _prefix_end(
+        distinct,
+        lambda u, q: (u - queries[q]) <= tied_tol,
+        np.searchsorted(distinct, queries + tied_tol, side="right"),
+    )
+    return position, first[concordant_end], first[tied_end]
+
+
 def concordance_counts(
     event: Any, time: Any, risk: Any, tied_tol: float = TIED_TOL
 ) -> ConcordanceCounts:
@@ -131,12 +177,6 @@ def concordance_counts(
     e = event[order]
     r = risk[order]
 
-    rank_order = np.argsort(r, kind="stable")
-    position = np.empty(n, dtype=np.int64)
-    position[rank_order] = np.arange(n)
-    distinct, first = np.unique(r[rank_order], return_index=True)
-    first = np.append(first, n)
-
     events_at = np.flatnonzero(e)
     t_i = t[events_at]
     r_i = r[events_at]
@@ -145,20 +185,8 @@ def concordance_counts(
     events_before = np.concatenate(([0], np.cumsum(e)))
     censored_start = group_start + (events_before[group_end] - events_before[group_start])
 
-    # Distinct risks below which a pair is concordant, and below which it is concordant or
-    # tied, with scikit-survival's floating-point tests.
-    concordant_end = _prefix_end(
-        distinct,
-        lambda u, q: (r_i[q] - u) > tied_tol,
-        np.searchsorted(distinct, r_i - tied_tol, side="left"),
-    )
-    tied_end = _prefix_end(
-        distinct,
-        lambda u, q: (u - r_i[q]) <= tied_tol,
-        np.searchsorted(distinct, r_i + tied_tol, side="right"),
-    )
-    bound_con = first[concordant_end]
-    bound_tie = first[tied_end]
+    # Risk positions below which a pair is concordant, and below which it is concordant or tied.
+    position, bound_con, bound_tie = _risk_positions(r, r_i, tied_tol)
     m = events_at.shape[0]
     below = _count_below(
         position,
@@ -180,6 +208,46 @@ def concordance_counts(
         tied_time=(group_end - censored_start)[back],
         scored=~last_alone[back],
     )
+
+
+def weighted_pairs_before(
+    time: Any,
+    marker: Any,
+    weights: Any,
+    query_time: Any,
+    query_marker: Any,
+    tied_tol: float = TIED_TOL,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""For each query ``q``, sums of ``weights[j]`` over the subjects ``j`` with
+    ``time[j] < query_time[q]``: all of them, those with ``marker[j]`` below ``query_marker[q]``
+    by more than ``tied_tol`` (concordant for a query with the higher marker) and those within
+    ``tied_tol`` of it (tied), in :math:`O((n + q) \log n)`.
+
+    Returns:
+        ``(total, concordant, tied)``, each of shape ``(q,)``.
+    """
+    time = np.asarray(time, dtype=np.float64).reshape(-1)
+    marker = np.asarray(marker, dtype=np.float64).reshape(-1)
+    weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+    query_time = np.asarray(query_time, dtype=np.float64).reshape(-1)
+    query_marker = np.asarray(query_marker, dtype=np.float64).reshape(-1)
+    n = time.shape[0]
+    empty = np.zeros(query_time.shape[0])
+    if n == 0 or query_time.shape[0] == 0:
+        return empty, empty.copy(), empty.copy()
+    order = np.argsort(time, kind="stable")
+    t, m, w = time[order], marker[order], weights[order]
+    position, bound_con, bound_tie = _risk_positions(m, query_marker, tied_tol)
+    ends = np.searchsorted(t, query_time, side="left")  # the subjects before each query time
+    k = query_time.shape[0]
+    sums = _count_below(
+        position,
+        np.concatenate((ends, ends)),
+        np.concatenate((bound_con, bound_tie)),
+        w,
+    )
+    total = np.concatenate(([0.0], np.cumsum(w)))[ends]
+    return total, sums[:k], sums[k:] - sums[:k]
 
 
 def weighted_concordance(counts: ConcordanceCounts, weights: Any = None) -> float:

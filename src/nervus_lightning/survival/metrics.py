@@ -66,6 +66,7 @@ from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
 from nervus_lightning.survival.ipcw import (
     cause_dynamic_auc,
+    cause_uno_concordance,
     cumulative_dynamic_auc,
     integrated_brier_score,
     integrated_cause_brier_score,
@@ -86,6 +87,7 @@ __all__ = [
     "assign_risk_groups",
     "cause_ibs",
     "cause_td_auc",
+    "cause_uno_c",
     "ipcw_subsample",
     "default_eval_times",
     "format_time",
@@ -171,6 +173,29 @@ def cause_ibs(
         capped, np.where(event, cause, 0), cif, c, grid, reference.censoring
     )
     return value, None
+
+
+def cause_uno_c(
+    reference: SurvivalReference, time: Any, cause: Any, risk: Any, c: int
+) -> tuple[float | None, str | None]:
+    """Censoring-weighted concordance of cause ``c`` (competing risks;
+    :func:`~nervus_lightning.survival.ipcw.cause_uno_concordance`) of the cause's risk scores,
+    truncated at ``tau`` of Uno's C (:func:`uno_truncation_time`); ``(None, why)`` when it
+    cannot be computed."""
+    time = as_numpy(time)
+    cause = np.rint(as_numpy(cause)).astype(np.int64)
+    tau = uno_truncation_time(reference, time)
+    if tau >= reference.max_time:
+        return None, (
+            f"tau={format_time(tau)} is not below the largest training time "
+            f"{format_time(reference.max_time)}"
+        )
+    if not ((cause == c) & (time < tau)).any():
+        return None, f"no cause-{c} failure before tau={format_time(tau)}"
+    try:
+        return cause_uno_concordance(time, cause, risk, c, reference.censoring, tau), None
+    except NoComparablePairException:
+        return None, f"no comparable pair before tau={format_time(tau)}"
 
 
 def cause_td_auc(

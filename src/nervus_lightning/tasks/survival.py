@@ -83,6 +83,7 @@ from nervus_lightning.survival.metrics import (
     assign_risk_groups,
     cause_ibs,
     cause_td_auc,
+    cause_uno_c,
     format_time,
     ipcw_subsample,
     survival_metrics,
@@ -654,7 +655,9 @@ def _survival_reference(
 
 
 def _is_ipcw(metric: str, ipcw_keys: set[str]) -> bool:
-    return metric in ipcw_keys or metric.startswith("td_auc_t")
+    return metric in ipcw_keys or metric.startswith(
+        ("td_auc_t", "td_auc_cause", "ibs_cause", "c_index_uno_cause")
+    )
 
 
 def _large_split_notes(n: int, ctx: EvalContext) -> dict[str, str | None]:
@@ -679,24 +682,38 @@ def _cause_metrics(
     cause: np.ndarray,
     cause_risk: np.ndarray,
     reasons: dict[str, str] | None = None,
-    reference: SurvivalReference | None = None,
-    ibs_cif: np.ndarray | None = None,
-    auc_cif: np.ndarray | None = None,
 ) -> dict[str, float | None]:
-    """Per competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0): Wolbers' C, and, with
-    ``reference`` and the predicted CIFs (``(n, K, times)``) at its evaluation times
-    (``auc_cif``) and on its IBS grid (``ibs_cif``), the cumulative/dynamic AUC at each
-    evaluation time and the integrated Brier score of the cause's CIF."""
+    """Wolbers' C of each competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0)."""
+    out: dict[str, float | None] = {}
+    for c in range(1, cause_risk.shape[1] + 1):
+        key = f"c_index_cause{c}"
+        out[key] = competing.cause_concordance(time, cause, cause_risk[:, c - 1], c)
+        if out[key] is None and reasons is not None:
+            reasons[key] = f"no cause-{c} event with a comparable pair"
+    return out
+
+
+def _cause_ipcw_metrics(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    cause: np.ndarray,
+    cause_risk: np.ndarray,
+    auc_cif: np.ndarray | None,
+    ibs_cif: np.ndarray | None,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """Each competing cause's censoring-weighted concordance of its risk (``cause_risk``
+    ``(n, K)``), cumulative/dynamic AUC at the evaluation times and integrated Brier score,
+    from the predicted CIFs (``(n, K, times)``) at ``reference.eval_times`` (``auc_cif``) and
+    on its IBS grid (``ibs_cif``); None where the CIF columns are missing."""
     out: dict[str, float | None] = {}
     why: dict[str, str] = {}
     missing = "no cif_<label>_<cause>_grid<k> columns in the predictions"
     for c in range(1, cause_risk.shape[1] + 1):
-        key = f"c_index_cause{c}"
-        out[key] = competing.cause_concordance(time, cause, cause_risk[:, c - 1], c)
-        if out[key] is None:
-            why[key] = f"no cause-{c} event with a comparable pair"
-        if reference is None:
-            continue
+        key = f"c_index_uno_cause{c}"
+        out[key], text = cause_uno_c(reference, time, cause, cause_risk[:, c - 1], c)
+        if text is not None:
+            why[key] = text
         if auc_cif is None:
             keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in reference.eval_times]
             out.update(dict.fromkeys(keys))
@@ -797,12 +814,14 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             "a cause-c failure is compared with everyone event-free after it and with every "
             "other-cause failure, at any time; no censoring weights. cif_observed_cause<c> "
             "(Aalen-Johansen) and cif_predicted_cause<c> (mean predicted CIF) are cause c's "
-            "cumulative incidence at the calibration time. td_auc_cause<c>_t<time> is cause c's "
+            "cumulative incidence at the calibration time. c_index_uno_cause<c> is Wolbers' "
+            "concordance with Uno's censoring weights, truncated at Uno's tau; "
+            "td_auc_cause<c>_t<time> is cause c's "
             "cumulative/dynamic AUC at an evaluation time (marker: predicted cumulative "
             "incidence there; cases: cause-c failures by then; controls: everyone else, "
             "other-cause failures included) and ibs_cause<c> the integrated Brier score of "
-            "cause c's predicted cumulative incidence on the ibs times, both with censoring "
-            "weights from the training split (any cause counting as an event)."
+            "cause c's predicted cumulative incidence on the ibs times, all three with "
+            "censoring weights from the training split (any cause counting as an event)."
         )
     calibration_time = float(np.median(eval_times))
     section.notes.append(
@@ -836,14 +855,18 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         point.update(discrete.curve_metrics(scored, label, reference, reasons))
         cause_risk = rows[cause_columns].to_numpy(dtype=float)
         # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
-        cause_reference = reference if causes else None
         cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
         cause_auc_cif = competing.model_cif(rows, label, eval_times) if causes else None
-        point.update(
-            _cause_metrics(
-                time, event, cause_risk, reasons, cause_reference, cause_ibs_cif, cause_auc_cif
-            )
-        )
+        point.update(_cause_metrics(time, event, cause_risk, reasons))
+        if causes:  # on the IPCW metrics' subsample, as those of event-free survival
+            keep = slice(None) if sub is None else sub
+            point.update(
+                _cause_ipcw_metrics(
+                    reference, time[keep], event[keep], cause_risk[keep],
+                    None if cause_auc_cif is None else cause_auc_cif[keep],
+                    None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
+                )
+            )  # fmt: skip
         cif_arrays = {}
         if causes:
             point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
@@ -861,19 +884,24 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
 
             def resample_metrics(
                 t, e, r, index, table=table, cause_risk=cause_risk, ibs_cif=cause_ibs_cif,
-                auc_cif=cause_auc_cif, cause_reference=cause_reference,
+                auc_cif=cause_auc_cif,
             ):  # fmt: skip
-                return {
+                out = {
                     **survival_metrics(
                         reference, t, e, r, max_rows_exact=None, logrank=False,
                         ibs_survival=None if table is None else table[index],
                     ),
-                    **_cause_metrics(
-                        t, e, cause_risk[index], None, cause_reference,
-                        None if ibs_cif is None else ibs_cif[index],
-                        None if auc_cif is None else auc_cif[index],
-                    ),
+                    **_cause_metrics(t, e, cause_risk[index]),
                 }  # fmt: skip
+                if causes:
+                    out.update(
+                        _cause_ipcw_metrics(
+                            reference, t, e, cause_risk[index],
+                            None if auc_cif is None else auc_cif[index],
+                            None if ibs_cif is None else ibs_cif[index],
+                        )
+                    )  # fmt: skip
+                return out
 
             distributions = bootstrap_distributions(
                 resample_metrics, time, event, risk, np.arange(n),
