@@ -250,6 +250,19 @@ def test_cause_dynamic_auc_against_a_pair_loop_and_scikit_survival():
     curve = ipcw.CensoringCurve.fit(time[train], single[train])
     got = ipcw.cause_dynamic_auc(time[test], single[test], x[test], 1, times, curve)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # Follow-up beyond the training data (whose last time is a failure, so G is undefined
+    # after it): the AUCs at times inside it are the same.
+    longer = time[test].copy()
+    longer[longer > times.max()] += 100.0
+    train_cause = cause[train].copy()
+    train_cause[np.argmax(time[train])] = 1
+    ends_open = ipcw.CensoringCurve.fit(time[train], train_cause != 0)
+    with pytest.raises(ValueError, match="undefined after the largest training time"):
+        ends_open(longer)
+    for c, m in ((1, marker), (2, -marker)):
+        got = ipcw.cause_dynamic_auc(longer, cause[test], m[test], c, times, ends_open)
+        expected = ipcw.cause_dynamic_auc(time[test], cause[test], m[test], c, times, ends_open)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
     # No cause-2 failure before the first time: undefined there.
     early = np.array([time[test][cause[test] == 2].min() * 0.999, times[1]])
     got = ipcw.cause_dynamic_auc(time[test], cause[test], x[test], 2, early, censoring)
@@ -382,8 +395,9 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
     # Integrated Brier score of each cause's CIF on the ibs grid, censoring from the training
     # rows (any cause an event): the direct call on the test rows' interpolated curves.
     reference = SurvivalReference.from_json(spec)
-    grid = reference.ibs_grid()
-    grid = grid[(grid >= test.period_death.min()) & (grid < test.period_death.max())]
+    full_grid = reference.ibs_grid()
+    kept = (full_grid >= test.period_death.min()) & (full_grid < test.period_death.max())
+    grid = full_grid[kept]
     assert grid.shape[0] >= 2 and grid.max() < reference.max_time
     train_rows = pred[pred.split == "train"]
     censoring = ipcw.CensoringCurve.fit(train_rows.period_death, train_rows.label_death != 0)
@@ -399,6 +413,20 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
         auc = ipcw.cause_dynamic_auc(test.period_death, test.label_death, markers, c, at, censoring)
         for t, value in zip(at, auc, strict=True):
             assert metrics[f"td_auc_cause{c}_t{format_time(t)}"] == pytest.approx(value)
+        # The index of prediction accuracy against the training Aalen-Johansen incidence.
+        unique, train_cif = cumulative_incidence_competing_risks(
+            train_rows.label_death.to_numpy(), train_rows.period_death.to_numpy()
+        )
+        at_grid = np.searchsorted(unique, full_grid, side="right") - 1
+        null = np.where(at_grid >= 0, train_cif[c, np.maximum(at_grid, 0)], 0.0)
+        np.testing.assert_allclose(reference.null_cif[c - 1], null, rtol=1e-12)
+        null_ibs = ipcw.integrated_cause_brier_score(
+            test.period_death, test.label_death, np.tile(null[kept], (len(test), 1)), c, grid,
+            censoring,
+        )  # fmt: skip
+        assert metrics[f"ibs_null_cause{c}"] == pytest.approx(null_ibs, rel=1e-9)
+        ipa = 1 - metrics[f"ibs_cause{c}"] / null_ibs
+        assert metrics[f"ipa_cause{c}"] == pytest.approx(ipa, rel=1e-9)
         # Cause c's censoring-weighted C of its risk, truncated at Uno's tau.
         tau = min(reference.follow_up_p90, test.period_death.max())
         expected = ipcw.cause_uno_concordance(
@@ -431,7 +459,8 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
     assert "Harrell" in headline and "cause" not in headline
     per_cause = html.split("Table 1 (per cause)")[1].split("</table>")[0]
     assert "Wolbers" in per_cause and "IBS of the CIF" in per_cause and "td-AUC at t" in per_cause
-    assert "Uno weights" in per_cause
+    assert "Uno weights" in per_cause and "IPA" in per_cause and "IPA" in headline
+    assert "ibs_null" not in headline + per_cause  # the null model's IBS: full table only
     causes = re.findall(r'<td class="key">(\d)</td>', per_cause)
     assert causes == ["1", "2", "1", "2"]  # test, then val
     assert list((run / "evaluation").rglob("cumulative_incidence.png"))

@@ -137,6 +137,15 @@ def test_survival_end_to_end_and_predict_from_checkpoint(dataset, tmp_path, inpu
     )[0]
     assert metrics["test"]["label_death"]["c_index"] == pytest.approx(direct)
     assert {"c_index_uno", "td_auc_mean", "ibs", "logrank_p"} <= set(metrics["test"]["label_death"])
+    # The index of prediction accuracy: against the training Kaplan-Meier curve.
+    scores = metrics["test"]["label_death"]
+    assert scores["ipa"] == pytest.approx(1 - scores["ibs"] / scores["ibs_null"])
+    assert (
+        "0.null_survival"
+        in torch.load(
+            json.loads((run / "summary.json").read_text())["best_checkpoint"], weights_only=True
+        )["nervus_task_state"]
+    )
     assert (run / "km_label_death_test.png").is_file()
     # Predict with the checkpoint alone: same risks and survival columns as at test time.
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]

@@ -22,13 +22,19 @@ from sksurv.metrics import (
     cumulative_dynamic_auc,
     integrated_brier_score,
 )
-from sksurv.nonparametric import CensoringDistributionEstimator
+from sksurv.nonparametric import CensoringDistributionEstimator, kaplan_meier_estimator
 from sksurv.util import Surv
 
 from nervus_lightning.predict import predict
 from nervus_lightning.survival import ipcw
 from nervus_lightning.survival.baseline import BreslowBaseline
-from nervus_lightning.survival.metrics import format_time, survival_metrics, td_auc_key
+from nervus_lightning.survival.metrics import (
+    format_time,
+    null_ibs,
+    prediction_accuracy,
+    survival_metrics,
+    td_auc_key,
+)
 from nervus_lightning.survival.presets import write_preset_csv
 from nervus_lightning.survival.reference import (
     SurvivalReference,
@@ -275,6 +281,43 @@ def test_reference_storage_round_trips_and_grid_is_exact(data, tmp_path):
         assert survival_metrics(restored, time[test], event[test], risk[test]) == expected
         np.testing.assert_array_equal(restored.ibs_grid(), reference.ibs_grid())
         np.testing.assert_array_equal(restored.td_auc_plot_grid(), reference.td_auc_plot_grid())
+        np.testing.assert_array_equal(restored.null_survival, reference.null_survival)
+        assert restored.null_cif is None
+
+
+# --- the null model and the index of prediction accuracy ----------------------------------------
+
+
+def test_null_model_ibs_and_ipa_against_scikit_survival(data):
+    """The stored null model is the training Kaplan-Meier curve on the IBS grid; its IBS on an
+    evaluated set is scikit-survival's integrated_brier_score of that curve given to everyone,
+    and ipa = 1 - ibs / ibs_null. A reference stored without it gives None and a reason."""
+    time, event, risk = data["time"], data["event"], data["risk"]
+    train, test = data["train"], data["test"]
+    reference = SurvivalReference.fit(time[train], event[train], risk[train])
+    grid = reference.ibs_grid()
+    km_time, km_surv = kaplan_meier_estimator(event[train], time[train])
+    at = np.searchsorted(km_time, grid, side="right") - 1
+    expected_curve = np.where(at >= 0, km_surv[np.maximum(at, 0)], 1.0)
+    np.testing.assert_allclose(reference.null_survival, expected_curve, rtol=1e-12)
+    inside = grid[(grid >= time[test].min()) & (grid < time[test].max())]
+    kept = np.isin(grid, inside)
+    y_train = Surv.from_arrays(event[train], time[train])
+    y_test = Surv.from_arrays(event[test], time[test])
+    curves = np.tile(expected_curve[kept], (test.shape[0], 1))
+    expected = integrated_brier_score(y_train, y_test, curves, grid[kept])
+    got, why = null_ibs(reference, time[test], event[test])
+    assert why is None and got == pytest.approx(expected, rel=1e-9)
+    ibs = survival_metrics(reference, time[test], event[test], risk[test])["ibs"]
+    assert prediction_accuracy(ibs, got) == pytest.approx(1 - ibs / expected, rel=1e-9)
+    assert prediction_accuracy(None, got) is None and prediction_accuracy(ibs, 0.0) is None
+    # An older checkpoint's reference, stored without the null model.
+    tensors = reference.to_tensors()
+    del tensors["null_survival"]
+    old = SurvivalReference.from_tensors(tensors)
+    assert old.null_survival is None
+    value, why = null_ibs(old, time[test], event[test])
+    assert value is None and "without the training null model" in why
 
 
 # --- no patient-level data in what a run writes ------------------------------------------------

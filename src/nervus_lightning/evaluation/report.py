@@ -201,6 +201,7 @@ _METRIC_NAMES = {
     "c_index_uno": "Uno's C",
     "td_auc_mean": "mean td-AUC",
     "ibs": "IBS",
+    "ipa": "IPA",
     "logrank_p": "log-rank p",
 }
 
@@ -256,7 +257,8 @@ def _cell(row: Mapping | None, metric: str, footnotes: list[str], where: str) ->
 # Competing-risk metrics of one cause (``<kind>_cause<c>`` or, per evaluation time,
 # ``<kind>_cause<c>_t<time>``): the per-cause table's columns, kinds in this order.
 _CAUSE_METRIC = re.compile(
-    r"^(events|c_index|c_index_uno|td_auc|ibs|cif_observed|cif_predicted)_cause(\d+)"
+    r"^(events|c_index|c_index_uno|td_auc|ibs|ibs_null|ipa|cif_observed|cif_predicted)"
+    r"_cause(\d+)"
     r"(?:_t(.+))?$"
 )
 _CAUSE_COLUMNS = {
@@ -265,6 +267,7 @@ _CAUSE_COLUMNS = {
     "c_index_uno": "Wolbers' C, Uno weights",
     "td_auc": "td-AUC",
     "ibs": "IBS of the CIF",
+    "ipa": "IPA",
     "cif_observed": "observed CIF",
     "cif_predicted": "mean predicted CIF",
 }
@@ -287,7 +290,9 @@ def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
     metrics = [
         m
         for m in dict.fromkeys(r["metric"] for r in rows)
-        if m != "threshold" and not m.startswith("td_auc_t") and not _CAUSE_METRIC.match(m)
+        if m not in ("threshold", "ibs_null")
+        and not m.startswith("td_auc_t")
+        and not _CAUSE_METRIC.match(m)
     ]
     lookup = {(r["split"], r["metric"]): r for r in rows}
     splits = _headline_splits(rows, ctx)
@@ -320,6 +325,8 @@ def cause_table(section: LabelSection, ctx: EvalContext) -> dict | None:
     ]
     if not parsed:
         return None
+    # The null model's scores stay in the full table (the IPA column says how they compare).
+    parsed = [x for x in parsed if x[0] in _CAUSE_COLUMNS]
     # (kind, time) columns: kinds in _CAUSE_COLUMNS order, times in the order they come.
     columns = list(dict.fromkeys((kind, at) for kind, _, at in parsed))
     columns.sort(key=lambda column: list(_CAUSE_COLUMNS).index(column[0]))

@@ -341,8 +341,8 @@ def cause_dynamic_auc(
     if marker.shape != (time.shape[0], times.shape[0]):
         raise ValueError(f"expected markers of shape {(time.shape[0], times.shape[0])}")
     failed = cause != 0
-    inv_g = np.zeros(time.shape[0])
-    inv_g[failed] = 1.0 / censoring(time[failed])
+    # 1 / G(T) of the failures a time can reach (later ones may lie beyond the training data).
+    inv_g = _event_weights(censoring, time, failed & (time <= times.max()))
     auc = np.full(times.shape[0], np.nan)
     for k, t in enumerate(times):
         case = failed & (cause == c) & (time <= t)

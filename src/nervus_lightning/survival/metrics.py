@@ -89,6 +89,8 @@ __all__ = [
     "cause_td_auc",
     "cause_uno_c",
     "ipcw_subsample",
+    "null_ibs",
+    "prediction_accuracy",
     "default_eval_times",
     "format_time",
     "ibs_time_grid",
@@ -173,6 +175,43 @@ def cause_ibs(
         capped, np.where(event, cause, 0), cif, c, grid, reference.censoring
     )
     return value, None
+
+
+def null_ibs(
+    reference: SurvivalReference, time: Any, event: Any, cause: int | None = None
+) -> tuple[float | None, str | None]:
+    """Integrated Brier score of the covariate-free prediction stored in ``reference`` (the
+    training Kaplan-Meier survival; with ``cause``, the training Aalen-Johansen incidence of
+    that cause, ``event`` then holding the causes), on the rows, grid and censoring of ``ibs``
+    (or ``ibs_cause<c>``); ``(None, why)`` when it cannot be computed."""
+    null = reference.null_survival if cause is None else reference.null_cif
+    if null is None or (cause is not None and cause > null.shape[0]):
+        return None, "the survival reference was stored without the training null model"
+    time = as_numpy(time)
+    grid = reference.ibs_grid()
+    curve = null if cause is None else null[cause - 1]
+    predicted = np.broadcast_to(curve, (time.shape[0], grid.shape[0]))
+    if cause is not None:
+        return cause_ibs(reference, time, event, predicted, cause)
+    event = as_numpy(event) != 0
+    kept = _inside_followup(grid, reference.max_time, time)
+    if time.shape[0] < 2 or not event.any():
+        return None, "the evaluated split has fewer than 2 subjects or no event"
+    if kept.sum() < 2:
+        return None, IBS_GRID_TOO_SHORT
+    ibs_time, ibs_event = _censor_after(time, event, grid[kept].max(), reference.max_time)
+    value = integrated_brier_score(
+        ibs_time, ibs_event, predicted[:, kept], grid[kept], reference.censoring
+    )
+    return value, None
+
+
+def prediction_accuracy(ibs: float | None, null: float | None) -> float | None:
+    """Index of prediction accuracy (Kattan & Gerds 2018): ``1 - ibs / null``, None when
+    either is missing or the null model's score is 0."""
+    if ibs is None or null is None or not null > 0:
+        return None
+    return 1.0 - ibs / null
 
 
 def cause_uno_c(

@@ -22,6 +22,12 @@ hospital, so nothing stored here is a per-patient value:
     the cumulative/dynamic AUC and the Brier score) at the times where it drops, i.e. a
     population curve as drawn in a Kaplan-Meier figure. It is needed exactly, because the
     weights are read at every evaluated subject's own time.
+``null_survival``, ``null_cif``
+    The covariate-free prediction every case would get, on the integrated-Brier-score grid
+    (``ibs_points`` values): the training split's Kaplan-Meier survival (any event) and, for
+    an endpoint with competing causes 1..K, the Aalen-Johansen cumulative incidence of each
+    cause (``K x ibs_points``). They are the reference of the index of prediction accuracy
+    (``ipa``). A reference stored before they existed has ``None``.
 scalars
     The largest training time (end of the censoring curve), the 10th/90th percentiles of the
     training times (integrated-Brier-score grid; the 90th is Uno's truncation time ``tau``), the
@@ -41,7 +47,7 @@ import numpy as np
 import torch
 
 from nervus_lightning.survival.baseline import BreslowBaseline, as_numpy
-from nervus_lightning.survival.ipcw import CensoringCurve
+from nervus_lightning.survival.ipcw import CensoringCurve, kaplan_meier_at
 
 __all__ = [
     "EVAL_PERCENTILES",
@@ -104,10 +110,18 @@ class SurvivalReference:
     event_time_p10: float
     event_time_p90: float
     ibs_points: int = 50
+    null_survival: np.ndarray | None = None
+    null_cif: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.eval_times = as_numpy(self.eval_times)
         self.risk_cutpoints = as_numpy(self.risk_cutpoints)
+        if self.null_survival is not None:
+            self.null_survival = as_numpy(self.null_survival).reshape(-1)
+        if self.null_cif is not None:
+            self.null_cif = np.asarray(self.null_cif, dtype=np.float64).reshape(
+                -1, int(self.ibs_points)
+            )
         for name in ("follow_up_p10", "follow_up_p90", "event_time_p10", "event_time_p90"):
             setattr(self, name, float(getattr(self, name)))
         self.ibs_points = int(self.ibs_points)
@@ -127,8 +141,9 @@ class SurvivalReference:
         """Aggregates of the training split; the arrays given are not kept.
 
         Args:
-            train_time, train_event, train_risk: training follow-up, event indicators and the
-                trained model's risks (log hazard ratios).
+            train_time, train_event, train_risk: training follow-up, event indicators (or, with
+                competing risks, 0 for censored and the cause 1..K) and the trained model's
+                risks (log hazard ratios).
             eval_times: evaluation times; ``None`` uses :func:`default_eval_times`.
             risk_cutpoints: risk-group cut-points; ``None`` uses :func:`risk_group_cutpoints`
                 with ``n_risk_groups``.
@@ -137,7 +152,8 @@ class SurvivalReference:
                 baseline hazard's grid.
         """
         time = as_numpy(train_time)
-        event = as_numpy(train_event) != 0
+        cause = np.rint(as_numpy(train_event)).astype(np.int64)
+        event = cause != 0
         risk = as_numpy(train_risk)
         if not (time.shape == event.shape == risk.shape):
             raise ValueError("train_time, train_event and train_risk must have the same length")
@@ -169,6 +185,12 @@ class SurvivalReference:
             ]
         )
         reference.baseline = BreslowBaseline(grid, full.baseline_cumulative_hazard(grid))
+        ibs_grid = reference.ibs_grid()
+        reference.null_survival = kaplan_meier_at(time, event, ibs_grid)
+        if cause.max() >= 2:  # competing risks
+            from nervus_lightning.survival.competing import aalen_johansen
+
+            reference.null_cif = aalen_johansen(time, cause, ibs_grid, int(cause.max()))
         return reference
 
     # -- what the metrics read ----------------------------------------------------------------
@@ -197,8 +219,9 @@ class SurvivalReference:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Float64 tensors (``weights_only`` safe): ``eval_times``, ``risk_cutpoints``,
-        ``baseline_times``, ``baseline_cumhaz``, ``censoring_times``, ``censoring_survival`` and
-        one 0-d tensor per scalar (``max_time``, ``follow_up_p10``, ...)."""
+        ``baseline_times``, ``baseline_cumhaz``, ``censoring_times``, ``censoring_survival``,
+        ``null_survival`` and ``null_cif`` when set, and one 0-d tensor per scalar
+        (``max_time``, ``follow_up_p10``, ...)."""
         arrays = {
             "eval_times": self.eval_times,
             "risk_cutpoints": self.risk_cutpoints,
@@ -207,12 +230,15 @@ class SurvivalReference:
             "censoring_times": self.censoring.times,
             "censoring_survival": self.censoring.survival,
         }
+        for name in ("null_survival", "null_cif"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         out = {k: torch.from_numpy(np.array(v, dtype=np.float64)) for k, v in arrays.items()}
         out.update({k: torch.tensor(v, dtype=torch.float64) for k, v in self._scalars().items()})
         return out
 
     @classmethod
-    def _from_fields(cls, get: Any) -> SurvivalReference:
+    def _from_fields(cls, get: Any, optional: Any) -> SurvivalReference:
         return cls(
             eval_times=as_numpy(get("eval_times")),
             risk_cutpoints=as_numpy(get("risk_cutpoints")),
@@ -225,19 +251,26 @@ class SurvivalReference:
             event_time_p10=float(get("event_time_p10")),
             event_time_p90=float(get("event_time_p90")),
             ibs_points=int(float(get("ibs_points"))),
+            null_survival=optional("null_survival"),
+            null_cif=optional("null_cif"),
         )
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SurvivalReference:
         """Inverse of :meth:`to_tensors`."""
-        return cls._from_fields(lambda name: tensors[name].cpu().numpy())
+
+        def optional(name: str) -> np.ndarray | None:
+            return tensors[name].cpu().numpy() if name in tensors else None
+
+        return cls._from_fields(lambda name: tensors[name].cpu().numpy(), optional)
 
     JSON_KEYS = ("eval_times", "risk_cutpoints", "baseline", "censoring", "time_summary")
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for a ``schema.json`` label: ``eval_times``, ``risk_cutpoints``,
-        ``baseline`` ``{times, cumhaz}``, ``censoring`` ``{times, survival}`` and
-        ``time_summary`` (the scalars). Python's float repr round-trips exactly."""
+        ``baseline`` ``{times, cumhaz}``, ``censoring`` ``{times, survival}``,
+        ``time_summary`` (the scalars) and ``null_survival`` / ``null_cif`` when set. Python's
+        float repr round-trips exactly."""
         return {
             "eval_times": self.eval_times.tolist(),
             "risk_cutpoints": self.risk_cutpoints.tolist(),
@@ -250,6 +283,11 @@ class SurvivalReference:
                 "survival": self.censoring.survival.tolist(),
             },
             "time_summary": self._scalars(),
+            **{
+                name: getattr(self, name).tolist()
+                for name in ("null_survival", "null_cif")
+                if getattr(self, name) is not None
+            },
         }
 
     @classmethod
@@ -267,4 +305,9 @@ class SurvivalReference:
             "censoring_survival": data["censoring"]["survival"],
             **data["time_summary"],
         }
-        return cls._from_fields(lambda name: np.asarray(fields[name], dtype=np.float64))
+
+        def optional(name: str) -> np.ndarray | None:
+            value = data.get(name)
+            return None if value is None else np.asarray(value, dtype=np.float64)
+
+        return cls._from_fields(lambda name: np.asarray(fields[name], dtype=np.float64), optional)

@@ -86,6 +86,8 @@ from nervus_lightning.survival.metrics import (
     cause_uno_c,
     format_time,
     ipcw_subsample,
+    null_ibs,
+    prediction_accuracy,
     survival_metrics,
 )
 from nervus_lightning.survival.plots import (
@@ -656,7 +658,7 @@ def _survival_reference(
 
 def _is_ipcw(metric: str, ipcw_keys: set[str]) -> bool:
     return metric in ipcw_keys or metric.startswith(
-        ("td_auc_t", "td_auc_cause", "ibs_cause", "c_index_uno_cause")
+        ("td_auc_t", "td_auc_cause", "ibs_cause", "c_index_uno_cause", "ibs_null", "ipa")
     )
 
 
@@ -729,6 +731,38 @@ def _cause_ipcw_metrics(
             out[key], text = cause_ibs(reference, time, cause, ibs_cif[:, c - 1], c)
             if text is not None:
                 why[key] = text
+    if reasons is not None:
+        reasons.update(why)
+    return out
+
+
+def _accuracy_metrics(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    scores: Mapping[str, float | None],
+    causes: int,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """``ibs_null`` (the integrated Brier score of the training split's covariate-free
+    prediction on the same rows and grid as ``ibs``) and the index of prediction accuracy
+    ``ipa`` = 1 - ``ibs`` / ``ibs_null``, and ``ipa_cause<c>`` from ``ibs_cause<c>`` and the
+    training Aalen-Johansen incidence; ``scores`` holds the model's ``ibs`` values."""
+    out: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+    out["ibs_null"], text = null_ibs(reference, time, event)
+    keys = [("ibs", "ibs_null", "ipa")]
+    if text is not None:
+        why["ibs_null"] = text
+    for c in range(1, causes + 1):
+        out[f"ibs_null_cause{c}"], text = null_ibs(reference, time, event, c)
+        if text is not None:
+            why[f"ibs_null_cause{c}"] = text
+        keys.append((f"ibs_cause{c}", f"ibs_null_cause{c}", f"ipa_cause{c}"))
+    for model, null, key in keys:
+        out[key] = prediction_accuracy(scores.get(model), out[null])
+        if out[key] is None:
+            why[key] = f"needs {model} and {null}"
     if reasons is not None:
         reasons.update(why)
     return out
@@ -823,6 +857,17 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             "cause c's predicted cumulative incidence on the ibs times, all three with "
             "censoring weights from the training split (any cause counting as an event)."
         )
+    section.notes.append(
+        "ipa: index of prediction accuracy, 1 - ibs / ibs_null, where ibs_null is the IBS of "
+        "the training split's Kaplan-Meier curve given to every case (no inputs), on the same "
+        "cases and times; above 0 the model predicts better than that"
+        + (
+            ", below 0 worse. ipa_cause<c> likewise for ibs_cause<c>, against the training "
+            "Aalen-Johansen incidence of cause c."
+            if causes
+            else ", below 0 worse."
+        )
+    )
     calibration_time = float(np.median(eval_times))
     section.notes.append(
         f"Calibration at t = {calibration_time:g} (middle evaluation time); "
@@ -858,8 +903,8 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
         cause_auc_cif = competing.model_cif(rows, label, eval_times) if causes else None
         point.update(_cause_metrics(time, event, cause_risk, reasons))
-        if causes:  # on the IPCW metrics' subsample, as those of event-free survival
-            keep = slice(None) if sub is None else sub
+        keep = slice(None) if sub is None else sub  # the IPCW metrics' rows
+        if causes:
             point.update(
                 _cause_ipcw_metrics(
                     reference, time[keep], event[keep], cause_risk[keep],
@@ -867,6 +912,7 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
                     None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
                 )
             )  # fmt: skip
+        point.update(_accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
         cif_arrays = {}
         if causes:
             point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
@@ -901,6 +947,7 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
                             None if ibs_cif is None else ibs_cif[index],
                         )
                     )  # fmt: skip
+                out.update(_accuracy_metrics(reference, t, e, out, causes))
                 return out
 
             distributions = bootstrap_distributions(
