@@ -1,5 +1,5 @@
 r"""Censoring distribution and the IPCW statistics that need it: Uno's C, cumulative/dynamic AUC,
-Brier score and integrated Brier score.
+Brier score and integrated Brier score, and their versions for one cause of competing risks.
 
 This module owns computing these three statistics from a *stored* censoring curve
 (:class:`CensoringCurve`) instead of the training rows. scikit-survival's functions refit the

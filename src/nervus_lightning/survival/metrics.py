@@ -46,6 +46,13 @@ capped at the largest training time). This changes no value that scikit-survival
 compute (those subjects count only as "still event-free" there), but lets an external set with
 longer follow-up than the training set be scored instead of raising.
 
+Beside them, for the evaluation report: :func:`null_ibs` (the same IBS of the training
+split's covariate-free curve, stored in the reference) and :func:`prediction_accuracy` (the index
+of prediction accuracy, 1 - IBS / that), and, for an endpoint with competing causes,
+:func:`cause_uno_c`, :func:`cause_td_auc` and :func:`cause_ibs` (each cause's censoring-weighted
+concordance, cumulative/dynamic AUC and integrated Brier score; formulas in
+:mod:`nervus_lightning.survival.ipcw`).
+
 A metric that cannot be computed (no event in the split, one risk group only, no comparable
 pair, no evaluation time inside the follow-up, ...) is ``None``. Pass a dict as ``reasons`` to
 :func:`survival_metrics` to receive, for every ``None``, a one-line explanation keyed like the
