@@ -195,22 +195,11 @@ def null_ibs(
     if null is None or (cause is not None and cause > null.shape[0]):
         return None, "the survival reference was stored without the training null model"
     time = as_numpy(time)
-    grid = reference.ibs_grid()
     curve = null if cause is None else null[cause - 1]
-    predicted = np.broadcast_to(curve, (time.shape[0], grid.shape[0]))
-    if cause is not None:
-        return cause_ibs(reference, time, event, predicted, cause)
-    event = as_numpy(event) != 0
-    kept = _inside_followup(grid, reference.max_time, time)
-    if time.shape[0] < 2 or not event.any():
-        return None, "the evaluated split has fewer than 2 subjects or no event"
-    if kept.sum() < 2:
-        return None, IBS_GRID_TOO_SHORT
-    ibs_time, ibs_event = _censor_after(time, event, grid[kept].max(), reference.max_time)
-    value = integrated_brier_score(
-        ibs_time, ibs_event, predicted[:, kept], grid[kept], reference.censoring
-    )
-    return value, None
+    predicted = np.broadcast_to(curve, (time.shape[0], curve.shape[0]))
+    if cause is None:  # one cause, any event: the Brier score of 1 - the survival curve
+        return cause_ibs(reference, time, as_numpy(event) != 0, 1.0 - predicted, 1)
+    return cause_ibs(reference, time, event, predicted, cause)
 
 
 def prediction_accuracy(ibs: float | None, null: float | None) -> float | None:
