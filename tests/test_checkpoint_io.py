@@ -7,6 +7,7 @@ import errno
 import os
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -190,3 +191,22 @@ def test_bf16_on_a_cpu_without_bf16_kernels_warns(tmp_path, monkeypatch, caplog,
         train_module.build_trainer(cfg, tmp_path, [])
     warned = "without native bfloat16 kernels" in caplog.text
     assert warned is (not native)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Checkpoints and run files get the mode ``open()`` would give (0666 less the umask), not
+    ``mkstemp``'s 0600 that hides a model from colleagues on a shared server."""
+    from nervus_lightning.outputs import write_csv, write_json
+
+    old = os.umask(umask)
+    try:
+        files = [
+            save_atomically({"w": torch.zeros(3)}, tmp_path / "a.ckpt"),
+            write_json(tmp_path / "metrics.json", {"auroc": 0.5}),
+            write_csv(tmp_path / "predictions.csv", pd.DataFrame({"x": [1]})),
+        ]
+    finally:
+        os.umask(old)
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name

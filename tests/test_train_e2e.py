@@ -172,6 +172,13 @@ def test_checkpoint_policies(dataset, tmp_path):
     _run(csv, each_run, [*common, "checkpoint=each"])
     best = sorted(p.name for p in (best_run / "checkpoints").glob("*.ckpt"))
     assert len(best) == 2 and "last.ckpt" in best
+    # The kept checkpoint holds what predict, export and explain read; only last.ckpt carries
+    # the optimiser and callback states that resuming needs.
+    kept = torch.load(_best_checkpoint(best_run), weights_only=True)
+    last = torch.load(best_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in kept and "callbacks" not in kept
+    assert kept["state_dict"].keys() == last["state_dict"].keys()
+    assert last["optimizer_states"] and last["callbacks"]
     val = pd.read_csv(each_run / "learning_curve.csv").val_loss.to_numpy()
     improvements = int(sum(v < min(val[:i], default=np.inf) for i, v in enumerate(val)))
     each = [p for p in (each_run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]

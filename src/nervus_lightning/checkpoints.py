@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.files import temporary_sibling
 
 CHECKPOINT_SUFFIX = ".ckpt"
 
@@ -122,7 +122,7 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj, path)`` through a flushed temporary file renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_sibling(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN
+from nervus_lightning.files import temporary_sibling
 
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
@@ -29,7 +29,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call ``write(tmp_path)`` then move the temporary file to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_sibling(path)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from nervus_lightning.callbacks import (
     LearningCurve,
     RandomStates,
-    build_checkpoint_callback,
+    build_checkpoint_callbacks,
     build_step_checkpoint,
 )
 from nervus_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
@@ -207,10 +207,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
 
 #: Room for what a run writes besides checkpoints (logs, predictions, report, figures).
 OUTPUT_MARGIN_BYTES = 100 * 2**20
-#: Checkpoints on disk at once: the best, last.ckpt, and one being written (temporary file).
-CHECKPOINTS_AT_ONCE = 3
-#: A checkpoint's size over the weights': the weights plus an optimiser's two moments (Adam).
-CHECKPOINT_OVER_WEIGHTS = 3
+#: Checkpoint files on disk at once, in multiples of the weights' size: the best checkpoint
+#: (weights only: 1), last.ckpt (the weights plus an optimiser's two moments, as Adam keeps: 3)
+#: and a new last.ckpt being written beside it (3).
+CHECKPOINT_WEIGHTS_AT_ONCE = 7
 
 
 def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
@@ -230,17 +230,17 @@ def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
             "trained. Fix its permissions, or choose another folder with hydra.run.dir=PATH."
         ) from None
     weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    checkpoint = CHECKPOINT_OVER_WEIGHTS * weights
-    needed = checkpoint * CHECKPOINTS_AT_ONCE + OUTPUT_MARGIN_BYTES
+    checkpoints_bytes = CHECKPOINT_WEIGHTS_AT_ONCE * weights
+    needed = checkpoints_bytes + OUTPUT_MARGIN_BYTES
     free = shutil.disk_usage(checkpoints).free
     if free < needed:
         mib = 2**20
         raise NervusInputError(
             f"the output folder {run_dir} has {free / mib:.0f} MiB free, and this run needs "
-            f"about {needed / mib:.0f} MiB ({CHECKPOINTS_AT_ONCE} checkpoints of about "
-            f"{checkpoint / mib:.0f} MiB, plus {OUTPUT_MARGIN_BYTES / mib:.0f} MiB for logs and "
-            "outputs); nothing was trained. Free some space, or choose a folder on another "
-            "disk with hydra.run.dir=PATH."
+            f"about {needed / mib:.0f} MiB ({checkpoints_bytes / mib:.0f} MiB for the best "
+            f"checkpoint and last.ckpt, written anew, plus {OUTPUT_MARGIN_BYTES / mib:.0f} MiB "
+            "for logs and outputs); nothing was trained. Free some space, or choose a folder "
+            "on another disk with hydra.run.dir=PATH."
         )
 
 
@@ -265,8 +265,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
     module = build_module(cfg, datamodule.schema, evaluation)
     check_explain_options(cfg.get("explain"), module, datamodule)
 
-    checkpoint = build_checkpoint_callback(cfg.checkpoint.policy, run_dir / "checkpoints")
-    run_callbacks = [checkpoint, RandomStates(), LearningCurve(run_dir), *callbacks]
+    checkpoint, last = build_checkpoint_callbacks(cfg.checkpoint.policy, run_dir / "checkpoints")
+    run_callbacks = [checkpoint, last, RandomStates(), LearningCurve(run_dir), *callbacks]
     if cfg.checkpoint.get("every_n_train_steps"):
         every = cfg.checkpoint.every_n_train_steps
         run_callbacks.insert(1, build_step_checkpoint(run_dir / "checkpoints", every))
