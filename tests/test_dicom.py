@@ -458,3 +458,44 @@ def test_the_data_sets_window_is_part_of_the_image_cache_key():
     ]
     assert len(set(keys)) == 3
     assert '"window": {"auto": {"CT": [40.0, 400.0]}}' in keys[1]
+
+
+def test_train_then_predict_reads_windowless_files_with_the_stored_window(tmp_path):
+    from conftest import FAST, compose_config
+
+    from nervus_lightning.module import NervusModule
+    from nervus_lightning.predict import predict
+    from nervus_lightning.train import train
+
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(8):  # CT_small under eight intercepts: the class is the brightness
+        ds = pydicom.dcmread(bundled("CT_small.dcm"))
+        ds.RescaleIntercept = -1024 + (150 if i % 2 else -150) + 10 * i
+        ds.save_as(root / "img" / f"{i}.dcm")
+        split = "train" if i < 4 else "val"
+        rows.append((f"c{i}", f"img/{i}.dcm", "ab"[i % 2], split))
+    columns = ["uniqID", "imgpath", "label_y", "split"]
+    pd.DataFrame(rows, columns=columns).to_csv(root / "data.csv", index=False)
+    run = tmp_path / "run"
+    cfg = compose_config(
+        [f"data.csv={root / 'data.csv'}", *FAST, "+evaluation.positive_class={label_y:b}"]
+    )
+    train(cfg, run)
+    stored = json.loads((run / "schema.json").read_text())["auto_window"]
+    assert set(stored) == {"CT"} and stored["CT"][1] > 1000
+    ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
+    assert NervusModule.load_from_checkpoint(ckpt, map_location="cpu").schema.auto_window == stored
+
+    # One dark file alone: the stored window, never one chosen from the new CSV.
+    pd.DataFrame([rows[6][:3]], columns=columns[:3]).to_csv(root / "one.csv", index=False)
+    predict(ckpt, root / "one.csv", tmp_path / "predicted")
+    assert json.loads((tmp_path / "predicted" / "schema.json").read_text())["auto_window"] == stored
+    trained = pd.read_csv(run / "predictions.csv").set_index("uniqID").filter(like="prob_")
+    predicted = pd.read_csv(tmp_path / "predicted" / "predictions.csv").set_index("uniqID")
+    np.testing.assert_allclose(
+        predicted.filter(like="prob_").loc["c6"].to_numpy(),
+        trained.loc["c6"].to_numpy(),
+        atol=1e-5,
+    )

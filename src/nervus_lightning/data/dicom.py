@@ -6,8 +6,10 @@ This module owns everything DICOM-specific between a ``.dcm`` file and the float
 1. **Decoding** with pydicom (>= 3.0). Compressed transfer syntaxes (JPEG baseline/extended/
    lossless, JPEG-LS, JPEG 2000, RLE) need a decoder plug-in; the ``dicom`` extra
    (``pip install "nervus-lightning[dicom]"``) installs pylibjpeg and its plug-ins, which cover all
-   of them. :func:`dicom_header_problem` tells, from the header alone, whether a file can be
-   decoded here, so a missing plug-in is reported before training.
+   of them. :func:`dicom_header_problem` tells, without decoding, whether a file can be
+   decoded here, so a missing plug-in, pixel data cut short (measured against the header), a
+   one-bit segmentation or mask (not an image) or an unsupported photometric interpretation is
+   reported before training.
 2. **Frame** (``data.frame``) of a multi-frame file: ``middle`` (default: the central slice or
    phase, the most representative one of a stack), ``first``, or ``mean`` (the mean of the
    modality-LUT output over all frames, i.e. an average-intensity projection, then windowed).
@@ -16,7 +18,11 @@ This module owns everything DICOM-specific between a ``.dcm`` file and the float
 4. **VOI LUT / window** (``data.window``), pydicom's :func:`~pydicom.pixels.apply_voi_lut`:
 
    * ``auto`` (default): the file's own VOI LUT Sequence or first Window Center/Width, as a
-     viewer opens the image; a file without either is shown at its full range (as ``none``);
+     viewer opens the image; a grayscale file without either gets the data set's window for
+     its ``Modality`` (:class:`AutoWindow`), chosen once by :func:`choose_auto_window` from the
+     0.5th-99.5th percentiles of the training files' modality-LUT values and stored with the
+     model; without one (plain ``auto``, older models, a modality not seen in training) it is
+     shown at its full range (as ``none``);
    * ``[center, width]``: a user window in modality units (e.g. ``[-600, 1500]``, a CT lung
      window), applied with the DICOM ``LINEAR`` function, replacing the file's own VOI;
    * ``none``: no window, the full range that the stored bits allow after the modality LUT.
@@ -33,8 +39,10 @@ the chosen frame (its own group over the shared one; for ``mean``, each frame's 
 central frame's window) are handed to those functions.
 
 Colour files (RGB, or YBR which pydicom converts to RGB) are scaled by ``2**BitsStored - 1``;
-windows do not apply to them. The settings are part of a model's preprocessing contract and are
-stored in its schema (:class:`~nervus_lightning.data.schema.DataSchema`).
+PALETTE COLOR files are turned into RGB by pydicom's :func:`~pydicom.pixels.apply_color_lut`
+and scaled by ``2**bits - 1``, ``bits`` being their palette's entry size (its descriptor's third
+value). Windows do not apply to colour files. The settings are part of a model's preprocessing
+contract and are stored in its schema (:class:`~nervus_lightning.data.schema.DataSchema`).
 """
 
 from __future__ import annotations
@@ -243,7 +251,8 @@ def dicom_header_problem(file: Path) -> str | None:
     pixel data must hold Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8
     bytes, compressed pixel data at least one fragment per frame. So a file cut short in a copy
     is found before training. Uncompressed pixel data are not read (their length is in the
-    header); compressed ones are read once to count their fragments.
+    header); compressed ones are scanned by pydicom for their end, and read once to count their
+    fragments when there are several frames.
     """
     from nervus_lightning.data.images import ImageReadError
 
@@ -305,6 +314,8 @@ def _pixel_data_problem(ds, file: Path) -> str | None:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     uid = _transfer_syntax(ds)
     if uid is not None and uid.is_encapsulated:
+        if frames == 1:  # pydicom found the end of the fragments, or it would have kept nothing
+            return None
         try:
             fragments = sum(1 for _ in generate_fragments(ds.PixelData)) - 1  # less the offsets
         except Exception as exc:  # a damaged item tag or length
@@ -491,7 +502,6 @@ def choose_auto_window(
     from nervus_lightning.data.images import ImageReadError
 
     files = list(dict.fromkeys(Path(p) for p in paths))
-    files = [f for f in files if f.is_file() and is_dicom_file(f)]
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         modalities = list(pool.map(lambda f: _windowless_modality(f, frame), files))
         by_modality: dict[str, list[Path]] = {}
@@ -535,9 +545,11 @@ def choose_auto_window(
 
 
 def _windowless_modality(file: Path, frame: str) -> str | None:
-    """The Modality of a grayscale file without its own VOI LUT or window; None otherwise."""
+    """The Modality of a grayscale DICOM file without its own VOI LUT or window; else None."""
     from nervus_lightning.data.images import ImageReadError
 
+    if not (file.is_file() and is_dicom_file(file)):
+        return None
     pydicom = import_pydicom(file)
     try:
         ds = pydicom.dcmread(file, stop_before_pixels=True)
