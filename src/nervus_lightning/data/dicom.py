@@ -184,9 +184,9 @@ def parse_window(value: Any) -> Window:
                 "window), e.g. data.window=[-600,1500] for a CT lung window."
             )
     raise NervusInputError(
-        f"data.window must be auto (the file's own window, else the full range), none (the "
-        f"full range) or [center,width] in modality units (e.g. [-600,1500] for a CT lung "
-        f"window), got {value!r}."
+        f"data.window must be auto (the file's own window, else one per modality chosen on the "
+        f"training images), none (the full range) or [center,width] in modality units (e.g. "
+        f"[-600,1500] for a CT lung window), got {value!r}."
     )
 
 
