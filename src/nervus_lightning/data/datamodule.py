@@ -1,10 +1,11 @@
 """``NervusDataModule``: a Nervus CSV turned into Lightning dataloaders.
 
 Owns the datasets of each split, image decoding and transforms (augmentation on the training
-split only), the weighted sampler and the one intensity scaling (bit depth) of every image of
-the data set. The CSV is read and validated once, when the module is built, so every user error
-surfaces before a model exists. Tabular inputs are passed *raw*: the model standardises them
-with the training statistics held in the schema (and in its checkpoint).
+split only), the weighted sampler, the one intensity scaling (bit depth) of every image of the
+data set and its DICOM window for files without their own. The CSV is read and validated once,
+when the module is built, so every user error surfaces before a model exists. Tabular inputs are
+passed *raw*: the model standardises them with the training statistics held in the schema (and
+in its checkpoint).
 """
 
 from __future__ import annotations
