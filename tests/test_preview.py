@@ -85,14 +85,17 @@ def test_preview_command_writes_inputs_and_sheet(tmp_path):
 
 def test_write_preview_without_augmentation(tmp_path):
     from nervus_lightning.data.datamodule import NervusDataModule
-    from nervus_lightning.data.preview import write_preview
+    from nervus_lightning.data.preview import auto_window_note, write_preview
 
     csv = _csv(tmp_path)
     datamodule = NervusDataModule(csv, image_size=SIZE)  # window=auto, frame=middle
     written = write_preview(datamodule, tmp_path / "plain", n=4)
     assert [p.name for p in written] == ["ct_1.png", "mr.png", "ramp.png", "ramp8.png", "sheet.png"]
+    # No window in the CT file: the data set's CT window, from the training CT files.
+    ct_window = tuple(datamodule.schema.auto_window["CT"])
+    assert set(datamodule.schema.auto_window) == {"CT"}
     for name, source, options in (
-        ("ct_1.png", "ct.dcm", {}),  # no window in the file: full range
+        ("ct_1.png", "ct.dcm", {"window": ct_window}),
         ("mr.png", "mr.dcm", {}),  # the file's own window
         ("ramp.png", "ramp.png", {"bit_depth": 12}),
         ("ramp8.png", "ramp8.png", {}),
@@ -106,7 +109,14 @@ def test_write_preview_without_augmentation(tmp_path):
         np.asarray(Image.open(tmp_path / "lung" / "ct_1.png")),
         np.asarray(Image.open(tmp_path / "plain" / "ct_1.png")),
     )
-    assert Image.open(tmp_path / "plain" / "sheet.png").size == (4 * 132 + 4, 128 + 14 + 8)
+    # A title line names the data set's window; the user's window needs none.
+    assert Image.open(tmp_path / "plain" / "sheet.png").size == (4 * 132 + 4, 18 + 128 + 14 + 8)
+    assert Image.open(tmp_path / "lung" / "sheet.png").size == (132 + 4, 128 + 14 + 8)
+    assert auto_window_note(datamodule) == (
+        "data.window=auto, DICOM files without their own window: CT: center "
+        f"{ct_window[0]:g} width {ct_window[1]:g}"
+    )
+    assert auto_window_note(lung) is None
 
 
 def test_preview_user_errors(tmp_path):

@@ -175,6 +175,7 @@ def _preprocessing(module: Any) -> dict[str, Any] | None:
         "views": list(schema.views) or None,
         "bit_depth": schema.bit_depth,
         "window": schema.window,
+        "auto_window": schema.auto_window,
         "frame": schema.frame,
         "in_channels": channels,
         "image_size": size,
@@ -184,7 +185,8 @@ def _preprocessing(module: Any) -> dict[str, Any] | None:
             "DICOM: pick the frame given by 'frame' (middle, first, or mean of the modality-LUT "
             "output over all frames); apply the modality LUT (Rescale Slope/Intercept or Modality "
             "LUT Sequence); apply the VOI LUT or window given by 'window' (auto: the file's own "
-            "VOI LUT Sequence or first Window Center/Width, else the full range; none: the full "
+            "VOI LUT Sequence or first Window Center/Width, else the [center, width] that "
+            "'auto_window' gives for the file's Modality, else the full range; none: the full "
             "range; [center, width]: DICOM LINEAR window in modality units); scale to [0, 1] by "
             "the fixed output range of that step; invert MONOCHROME1 (1 - x)",
             "other files: 8-bit images divided by 255; wider integer images divided by "

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def preview(cfg: DictConfig) -> list[Path]:
     """Build the data as training would (images only) and write the preview PNGs."""
-    from nervus_lightning.data.preview import write_preview
+    from nervus_lightning.data.preview import auto_window_note, write_preview
     from nervus_lightning.train import build_datamodule
 
     datamodule = build_datamodule(
@@ -37,6 +37,9 @@ def preview(cfg: DictConfig) -> list[Path]:
         seed=int(cfg.seed),
     )
     print(f"preview of {len(written) - 1} image(s) of split {cfg.split} written to {cfg.out}/")
+    note = auto_window_note(datamodule)
+    if note:
+        print(note)
     return written
 
 

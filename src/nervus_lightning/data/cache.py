@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nervus_lightning.data.dicom import Window
+from nervus_lightning.data.dicom import Window, window_key
 from nervus_lightning.data.images import _declared_depth, read_image
 from nervus_lightning.data.transforms import build_eval_transform
 
@@ -78,13 +78,12 @@ class ReadSettings:
     frame: str
 
     def key_fields(self) -> dict[str, Any]:
-        window = list(self.window) if isinstance(self.window, tuple) else self.window
         return {
             "version": _FORMAT_VERSION,
             "image_size": self.image_size,
             "in_channels": self.in_channels,
             "bit_depth": self.bit_depth,
-            "window": window,
+            "window": window_key(self.window),
             "frame": self.frame,
         }
 

@@ -1,15 +1,17 @@
 """``NervusDataModule``: a Nervus CSV turned into Lightning dataloaders.
 
 Owns the datasets of each split, image decoding and transforms (augmentation on the training
-split only), the weighted sampler and the one intensity scaling (bit depth) of every image of
-the data set. The CSV is read and validated once, when the module is built, so every user error
-surfaces before a model exists. Tabular inputs are passed *raw*: the model standardises them
-with the training statistics held in the schema (and in its checkpoint).
+split only), the weighted sampler, the one intensity scaling (bit depth) of every image of the
+data set and its DICOM window for files without their own. The CSV is read and validated once,
+when the module is built, so every user error surfaces before a model exists. Tabular inputs are
+passed *raw*: the model standardises them with the training statistics held in the schema (and
+in its checkpoint).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import warnings
@@ -35,9 +37,12 @@ from nervus_lightning.data.cache import (
 from nervus_lightning.data.dicom import (
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
+    AutoWindow,
     Window,
+    choose_auto_window,
     parse_frame,
     parse_window,
+    window_key,
 )
 from nervus_lightning.data.images import (
     CANDIDATE_BIT_DEPTHS,
@@ -70,6 +75,8 @@ from nervus_lightning.data.transforms import (
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import task_class
 
+log = logging.getLogger(__name__)
+
 SAMPLERS = ("none", "weighted")
 # Training presets that resize to image_size before anything random: they start from the
 # cached (resized) image.
@@ -101,14 +108,17 @@ _LEGACY_WINDOW, _LEGACY_FRAME = "none", "first"
 
 
 def dicom_settings(schema: DataSchema) -> tuple[Window, str]:
-    """The ``(window, frame)`` a schema asks DICOM files to be read with."""
+    """The ``(window, frame)`` a schema asks DICOM files to be read with (``auto`` with the data
+    set's windows, :class:`~nervus_lightning.data.dicom.AutoWindow`, when it holds them)."""
     window = _LEGACY_WINDOW if schema.window is None else parse_window(schema.window)
+    if window == "auto" and schema.auto_window:
+        window = AutoWindow.from_json(schema.auto_window)
     frame = _LEGACY_FRAME if schema.frame is None else parse_frame(schema.frame)
     return window, frame
 
 
 def _window_for_schema(window: Window) -> str | list[float]:
-    return list(window) if isinstance(window, tuple) else window
+    return "auto" if isinstance(window, AutoWindow) else window_key(window)
 
 
 class NervusDataset(Dataset):
@@ -224,9 +234,11 @@ class NervusDataModule(L.LightningDataModule):
             DICOM ``BitsStored``), else takes the smallest of 8/10/12/14/16 bits that holds the
             largest training pixel value, with a warning; or 8, 10, 12, 14, 16. Stored in the
             schema; with ``schema`` given, the schema's depth is used.
-        window: DICOM VOI LUT / window (``data.window``): ``auto`` (the file's own VOI LUT or
-            window, else the full range; the default), ``none`` (the full range after the
-            modality LUT) or ``[center, width]`` in modality units (e.g. ``[-600, 1500]``).
+        window: DICOM VOI LUT / window (``data.window``): ``auto`` (the default: the file's own
+            VOI LUT or window; a grayscale file without either gets one window per modality,
+            chosen once from the training split's files without a window, stored in the schema
+            as ``auto_window``), ``none`` (the full range after the modality LUT) or
+            ``[center, width]`` in modality units (e.g. ``[-600, 1500]``).
         frame: frame of a multi-frame DICOM file (``data.frame``): ``middle`` (default),
             ``first`` or ``mean``. ``window`` and ``frame`` are stored in the schema; with
             ``schema`` given, None (the default) uses the schema's, and a different value is an
@@ -330,6 +342,8 @@ class NervusDataModule(L.LightningDataModule):
                 self.schema.bit_depth = requested_bits or self._choose_bit_depth()
                 self.schema.window = _window_for_schema(requested_window or DEFAULT_WINDOW)
                 self.schema.frame = requested_frame or DEFAULT_FRAME
+                if self.schema.window == "auto":
+                    self.schema.auto_window = self._choose_auto_window()
             else:
                 self._check_schema_bit_depth(requested_bits)
                 self._check_schema_dicom_settings(requested_window, requested_frame)
@@ -370,6 +384,18 @@ class NervusDataModule(L.LightningDataModule):
             )
         return choice.bits
 
+    def _choose_auto_window(self) -> dict[str, list[float]] | None:
+        """``data.window=auto``: one window per modality, from the training split's DICOM files
+        that have none of their own (see :func:`~nervus_lightning.data.dicom.choose_auto_window`),
+        logged once."""
+        train = self.split_frame(TRAIN)
+        paths = [p for col in self.schema.image_columns for p in train[col].dropna().tolist()]
+        choice = choose_auto_window(paths, self.schema.frame)
+        if choice.window is None:
+            return None
+        log.info("data.window=auto for %s: %s.", self.csv, choice.reason)
+        return choice.window.to_json()
+
     def _check_schema_bit_depth(self, requested: int | None) -> None:
         stored = self.schema.bit_depth
         if stored is None:
@@ -394,6 +420,8 @@ class NervusDataModule(L.LightningDataModule):
             ("window", window, stored_window),
             ("frame", frame, stored_frame),
         ):
+            if key == "window" and requested is not None:
+                requested, stored = _window_for_schema(requested), _window_for_schema(stored)
             if requested is not None and requested != stored:
                 shown = _window_for_schema(stored) if key == "window" else stored
                 raise NervusInputError(

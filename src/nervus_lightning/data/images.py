@@ -31,6 +31,7 @@ from nervus_lightning.data.dicom import (
     Window,
     dicom_header_problem,
     import_pydicom,
+    is_dicom_file,
     read_dicom,
 )
 from nervus_lightning.data.schema import NervusInputError
@@ -50,7 +51,6 @@ CANDIDATE_BIT_DEPTHS: tuple[int, ...] = (8, 10, 12, 14, 16)
 # ITU-R 601-2 luma weights, the ones Pillow uses for its RGB -> "L" conversion.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 # Pillow modes that hold one channel wider than 8 bits; they are scaled by the rule in read_image.
 _WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _EIGHT_BIT_GRAY_MODES = frozenset({"L", "1"})
@@ -133,7 +133,9 @@ def read_image(
             the number of significant bits (1 to 32). Overrides the rule above; it has no
             effect on 8-bit images, float images within ``[0, 1]`` or DICOM files.
         window: DICOM only: ``"auto"`` (the file's VOI LUT or window, else the full range),
-            ``"none"`` (the full range) or ``(center, width)`` in modality units.
+            an :class:`~nervus_lightning.data.dicom.AutoWindow` (``auto`` with the data set's
+            window per modality for files without their own), ``"none"`` (the full range) or
+            ``(center, width)`` in modality units.
         frame: DICOM only: ``"middle"``, ``"first"`` or ``"mean"`` frame of a multi-frame file.
 
     Raises:
@@ -172,10 +174,11 @@ def check_image_files(
 ) -> list[tuple[str, str]]:
     """Check that every file exists and has a readable image header, in parallel.
 
-    Only the header is read (Pillow's ``Image.open`` without decoding the pixels; DICOM without
-    its pixel data), so ten thousand files take seconds. A file whose header is fine but whose
-    pixel data are truncated is therefore not caught here; :func:`read_image` reports it when
-    it is loaded.
+    Only the header is read (Pillow's ``Image.open`` without decoding the pixels), so ten
+    thousand files take seconds. A DICOM file's pixel data are also measured against its header
+    (:func:`~nervus_lightning.data.dicom.dicom_header_problem`), so a truncated DICOM file is
+    caught here; a truncated PNG or JPEG is only reported by :func:`read_image` when it is
+    loaded.
 
     Args:
         paths: the files to check.
@@ -439,16 +442,7 @@ def _png_significant_bits(file: Path) -> int | None:
 
 
 def _is_dicom(file: Path) -> bool:
-    return file.suffix.lower() in _DICOM_SUFFIXES or _has_dicom_preamble(file)
-
-
-def _has_dicom_preamble(file: Path) -> bool:
-    try:
-        with open(file, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    return is_dicom_file(file)
 
 
 def _to_channels(image: torch.Tensor, in_channels: int) -> torch.Tensor:

@@ -10,6 +10,9 @@ The ``[0, 1]`` input is written with 0 as black and 1 as white (the PNG's full 8
 must look dull here too, as it does to the network. The contact sheet shows the same images with
 their uniqIDs and, when an augmentation preset is set, a row of augmented versions under them.
 
+When ``data.window=auto`` gave DICOM files without a window of their own the data set's window
+(one per modality, chosen on the training images), the sheet says which in a title line.
+
 With several images per case (``imgpath_<view>`` columns) each view is written as
 ``<uniqID>__<view>.png`` and shown as its own tile, captioned ``<uniqID> <view>``, a case's
 views side by side; a missing view (``data.missing_views=allow``) has no file and a grey tile.
@@ -24,10 +27,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.data.datamodule import NervusDataModule, dicom_settings
+from nervus_lightning.data.dicom import AutoWindow
 from nervus_lightning.data.schema import ID_COLUMN, NervusInputError
 
-__all__ = ["SHEET_NAME", "preview_file_name", "to_png_array", "write_preview"]
+__all__ = ["SHEET_NAME", "auto_window_note", "preview_file_name", "to_png_array", "write_preview"]
 
 SHEET_NAME = "sheet.png"
 # Contact-sheet layout: tiles at least this many pixels wide (small inputs are enlarged without
@@ -48,6 +52,15 @@ def to_png_array(image: torch.Tensor) -> np.ndarray:
     colour = values.shape[0] == 3 and not (values == values[:1]).all()
     array = values.permute(1, 2, 0) if colour else values[0]
     return np.rint(array.numpy() * 255.0).astype(np.uint8)
+
+
+def auto_window_note(datamodule: NervusDataModule) -> str | None:
+    """The data set's window for DICOM files without their own (``data.window=auto``), as one
+    line; None when there is none."""
+    window, _ = dicom_settings(datamodule.schema)
+    if not isinstance(window, AutoWindow):
+        return None
+    return f"data.window=auto, DICOM files without their own window: {window.describe()}"
 
 
 def preview_file_name(uniq_id: str, view: str | None = None) -> str:
@@ -148,7 +161,7 @@ def write_preview(
             torch.random.set_rng_state(generator_state)
     # Several views: a row holds whole cases, their views side by side.
     per_row = len(views) * max(1, _COLUMNS // len(views)) if views else _COLUMNS
-    sheet = _contact_sheet(tiles, captions, augmented_tiles, per_row)
+    sheet = _contact_sheet(tiles, captions, augmented_tiles, per_row, auto_window_note(datamodule))
     sheet.save(out / SHEET_NAME)
     written.append(out / SHEET_NAME)
     return written
@@ -166,9 +179,10 @@ def _contact_sheet(
     captions: list[str],
     augmented: list[np.ndarray | None] | None,
     per_row: int = _COLUMNS,
+    title: str | None = None,
 ) -> Image.Image:
     """Rows of ``per_row`` tiles with captions (None: a grey tile, a missing view); an augmented
-    row under each when given."""
+    row under each when given; ``title`` in a line above them."""
     side = next((t.shape[0] for t in tiles if t is not None), _MIN_TILE)
     size = side * max(1, -(-_MIN_TILE // side))  # an integer multiple: pixels stay square
     columns = min(per_row, len(tiles))
@@ -176,14 +190,17 @@ def _contact_sheet(
     rows_per_block = 2 if augmented is not None else 1
     cell_h = size + _CAPTION
     width = columns * (size + _GAP) + _GAP
-    height = blocks * rows_per_block * (cell_h + _GAP) + _GAP
+    top = _CAPTION + _GAP if title else 0
+    height = top + blocks * rows_per_block * (cell_h + _GAP) + _GAP
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
+    if title:
+        draw.text((_GAP + 2, _GAP), _fit(draw, title, font, width - _GAP), fill="black", font=font)
     for i, (array, caption) in enumerate(zip(tiles, captions, strict=True)):
         block, column = divmod(i, columns)
         x = _GAP + column * (size + _GAP)
-        y = _GAP + block * rows_per_block * (cell_h + _GAP)
+        y = top + _GAP + block * rows_per_block * (cell_h + _GAP)
         sheet.paste(_tile(array, size), (x, y))
         draw.text((x + 2, y + size + 1), _fit(draw, caption, font, size), fill="black", font=font)
         if augmented is not None:

@@ -87,7 +87,11 @@ class DataSchema:
     ``"auto"``, ``"none"`` or ``[center, width]``; ``data.frame``: ``"middle"``, ``"first"`` or
     ``"mean"``; see :mod:`nervus_lightning.data.dicom`), fixed at training and reused unchanged
     for prediction. None without images, and in schemas written before the fields existed
-    (DICOM files were then read as ``window="none"``, ``frame="first"``).
+    (DICOM files were then read as ``window="none"``, ``frame="first"``). ``auto_window``
+    completes ``window="auto"``: ``{modality: [center, width]}`` for files without a window of
+    their own, chosen on the training images (percentiles of many images' values, an aggregate);
+    None when no training file lacked a window, and in schemas written before it existed (such
+    files were then shown at their full range).
 
     Images come in one of two layouts. *Single view* (the Nervus CSV): one ``imgpath`` column,
     named by ``image_column``; ``views`` is empty and batches carry ``image`` as (B, C, H, W).
@@ -111,6 +115,7 @@ class DataSchema:
     views: list[str] = field(default_factory=list)
     view_columns: list[str] = field(default_factory=list)
     missing_views: str = "refuse"
+    auto_window: dict[str, list[float]] | None = None
 
     @property
     def task(self) -> str:
