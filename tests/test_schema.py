@@ -129,6 +129,41 @@ def test_unseen_class_outside_training(dataset):
     assert "'maybe'" in msg and f"line {row + 2}" in msg
 
 
+def test_number_read_as_classes_is_one_short_message(dataset):
+    # The demo CSV as one's own: a measurement (label_value) taken for ~1,000 classes used to stop
+    # with a 15,000-character list of "classes" never seen in training.
+    csv = dataset(images=False, n=400)
+    values = np.round(np.random.default_rng(1).normal(5, 2, 400), 3)
+    _edit(csv, lambda d: d.drop(columns="label_three").assign(label_value=values))
+    msg = _error(csv, use_images=False)
+    train_values = len(set(values[:200]))
+    assert len(msg) < 400, msg
+    assert f"label 'label_value' has {train_values} distinct values in 200 training cases" in msg
+    assert f"(e.g. {values[0]}, {values[1]}, {values[2]}, ...)" in msg
+    assert "task=regression data.labels=[label_value]" in msg
+    assert "leave it out with data.labels=[label_cls]" in msg
+
+
+def test_ids_read_as_classes_are_refused_without_regression_hint(dataset):
+    csv = _edit(
+        dataset(images=False, n=120),
+        lambda d: d.drop(columns="label_three").assign(label_code=[f"c{i}" for i in range(120)]),
+    )
+    msg = _error(csv, use_images=False)
+    assert "label 'label_code' has 60 distinct values in 60 training cases" in msg
+    assert "too many to be classes" in msg and "regression" not in msg
+
+
+def test_many_classes_with_cases_enough_are_classes(dataset):
+    # 25 classes of 60 training cases (more than 2 each on average): a real many-class problem.
+    csv = _edit(
+        dataset(images=False, n=120),
+        lambda d: d.assign(label_three=[f"k{i % 25}" for i in range(120)]),
+    )
+    _, schema = load_table(csv, task="classification", use_images=False)
+    assert len(schema.labels[1].classes) == 25
+
+
 def test_nan_label_in_training_split(dataset):
     csv = dataset()
     df = pd.read_csv(csv, dtype=str)

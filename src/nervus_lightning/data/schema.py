@@ -43,6 +43,11 @@ PERIOD_PREFIXES = ("period_", "periods_")
 TRAIN, VAL, TEST, EXCLUDE = "train", "val", "test", "exclude"
 EXTERNAL = "external"
 MAX_LISTED = 5
+#: A classification label is taken for a mistake (a number, an id) when it has more classes than
+#: this in the training split and fewer than two training cases per class on average: no
+#: classifier learns a class it saw once, and a measurement read as classes has about one class
+#: per case. Many classes with enough cases each (a 100-class problem) are not refused.
+MANY_CLASSES = 20
 
 
 class NervusInputError(ValueError):
@@ -192,6 +197,31 @@ def sort_classes(values: Sequence[str]) -> list[str]:
         return sorted(uniq, key=float)
     except ValueError:
         return uniq
+
+
+def check_class_count(
+    df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index, classes: list[str]
+) -> None:
+    """Refuse a label whose training values are too many ``classes`` to be classes.
+
+    See :data:`MANY_CLASSES`. The message names the column, shows a few values and says how to
+    use the column instead: as a number (``task=regression``) or not as a target (``data.labels``
+    without it).
+    """
+    values = df.loc[train_rows, column]
+    if len(classes) <= MANY_CLASSES or 2 * len(classes) <= len(values):
+        return
+    examples = ", ".join(str(v) for v in values.drop_duplicates().iloc[:3])
+    numeric = pd.to_numeric(values, errors="coerce").notna().all()
+    others = [c for c in df.columns if c.startswith(LABEL_PREFIX) and c != column]
+    keep = f"data.labels=[{','.join(others)}]" if others else "data.labels=[...]"
+    regression = f"task=regression data.labels=[{column}]" if others else "task=regression"
+    as_number = f"If it is a number, train it with {regression}; if" if numeric else "If"
+    raise NervusInputError(
+        f"{path}: label '{column}' has {len(classes):,} distinct values in {len(values):,} "
+        f"training cases (e.g. {examples}, ...): too many to be classes. {as_number} it should "
+        f"not be a target, leave it out with {keep}."
+    )
 
 
 def numeric_column(df: pd.DataFrame, col: str, path: Path, rows: pd.Index, what: str) -> pd.Series:
