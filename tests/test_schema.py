@@ -201,6 +201,32 @@ def test_missing_and_corrupt_images_listed_together(dataset, tmp_path):
     assert re.search(r"CSV line 3: .*case001\.png", msg)
 
 
+def test_image_named_on_several_lines_is_reported_with_each_line(dataset, tmp_path):
+    # Lines 3 and 9 name the same missing file, line 12 another one: each line is reported, not
+    # the last line of a path for every occurrence.
+    csv = _edit(
+        dataset(),
+        lambda d: d.assign(
+            imgpath=[
+                "img/gone.png" if i in (1, 7) else "img/lost.png" if i == 10 else p
+                for i, p in enumerate(d.imgpath)
+            ]
+        ),
+    )
+    msg = _error(csv)
+    assert re.search(r"\n  CSV lines 3, 9: \S*img/gone\.png: ", msg), msg
+    assert re.search(r"\n  CSV line 12: \S*img/lost\.png: ", msg), msg
+    assert "2 image file(s) in column 'imgpath', named on 3 CSV line(s)" in msg
+
+
+def test_many_bad_images_are_listed_up_to_five(dataset, tmp_path):
+    csv = dataset()
+    for i in range(8):
+        (tmp_path / f"img/case{i:03d}.png").unlink()
+    msg = _error(csv)
+    assert msg.count("\n  CSV line ") == 5 and "... and 3 more file(s)" in msg
+
+
 def test_images_off_ignores_imgpath(dataset, tmp_path):
     csv = dataset()
     (tmp_path / "img/case001.png").unlink()
