@@ -219,6 +219,23 @@ def test_image_named_on_several_lines_is_reported_with_each_line(dataset, tmp_pa
     assert "2 image file(s) in column 'imgpath', named on 3 CSV line(s)" in msg
 
 
+def test_lines_count_the_excluded_rows_above(dataset, tmp_path):
+    # Excluded rows are dropped before the checks; the lines named are still the CSV's own.
+    csv = dataset()
+    schema = NervusDataModule(csv, task="classification").schema
+
+    def edit(d):
+        d.loc[[0, 2], "split"] = "exclude"
+        d.loc[5, "imgpath"] = "img/gone.png"  # CSV line 7
+        return d
+
+    _edit(csv, edit)
+    assert re.search(r"\n  CSV line 7: \S*img/gone\.png: ", _error(csv))
+    assert re.search(r"\n  CSV line 7: \S*img/gone\.png: ", _error(csv, schema=schema))
+    _edit(csv, lambda d: d.assign(input_b=[None if i == 8 else v for i, v in enumerate(d.input_b)]))
+    assert "input_b" in (msg := _error(csv)) and "at line 10." in msg
+
+
 def test_many_bad_images_are_listed_up_to_five(dataset, tmp_path):
     csv = dataset()
     for i in range(8):

@@ -319,6 +319,9 @@ class NervusDataModule(L.LightningDataModule):
         else:
             self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
             self.frame = validate_for_prediction(self.csv, self.schema)
+        # Row positions in the CSV of the kept rows (excluded ones are gone), for messages.
+        self.csv_rows = self.frame.index.to_numpy()
+        self.frame = self.frame.reset_index(drop=True)
         task = task_class(self.schema.task)
         if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(
@@ -348,7 +351,7 @@ class NervusDataModule(L.LightningDataModule):
             bad = dict(check_image_files(list(dict.fromkeys(cells))))
             if not bad:
                 continue
-            lines = {path: cells.index[cells == path] for path in bad}
+            lines = {path: self.csv_rows[cells.index[cells == path]] for path in bad}
             listed = "\n".join(
                 f"  CSV {csv_lines(lines[path])}: {path}: {reason}"
                 for path, reason in list(bad.items())[:MAX_LISTED]

@@ -299,11 +299,12 @@ def load_table(
 ) -> tuple[pd.DataFrame, DataSchema]:
     """Read and validate a Nervus CSV for training; return the kept rows and the fitted schema.
 
-    Excluded rows (``split == exclude``) are dropped. Classes, input and target statistics are
-    computed on the training split only. Image paths that are relative are resolved against
-    the CSV's folder. ``imgpath_<view>`` columns make a multi-view schema (see
-    :func:`find_views`); ``missing_views`` (``refuse`` or ``allow``) says what an empty view
-    cell means.
+    Excluded rows (``split == exclude``) are dropped; the returned frame's index is each row's
+    position in the CSV (0 = the first line after the header), so that messages name CSV lines.
+    Classes, input and target statistics are computed on the training split only. Image paths
+    that are relative are resolved against the CSV's folder. ``imgpath_<view>`` columns make a
+    multi-view schema (see :func:`find_views`); ``missing_views`` (``refuse`` or ``allow``) says
+    what an empty view cell means.
     """
     from nervus_lightning.tasks.base import task_class
 
@@ -315,7 +316,7 @@ def load_table(
             f"{path}: required column '{ID_COLUMN}' (one unique id per case) is missing."
         )
     _validate_splits(df, path)
-    df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
+    df = df[df[SPLIT_COLUMN] != EXCLUDE]  # the index stays the CSV row: csv_lines
     check_no_missing(df[ID_COLUMN], ID_COLUMN, path, "case id", "Give every case an id.")
     dup = df[ID_COLUMN].duplicated(keep=False)
     if dup.any():
@@ -482,7 +483,10 @@ def _fit_inputs(
 
 
 def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.DataFrame:
-    """Read a CSV to predict with a trained model's schema: inputs required, labels optional."""
+    """Read a CSV to predict with a trained model's schema: inputs required, labels optional.
+
+    As in :func:`load_table`, excluded rows are dropped and the index is the CSV row position.
+    """
     path = Path(csv)
     df = read_csv(path)
     if ID_COLUMN not in df.columns:
@@ -490,7 +494,7 @@ def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.Da
     if SPLIT_COLUMN not in df.columns:
         df[SPLIT_COLUMN] = EXTERNAL
     _validate_splits(df, path)
-    df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
+    df = df[df[SPLIT_COLUMN] != EXCLUDE]  # the index stays the CSV row: csv_lines
     dup = df[ID_COLUMN].duplicated(keep=False)
     if dup.any():
         raise NervusInputError(
