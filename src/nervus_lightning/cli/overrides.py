@@ -3,7 +3,8 @@
 Hydra answers a misspelt key (``trainer.max_epoch=1``) with "To append to your config use
 +trainer.max_epoch=1" and exit status 1, which sends the user the wrong way, and a misspelt group
 choice (``optimizer=adamm``) with its search path. :func:`check_overrides` reads the same command
-line first, composes the config once with Hydra's compose API and turns such a typo into one
+line first, composes the config with Hydra's compose API (once; a few times more to find the
+culprit when it fails) and turns such a typo into one
 :class:`~nervus_lightning.data.schema.NervusInputError` that names the closest existing key or
 choice, so the entry points exit with status 2 like every other user error.
 
@@ -18,6 +19,7 @@ folders this check does not see and is left to Hydra.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import io
@@ -25,6 +27,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, ValueType
@@ -62,7 +65,8 @@ def check_overrides(config_name: str, args: Sequence[str]) -> None:
         _check_composed(config_name, overrides, GlobalHydra.instance().config_loader())
 
 
-def _check_composed(config_name: str, overrides: list[Override], loader) -> None:
+def _check_composed(config_name: str, overrides: list[Override], loader: ConfigLoader) -> None:
+    """Group choices of sweeps and groups written with dots first, then one composition."""
     groups = set(_all_groups(loader, ""))
     app = [o for o in overrides if not o.is_hydra_override()]
     # A plugin folder (hydra.searchpath=[...]) may add groups and choices the loader does not see.
@@ -116,11 +120,13 @@ def _find_unknown_key(config_name: str, overrides: list[Override], groups: set[s
             raise NervusInputError(message) from None
 
 
-def _parse_command_line(args: Sequence[str]):
+def _parse_command_line(args: Sequence[str]) -> argparse.Namespace | None:
     """Hydra's own reading of the command line, or None where this check does not apply."""
     if "--version" in args:
         return None
-    try:  # the parser hydra.main uses, so that flags and their values are read the same way
+    # The parser hydra.main uses (a Hydra internal: without it the check steps aside), so that
+    # flags and their values (-cn NAME, --cfg job) are read the same way.
+    try:
         from hydra._internal.utils import get_args_parser
 
         with contextlib.redirect_stderr(io.StringIO()):
@@ -134,7 +140,7 @@ def _parse_command_line(args: Sequence[str]):
     return parsed
 
 
-def _all_groups(loader, parent: str) -> Iterator[str]:
+def _all_groups(loader: ConfigLoader, parent: str) -> Iterator[str]:
     for name in loader.list_groups(parent):
         group = f"{parent}/{name}" if parent else name
         yield group
