@@ -129,6 +129,41 @@ def test_unseen_class_outside_training(dataset):
     assert "'maybe'" in msg and f"line {row + 2}" in msg
 
 
+def test_number_read_as_classes_is_one_short_message(dataset):
+    # The demo CSV as one's own: a measurement (label_value) taken for ~1,000 classes used to stop
+    # with a 15,000-character list of "classes" never seen in training.
+    csv = dataset(images=False, n=400)
+    values = np.round(np.random.default_rng(1).normal(5, 2, 400), 3)
+    _edit(csv, lambda d: d.drop(columns="label_three").assign(label_value=values))
+    msg = _error(csv, use_images=False)
+    train_values = len(set(values[:200]))
+    assert len(msg) < 400, msg
+    assert f"label 'label_value' has {train_values} distinct values in 200 training cases" in msg
+    assert f"(e.g. {values[0]}, {values[1]}, {values[2]}, ...)" in msg
+    assert "task=regression data.labels=[label_value]" in msg
+    assert "leave it out with data.labels=[label_cls]" in msg
+
+
+def test_ids_read_as_classes_are_refused_without_regression_hint(dataset):
+    csv = _edit(
+        dataset(images=False, n=120),
+        lambda d: d.drop(columns="label_three").assign(label_code=[f"c{i}" for i in range(120)]),
+    )
+    msg = _error(csv, use_images=False)
+    assert "label 'label_code' has 60 distinct values in 60 training cases" in msg
+    assert "too many to be classes" in msg and "regression" not in msg
+
+
+def test_many_classes_with_cases_enough_are_classes(dataset):
+    # 25 classes of 60 training cases (more than 2 each on average): a real many-class problem.
+    csv = _edit(
+        dataset(images=False, n=120),
+        lambda d: d.assign(label_three=[f"k{i % 25}" for i in range(120)]),
+    )
+    _, schema = load_table(csv, task="classification", use_images=False)
+    assert len(schema.labels[1].classes) == 25
+
+
 def test_nan_label_in_training_split(dataset):
     csv = dataset()
     df = pd.read_csv(csv, dtype=str)
@@ -164,6 +199,49 @@ def test_missing_and_corrupt_images_listed_together(dataset, tmp_path):
     assert "2 image file(s)" in msg
     assert "case001.png" in msg and "case005.png" in msg
     assert re.search(r"CSV line 3: .*case001\.png", msg)
+
+
+def test_image_named_on_several_lines_is_reported_with_each_line(dataset, tmp_path):
+    # Lines 3 and 9 name the same missing file, line 12 another one: each line is reported, not
+    # the last line of a path for every occurrence.
+    csv = _edit(
+        dataset(),
+        lambda d: d.assign(
+            imgpath=[
+                "img/gone.png" if i in (1, 7) else "img/lost.png" if i == 10 else p
+                for i, p in enumerate(d.imgpath)
+            ]
+        ),
+    )
+    msg = _error(csv)
+    assert re.search(r"\n  CSV lines 3, 9: \S*img/gone\.png: ", msg), msg
+    assert re.search(r"\n  CSV line 12: \S*img/lost\.png: ", msg), msg
+    assert "2 image file(s) in column 'imgpath', named on 3 CSV line(s)" in msg
+
+
+def test_lines_count_the_excluded_rows_above(dataset, tmp_path):
+    # Excluded rows are dropped before the checks; the lines named are still the CSV's own.
+    csv = dataset()
+    schema = NervusDataModule(csv, task="classification").schema
+
+    def edit(d):
+        d.loc[[0, 2], "split"] = "exclude"
+        d.loc[5, "imgpath"] = "img/gone.png"  # CSV line 7
+        return d
+
+    _edit(csv, edit)
+    assert re.search(r"\n  CSV line 7: \S*img/gone\.png: ", _error(csv))
+    assert re.search(r"\n  CSV line 7: \S*img/gone\.png: ", _error(csv, schema=schema))
+    _edit(csv, lambda d: d.assign(input_b=[None if i == 8 else v for i, v in enumerate(d.input_b)]))
+    assert "input_b" in (msg := _error(csv)) and "at line 10." in msg
+
+
+def test_many_bad_images_are_listed_up_to_five(dataset, tmp_path):
+    csv = dataset()
+    for i in range(8):
+        (tmp_path / f"img/case{i:03d}.png").unlink()
+    msg = _error(csv)
+    assert msg.count("\n  CSV line ") == 5 and "... and 3 more file(s)" in msg
 
 
 def test_images_off_ignores_imgpath(dataset, tmp_path):

@@ -2,18 +2,24 @@
 
 This package is the only place that parses Hydra configs into objects for the commands and
 turns a user error (:class:`~nervus_lightning.data.schema.NervusInputError`) into one message on
-stderr and exit status 2. Library modules never import it; ``python -m nervus_lightning`` and
-``python -m nervus_lightning.<command>`` (``predict``, ``evaluate``, ``preview``, ``explain``,
-``export``) are thin shims
-that call the ``main`` of the module of the same name here.
+stderr and exit status 2, an unknown command-line option included (:mod:`.overrides` checks
+them before Hydra composes the config). Library modules never import it;
+``python -m nervus_lightning`` and ``python -m nervus_lightning.<command>`` (``predict``,
+``evaluate``, ``preview``, ``explain``, ``export``) are thin shims that call the ``main`` of the
+module of the same name here.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import hydra
+from omegaconf import DictConfig
+
+from nervus_lightning.config import config_dir
 from nervus_lightning.data.schema import NervusInputError
 
 USER_ERROR_STATUS = 2
@@ -26,3 +32,28 @@ def run_reporting_user_errors(command: Callable[[], Any]) -> Any:
     except NervusInputError as err:
         print(f"nervus_lightning: error: {err}", file=sys.stderr)
         sys.exit(USER_ERROR_STATUS)
+
+
+def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """``hydra.main`` on the config ``config_name`` of this package, overrides checked first.
+
+    A misspelt key or group choice on the command line exits with status 2 and the closest
+    existing one (:func:`~nervus_lightning.cli.overrides.check_overrides`) before Hydra would
+    answer it with exit status 1 and a suggestion to add the key with ``+``.
+    """
+    from nervus_lightning.cli.overrides import check_overrides
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        hydra_main = hydra.main(
+            config_path=config_dir(), config_name=config_name, version_base="1.3"
+        )(task)
+
+        @functools.wraps(task)
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            if cfg_passthrough is None:  # the command line, not a call with a config
+                run_reporting_user_errors(lambda: check_overrides(config_name, sys.argv[1:]))
+            return hydra_main(cfg_passthrough)
+
+        return main
+
+    return decorate

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from nervus_lightning.cli import run_reporting_user_errors
-from nervus_lightning.config import config_dir
+from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 from nervus_lightning.data.schema import NervusInputError
 
 
@@ -22,6 +20,6 @@ def _evaluate(cfg: DictConfig) -> None:
     evaluate_run(cfg.predictions, cfg.get("out"), **options)
 
 
-@hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
+@hydra_command("evaluate")
 def main(cfg: DictConfig) -> None:
     run_reporting_user_errors(lambda: _evaluate(cfg))

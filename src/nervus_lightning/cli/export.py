@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from omegaconf import DictConfig
 
-from nervus_lightning.cli import run_reporting_user_errors
-from nervus_lightning.config import config_dir
+from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 
 
-@hydra.main(config_path=config_dir(), config_name="export", version_base="1.3")
+@hydra_command("export")
 def main(cfg: DictConfig) -> None:
     from nervus_lightning.export import export_model
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nervus_lightning.cli import run_reporting_user_errors
-from nervus_lightning.config import config_dir
+from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 
 
-@hydra.main(config_path=config_dir(), config_name="predict", version_base="1.3")
+@hydra_command("predict")
 def main(cfg: DictConfig) -> None:
     from nervus_lightning.predict import predict
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from nervus_lightning.cli import run_reporting_user_errors
-from nervus_lightning.config import config_dir
+from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +41,6 @@ def preview(cfg: DictConfig) -> list[Path]:
     return written
 
 
-@hydra.main(config_path=config_dir(), config_name="preview", version_base="1.3")
+@hydra_command("preview")
 def main(cfg: DictConfig) -> None:
     run_reporting_user_errors(lambda: preview(cfg))

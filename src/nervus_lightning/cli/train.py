@@ -5,15 +5,13 @@ With no arguments it trains on the embedded demo data; ``data.csv=PATH`` switche
 
 from __future__ import annotations
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nervus_lightning.cli import run_reporting_user_errors
-from nervus_lightning.config import config_dir
+from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 
 
-@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+@hydra_command("train")
 def main(cfg: DictConfig) -> float:
     from nervus_lightning.train import train
 

@@ -57,12 +57,14 @@ from nervus_lightning.data.sampling import (
     inverse_frequency_weights,
 )
 from nervus_lightning.data.schema import (
+    MAX_LISTED,
     SPLIT_COLUMN,
     TEST,
     TRAIN,
     VAL,
     DataSchema,
     NervusInputError,
+    csv_lines,
     load_table,
     targets_array,
     validate_for_prediction,
@@ -329,6 +331,9 @@ class NervusDataModule(L.LightningDataModule):
         else:
             self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
             self.frame = validate_for_prediction(self.csv, self.schema)
+        # Row positions in the CSV of the kept rows (excluded ones are gone), for messages.
+        self.csv_rows = self.frame.index.to_numpy()
+        self.frame = self.frame.reset_index(drop=True)
         task = task_class(self.schema.task)
         if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(
@@ -353,21 +358,26 @@ class NervusDataModule(L.LightningDataModule):
 
     def _check_images(self) -> None:
         """Every image header of every image column, before training; the first bad column is
-        reported with its CSV lines."""
+        reported with its files and, for each, the CSV lines that name it."""
         for column in self.schema.image_columns:
-            cells = self.frame[column]
-            given = cells.notna()
-            paths = cells[given].tolist()
-            bad = check_image_files(paths)
+            cells = self.frame[column].dropna()
+            # A file named on several lines is opened once and reported with each of its lines.
+            bad = dict(check_image_files(list(dict.fromkeys(cells))))
             if not bad:
                 continue
-            rows = {p: i for i, p in zip(cells.index[given], paths, strict=True)}
-            listed = "\n".join(f"  CSV line {rows[p] + 2}: {p}: {reason}" for p, reason in bad[:5])
-            more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+            lines = {path: self.csv_rows[cells.index[cells == path]] for path in bad}
+            listed = "\n".join(
+                f"  CSV {csv_lines(lines[path])}: {path}: {reason}"
+                for path, reason in list(bad.items())[:MAX_LISTED]
+            )
+            more = len(bad) - MAX_LISTED
+            more = f"\n  ... and {more} more file(s)" if more > 0 else ""
+            on_lines = sum(len(rows) for rows in lines.values())
             raise NervusInputError(
-                f"{self.csv}: {len(bad)} image file(s) in column '{column}' "
-                f"are missing or unreadable:\n{listed}{more}\nFix the paths (relative paths are "
-                "relative to the CSV's folder) or set split=exclude for those cases."
+                f"{self.csv}: {len(bad)} image file(s) in column '{column}', named on "
+                f"{on_lines} CSV line(s), are missing or unreadable:\n{listed}{more}\nFix the "
+                "paths (relative paths are relative to the CSV's folder) or set split=exclude "
+                "for those cases."
             )
 
     def _choose_bit_depth(self) -> int:

@@ -43,6 +43,11 @@ PERIOD_PREFIXES = ("period_", "periods_")
 TRAIN, VAL, TEST, EXCLUDE = "train", "val", "test", "exclude"
 EXTERNAL = "external"
 MAX_LISTED = 5
+#: A classification label is taken for a mistake (a number, an id) when it has more classes than
+#: this in the training split and fewer than two training cases per class on average: no
+#: classifier learns a class it saw once, and a measurement read as classes has about one class
+#: per case. Many classes with enough cases each (a 100-class problem) are not refused.
+MANY_CLASSES = 20
 
 
 class NervusInputError(ValueError):
@@ -199,6 +204,31 @@ def sort_classes(values: Sequence[str]) -> list[str]:
         return uniq
 
 
+def check_class_count(
+    df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index, classes: list[str]
+) -> None:
+    """Refuse a label whose training values are too many ``classes`` to be classes.
+
+    See :data:`MANY_CLASSES`. The message names the column, shows a few values and says how to
+    use the column instead: as a number (``task=regression``) or not as a target (``data.labels``
+    without it).
+    """
+    values = df.loc[train_rows, column]
+    if len(classes) <= MANY_CLASSES or 2 * len(classes) <= len(values):
+        return
+    examples = ", ".join(str(v) for v in values.drop_duplicates().iloc[:3])
+    numeric = pd.to_numeric(values, errors="coerce").notna().all()
+    others = [c for c in df.columns if c.startswith(LABEL_PREFIX) and c != column]
+    keep = f"data.labels=[{','.join(others)}]" if others else "data.labels=[...]"
+    regression = f"task=regression data.labels=[{column}]" if others else "task=regression"
+    as_number = f"If it is a number, train it with {regression}; if" if numeric else "If"
+    raise NervusInputError(
+        f"{path}: label '{column}' has {len(classes):,} distinct values in {len(values):,} "
+        f"training cases (e.g. {examples}, ...): too many to be classes. {as_number} it should "
+        f"not be a target, leave it out with {keep}."
+    )
+
+
 def numeric_column(df: pd.DataFrame, col: str, path: Path, rows: pd.Index, what: str) -> pd.Series:
     """Convert one column to float, failing with the offending lines when values are not numbers."""
     raw = df.loc[rows, col]
@@ -274,11 +304,12 @@ def load_table(
 ) -> tuple[pd.DataFrame, DataSchema]:
     """Read and validate a Nervus CSV for training; return the kept rows and the fitted schema.
 
-    Excluded rows (``split == exclude``) are dropped. Classes, input and target statistics are
-    computed on the training split only. Image paths that are relative are resolved against
-    the CSV's folder. ``imgpath_<view>`` columns make a multi-view schema (see
-    :func:`find_views`); ``missing_views`` (``refuse`` or ``allow``) says what an empty view
-    cell means.
+    Excluded rows (``split == exclude``) are dropped; the returned frame's index is each row's
+    position in the CSV (0 = the first line after the header), so that messages name CSV lines.
+    Classes, input and target statistics are computed on the training split only. Image paths
+    that are relative are resolved against the CSV's folder. ``imgpath_<view>`` columns make a
+    multi-view schema (see :func:`find_views`); ``missing_views`` (``refuse`` or ``allow``) says
+    what an empty view cell means.
     """
     from nervus_lightning.tasks.base import task_class
 
@@ -290,7 +321,7 @@ def load_table(
             f"{path}: required column '{ID_COLUMN}' (one unique id per case) is missing."
         )
     _validate_splits(df, path)
-    df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
+    df = df[df[SPLIT_COLUMN] != EXCLUDE]  # the index stays the CSV row: csv_lines
     check_no_missing(df[ID_COLUMN], ID_COLUMN, path, "case id", "Give every case an id.")
     dup = df[ID_COLUMN].duplicated(keep=False)
     if dup.any():
@@ -457,7 +488,10 @@ def _fit_inputs(
 
 
 def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.DataFrame:
-    """Read a CSV to predict with a trained model's schema: inputs required, labels optional."""
+    """Read a CSV to predict with a trained model's schema: inputs required, labels optional.
+
+    As in :func:`load_table`, excluded rows are dropped and the index is the CSV row position.
+    """
     path = Path(csv)
     df = read_csv(path)
     if ID_COLUMN not in df.columns:
@@ -465,7 +499,7 @@ def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.Da
     if SPLIT_COLUMN not in df.columns:
         df[SPLIT_COLUMN] = EXTERNAL
     _validate_splits(df, path)
-    df = df[df[SPLIT_COLUMN] != EXCLUDE].reset_index(drop=True)
+    df = df[df[SPLIT_COLUMN] != EXCLUDE]  # the index stays the CSV row: csv_lines
     dup = df[ID_COLUMN].duplicated(keep=False)
     if dup.any():
         raise NervusInputError(

@@ -32,6 +32,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 from nervus_lightning.data.schema import (
     LabelSpec,
     NervusInputError,
+    check_class_count,
     csv_lines,
     sort_classes,
 )
@@ -246,6 +247,7 @@ class ClassificationTask(Task):
     ) -> LabelSpec:
         """Classes: the sorted values of the training split (numerically when all numbers)."""
         classes = sort_classes(df.loc[train_rows, column].tolist())
+        check_class_count(df, path, column, train_rows, classes)
         if len(classes) < 2:
             raise NervusInputError(
                 f"{path}: label '{column}' has only one class ({classes[0]!r}) in the training "
