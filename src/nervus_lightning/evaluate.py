@@ -4,7 +4,7 @@ This module owns the step from a run folder's files to its ``evaluation/`` folde
 :func:`evaluate_run` reads ``predictions.csv``, the ``schema.json`` next to it and, when the run
 has them, ``.hydra/config.yaml`` (shown at the top of the report) and ``learning_curve.csv``, then
 calls :func:`nervus_lightning.evaluation.report.evaluate_predictions`, which writes
-``metrics.csv`` (with bootstrap confidence intervals), figures and ``report.html``.
+``metrics.csv`` (with confidence intervals), figures and ``report.html``.
 
 Training and prediction call :func:`evaluate_run` at their end; the command line re-runs it on an
 existing run, e.g. with more bootstrap resamples or another threshold rule::
@@ -26,6 +26,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.evaluation.intervals import PROPORTION_METHODS
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
 from nervus_lightning.options import check_call_options, check_choice, check_number
 from nervus_lightning.tasks.base import task_class
@@ -118,6 +119,8 @@ def check_evaluation_options(options: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("train_metrics", "train_figures"):
         if key in options and not isinstance(options[key], bool):
             raise NervusInputError(f"evaluation.{key}={options[key]!r} must be true or false.")
+    if "proportion_ci" in options:
+        check_choice("evaluation.proportion_ci", options["proportion_ci"], PROPORTION_METHODS)
     if options.get("threshold") is not None:
         check_choice("evaluation.threshold", options["threshold"], THRESHOLD_METHODS)
     if options.get("target_sensitivity") is not None:
@@ -198,6 +201,7 @@ def evaluate_run(
     train_metrics: bool = True,
     max_rows_exact: int = 100_000,
     max_rows_bootstrap: int = 5_000,
+    proportion_ci: str = "wilson",
 ) -> pd.DataFrame:
     """Write the evaluation report of a run's ``predictions.csv``.
 
@@ -231,9 +235,14 @@ def evaluate_run(
         max_rows_bootstrap: a split with more cases is bootstrapped with resamples of this
             many cases (m-out-of-n, intervals rescaled to the split's size; see
             :mod:`nervus_lightning.evaluation.bootstrap`); said in ``metrics_notes.csv``.
+        proportion_ci: interval of the proportions at the operating point (sensitivity,
+            specificity, PPV, NPV, accuracy): ``"wilson"`` (score interval) or ``"exact"``
+            (Clopper-Pearson); see :mod:`nervus_lightning.evaluation.intervals`. These and the
+            AUROC's score interval are given even with ``n_bootstrap=0``.
 
     Returns:
-        The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper``.
+        The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper,
+        ci_method``.
 
     Raises:
         NervusInputError: a missing or unreadable file, predictions that do not match their
@@ -258,6 +267,7 @@ def evaluate_run(
             "train_metrics": train_metrics,
             "max_rows_exact": max_rows_exact,
             "max_rows_bootstrap": max_rows_bootstrap,
+            "proportion_ci": proportion_ci,
         }
     )
 
@@ -277,6 +287,7 @@ def evaluate_run(
         "train_metrics": bool(train_metrics),
         "max_rows_exact": int(max_rows_exact),
         "max_rows_bootstrap": int(max_rows_bootstrap),
+        "proportion_ci": proportion_ci,
     }
     config_summary: dict[str, Any] = {"predictions": str(predictions_path)}
     run_config = _run_config(run_dir)
@@ -302,6 +313,7 @@ def evaluate_run(
         train_metrics=settings["train_metrics"],
         max_rows_exact=settings["max_rows_exact"],
         max_rows_bootstrap=settings["max_rows_bootstrap"],
+        proportion_ci=proportion_ci,
     )
     log.info("evaluation of %s written to %s", predictions_path, out)
     return metrics

@@ -3,8 +3,11 @@
 :func:`evaluate_predictions` turns ``predictions.csv`` + ``schema.json`` of a run into
 
 - ``metrics.csv``: one row per split x group x label x metric with columns
-  ``split, group, label, metric, value, ci_lower, ci_upper`` (``group`` is ``all`` for the whole
-  split, else one value of the schema's group column; CIs are percentile bootstrap intervals);
+  ``split, group, label, metric, value, ci_lower, ci_upper, ci_method`` (``group`` is ``all`` for
+  the whole split, else one value of the schema's group column; ``ci_method`` names how the
+  interval was made: ``wilson`` or ``exact`` for proportions, ``newcombe`` for AUROCs,
+  ``bootstrap`` (percentile bootstrap) for the rest, see
+  :mod:`nervus_lightning.evaluation.intervals`);
 - ``metrics_notes.csv``: the same keys with a ``note`` wherever a value or interval needs one
   (why it is missing, where the threshold came from, skipped resamples);
 - ``figures/<label>/<kind>.png``: the figures a reader needs, each with the splits overlaid or
@@ -40,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from nervus_lightning.evaluation import plots
+from nervus_lightning.evaluation.intervals import METHOD_NAMES
 from nervus_lightning.evaluation.sections import (
     ALL_GROUPS,
     METRIC_COLUMNS,
@@ -95,6 +99,8 @@ def evaluate_predictions(
     train_metrics: bool = True,
     max_rows_exact: int = 100_000,
     max_rows_bootstrap: int = 5_000,
+    proportion_ci: str = "wilson",
+    model_summary: Mapping | None = None,
 ) -> pd.DataFrame:
     """Evaluate a run's predictions; write metrics.csv, figures and report.html to ``out_dir``.
 
@@ -120,8 +126,10 @@ def evaluate_predictions(
             per label.
         train_figures: also draw the ``train`` split in the figures (its metrics are in
             ``metrics.csv`` and in the full table of the report unless ``train_metrics=False``).
-        train_metrics, max_rows_exact, max_rows_bootstrap: see
+        train_metrics, max_rows_exact, max_rows_bootstrap, proportion_ci: see
             :func:`nervus_lightning.evaluate.evaluate_run`.
+        model_summary: what was trained (see :func:`nervus_lightning.outputs.model_summary`),
+            shown at the top of the report; its ``best_epoch`` is marked on the learning curves.
 
     Returns:
         The rows of ``metrics.csv`` (columns ``split, group, label, metric, value, ci_lower,
@@ -148,6 +156,7 @@ def evaluate_predictions(
         train_figures,
         max_rows_exact,
         max_rows_bootstrap,
+        proportion_ci,
     )
     sections = [
         task_class(label["task"]).evaluate(predictions, label, ctx) for label in schema["labels"]
@@ -203,6 +212,10 @@ _METRIC_NAMES = {
     "ibs": "IBS",
     "ipa": "IPA",
     "logrank_p": "log-rank p",
+    "tp": "TP",
+    "fp": "FP",
+    "fn": "FN",
+    "tn": "TN",
 }
 
 
@@ -228,7 +241,7 @@ def _flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
 def _fmt(value: float | None, metric: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if metric in ("n", "events") or metric.startswith("events_cause"):
+    if metric in ("n", "events", "tp", "fp", "fn", "tn") or metric.startswith("events_cause"):
         return f"{value:.0f}"
     if metric == "logrank_p":
         return "< 0.001" if value < 0.001 else f"{value:.3f}"
@@ -444,6 +457,15 @@ def report_context(
     config = (
         [(name, str(value)) for name, value in _flatten(config_summary)] if config_summary else []
     )
+    interval_methods: dict[str, list[str]] = {}
+    for section in sections:
+        for row in section.rows:
+            if row.get("ci_method"):
+                names = interval_methods.setdefault(row["ci_method"], [])
+                name = "per-class AUROC" if row["metric"].startswith("auroc[") else None
+                name = name or _metric_name(row["metric"])
+                if name not in names:
+                    names.append(name)
     return {
         "source": (config_summary or {}).get("predictions", ""),
         "splits": [(s, int(sizes.get(s, 0))) for s in ctx.splits],
@@ -455,6 +477,13 @@ def report_context(
         ),
         "train_hidden": "train" in ctx.splits and "train" not in shown,
         "n_bootstrap": ctx.n_bootstrap,
+        # Method -> the metrics whose intervals it made, bootstrap last.
+        "interval_methods": [
+            (METHOD_NAMES.get(method, method), names)
+            for method, names in sorted(
+                interval_methods.items(), key=lambda item: item[0] == "bootstrap"
+            )
+        ],
         "ci": f"{ctx.ci:.0%}",
         "group_column": ctx.group_column,
         "labels": labels,
