@@ -232,7 +232,7 @@ def test_report_opens_on_results_and_folds_the_rest(report):
     assert rows == ["test", "external_site_b", "val"]
     assert 'class="dev"' in table and "<sup>†</sup>" in table
     # Figures show val, test and external only: train stays in the tables.
-    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S)
+    captions = re.findall(r"<figcaption>(Figure .*?)</figcaption>", page, flags=re.S)
     assert captions and not any("train" in c for c in captions)
     assert "(val, test, external_site_b)" in page
 

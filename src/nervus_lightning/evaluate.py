@@ -2,7 +2,8 @@
 
 This module owns the step from a run folder's files to its ``evaluation/`` folder:
 :func:`evaluate_run` reads ``predictions.csv``, the ``schema.json`` next to it and, when the run
-has them, ``.hydra/config.yaml`` (shown at the top of the report) and ``learning_curve.csv``, then
+has them, ``model_summary.json`` (what was trained, shown at the top of the report),
+``.hydra/config.yaml`` (shown folded at the end) and ``learning_curve.csv``, then
 calls :func:`nervus_lightning.evaluation.report.evaluate_predictions`, which writes
 ``metrics.csv`` (with confidence intervals), figures and ``report.html``.
 
@@ -179,6 +180,19 @@ def _run_config(run_dir: Path) -> dict | None:
     return plain
 
 
+def _model_summary(run_dir: Path) -> dict | None:
+    """``model_summary.json`` of a training run (None for a prediction folder or an older run)."""
+    path = run_dir / "model_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON; the report has no model summary", path)
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def _learning_curve(run_dir: Path) -> pd.DataFrame | None:
     path = run_dir / "learning_curve.csv"
     if not path.is_file():
@@ -308,6 +322,7 @@ def evaluate_run(
         positive_class=settings["positive_class"],
         config_summary=config_summary,
         learning_curve=_learning_curve(run_dir),
+        model_summary=_model_summary(run_dir),
         train_figures=settings["train_figures"],
         explain_dir=run_dir / "explain",
         train_metrics=settings["train_metrics"],

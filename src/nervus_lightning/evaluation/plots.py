@@ -466,10 +466,17 @@ def plot_bland_altman(
     return fig
 
 
-def plot_learning_curves(curves: pd.DataFrame, *, title: str = "Learning curves") -> Figure:
+def plot_learning_curves(
+    curves: pd.DataFrame,
+    *,
+    title: str = "Learning curves",
+    best_epoch: int | None = None,
+    best_label: str = "checkpoint chosen",
+) -> Figure:
     """Every numeric column against ``epoch`` (or ``step``, or the row number).
 
     Columns whose name contains ``loss`` share the left panel; the other metrics the right one.
+    ``best_epoch``: a vertical line at the epoch whose checkpoint was kept.
     """
     x_name = next((c for c in ("epoch", "step") if c in curves.columns), None)
     x = curves[x_name] if x_name else pd.Series(np.arange(len(curves)))
@@ -488,6 +495,8 @@ def plot_learning_curves(curves: pd.DataFrame, *, title: str = "Learning curves"
             values = curves[column]
             keep = values.notna()
             ax.plot(x[keep], values[keep], marker=".", label=column)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="black", ls="--", lw=1, label=best_label)
         ax.set(xlabel=x_name or "row", ylabel="loss" if columns is losses else "metric")
         ax.legend(fontsize="small")
     fig.suptitle(title)

@@ -157,6 +157,7 @@ def evaluate_predictions(
         max_rows_exact,
         max_rows_bootstrap,
         proportion_ci,
+        schema.get("time_unit"),
     )
     sections = [
         task_class(label["task"]).evaluate(predictions, label, ctx) for label in schema["labels"]
@@ -176,11 +177,19 @@ def evaluate_predictions(
     notes.to_csv(out_dir / "metrics_notes.csv", index=False)
 
     curve_png = None
+    best_epoch = (model_summary or {}).get("best_epoch")
     if learning_curve is not None and not learning_curve.empty:
         curve_png = plots.save_figure(
-            plots.plot_learning_curves(learning_curve), out_dir / "figures" / "learning_curves.png"
+            plots.plot_learning_curves(
+                learning_curve,
+                best_epoch=best_epoch,
+                best_label=f"checkpoint chosen (epoch {best_epoch})",
+            ),
+            out_dir / "figures" / "learning_curves.png",
         )
-    page = render_report(predictions, sections, ctx, config_summary, curve_png, galleries)
+    page = render_report(
+        predictions, sections, ctx, config_summary, curve_png, galleries, model_summary
+    )
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     return metrics
 
@@ -219,9 +228,14 @@ _METRIC_NAMES = {
 }
 
 
-def _metric_name(metric: str) -> str:
+_TD_AUC_AT = re.compile(r"^td_auc_t(.+)$")
+
+
+def _metric_name(metric: str, time_unit: str | None = None) -> str:
     if metric.startswith("auroc[") and metric.endswith("]"):
         return f"AUROC {metric[6:-1]}"
+    if (at := _TD_AUC_AT.match(metric)) and time_unit:
+        return f"td-AUC at t = {at.group(1)} {time_unit}"
     return _METRIC_NAMES.get(metric, metric)
 
 
@@ -368,11 +382,12 @@ def cause_table(section: LabelSection, ctx: EvalContext) -> dict | None:
     for kind, at in columns:
         if at is None and kind.startswith("cif_") and calibration is not None:
             at = f"{calibration:g}"  # the observed and predicted CIFs are read there
-        names.append(_CAUSE_COLUMNS[kind] + ("" if at is None else f" at t = {at}"))
+        unit = f" {ctx.time_unit}" if ctx.time_unit else ""
+        names.append(_CAUSE_COLUMNS[kind] + ("" if at is None else f" at t = {at}{unit}"))
     return {"columns": names, "rows": body, "footnotes": footnotes}
 
 
-def full_table(section: LabelSection) -> dict:
+def full_table(section: LabelSection, time_unit: str | None = None) -> dict:
     """Every split x group x metric row of the label, as in metrics.csv."""
     metrics = list(dict.fromkeys(r["metric"] for r in section.rows))
     keys = list(dict.fromkeys((r["split"], r["group"]) for r in section.rows))
@@ -390,7 +405,11 @@ def full_table(section: LabelSection) -> dict:
         }
         for split, group in keys
     ]
-    return {"columns": [_metric_name(m) for m in metrics], "rows": body, "footnotes": footnotes}
+    return {
+        "columns": [_metric_name(m, time_unit) for m in metrics],
+        "rows": body,
+        "footnotes": footnotes,
+    }
 
 
 def _plain_table(frame: pd.DataFrame) -> dict:
@@ -423,6 +442,7 @@ def report_context(
     config_summary: Mapping | None,
     learning_curve_png: Path | None,
     galleries: Mapping[str, list[dict]] | None = None,
+    model_summary: Mapping | None = None,
 ) -> dict:
     """Everything the template shows, as plain values (escaping is the template's job)."""
     sizes = predictions.groupby("split").size()
@@ -444,7 +464,7 @@ def report_context(
                 ],
                 "val_selects": task_class(section.task).val_selects,
                 "gallery": (galleries or {}).get(section.name, []),
-                "full": full_table(section) if section.rows else None,
+                "full": full_table(section, ctx.time_unit) if section.rows else None,
                 "tables": [(caption, _plain_table(t)) for caption, t in section.tables],
                 "summary_title": task_class(section.task).summary_title,
                 "summary": (
@@ -489,8 +509,27 @@ def report_context(
         "labels": labels,
         "data": _data_table(predictions, ctx),
         "learning_curve": _data_uri(learning_curve_png) if learning_curve_png else None,
+        "model": [(str(k), str(v)) for k, v in (model_summary or {}).get("rows", [])],
+        "curve_caption": _curve_caption(model_summary),
         "config": config,
     }
+
+
+def _curve_caption(model_summary: Mapping | None) -> str:
+    text = (
+        "Loss per epoch (epochs counted from 0) on the training split (train_loss, the mean "
+        "over the epoch's batches, with dropout and augmentation on) and on the validation split "
+        "(val_loss, after the epoch); left panel the losses summed over labels and per label, "
+        "right panel the validation metrics logged during training."
+    )
+    best = (model_summary or {}).get("best_epoch")
+    if best is not None:
+        monitor = (model_summary or {}).get("monitor") or "val_loss"
+        text += (
+            f" Dashed line: epoch {best}, whose checkpoint was kept (best {monitor}) and "
+            "made every prediction in this report."
+        )
+    return text
 
 
 def render_report(
@@ -500,10 +539,11 @@ def render_report(
     config_summary: Mapping | None,
     learning_curve_png: Path | None,
     galleries: Mapping[str, list[dict]] | None = None,
+    model_summary: Mapping | None = None,
 ) -> str:
     """The HTML page (a string, everything embedded) from ``templates/report.html.j2``."""
     context = report_context(
-        predictions, sections, ctx, config_summary, learning_curve_png, galleries
+        predictions, sections, ctx, config_summary, learning_curve_png, galleries, model_summary
     )
     return _TEMPLATES.get_template("report.html.j2").render(**context)
 

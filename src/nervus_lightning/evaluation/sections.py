@@ -74,6 +74,8 @@ class EvalContext:
     max_rows_bootstrap: int = 5_000
     #: Interval of proportions (sensitivity, ...): ``wilson`` or ``exact`` (Clopper-Pearson).
     proportion_ci: str = "wilson"
+    #: Unit of survival times (the schema's ``time_unit``), None when unknown.
+    time_unit: str | None = None
 
 
 @dataclass

@@ -43,7 +43,6 @@ from nervus_lightning.evaluation.bootstrap import (
     weighted_classification_metrics,
 )
 from nervus_lightning.evaluation.intervals import (
-    METHOD_NAMES,
     Interval,
     auroc_interval,
     proportion_interval,
@@ -701,7 +700,7 @@ def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
         s: (x.arrays["y"], x.arrays["prob"]) for s in splits if (x := find_subset(section, s))
     }
     ci_text = f"{ctx.ci:.0%} bootstrap CI" if ctx.n_bootstrap > 0 else "no CI"
-    auc_ci_text = f"{ctx.ci:.0%} CI ({METHOD_NAMES['newcombe']})"
+    auc_ci_text = f"{ctx.ci:.0%} Newcombe score CI"
     val_text = " val (dashed) is the development split." if "val" in series else ""
     targets = [positive] if positive else classes
     auc_key = (lambda c: "auroc") if positive else (lambda c: f"auroc[{c}]")
