@@ -177,4 +177,5 @@ def test_two_by_two_counts_and_prevalence_are_sklearn_confusion_matrix(tmp_path)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     headline = page.split("headline metrics")[1].split("</table>")[0]
     columns = [c.split("</th>")[0] for c in headline.split("<th>")[1:]]
-    assert columns[:6] == ["n", "prevalence", "TP", "FP", "FN", "TN"]
+    assert columns[:3] == ["n", "prevalence", "TP / FP / FN / TN"]
+    assert "86\u00a0/\u00a00\u00a0/\u00a05\u00a0/\u00a060" in headline

@@ -162,15 +162,15 @@ def model_summary(
     hp = module.hparams
     rows: list[list[str]] = []
     if schema.has_images:
-        views = schema.views or ["one image per case"]
+        views = (
+            f"{len(schema.views)} views per case ({', '.join(schema.views)})"
+            if schema.views
+            else "one image per case"
+        )
         size = hp.get("image_size")
         channels = hp.get("in_channels")
         rows.append(
-            [
-                "image input",
-                f"{len(schema.views) or 1} view(s) ({', '.join(views)}), {channels} channel(s), "
-                f"resized to {size} x {size} px",
-            ]
+            ["image input", f"{views}, {channels} channel(s), resized to {size} x {size} px"]
         )
     if schema.input_columns:
         shown = ", ".join(schema.input_columns[:8])

@@ -309,6 +309,10 @@ def _headline_splits(rows: list[dict], ctx: EvalContext) -> list[str]:
     return splits or present
 
 
+#: The 2 x 2 table of a binary label at its operating threshold (one headline column).
+_COUNTS = ("tp", "fp", "fn", "tn")
+
+
 def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
     """Headline metrics with CIs of every evaluated split but train (test and external first,
     val last and marked); the threshold and time-dependent AUCs stay in the full table, the
@@ -324,16 +328,32 @@ def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
     lookup = {(r["split"], r["metric"]): r for r in rows}
     splits = _headline_splits(rows, ctx)
     footnotes: list[str] = []
+    # The 2 x 2 counts share one column, so that the table fits the page.
+    counts = [m for m in _COUNTS if m in metrics]
+    if counts:
+        metrics = [m for m in metrics if m not in counts]
+        metrics.insert(metrics.index("prevalence") + 1 if "prevalence" in metrics else 1, _COUNTS)
+
+    def cell(split: str, metric: str | tuple) -> dict:
+        if isinstance(metric, tuple):
+            parts = [_cell(lookup.get((split, m)), m, footnotes, split)["value"] for m in metric]
+            # No-break spaces: the four counts stay on one line.
+            return {"value": "\u00a0/\u00a0".join(parts), "ci": "", "note": 0}
+        return _cell(lookup.get((split, metric)), metric, footnotes, split)
+
     body = [
         {
             "split": split,
             "development": split == "val",
-            "cells": [_cell(lookup.get((split, m)), m, footnotes, split) for m in metrics],
+            "cells": [cell(split, m) for m in metrics],
         }
         for split in splits
     ]
     return {
-        "columns": [_metric_name(m) for m in metrics],
+        "columns": [
+            " / ".join(_metric_name(c) for c in m) if isinstance(m, tuple) else _metric_name(m)
+            for m in metrics
+        ],
         "rows": body,
         "footnotes": footnotes,
         "has_val": "val" in splits,
