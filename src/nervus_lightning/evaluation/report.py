@@ -188,8 +188,9 @@ def evaluate_predictions(
             out_dir / "figures" / "learning_curves.png",
         )
     page = render_report(
-        predictions, sections, ctx, config_summary, curve_png, galleries, model_summary
-    )
+        predictions, sections, ctx, config_summary, curve_png, galleries, model_summary,
+        learning_curve,
+    )  # fmt: skip
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     return metrics
 
@@ -221,6 +222,7 @@ _METRIC_NAMES = {
     "ibs": "IBS",
     "ipa": "IPA",
     "logrank_p": "log-rank p",
+    "ibs_null": "null-model IBS",
     "tp": "TP",
     "fp": "FP",
     "fn": "FN",
@@ -463,6 +465,7 @@ def report_context(
     learning_curve_png: Path | None,
     galleries: Mapping[str, list[dict]] | None = None,
     model_summary: Mapping | None = None,
+    learning_curve: pd.DataFrame | None = None,
 ) -> dict:
     """Everything the template shows, as plain values (escaping is the template's job)."""
     sizes = predictions.groupby("split").size()
@@ -503,7 +506,7 @@ def report_context(
             if row.get("ci_method"):
                 names = interval_methods.setdefault(row["ci_method"], [])
                 name = "per-class AUROC" if row["metric"].startswith("auroc[") else None
-                name = name or _metric_name(row["metric"])
+                name = name or _metric_name(row["metric"], ctx.time_unit)
                 if name not in names:
                     names.append(name)
     return {
@@ -530,18 +533,23 @@ def report_context(
         "data": _data_table(predictions, ctx),
         "learning_curve": _data_uri(learning_curve_png) if learning_curve_png else None,
         "model": [(str(k), str(v)) for k, v in (model_summary or {}).get("rows", [])],
-        "curve_caption": _curve_caption(model_summary),
+        "curve_caption": _curve_caption(model_summary, learning_curve),
         "config": config,
     }
 
 
-def _curve_caption(model_summary: Mapping | None) -> str:
+def _curve_caption(model_summary: Mapping | None, curve: pd.DataFrame | None) -> str:
     text = (
         "Loss per epoch (epochs counted from 0) on the training split (train_loss, the mean "
         "over the epoch's batches, with dropout and augmentation on) and on the validation split "
-        "(val_loss, after the epoch); left panel the losses summed over labels and per label, "
-        "right panel the validation metrics logged during training."
+        "(val_loss, after the epoch), summed over labels"
     )
+    columns = [] if curve is None else [c for c in curve.columns if c != "epoch"]
+    if any(c.startswith(("train_loss_", "val_loss_")) for c in columns):
+        text += " and per label"
+    if any("loss" not in c for c in columns):
+        text += "; right panel: the validation metrics logged during training"
+    text += "."
     best = (model_summary or {}).get("best_epoch")
     if best is not None:
         monitor = (model_summary or {}).get("monitor") or "val_loss"
@@ -560,10 +568,18 @@ def render_report(
     learning_curve_png: Path | None,
     galleries: Mapping[str, list[dict]] | None = None,
     model_summary: Mapping | None = None,
+    learning_curve: pd.DataFrame | None = None,
 ) -> str:
     """The HTML page (a string, everything embedded) from ``templates/report.html.j2``."""
     context = report_context(
-        predictions, sections, ctx, config_summary, learning_curve_png, galleries, model_summary
+        predictions,
+        sections,
+        ctx,
+        config_summary,
+        learning_curve_png,
+        galleries,
+        model_summary,
+        learning_curve,
     )
     return _TEMPLATES.get_template("report.html.j2").render(**context)
 
