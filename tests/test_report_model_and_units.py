@@ -20,6 +20,7 @@ from nervus_lightning.evaluation.survival_calibration import (
     survival_calibration_table,
 )
 from nervus_lightning.survival.plots import plot_km_risk_group_panels
+from nervus_lightning.predict import predict
 from nervus_lightning.train import train
 
 
@@ -85,3 +86,12 @@ def test_training_report_shows_the_model_and_the_time_unit(dataset, tmp_path):
     assert "median time (months)" in page
     assert re.search(r"Calibration of label_death at t = [0-9.]+ months", page)
     assert re.search(r"td-AUC at t = [0-9.]+ months", page)
+
+    # Predicting from the checkpoint alone: the same model summary (less the run's length) and
+    # the unit stored with the model.
+    predict(best, csv, tmp_path / "predicted", evaluation={"n_bootstrap": 0})
+    again = json.loads((tmp_path / "predicted" / "model_summary.json").read_text())
+    assert dict(again["rows"])["checkpoint chosen"] == rows["checkpoint chosen"]
+    assert "epochs run" not in dict(again["rows"])
+    page = (tmp_path / "predicted" / "evaluation" / "report.html").read_text(encoding="utf-8")
+    assert "The model" in page and "median time (months)" in page

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def _component(options: Any, default: str) -> str:
 def model_summary(
     module: Any,
     *,
-    epochs_run: int,
+    epochs_run: int | None,
     best_epoch: int | None,
     monitor: str,
     mode: str,
@@ -156,7 +156,8 @@ def model_summary(
 
     ``rows`` are (what, description) pairs in reading order: the inputs, the architecture and
     how the checkpoint was chosen; ``best_epoch`` (counted from 0, as in
-    ``learning_curve.csv``) is marked on the learning curves.
+    ``learning_curve.csv``) is marked on the learning curves. ``epochs_run=None`` (a checkpoint
+    read for prediction, which does not know how long its run went on): no such row.
     """
     schema = module.schema
     hp = module.hparams
@@ -192,7 +193,8 @@ def model_summary(
     rows.append(["heads", f"{_component(hp.get('head'), 'linear')}, one per label: {heads}"])
     if getattr(module, "ensemble", 1) > 1:
         rows.append(["ensemble", f"{module.ensemble} members, probabilities averaged"])
-    rows.append(["epochs run", str(int(epochs_run))])
+    if epochs_run is not None:
+        rows.append(["epochs run", str(int(epochs_run))])
     best = "lowest" if mode == "min" else "highest"
     chosen = f"epoch {best_epoch}" if best_epoch is not None else "the best checkpoint"
     if best_score is not None:
@@ -201,6 +203,24 @@ def model_summary(
         chosen += f" ({Path(checkpoint).name})"
     rows.append(["checkpoint chosen", chosen])
     return {"rows": rows, "best_epoch": best_epoch, "monitor": monitor}
+
+
+def checkpoint_choice(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """How a Lightning checkpoint (``torch.load``-ed) was chosen: ``best_epoch`` (its epoch),
+    ``monitor``, ``mode`` and ``best_score`` (its monitored value), from the state of the
+    ModelCheckpoint callback that wrote it; what is not there is None."""
+    found: dict[str, Any] = {"best_epoch": checkpoint.get("epoch"), "monitor": "val_loss"}
+    found.update(mode="min", best_score=None)
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if not str(key).startswith("ModelCheckpoint") or not isinstance(state, Mapping):
+            continue
+        if state.get("current_score") is None:
+            continue
+        found["monitor"] = str(state.get("monitor") or "val_loss")
+        found["mode"] = "max" if "'mode': 'max'" in str(key) else "min"
+        found["best_score"] = float(state["current_score"])
+        break
+    return found
 
 
 def write_model_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
