@@ -19,8 +19,8 @@ from nervus_lightning.evaluation.survival_calibration import (
     plot_survival_calibration,
     survival_calibration_table,
 )
-from nervus_lightning.survival.plots import plot_km_risk_group_panels
 from nervus_lightning.predict import predict
+from nervus_lightning.survival.plots import plot_km_risk_group_panels
 from nervus_lightning.train import train
 
 

@@ -77,9 +77,7 @@ def predict(
     predictions = write_predictions(module, datamodule, out_dir, outputs)
     # What the model is, for the top of the report (aggregates of the checkpoint only).
     chosen = checkpoint_choice(torch.load(ckpt, map_location="cpu", weights_only=True))
-    write_model_summary(
-        out_dir, model_summary(module, epochs_run=None, checkpoint=ckpt, **chosen)
-    )
+    write_model_summary(out_dir, model_summary(module, epochs_run=None, checkpoint=ckpt, **chosen))
     metrics: dict = {}
     if any(spec.name in predictions.columns for spec in module.schema.labels):
         table = evaluate_run(Path(out_dir) / PREDICTIONS, **evaluation)
