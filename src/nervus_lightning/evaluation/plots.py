@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (
     auc,
     average_precision_score,
@@ -497,6 +498,7 @@ def plot_learning_curves(
             ax.plot(x[keep], values[keep], marker=".", label=column)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="black", ls="--", lw=1, label=best_label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel=x_name or "row", ylabel="loss" if columns is losses else "metric")
         ax.legend(fontsize="small")
     fig.suptitle(title)

@@ -508,8 +508,12 @@ def report_context(
         for row in section.rows:
             if row.get("ci_method"):
                 names = interval_methods.setdefault(row["ci_method"], [])
-                name = "per-class AUROC" if row["metric"].startswith("auroc[") else None
-                name = name or _metric_name(row["metric"], ctx.time_unit)
+                if row["metric"].startswith("auroc["):
+                    name = "per-class AUROC"
+                elif row["metric"] == "auroc" and row["ci_method"] == "bootstrap":
+                    name = "macro AUROC (multi-class)"  # binary AUROCs have a score interval
+                else:
+                    name = _metric_name(row["metric"], ctx.time_unit)
                 if name not in names:
                     names.append(name)
     return {
