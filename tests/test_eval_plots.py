@@ -1,11 +1,13 @@
 """The report's figures draw the numbers of established implementations: reliability points are
-scikit-learn's calibration_curve, Kaplan-Meier panels scikit-survival's estimator."""
+scikit-learn's calibration_curve (quantile bins) with scipy's Wilson intervals, Kaplan-Meier
+panels scikit-survival's estimator."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from matplotlib.lines import Line2D
+from scipy import stats
 from sklearn.calibration import calibration_curve
 from sksurv.nonparametric import kaplan_meier_estimator
 
@@ -25,26 +27,63 @@ def _binary_case(seed: int = 0, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
     return y, np.c_[1 - p, p]
 
 
-def test_reliability_points_are_sklearn_calibration_curve_without_empty_bins():
+def test_reliability_bins_are_sklearn_quantile_bins_with_wilson_intervals():
+    # 300 distinct probabilities: 10 bins of 30, the bins of calibration_curve's quantile strategy.
+    y, p = _binary_case(0)
+    outcome = (y == "yes").astype(float)
+    table = plots.reliability_bins(outcome, p[:, 1])
+    observed, predicted = calibration_curve(outcome, p[:, 1], n_bins=10, strategy="quantile")
+    np.testing.assert_allclose(table["predicted"], predicted)
+    np.testing.assert_allclose(table["observed"], observed)
+    assert (table["n"] == 30).all()
+    for row in table.itertuples():
+        expected = stats.binomtest(int(row.events), int(row.n)).proportion_ci(method="wilson")
+        assert row.lower == pytest.approx(expected.low)
+        assert row.upper == pytest.approx(expected.high)
+
+
+@pytest.mark.parametrize(("n", "bins"), [(300, 10), (150, 7), (45, 2), (19, 1), (2, 1)])
+def test_reliability_bins_hold_at_least_twenty_cases(n, bins):
+    # Probabilities crowded at a few values: ties never leave a bin short of cases.
+    rng = np.random.default_rng(n)
+    p = rng.choice([0.1, 0.5, 0.9], n)
+    table = plots.reliability_bins(rng.uniform(size=n) < p, p)
+    assert len(table) == bins and table["n"].sum() == n
+    assert table["n"].max() - table["n"].min() <= 1
+    if n >= 20:
+        assert table["n"].min() >= 20
+
+
+def test_reliability_diagram_draws_the_bins_with_their_intervals():
     y_val, p_val = _binary_case(0)
     y_test, p_test = _binary_case(1, 150)
     fig = plots.plot_reliability(
         {"val": (y_val, p_val), "test": (y_test, p_test)}, ["no", "yes"], positive_class="yes"
     )
     curve_ax, count_ax = fig.axes
-    for name, (y, p) in {"val": (y_val, p_val), "test": (y_test, p_test)}.items():
-        observed, predicted = calibration_curve(y == "yes", p[:, 1], n_bins=10)
-        line = _line(curve_ax, name)
-        np.testing.assert_allclose(line.get_xdata(), predicted)
-        np.testing.assert_allclose(line.get_ydata(), observed)
-        assert len(predicted) < 10  # the empty bins are not drawn (at 0 or anywhere)
-        counts = np.histogram(p[:, 1], bins=np.linspace(0, 1, 11))[0]
-        _, _, drawn_counts = plots.reliability_bins(y == "yes", p[:, 1])
-        np.testing.assert_array_equal(drawn_counts, counts[counts > 0])
-    # The count panel shows the cases per bin of each data set, in its colour.
+    for container, (y, p) in zip(
+        curve_ax.containers, [(y_val, p_val), (y_test, p_test)], strict=True
+    ):
+        table = plots.reliability_bins(y == "yes", p[:, 1])
+        line, _, (bars,) = container.lines
+        np.testing.assert_allclose(line.get_xdata(), table["predicted"])
+        np.testing.assert_allclose(line.get_ydata(), table["observed"])
+        assert line.get_linestyle() != "None"  # bins of 30 and 15 cases are joined
+        segments = bars.get_segments()
+        np.testing.assert_allclose([s[0][1] for s in segments], table["lower"])
+        np.testing.assert_allclose([s[1][1] for s in segments], table["upper"])
+    # The lower panel shows the predicted probabilities of each data set, in its colour.
     stairs = [patch.get_data().values for patch in count_ax.patches]
     np.testing.assert_array_equal(stairs[0], np.histogram(p_val[:, 1], np.linspace(0, 1, 11))[0])
     assert len(stairs) == 2
+
+
+def test_reliability_diagram_draws_no_line_through_tiny_bins():
+    y = np.array(["yes", "no"], dtype=object)
+    p = np.array([[0.2, 0.8], [0.7, 0.3]])
+    fig = plots.plot_reliability({"test": (y, p)}, ["no", "yes"], positive_class="yes")
+    (container,) = fig.axes[0].containers
+    assert container.lines[0].get_linestyle() == "None"
 
 
 def test_multiclass_reliability_is_top_label():
@@ -55,8 +94,10 @@ def test_multiclass_reliability_is_top_label():
     y = np.asarray(classes, dtype=object)[rng.integers(0, 3, 200)]
     fig = plots.plot_reliability({"test": (y, prob)}, classes)
     correct = np.asarray(classes, dtype=object)[prob.argmax(axis=1)] == y
-    observed, predicted = calibration_curve(correct, prob.max(axis=1), n_bins=10)
-    line = _line(fig.axes[0], "test")
+    observed, predicted = calibration_curve(
+        correct, prob.max(axis=1), n_bins=10, strategy="quantile"
+    )
+    line = fig.axes[0].containers[0].lines[0]
     np.testing.assert_allclose(line.get_xdata(), predicted)
     np.testing.assert_allclose(line.get_ydata(), observed)
 

@@ -27,6 +27,11 @@ BINARY_METRICS = {
     "npv",
     "f1",
     "threshold",
+    "prevalence",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
 }
 MULTI_METRICS = {"n", "auroc", "ap", "accuracy", "brier", "ece"} | {f"auroc[{c}]" for c in MULTI}
 REGRESSION_METRICS = {"n", "mae", "rmse", "r2", "pearson_r"}
@@ -105,6 +110,7 @@ def test_metrics_csv_has_one_row_per_split_group_label_metric(report):
         "value",
         "ci_lower",
         "ci_upper",
+        "ci_method",
     ]
     assert len(on_disk) == len(metrics)
     assert not on_disk.duplicated(["split", "group", "label", "metric"]).any()
@@ -226,7 +232,7 @@ def test_report_opens_on_results_and_folds_the_rest(report):
     assert rows == ["test", "external_site_b", "val"]
     assert 'class="dev"' in table and "<sup>†</sup>" in table
     # Figures show val, test and external only: train stays in the tables.
-    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S)
+    captions = re.findall(r"<figcaption>(Figure .*?)</figcaption>", page, flags=re.S)
     assert captions and not any("train" in c for c in captions)
     assert "(val, test, external_site_b)" in page
 
@@ -297,7 +303,12 @@ def test_threshold_is_never_chosen_on_test(tmp_path, with_val):
     assert _value(metrics, "test", "all", "label_x", "auroc").value == 1.0
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert ("chosen on 'train'" in html.unescape(page)) == (not with_val)
-    assert metrics["ci_lower"].isna().all()
+    # n_bootstrap=0: no bootstrap intervals; the closed-form ones of proportions and the AUROC
+    # remain (sensitivity 0 of n: Wilson interval from 0).
+    with_ci = metrics[metrics["ci_lower"].notna()]
+    assert set(with_ci["ci_method"]) == {"wilson", "newcombe"}
+    row = _value(metrics, "test", "all", "label_x", "sensitivity")
+    assert row.ci_lower == 0.0 and row.ci_upper > 0.0
 
 
 def test_missing_columns_are_named(tmp_path):

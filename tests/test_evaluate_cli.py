@@ -97,10 +97,14 @@ def test_evaluate_run_options_reach_the_report(run_dir, tmp_path):
         n_bootstrap=0,
         threshold="sensitivity",
         target_sensitivity=1.0,
+        proportion_ci="exact",
     )
     page = (out / "report.html").read_text()
     assert "(val, test)" in page and "train_figures=true draws it" in page  # train not drawn
-    assert metrics["ci_lower"].isna().all()  # n_bootstrap=0: no intervals
+    # n_bootstrap=0: no bootstrap intervals, only the closed-form ones (proportions: as asked).
+    with_ci = metrics[metrics["ci_lower"].notna()]
+    assert set(with_ci["ci_method"]) == {"exact", "newcombe"}
+    assert "Clopper-Pearson exact for" in page and "No bootstrap intervals" in page
     predictions = pd.read_csv(run_dir / "predictions.csv")
     thresholds = metrics.query("metric == 'threshold' and group == 'all'").set_index("split")
     threshold = thresholds.loc["val", "value"]

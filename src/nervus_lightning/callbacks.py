@@ -140,7 +140,8 @@ class RandomStates(L.Callback):
 
 class LearningCurve(L.Callback):
     """One row per epoch (``epoch``, ``train_loss``, ``val_loss``, per-label losses and val
-    metrics) in ``learning_curve.csv``, rewritten each epoch; ``learning_curve.png`` at the end."""
+    metrics) in ``learning_curve.csv``, rewritten each epoch; ``learning_curve.png`` at the end,
+    with the epoch of the lowest ``val_loss`` (the checkpoint kept) marked."""
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.out_dir = Path(out_dir)
@@ -178,6 +179,8 @@ class LearningCurve(L.Callback):
 
 
 def plot_learning_curve(frame: pd.DataFrame, path: Path) -> Path:
+    """Train and val loss per epoch; a dashed line at the (first) epoch of the lowest val_loss,
+    the one whose checkpoint the ``val_loss`` checkpoint policies keep."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,6 +190,9 @@ def plot_learning_curve(frame: pd.DataFrame, path: Path) -> Path:
     for col in ("train_loss", "val_loss"):
         if col in frame.columns:
             ax.plot(frame["epoch"], frame[col], marker="o", label=col.replace("_", " "))
+    if "val_loss" in frame.columns and frame["val_loss"].notna().any():
+        best = int(frame.loc[frame["val_loss"].idxmin(), "epoch"])
+        ax.axvline(best, color="black", ls="--", lw=1, label=f"lowest val loss (epoch {best})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (sum over labels)")
     ax.legend()

@@ -2,9 +2,10 @@
 
 This module owns the step from a run folder's files to its ``evaluation/`` folder:
 :func:`evaluate_run` reads ``predictions.csv``, the ``schema.json`` next to it and, when the run
-has them, ``.hydra/config.yaml`` (shown at the top of the report) and ``learning_curve.csv``, then
+has them, ``model_summary.json`` (what was trained, shown at the top of the report),
+``.hydra/config.yaml`` (shown folded at the end) and ``learning_curve.csv``, then
 calls :func:`nervus_lightning.evaluation.report.evaluate_predictions`, which writes
-``metrics.csv`` (with bootstrap confidence intervals), figures and ``report.html``.
+``metrics.csv`` (with confidence intervals), figures and ``report.html``.
 
 Training and prediction call :func:`evaluate_run` at their end; the command line re-runs it on an
 existing run, e.g. with more bootstrap resamples or another threshold rule::
@@ -26,6 +27,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.evaluation.intervals import PROPORTION_METHODS
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
 from nervus_lightning.options import check_call_options, check_choice, check_number
 from nervus_lightning.tasks.base import task_class
@@ -118,6 +120,8 @@ def check_evaluation_options(options: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("train_metrics", "train_figures"):
         if key in options and not isinstance(options[key], bool):
             raise NervusInputError(f"evaluation.{key}={options[key]!r} must be true or false.")
+    if "proportion_ci" in options:
+        check_choice("evaluation.proportion_ci", options["proportion_ci"], PROPORTION_METHODS)
     if options.get("threshold") is not None:
         check_choice("evaluation.threshold", options["threshold"], THRESHOLD_METHODS)
     if options.get("target_sensitivity") is not None:
@@ -176,6 +180,19 @@ def _run_config(run_dir: Path) -> dict | None:
     return plain
 
 
+def _model_summary(run_dir: Path) -> dict | None:
+    """``model_summary.json`` of a training run (None for a prediction folder or an older run)."""
+    path = run_dir / "model_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON; the report has no model summary", path)
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def _learning_curve(run_dir: Path) -> pd.DataFrame | None:
     path = run_dir / "learning_curve.csv"
     if not path.is_file():
@@ -198,6 +215,7 @@ def evaluate_run(
     train_metrics: bool = True,
     max_rows_exact: int = 100_000,
     max_rows_bootstrap: int = 5_000,
+    proportion_ci: str = "wilson",
 ) -> pd.DataFrame:
     """Write the evaluation report of a run's ``predictions.csv``.
 
@@ -231,9 +249,14 @@ def evaluate_run(
         max_rows_bootstrap: a split with more cases is bootstrapped with resamples of this
             many cases (m-out-of-n, intervals rescaled to the split's size; see
             :mod:`nervus_lightning.evaluation.bootstrap`); said in ``metrics_notes.csv``.
+        proportion_ci: interval of the proportions at the operating point (sensitivity,
+            specificity, PPV, NPV, accuracy): ``"wilson"`` (score interval) or ``"exact"``
+            (Clopper-Pearson); see :mod:`nervus_lightning.evaluation.intervals`. These and the
+            AUROC's score interval are given even with ``n_bootstrap=0``.
 
     Returns:
-        The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper``.
+        The rows of ``metrics.csv``: ``split, group, label, metric, value, ci_lower, ci_upper,
+        ci_method``.
 
     Raises:
         NervusInputError: a missing or unreadable file, predictions that do not match their
@@ -258,6 +281,7 @@ def evaluate_run(
             "train_metrics": train_metrics,
             "max_rows_exact": max_rows_exact,
             "max_rows_bootstrap": max_rows_bootstrap,
+            "proportion_ci": proportion_ci,
         }
     )
 
@@ -277,6 +301,7 @@ def evaluate_run(
         "train_metrics": bool(train_metrics),
         "max_rows_exact": int(max_rows_exact),
         "max_rows_bootstrap": int(max_rows_bootstrap),
+        "proportion_ci": proportion_ci,
     }
     config_summary: dict[str, Any] = {"predictions": str(predictions_path)}
     run_config = _run_config(run_dir)
@@ -297,11 +322,13 @@ def evaluate_run(
         positive_class=settings["positive_class"],
         config_summary=config_summary,
         learning_curve=_learning_curve(run_dir),
+        model_summary=_model_summary(run_dir),
         train_figures=settings["train_figures"],
         explain_dir=run_dir / "explain",
         train_metrics=settings["train_metrics"],
         max_rows_exact=settings["max_rows_exact"],
         max_rows_bootstrap=settings["max_rows_bootstrap"],
+        proportion_ci=proportion_ci,
     )
     log.info("evaluation of %s written to %s", predictions_path, out)
     return metrics

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,7 @@ def write_predictions(
     predictions = predict_frame(module, datamodule, outputs)
     write_json(out_dir / SCHEMA, module.export_schema())
     write_csv(out_dir / PREDICTIONS, predictions)
-    module.task.write_figures(predictions, out_dir)
+    module.task.write_figures(predictions, out_dir, time_unit=module.schema.time_unit)
     return predictions
 
 
@@ -124,3 +124,104 @@ def write_metrics_json(run_dir: str | os.PathLike, table: pd.DataFrame) -> dict:
     metrics = metrics_summary(table, notes)
     write_json(run_dir / METRICS, metrics)
     return metrics
+
+
+MODEL_SUMMARY = "model_summary.json"
+
+
+def _component(options: Any, default: str) -> str:
+    """A model part as text: its name, and its hidden sizes and dropout where it has them."""
+    if options is None:
+        return "none"
+    if isinstance(options, str):
+        return options
+    if not isinstance(options, dict):
+        return type(options).__name__  # a module instance given in Python
+    name = str(options.get("name") or options.get("_target_") or default)
+    details = [f"{key} {options[key]}" for key in ("hidden", "dropout") if options.get(key)]
+    return name + (f" ({', '.join(details)})" if details else "")
+
+
+def model_summary(
+    module: Any,
+    *,
+    epochs_run: int | None,
+    best_epoch: int | None,
+    monitor: str,
+    mode: str,
+    best_score: float | None,
+    checkpoint: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """What was trained, for the top of the report (``model_summary.json``; no patient data).
+
+    ``rows`` are (what, description) pairs in reading order: the inputs, the architecture and
+    how the checkpoint was chosen; ``best_epoch`` (counted from 0, as in
+    ``learning_curve.csv``) is marked on the learning curves. ``epochs_run=None`` (a checkpoint
+    read for prediction, which does not know how long its run went on): no such row.
+    """
+    schema = module.schema
+    hp = module.hparams
+    rows: list[list[str]] = []
+    if schema.has_images:
+        views = (
+            f"{len(schema.views)} views per case ({', '.join(schema.views)})"
+            if schema.views
+            else "one image per case"
+        )
+        size = hp.get("image_size")
+        channels = hp.get("in_channels")
+        rows.append(
+            ["image input", f"{views}, {channels} channel(s), resized to {size} x {size} px"]
+        )
+    if schema.input_columns:
+        shown = ", ".join(schema.input_columns[:8])
+        more = f" and {len(schema.input_columns) - 8} more" if len(schema.input_columns) > 8 else ""
+        rows.append(["tabular input", f"{len(schema.input_columns)} column(s): {shown}{more}"])
+    if schema.has_images:
+        rows.append(["image extractor", _component(hp.get("extractor"), "resnet18")])
+    if schema.input_columns:
+        linear = " with a linear term of the inputs" if getattr(module, "linear", False) else ""
+        rows.append(["tabular extractor", _component(hp.get("tabular"), "mlp") + linear])
+    image_inputs = (len(schema.views) or 1) if schema.has_images else 0
+    n_inputs = image_inputs + bool(schema.input_columns)
+    if n_inputs > 1:
+        rows.append(["mixer", _component(hp.get("mixer"), "concat")])
+    heads = ", ".join(
+        f"{spec.name} ({len(spec.classes)} classes)" if spec.classes else spec.name
+        for spec in schema.labels
+    )
+    rows.append(["heads", f"{_component(hp.get('head'), 'linear')}, one per label: {heads}"])
+    if getattr(module, "ensemble", 1) > 1:
+        rows.append(["ensemble", f"{module.ensemble} members, probabilities averaged"])
+    if epochs_run is not None:
+        rows.append(["epochs run", str(int(epochs_run))])
+    best = "lowest" if mode == "min" else "highest"
+    chosen = f"epoch {best_epoch}" if best_epoch is not None else "the best checkpoint"
+    if best_score is not None:
+        chosen += f", {best} {monitor} = {best_score:.4g}"
+    if checkpoint:
+        chosen += f" ({Path(checkpoint).name})"
+    rows.append(["checkpoint chosen", chosen])
+    return {"rows": rows, "best_epoch": best_epoch, "monitor": monitor}
+
+
+def checkpoint_choice(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """How a Lightning checkpoint (``torch.load``-ed) was chosen: ``best_epoch`` (its epoch),
+    ``monitor``, ``mode`` and ``best_score`` (its monitored value), from the state of the
+    ModelCheckpoint callback that wrote it; what is not there is None."""
+    found: dict[str, Any] = {"best_epoch": checkpoint.get("epoch"), "monitor": "val_loss"}
+    found.update(mode="min", best_score=None)
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if not str(key).startswith("ModelCheckpoint") or not isinstance(state, Mapping):
+            continue
+        if state.get("current_score") is None:
+            continue
+        found["monitor"] = str(state.get("monitor") or "val_loss")
+        found["mode"] = "max" if "'mode': 'max'" in str(key) else "min"
+        found["best_score"] = float(state["current_score"])
+        break
+    return found
+
+
+def write_model_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
+    return write_json(Path(run_dir) / MODEL_SUMMARY, summary)

@@ -56,7 +56,14 @@ def predict(
     differs from it is an override, said in the log and in ``metrics_notes.csv``."""
     from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
     from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
-    from nervus_lightning.outputs import PREDICTIONS, write_metrics_json, write_predictions
+    from nervus_lightning.outputs import (
+        PREDICTIONS,
+        checkpoint_choice,
+        model_summary,
+        write_metrics_json,
+        write_model_summary,
+        write_predictions,
+    )
 
     evaluation = check_evaluation_options(evaluation or {})
     device = inference_device(device)
@@ -68,6 +75,9 @@ def predict(
     log.info("predicting %d case(s) of %s on %s", len(datamodule.frame), csv, device)
     outputs = module.infer(datamodule.predict_dataloader(), device)
     predictions = write_predictions(module, datamodule, out_dir, outputs)
+    # What the model is, for the top of the report (aggregates of the checkpoint only).
+    chosen = checkpoint_choice(torch.load(ckpt, map_location="cpu", weights_only=True))
+    write_model_summary(out_dir, model_summary(module, epochs_run=None, checkpoint=ckpt, **chosen))
     metrics: dict = {}
     if any(spec.name in predictions.columns for spec in module.schema.labels):
         table = evaluate_run(Path(out_dir) / PREDICTIONS, **evaluation)

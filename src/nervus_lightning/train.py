@@ -30,7 +30,7 @@ from nervus_lightning.callbacks import (
 from nervus_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
 from nervus_lightning.cluster import resume_checkpoint, trainer_options
 from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
+from nervus_lightning.data.demo import DEMO_TIME_UNIT, build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
 from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.explain import check_explain_options, explain_after_training
@@ -38,8 +38,10 @@ from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
     atomic_write,
+    model_summary,
     write_json,
     write_metrics_json,
+    write_model_summary,
     write_predictions,
 )
 
@@ -54,7 +56,7 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
     """The data module of ``cfg.data``; ``overrides`` replace its keyword arguments (e.g. the
     preview reads images only)."""
     data = cfg.data
-    csv, labels, _ = resolve_data(cfg)
+    csv, labels, demo = resolve_data(cfg)
     options = {
         "task": cfg.task.name,
         "labels": labels,
@@ -73,6 +75,7 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
         "cache": data.get("cache", "auto"),
         "cache_dir": data.get("cache_dir"),
         "cache_max_gb": data.get("cache_max_gb"),
+        "time_unit": data.get("time_unit") or (DEMO_TIME_UNIT if demo else None),
     }
     return NervusDataModule(csv, **{**options, **overrides})
 
@@ -300,6 +303,18 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
     outputs = best.infer(datamodule.predict_dataloader(), device)
     best.finalize(datamodule, best_path, outputs=outputs)
     write_predictions(best, datamodule, run_dir, outputs)
+    write_model_summary(
+        run_dir,
+        model_summary(
+            best,
+            epochs_run=trainer.current_epoch,
+            best_epoch=torch.load(best_path, map_location="cpu", weights_only=True).get("epoch"),
+            monitor=str(checkpoint.monitor),
+            mode=str(checkpoint.mode),
+            best_score=float(checkpoint.best_model_score),
+            checkpoint=best_path,
+        ),
+    )
     explain_after_training(cfg.get("explain"), best, datamodule, run_dir, device)
     table = evaluate_run(run_dir / PREDICTIONS, **evaluation)
     metrics = write_metrics_json(run_dir, table)

@@ -89,6 +89,8 @@ RESIZE_FIRST_AUGMENTATIONS = frozenset({"none", "randaug", "trivialaugwide"})
 # side, so it is resized down, as a crop of the full-resolution file is.
 CROP_SOURCE_SCALE = {"xray": 1.25}
 BIT_DEPTHS = ("auto", *CANDIDATE_BIT_DEPTHS)
+#: Units of survival times (``data.time_unit``); a fixed list so that a typo is caught.
+TIME_UNITS = ("hours", "days", "weeks", "months", "years")
 
 
 def parse_bit_depth(value: str | int) -> int | None:
@@ -258,6 +260,10 @@ class NervusDataModule(L.LightningDataModule):
         cache_dir: folder of the disk cache (default ``$NERVUS_LIGHTNING_CACHE/images`` or
             ``~/.cache/nervus_lightning/images``); shared by DDP ranks and sweep jobs.
         cache_max_gb: memory budget of ``cache=auto`` in GiB (None: 25 % of available RAM).
+        time_unit: unit of the survival time columns (``data.time_unit``): one of
+            ``TIME_UNITS`` or None (unknown, shown as "time"). Stored in the schema (checkpoint
+            and ``schema.json``) for axis labels and table headers; with ``schema`` given, the
+            schema's unit is used.
 
     Batches hold ``index``, ``target``, the task's fields, ``tabular`` (B, n_inputs) when there
     are tabular inputs, and ``image``: (B, C, H, W) for a single ``imgpath`` column, or
@@ -288,8 +294,11 @@ class NervusDataModule(L.LightningDataModule):
         cache: str = "none",
         cache_dir: str | os.PathLike | None = None,
         cache_max_gb: float | None = None,
+        time_unit: str | None = None,
     ) -> None:
         super().__init__()
+        if time_unit is not None:
+            check_choice("data.time_unit", time_unit, TIME_UNITS)
         self.cache_mode = check_choice("data.cache", cache, CACHE_MODES)
         if cache_max_gb is not None and not (
             isinstance(cache_max_gb, int | float) and cache_max_gb > 0
@@ -334,6 +343,8 @@ class NervusDataModule(L.LightningDataModule):
         # Row positions in the CSV of the kept rows (excluded ones are gone), for messages.
         self.csv_rows = self.frame.index.to_numpy()
         self.frame = self.frame.reset_index(drop=True)
+        if schema is None:
+            self.schema.time_unit = time_unit
         task = task_class(self.schema.task)
         if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(

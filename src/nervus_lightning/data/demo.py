@@ -79,6 +79,8 @@ MULTIVIEW_CSV_NAME = "multiview.csv"
 _INFO_NAME = "build_info.json"
 _IMAGE_SIDE = 32
 _CENSORED_FRACTION = 0.30
+#: Unit of ``period_death`` (``data.time_unit`` of the demo data).
+DEMO_TIME_UNIT = "years"
 _BASELINE_HAZARD = float(np.log(2.0) / 5.0)  # per year: median survival 5 years at the reference
 _SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.1, "external": 0.1}
 _SIZE_CLASSES = ("small",) * 4 + ("medium",) * 3 + ("large",) * 3  # indexed by digit

@@ -106,6 +106,10 @@ class DataSchema:
     ``missing_views`` says whether an empty view cell was refused (``refuse``) or replaced by a
     learned embedding (``allow``; batches then carry ``view_mask``). Bit depth, window and frame
     are shared by every view.
+
+    ``time_unit`` is the unit of the survival time columns (``data.time_unit``: ``hours``,
+    ``days``, ``weeks``, ``months`` or ``years``), shown on time axes and in table headers; None
+    when it was not given (shown as plain "time").
     """
 
     labels: list[LabelSpec]
@@ -121,6 +125,7 @@ class DataSchema:
     view_columns: list[str] = field(default_factory=list)
     missing_views: str = "refuse"
     auto_window: dict[str, list[float]] | None = None
+    time_unit: str | None = None
 
     @property
     def task(self) -> str:

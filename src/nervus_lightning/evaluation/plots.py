@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.calibration import calibration_curve
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (
     auc,
     average_precision_score,
@@ -26,6 +26,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from nervus_lightning.evaluation.intervals import wilson_bin_intervals
 from nervus_lightning.evaluation.metrics import ECE_BINS
 
 Interval = tuple[float | None, float | None]
@@ -256,21 +257,61 @@ def reliability_outcome(
     return (np.asarray(classes, dtype=object)[arg] == y).astype(float), prob.max(axis=1)
 
 
+#: Reliability diagram: at most this many bins, each of at least ``RELIABILITY_MIN_CASES``.
+RELIABILITY_MAX_BINS = 10
+RELIABILITY_MIN_CASES = 20
+#: Bins of fewer cases are drawn as markers, never joined by a line.
+RELIABILITY_MIN_LINE_CASES = 3
+RELIABILITY_COLUMNS = ["bin", "n", "events", "predicted", "observed", "lower", "upper"]
+
+
+def reliability_bin_count(n: int, min_cases: int = RELIABILITY_MIN_CASES) -> int:
+    """``min(10, n // min_cases)`` bins, at least one."""
+    return int(max(1, min(RELIABILITY_MAX_BINS, n // min_cases)))
+
+
 def reliability_bins(
-    outcome: np.ndarray, predicted: np.ndarray, n_bins: int = ECE_BINS
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean predicted probability, observed share and number of cases of every bin that holds
-    cases (``n_bins`` equal-width bins on [0, 1]); the first two are scikit-learn's
-    ``calibration_curve``, which leaves empty bins out."""
+    outcome: np.ndarray,
+    predicted: np.ndarray,
+    *,
+    min_cases: int = RELIABILITY_MIN_CASES,
+    ci: float = 0.95,
+) -> pd.DataFrame:
+    """Quantile bins of the predicted probability and what each holds.
+
+    The cases are sorted by predicted probability and cut into
+    :func:`reliability_bin_count` bins of equal size (sizes differ by at most one; ties are
+    broken by order, so every bin keeps its size), i.e. at least ``min_cases`` cases per bin
+    when there are that many. Per bin (columns ``RELIABILITY_COLUMNS``): cases, events, mean
+    predicted probability, observed share and its Wilson score interval. With distinct
+    probabilities and ``n`` a multiple of the bin count, the bins are those of scikit-learn's
+    ``calibration_curve(strategy="quantile")``.
+    """
     outcome = np.asarray(outcome, dtype=float)
     predicted = np.asarray(predicted, dtype=float)
-    observed, mean_predicted = calibration_curve(
-        outcome, predicted, n_bins=n_bins, strategy="uniform"
+    n = predicted.shape[0]
+    if n == 0:
+        return pd.DataFrame(columns=RELIABILITY_COLUMNS)
+    n_bins = reliability_bin_count(n, min_cases)
+    order = np.argsort(predicted, kind="stable")
+    member = np.empty(n, dtype=int)
+    member[order] = np.arange(n) * n_bins // n
+    counts = np.bincount(member, minlength=n_bins)
+    events = np.bincount(member, weights=outcome, minlength=n_bins)
+    mean_predicted = np.bincount(member, weights=predicted, minlength=n_bins) / counts
+    lower, upper = wilson_bin_intervals(events.round().astype(int), counts, ci)
+    return pd.DataFrame(
+        {
+            "bin": np.arange(1, n_bins + 1),
+            "n": counts,
+            "events": events.round().astype(int),
+            "predicted": mean_predicted,
+            "observed": events / counts,
+            "lower": lower,
+            "upper": upper,
+        },
+        columns=RELIABILITY_COLUMNS,
     )
-    # Same bin assignment as calibration_curve (and the ece metric).
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    counts = np.bincount(np.searchsorted(edges[1:-1], predicted), minlength=n_bins)
-    return mean_predicted, observed, counts[counts > 0]
 
 
 def plot_reliability(
@@ -280,12 +321,16 @@ def plot_reliability(
     positive_class: str | None = None,
     styles: Styles | None = None,
     title: str = "Reliability diagram",
+    min_cases: int = RELIABILITY_MIN_CASES,
+    ci: float = 0.95,
 ) -> Figure:
-    """Observed share against mean predicted probability per equal-width bin, data sets
-    overlaid; only bins that hold cases are drawn, and the panel below gives their counts.
+    """Observed share against mean predicted probability in quantile bins
+    (:func:`reliability_bins`), data sets overlaid, each point with its Wilson interval; the
+    panel below shows the distribution of the predicted probabilities (10 equal-width bins).
 
     Binary: the positive class. Multi-class: top-label (accuracy of the arg-max class against its
-    probability), matching the ``ece`` metric. The points are those of :func:`reliability_bins`.
+    probability), matching the ``ece`` metric. Points are joined by a line only when every bin
+    holds at least ``RELIABILITY_MIN_LINE_CASES`` cases.
     """
     classes = list(classes)
     if len(classes) == 2:
@@ -301,23 +346,32 @@ def plot_reliability(
         outcome, predicted = reliability_outcome(y, prob, classes, positive_class)
         if predicted.shape[0] == 0:
             continue
-        mean_predicted, observed, counts = reliability_bins(outcome, predicted)
+        table = reliability_bins(outcome, predicted, min_cases=min_cases, ci=ci)
         style = {"ls": "-", **_style(styles, name)}
-        (line,) = ax.plot(mean_predicted, observed, lw=1.4, label=name, **style)
-        # Marker area grows with the bin's cases, so a bin of two cases does not look like one
-        # of two hundred.
-        ax.scatter(
-            mean_predicted,
-            observed,
-            s=6 + 60 * counts / counts.max(),
-            color=line.get_color(),
-            zorder=3,
+        joined = len(table) > 1 and table["n"].min() >= RELIABILITY_MIN_LINE_CASES
+        if not joined:
+            style["ls"] = "none"
+        size = int(table["n"].median())
+        x, y_obs = table["predicted"].to_numpy(float), table["observed"].to_numpy(float)
+        spread = [y_obs - table["lower"].to_numpy(float), table["upper"].to_numpy(float) - y_obs]
+        bars = ax.errorbar(
+            x,
+            y_obs,
+            yerr=np.clip(spread, 0, None),
+            marker="o",
+            ms=4,
+            capsize=2,
+            lw=1.4,
+            elinewidth=0.9,
+            label=f"{name} ({len(table)} bins of ~{size})",
+            **style,
         )
+        colour = bars.lines[0].get_color()
         all_counts = np.bincount(np.searchsorted(edges[1:-1], predicted), minlength=ECE_BINS)
-        hist.stairs(all_counts, edges, color=line.get_color(), lw=1.2)
+        hist.stairs(all_counts, edges, color=colour, lw=1.2)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel=ylabel, title=title)
     ax.legend(loc="upper left", fontsize="x-small")
-    hist.set(xlabel=xlabel, ylabel="cases per bin")
+    hist.set(xlabel=xlabel, ylabel="cases")
     hist.set_yscale("symlog", linthresh=10)
     hist.yaxis.set_major_formatter("{x:.0f}")
     return fig
@@ -413,10 +467,17 @@ def plot_bland_altman(
     return fig
 
 
-def plot_learning_curves(curves: pd.DataFrame, *, title: str = "Learning curves") -> Figure:
+def plot_learning_curves(
+    curves: pd.DataFrame,
+    *,
+    title: str = "Learning curves",
+    best_epoch: int | None = None,
+    best_label: str = "checkpoint chosen",
+) -> Figure:
     """Every numeric column against ``epoch`` (or ``step``, or the row number).
 
     Columns whose name contains ``loss`` share the left panel; the other metrics the right one.
+    ``best_epoch``: a vertical line at the epoch whose checkpoint was kept.
     """
     x_name = next((c for c in ("epoch", "step") if c in curves.columns), None)
     x = curves[x_name] if x_name else pd.Series(np.arange(len(curves)))
@@ -435,6 +496,9 @@ def plot_learning_curves(curves: pd.DataFrame, *, title: str = "Learning curves"
             values = curves[column]
             keep = values.notna()
             ax.plot(x[keep], values[keep], marker=".", label=column)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="black", ls="--", lw=1, label=best_label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel=x_name or "row", ylabel="loss" if columns is losses else "metric")
         ax.legend(fontsize="small")
     fig.suptitle(title)

@@ -3,8 +3,11 @@
 :func:`evaluate_predictions` turns ``predictions.csv`` + ``schema.json`` of a run into
 
 - ``metrics.csv``: one row per split x group x label x metric with columns
-  ``split, group, label, metric, value, ci_lower, ci_upper`` (``group`` is ``all`` for the whole
-  split, else one value of the schema's group column; CIs are percentile bootstrap intervals);
+  ``split, group, label, metric, value, ci_lower, ci_upper, ci_method`` (``group`` is ``all`` for
+  the whole split, else one value of the schema's group column; ``ci_method`` names how the
+  interval was made: ``wilson`` or ``exact`` for proportions, ``newcombe`` for AUROCs,
+  ``bootstrap`` (percentile bootstrap) for the rest, see
+  :mod:`nervus_lightning.evaluation.intervals`);
 - ``metrics_notes.csv``: the same keys with a ``note`` wherever a value or interval needs one
   (why it is missing, where the threshold came from, skipped resamples);
 - ``figures/<label>/<kind>.png``: the figures a reader needs, each with the splits overlaid or
@@ -40,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from nervus_lightning.evaluation import plots
+from nervus_lightning.evaluation.intervals import METHOD_NAMES
 from nervus_lightning.evaluation.sections import (
     ALL_GROUPS,
     METRIC_COLUMNS,
@@ -95,6 +99,8 @@ def evaluate_predictions(
     train_metrics: bool = True,
     max_rows_exact: int = 100_000,
     max_rows_bootstrap: int = 5_000,
+    proportion_ci: str = "wilson",
+    model_summary: Mapping | None = None,
 ) -> pd.DataFrame:
     """Evaluate a run's predictions; write metrics.csv, figures and report.html to ``out_dir``.
 
@@ -120,8 +126,10 @@ def evaluate_predictions(
             per label.
         train_figures: also draw the ``train`` split in the figures (its metrics are in
             ``metrics.csv`` and in the full table of the report unless ``train_metrics=False``).
-        train_metrics, max_rows_exact, max_rows_bootstrap: see
+        train_metrics, max_rows_exact, max_rows_bootstrap, proportion_ci: see
             :func:`nervus_lightning.evaluate.evaluate_run`.
+        model_summary: what was trained (see :func:`nervus_lightning.outputs.model_summary`),
+            shown at the top of the report; its ``best_epoch`` is marked on the learning curves.
 
     Returns:
         The rows of ``metrics.csv`` (columns ``split, group, label, metric, value, ci_lower,
@@ -148,6 +156,8 @@ def evaluate_predictions(
         train_figures,
         max_rows_exact,
         max_rows_bootstrap,
+        proportion_ci,
+        schema.get("time_unit"),
     )
     sections = [
         task_class(label["task"]).evaluate(predictions, label, ctx) for label in schema["labels"]
@@ -162,16 +172,28 @@ def evaluate_predictions(
     metrics = all_rows[METRIC_COLUMNS].astype(
         {"value": float, "ci_lower": float, "ci_upper": float}
     )
+    # No interval: an empty cell, read back as NaN; the returned table is what the file reads as.
+    method = metrics["ci_method"].replace("", np.nan)
+    metrics["ci_method"] = method.astype(float) if method.isna().all() else method
     metrics.to_csv(out_dir / "metrics.csv", index=False)
     notes = all_rows[all_rows["note"] != ""][["split", "group", "label", "metric", "note"]]
     notes.to_csv(out_dir / "metrics_notes.csv", index=False)
 
     curve_png = None
+    best_epoch = (model_summary or {}).get("best_epoch")
     if learning_curve is not None and not learning_curve.empty:
         curve_png = plots.save_figure(
-            plots.plot_learning_curves(learning_curve), out_dir / "figures" / "learning_curves.png"
+            plots.plot_learning_curves(
+                learning_curve,
+                best_epoch=best_epoch,
+                best_label=f"checkpoint chosen (epoch {best_epoch})",
+            ),
+            out_dir / "figures" / "learning_curves.png",
         )
-    page = render_report(predictions, sections, ctx, config_summary, curve_png, galleries)
+    page = render_report(
+        predictions, sections, ctx, config_summary, curve_png, galleries, model_summary,
+        learning_curve,
+    )  # fmt: skip
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     return metrics
 
@@ -203,12 +225,22 @@ _METRIC_NAMES = {
     "ibs": "IBS",
     "ipa": "IPA",
     "logrank_p": "log-rank p",
+    "ibs_null": "null-model IBS",
+    "tp": "TP",
+    "fp": "FP",
+    "fn": "FN",
+    "tn": "TN",
 }
 
 
-def _metric_name(metric: str) -> str:
+_TD_AUC_AT = re.compile(r"^td_auc_t(.+)$")
+
+
+def _metric_name(metric: str, time_unit: str | None = None) -> str:
     if metric.startswith("auroc[") and metric.endswith("]"):
         return f"AUROC {metric[6:-1]}"
+    if (at := _TD_AUC_AT.match(metric)) and time_unit:
+        return f"td-AUC at t = {at.group(1)} {time_unit}"
     return _METRIC_NAMES.get(metric, metric)
 
 
@@ -228,7 +260,7 @@ def _flatten(config: Mapping, prefix: str = "") -> Iterator[tuple[str, object]]:
 def _fmt(value: float | None, metric: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    if metric in ("n", "events") or metric.startswith("events_cause"):
+    if metric in ("n", "events", "tp", "fp", "fn", "tn") or metric.startswith("events_cause"):
         return f"{value:.0f}"
     if metric == "logrank_p":
         return "< 0.001" if value < 0.001 else f"{value:.3f}"
@@ -282,6 +314,10 @@ def _headline_splits(rows: list[dict], ctx: EvalContext) -> list[str]:
     return splits or present
 
 
+#: The 2 x 2 table of a binary label at its operating threshold (one headline column).
+_COUNTS = ("tp", "fp", "fn", "tn")
+
+
 def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
     """Headline metrics with CIs of every evaluated split but train (test and external first,
     val last and marked); the threshold and time-dependent AUCs stay in the full table, the
@@ -297,16 +333,32 @@ def headline_table(section: LabelSection, ctx: EvalContext) -> dict:
     lookup = {(r["split"], r["metric"]): r for r in rows}
     splits = _headline_splits(rows, ctx)
     footnotes: list[str] = []
+    # The 2 x 2 counts share one column, so that the table fits the page.
+    counts = [m for m in _COUNTS if m in metrics]
+    if counts:
+        metrics = [m for m in metrics if m not in counts]
+        metrics.insert(metrics.index("prevalence") + 1 if "prevalence" in metrics else 1, _COUNTS)
+
+    def cell(split: str, metric: str | tuple) -> dict:
+        if isinstance(metric, tuple):
+            parts = [_cell(lookup.get((split, m)), m, footnotes, split)["value"] for m in metric]
+            # No-break spaces: the four counts stay on one line.
+            return {"value": "\u00a0/\u00a0".join(parts), "ci": "", "note": 0}
+        return _cell(lookup.get((split, metric)), metric, footnotes, split)
+
     body = [
         {
             "split": split,
             "development": split == "val",
-            "cells": [_cell(lookup.get((split, m)), m, footnotes, split) for m in metrics],
+            "cells": [cell(split, m) for m in metrics],
         }
         for split in splits
     ]
     return {
-        "columns": [_metric_name(m) for m in metrics],
+        "columns": [
+            " / ".join(_metric_name(c) for c in m) if isinstance(m, tuple) else _metric_name(m)
+            for m in metrics
+        ],
         "rows": body,
         "footnotes": footnotes,
         "has_val": "val" in splits,
@@ -355,11 +407,12 @@ def cause_table(section: LabelSection, ctx: EvalContext) -> dict | None:
     for kind, at in columns:
         if at is None and kind.startswith("cif_") and calibration is not None:
             at = f"{calibration:g}"  # the observed and predicted CIFs are read there
-        names.append(_CAUSE_COLUMNS[kind] + ("" if at is None else f" at t = {at}"))
+        unit = f" {ctx.time_unit}" if ctx.time_unit else ""
+        names.append(_CAUSE_COLUMNS[kind] + ("" if at is None else f" at t = {at}{unit}"))
     return {"columns": names, "rows": body, "footnotes": footnotes}
 
 
-def full_table(section: LabelSection) -> dict:
+def full_table(section: LabelSection, time_unit: str | None = None) -> dict:
     """Every split x group x metric row of the label, as in metrics.csv."""
     metrics = list(dict.fromkeys(r["metric"] for r in section.rows))
     keys = list(dict.fromkeys((r["split"], r["group"]) for r in section.rows))
@@ -377,7 +430,11 @@ def full_table(section: LabelSection) -> dict:
         }
         for split, group in keys
     ]
-    return {"columns": [_metric_name(m) for m in metrics], "rows": body, "footnotes": footnotes}
+    return {
+        "columns": [_metric_name(m, time_unit) for m in metrics],
+        "rows": body,
+        "footnotes": footnotes,
+    }
 
 
 def _plain_table(frame: pd.DataFrame) -> dict:
@@ -410,6 +467,8 @@ def report_context(
     config_summary: Mapping | None,
     learning_curve_png: Path | None,
     galleries: Mapping[str, list[dict]] | None = None,
+    model_summary: Mapping | None = None,
+    learning_curve: pd.DataFrame | None = None,
 ) -> dict:
     """Everything the template shows, as plain values (escaping is the template's job)."""
     sizes = predictions.groupby("split").size()
@@ -431,7 +490,7 @@ def report_context(
                 ],
                 "val_selects": task_class(section.task).val_selects,
                 "gallery": (galleries or {}).get(section.name, []),
-                "full": full_table(section) if section.rows else None,
+                "full": full_table(section, ctx.time_unit) if section.rows else None,
                 "tables": [(caption, _plain_table(t)) for caption, t in section.tables],
                 "summary_title": task_class(section.task).summary_title,
                 "summary": (
@@ -444,6 +503,19 @@ def report_context(
     config = (
         [(name, str(value)) for name, value in _flatten(config_summary)] if config_summary else []
     )
+    interval_methods: dict[str, list[str]] = {}
+    for section in sections:
+        for row in section.rows:
+            if row.get("ci_method"):
+                names = interval_methods.setdefault(row["ci_method"], [])
+                if row["metric"].startswith("auroc["):
+                    name = "per-class AUROC"
+                elif row["metric"] == "auroc" and row["ci_method"] == "bootstrap":
+                    name = "macro AUROC (multi-class)"  # binary AUROCs have a score interval
+                else:
+                    name = _metric_name(row["metric"], ctx.time_unit)
+                if name not in names:
+                    names.append(name)
     return {
         "source": (config_summary or {}).get("predictions", ""),
         "splits": [(s, int(sizes.get(s, 0))) for s in ctx.splits],
@@ -455,13 +527,44 @@ def report_context(
         ),
         "train_hidden": "train" in ctx.splits and "train" not in shown,
         "n_bootstrap": ctx.n_bootstrap,
+        # Method -> the metrics whose intervals it made, bootstrap last.
+        "interval_methods": [
+            (METHOD_NAMES.get(method, method), names)
+            for method, names in sorted(
+                interval_methods.items(), key=lambda item: item[0] == "bootstrap"
+            )
+        ],
         "ci": f"{ctx.ci:.0%}",
         "group_column": ctx.group_column,
         "labels": labels,
         "data": _data_table(predictions, ctx),
         "learning_curve": _data_uri(learning_curve_png) if learning_curve_png else None,
+        "model": [(str(k), str(v)) for k, v in (model_summary or {}).get("rows", [])],
+        "curve_caption": _curve_caption(model_summary, learning_curve),
         "config": config,
     }
+
+
+def _curve_caption(model_summary: Mapping | None, curve: pd.DataFrame | None) -> str:
+    text = (
+        "Loss per epoch (epochs counted from 0) on the training split (train_loss, the mean "
+        "over the epoch's batches, with dropout and augmentation on) and on the validation split "
+        "(val_loss, after the epoch), summed over labels"
+    )
+    columns = [] if curve is None else [c for c in curve.columns if c != "epoch"]
+    if any(c.startswith(("train_loss_", "val_loss_")) for c in columns):
+        text += " and per label"
+    if any("loss" not in c for c in columns):
+        text += "; right panel: the validation metrics logged during training"
+    text += "."
+    best = (model_summary or {}).get("best_epoch")
+    if best is not None:
+        monitor = (model_summary or {}).get("monitor") or "val_loss"
+        text += (
+            f" Dashed line: epoch {best}, whose checkpoint was kept (best {monitor}) and "
+            "made every prediction in this report."
+        )
+    return text
 
 
 def render_report(
@@ -471,10 +574,19 @@ def render_report(
     config_summary: Mapping | None,
     learning_curve_png: Path | None,
     galleries: Mapping[str, list[dict]] | None = None,
+    model_summary: Mapping | None = None,
+    learning_curve: pd.DataFrame | None = None,
 ) -> str:
     """The HTML page (a string, everything embedded) from ``templates/report.html.j2``."""
     context = report_context(
-        predictions, sections, ctx, config_summary, learning_curve_png, galleries
+        predictions,
+        sections,
+        ctx,
+        config_summary,
+        learning_curve_png,
+        galleries,
+        model_summary,
+        learning_curve,
     )
     return _TEMPLATES.get_template("report.html.j2").render(**context)
 

@@ -27,6 +27,7 @@ from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,
     percentile_interval,
 )
+from nervus_lightning.evaluation.intervals import Interval
 from nervus_lightning.evaluation.metrics import (
     MetricValues,
 )
@@ -34,7 +35,16 @@ from nervus_lightning.evaluation.metrics import (
 log = logging.getLogger(__name__)
 
 
-METRIC_COLUMNS = ["split", "group", "label", "metric", "value", "ci_lower", "ci_upper"]
+METRIC_COLUMNS = [
+    "split",
+    "group",
+    "label",
+    "metric",
+    "value",
+    "ci_lower",
+    "ci_upper",
+    "ci_method",
+]
 
 
 ALL_GROUPS = "all"
@@ -62,6 +72,10 @@ class EvalContext:
     max_rows_exact: int = 100_000
     #: Above this many cases, bootstrap resamples draw this many (m-out-of-n).
     max_rows_bootstrap: int = 5_000
+    #: Interval of proportions (sensitivity, ...): ``wilson`` or ``exact`` (Clopper-Pearson).
+    proportion_ci: str = "wilson"
+    #: Unit of survival times (the schema's ``time_unit``), None when unknown.
+    time_unit: str | None = None
 
 
 @dataclass
@@ -94,13 +108,18 @@ class LabelSection:
         group: str,
         metric: str,
         value: float | None,
-        interval: BootstrapCI | None = None,
+        interval: BootstrapCI | Interval | None = None,
         note: str | None = None,
     ) -> None:
+        """One metric row; ``ci_method`` names the interval's method (``bootstrap`` for a
+        :class:`BootstrapCI`, else the :class:`Interval`'s), empty without an interval."""
         lower = upper = None
+        method = ""
         notes = [note] if note else []
         if interval is not None and value is not None:
             lower, upper = interval.lower, interval.upper
+            if lower is not None and upper is not None:
+                method = getattr(interval, "method", "bootstrap")
             if interval.reason:
                 notes.append(f"CI: {interval.reason}")
         self.rows.append(
@@ -112,6 +131,7 @@ class LabelSection:
                 "value": value,
                 "ci_lower": lower,
                 "ci_upper": upper,
+                "ci_method": method,
                 "note": "; ".join(notes),
             }
         )
@@ -155,10 +175,26 @@ def iter_subsets(df: pd.DataFrame, ctx: EvalContext) -> Iterator[tuple[str, str,
 
 
 def bootstrap_intervals(distributions: dict[str, np.ndarray], ci: float) -> dict[str, BootstrapCI]:
+    """Percentile intervals of each metric's bootstrap distribution. An interval of zero width
+    (every resample gave the same value, e.g. an AP of 1 on separated classes) is not an
+    interval: it is dropped and the note says why."""
     with warnings.catch_warnings():
         # Skipped resamples are reported per row in the notes instead of as warnings.
         warnings.simplefilter("ignore", RuntimeWarning)
-        return {name: percentile_interval(values, ci) for name, values in distributions.items()}
+        intervals = {
+            name: percentile_interval(values, ci) for name, values in distributions.items()
+        }
+    for name, interval in intervals.items():
+        if interval.lower is not None and interval.lower == interval.upper:
+            intervals[name] = BootstrapCI(
+                None,
+                None,
+                interval.n_resamples,
+                interval.n_skipped,
+                f"every resample gave {interval.lower:.4g}; a percentile bootstrap has no width "
+                "there (a boundary value), so no interval is given",
+            )
+    return intervals
 
 
 def add_metric_rows(
@@ -166,7 +202,7 @@ def add_metric_rows(
     split: str,
     group: str,
     point: MetricValues,
-    intervals: Mapping[str, BootstrapCI],
+    intervals: Mapping[str, BootstrapCI | Interval],
     extra_note: Callable[[str], str | None],
 ) -> None:
     for metric, value in point.items():

@@ -76,10 +76,13 @@ def plot_survival_calibration(
     *,
     styles: Styles | None = None,
     title: str = "",
+    time_unit: str | None = None,
 ) -> Figure:
     """Observed (Kaplan-Meier, with 95% interval) against mean predicted survival per bin: one
     panel per table of ``tables`` (e.g. per split; a single table gives one panel). Bins whose
-    follow-up ends before ``t`` have no observed value and are not drawn."""
+    follow-up ends before ``t`` have no observed value and are not drawn. ``time_unit`` (e.g.
+    ``days``) follows ``t`` in the axis labels."""
+    at = f"t = {t:g}" + (f" {time_unit}" if time_unit else "")
     if isinstance(tables, pd.DataFrame):
         tables = {"": tables}
     fig, axes = panel_figure(len(tables), width=3.9, height=4.1)
@@ -104,8 +107,8 @@ def plot_survival_calibration(
         ax.set(
             xlim=(0, 1),
             ylim=(0, 1.02),
-            xlabel=f"Predicted survival at t = {t:g}",
-            ylabel=f"Observed survival at t = {t:g}" if ax is axes[0] else None,
+            xlabel=f"Predicted survival at {at}",
+            ylabel=f"Observed survival at {at}" if ax is axes[0] else None,
             title=f"{name} ({bins})" if name else bins,
             aspect="equal",
         )

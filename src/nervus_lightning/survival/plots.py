@@ -27,6 +27,7 @@ __all__ = [
     "plot_km_risk_group_panels",
     "plot_km_risk_groups",
     "plot_td_auc",
+    "time_label",
 ]
 
 
@@ -37,6 +38,11 @@ def default_group_names(n_groups: int) -> list[str]:
     if n_groups == 3:
         return ["low risk", "intermediate risk", "high risk"]
     return [f"risk group {k + 1}" for k in range(n_groups)]
+
+
+def time_label(time_unit: str | None) -> str:
+    """The time axis' label: ``Time (days)``, or ``Time`` when the unit is not known."""
+    return f"Time ({time_unit})" if time_unit else "Time"
 
 
 def _format_p(p: float) -> str:
@@ -59,6 +65,7 @@ def plot_km_risk_groups(
     title: str = "",
     group_names: Sequence[str] | None = None,
     n_risk_times: int = 5,
+    time_unit: str | None = None,
 ) -> Path:
     """Kaplan-Meier curves per risk group with the log-rank p-value and a numbers-at-risk table.
 
@@ -70,13 +77,14 @@ def plot_km_risk_groups(
         group_names: one legend name per distinct group value, in sorted order.
         n_risk_times: about how many (rounded, evenly spaced) times the numbers-at-risk table
             shows.
+        time_unit: unit of ``time`` (``data.time_unit``) for the axis label; None: "Time".
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
     fig = Figure(figsize=(7, 5.5))
     ax, table_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
-    _draw_km(ax, table_ax, time, event, groups, title, group_names, n_risk_times)
+    _draw_km(ax, table_ax, time, event, groups, title, group_names, n_risk_times, None, time_unit)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -91,6 +99,7 @@ def _draw_km(
     group_names: Sequence[str] | None,
     n_risk_times: int,
     levels: np.ndarray | None = None,
+    time_unit: str | None = None,
 ) -> None:
     """Kaplan-Meier curves per group on ``ax``, numbers at risk on ``table_ax``; ``levels`` (all
     group values, default those in ``groups``) fixes each group's colour and table row."""
@@ -145,7 +154,7 @@ def _draw_km(
     table_ax.set_yticks(range(len(levels)), names)
     table_ax.set_ylim(len(levels) - 0.5, -0.5)
     table_ax.set_xticks(risk_times, [f"{t:g}" for t in risk_times])
-    table_ax.set_xlabel("Time")
+    table_ax.set_xlabel(time_label(time_unit))
     table_ax.set_title("Number at risk", fontsize="small", loc="left")
     for side in ("top", "right", "left"):
         table_ax.spines[side].set_visible(False)
@@ -158,6 +167,7 @@ def plot_km_risk_group_panels(
     title: str = "",
     group_names: Sequence[str] | None = None,
     n_risk_times: int = 5,
+    time_unit: str | None = None,
 ) -> Figure:
     """One Kaplan-Meier panel (with log-rank p-value and numbers at risk) per data set, e.g.
     per evaluated split: ``panels`` maps the panel title to ``(time, event, groups)``.
@@ -173,7 +183,9 @@ def plot_km_risk_group_panels(
     for column, (name, (time, event, groups)) in enumerate(panels.items()):
         ax = fig.add_subplot(grid[0, column])
         table_ax = fig.add_subplot(grid[1, column], sharex=ax)
-        _draw_km(ax, table_ax, time, event, groups, name, group_names, n_risk_times, levels)
+        _draw_km(
+            ax, table_ax, time, event, groups, name, group_names, n_risk_times, levels, time_unit
+        )
         ax.title.set_fontsize("medium")
         if column:
             ax.set_ylabel("")
@@ -183,7 +195,11 @@ def plot_km_risk_group_panels(
 
 
 def plot_cumulative_incidence_panels(
-    panels: Mapping[str, tuple[Any, Any, Any, Any]], causes: int, *, title: str = ""
+    panels: Mapping[str, tuple[Any, Any, Any, Any]],
+    causes: int,
+    *,
+    title: str = "",
+    time_unit: str | None = None,
 ) -> Figure:
     """Observed (Aalen-Johansen, steps) and mean predicted (lines) cumulative incidence of each
     competing cause, one panel per data set: ``panels`` maps the panel title to
@@ -204,7 +220,7 @@ def plot_cumulative_incidence_panels(
             ax.step(steps, observed[c], where="post", color=colors[c], label=f"cause {c + 1}")
             ax.plot(as_numpy(times), np.asarray(predicted)[c], color=colors[c], linestyle="--")
         ax.set_title(name, fontsize="medium")
-        ax.set_xlabel("Time")
+        ax.set_xlabel(time_label(time_unit))
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Cumulative incidence")
@@ -214,7 +230,13 @@ def plot_cumulative_incidence_panels(
     return fig
 
 
-def plot_td_auc(times: Any, auc: Any, mean_auc: float | None, path: str | os.PathLike) -> Path:
+def plot_td_auc(
+    times: Any,
+    auc: Any,
+    mean_auc: float | None,
+    path: str | os.PathLike,
+    time_unit: str | None = None,
+) -> Path:
     """Time-dependent AUC against time, with the mean AUC as a dashed line; writes a PNG."""
     times = as_numpy(times)
     auc = as_numpy(auc)
@@ -227,7 +249,7 @@ def plot_td_auc(times: Any, auc: Any, mean_auc: float | None, path: str | os.Pat
         ax.axhline(mean_auc, linestyle="--", color="gray", label=f"mean AUC = {mean_auc:.3f}")
     ax.axhline(0.5, linestyle=":", color="lightgray")
     ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("Time")
+    ax.set_xlabel(time_label(time_unit))
     ax.set_ylabel("Cumulative/dynamic AUC")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)

@@ -209,8 +209,11 @@ class Task(ABC):
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_tensors` returned."""
 
-    def write_figures(self, predictions: pd.DataFrame, out_dir: Any) -> None:
-        """Task-specific figures from ``predictions.csv`` (e.g. Kaplan-Meier curves)."""
+    def write_figures(
+        self, predictions: pd.DataFrame, out_dir: Any, time_unit: str | None = None
+    ) -> None:
+        """Task-specific figures from ``predictions.csv`` (e.g. Kaplan-Meier curves; time axes
+        in ``time_unit``, the schema's ``data.time_unit``)."""
 
     def export_label(self, j: int) -> dict[str, Any]:
         """Extra JSON for label ``j`` in ``schema.json`` (e.g. a survival baseline)."""

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
@@ -42,8 +43,14 @@ from nervus_lightning.evaluation.bootstrap import (
     weighted_bootstrap_distributions,
     weighted_classification_metrics,
 )
+from nervus_lightning.evaluation.intervals import (
+    Interval,
+    auroc_interval,
+    proportion_interval,
+)
 from nervus_lightning.evaluation.metrics import (
-    ECE_BINS,
+    MetricValues,
+    binary_confusion,
     classification_metrics,
     is_missing_label,
 )
@@ -558,7 +565,9 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
         y = rows[name].to_numpy(dtype=object)
         p = prob[df.index.get_indexer(rows.index)]
         point = classification_metrics(y, p, classes, positive_class=positive, threshold=threshold)
-        intervals: dict[str, BootstrapCI] = {}
+        if binary:
+            point = _with_counts(point, y == positive, p, classes.index(positive), threshold)
+        intervals: dict[str, BootstrapCI | Interval] = {}
         if ctx.n_bootstrap > 0:
             y_idx = np.array([classes.index(v) for v in y])
             pos_index = classes.index(positive) if binary else None
@@ -576,6 +585,9 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
                 strata=y_idx,
             )
             intervals = bootstrap_intervals(distributions, ctx.ci)
+        intervals.update(
+            closed_form_intervals(y, p, classes, positive, threshold, ctx.ci, ctx.proportion_ci)
+        )
         add_metric_rows(section, split, group, point, intervals, extra_note(split))
         if binary:
             section.add(
@@ -596,6 +608,83 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
     return section
 
 
+#: Rows of the 2 x 2 table at the operating threshold, shown beside ``n`` (binary labels).
+COUNT_METRICS = ("prevalence", "tp", "fp", "fn", "tn")
+
+
+def _predicted_positive(prob: np.ndarray, pos: int, threshold: float | None) -> np.ndarray:
+    """The operating point of :func:`classification_metrics`: ``p_pos >= threshold``, else the
+    arg-max class."""
+    if threshold is None:
+        return np.argmax(prob, axis=1) == pos
+    return prob[:, pos] >= threshold
+
+
+def _with_counts(
+    point: MetricValues, y_pos: np.ndarray, prob: np.ndarray, pos: int, threshold: float | None
+) -> MetricValues:
+    """``point`` with the prevalence and the 2 x 2 counts at the operating threshold right after
+    ``n`` (so that Table 1 shows them beside it)."""
+    tp, fp, tn, fn = binary_confusion(y_pos, _predicted_positive(prob, pos, threshold))
+    out = MetricValues()
+    for name, value in point.items():
+        out.set(name, value, point.reasons.get(name))
+        if name == "n":
+            n = tp + fp + tn + fn
+            out.set("prevalence", (tp + fn) / n if n else None, None if n else "no cases")
+            for count_name, count in zip(("tp", "fp", "fn", "tn"), (tp, fp, fn, tn), strict=True):
+                out.set(count_name, float(count))
+    return out
+
+
+def closed_form_intervals(
+    y: np.ndarray,
+    prob: np.ndarray,
+    classes: list[str],
+    positive: str | None,
+    threshold: float | None,
+    ci: float,
+    proportion_ci: str = "wilson",
+) -> dict[str, Interval]:
+    """Score intervals (:mod:`nervus_lightning.evaluation.intervals`) of the metrics that have
+    one: the proportions at the operating point (sensitivity, specificity, PPV, NPV, accuracy;
+    multi-class: accuracy of the arg-max class) and the (one-vs-rest) AUROC of each class. The
+    macro AUROC, AP, Brier, ECE and F1 keep their bootstrap intervals."""
+    y = np.asarray(y, dtype=object)
+    out: dict[str, Interval] = {}
+    if y.shape[0] == 0:
+        return out
+
+    def proportion(name: str, k: int, n: int) -> None:
+        out[name] = proportion_interval(k, n, ci, proportion_ci)
+
+    if positive is not None:
+        pos = classes.index(positive)
+        y_pos = y == positive
+        tp, fp, tn, fn = binary_confusion(y_pos, _predicted_positive(prob, pos, threshold))
+        proportion("sensitivity", tp, tp + fn)
+        proportion("specificity", tn, tn + fp)
+        proportion("ppv", tp, tp + fp)
+        proportion("npv", tn, tn + fn)
+        proportion("accuracy", tp + tn, tp + fp + tn + fn)
+        out["auroc"] = auroc_interval(
+            roc_auc_score(y_pos, prob[:, pos]) if 0 < y_pos.sum() < y.shape[0] else 0.5,
+            int(y_pos.sum()),
+            int((~y_pos).sum()),
+            ci,
+        )
+        return out
+    arg = np.asarray(classes, dtype=object)[np.argmax(prob, axis=1)]
+    proportion("accuracy", int(np.sum(arg == y)), y.shape[0])
+    for j, c in enumerate(classes):
+        member = y == c
+        if 0 < member.sum() < y.shape[0]:
+            out[f"auroc[{c}]"] = auroc_interval(
+                roc_auc_score(member, prob[:, j]), int(member.sum()), int((~member).sum()), ci
+            )
+    return out
+
+
 def _both_classes(y: np.ndarray, classes: list[str], positive: str | None) -> bool:
     present = set(y)
     return positive in present and len(present) > 1 if positive else len(present) > 1
@@ -613,6 +702,7 @@ def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
         s: (x.arrays["y"], x.arrays["prob"]) for s in splits if (x := find_subset(section, s))
     }
     ci_text = f"{ctx.ci:.0%} bootstrap CI" if ctx.n_bootstrap > 0 else "no CI"
+    auc_ci_text = f"{ctx.ci:.0%} Newcombe score CI"
     val_text = " val (dashed) is the development split." if "val" in series else ""
     targets = [positive] if positive else classes
     auc_key = (lambda c: "auroc") if positive else (lambda c: f"auroc[{c}]")
@@ -621,7 +711,7 @@ def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
         where = ", ".join(curves)
         if positive:
             what = (
-                f"ROC curve of {name} ({positive!r} positive) on {where}, AUC with {ci_text}."
+                f"ROC curve of {name} ({positive!r} positive) on {where}, AUC with {auc_ci_text}."
                 + (
                     f" Dots: the operating point at threshold {threshold:.3g}."
                     if threshold is not None
@@ -631,7 +721,7 @@ def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
         else:
             what = (
                 f"One-vs-rest ROC curves of {name}, one panel per class, splits overlaid "
-                f"({where}); per-class AUC with {ci_text}."
+                f"({where}); per-class AUC with {auc_ci_text}."
             )
         add_figure(
             section,
@@ -693,7 +783,7 @@ def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
             "roc_by_group",
             f"ROC curves of {name} on {main} by {ctx.group_column}"
             + (" (one-vs-rest, one panel per class)" if not positive else "")
-            + f", AUC with {ci_text}.",
+            + f", AUC with {auc_ci_text}.",
             plots.plot_roc(
                 by_group,
                 classes,
@@ -717,15 +807,21 @@ def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
             section,
             ctx,
             "reliability",
-            f"Reliability diagram of {name} ({what}) in {ECE_BINS} equal-width bins, splits "
-            "overlaid; only bins holding cases are drawn, the lower panel counts the cases per "
-            "bin." + val_text,
+            f"Reliability diagram of {name} ({what}), splits overlaid: the cases of a split "
+            f"sorted by predicted probability and cut into min(10, n / "
+            f"{plots.RELIABILITY_MIN_CASES}) bins of equal size (at least "
+            f"{plots.RELIABILITY_MIN_CASES} cases each where the split has that many); each "
+            f"point is a bin's mean predicted probability against its observed share, with its "
+            f"{ctx.ci:.0%} Wilson score interval; points are joined only where every bin holds "
+            f"{plots.RELIABILITY_MIN_LINE_CASES} cases or more. Lower panel: the predicted "
+            "probabilities (10 equal-width bins, as the ECE uses)." + val_text,
             plots.plot_reliability(
                 series,
                 classes,
                 positive_class=positive,
                 styles=styles,
                 title=f"{name}: calibration",
+                ci=ctx.ci,
             ),
         )
         if positive is None:

@@ -591,8 +591,11 @@ class SurvivalTask(Task):
             return None
         return time[known], event[known], risk[known]
 
-    def write_figures(self, predictions: pd.DataFrame, out_dir: Any) -> None:
-        """Kaplan-Meier curves of the risk groups and td-AUC over time, per split and endpoint."""
+    def write_figures(
+        self, predictions: pd.DataFrame, out_dir: Any, time_unit: str | None = None
+    ) -> None:
+        """Kaplan-Meier curves of the risk groups and td-AUC over time, per split and endpoint
+        (time axes in ``time_unit``)."""
         from pathlib import Path
 
         from nervus_lightning.survival.metrics import td_auc_key
@@ -613,6 +616,7 @@ class SurvivalTask(Task):
                     groups,
                     out_dir / f"km_{spec.name}_{split}.png",
                     title=f"{spec.name}, {split} (cut-points from training risks)",
+                    time_unit=time_unit,
                 )
                 grid = reference.td_auc_plot_grid()
                 m = survival_metrics(
@@ -625,7 +629,11 @@ class SurvivalTask(Task):
                 )
                 if np.isfinite(auc).any():
                     plot_td_auc(
-                        grid, auc, m["td_auc_mean"], out_dir / f"td_auc_{spec.name}_{split}.png"
+                        grid,
+                        auc,
+                        m["td_auc_mean"],
+                        out_dir / f"td_auc_{spec.name}_{split}.png",
+                        time_unit=time_unit,
                     )
 
 
@@ -869,8 +877,10 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         )
     )
     calibration_time = float(np.median(eval_times))
+    unit = f" {ctx.time_unit}" if ctx.time_unit else ""
+    median_time = f"median time ({ctx.time_unit})" if ctx.time_unit else "median time"
     section.notes.append(
-        f"Calibration at t = {calibration_time:g} (middle evaluation time); "
+        f"Calibration at t = {calibration_time:g}{unit} (middle evaluation time); "
         "risk groups from the training cut-points "
         f"{', '.join(f'{c:.3g}' for c in cutpoints)}."
     )
@@ -975,7 +985,7 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
                 "n": len(rows),
                 "events": int((event != 0).sum()),
                 "event rate": f"{(event != 0).mean():.1%}",
-                "median time": float(np.median(time)),
+                median_time: float(np.median(time)),
             }
         predicted = discrete.model_survival(rows, label, [calibration_time])
         if predicted is None:
@@ -1004,7 +1014,7 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         table.to_csv(ctx.out_dir / f"survival_calibration_{safe_name(name)}.csv", index=False)
         section.tables.append(
             (
-                f"Calibration at t = {calibration_time:g} by bin of predicted "
+                f"Calibration at t = {calibration_time:g}{unit} by bin of predicted "
                 "survival (1 = highest risk)",
                 table,
             )
@@ -1034,6 +1044,7 @@ def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
                 for s, x in chosen.items()
             },
             title=f"{name}: Kaplan-Meier by risk group",
+            time_unit=ctx.time_unit,
         ),
     )
     causes = section.info.get("causes")
@@ -1054,18 +1065,24 @@ def survival_figures(section: LabelSection, ctx: EvalContext) -> None:
                 },
                 causes,
                 title=f"{name}: cumulative incidence by cause",
+                time_unit=ctx.time_unit,
             ),
         )  # fmt: skip
     t = section.info["calibration_time"]
+    at = f"t = {t:g}" + (f" {ctx.time_unit}" if ctx.time_unit else "")
     tables = {s: x.calibration for s, x in chosen.items() if x.calibration is not None}
     add_figure(
         section,
         ctx,
         "calibration",
-        f"Calibration of {name} at t = {t:g} (the middle evaluation time), one panel per split "
+        f"Calibration of {name} at {at} (the middle evaluation time), one panel per split "
         f"({where}): Kaplan-Meier observed survival (95% interval) against mean predicted "
         "survival in equal-sized bins of predicted survival; dotted: perfect calibration.",
         plot_survival_calibration(
-            tables, t, styles=split_styles(splits), title=f"{name}: calibration at t = {t:g}"
+            tables,
+            t,
+            styles=split_styles(splits),
+            title=f"{name}: calibration at {at}",
+            time_unit=ctx.time_unit,
         ),
     )

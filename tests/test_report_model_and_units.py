@@ -1,0 +1,97 @@
+"""The report says what was trained (model summary, chosen epoch marked on the learning curves)
+and in which unit survival times are (``data.time_unit``, stored with the model)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import FAST, compose_config
+
+from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.evaluation import plots
+from nervus_lightning.evaluation.survival_calibration import (
+    plot_survival_calibration,
+    survival_calibration_table,
+)
+from nervus_lightning.predict import predict
+from nervus_lightning.survival.plots import plot_km_risk_group_panels
+from nervus_lightning.train import train
+
+
+def test_time_unit_is_checked_and_stored_in_the_schema(dataset):
+    csv = dataset(task="survival", images=False)
+    module = NervusDataModule(csv, task="survival", use_images=False, time_unit="days")
+    assert module.schema.time_unit == "days"
+    assert module.schema.to_dict()["time_unit"] == "days"
+    assert NervusDataModule(csv, task="survival", use_images=False).schema.time_unit is None
+    with pytest.raises(NervusInputError, match="data.time_unit"):
+        NervusDataModule(csv, task="survival", use_images=False, time_unit="dyas")
+
+
+def test_survival_figures_name_the_time_unit():
+    rng = np.random.default_rng(0)
+    time = rng.exponential(300, 200)
+    event = rng.integers(0, 2, 200)
+    groups = rng.integers(0, 2, 200)
+    fig = plot_km_risk_group_panels({"test": (time, event, groups)}, time_unit="days")
+    assert "Time (days)" in [ax.get_xlabel() for ax in fig.axes]
+    fig = plot_km_risk_group_panels({"test": (time, event, groups)})
+    assert "Time" in [ax.get_xlabel() for ax in fig.axes]
+    table = survival_calibration_table(time, event, rng.uniform(size=200), 200.0)
+    fig = plot_survival_calibration({"test": table}, 200.0, time_unit="days")
+    assert fig.axes[0].get_xlabel() == "Predicted survival at t = 200 days"
+
+
+def test_learning_curves_mark_the_chosen_epoch():
+    curve = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [3, 2, 1], "val_loss": [2, 1, 1.5]})
+    fig = plots.plot_learning_curves(curve, best_epoch=1)
+    marked = [line for line in fig.axes[0].get_lines() if line.get_label() == "checkpoint chosen"]
+    assert len(marked) == 1 and list(marked[0].get_xdata()) == [1, 1]
+
+
+def test_training_report_shows_the_model_and_the_time_unit(dataset, tmp_path):
+    csv = dataset(task="survival", n=64)
+    run = tmp_path / "run"
+    cfg = compose_config(
+        [f"data.csv={csv}", "task=survival", *FAST, "trainer.max_epochs=3", "data.time_unit=months"]
+    )
+    train(cfg, run)
+    schema = json.loads((run / "schema.json").read_text())
+    assert schema["time_unit"] == "months"
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    assert checkpoint["hyper_parameters"]["schema"]["time_unit"] == "months"
+
+    summary = json.loads((run / "model_summary.json").read_text())
+    rows = dict(summary["rows"])
+    assert summary["best_epoch"] == checkpoint["epoch"]
+    curve = pd.read_csv(run / "learning_curve.csv")
+    assert curve.loc[curve.val_loss.idxmin(), "epoch"] == checkpoint["epoch"]
+    assert rows["epochs run"] == "3"
+    assert rows["checkpoint chosen"].startswith(f"epoch {checkpoint['epoch']}, lowest val_loss")
+    assert f"{curve.val_loss.min():.4g}" in rows["checkpoint chosen"]
+    assert rows["image extractor"] == "small_cnn"
+    assert rows["tabular input"].startswith("2 column(s): input_a, input_b")
+    assert "mixer" in rows and "label_death" in rows["heads"]
+
+    page = (run / "evaluation" / "report.html").read_text(encoding="utf-8")
+    assert page.index("The model") < page.index("headline metrics")
+    assert f"Dashed line: epoch {checkpoint['epoch']}" in page
+    assert "median time (months)" in page
+    assert re.search(r"Calibration of label_death at t = [0-9.]+ months", page)
+    assert re.search(r"td-AUC at t = [0-9.]+ months", page)
+
+    # Predicting from the checkpoint alone: the same model summary (less the run's length) and
+    # the unit stored with the model.
+    predict(best, csv, tmp_path / "predicted", evaluation={"n_bootstrap": 0})
+    again = json.loads((tmp_path / "predicted" / "model_summary.json").read_text())
+    assert dict(again["rows"])["checkpoint chosen"] == rows["checkpoint chosen"]
+    assert "epochs run" not in dict(again["rows"])
+    page = (tmp_path / "predicted" / "evaluation" / "report.html").read_text(encoding="utf-8")
+    assert "The model" in page and "median time (months)" in page
