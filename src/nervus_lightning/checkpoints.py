@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,20 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+#: Key of a kept checkpoint's own record of why it was kept (monitor, mode, score): a
+#: weights-only checkpoint carries no callback state to read it from.
+CHOICE_KEY = "checkpoint_choice"
+
+
+def record_checkpoint_choice(kept: Mapping[str, Any], monitor: str, mode: str) -> None:
+    """Write into each checkpoint of ``kept`` (path -> monitored value, as a ModelCheckpoint's
+    ``best_k_models``) the value it was kept for, so that the checkpoint alone says how it was
+    chosen (``predict``'s model summary reads it)."""
+    for path, score in kept.items():
+        if not Path(path).is_file():
+            continue
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint[CHOICE_KEY] = {"monitor": monitor, "mode": mode, "score": float(score)}
+        save_atomically(checkpoint, path)

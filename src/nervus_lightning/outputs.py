@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nervus_lightning.checkpoints import CHOICE_KEY
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN
 from nervus_lightning.files import temporary_sibling
@@ -211,6 +212,11 @@ def checkpoint_choice(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     ModelCheckpoint callback that wrote it; what is not there is None."""
     found: dict[str, Any] = {"best_epoch": checkpoint.get("epoch"), "monitor": "val_loss"}
     found.update(mode="min", best_score=None)
+    recorded = checkpoint.get(CHOICE_KEY)
+    if isinstance(recorded, Mapping):
+        found.update(monitor=recorded["monitor"], mode=recorded["mode"])
+        found["best_score"] = float(recorded["score"])
+        return found
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if not str(key).startswith("ModelCheckpoint") or not isinstance(state, Mapping):
             continue

@@ -27,7 +27,11 @@ from nervus_lightning.callbacks import (
     build_checkpoint_callbacks,
     build_step_checkpoint,
 )
-from nervus_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint
+from nervus_lightning.checkpoints import (
+    AtomicCheckpointIO,
+    check_checkpoint,
+    record_checkpoint_choice,
+)
 from nervus_lightning.cluster import resume_checkpoint, trainer_options
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import DEMO_TIME_UNIT, build_demo_dataset, default_cache_root
@@ -289,6 +293,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
     if not trainer.is_global_zero:
         return float(checkpoint.best_model_score)
 
+    record_checkpoint_choice(checkpoint.best_k_models, checkpoint.monitor, checkpoint.mode)
     device = trainer.strategy.root_device
     log.info("post-training work (thresholds, baseline hazard, predictions) on %s", device)
     best = NervusModule.load_from_checkpoint(best_path, map_location=device)
