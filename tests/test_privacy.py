@@ -1,6 +1,7 @@
-"""What may leave the hospital holds no training patient's value (README, "What leaves the
-hospital"): every checkpoint of a run, its ``schema.json`` and the export contract are scanned,
-number by number, for training follow-up times, input values and regression labels.
+"""What may leave the hospital holds no training patient's value (README, section "Survival
+(DeepSurv)", and DESIGN's privacy rule): every checkpoint of a run, its ``schema.json`` and the
+export contract are scanned, number by number, for training follow-up times, input values and
+regression labels.
 
 The scan (:func:`find_patient_values`) fails on *any* subset of :data:`MIN_LEAK` or more distinct
 stored values that equal patients' values: a sorted list of the censored patients' times is as
