@@ -48,22 +48,30 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
 
 
+def _real(value: Any) -> bool:
+    """A stored real number: integers (counters, indices, random-number-generator states) can
+    hold no patient's value that an integer-valued input would not match by chance."""
+    return isinstance(value, float | np.floating)
+
+
 def numeric_arrays(obj: Any, where: str = "") -> Iterator[tuple[str, np.ndarray]]:
-    """Every tensor or array, and every list of numbers, anywhere inside ``obj`` (dicts, lists,
-    OmegaConf / AttributeDict hyper-parameters), flattened; single numbers are collected by
-    :func:`scalar_numbers`."""
+    """Every floating-point tensor or array, and every list of real numbers, anywhere inside
+    ``obj`` (dicts, lists, OmegaConf / AttributeDict hyper-parameters), flattened; single
+    numbers are collected by :func:`scalar_numbers`."""
     if isinstance(obj, torch.Tensor):
-        if obj.dim() > 0 and (obj.is_floating_point() or not obj.dtype == torch.bool):
+        if obj.dim() > 0 and obj.is_floating_point():
             yield where, obj.detach().cpu().double().reshape(-1).numpy()
     elif isinstance(obj, np.ndarray):
-        if obj.ndim > 0 and obj.dtype.kind in "iuf":
+        if obj.ndim > 0 and obj.dtype.kind == "f":
             yield where, obj.astype(np.float64).reshape(-1)
     elif isinstance(obj, dict):
         for key, value in obj.items():
             yield from numeric_arrays(value, f"{where}/{key}")
     elif isinstance(obj, list | tuple):
         if obj and all(_number(v) for v in obj):
-            yield where, np.asarray(obj, dtype=np.float64)
+            reals = [v for v in obj if _real(v)]
+            if reals:
+                yield where, np.asarray(reals, dtype=np.float64)
         else:
             for k, value in enumerate(obj):
                 yield from numeric_arrays(value, f"{where}[{k}]")
@@ -72,10 +80,10 @@ def numeric_arrays(obj: Any, where: str = "") -> Iterator[tuple[str, np.ndarray]
 
 
 def scalar_numbers(obj: Any) -> list[float]:
-    """Every single number inside ``obj`` (0-d tensors included), outside the arrays."""
+    """Every single real number inside ``obj`` (0-d tensors included), outside the arrays."""
     if isinstance(obj, torch.Tensor):
-        return [float(obj)] if obj.dim() == 0 and obj.dtype != torch.bool else []
-    if _number(obj):
+        return [float(obj)] if obj.dim() == 0 and obj.is_floating_point() else []
+    if _real(obj):
         return [float(obj)]
     if isinstance(obj, dict) or (hasattr(obj, "items") and not isinstance(obj, str)):
         return [x for value in dict(obj.items()).values() for x in scalar_numbers(value)]
