@@ -232,3 +232,12 @@ def test_classification_and_regression_runs_store_no_patient_value(tmp_path, tas
     run = tmp_path / "run"
     train(compose_config([f"data.csv={csv}", f"task={task}", "data.batch_size=32", *QUICK]), run)
     assert scan_run(run, patients) == []
+    # What is kept of the inputs and labels: means and standard deviations of the training rows.
+    schema = json.loads((run / "schema.json").read_text())
+    rows = pd.read_csv(csv).query("split == 'train'")
+    np.testing.assert_allclose(schema["input_mean"], rows[["input_a", "input_b"]].mean())
+    np.testing.assert_allclose(schema["input_std"], rows[["input_a", "input_b"]].std(ddof=0))
+    if task == "regression":
+        (label,) = schema["labels"]
+        assert label["mean"] == pytest.approx(rows.label_value.mean())
+        assert not {"min", "max", "median"} & set(label)
