@@ -502,6 +502,17 @@ class SurvivalTask(Task):
                 n_risk_groups=self.risk_groups,
                 min_patients_per_step=self.min_patients_per_step,
             )
+            stored = self.references[j].baseline.times.shape[0]
+            if stored < 3:
+                warnings.warn(
+                    f"survival label '{spec.name}': the stored baseline hazard has only {stored} "
+                    f"step(s), because each step must hold task.min_patients_per_step="
+                    f"{self.min_patients_per_step} training events ({int((event != 0).sum())} "
+                    "in the training split); survival probabilities are coarse. Train on more "
+                    "events or, if your data may leave the site with smaller cells, lower "
+                    "task.min_patients_per_step.",
+                    stacklevel=2,
+                )
 
     def is_fitted(self, j: int) -> bool:
         return self.references[j] is not None
