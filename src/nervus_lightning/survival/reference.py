@@ -343,13 +343,14 @@ class SurvivalReference:
 
     # -- what the metrics read ----------------------------------------------------------------
     def ibs_grid(self) -> np.ndarray:
-        """Integrated-Brier-score grid: evenly spaced between the 10th and 90th percentiles of
-        the training times (before keeping the times inside an evaluated set's follow-up)."""
+        """Integrated-Brier-score grid: evenly spaced between the (rounded) 10th and 90th
+        percentiles of the training times (before keeping the times inside an evaluated set's
+        follow-up)."""
         return np.unique(np.linspace(self.follow_up_p10, self.follow_up_p90, self.ibs_points))
 
     def td_auc_plot_grid(self, n_points: int = 20) -> np.ndarray:
-        """Times of the td-AUC figure: evenly spaced between the 10th and 90th percentiles of
-        the training event times."""
+        """Times of the td-AUC figure: evenly spaced between the (rounded) 10th and 90th
+        percentiles of the training event times."""
         return np.linspace(self.event_time_p10, self.event_time_p90, n_points)
 
     def survival(self, risk: Any, times: Any) -> np.ndarray:
