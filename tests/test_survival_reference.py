@@ -39,7 +39,12 @@ from nervus_lightning.survival.metrics import (
     td_auc_key,
 )
 from nervus_lightning.survival.presets import write_preset_csv
-from nervus_lightning.survival.reference import SurvivalReference, time_step
+from nervus_lightning.survival.reference import (
+    SurvivalReference,
+    aggregate_grid,
+    round_to_step,
+    time_step,
+)
 from nervus_lightning.train import train
 
 TOL = 1e-6
@@ -305,6 +310,25 @@ def test_reference_stores_rounded_times_and_steps_of_k_patients(data, tmp_path):
         np.testing.assert_array_equal(restored.null_survival, reference.null_survival)
         assert restored.null_cif is None
         assert restored.time_step == step and restored.min_patients_per_step == 10
+
+
+def test_time_step_and_aggregate_grid():
+    assert [time_step(m) for m in (60.0, 100.0, 8.3, 2358.0, 0.4)] == [1.0, 1.0, 0.1, 25.0, 0.005]
+    np.testing.assert_array_equal(round_to_step([0.30000001, 2.25, 7.01], 0.1), [0.3, 2.2, 7.0])
+    np.testing.assert_array_equal(round_to_step([7.01, 7.0], 0.1, up=True), [7.1, 7.0])
+    # 30 events at 1..30, 15 censored after them at 31..45.
+    time = np.arange(1.0, 46.0)
+    event = time <= 30
+    candidates = np.arange(0.5, 46.0, 1.0)  # not patients' times
+    kept = aggregate_grid(time, event, candidates, k=10)
+    np.testing.assert_array_equal(kept, [10.5, 20.5, 30.5])
+    # Only 9 followed after 36: the walk stops there, whatever the events.
+    assert aggregate_grid(time, np.ones(45, bool), candidates, k=10).max() < 36
+    # An anchor is kept first; candidates around it leave k events on each side.
+    np.testing.assert_array_equal(
+        aggregate_grid(time, event, candidates, k=10, anchors=[15.5]), [15.5, 25.5]
+    )
+    assert aggregate_grid(time, event, candidates, k=31).size == 0
 
 
 def test_an_older_reference_with_a_censoring_curve_still_loads(data):
