@@ -26,8 +26,9 @@ Scores on the test rows (:func:`score`), each computed here the same way for eve
   (nervus runs: checked against the ``c_index`` of their ``metrics.json``).
 * ``c_index_antolini``: Antolini's time-dependent C of the survival *curves*, pycox's
   ``EvalSurv(...).concordance_td("antolini")``, curves evaluated at every distinct training time.
-* ``ibs``: scikit-survival's ``integrated_brier_score`` (censoring Kaplan-Meier of the training
-  rows) on the library's IBS grid (50 times between the 10th and 90th percentiles of the training
+* ``ibs``: scikit-survival's ``integrated_brier_score`` (censoring Kaplan-Meier of the test
+  rows themselves, ``survival_train`` = the test rows, as the library weighs) on the library's
+  IBS grid (50 times between the 10th and 90th percentiles of the training
   times, kept inside the test follow-up; :func:`~nervus_lightning.survival.metrics.ibs_time_grid`).
   Lower is better.
 
@@ -204,9 +205,7 @@ def score(
         event & ~beyond, np.where(beyond, min(time_.max(), reference.max_time), time_)
     )
     out["ibs"] = float(
-        integrated_brier_score(
-            Surv.from_arrays(train_event, train_time), capped, curves(grid), grid
-        )
+        integrated_brier_score(Surv.from_arrays(event, time_), capped, curves(grid), grid)
     )
     return out
 

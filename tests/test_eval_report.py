@@ -321,7 +321,7 @@ def test_survival_label_metrics_km_and_calibration(tmp_path):
     from sksurv.metrics import concordance_index_censored
     from sksurv.nonparametric import kaplan_meier_estimator
 
-    from nervus_lightning.survival.baseline import BreslowBaseline
+    from nervus_lightning.survival.reference import SurvivalReference
 
     rng = np.random.default_rng(5)
     n = 240
@@ -353,11 +353,13 @@ def test_survival_label_metrics_km_and_calibration(tmp_path):
     assert {"c_index_uno", "td_auc_mean", "ibs", "events"} <= set(metrics.metric)
 
     train = frame[frame.split == "train"]
-    baseline = BreslowBaseline.fit(train.risk_label_e, train.period_e, train.label_e)
+    # The training aggregates: rounded evaluation times, the baseline in steps of >= 10 events.
+    baseline = SurvivalReference.fit(train.period_e, train.label_e, train.risk_label_e)
     calibration = pd.read_csv(tmp_path / "survival_calibration_label_e.csv")
     test_bins = calibration[calibration.split == "test"]
     assert test_bins.n.sum() == len(test) and len(test_bins) == 6
-    t = float(np.median(np.percentile(train.period_e[train.label_e == 1], [25, 50, 75])))
+    exact = np.percentile(train.period_e[train.label_e == 1], [25, 50, 75])
+    t = float(np.median([float(f"{v:.2g}") for v in exact]))
     predicted = baseline.survival(test.risk_label_e, [t])[:, 0]
     order = np.argsort(predicted, kind="stable")
     first = order[:10]  # lowest predicted survival = bin 1

@@ -257,7 +257,7 @@ def test_cause_dynamic_auc_against_a_pair_loop_and_scikit_survival():
     train_cause = cause[train].copy()
     train_cause[np.argmax(time[train])] = 1
     ends_open = ipcw.CensoringCurve.fit(time[train], train_cause != 0)
-    with pytest.raises(ValueError, match="undefined after the largest training time"):
+    with pytest.raises(ValueError, match="undefined after the largest time"):
         ends_open(longer)
     for c, m in ((1, marker), (2, -marker)):
         got = ipcw.cause_dynamic_auc(longer, cause[test], m[test], c, times, ends_open)
@@ -392,15 +392,16 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
         assert metrics[f"cif_observed_cause{c}"] == pytest.approx(observed[c, at])
         mean = discrete.interpolate_survival(cif[pred.split == "test", c - 1], cuts, [t]).mean()
         assert metrics[f"cif_predicted_cause{c}"] == pytest.approx(mean)
-    # Integrated Brier score of each cause's CIF on the ibs grid, censoring from the training
-    # rows (any cause an event): the direct call on the test rows' interpolated curves.
+    # Integrated Brier score of each cause's CIF on the ibs grid, censoring from the evaluated
+    # (test) rows' own Kaplan-Meier curve (any cause an event): the direct call on the test
+    # rows' interpolated curves.
     reference = SurvivalReference.from_json(spec)
     full_grid = reference.ibs_grid()
     kept = (full_grid >= test.period_death.min()) & (full_grid < test.period_death.max())
     grid = full_grid[kept]
     assert grid.shape[0] >= 2 and grid.max() < reference.max_time
     train_rows = pred[pred.split == "train"]
-    censoring = ipcw.CensoringCurve.fit(train_rows.period_death, train_rows.label_death != 0)
+    censoring = ipcw.CensoringCurve.fit(test.period_death, test.label_death != 0)
     for c in (1, 2):
         curves = discrete.interpolate_survival(cif[pred.split == "test", c - 1], cuts, grid)
         expected = ipcw.integrated_cause_brier_score(
@@ -417,8 +418,13 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
         unique, train_cif = cumulative_incidence_competing_risks(
             train_rows.label_death.to_numpy(), train_rows.period_death.to_numpy()
         )
-        at_grid = np.searchsorted(unique, full_grid, side="right") - 1
-        null = np.where(at_grid >= 0, train_cif[c, np.maximum(at_grid, 0)], 0.0)
+        # ... at the baseline's stored times (each step >= k events), read at the last one at or
+        # before each grid time.
+        stored = reference.baseline.times
+        at_stored = np.searchsorted(unique, stored, side="right") - 1
+        cif_stored = np.where(at_stored >= 0, train_cif[c, np.maximum(at_stored, 0)], 0.0)
+        at_grid = np.searchsorted(stored, full_grid, side="right") - 1
+        null = np.where(at_grid >= 0, cif_stored[np.maximum(at_grid, 0)], 0.0)
         np.testing.assert_allclose(reference.null_cif[c - 1], null, rtol=1e-12)
         null_ibs = ipcw.integrated_cause_brier_score(
             test.period_death, test.label_death, np.tile(null[kept], (len(test), 1)), c, grid,
@@ -441,8 +447,11 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
     small = small[(small.split == "test") & (small.group == "all")].set_index("metric")
     sub = ipcw_subsample(len(test), 12, 3)
     curves = discrete.interpolate_survival(cif[pred.split == "test", 0][sub], cuts, grid)
+    sub_censoring = ipcw.CensoringCurve.fit(
+        test.period_death.iloc[sub], test.label_death.iloc[sub] != 0
+    )
     expected = ipcw.integrated_cause_brier_score(
-        test.period_death.iloc[sub], test.label_death.iloc[sub], curves, 1, grid, censoring
+        test.period_death.iloc[sub], test.label_death.iloc[sub], curves, 1, grid, sub_censoring
     )
     assert small.loc["ibs_cause1", "value"] == pytest.approx(expected, rel=1e-9)
     assert small.loc["c_index_cause1", "value"] == pytest.approx(metrics["c_index_cause1"])

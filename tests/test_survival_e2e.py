@@ -18,6 +18,7 @@ from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.predict import predict
 from nervus_lightning.survival.baseline import BreslowBaseline
+from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.base import build_task
 from nervus_lightning.train import train
 
@@ -120,14 +121,22 @@ def test_survival_end_to_end_and_predict_from_checkpoint(dataset, tmp_path, inpu
     assert np.isfinite(curve[["train_loss", "val_loss"]].to_numpy()).all()
     train_rows = pred[pred.split == "train"]
     event_times = train_rows.period_death[train_rows.label_death == 1]
-    np.testing.assert_allclose(times, np.percentile(event_times, [25, 50, 75]))
-    # Survival probabilities follow from the stored Breslow baseline fitted on training risks.
+    exact = np.percentile(event_times, [25, 50, 75])  # rounded: no patient's time
+    np.testing.assert_allclose(times, [float(f"{t:.2g}") for t in exact])
+    # Survival probabilities follow from the stored Breslow baseline fitted on training risks:
+    # the full estimate at each stored time, each step holding >= 10 training events.
+    reference = SurvivalReference.from_json(label)
     base = BreslowBaseline.fit(
         train_rows.risk_label_death, train_rows.period_death, train_rows.label_death
     )
+    stored = reference.baseline.times
+    assert stored.size >= 1
+    np.testing.assert_allclose(reference.baseline.cumhaz, base.baseline_cumulative_hazard(stored))
+    events = [(event_times <= t).sum() for t in stored]
+    assert (np.diff(np.r_[0, events]) >= 10).all()
     np.testing.assert_allclose(
         pred[surv_cols].to_numpy(),
-        base.survival(pred.risk_label_death.to_numpy(), times),
+        reference.survival(pred.risk_label_death.to_numpy(), times),
         rtol=1e-5,
     )
     # Harrell's C equals scikit-survival called directly on the test rows.
@@ -175,8 +184,7 @@ def test_two_endpoints_and_td_auc_matches_sksurv(dataset, tmp_path):
     rng = np.random.default_rng(1)
     df["label_rfs"] = (rng.random(len(df)) < 0.6).astype(int)
     df["periods_rfs"] = rng.exponential(10, len(df)) * (1 + df.input_a.clip(0, None))
-    # The longest follow-up is a censored training case, so scikit-survival's censoring estimate
-    # covers every validation time and can be called directly for the reference value.
+    # The longest follow-up is a censored training case.
     df.loc[0, ["split", "label_rfs", "periods_rfs"]] = ["train", 0, 1000.0]
     df.to_csv(csv, index=False)
     run = tmp_path / "run"
@@ -197,10 +205,10 @@ def test_two_endpoints_and_td_auc_matches_sksurv(dataset, tmp_path):
     )
     for label in ("label_death", "label_rfs"):
         _assert_survival_curves(pred, label, [f"surv_{label}_t5", f"surv_{label}_t10"])
-    train_rows, val = pred[pred.split == "train"], pred[pred.split == "val"]
-    y_train = Surv.from_arrays(train_rows.label_rfs == 1, train_rows.periods_rfs)
+    val = pred[pred.split == "val"]
+    # survival_train = the evaluated rows: their own censoring curve weighs the AUC.
     y_val = Surv.from_arrays(val.label_rfs == 1, val.periods_rfs)
-    auc, _ = cumulative_dynamic_auc(y_train, y_val, val.risk_label_rfs, [5.0, 10.0])
+    auc, _ = cumulative_dynamic_auc(y_val, y_val, val.risk_label_rfs, [5.0, 10.0])
     got = metrics["val"]["label_rfs"]
     assert [got["td_auc_t5"], got["td_auc_t10"]] == pytest.approx(list(auc))
     curve = pd.read_csv(run / "learning_curve.csv")

@@ -157,7 +157,7 @@ def _output_entries(module: Any, names: list[str]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": name, "label": spec.name, "task": spec.task}
         entry.update(module.task.export_output(j))
         # The evaluation contract (positive class, threshold...) or, for survival, the
-        # training aggregates (baseline hazard on a time grid, censoring curve, eval times,
+        # training aggregates (baseline hazard on a rounded time grid, eval times,
         # risk-group cut points): the same as schema.json, no case-level data.
         entry.update(module.task.export_label(j))
         entries.append(entry)

@@ -1,7 +1,7 @@
 """``python -m nervus_lightning.predict ckpt=PATH data.csv=PATH``: external validation.
 
 Loads a checkpoint (which carries the schema, class names, input statistics, the evaluation
-contract and, for survival, training aggregates: baseline hazard, censoring curve), reads the CSV
+contract and, for survival, training aggregates: baseline hazard, rounded times), reads the CSV
 with that schema and writes predictions, the evaluation report and metrics. Nothing of the
 training machine is needed: no training CSV, no pretrained-weights file.
 """

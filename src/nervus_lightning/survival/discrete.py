@@ -9,12 +9,13 @@ re-implemented here (``tests/test_survival_discrete.py`` compares every number w
 
 Time grid
     ``num_durations`` cut points :math:`0 = \tau_0 < \dots < \tau_{m-1}` from the Kaplan-Meier
-    quantiles of the *training* split (pycox's ``LabTransDiscreteTime(m, scheme="quantiles")``;
-    the last cut is the largest training time). Only these aggregates are kept (checkpoint and
-    ``schema.json``). pycox's transform moves an event to the next cut and a censoring to the
-    previous one; a time beyond the last cut (validation, test, an external CSV) is *censored at
-    the last cut* (pycox's ``right_censor=True``), so it counts as "event-free up to the end of
-    the grid".
+    quantiles of the *training* split (pycox's ``LabTransDiscreteTime(m, scheme="quantiles")``),
+    rounded to the time step of :mod:`nervus_lightning.survival.reference` so that no cut is a
+    patient's time (the last cut is the largest training time rounded up). Only these
+    aggregates are kept (checkpoint and ``schema.json``). pycox's transform moves an event to
+    the next cut and a censoring to the previous one; a time beyond the last cut (validation,
+    test, an external CSV) is *censored at the last cut* (pycox's ``right_censor=True``), so it
+    counts as "event-free up to the end of the grid".
 Head
     ``m`` outputs :math:`\phi`. ``logistic_hazard``: discrete hazards
     :math:`h_k = \sigma(\phi_k)`, :math:`S(\tau_k) = \prod_{l \le k}(1 - h_l)`. ``pmf`` and
@@ -68,13 +69,17 @@ DISCRETE_MODELS = MODELS[1:]
 
 
 def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.ndarray:
-    """``num_durations`` cut points at Kaplan-Meier quantiles of the training times.
+    """``num_durations`` cut points at Kaplan-Meier quantiles of the training times, rounded to
+    the time step (no cut point is a patient's time).
 
     pycox's ``LabTransDiscreteTime(n, scheme="quantiles")`` takes ``n`` evenly spaced levels of
-    the Kaplan-Meier curve and drops the cut points that coincide (tied times, a flat tail), so
-    it may return fewer than ``n``. The head size is fixed before the grid is known, so the
-    number of levels is raised from ``num_durations`` until exactly ``num_durations`` distinct
-    cut points come out (still pycox's cuts, of a finer level grid).
+    the Kaplan-Meier curve; its cut points are training times. They are rounded to the time
+    step of :func:`~nervus_lightning.survival.reference.time_step` (the last one, the largest
+    training time, rounded up) and the ones that coincide are dropped, so fewer than ``n`` may
+    remain. The head size is fixed before the grid is known, so the number of levels is raised
+    from ``num_durations`` until exactly ``num_durations`` distinct cut points come out (still
+    pycox's quantiles, of a finer level grid), with a step 2, 5 or 10 times finer when the
+    time step allows no such grid.
 
     Raises:
         NervusInputError: when no number of levels gives ``num_durations`` distinct cut points
@@ -82,18 +87,25 @@ def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.n
     """
     from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 
+    from nervus_lightning.survival.reference import round_to_step, time_step
+
     time = as_numpy(time)
     event = as_numpy(event)
     found = 0
-    for levels in range(num_durations, 20 * num_durations + 1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "cuts are not unique": handled here
-            cuts = LabTransDiscreteTime(levels, scheme="quantiles").fit(time, event).cuts
-        found = max(found, len(cuts))
-        if len(cuts) == num_durations:
-            return np.asarray(cuts, dtype=np.float64)
-        if len(cuts) > num_durations:
-            break
+    coarse = time_step(time.max())
+    for step in (coarse, coarse / 2, coarse / 5, coarse / 10):
+        for levels in range(num_durations, 20 * num_durations + 1):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "cuts are not unique": handled
+                cuts = LabTransDiscreteTime(levels, scheme="quantiles").fit(time, event).cuts
+            cuts = np.unique(
+                np.r_[round_to_step(cuts[:-1], step), round_to_step(cuts[-1:], step, up=True)]
+            )
+            found = max(found, len(cuts))
+            if len(cuts) == num_durations:
+                return np.asarray(cuts, dtype=np.float64)
+            if len(cuts) > num_durations:
+                break
     raise NervusInputError(
         f"{where}task.num_durations={num_durations}, but the training times give no grid of "
         f"that many distinct Kaplan-Meier quantile cut points (at most {found} found). Set "
@@ -255,7 +267,7 @@ def pycox_metrics(
     ``surv`` ``(n, len(times))`` is read as a right-continuous step function of ``times``
     (EvalSurv's ``steps="post"``); the censoring distribution of the Brier score is the
     Kaplan-Meier curve of the *evaluated* set (``censor_surv="km"``, pycox's convention; the
-    ``ibs`` of scikit-survival's family uses the training censoring curve instead).
+    ``ibs`` of scikit-survival's family uses the same curve).
 
     Keys: ``c_index_antolini``, ``ibs_pycox`` (None, with a reason, when not computable).
     """

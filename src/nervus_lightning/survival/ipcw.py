@@ -1,18 +1,19 @@
 r"""Censoring distribution and the IPCW statistics that need it: Uno's C, cumulative/dynamic AUC,
 Brier score and integrated Brier score, and their versions for one cause of competing risks.
 
-This module owns computing these three statistics from a *stored* censoring curve
-(:class:`CensoringCurve`) instead of the training rows. scikit-survival's functions refit the
-censoring Kaplan-Meier estimate from the full training outcome array on every call and offer no
-way to pass a fitted curve, so the formulas are written out here;
-``tests/test_survival_reference.py`` checks every value against scikit-survival called with the
-full training data (with tied times, external follow-up longer than training, and the times
-where scikit-survival raises).
+This module owns computing these statistics from a fitted censoring curve
+(:class:`CensoringCurve`). :mod:`nervus_lightning.survival.metrics` fits it on the *evaluated*
+set itself (its own Kaplan-Meier curve of the censoring times), in a training run as in
+``predict`` at another site, so the results do not depend on where they are computed and no
+training patient's time is needed. The formulas are written out here (O(n log n) where
+scikit-survival compares all pairs); ``tests/test_survival_reference.py`` checks every value
+against scikit-survival called with ``survival_train`` = the evaluated data (with tied times
+and the times where scikit-survival raises).
 
 Notation: the evaluated set has times :math:`T_i`, event indicators :math:`\delta_i` and risk
 scores :math:`\eta_i` (higher = earlier event). :math:`\hat G(t)` is the Kaplan-Meier estimate
-of the *censoring* survival function :math:`P(C > t)` on the training split. Two risks are tied
-when :math:`|\eta_i - \eta_j| \le 10^{-8}` (``tied_tol``), as in scikit-survival.
+of the *censoring* survival function :math:`P(C > t)` (of the evaluated set, see above). Two
+risks are tied when :math:`|\eta_i - \eta_j| \le 10^{-8}` (``tied_tol``), as in scikit-survival.
 
 Uno's concordance index, truncated at :math:`\tau`:
 
@@ -89,7 +90,7 @@ case-control pairs where the case has the higher marker (ties half). With one ca
 other-cause failures and it is :math:`\mathrm{AUC}(t)` above.
 
 As in scikit-survival, every evaluation time must lie in ``[min(T), max(T))`` of the evaluated
-set, and :math:`\hat G` is undefined after the largest training time unless it reached 0 there
+set, and :math:`\hat G` is undefined after the largest time it was fitted on unless it reached 0
 (``ValueError`` in both cases; :mod:`nervus_lightning.survival.metrics` avoids them).
 """
 
@@ -100,7 +101,6 @@ from typing import Any
 
 import numpy as np
 from sksurv.exceptions import NoComparablePairException
-from sksurv.nonparametric import kaplan_meier_estimator
 
 from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import (
@@ -132,10 +132,14 @@ class CensoringCurve:
     the times where it drops.
 
     Attributes:
-        times: training times at which :math:`\hat G` drops (times with at least one censored
-            subject, except where it stays 1), ascending, shape ``(m,)``; may be empty.
+        times: the times at which :math:`\hat G` drops (times with at least one censored
+            subject), ascending, shape ``(m,)``; may be empty.
         survival: :math:`\hat G` just after each of ``times``, shape ``(m,)``.
-        max_time: the largest training time; :math:`\hat G` is undefined after it unless it is 0.
+        max_time: the largest time of the data; :math:`\hat G` is undefined after it unless it
+            is 0.
+
+    Its times are patients' times: it is estimated where it is used, on the evaluated set, and
+    never stored.
     """
 
     times: np.ndarray
@@ -151,13 +155,20 @@ class CensoringCurve:
 
     @classmethod
     def fit(cls, time: Any, event: Any) -> CensoringCurve:
-        """Kaplan-Meier of the censoring times (scikit-survival's ``reverse=True`` estimator)."""
+        """Kaplan-Meier of the censoring times, as scikit-survival's ``kaplan_meier_estimator(
+        ..., reverse=True)`` (an event at a censoring's time leaves the risk set first), without
+        its input checks: bootstrap loops fit one per resample."""
         time = as_numpy(time)
         event = as_numpy(event) != 0
-        if event.all():
-            return cls(np.empty(0), np.empty(0), time.max())
-        unique_time, prob = kaplan_meier_estimator(event, time, reverse=True)
-        drops = prob < np.r_[1.0, prob[:-1]]
+        unique_time, inverse = np.unique(time, return_inverse=True)
+        m = unique_time.shape[0]
+        events = np.bincount(inverse, weights=event.astype(np.float64), minlength=m)
+        total = np.bincount(inverse, minlength=m).astype(np.float64)
+        censored = total - events
+        at_risk = time.shape[0] - (np.cumsum(total) - total) - events
+        ratio = np.divide(censored, at_risk, out=np.zeros(m), where=censored > 0)
+        prob = np.cumprod(1.0 - ratio)
+        drops = censored > 0
         return cls(unique_time[drops], prob[drops], time.max())
 
     def __call__(self, times: Any) -> np.ndarray:
@@ -169,8 +180,8 @@ class CensoringCurve:
         if beyond.any():
             if values[beyond][0] > 0:
                 raise ValueError(
-                    "the censoring distribution is undefined after the largest training time "
-                    f"{self.max_time:g}"
+                    "the censoring distribution is undefined after the largest time "
+                    f"{self.max_time:g} of the data it was estimated on"
                 )
             values[beyond] = 0.0
         return values
@@ -341,7 +352,7 @@ def cause_dynamic_auc(
     if marker.shape != (time.shape[0], times.shape[0]):
         raise ValueError(f"expected markers of shape {(time.shape[0], times.shape[0])}")
     failed = cause != 0
-    # 1 / G(T) of the failures a time can reach (later ones may lie beyond the training data).
+    # 1 / G(T) of the failures a time can reach.
     inv_g = _event_weights(censoring, time, failed & (time <= times.max()))
     auc = np.full(times.shape[0], np.nan)
     for k, t in enumerate(times):

@@ -2,13 +2,19 @@
 
 This module owns *which* statistics are reported for a survival label, on which times, and when
 a statistic cannot be computed. The training split enters only through a
-:class:`~nervus_lightning.survival.reference.SurvivalReference` (censoring Kaplan-Meier curve,
-baseline hazard on a grid, cut-points, evaluation times, a few percentiles), so a checkpoint
-that carries no patient rows can score any data set. Harrell's C comes from
+:class:`~nervus_lightning.survival.reference.SurvivalReference` (baseline hazard on a grid,
+cut-points, evaluation times, a few rounded percentiles), so a checkpoint that carries no
+patient's value can score any data set. Harrell's C comes from
 :mod:`nervus_lightning.survival.concordance` (scikit-survival's definition and counts, in
-O(n log n)); the log-rank test is scikit-survival's; the three IPCW statistics come from
-:mod:`nervus_lightning.survival.ipcw`, which gives scikit-survival's values from the stored
-censoring curve (scikit-survival itself would need the training rows).
+O(n log n)); the log-rank test is scikit-survival's; the IPCW statistics come from
+:mod:`nervus_lightning.survival.ipcw`.
+
+Censoring weights: every IPCW statistic (Uno's C, the td-AUCs, the IBS, ``ibs_null`` and so
+``ipa``, and the per-cause ones) weighs with the *evaluated split's own* Kaplan-Meier curve of
+the censoring times (any cause counting as an event), fitted on the rows it scores (after the
+``max_rows_exact`` subsample; per resample in the bootstrap). They are scikit-survival's values
+with ``survival_train`` = the evaluated data, and the same in the training run and in
+``predict`` at another site.
 
 Reported keys (:func:`survival_metrics`), in this order:
 
@@ -16,7 +22,7 @@ Reported keys (:func:`survival_metrics`), in this order:
     Harrell's concordance index (as ``concordance_index_censored``) of the risk scores.
 ``c_index_uno``
     Uno's IPCW concordance index (as ``concordance_index_ipcw``), censoring distribution
-    estimated by Kaplan-Meier on the *training* split, truncated at ``tau``
+    estimated by Kaplan-Meier on the evaluated split, truncated at ``tau``
     (:func:`uno_truncation_time`: the 90th percentile of training follow-up times, capped at the
     evaluated set's largest time). Only pairs whose earlier time is below ``tau`` count, which
     keeps the censoring weights away from the unstable tail.
@@ -38,8 +44,9 @@ Reported keys (:func:`survival_metrics`), in this order:
     training cut-points (:func:`risk_group_cutpoints`, :func:`assign_risk_groups`).
 
 Times outside the evaluable range: scikit-survival raises for evaluation times outside
-``[min, max)`` of the evaluated set's times, and its censoring weights need times inside the
-training follow-up. Such evaluation times are dropped (their key is ``None``) instead of raising.
+``[min, max)`` of the evaluated set's times, and the stored curves end at the training
+follow-up (the largest training time, rounded up). Such evaluation times are dropped (their key
+is ``None``) instead of raising.
 Subjects of the evaluated set followed *beyond* the last time a metric looks at are
 administratively censored just after it before computing the statistic (event set to 0, time
 capped at the largest training time). This changes no value that scikit-survival could already
@@ -72,6 +79,7 @@ from sksurv.util import Surv
 from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
 from nervus_lightning.survival.ipcw import (
+    CensoringCurve,
     cause_dynamic_auc,
     cause_uno_concordance,
     cumulative_dynamic_auc,
@@ -132,7 +140,8 @@ def uno_truncation_time(reference: SurvivalReference, time: Any) -> float:
 
 
 def _inside_followup(times: np.ndarray, max_train_time: float, time: np.ndarray) -> np.ndarray:
-    # scikit-survival needs min(time) <= t < max(time); IPCW needs t below the training maximum.
+    # scikit-survival needs min(time) <= t < max(time); the stored curves end at the training
+    # maximum.
     return (times >= time.min()) & (times < time.max()) & (times < max_train_time)
 
 
@@ -176,11 +185,10 @@ def cause_ibs(
         return None, "the evaluated split has fewer than 2 subjects or no event"
     if grid.shape[0] < 2:
         return None, IBS_GRID_TOO_SHORT
+    censoring = CensoringCurve.fit(time, cause != 0)
     capped, event = _censor_after(time, cause != 0, grid.max(), reference.max_time)
     cif = np.asarray(cif, dtype=np.float64)[:, kept]
-    value = integrated_cause_brier_score(
-        capped, np.where(event, cause, 0), cif, c, grid, reference.censoring
-    )
+    value = integrated_cause_brier_score(capped, np.where(event, cause, 0), cif, c, grid, censoring)
     return value, None
 
 
@@ -228,7 +236,8 @@ def cause_uno_c(
     if not ((cause == c) & (time < tau)).any():
         return None, f"no cause-{c} failure before tau={format_time(tau)}"
     try:
-        return cause_uno_concordance(time, cause, risk, c, reference.censoring, tau), None
+        censoring = CensoringCurve.fit(time, cause != 0)
+        return cause_uno_concordance(time, cause, risk, c, censoring, tau), None
     except NoComparablePairException:
         return None, f"no comparable pair before tau={format_time(tau)}"
 
@@ -263,7 +272,8 @@ def cause_td_auc(
     if inside.any():
         times = eval_times[inside]
         cif = np.asarray(cif, dtype=np.float64)[:, inside]
-        auc = cause_dynamic_auc(time, cause, cif, c, times, reference.censoring)
+        censoring = CensoringCurve.fit(time, cause != 0)
+        auc = cause_dynamic_auc(time, cause, cif, c, times, censoring)
         by_time = dict(zip(np.unique(times).tolist(), auc.tolist(), strict=True))
         for key, t, ok in zip(keys, eval_times, inside, strict=True):
             if ok and np.isfinite(by_time[float(t)]):
@@ -298,8 +308,8 @@ def survival_metrics(
     """All survival metrics of one evaluated split (keys and choices: module docstring).
 
     Args:
-        reference: training-split aggregates (censoring curve, baseline hazard, cut-points,
-            evaluation times, time grids); no training rows are needed.
+        reference: training-split aggregates (baseline hazard, cut-points, evaluation times,
+            time grids); no training rows are needed.
         time, event: the evaluated split's times and event indicators (bool or 0/1).
         risk: the evaluated split's risk scores (log hazard ratios; higher = worse).
         eval_times: times of the time-dependent AUCs; ``None`` uses ``reference.eval_times``.
@@ -325,7 +335,6 @@ def survival_metrics(
             f"{event.shape[0]}, {risk.shape[0]}"
         )
     max_train = reference.max_time
-    censoring = reference.censoring
 
     why: dict[str, str] = {}
     results: dict[str, float | None] = {}
@@ -384,6 +393,9 @@ def survival_metrics(
             if reasons is not None:
                 reasons.update(why)
             return {key: results[key] for key in keys}
+
+    # The evaluated rows' own censoring curve: the weights of every IPCW statistic.
+    censoring = CensoringCurve.fit(time, event)
 
     # Uno's C.
     tau_used = uno_truncation_time(reference, time) if tau is None else float(tau)

@@ -17,10 +17,12 @@ the event, for which those single-event statistics are correct.
 The head outputs a log hazard ratio. After training, the task fits on the training split what
 survival predictions and metrics need -- a
 :class:`~nervus_lightning.survival.reference.SurvivalReference`: Breslow's baseline cumulative
-hazard on a time grid, the censoring Kaplan-Meier curve, the evaluation times, the risk-group
-cut-points and a few percentiles of the training times -- and keeps it as tensors in the
-checkpoint, so predict on an external CSV needs nothing else. Only these aggregates are stored,
-never a training patient's time or event (a checkpoint may leave the hospital).
+hazard on a time grid, the evaluation times, the risk-group cut-points and a few rounded
+percentiles of the training times -- and keeps it as tensors in the checkpoint, so predict on
+an external CSV needs nothing else. Only these aggregates are stored, never a training patient's
+time or event (a checkpoint may leave the hospital): times on a rounded grid, each step of a
+curve backed by at least ``task.min_patients_per_step`` patients. The IPCW statistics weigh
+with the evaluated split's own censoring curve.
 
 Batch size and events: the Cox loss compares each event with the cases still at risk *in the same
 batch* (with several processes, in the global batch: risk scores are gathered with gradients). A
@@ -94,7 +96,7 @@ from nervus_lightning.survival.plots import (
     plot_cumulative_incidence_panels,
     plot_km_risk_group_panels,
 )
-from nervus_lightning.survival.reference import SurvivalReference
+from nervus_lightning.survival.reference import MIN_PATIENTS_PER_STEP, SurvivalReference
 from nervus_lightning.tasks.base import Task, zero_loss
 
 
@@ -118,6 +120,9 @@ class SurvivalTask(Task):
             :mod:`nervus_lightning.survival.discrete`.
         num_durations: size of the discrete time grid (and of the head) of those models.
         alpha, sigma: DeepHit's weighting of likelihood vs rank loss and its rank-loss scale.
+        min_patients_per_step: ``k`` of the stored curves: each step backed by at least ``k``
+            training events, and no step where fewer than ``k`` patients are still followed
+            (:func:`nervus_lightning.survival.reference.aggregate_grid`).
     """
 
     kind = "survival"
@@ -179,6 +184,7 @@ class SurvivalTask(Task):
         num_durations: int = 20,
         alpha: float = 0.2,
         sigma: float = 0.1,
+        min_patients_per_step: int = MIN_PATIENTS_PER_STEP,
         evaluation: Any = None,
     ) -> None:
         super().__init__(labels, evaluation=evaluation)
@@ -188,6 +194,8 @@ class SurvivalTask(Task):
         check_number("task.alpha", alpha, low=0, high=1)
         check_number("task.sigma", sigma, low=0, low_open=True)
         self.num_durations, self.alpha, self.sigma = num_durations, float(alpha), float(sigma)
+        check_number("task.min_patients_per_step", min_patients_per_step, low=1, integer=True)
+        self.min_patients_per_step = int(min_patients_per_step)
         #: Cut points of each endpoint's time grid (discrete-time models; training split).
         self.cuts: list[np.ndarray | None] = [None] * len(labels)
         check_number("task.risk_groups", risk_groups, low=2, integer=True)
@@ -492,7 +500,19 @@ class SurvivalTask(Task):
                 risk,
                 eval_times=self.requested_times,
                 n_risk_groups=self.risk_groups,
+                min_patients_per_step=self.min_patients_per_step,
             )
+            stored = self.references[j].baseline.times.shape[0]
+            if stored < 3:
+                warnings.warn(
+                    f"survival label '{spec.name}': the stored baseline hazard has only {stored} "
+                    f"step(s), because each step must hold task.min_patients_per_step="
+                    f"{self.min_patients_per_step} training events ({int((event != 0).sum())} "
+                    "in the training split); survival probabilities are coarse. Train on more "
+                    "events or, if your data may leave the site with smaller cells, lower "
+                    "task.min_patients_per_step.",
+                    stacklevel=2,
+                )
 
     def is_fitted(self, j: int) -> bool:
         return self.references[j] is not None
@@ -648,8 +668,8 @@ def _survival_reference(
     at training time), else fitted on the ``train`` rows of the predictions."""
     if all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS):
         return SurvivalReference.from_json(dict(label)), [
-            "Censoring distribution, baseline hazard, evaluation times and risk cut-points "
-            "from the training run (schema.json)."
+            "Baseline hazard, evaluation times and risk cut-points from the training run "
+            "(schema.json)."
         ]
     train_time = train[period].to_numpy(dtype=float)
     train_event = train[name].to_numpy(dtype=float)
@@ -863,8 +883,14 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             "incidence there; cases: cause-c failures by then; controls: everyone else, "
             "other-cause failures included) and ibs_cause<c> the integrated Brier score of "
             "cause c's predicted cumulative incidence on the ibs times, all three with "
-            "censoring weights from the training split (any cause counting as an event)."
+            "censoring weights from the evaluated split's own Kaplan-Meier curve (any cause "
+            "counting as an event)."
         )
+    section.notes.append(
+        "IPCW statistics (c_index_uno, td_auc_*, ibs, ibs_null, ipa and the per-cause ones): "
+        "censoring weights from the evaluated split's own Kaplan-Meier curve of the censoring "
+        "times (of the rows scored, per split and group), not from the training split."
+    )
     section.notes.append(
         "ipa: index of prediction accuracy, 1 - ibs / ibs_null, where ibs_null is the IBS of "
         "the training split's Kaplan-Meier curve given to every case (no inputs), on the same "
