@@ -129,6 +129,7 @@ class EpochLines(ProgressBar):
         self._enabled = True
         self._epoch_start = 0.0
         self._last_line = 0.0
+        self._batches = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -152,17 +153,19 @@ class EpochLines(ProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = self._last_line = time.monotonic()
+        self._batches = 0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
+        self._batches += 1
         now = time.monotonic()
         if now - self._last_line < self.every_s:
             return
-        done, total = self.train_batch_idx, self.total_train_batches
+        total = self.total_train_batches
         of = f"/{total}" if isinstance(total, int) else ""
-        rate = done / max(now - self._epoch_start, 1e-9)
-        self._write(f"{self._epoch_label(trainer)} batch {done}{of} ({rate:.2f} batches/s)")
+        rate = self._batches / max(now - self._epoch_start, 1e-9)
+        self._write(f"{self._epoch_label(trainer)} batch {i + 1}{of} ({rate:.2f} batches/s)")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation of this epoch has run: its values are among the metrics.
