@@ -305,6 +305,7 @@ def test_explain_command_writes_maps_and_overlays(explained_run):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    assert done.stdout.count("explained 3 case(s) of split val") == 1  # the final line, once
     frame = pd.read_csv(csv)
     val_ids = frame.loc[frame["split"] == "val", "uniqID"].head(3)
     for label in ("label_cls", "label_three"):

@@ -224,6 +224,7 @@ def test_command_line(trained, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.is_file() and (out.parent / "net.onnx.json").is_file()
+    assert result.stdout.count(f"exported {ckpt} to {out}") == 1  # the final line, once
 
     result = subprocess.run(
         [*command, f"ckpt={tmp_path}/nope.ckpt"], capture_output=True, text=True, timeout=300

@@ -324,7 +324,7 @@ def export_model(
     contract = deployment_contract(module, path, fmt, opset)
     contract_path = path.with_name(path.name + ".json")
     contract_path.write_text(json.dumps(contract, indent=2) + "\n")
-    log.info("exported %s to %s (contract %s)", ckpt, path, contract_path)
+    log.info("exported %s to %s (preprocessing contract: %s)", ckpt, path, contract_path)
     return path, contract_path
 
 

@@ -418,6 +418,9 @@ class NervusModule(L.LightningModule):
         return [self.task.loss(out, batch, j) for j, out in enumerate(outputs)]
 
     def _log_losses(self, stage: str, losses: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+        # Epoch values only (on_step=False): with several processes, sync_dist joins them once
+        # per epoch. Training: the mean over every process's batches (not the first process's
+        # share). Validation and test: every process holds the whole split's value already.
         total = torch.stack(losses).sum()
         self.log(
             f"{stage}_loss",
@@ -426,7 +429,7 @@ class NervusModule(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=batch_size,
-            sync_dist=stage != "train",
+            sync_dist=True,
         )
         if len(losses) > 1:
             for spec, loss in zip(self.schema.labels, losses, strict=True):
@@ -436,7 +439,7 @@ class NervusModule(L.LightningModule):
                     on_step=False,
                     on_epoch=True,
                     batch_size=batch_size,
-                    sync_dist=stage != "train",
+                    sync_dist=True,
                 )
         return total
 

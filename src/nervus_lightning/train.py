@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +34,7 @@ from nervus_lightning.checkpoints import (
     record_checkpoint_choice,
 )
 from nervus_lightning.cluster import resume_checkpoint, trainer_options
+from nervus_lightning.console import EpochLines, console_is_interactive, quiet_lightning
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import DEMO_TIME_UNIT, build_demo_dataset, default_cache_root
 from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
@@ -171,7 +173,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
 
     ``sync_batchnorm`` (batch-norm statistics over every process's batch) is honoured on CUDA
     only, where PyTorch implements it; elsewhere (``trainer=ddp trainer.accelerator=cpu``) each
-    process keeps its own statistics, and the log says so.
+    process keeps its own statistics, and the log says so. Without a terminal (a SLURM log,
+    output redirected to a file) the progress bar is :class:`~nervus_lightning.console.EpochLines`,
+    one line per epoch.
     """
     # Under SLURM, Lightning's SLURM plugin (auto-requeue on the preemption signal).
     options = trainer_options(_plain(cfg.trainer))
@@ -197,6 +201,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
             options.get("accelerator", "auto"),
         )
         options["sync_batchnorm"] = False
+    showing_progress = options.get("enable_progress_bar") is not False
+    if showing_progress and not any(isinstance(c, ProgressBar) for c in callbacks):
+        if not console_is_interactive():
+            callbacks = [*callbacks, EpochLines()]
     try:
         return L.Trainer(
             **options,
@@ -251,6 +259,7 @@ def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
         )
 
 
+@quiet_lightning()
 def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()) -> float:
     """Fit, test with the best checkpoint, and write every output into ``run_dir``.
 
@@ -264,6 +273,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
     ``ckpt_path`` (e.g. ``.../checkpoints/last.ckpt``) resumes: with the same configuration the
     run ends with the same weights as one that was never interrupted (in deterministic mode),
     because the checkpoint carries the position in the epoch and the random states.
+
+    Lightning's warnings that do not apply to this recipe are not printed
+    (:data:`~nervus_lightning.console.KNOWN_WARNINGS`, each with its reason).
     """
     run_dir = Path(run_dir)
     L.seed_everything(cfg.seed, workers=True)

@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> None:
         out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / EXPLAIN_DIR
         settings = explain_settings(OmegaConf.to_container(cfg.explain, resolve=True))
         settings.update(split=str(cfg.split), n=None if cfg.n is None else int(cfg.n))
-        result = explain(
+        explain(
             cfg.ckpt,
             cfg.data.csv,
             out,
@@ -27,8 +27,7 @@ def main(cfg: DictConfig) -> None:
             device=cfg.device,
             **settings,
         )
-        cases = result.cases[result.cases["label"] == result.cases["label"].iloc[0]]
-        print(f"explained {len(cases)} case(s) of split {cfg.split}; written to {out}/")
+        # explain() has logged what it explained and where (the log is the console here).
         if (out.parent / "predictions.csv").is_file():
             print(
                 "the report shows them once rebuilt: python -m nervus_lightning.evaluate "

@@ -18,9 +18,7 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
     def command() -> None:
-        model_file, contract_file = export_model(
-            cfg.ckpt, str(cfg.format), out=cfg.out, opset=int(cfg.opset)
-        )
-        print(f"exported {cfg.ckpt} to {model_file} (preprocessing contract: {contract_file})")
+        # export_model logs what it wrote (the log is the console here).
+        export_model(cfg.ckpt, str(cfg.format), out=cfg.out, opset=int(cfg.opset))
 
     run_reporting_user_errors(command)
