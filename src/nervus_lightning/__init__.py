@@ -7,7 +7,8 @@ both. The main objects work without Hydra::
 """
 
 from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.schema import DataSchema, LabelSpec, NervusInputError
+from nervus_lightning.data.schema import DataSchema, LabelSpec
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.models.net import NervusNet
 from nervus_lightning.module import NervusModule
 

@@ -70,7 +70,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN, NervusInputError
+from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN, NervusInputError
 from nervus_lightning.models.ensemble import member_nets
 
 log = logging.getLogger(__name__)

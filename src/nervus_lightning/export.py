@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 log = logging.getLogger(__name__)
 

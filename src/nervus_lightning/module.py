@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nervus_lightning.data.schema import DataSchema, NervusInputError
+from nervus_lightning.data.schema import DataSchema
 from nervus_lightning.distributed import concat_records, gather_cases
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.models.ensemble import EnsembleNet, member_nets
 from nervus_lightning.models.heads import HEADS
 from nervus_lightning.models.mixers import MIXERS

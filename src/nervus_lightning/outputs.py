@@ -18,7 +18,7 @@ import torch
 
 from nervus_lightning.checkpoints import CHOICE_KEY
 from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN
+from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN
 from nervus_lightning.files import temporary_sibling
 
 PREDICTIONS = "predictions.csv"

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ from nervus_lightning.checkpoints import (
 from nervus_lightning.cluster import resume_checkpoint, trainer_options
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import DEMO_TIME_UNIT, build_demo_dataset, default_cache_root
-from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
+from nervus_lightning.data.schema import DataSchema
+from nervus_lightning.errors import TEST, NervusInputError
 from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.explain import check_explain_options, explain_after_training
 from nervus_lightning.module import NervusModule

@@ -57,14 +57,7 @@ from nervus_lightning.data.sampling import (
     inverse_frequency_weights,
 )
 from nervus_lightning.data.schema import (
-    MAX_LISTED,
-    SPLIT_COLUMN,
-    TEST,
-    TRAIN,
-    VAL,
     DataSchema,
-    NervusInputError,
-    csv_lines,
     load_table,
     targets_array,
     validate_for_prediction,
@@ -73,6 +66,15 @@ from nervus_lightning.data.transforms import (
     TRAIN_TRANSFORMS,
     build_eval_transform,
     build_train_transform,
+)
+from nervus_lightning.errors import (
+    MAX_LISTED,
+    SPLIT_COLUMN,
+    TEST,
+    TRAIN,
+    VAL,
+    NervusInputError,
+    csv_lines,
 )
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import task_class

@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 __all__ = [
     "AUTO_WINDOW_PERCENTILES",

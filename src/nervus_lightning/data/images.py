@@ -34,7 +34,7 @@ from nervus_lightning.data.dicom import (
     is_dicom_file,
     read_dicom,
 )
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 __all__ = [
     "CANDIDATE_BIT_DEPTHS",

@@ -24,34 +24,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ID_COLUMN = "uniqID"
-IMAGE_COLUMN = "imgpath"
-#: Several images per case: one ``imgpath_<view>`` column per view (``imgpath_frontal``...).
-VIEW_PREFIX = IMAGE_COLUMN + "_"
-#: The view name of a plain ``imgpath`` column when it stands next to ``imgpath_<view>`` columns.
-PLAIN_VIEW = "image"
+# The column conventions and the error live in the leaf module errors.py; they are imported
+# here for the functions below and so that ``from nervus_lightning.data.schema import
+# NervusInputError`` (and the column names) keeps working for users.
+from nervus_lightning.errors import (  # noqa: F401
+    EXCLUDE,
+    EXTERNAL,
+    GROUP_COLUMN,
+    ID_COLUMN,
+    IMAGE_COLUMN,
+    INPUT_PREFIX,
+    LABEL_PREFIX,
+    MAX_LISTED,
+    PERIOD_PREFIXES,
+    PLAIN_VIEW,
+    SPLIT_COLUMN,
+    TEST,
+    TRAIN,
+    VAL,
+    VIEW_PREFIX,
+    NervusInputError,
+    csv_lines,
+    is_valid_split,
+)
+
 #: ``data.missing_views``: an empty cell in a view column is refused, or replaced by a learned
 #: "missing" embedding.
 MISSING_VIEWS = ("refuse", "allow")
 _VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
-SPLIT_COLUMN = "split"
-GROUP_COLUMN = "group"
-INPUT_PREFIX = "input_"
-LABEL_PREFIX = "label_"
-PERIOD_PREFIXES = ("period_", "periods_")
-
-TRAIN, VAL, TEST, EXCLUDE = "train", "val", "test", "exclude"
-EXTERNAL = "external"
-MAX_LISTED = 5
 #: A classification label is taken for a mistake (a number, an id) when it has more classes than
 #: this in the training split and fewer than two training cases per class on average: no
 #: classifier learns a class it saw once, and a measurement read as classes has about one class
 #: per case. Many classes with enough cases each (a 100-class problem) are not refused.
 MANY_CLASSES = 20
-
-
-class NervusInputError(ValueError):
-    """A problem with the user's data or configuration, told in one actionable message."""
 
 
 @dataclass
@@ -154,18 +159,6 @@ class DataSchema:
         d = dict(d)
         d["labels"] = [LabelSpec(**lab) for lab in d["labels"]]
         return cls(**d)
-
-
-def csv_lines(index: Sequence[int] | pd.Index) -> str:
-    """Format row positions as CSV line numbers (header = line 1), listing the first few."""
-    rows = [int(i) + 2 for i in index]
-    shown = ", ".join(str(r) for r in rows[:MAX_LISTED])
-    more = f" and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
-    return f"line{'s' if len(rows) > 1 else ''} {shown}{more}"
-
-
-def is_valid_split(value: str) -> bool:
-    return value in (TRAIN, VAL, TEST, EXCLUDE, EXTERNAL) or value.startswith(EXTERNAL + "_")
 
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:

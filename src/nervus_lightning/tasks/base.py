@@ -16,12 +16,8 @@ import pandas as pd
 import torch
 from torchmetrics import MetricCollection
 
-from nervus_lightning.data.schema import (
-    PERIOD_PREFIXES,
-    LabelSpec,
-    NervusInputError,
-    numeric_column,
-)
+from nervus_lightning.data.schema import LabelSpec, numeric_column
+from nervus_lightning.errors import PERIOD_PREFIXES, NervusInputError
 from nervus_lightning.options import check_call_options, check_choice
 
 TASKS: dict[str, type[Task]] = {}

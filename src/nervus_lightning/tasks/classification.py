@@ -30,13 +30,8 @@ from sklearn.metrics import roc_auc_score
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
-from nervus_lightning.data.schema import (
-    LabelSpec,
-    NervusInputError,
-    check_class_count,
-    csv_lines,
-    sort_classes,
-)
+from nervus_lightning.data.schema import LabelSpec, check_class_count, sort_classes
+from nervus_lightning.errors import NervusInputError, csv_lines
 from nervus_lightning.evaluation import plots
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,

@@ -45,15 +45,12 @@ import torch
 from torchmetrics import MetricCollection
 
 from nervus_lightning.data.schema import (
-    LABEL_PREFIX,
-    PERIOD_PREFIXES,
     LabelSpec,
-    NervusInputError,
     check_no_missing,
-    csv_lines,
     numeric_column,
     period_column_for,
 )
+from nervus_lightning.errors import LABEL_PREFIX, PERIOD_PREFIXES, NervusInputError, csv_lines
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,
     bootstrap_distributions,
