@@ -30,7 +30,7 @@ from nervus_lightning.errors import NervusInputError
 from nervus_lightning.evaluation.intervals import PROPORTION_METHODS
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
 from nervus_lightning.options import check_call_options, check_choice, check_number
-from nervus_lightning.tasks.base import task_class
+from nervus_lightning.tasks.registry import task_class
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from torch import nn
 from nervus_lightning.data.schema import DataSchema
 from nervus_lightning.distributed import concat_records, gather_cases
 from nervus_lightning.errors import NervusInputError
+from nervus_lightning.files import atomic_write
 from nervus_lightning.models.ensemble import EnsembleNet, member_nets
 from nervus_lightning.models.heads import HEADS
 from nervus_lightning.models.mixers import MIXERS
@@ -32,7 +33,7 @@ from nervus_lightning.options import (
     check_number,
     keyword_names,
 )
-from nervus_lightning.tasks.base import build_task
+from nervus_lightning.tasks.registry import build_task
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -570,8 +571,6 @@ class NervusModule(L.LightningModule):
         splits = [s for s in self.task.post_training_splits if len(datamodule.split_frame(s))]
         if not splits:
             return
-        from nervus_lightning.outputs import atomic_write
-
         by_split: dict[str, list[np.ndarray]] = {}
         for split in splits:
             if outputs is not None:
