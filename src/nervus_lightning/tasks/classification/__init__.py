@@ -1,18 +1,23 @@
-"""The classification task kind."""
+"""The classification task kind: its model side (:mod:`.task`), which class is positive
+(:mod:`.classes`) and its section of the report (:mod:`.evaluation`)."""
 
-from nervus_lightning.tasks.classification.task import (
-    COUNT_METRICS,
+from nervus_lightning.tasks.classification.classes import (
     OBVIOUS_NUMERIC_PAIRS,
     OBVIOUS_PAIRS,
-    UNKNOWN,
-    ClassificationTask,
-    check_threshold_options,
+    obvious_positive_class,
+    resolve_positive_classes,
+)
+from nervus_lightning.tasks.classification.evaluation import (
+    COUNT_METRICS,
     classification_figures,
     closed_form_intervals,
     evaluate_classification,
-    obvious_positive_class,
+)
+from nervus_lightning.tasks.classification.task import (
+    UNKNOWN,
+    ClassificationTask,
+    check_threshold_options,
     probabilities,
-    resolve_positive_classes,
 )
 
 __all__ = [
