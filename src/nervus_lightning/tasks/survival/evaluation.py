@@ -10,6 +10,7 @@ incidence calibration (:mod:`nervus_lightning.survival.competing`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -206,6 +207,55 @@ def _cif_calibration(
     return out
 
 
+def _method_notes(
+    name: str, causes: int, calibration_time: float, unit: str, cutpoints: Any
+) -> list[str]:
+    """What the survival metrics of label ``name`` are and how they were computed (the notes
+    under its section: competing causes, censoring weights, ipa, calibration time)."""
+    notes: list[str] = []
+    if causes:
+        notes.append(
+            f"Competing risks (causes 1..{causes}): the metrics without a cause number, the "
+            "Kaplan-Meier risk groups and the calibration are for event-free survival, any cause "
+            f"counting as the event (risk_{name}, surv_{name}_*). c_index_cause<c> is Wolbers' "
+            f"concordance of risk_{name}_<c> (restricted mean time lost to cause c) for cause c: "
+            "a cause-c failure is compared with everyone event-free after it and with every "
+            "other-cause failure, at any time; no censoring weights. cif_observed_cause<c> "
+            "(Aalen-Johansen) and cif_predicted_cause<c> (mean predicted CIF) are cause c's "
+            "cumulative incidence at the calibration time. c_index_uno_cause<c> is Wolbers' "
+            "concordance with Uno's censoring weights, truncated at Uno's tau; "
+            "td_auc_cause<c>_t<time> is cause c's "
+            "cumulative/dynamic AUC at an evaluation time (marker: predicted cumulative "
+            "incidence there; cases: cause-c failures by then; controls: everyone else, "
+            "other-cause failures included) and ibs_cause<c> the integrated Brier score of "
+            "cause c's predicted cumulative incidence on the ibs times, all three with "
+            "censoring weights from the evaluated split's own Kaplan-Meier curve (any cause "
+            "counting as an event)."
+        )
+    notes.append(
+        "IPCW statistics (c_index_uno, td_auc_*, ibs, ibs_null, ipa and the per-cause ones): "
+        "censoring weights from the evaluated split's own Kaplan-Meier curve of the censoring "
+        "times (of the rows scored, per split and group), not from the training split."
+    )
+    notes.append(
+        "ipa: index of prediction accuracy, 1 - ibs / ibs_null, where ibs_null is the IBS of "
+        "the training split's Kaplan-Meier curve given to every case (no inputs), on the same "
+        "cases and times; above 0 the model predicts better than that"
+        + (
+            ", below 0 worse. ipa_cause<c> likewise for ibs_cause<c>, against the training "
+            "Aalen-Johansen incidence of cause c."
+            if causes
+            else ", below 0 worse."
+        )
+    )
+    notes.append(
+        f"Calibration at t = {calibration_time:g}{unit} (middle evaluation time); "
+        "risk groups from the training cut-points "
+        f"{', '.join(f'{c:.3g}' for c in cutpoints)}."
+    )
+    return notes
+
+
 def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
     """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
 
@@ -251,49 +301,10 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             "predictions: cause-specific concordance not computed."
         )
         causes, cause_columns = 0, []
-    if causes:
-        section.notes.append(
-            f"Competing risks (causes 1..{causes}): the metrics without a cause number, the "
-            "Kaplan-Meier risk groups and the calibration are for event-free survival, any cause "
-            f"counting as the event (risk_{name}, surv_{name}_*). c_index_cause<c> is Wolbers' "
-            f"concordance of risk_{name}_<c> (restricted mean time lost to cause c) for cause c: "
-            "a cause-c failure is compared with everyone event-free after it and with every "
-            "other-cause failure, at any time; no censoring weights. cif_observed_cause<c> "
-            "(Aalen-Johansen) and cif_predicted_cause<c> (mean predicted CIF) are cause c's "
-            "cumulative incidence at the calibration time. c_index_uno_cause<c> is Wolbers' "
-            "concordance with Uno's censoring weights, truncated at Uno's tau; "
-            "td_auc_cause<c>_t<time> is cause c's "
-            "cumulative/dynamic AUC at an evaluation time (marker: predicted cumulative "
-            "incidence there; cases: cause-c failures by then; controls: everyone else, "
-            "other-cause failures included) and ibs_cause<c> the integrated Brier score of "
-            "cause c's predicted cumulative incidence on the ibs times, all three with "
-            "censoring weights from the evaluated split's own Kaplan-Meier curve (any cause "
-            "counting as an event)."
-        )
-    section.notes.append(
-        "IPCW statistics (c_index_uno, td_auc_*, ibs, ibs_null, ipa and the per-cause ones): "
-        "censoring weights from the evaluated split's own Kaplan-Meier curve of the censoring "
-        "times (of the rows scored, per split and group), not from the training split."
-    )
-    section.notes.append(
-        "ipa: index of prediction accuracy, 1 - ibs / ibs_null, where ibs_null is the IBS of "
-        "the training split's Kaplan-Meier curve given to every case (no inputs), on the same "
-        "cases and times; above 0 the model predicts better than that"
-        + (
-            ", below 0 worse. ipa_cause<c> likewise for ibs_cause<c>, against the training "
-            "Aalen-Johansen incidence of cause c."
-            if causes
-            else ", below 0 worse."
-        )
-    )
     calibration_time = float(np.median(eval_times))
     unit = f" {ctx.time_unit}" if ctx.time_unit else ""
     median_time = f"median time ({ctx.time_unit})" if ctx.time_unit else "median time"
-    section.notes.append(
-        f"Calibration at t = {calibration_time:g}{unit} (middle evaluation time); "
-        "risk groups from the training cut-points "
-        f"{', '.join(f'{c:.3g}' for c in cutpoints)}."
-    )
+    section.notes += _method_notes(name, causes, calibration_time, unit, cutpoints)
 
     ipcw_keys = {"c_index_uno", "td_auc_mean", "ibs"}
     ibs_grid = reference.ibs_grid()
