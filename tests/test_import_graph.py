@@ -237,8 +237,32 @@ def test_no_import_cycles() -> None:
 
 def test_errors_is_a_leaf() -> None:
     """The exceptions and the CSV column conventions import nothing of the package."""
+    assert f"{PACKAGE}.errors" in module_files()
     imports = [i for i in package_imports() if i.source == f"{PACKAGE}.errors"]
     assert imports == []
+
+
+def test_moved_names_keep_their_old_import_paths() -> None:
+    """What moved down a layer is still importable where users found it, as the same object."""
+    from nervus_lightning import errors, files
+    from nervus_lightning.data import images, schema
+    from nervus_lightning.outputs import atomic_write
+    from nervus_lightning.survival import competing, ipcw
+    from nervus_lightning.tasks.classification import UNKNOWN, obvious_positive_class
+    from nervus_lightning.tasks.classification.classes import obvious_positive_class as moved
+    from nervus_lightning.tasks.survival import SurvivalTask
+    from nervus_lightning.tasks.survival.task import SurvivalTask as survival_task
+
+    assert schema.NervusInputError is errors.NervusInputError
+    assert (schema.ID_COLUMN, schema.SPLIT_COLUMN, schema.csv_lines) == (
+        errors.ID_COLUMN,
+        errors.SPLIT_COLUMN,
+        errors.csv_lines,
+    )
+    assert images.ImageReadError is errors.ImageReadError
+    assert competing.aalen_johansen is ipcw.aalen_johansen
+    assert atomic_write is files.atomic_write
+    assert SurvivalTask is survival_task and obvious_positive_class is moved and UNKNOWN == -1
 
 
 def test_the_graph_sees_imports_inside_functions(tmp_path: Path) -> None:
