@@ -84,11 +84,11 @@ from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.metrics import concordance_index_censored, integrated_brier_score
 from sksurv.util import Surv
 
+from nervus_lightning.data.sources import materialize_preset
 from nervus_lightning.survival import discrete
 from nervus_lightning.survival.metrics import ibs_time_grid
 from nervus_lightning.survival.presets import PRESETS, _stratified_split, preset_endpoint
 from nervus_lightning.survival.reference import SurvivalReference
-from nervus_lightning.train import materialize_preset
 
 #: nervus_lightning methods and their ``task.model``.
 NERVUS = {

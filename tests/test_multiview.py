@@ -21,6 +21,7 @@ from nervus_lightning.export import export_model
 from nervus_lightning.models.net import NervusNet
 from nervus_lightning.module import NervusModule
 from nervus_lightning.predict import predict
+from nervus_lightning.tasks import ClassificationTask
 from nervus_lightning.train import train
 
 SIZE = 16
@@ -82,7 +83,7 @@ def test_view_columns_that_cannot_be_views_are_refused(columns, match):
 
 
 def test_schema_records_views_and_survives_json(complete_csv):
-    _, schema = load_table(complete_csv, task="classification")
+    _, schema = load_table(complete_csv, task=ClassificationTask)
     assert schema.views == ["frontal", "lateral"]
     assert schema.view_columns == ["imgpath_frontal", "imgpath_lateral"]
     assert schema.image_column is None and schema.multiview and schema.has_images

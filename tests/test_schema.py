@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError, load_table
+from nervus_lightning.tasks import ClassificationTask
 
 
 def _edit(csv, fn):
@@ -28,7 +29,7 @@ def _error(csv, task="classification", **kwargs) -> str:
 
 def test_valid_csv_builds_schema(dataset):
     csv = dataset(group=True)
-    frame, schema = load_table(csv, task="classification")
+    frame, schema = load_table(csv, task=ClassificationTask)
     assert [s.name for s in schema.labels] == ["label_cls", "label_three"]
     assert schema.labels[0].classes == ["no", "yes"]
     assert schema.input_columns == ["input_a", "input_b"]
@@ -48,7 +49,7 @@ def test_scaler_uses_training_rows_only(dataset):
             ]
         ),
     )
-    frame, schema = load_table(csv, task="classification")
+    frame, schema = load_table(csv, task=ClassificationTask)
     # The statistics of scikit-learn's StandardScaler fitted on the training rows alone.
     train = pd.read_csv(csv).query("split == 'train'")[["input_a", "input_b"]]
     scaler = StandardScaler().fit(train.to_numpy())
@@ -160,7 +161,7 @@ def test_many_classes_with_cases_enough_are_classes(dataset):
         dataset(images=False, n=120),
         lambda d: d.assign(label_three=[f"k{i % 25}" for i in range(120)]),
     )
-    _, schema = load_table(csv, task="classification", use_images=False)
+    _, schema = load_table(csv, task=ClassificationTask, use_images=False)
     assert len(schema.labels[1].classes) == 25
 
 
@@ -278,13 +279,13 @@ def test_classes_sorted_numerically_when_numbers(dataset):
     csv = _edit(
         dataset(), lambda d: d.assign(label_three=[["2", "10", "1"][i % 3] for i in range(len(d))])
     )
-    _, schema = load_table(csv, task="classification")
+    _, schema = load_table(csv, task=ClassificationTask)
     assert schema.labels[1].classes == ["1", "2", "10"]
 
 
 def test_label_names_do_not_collide_by_substring(dataset):
     csv = _edit(dataset(), lambda d: d.assign(label_clsx=d.label_cls))
-    _, schema = load_table(csv, task="classification", labels=["label_cls"])
+    _, schema = load_table(csv, task=ClassificationTask, labels=["label_cls"])
     assert [s.name for s in schema.labels] == ["label_cls"]
 
 

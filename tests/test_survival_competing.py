@@ -528,12 +528,13 @@ def test_competing_causes_need_deephit(tmp_path, model):
 
 def test_external_csv_with_an_unknown_cause_is_a_clear_error(tmp_path):
     from nervus_lightning.data.schema import DataSchema, validate_for_prediction
+    from nervus_lightning.tasks import SurvivalTask
 
     csv = _edit(_write_csv(tmp_path / "cr.csv"), r70=5)
     spec = LabelSpec("label_death", "survival", period="period_death", causes=2)
     schema = DataSchema(labels=[spec], input_columns=["input_x", "input_noise"])
     with pytest.raises(NervusInputError, match=r"cause 1\.\.2.*\[5\] at line 72"):
-        validate_for_prediction(csv, schema)
+        validate_for_prediction(csv, schema, SurvivalTask)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.predict import predict
 from nervus_lightning.survival.baseline import BreslowBaseline
 from nervus_lightning.survival.reference import SurvivalReference
-from nervus_lightning.tasks.base import build_task
+from nervus_lightning.tasks import build_task
 from nervus_lightning.train import train
 
 

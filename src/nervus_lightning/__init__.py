@@ -4,12 +4,17 @@ Classification, regression and survival (DeepSurv) models on medical images, cli
 both. The main objects work without Hydra::
 
     from nervus_lightning import NervusDataModule, NervusModule
+
+The Lightning objects are imported on first use, so that the plain network
+(:class:`NervusNet`, :func:`nervus_lightning.models.build.build_net`) and the data contract
+load without Lightning.
 """
 
-from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.schema import DataSchema, LabelSpec, NervusInputError
+from typing import Any
+
+from nervus_lightning.data.schema import DataSchema, LabelSpec
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.models.net import NervusNet
-from nervus_lightning.module import NervusModule
 
 __version__ = "0.1.0"
 
@@ -21,3 +26,16 @@ __all__ = [
     "NervusModule",
     "NervusNet",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: ``from nervus_lightning import NervusModule`` imports Lightning only then.
+    if name == "NervusDataModule":
+        from nervus_lightning.data.datamodule import NervusDataModule
+
+        return NervusDataModule
+    if name == "NervusModule":
+        from nervus_lightning.module import NervusModule
+
+        return NervusModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.outputs import atomic_write, write_csv
 
 CHECKPOINT_POLICIES = ("best", "each")

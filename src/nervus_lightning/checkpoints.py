@@ -22,8 +22,10 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.data.datamodule import NervusDataModule
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.files import temporary_sibling
+from nervus_lightning.module import NervusModule
 
 CHECKPOINT_SUFFIX = ".ckpt"
 
@@ -86,16 +88,12 @@ def load_trained(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """The :class:`~nervus_lightning.module.NervusModule` of a checkpoint, after
     :func:`check_checkpoint` (so a truncated file is a clear error, not a pickle traceback):
     what ``predict``, ``explain`` and ``export`` start from."""
-    from nervus_lightning.module import NervusModule
-
     return NervusModule.load_from_checkpoint(check_checkpoint(path), map_location=map_location)
 
 
 def checkpoint_datamodule(module: Any, csv: str | os.PathLike, **loader: Any) -> Any:
     """A data module reading ``csv`` as ``module`` was trained to (its schema, image size and
     channels); ``loader`` holds ``batch_size`` / ``num_workers``."""
-    from nervus_lightning.data.datamodule import NervusDataModule
-
     return NervusDataModule(
         csv,
         schema=module.schema,

@@ -27,7 +27,7 @@ from typing import Any
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 log = logging.getLogger(__name__)
 

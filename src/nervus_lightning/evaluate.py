@@ -26,11 +26,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.evaluation.intervals import PROPORTION_METHODS
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
 from nervus_lightning.options import check_call_options, check_choice, check_number
-from nervus_lightning.tasks.base import task_class
+from nervus_lightning.tasks.registry import task_class
 
 log = logging.getLogger(__name__)
 

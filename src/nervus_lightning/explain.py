@@ -66,12 +66,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN, NervusInputError
+from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
+from nervus_lightning.data.preview import to_png_array
+from nervus_lightning.data.sources import resolve_data
+from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN, NervusInputError
 from nervus_lightning.models.ensemble import member_nets
+from nervus_lightning.options import check_number
+from nervus_lightning.predict import inference_device
 
 log = logging.getLogger(__name__)
 
@@ -371,8 +377,6 @@ def overlay(image: torch.Tensor, cam: np.ndarray) -> np.ndarray:
     """
     from matplotlib import colormaps
 
-    from nervus_lightning.data.preview import to_png_array
-
     base = to_png_array(image).astype(np.float64) / 255.0
     if base.ndim == 2:
         base = np.repeat(base[..., None], 3, axis=2)
@@ -600,8 +604,6 @@ def _unique_stems(ids: pd.Series) -> list[str]:
 
 def explain_settings(options: Mapping[str, Any]) -> dict[str, Any]:
     """``split``, ``n``, ``layer`` and ``ig_steps`` of the ``explain`` config group, checked."""
-    from nervus_lightning.options import check_number
-
     n, steps = options.get("n"), options.get("ig_steps", 16)
     if n is not None:
         check_number("explain.n", n, low=1, integer=True)
@@ -647,9 +649,6 @@ def explain(
 ) -> Explanation:
     """Explain the model of ``ckpt`` on ``csv`` (read as ``predict`` reads it); ``csv=None``:
     the data the checkpoint was trained on (its ``data.csv``, or the demo data or preset)."""
-    from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
-    from nervus_lightning.predict import inference_device
-
     require_captum()
     device = inference_device(device)
     ckpt = Path(ckpt)
@@ -673,10 +672,6 @@ def explain(
 
 
 def _training_csv(module: Any, ckpt: Path) -> str | Path:
-    from omegaconf import OmegaConf
-
-    from nervus_lightning.train import resolve_data
-
     config = module.hparams.get("run_config")
     if not config or "data" not in config:
         raise NervusInputError(

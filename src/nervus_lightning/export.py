@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.checkpoints import load_trained
+from nervus_lightning.errors import NervusInputError
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +290,6 @@ def export_model(
             ``.json``.
         opset: the ONNX opset (``onnx`` only).
     """
-    from nervus_lightning.checkpoints import load_trained
-
     if fmt not in FORMATS:
         raise NervusInputError(
             f"format={fmt!r} is not an export format; use format=onnx (an ONNX file for "

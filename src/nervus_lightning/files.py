@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["new_file_mode", "temporary_sibling"]
+__all__ = ["atomic_write", "new_file_mode", "temporary_sibling"]
 
 
 def current_umask() -> int:
@@ -46,3 +47,18 @@ def temporary_sibling(path: str | os.PathLike) -> tuple[int, str]:
         os.remove(tmp)
         raise
     return fd, tmp
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the temporary file to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temporary_sibling(path)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

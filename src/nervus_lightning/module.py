@@ -1,5 +1,8 @@
 """``NervusModule``: a ``NervusNet`` with its task, optimiser, losses and epoch metrics.
 
+The Lightning glue only: the network is assembled by :mod:`nervus_lightning.models.build` (plain
+modules, no Lightning) and what a label means is the task's (:mod:`nervus_lightning.tasks`).
+
 Built from a data schema (labels, classes, input statistics) and plain component choices, so it
 works from any Lightning project without Hydra. Its hyper-parameters hold only plain Python
 values and its state only tensors, so ``torch.load(ckpt, weights_only=True)`` reads every
@@ -8,7 +11,6 @@ checkpoint and :meth:`NervusModule.load_from_checkpoint` restores a model that p
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import lightning as L
@@ -16,14 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from nervus_lightning.data.schema import DataSchema, NervusInputError
+from nervus_lightning.data.schema import DataSchema
 from nervus_lightning.distributed import concat_records, gather_cases
-from nervus_lightning.models.ensemble import EnsembleNet, member_nets
-from nervus_lightning.models.heads import HEADS
-from nervus_lightning.models.mixers import MIXERS
-from nervus_lightning.models.net import NervusNet
-from nervus_lightning.models.plugins import TARGET_KEY, build_component, resolve_class
-from nervus_lightning.models.tabular import TabularMLP
+from nervus_lightning.errors import NervusInputError
+from nervus_lightning.files import atomic_write
+from nervus_lightning.models.build import build_ensemble
+from nervus_lightning.models.build import component_options as _options
+from nervus_lightning.models.ensemble import member_nets
 from nervus_lightning.options import (
     check_call_options,
     check_choice,
@@ -31,7 +32,7 @@ from nervus_lightning.options import (
     check_number,
     keyword_names,
 )
-from nervus_lightning.tasks.base import build_task
+from nervus_lightning.tasks.registry import build_task
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -51,9 +52,6 @@ _INPUT_KEYS = ("image", "tabular")
 _OUTPUT_KEY = "_output_"
 #: Config keys of the task group that select demo data, not task options.
 _DEMO_KEYS = ("name", "demo_labels", "demo_positive_class")
-TORCHVISION_EXTRACTOR = "nervus_lightning.models.extractors.TorchvisionExtractor"
-#: ``model.extractor.shared``: one extractor for every view (true) or one per view (false).
-SHARED_KEY = "shared"
 
 
 def _scheduler_kwargs(name: str, options: dict[str, Any], max_epochs: int) -> dict[str, Any]:
@@ -87,30 +85,8 @@ def check_optimisation_options(optimizer: dict[str, Any], scheduler: dict[str, A
         raise NervusInputError(f"scheduler={sched} with options {sopts}: {err}") from None
 
 
-def _options(value: Any, default_name: str | None) -> dict[str, Any]:
-    """Accept a name, a dict of options (with ``name``) or None for a component choice."""
-    if value is None:
-        return {"name": "none"}
-    if isinstance(value, str):
-        return {"name": value}
-    out = dict(value)
-    out.setdefault("name", default_name)
-    return out
-
-
 def _without_name(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k != "name"}
-
-
-def _infer_features(module: nn.Module, in_channels: int, image_size: int) -> int:
-    if hasattr(module, "out_features"):
-        return int(module.out_features)
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        out = module(torch.zeros(2, in_channels, image_size, image_size))
-    module.train(was_training)
-    return int(out.flatten(1).shape[1])
 
 
 def check_ensemble(value: Any) -> int:
@@ -220,24 +196,19 @@ class NervusModule(L.LightningModule):
             linear_option = tabular.pop("linear")
         self.linear = self._resolve_linear(linear_option)
         self.ensemble = check_ensemble(ensemble)
-        if self.ensemble == 1:
-            self.net = self._build_net(extractor, tabular, mixer, head, in_channels, image_size)
-        else:
-            # A module instance given as the extractor is copied: every member starts from it.
-            self.net = EnsembleNet(
-                [
-                    self._build_net(
-                        copy.deepcopy(extractor) if custom_extractor else extractor,
-                        tabular,
-                        mixer,
-                        head,
-                        in_channels,
-                        image_size,
-                    )
-                    for _ in range(self.ensemble)
-                ],
-                self.task.combine,
-            )
+        self.net = build_ensemble(
+            self.ensemble,
+            self.schema,
+            [self.task.head_size(j) for j in range(len(self.schema.labels))],
+            self.task.combine,
+            extractor=extractor,
+            tabular=tabular,
+            mixer=mixer,
+            head=head,
+            in_channels=in_channels,
+            image_size=image_size,
+            linear=self.linear,
+        )
         self._eval_records: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.metrics = nn.ModuleDict(
             {
@@ -263,112 +234,6 @@ class NervusModule(L.LightningModule):
                 "data have none; set model.tabular.linear=false (or auto)."
             )
         return linear
-
-    def _build_net(
-        self, extractor, tabular, mixer, head, in_channels: int, image_size: int
-    ) -> NervusNet:
-        views = self.schema.views or None
-        image = (
-            self._build_image_extractors(extractor, in_channels, image_size)
-            if self.schema.has_images
-            else None
-        )
-        table = None
-        if self.schema.input_columns:
-            opts = _options(tabular, "mlp")
-            check_choice("model.tabular.name", opts["name"], ("mlp",))
-            if self.linear and TARGET_KEY in opts:
-                raise NervusInputError(
-                    "model.tabular.linear needs the built-in tabular MLP (it standardises the "
-                    "inputs the linear term reads); set model.tabular.linear=false with your own "
-                    "tabular extractor."
-                )
-            table = build_component(
-                "model.tabular",
-                opts,
-                {"mlp": TabularMLP},
-                mean=self.schema.input_mean,
-                std=self.schema.input_std,
-            )
-        if image is None:
-            per_view = []
-        elif isinstance(image, list):
-            per_view = image
-        else:
-            per_view = [image] * len(views or ["image"])
-        sizes = [int(e.out_features) for e in per_view]
-        names = [f"image/{v}" for v in (views or ["image"])] if per_view else []
-        if table is not None:
-            sizes.append(int(table.out_features))
-            names.append("tabular")
-        fusion = None
-        if len(sizes) > 1:
-            # ``modalities`` reaches mixers that take it (build_component drops it otherwise).
-            fusion = build_component(
-                "model.mixer",
-                _options(mixer, "concat"),
-                MIXERS,
-                in_features=sizes,
-                modalities=names,
-            )
-        head_opts = _options(head, "linear")
-        resolve_class("model.head", head_opts, HEADS)  # fails before the net is built
-
-        def build_head(in_features: int, out_features: int) -> nn.Module:
-            return build_component(
-                "model.head", head_opts, HEADS, in_features=in_features, out_features=out_features
-            )
-
-        heads = [self.task.head_size(j) for j in range(len(self.schema.labels))]
-        return NervusNet(
-            heads,
-            image_extractor=image,
-            tabular_extractor=table,
-            mixer=fusion,
-            head=build_head,
-            views=views,
-            missing_views=self.schema.missing_views == "allow",
-            linear=self.linear,
-        )
-
-    def _build_image_extractors(
-        self, extractor, in_channels: int, image_size: int
-    ) -> nn.Module | list[nn.Module]:
-        """The image extractor; with several views and ``shared: false``, one per view."""
-        if isinstance(extractor, nn.Module):
-            first, shared = extractor, True
-        else:
-            opts = _options(extractor, None)
-            shared = opts.pop(SHARED_KEY, True)
-            if not isinstance(shared, bool):
-                raise NervusInputError(
-                    f"model.extractor.{SHARED_KEY} must be true (one extractor for every view) "
-                    f"or false (one per view), got {shared!r}."
-                )
-            if TARGET_KEY not in opts and not opts.get("name"):
-                opts["name"] = "resnet18"
-            if opts.get("name") == "none" and TARGET_KEY not in opts:
-                raise NervusInputError(
-                    "the data have images but model.extractor is 'none'; choose an extractor "
-                    "or leave the images out (no imgpath column)."
-                )
-            # A bare name is a torchvision model (the built-in YAMLs say so with _target_).
-            opts.setdefault(TARGET_KEY, TORCHVISION_EXTRACTOR)
-
-            def build() -> nn.Module:
-                return build_component(
-                    "model.extractor", opts, {}, in_channels=in_channels, image_size=image_size
-                )
-
-            first = build()
-        if not hasattr(first, "out_features"):
-            first.out_features = _infer_features(first, in_channels, image_size)
-        if shared or len(self.schema.views) < 2:
-            return first
-        others = [build() for _ in self.schema.views[1:]]
-        for other in others:
-            other.out_features = first.out_features
-        return [first, *others]
 
     # -- forward ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -572,8 +437,6 @@ class NervusModule(L.LightningModule):
         splits = [s for s in self.task.post_training_splits if len(datamodule.split_frame(s))]
         if not splits:
             return
-        from nervus_lightning.outputs import atomic_write
-
         by_split: dict[str, list[np.ndarray]] = {}
         for split in splits:
             if outputs is not None:

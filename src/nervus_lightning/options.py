@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 
 def check_choice(key: str, value: Any, allowed: Iterable[str]) -> str:

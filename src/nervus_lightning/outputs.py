@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +18,12 @@ import torch
 
 from nervus_lightning.checkpoints import CHOICE_KEY
 from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.schema import ID_COLUMN, SPLIT_COLUMN
-from nervus_lightning.files import temporary_sibling
+from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN
+from nervus_lightning.files import atomic_write
 
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
 SCHEMA = "schema.json"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then move the temporary file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temporary_sibling(path)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

@@ -14,7 +14,17 @@ from typing import Any
 
 import torch
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
+from nervus_lightning.errors import NervusInputError
+from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
+from nervus_lightning.outputs import (
+    PREDICTIONS,
+    checkpoint_choice,
+    model_summary,
+    write_metrics_json,
+    write_model_summary,
+    write_predictions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +64,6 @@ def predict(
     config group; ``threshold``, ``target_sensitivity`` and ``positive_class`` left at ``None``
     apply the contract stored in the checkpoint (its threshold included), and a value that
     differs from it is an override, said in the log and in ``metrics_notes.csv``."""
-    from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
-    from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
-    from nervus_lightning.outputs import (
-        PREDICTIONS,
-        checkpoint_choice,
-        model_summary,
-        write_metrics_json,
-        write_model_summary,
-        write_predictions,
-    )
-
     evaluation = check_evaluation_options(evaluation or {})
     device = inference_device(device)
     ckpt = Path(ckpt)

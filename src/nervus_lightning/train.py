@@ -20,7 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nervus_lightning.callbacks import (
     LearningCurve,
@@ -36,14 +36,16 @@ from nervus_lightning.checkpoints import (
 from nervus_lightning.cluster import resume_checkpoint, trainer_options
 from nervus_lightning.console import EpochLines, console_is_interactive, quiet_lightning
 from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.demo import DEMO_TIME_UNIT, build_demo_dataset, default_cache_root
-from nervus_lightning.data.schema import TEST, DataSchema, NervusInputError
+from nervus_lightning.data.demo import DEMO_TIME_UNIT
+from nervus_lightning.data.schema import DataSchema
+from nervus_lightning.data.sources import plain as _plain
+from nervus_lightning.data.sources import resolve_data
+from nervus_lightning.errors import TEST, NervusInputError
 from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.explain import check_explain_options, explain_after_training
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
-    atomic_write,
     model_summary,
     write_json,
     write_metrics_json,
@@ -52,10 +54,6 @@ from nervus_lightning.outputs import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
@@ -86,27 +84,6 @@ def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
     return NervusDataModule(csv, **{**options, **overrides})
 
 
-def resolve_data(cfg: DictConfig) -> tuple[str | Path, list[str] | None, bool]:
-    """The CSV to train on, its label columns and whether it is the built-in demo data."""
-    data = cfg.data
-    labels = _plain(data.get("labels"))
-    csv = data.get("csv")
-    if csv:
-        return csv, labels, False
-    preset = data.get("preset") or "demo"
-    if preset == "demo":
-        return (
-            build_demo_dataset(data.get("demo_root")),
-            labels or _plain(cfg.task.get("demo_labels")),
-            True,
-        )
-    return (
-        materialize_preset(preset, data.get("demo_root"), seed=data.get("split_seed", 0)),
-        (labels),
-        False,
-    )
-
-
 def evaluation_options(cfg: DictConfig) -> dict[str, Any]:
     """``evaluation.*`` checked; on the demo data, the demo's positive classes by default."""
     options = check_evaluation_options(_plain(cfg.get("evaluation")) or {})
@@ -114,19 +91,6 @@ def evaluation_options(cfg: DictConfig) -> dict[str, Any]:
     if demo and not options.get("positive_class"):
         options["positive_class"] = _plain(cfg.task.get("demo_positive_class")) or None
     return options
-
-
-def materialize_preset(name: str, root: str | None = None, seed: int = 0) -> Path:
-    """Write a scikit-survival preset as a Nervus CSV into the cache (once) and return its path."""
-    from nervus_lightning.survival.presets import PRESETS, write_preset_csv
-
-    if name not in PRESETS:
-        raise NervusInputError(f"data.preset '{name}' is not one of {['demo', *PRESETS]}.")
-    path = Path(root or default_cache_root()) / "presets" / f"{name}_split{seed}.csv"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: write_preset_csv(name, tmp, seed=seed))
-    return path
 
 
 def build_module(

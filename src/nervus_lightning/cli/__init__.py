@@ -1,7 +1,7 @@
 """The command line: Hydra entry points that turn configs into library calls.
 
 This package is the only place that parses Hydra configs into objects for the commands and
-turns a user error (:class:`~nervus_lightning.data.schema.NervusInputError`) into one message on
+turns a user error (:class:`~nervus_lightning.errors.NervusInputError`) into one message on
 stderr and exit status 2, an unknown command-line option included (:mod:`.overrides` checks
 them before Hydra composes the config). Library modules never import it;
 ``python -m nervus_lightning`` and ``python -m nervus_lightning.<command>`` (``predict``,
@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nervus_lightning.config import config_dir
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 USER_ERROR_STATUS = 2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from nervus_lightning.cli import hydra_command, run_reporting_user_errors
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 
 def _evaluate(cfg: DictConfig) -> None:

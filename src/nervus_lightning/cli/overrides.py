@@ -5,7 +5,7 @@ Hydra answers a misspelt key (``trainer.max_epoch=1``) with "To append to your c
 choice (``optimizer=adamm``) with its search path. :func:`check_overrides` reads the same command
 line first, composes the config with Hydra's compose API (once; a few times more to find the
 culprit when it fails) and turns such a typo into one
-:class:`~nervus_lightning.data.schema.NervusInputError` that names the closest existing key or
+:class:`~nervus_lightning.errors.NervusInputError` that names the closest existing key or
 choice, so the entry points exit with status 2 like every other user error.
 
 Only what is unknown is reported: a key absent from the composed config, a choice absent from its
@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nervus_lightning.config import config_dir
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.options import check_choice
 
 # Flags after which Hydra prints something instead of running the command.

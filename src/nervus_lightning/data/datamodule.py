@@ -57,16 +57,8 @@ from nervus_lightning.data.sampling import (
     inverse_frequency_weights,
 )
 from nervus_lightning.data.schema import (
-    MAX_LISTED,
-    SPLIT_COLUMN,
-    TEST,
-    TRAIN,
-    VAL,
     DataSchema,
-    NervusInputError,
-    csv_lines,
     load_table,
-    targets_array,
     validate_for_prediction,
 )
 from nervus_lightning.data.transforms import (
@@ -74,8 +66,17 @@ from nervus_lightning.data.transforms import (
     build_eval_transform,
     build_train_transform,
 )
+from nervus_lightning.errors import (
+    MAX_LISTED,
+    SPLIT_COLUMN,
+    TEST,
+    TRAIN,
+    VAL,
+    NervusInputError,
+    csv_lines,
+)
 from nervus_lightning.options import check_choice
-from nervus_lightning.tasks.base import task_class
+from nervus_lightning.tasks.registry import task_class
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +166,12 @@ class NervusDataset(Dataset):
             if schema.input_columns
             else None
         )
-        targets = np.stack([targets_array(self.frame, s) for s in schema.labels], axis=1)
+        # The task decides how a label column becomes targets, and what else its loss reads from
+        # a batch (e.g. survival times).
+        task = task_class(schema.task)
+        targets = np.stack([task.encode_targets(self.frame, s) for s in schema.labels], axis=1)
         self.targets = torch.as_tensor(targets)
-        # What else the task's loss reads from a batch (e.g. survival times).
-        fields = task_class(schema.task).batch_fields(self.frame, schema.labels)
+        fields = task.batch_fields(self.frame, schema.labels)
         self.fields = {name: torch.as_tensor(values) for name, values in fields.items()}
 
     def __len__(self) -> int:
@@ -331,7 +334,7 @@ class NervusDataModule(L.LightningDataModule):
         if schema is None:
             self.frame, self.schema = load_table(
                 self.csv,
-                task=task,
+                task=task_class(task),
                 labels=labels,
                 use_images=use_images,
                 use_tabular=use_tabular,
@@ -339,7 +342,9 @@ class NervusDataModule(L.LightningDataModule):
             )
         else:
             self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
-            self.frame = validate_for_prediction(self.csv, self.schema)
+            self.frame = validate_for_prediction(
+                self.csv, self.schema, task_class(self.schema.task)
+            )
         # Row positions in the CSV of the kept rows (excluded ones are gone), for messages.
         self.csv_rows = self.frame.index.to_numpy()
         self.frame = self.frame.reset_index(drop=True)

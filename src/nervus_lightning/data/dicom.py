@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import ImageReadError, NervusInputError
 
 __all__ = [
     "AUTO_WINDOW_PERCENTILES",
@@ -203,8 +203,6 @@ def parse_frame(value: Any) -> str:
 
 def import_pydicom(file: Path):
     """pydicom >= 3.0, or an ImageReadError telling how to install it."""
-    from nervus_lightning.data.images import ImageReadError
-
     try:
         import pydicom
         import pydicom.pixels  # noqa: F401  (pydicom >= 3.0)
@@ -254,8 +252,6 @@ def dicom_header_problem(file: Path) -> str | None:
     header); compressed ones are scanned by pydicom for their end, and read once to count their
     fragments when there are several frames.
     """
-    from nervus_lightning.data.images import ImageReadError
-
     try:
         pydicom = import_pydicom(file)
     except ImageReadError as missing:
@@ -362,8 +358,6 @@ class _Decoded:
 
 def _decode(file: Path, frame: str, window: Window = DEFAULT_WINDOW) -> _Decoded:
     """Read ``file`` and decode the frame chosen by ``frame`` (see the module docstring)."""
-    from nervus_lightning.data.images import ImageReadError
-
     pydicom = import_pydicom(file)
     from pydicom.pixels import apply_color_lut, apply_modality_lut, iter_pixels, pixel_array
 
@@ -427,8 +421,6 @@ def read_dicom(
             one bit per pixel (a mask), or a photometric interpretation other than
             MONOCHROME1/2, RGB, YBR or PALETTE COLOR.
     """
-    from nervus_lightning.data.images import ImageReadError
-
     file = Path(file)
     decoded = _decode(file, frame, window)
     values, header = decoded.values, decoded.header
@@ -499,8 +491,6 @@ def choose_auto_window(
     Raises:
         ImageReadError: a file that has to be decoded cannot be.
     """
-    from nervus_lightning.data.images import ImageReadError
-
     files = list(dict.fromkeys(Path(p) for p in paths))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
         modalities = list(pool.map(lambda f: _windowless_modality(f, frame), files))
@@ -546,8 +536,6 @@ def choose_auto_window(
 
 def _windowless_modality(file: Path, frame: str) -> str | None:
     """The Modality of a grayscale DICOM file without its own VOI LUT or window; else None."""
-    from nervus_lightning.data.images import ImageReadError
-
     if not (file.is_file() and is_dicom_file(file)):
         return None
     pydicom = import_pydicom(file)

@@ -34,7 +34,7 @@ from nervus_lightning.data.dicom import (
     is_dicom_file,
     read_dicom,
 )
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import ImageReadError
 
 __all__ = [
     "CANDIDATE_BIT_DEPTHS",
@@ -55,31 +55,6 @@ _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _EIGHT_BIT_GRAY_MODES = frozenset({"L", "1"})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class ImageReadError(NervusInputError):
-    """An image file is missing or cannot be decoded (a user error: reported without traceback).
-
-    Attributes:
-        path: the file, as given.
-        reason: what is wrong and what to do about it.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
-        if reason is None:
-            # Re-raised by a DataLoader worker with the worker's formatted traceback as the only
-            # argument: keep its last line, which is this error's own message.
-            last = str(path).rstrip().splitlines()[-1]
-            message = last.split(f"{type(self).__name__}: ", 1)[-1]
-            self.path, self.reason = "", message
-            super().__init__(message)
-            return
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read image '{self.path}': {reason}")
-
-    def __reduce__(self):  # keeps the two-argument constructor picklable (DataLoader workers)
-        return (type(self), (self.path, self.reason))
 
 
 def read_image(

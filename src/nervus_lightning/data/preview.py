@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nervus_lightning.data.datamodule import NervusDataModule, dicom_settings
 from nervus_lightning.data.dicom import AutoWindow
-from nervus_lightning.data.schema import ID_COLUMN, NervusInputError
+from nervus_lightning.errors import ID_COLUMN, NervusInputError
 
 __all__ = ["SHEET_NAME", "auto_window_note", "preview_file_name", "to_png_array", "write_preview"]
 

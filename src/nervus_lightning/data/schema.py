@@ -4,8 +4,10 @@ This module owns the CSV contract (see DESIGN.md) common to every task: which co
 inputs, images, labels, splits and groups; what counts as bad input; and the *schema* that
 describes a data set to the rest of the library (label kinds, class lists, training statistics).
 What a label column of one task kind must hold (classes, numbers, events with their time column)
-is that task's ``label_spec`` in :mod:`nervus_lightning.tasks`. Everything after
-:func:`load_table` may trust its inputs.
+is that task's ``label_spec`` in :mod:`nervus_lightning.tasks`, passed in as a
+:class:`LabelContract` (the tasks build on this module, not the other way round). The column
+names themselves are :mod:`nervus_lightning.errors`'s. Everything after :func:`load_table` may
+trust its inputs.
 
 Every problem is reported as one :class:`NervusInputError` whose message names the file, the
 column, the CSV line numbers (the header is line 1, the first case line 2) and what to do.
@@ -19,30 +21,38 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import pandas as pd
 
-ID_COLUMN = "uniqID"
-IMAGE_COLUMN = "imgpath"
-#: Several images per case: one ``imgpath_<view>`` column per view (``imgpath_frontal``...).
-VIEW_PREFIX = IMAGE_COLUMN + "_"
-#: The view name of a plain ``imgpath`` column when it stands next to ``imgpath_<view>`` columns.
-PLAIN_VIEW = "image"
+# The column conventions and the error live in the leaf module errors.py; they are imported
+# here for the functions below and so that ``from nervus_lightning.data.schema import
+# NervusInputError`` (and the column names) keeps working for users.
+from nervus_lightning.errors import (  # noqa: F401
+    EXCLUDE,
+    EXTERNAL,
+    GROUP_COLUMN,
+    ID_COLUMN,
+    IMAGE_COLUMN,
+    INPUT_PREFIX,
+    LABEL_PREFIX,
+    MAX_LISTED,
+    PERIOD_PREFIXES,
+    PLAIN_VIEW,
+    SPLIT_COLUMN,
+    TEST,
+    TRAIN,
+    VAL,
+    VIEW_PREFIX,
+    NervusInputError,
+    csv_lines,
+    is_valid_split,
+)
+
 #: ``data.missing_views``: an empty cell in a view column is refused, or replaced by a learned
 #: "missing" embedding.
 MISSING_VIEWS = ("refuse", "allow")
 _VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
-SPLIT_COLUMN = "split"
-GROUP_COLUMN = "group"
-INPUT_PREFIX = "input_"
-LABEL_PREFIX = "label_"
-PERIOD_PREFIXES = ("period_", "periods_")
-
-TRAIN, VAL, TEST, EXCLUDE = "train", "val", "test", "exclude"
-EXTERNAL = "external"
-MAX_LISTED = 5
 #: A classification label is taken for a mistake (a number, an id) when it has more classes than
 #: this in the training split and fewer than two training cases per class on average: no
 #: classifier learns a class it saw once, and a measurement read as classes has about one class
@@ -50,8 +60,20 @@ MAX_LISTED = 5
 MANY_CLASSES = 20
 
 
-class NervusInputError(ValueError):
-    """A problem with the user's data or configuration, told in one actionable message."""
+class LabelContract(Protocol):
+    """What one task kind requires of its label columns: a task class of
+    :mod:`nervus_lightning.tasks` (``task_class("survival")``...), passed to :func:`load_table`
+    and :func:`validate_for_prediction` so that this module knows no task kind itself."""
+
+    def label_spec(
+        self, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
+    ) -> LabelSpec: ...
+
+    def check_columns(
+        self, df: pd.DataFrame, path: Path, label_columns: list[str], explicit: bool
+    ) -> None: ...
+
+    def check_prediction_labels(self, df: pd.DataFrame, path: Path, spec: LabelSpec) -> None: ...
 
 
 @dataclass
@@ -71,12 +93,6 @@ class LabelSpec:
     std: float | None = None
     period: str | None = None
     causes: int | None = None
-
-    @property
-    def output_dim(self) -> int:
-        from nervus_lightning.tasks.base import task_class
-
-        return task_class(self.task).output_dim(self)
 
 
 @dataclass
@@ -154,18 +170,6 @@ class DataSchema:
         d = dict(d)
         d["labels"] = [LabelSpec(**lab) for lab in d["labels"]]
         return cls(**d)
-
-
-def csv_lines(index: Sequence[int] | pd.Index) -> str:
-    """Format row positions as CSV line numbers (header = line 1), listing the first few."""
-    rows = [int(i) + 2 for i in index]
-    shown = ", ".join(str(r) for r in rows[:MAX_LISTED])
-    more = f" and {len(rows) - MAX_LISTED} more" if len(rows) > MAX_LISTED else ""
-    return f"line{'s' if len(rows) > 1 else ''} {shown}{more}"
-
-
-def is_valid_split(value: str) -> bool:
-    return value in (TRAIN, VAL, TEST, EXCLUDE, EXTERNAL) or value.startswith(EXTERNAL + "_")
 
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
@@ -258,9 +262,7 @@ def check_no_missing(series: pd.Series, col: str, path: Path, what: str, hint: s
         )
 
 
-def select_label_columns(
-    df: pd.DataFrame, path: Path, labels: Sequence[str] | None, task: str
-) -> list[str]:
+def select_label_columns(df: pd.DataFrame, path: Path, labels: Sequence[str] | None) -> list[str]:
     if labels:
         missing = [c for c in labels if c not in df.columns]
         if missing:
@@ -300,7 +302,7 @@ def _validate_splits(df: pd.DataFrame, path: Path) -> None:
 def load_table(
     csv: str | os.PathLike,
     *,
-    task: str,
+    task: LabelContract,
     labels: Sequence[str] | None = None,
     use_images: bool = True,
     use_tabular: bool = True,
@@ -314,11 +316,9 @@ def load_table(
     Classes, input and target statistics are computed on the training split only. Image paths
     that are relative are resolved against the CSV's folder. ``imgpath_<view>`` columns make a
     multi-view schema (see :func:`find_views`); ``missing_views`` (``refuse`` or ``allow``) says
-    what an empty view cell means.
+    what an empty view cell means. ``task`` is the task class whose label contract the label
+    columns must meet (``nervus_lightning.tasks.task_class(kind)``).
     """
-    from nervus_lightning.tasks.base import task_class
-
-    kind = task_class(task)
     path = Path(csv)
     df = read_csv(path)
     if ID_COLUMN not in df.columns:
@@ -340,12 +340,12 @@ def load_table(
         raise NervusInputError(
             f"{path}: no training rows (no case has split == 'train'). Mark the training cases."
         )
-    label_cols = select_label_columns(df, path, labels, task)
+    label_cols = select_label_columns(df, path, labels)
     for col in label_cols:
         hint = "Fill in the label or set split=exclude for those cases."
         check_no_missing(df.loc[train_rows, col], col, path, "label, training split", hint)
-    specs = [kind.label_spec(df, path, col, train_rows) for col in label_cols]
-    kind.check_columns(df, path, label_cols, explicit=labels is not None)
+    specs = [task.label_spec(df, path, col, train_rows) for col in label_cols]
+    task.check_columns(df, path, label_cols, explicit=labels is not None)
 
     input_cols = [c for c in df.columns if c.startswith(INPUT_PREFIX)] if use_tabular else []
     mean, std = _fit_inputs(df, path, input_cols, train_rows)
@@ -492,10 +492,13 @@ def _fit_inputs(
     return means, stds
 
 
-def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.DataFrame:
+def validate_for_prediction(
+    csv: str | os.PathLike, schema: DataSchema, task: LabelContract
+) -> pd.DataFrame:
     """Read a CSV to predict with a trained model's schema: inputs required, labels optional.
 
-    As in :func:`load_table`, excluded rows are dropped and the index is the CSV row position.
+    As in :func:`load_table`, excluded rows are dropped and the index is the CSV row position;
+    label columns that are present must meet the contract of ``task`` (the schema's task class).
     """
     path = Path(csv)
     df = read_csv(path)
@@ -544,16 +547,7 @@ def validate_for_prediction(csv: str | os.PathLike, schema: DataSchema) -> pd.Da
         )
         for col in schema.view_columns:
             _resolve_paths(df, col, path)
-    from nervus_lightning.tasks.base import task_class
-
     for spec in schema.labels:
         if spec.name in df.columns:
-            task_class(spec.task).check_prediction_labels(df, path, spec)
+            task.check_prediction_labels(df, path, spec)
     return df
-
-
-def targets_array(df: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
-    """Encode one label column for batches (the task decides how; see ``Task.encode_targets``)."""
-    from nervus_lightning.tasks.base import task_class
-
-    return task_class(spec.task).encode_targets(df, spec)

@@ -52,7 +52,7 @@ from nervus_lightning.evaluation.sections import (
     safe_name,
     split_order,
 )
-from nervus_lightning.tasks.base import task_class
+from nervus_lightning.tasks.registry import task_class
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 
 # ImageNet statistics of torchvision's pretrained weights (RGB order).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

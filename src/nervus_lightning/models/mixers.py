@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.models.tabular import mlp
 
 TABULAR = "tabular"

@@ -18,7 +18,7 @@ from typing import Any
 from hydra.utils import get_class
 from torch import nn
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.models.tabular import NORMS
 from nervus_lightning.options import check_call_options, check_choice
 

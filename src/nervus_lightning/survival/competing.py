@@ -69,6 +69,8 @@ from torch import Tensor
 
 from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
+from nervus_lightning.survival.discrete import discretize, interpolate_survival, risk_score
+from nervus_lightning.survival.ipcw import aalen_johansen
 
 __all__ = [
     "aalen_johansen",
@@ -92,8 +94,6 @@ def discretize_causes(cuts: np.ndarray, time: Any, cause: Any) -> tuple[np.ndarr
     pycox's ``LabTransDiscreteTime`` on "any event", then the cause back where the transform
     kept an event (a time beyond the grid becomes censored at its last cut).
     """
-    from nervus_lightning.survival.discrete import discretize
-
     cause = as_numpy(cause).astype(np.int64)
     idx, is_event = discretize(cuts, time, (cause != 0).astype(np.float64))
     return idx, np.where(is_event != 0, cause, 0).astype(np.int64)
@@ -147,8 +147,6 @@ def survival_from_cif(cif: np.ndarray) -> np.ndarray:
 
 def cause_risks(cif: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """Restricted mean time lost to each cause over the grid, as a fraction of it, ``(n, K)``."""
-    from nervus_lightning.survival.discrete import risk_score
-
     return np.stack([risk_score(1.0 - cif[:, c], cuts) for c in range(cif.shape[1])], axis=1)
 
 
@@ -188,8 +186,6 @@ def model_cif(rows: pd.DataFrame, label: Mapping[str, Any], times: Any) -> np.nd
     """A competing label's predicted CIFs at ``times``, ``(len(rows), K, len(times))``, read from
     the ``cif_<label>_<cause>_grid<k>`` columns and interpolated as the curves of
     ``predictions.csv``; None when the label has no causes or the columns are missing."""
-    from nervus_lightning.survival.discrete import interpolate_survival
-
     causes, grid = int(label.get("causes") or 0), label.get("grid")
     if not causes or not grid:
         return None
@@ -207,24 +203,3 @@ def model_cif(rows: pd.DataFrame, label: Mapping[str, Any], times: Any) -> np.nd
         ],
         axis=1,
     )
-
-
-def aalen_johansen(time: Any, cause: Any, times: Any, causes: int) -> np.ndarray:
-    """Aalen-Johansen CIF of causes 1..``causes`` at ``times``, ``(causes, len(times))``.
-
-    scikit-survival's ``cumulative_incidence_competing_risks`` read as a right-continuous step
-    function (0 before the first time); a cause without events in these cases has CIF 0.
-    """
-    from sksurv.nonparametric import cumulative_incidence_competing_risks
-
-    time = as_numpy(time)
-    cause = np.rint(as_numpy(cause)).astype(np.int64)
-    times = as_numpy(times)
-    out = np.zeros((causes, times.shape[0]))
-    if not (cause != 0).any():
-        return out
-    unique, cif = cumulative_incidence_competing_risks(cause, time)
-    position = np.searchsorted(unique, times, side="right") - 1
-    for c in range(1, min(causes, cif.shape[0] - 1) + 1):
-        out[c - 1] = np.where(position >= 0, cif[c, np.maximum(position, 0)], 0.0)
-    return out

@@ -45,9 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.models.ensemble import mean_probability_logits
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.metrics import ibs_time_grid
+from nervus_lightning.survival.reference import round_to_step, time_step
 
 __all__ = [
     "DISCRETE_MODELS",
@@ -86,8 +88,6 @@ def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.n
             (too few distinct training times).
     """
     from pycox.preprocessing.label_transforms import LabTransDiscreteTime
-
-    from nervus_lightning.survival.reference import round_to_step, time_step
 
     time = as_numpy(time)
     event = as_numpy(event)
@@ -323,8 +323,6 @@ def curve_metrics(
     event times), and before its first positive time every curve is 1, which would count most
     early events as ties in Antolini's C.
     """
-    from nervus_lightning.survival.metrics import ibs_time_grid
-
     cuts = label.get("grid")
     times = subgrid(np.asarray(cuts, dtype=np.float64)) if cuts else np.zeros(0)
     surv = model_survival(rows, label, times)

@@ -1,5 +1,6 @@
 r"""Censoring distribution and the IPCW statistics that need it: Uno's C, cumulative/dynamic AUC,
-Brier score and integrated Brier score, and their versions for one cause of competing risks.
+Brier score and integrated Brier score, and their versions for one cause of competing risks;
+with the nonparametric curves they and the null models rest on (Kaplan-Meier, Aalen-Johansen).
 
 This module owns computing these statistics from a fitted censoring curve
 (:class:`CensoringCurve`). :mod:`nervus_lightning.survival.metrics` fits it on the *evaluated*
@@ -112,6 +113,7 @@ from nervus_lightning.survival.concordance import (
 
 __all__ = [
     "CensoringCurve",
+    "aalen_johansen",
     "brier_scores",
     "cause_brier_scores",
     "cause_uno_concordance",
@@ -387,6 +389,27 @@ def kaplan_meier_at(time: np.ndarray, event: np.ndarray, times: np.ndarray) -> n
     surv = np.cumprod(1.0 - deaths / at_risk)
     index = np.searchsorted(unique_time, times, side="right")
     return np.concatenate(([1.0], surv))[index]
+
+
+def aalen_johansen(time: Any, cause: Any, times: Any, causes: int) -> np.ndarray:
+    """Aalen-Johansen CIF of causes 1..``causes`` at ``times``, ``(causes, len(times))``.
+
+    scikit-survival's ``cumulative_incidence_competing_risks`` read as a right-continuous step
+    function (0 before the first time); a cause without events in these cases has CIF 0.
+    """
+    from sksurv.nonparametric import cumulative_incidence_competing_risks
+
+    time = as_numpy(time)
+    cause = np.rint(as_numpy(cause)).astype(np.int64)
+    times = as_numpy(times)
+    out = np.zeros((causes, times.shape[0]))
+    if not (cause != 0).any():
+        return out
+    unique, cif = cumulative_incidence_competing_risks(cause, time)
+    position = np.searchsorted(unique, times, side="right") - 1
+    for c in range(1, min(causes, cif.shape[0] - 1) + 1):
+        out[c - 1] = np.where(position >= 0, cif[c, np.maximum(position, 0)], 0.0)
+    return out
 
 
 def _ipcw_brier(

@@ -21,6 +21,7 @@ from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.ipcw import aalen_johansen
 
 __all__ = [
     "default_group_names",
@@ -205,8 +206,6 @@ def plot_cumulative_incidence_panels(
     competing cause, one panel per data set: ``panels`` maps the panel title to
     ``(time, cause, times, mean_predicted)`` with ``mean_predicted`` ``(causes, len(times))``.
     """
-    from nervus_lightning.survival.competing import aalen_johansen
-
     n = len(panels)
     fig = Figure(figsize=(4.6 * n, 4.2), layout="constrained")
     FigureCanvasAgg(fig)

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from nervus_lightning.survival.baseline import BreslowBaseline, as_numpy
-from nervus_lightning.survival.ipcw import kaplan_meier_at
+from nervus_lightning.survival.ipcw import aalen_johansen, kaplan_meier_at
 
 __all__ = [
     "EVAL_PERCENTILES",
@@ -335,8 +335,6 @@ class SurvivalReference:
         reference.baseline = BreslowBaseline(kept, full.baseline_cumulative_hazard(kept))
         reference.null_survival = _at_kept(kept, kaplan_meier_at(time, event, kept), ibs_grid, 1.0)
         if cause.max() >= 2:  # competing risks
-            from nervus_lightning.survival.competing import aalen_johansen
-
             cif = aalen_johansen(time, cause, kept, int(cause.max()))
             reference.null_cif = _at_kept(kept, cif, ibs_grid, 0.0)
         return reference

@@ -1,6 +1,7 @@
 """What a label *means*: its loss, output activation, epoch metrics and prediction columns.
 
-One subclass per task kind, chosen once through :data:`TASKS`; no ``if task == ...`` elsewhere.
+One subclass per task kind, registered in :data:`TASKS` when it is defined and chosen once by
+name through :func:`nervus_lightning.tasks.task_class`; no ``if task == ...`` elsewhere.
 A task sees the network's raw output for one label (``(B, head_size)``) and the batch.
 """
 
@@ -16,13 +17,8 @@ import pandas as pd
 import torch
 from torchmetrics import MetricCollection
 
-from nervus_lightning.data.schema import (
-    PERIOD_PREFIXES,
-    LabelSpec,
-    NervusInputError,
-    numeric_column,
-)
-from nervus_lightning.options import check_call_options, check_choice
+from nervus_lightning.data.schema import LabelSpec, numeric_column
+from nervus_lightning.errors import PERIOD_PREFIXES, NervusInputError
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -138,7 +134,7 @@ class Task(ABC):
 
     def head_size(self, j: int) -> int:
         """Size of label ``j``'s head for these task options (default :meth:`output_dim`)."""
-        return self.labels[j].output_dim
+        return type(self).output_dim(self.labels[j])
 
     def fit_before_training(self, train: pd.DataFrame) -> None:
         """Fit on the training split what the loss needs (e.g. a survival time grid)."""
@@ -220,26 +216,6 @@ class Task(ABC):
         return {}
 
 
-def task_class(kind: str, where: str = "task") -> type[Task]:
-    """The registered task class of ``kind`` (``where`` names the setting in the error)."""
-    # Importing the package registers every task kind.
-    import nervus_lightning.tasks  # noqa: F401
-
-    return TASKS[check_choice(where, kind, sorted(TASKS))]
-
-
 def zero_loss(output: torch.Tensor) -> torch.Tensor:
     """A zero that keeps the graph (no NaN, zero gradient) for batches with nothing to learn."""
     return output.sum() * 0.0
-
-
-def build_task(
-    kind: str,
-    labels: list[LabelSpec],
-    evaluation: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> Task:
-    """The task of kind ``kind``; ``options`` (``task.*``) are checked against its arguments."""
-    cls = task_class(kind)
-    check_call_options("task", cls, options, skip=("labels", "evaluation"))
-    return cls(labels, evaluation=evaluation, **options)

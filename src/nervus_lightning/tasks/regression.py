@@ -12,11 +12,8 @@ import pandas as pd
 import torch
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
-from nervus_lightning.data.schema import (
-    LabelSpec,
-    NervusInputError,
-    numeric_column,
-)
+from nervus_lightning.data.schema import LabelSpec, numeric_column
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.evaluation import plots
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,

@@ -1,16 +1,9 @@
-"""Classification: one softmax head per label, cross-entropy, probabilities per class.
+"""The report's classification section: metrics with bootstrap (or closed-form) intervals,
+notes, tables and figures of one classification label, from ``predictions.csv`` and
+``schema.json`` alone (no model needed).
 
-Besides the loss and the probabilities, this task owns the *evaluation contract* of binary
-labels: which class is positive, how the operating threshold is chosen (on the validation split,
-after training) and the threshold itself. The contract is fixed when the model is built, stored
-in every checkpoint and in ``schema.json``, and applied unchanged wherever the model predicts.
-
-Positive class (scikit-learn's rule, extended to the usual clinical spellings): when a binary
-label's two classes are an obvious negative/positive pair -- ``0/1``, ``-1/1``, ``false/true``,
-``no/yes``, ``negative/positive`` (any case; numbers compared as numbers, so ``0.0/1.0`` too) --
-the second one is positive. Otherwise the user must name it
-(``evaluation.positive_class={label_x: malignant}``): guessing from the sort order would make
-sensitivity and specificity swap places without warning.
+A binary label is evaluated at the operating threshold stored with the model (chosen on the
+validation split after training) and for its positive class (:mod:`.classes`).
 """
 
 from __future__ import annotations
@@ -19,35 +12,19 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
-from nervus_lightning.data.schema import (
-    LabelSpec,
-    NervusInputError,
-    check_class_count,
-    csv_lines,
-    sort_classes,
-)
+from nervus_lightning.errors import NervusInputError
 from nervus_lightning.evaluation import plots
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,
     weighted_bootstrap_distributions,
     weighted_classification_metrics,
 )
-from nervus_lightning.evaluation.intervals import (
-    Interval,
-    auroc_interval,
-    proportion_interval,
-)
+from nervus_lightning.evaluation.intervals import Interval, auroc_interval, proportion_interval
 from nervus_lightning.evaluation.metrics import (
     MetricValues,
     binary_confusion,
@@ -71,330 +48,10 @@ from nervus_lightning.evaluation.sections import (
     main_split,
     split_styles,
 )
-from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS, choose_threshold
-from nervus_lightning.models.ensemble import mean_probability_logits
-from nervus_lightning.options import check_choice, check_number
-from nervus_lightning.tasks.base import Task
+from nervus_lightning.evaluation.thresholds import choose_threshold
+from nervus_lightning.tasks.classification.classes import obvious_positive_class
 
 log = logging.getLogger(__name__)
-
-UNKNOWN = -1  # class index of a case whose label is not known (external data)
-
-#: Negative/positive pairs whose positive member is obvious (compared in lower case).
-OBVIOUS_PAIRS = (("false", "true"), ("no", "yes"), ("negative", "positive"))
-#: Numeric negative/positive pairs (compared as numbers).
-OBVIOUS_NUMERIC_PAIRS = ((0.0, 1.0), (-1.0, 1.0))
-
-
-def obvious_positive_class(classes: list[str]) -> str | None:
-    """The positive member of an obvious negative/positive pair of classes, else ``None``."""
-    if len(classes) != 2:
-        return None
-    try:
-        values = [float(c) for c in classes]
-    except ValueError:
-        values = None
-    if values is not None:
-        for negative, positive in OBVIOUS_NUMERIC_PAIRS:
-            if sorted(values) == [negative, positive]:
-                return classes[values.index(positive)]
-        return None
-    lowered = [c.lower() for c in classes]
-    for negative, positive in OBVIOUS_PAIRS:
-        if sorted(lowered) == [negative, positive]:
-            return classes[lowered.index(positive)]
-    return None
-
-
-def _match_class(value: Any, classes: list[str]) -> str | None:
-    """The class named by a config value (YAML may turn ``1`` or ``true`` into int/bool)."""
-    if str(value) in classes:
-        return str(value)
-    if isinstance(value, bool):
-        found = [c for c in classes if c.lower() == str(value).lower()]
-        return found[0] if len(found) == 1 else None
-    if isinstance(value, int | float):
-        found = []
-        for c in classes:
-            try:
-                if float(c) == float(value):
-                    found.append(c)
-            except ValueError:
-                continue
-        return found[0] if len(found) == 1 else None
-    return None
-
-
-def resolve_positive_classes(
-    labels: list[LabelSpec], requested: Mapping[str, Any] | None
-) -> dict[str, str]:
-    """Positive class of every binary label: the one requested, else the obvious one.
-
-    Raises:
-        NervusInputError: a requested label that is not a binary label of this model, a class
-            that is not one of the label's classes, or a binary label whose classes are not an
-            obvious pair and for which no positive class was given.
-    """
-    requested = dict(requested or {})
-    by_name = {spec.name: spec for spec in labels}
-    for name in requested:
-        spec = by_name.get(name)
-        if spec is None or spec.task != "classification":
-            raise NervusInputError(
-                f"evaluation.positive_class names {name!r}, which is not a classification label "
-                f"of this model (labels: {[s.name for s in labels]})."
-            )
-        if len(spec.classes or []) != 2:
-            raise NervusInputError(
-                f"evaluation.positive_class.{name}: {name!r} has {len(spec.classes or [])} "
-                f"classes {spec.classes}; only binary labels have a positive class."
-            )
-    positives: dict[str, str] = {}
-    for spec in labels:
-        classes = list(spec.classes or [])
-        if len(classes) != 2:
-            continue
-        if spec.name in requested:
-            match = _match_class(requested[spec.name], classes)
-            if match is None:
-                raise NervusInputError(
-                    f"evaluation.positive_class.{spec.name}={requested[spec.name]!r} is not a "
-                    f"class of {spec.name!r}; its classes are {classes}."
-                )
-            positives[spec.name] = match
-            continue
-        obvious = obvious_positive_class(classes)
-        if obvious is None:
-            raise NervusInputError(
-                f"binary label {spec.name!r} has classes {classes}, which are not an obvious "
-                "negative/positive pair (0/1, false/true, no/yes, negative/positive). Say which "
-                "class is positive, e.g. "
-                f"evaluation.positive_class={{{spec.name}:{classes[-1]}}} on the command line "
-                f"(or evaluation={{'positive_class': {{'{spec.name}': '{classes[-1]}'}}}} for "
-                "NervusModule): sensitivity, PPV and the threshold refer to it."
-            )
-        positives[spec.name] = obvious
-    return positives
-
-
-def check_threshold_options(method: Any, target_sensitivity: Any) -> None:
-    check_choice("evaluation.threshold", method, THRESHOLD_METHODS)
-    check_number(
-        "evaluation.target_sensitivity", target_sensitivity, low=0.0, high=1.0, low_open=True
-    )
-
-
-def probabilities(values: np.ndarray) -> np.ndarray:
-    """Softmax outputs as float64 rows that sum to 1 (float32 softmax sums to 1 only to ~1e-7).
-
-    The same values are written to ``predictions.csv`` and used to choose thresholds, so that a
-    case exactly at the threshold is classified identically everywhere.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    return values / values.sum(axis=1, keepdims=True)
-
-
-class ClassificationTask(Task):
-    """Single-label, binary or multi-class targets; several labels = several heads.
-
-    Args:
-        labels: the schema's labels.
-        label_smoothing: cross-entropy label smoothing, in [0, 1).
-        evaluation: the evaluation contract: ``threshold`` (``youden`` or ``sensitivity``),
-            ``target_sensitivity`` and ``positive_class`` (label -> class, see the module
-            docstring). Other evaluation settings (bootstrap...) are accepted and ignored here.
-    """
-
-    kind = "classification"
-    summary_title = "class balance"
-    resampling_note = "classification labels resample within each true class"
-    val_selects = "the checkpoint and the operating threshold"
-    export_prefix = "prob"
-    export_meaning = "softmax probability of each class, in the order of 'classes'"
-
-    def export_output(self, j: int) -> dict[str, Any]:
-        return {**super().export_output(j), "classes": list(self.labels[j].classes or [])}
-
-    @classmethod
-    def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
-        return evaluate_classification(predictions, label, ctx)
-
-    @classmethod
-    def figures(cls, section: LabelSection, ctx: EvalContext) -> None:
-        classification_figures(section, ctx)
-
-    primary_metric = "auroc"
-    post_training_splits = ("val",)
-
-    def __init__(
-        self,
-        labels: list[LabelSpec],
-        label_smoothing: float = 0.0,
-        evaluation: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(labels, evaluation=evaluation)
-        self.label_smoothing = float(
-            check_number("task.label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
-        )
-        evaluation = dict(evaluation or {})
-        self.threshold_method = evaluation.get("threshold") or "youden"
-        self.target_sensitivity = evaluation.get("target_sensitivity")
-        if self.target_sensitivity is None:
-            self.target_sensitivity = 0.9
-        check_threshold_options(self.threshold_method, self.target_sensitivity)
-        self.target_sensitivity = float(self.target_sensitivity)
-        self.positive_classes = resolve_positive_classes(labels, evaluation.get("positive_class"))
-        # Binary operating thresholds chosen on the validation split after training, so that
-        # predict on an external set applies the same threshold without the validation rows.
-        self.thresholds: list[float | None] = [None] * len(labels)
-
-    @classmethod
-    def label_spec(
-        cls, df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index
-    ) -> LabelSpec:
-        """Classes: the sorted values of the training split (numerically when all numbers)."""
-        classes = sort_classes(df.loc[train_rows, column].tolist())
-        check_class_count(df, path, column, train_rows, classes)
-        if len(classes) < 2:
-            raise NervusInputError(
-                f"{path}: label '{column}' has only one class ({classes[0]!r}) in the training "
-                "split; a classifier needs at least two. Check the split or drop this label."
-            )
-        known = df[column].isna() | df[column].isin(classes)
-        if not known.all():
-            unseen = sorted(df.loc[~known, column].unique())
-            raise NervusInputError(
-                f"{path}: label '{column}' has class(es) {unseen} at "
-                f"{csv_lines(df.index[~known])} that never occur in the training split (classes: "
-                f"{classes}). Add training cases of that class or fix the values."
-            )
-        return LabelSpec(name=column, task=cls.kind, classes=classes)
-
-    @classmethod
-    def check_prediction_labels(cls, df: pd.DataFrame, path: Path, spec: LabelSpec) -> None:
-        known = df[spec.name].isna() | df[spec.name].isin(spec.classes or [])
-        if not known.all():
-            raise NervusInputError(
-                f"{path}: label '{spec.name}' has class(es) "
-                f"{sorted(df.loc[~known, spec.name].unique())} at {csv_lines(df.index[~known])} "
-                f"unknown to the model (classes: {spec.classes})."
-            )
-
-    @classmethod
-    def encode_targets(cls, df: pd.DataFrame, spec: LabelSpec) -> np.ndarray:
-        """Class indices; ``UNKNOWN`` (-1) where the label is missing or absent."""
-        if spec.name not in df.columns:
-            return np.full(len(df), UNKNOWN, dtype=np.int64)
-        lookup = {c: i for i, c in enumerate(spec.classes or [])}
-        return np.array([lookup.get(v, UNKNOWN) for v in df[spec.name]], dtype=np.int64)
-
-    @classmethod
-    def output_dim(cls, spec: LabelSpec) -> int:
-        return len(spec.classes or [])
-
-    @classmethod
-    def score_columns(cls, label: Mapping[str, Any]) -> list[str]:
-        return [f"prob_{label['name']}_{c}" for c in label.get("classes") or []]
-
-    def contract(self, j: int) -> dict[str, Any]:
-        """The evaluation contract of binary label ``j`` (empty for other labels)."""
-        spec = self.labels[j]
-        if spec.name not in self.positive_classes:
-            return {}
-        return {
-            "positive_class": self.positive_classes[spec.name],
-            "threshold_method": self.threshold_method,
-            "target_sensitivity": self.target_sensitivity,
-            "threshold": self.thresholds[j],
-        }
-
-    def fit_after_training(
-        self,
-        outputs: dict[str, list[np.ndarray]],
-        frames: dict[str, pd.DataFrame],
-    ) -> None:
-        for j, spec in enumerate(self.labels):
-            if spec.name not in self.positive_classes or spec.name not in frames["val"].columns:
-                continue
-            positive = self.positive_classes[spec.name]
-            y = frames["val"][spec.name].to_numpy(object)
-            known = pd.notna(y)
-            y_pos = y[known] == positive
-            if y_pos.all() or not y_pos.any():
-                continue
-            score = probabilities(outputs["val"][j])[known, spec.classes.index(positive)]
-            self.thresholds[j] = float(
-                choose_threshold(y_pos, score, self.threshold_method, self.target_sensitivity)
-            )
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            f"{j}.threshold": torch.tensor(threshold, dtype=torch.float64)
-            for j, threshold in enumerate(self.thresholds)
-            if threshold is not None
-        }
-
-    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
-        for j in range(len(self.labels)):
-            if f"{j}.threshold" in state:
-                self.thresholds[j] = float(state[f"{j}.threshold"].reshape(-1)[0])
-
-    def export_label(self, j: int) -> dict[str, Any]:
-        return self.contract(j)
-
-    def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
-        target = batch["target"][:, j].long()
-        # The mean over known targets, as reduction="mean" takes it, but without a Python test
-        # on a device tensor (that would wait for the GPU at every step); a batch with no known
-        # target gives 0 with a zero gradient.
-        total = F.cross_entropy(
-            output.float(),
-            target,
-            ignore_index=UNKNOWN,
-            label_smoothing=self.label_smoothing,
-            reduction="sum",
-        )
-        return total / (target != UNKNOWN).sum().clamp(min=1)
-
-    def transform_output(self, output: torch.Tensor, j: int) -> torch.Tensor:
-        return torch.softmax(output.float(), dim=1)
-
-    def combine(self, outputs: list[torch.Tensor], j: int) -> torch.Tensor:
-        # The log of the members' mean probabilities: logits whose softmax is that mean.
-        return mean_probability_logits([o.float() for o in outputs])
-
-    def make_metrics(self, j: int) -> MetricCollection:
-        k = len(self.labels[j].classes)
-        # Binary AUROC equals the macro one-vs-rest AUROC of two classes, so one metric serves both.
-        return MetricCollection(
-            {
-                "accuracy": MulticlassAccuracy(k, average="micro", ignore_index=UNKNOWN),
-                "auroc": MulticlassAUROC(k, average="macro", ignore_index=UNKNOWN),
-            }
-        )
-
-    def update_metrics(self, metrics, output, batch, j) -> None:
-        # On probabilities, as users read them (not on logits).
-        probs = self.transform_output(output.detach(), j)
-        metrics.update(probs, batch["target"][:, j].long())
-
-    def prediction_columns(self, values: np.ndarray, j: int) -> dict[str, Any]:
-        spec = self.labels[j]
-        values = probabilities(values)
-        classes = np.asarray(spec.classes, dtype=object)
-        predicted = values.argmax(axis=1)
-        if self.thresholds[j] is not None:
-            # The operating point of the contract, as in sensitivity/specificity.
-            positive = spec.classes.index(self.positive_classes[spec.name])
-            predicted = np.where(values[:, positive] >= self.thresholds[j], positive, 1 - positive)
-        cols: dict[str, Any] = {f"pred_{spec.name}": classes[predicted]}
-        for c, name in enumerate(spec.classes):
-            cols[f"prob_{spec.name}_{name}"] = values[:, c]
-        return cols
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation: metrics with CIs, notes and figures of one classification label
 
 
 _THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")

@@ -1,0 +1,36 @@
+"""The classification task kind: its model side (:mod:`.task`), which class is positive
+(:mod:`.classes`) and its section of the report (:mod:`.evaluation`)."""
+
+from nervus_lightning.tasks.classification.classes import (
+    OBVIOUS_NUMERIC_PAIRS,
+    OBVIOUS_PAIRS,
+    obvious_positive_class,
+    resolve_positive_classes,
+)
+from nervus_lightning.tasks.classification.evaluation import (
+    COUNT_METRICS,
+    classification_figures,
+    closed_form_intervals,
+    evaluate_classification,
+)
+from nervus_lightning.tasks.classification.task import (
+    UNKNOWN,
+    ClassificationTask,
+    check_threshold_options,
+    probabilities,
+)
+
+__all__ = [
+    "COUNT_METRICS",
+    "OBVIOUS_NUMERIC_PAIRS",
+    "OBVIOUS_PAIRS",
+    "UNKNOWN",
+    "ClassificationTask",
+    "check_threshold_options",
+    "classification_figures",
+    "closed_form_intervals",
+    "evaluate_classification",
+    "obvious_positive_class",
+    "probabilities",
+    "resolve_positive_classes",
+]

@@ -1,0 +1,443 @@
+"""The report's survival section: metrics with bootstrap intervals, notes, tables and figures
+of one survival label, from ``predictions.csv`` and ``schema.json`` alone (no model needed).
+
+The training-split aggregates come from the schema when the run fitted them (else from the
+``train`` rows of the predictions); the IPCW statistics weigh with the evaluated split's own
+censoring curve; competing-risk labels add the causes' concordance, Brier scores and cumulative
+incidence calibration (:mod:`nervus_lightning.survival.competing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nervus_lightning.evaluation.bootstrap import (
+    BootstrapCI,
+    bootstrap_distributions,
+    bootstrap_size,
+    rescale_distribution,
+)
+from nervus_lightning.evaluation.sections import (
+    ALL_GROUPS,
+    EvalContext,
+    LabelSection,
+    Subset,
+    bootstrap_intervals,
+    iter_subsets,
+    safe_name,
+)
+from nervus_lightning.evaluation.survival_calibration import survival_calibration_table
+from nervus_lightning.survival import competing, discrete
+from nervus_lightning.survival.metrics import (
+    assign_risk_groups,
+    cause_ibs,
+    cause_td_auc,
+    cause_uno_c,
+    format_time,
+    ipcw_subsample,
+    null_ibs,
+    prediction_accuracy,
+    survival_metrics,
+)
+from nervus_lightning.survival.reference import SurvivalReference
+
+
+def _survival_reference(
+    train: pd.DataFrame, label: Mapping, name: str, period: str
+) -> tuple[SurvivalReference, list[str]]:
+    """Training-split aggregates of a survival label: from the schema when it has them (fitted
+    at training time), else fitted on the ``train`` rows of the predictions."""
+    if all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS):
+        return SurvivalReference.from_json(dict(label)), [
+            "Baseline hazard, evaluation times and risk cut-points from the training run "
+            "(schema.json)."
+        ]
+    train_time = train[period].to_numpy(dtype=float)
+    train_event = train[name].to_numpy(dtype=float)
+    train_risk = train[f"risk_{name}"].to_numpy(dtype=float)
+    reference = SurvivalReference.fit(
+        train_time,
+        train_event,
+        train_risk,
+        eval_times=label.get("eval_times") or None,
+        risk_cutpoints=label.get("risk_cutpoints") or None,
+    )
+    return reference, ["No survival reference in the schema: fitted on the 'train' rows."]
+
+
+def _is_ipcw(metric: str, ipcw_keys: set[str]) -> bool:
+    return metric in ipcw_keys or metric.startswith(
+        ("td_auc_t", "td_auc_cause", "ibs_cause", "c_index_uno_cause", "ibs_null", "ipa")
+    )
+
+
+def _large_split_notes(n: int, ctx: EvalContext) -> dict[str, str | None]:
+    """What a split larger than the evaluation limits was computed on (metrics_notes.csv)."""
+    notes: dict[str, str | None] = {"ipcw": None, "bootstrap": None}
+    if n > ctx.max_rows_exact:
+        notes["ipcw"] = (
+            f"computed on a random subsample of {ctx.max_rows_exact:,} of the {n:,} cases "
+            f"(seed {ctx.seed}; evaluation.max_rows_exact)"
+        )
+    if ctx.n_bootstrap > 0 and n > ctx.max_rows_bootstrap:
+        notes["bootstrap"] = (
+            f"CI from resamples of {ctx.max_rows_bootstrap:,} of the {n:,} cases, rescaled to "
+            "the cases the value is computed on (m-out-of-n bootstrap; "
+            "evaluation.max_rows_bootstrap)"
+        )
+    return notes
+
+
+def _cause_metrics(
+    time: np.ndarray,
+    cause: np.ndarray,
+    cause_risk: np.ndarray,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """Wolbers' C of each competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0)."""
+    out: dict[str, float | None] = {}
+    for c in range(1, cause_risk.shape[1] + 1):
+        key = f"c_index_cause{c}"
+        out[key] = competing.cause_concordance(time, cause, cause_risk[:, c - 1], c)
+        if out[key] is None and reasons is not None:
+            reasons[key] = f"no cause-{c} event with a comparable pair"
+    return out
+
+
+def _cause_ipcw_metrics(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    cause: np.ndarray,
+    cause_risk: np.ndarray,
+    auc_cif: np.ndarray | None,
+    ibs_cif: np.ndarray | None,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """Each competing cause's censoring-weighted concordance of its risk (``cause_risk``
+    ``(n, K)``), cumulative/dynamic AUC at the evaluation times and integrated Brier score,
+    from the predicted CIFs (``(n, K, times)``) at ``reference.eval_times`` (``auc_cif``) and
+    on its IBS grid (``ibs_cif``); None where the CIF columns are missing."""
+    out: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+    missing = "no cif_<label>_<cause>_grid<k> columns in the predictions"
+    for c in range(1, cause_risk.shape[1] + 1):
+        key = f"c_index_uno_cause{c}"
+        out[key], text = cause_uno_c(reference, time, cause, cause_risk[:, c - 1], c)
+        if text is not None:
+            why[key] = text
+        if auc_cif is None:
+            keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in reference.eval_times]
+            out.update(dict.fromkeys(keys))
+            why.update(dict.fromkeys(keys, missing))
+        else:
+            values, reason = cause_td_auc(reference, time, cause, auc_cif[:, c - 1], c)
+            out.update(values)
+            why.update(reason)
+        key = f"ibs_cause{c}"
+        if ibs_cif is None:
+            out[key], why[key] = None, missing
+        else:
+            out[key], text = cause_ibs(reference, time, cause, ibs_cif[:, c - 1], c)
+            if text is not None:
+                why[key] = text
+    if reasons is not None:
+        reasons.update(why)
+    return out
+
+
+def _accuracy_metrics(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    scores: Mapping[str, float | None],
+    causes: int,
+    reasons: dict[str, str] | None = None,
+) -> dict[str, float | None]:
+    """``ibs_null`` (the integrated Brier score of the training split's covariate-free
+    prediction on the same rows and grid as ``ibs``) and the index of prediction accuracy
+    ``ipa`` = 1 - ``ibs`` / ``ibs_null``, and ``ipa_cause<c>`` from ``ibs_cause<c>`` and the
+    training Aalen-Johansen incidence; ``scores`` holds the model's ``ibs`` values."""
+    out: dict[str, float | None] = {}
+    why: dict[str, str] = {}
+    out["ibs_null"], text = null_ibs(reference, time, event)
+    keys = [("ibs", "ibs_null", "ipa")]
+    if text is not None:
+        why["ibs_null"] = text
+    for c in range(1, causes + 1):
+        out[f"ibs_null_cause{c}"], text = null_ibs(reference, time, event, c)
+        if text is not None:
+            why[f"ibs_null_cause{c}"] = text
+        keys.append((f"ibs_cause{c}", f"ibs_null_cause{c}", f"ipa_cause{c}"))
+    for model, null, key in keys:
+        out[key] = prediction_accuracy(scores.get(model), out[null])
+        if out[key] is None:
+            why[key] = f"needs {model} and {null}"
+    if reasons is not None:
+        reasons.update(why)
+    return out
+
+
+def _cif_calibration(
+    rows: pd.DataFrame,
+    label: Mapping,
+    time: np.ndarray,
+    cause: np.ndarray,
+    t: float,
+    reasons: dict[str, str],
+) -> dict[str, float | None]:
+    """Each cause's observed (Aalen-Johansen) and mean predicted cumulative incidence at ``t``."""
+    causes = int(label["causes"])
+    predicted = competing.model_cif(rows, label, [t])
+    observed = competing.aalen_johansen(time, cause, [t], causes)[:, 0]
+    out: dict[str, float | None] = {}
+    for c in range(1, causes + 1):
+        key = f"cif_observed_cause{c}"
+        out[key] = float(observed[c - 1])
+        if t > time.max():
+            out[key] = None
+            reasons[key] = f"t = {t:g} is beyond the evaluated follow-up ({time.max():g})"
+        key = f"cif_predicted_cause{c}"
+        out[key] = None if predicted is None else float(predicted[:, c - 1, 0].mean())
+        if predicted is None:
+            reasons[key] = "no cif_<label>_<cause>_grid<k> columns in the predictions"
+    return out
+
+
+def _method_notes(
+    name: str, causes: int, calibration_time: float, unit: str, cutpoints: Any
+) -> list[str]:
+    """What the survival metrics of label ``name`` are and how they were computed (the notes
+    under its section: competing causes, censoring weights, ipa, calibration time)."""
+    notes: list[str] = []
+    if causes:
+        notes.append(
+            f"Competing risks (causes 1..{causes}): the metrics without a cause number, the "
+            "Kaplan-Meier risk groups and the calibration are for event-free survival, any cause "
+            f"counting as the event (risk_{name}, surv_{name}_*). c_index_cause<c> is Wolbers' "
+            f"concordance of risk_{name}_<c> (restricted mean time lost to cause c) for cause c: "
+            "a cause-c failure is compared with everyone event-free after it and with every "
+            "other-cause failure, at any time; no censoring weights. cif_observed_cause<c> "
+            "(Aalen-Johansen) and cif_predicted_cause<c> (mean predicted CIF) are cause c's "
+            "cumulative incidence at the calibration time. c_index_uno_cause<c> is Wolbers' "
+            "concordance with Uno's censoring weights, truncated at Uno's tau; "
+            "td_auc_cause<c>_t<time> is cause c's "
+            "cumulative/dynamic AUC at an evaluation time (marker: predicted cumulative "
+            "incidence there; cases: cause-c failures by then; controls: everyone else, "
+            "other-cause failures included) and ibs_cause<c> the integrated Brier score of "
+            "cause c's predicted cumulative incidence on the ibs times, all three with "
+            "censoring weights from the evaluated split's own Kaplan-Meier curve (any cause "
+            "counting as an event)."
+        )
+    notes.append(
+        "IPCW statistics (c_index_uno, td_auc_*, ibs, ibs_null, ipa and the per-cause ones): "
+        "censoring weights from the evaluated split's own Kaplan-Meier curve of the censoring "
+        "times (of the rows scored, per split and group), not from the training split."
+    )
+    notes.append(
+        "ipa: index of prediction accuracy, 1 - ibs / ibs_null, where ibs_null is the IBS of "
+        "the training split's Kaplan-Meier curve given to every case (no inputs), on the same "
+        "cases and times; above 0 the model predicts better than that"
+        + (
+            ", below 0 worse. ipa_cause<c> likewise for ibs_cause<c>, against the training "
+            "Aalen-Johansen incidence of cause c."
+            if causes
+            else ", below 0 worse."
+        )
+    )
+    notes.append(
+        f"Calibration at t = {calibration_time:g}{unit} (middle evaluation time); "
+        "risk groups from the training cut-points "
+        f"{', '.join(f'{c:.3g}' for c in cutpoints)}."
+    )
+    return notes
+
+
+def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
+    """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
+
+    Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
+    log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
+    all of them (O(m log m) each, m = min(cases, ``evaluation.max_rows_bootstrap``)). Splits
+    above ``evaluation.max_rows_exact`` / ``max_rows_bootstrap`` cases are evaluated as
+    :func:`_large_split_notes` says, in ``metrics_notes.csv``.
+    """
+    name = label["name"]
+    period = label["period"]
+    risk_column = f"risk_{name}"
+    section = LabelSection(name, "survival")
+    values = df[[name, period, risk_column]].apply(pd.to_numeric, errors="coerce")
+    known = values.notna().all(axis=1).to_numpy()
+    if (~known).any():
+        section.notes.append(
+            f"{int((~known).sum())} case(s) without event, time or risk are "
+            "left out of the survival metrics."
+        )
+    df = df[known].assign(**{c: values.loc[known, c] for c in values.columns})
+    train = df[df["split"] == "train"]
+    from_schema = all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS)
+    if not from_schema and (train.empty or not (train[name] != 0).any()):
+        section.notes.append(
+            "No 'train' split with events in the predictions: survival metrics "
+            "need the training follow-up and were not computed."
+        )
+        return section
+    reference, notes = _survival_reference(train, label, name, period)
+    eval_times, cutpoints = reference.eval_times, reference.risk_cutpoints
+    section.notes += notes
+    if label.get("survival_model", "cox") != "cox":
+        section.notes.append(
+            f"ibs and calibration from the {label['survival_model']} model's own survival curves "
+            "(interpolated between its grid times), not from a Breslow baseline."
+        )
+    causes = int(label.get("causes") or 0)
+    cause_columns = [f"risk_{name}_{c}" for c in range(1, causes + 1)]
+    if causes and not set(cause_columns) <= set(df.columns):
+        section.notes.append(
+            f"Competing causes 1..{causes} but no {cause_columns[0]}... columns in the "
+            "predictions: cause-specific concordance not computed."
+        )
+        causes, cause_columns = 0, []
+    calibration_time = float(np.median(eval_times))
+    unit = f" {ctx.time_unit}" if ctx.time_unit else ""
+    median_time = f"median time ({ctx.time_unit})" if ctx.time_unit else "median time"
+    section.notes += _method_notes(name, causes, calibration_time, unit, cutpoints)
+
+    ipcw_keys = {"c_index_uno", "td_auc_mean", "ibs"}
+    ibs_grid = reference.ibs_grid()
+    summary, calibration_tables = {}, []
+    for split, group, rows in iter_subsets(df, ctx):
+        if rows.empty:
+            continue
+        time = rows[period].to_numpy(dtype=float)
+        event = rows[name].to_numpy(dtype=float)
+        risk = rows[risk_column].to_numpy(dtype=float)
+        n = len(rows)
+        reasons: dict[str, str] = {}
+        # A discrete-time model's own curves on the IBS grid (None for Cox: Breslow baseline).
+        own_ibs = discrete.model_survival(rows, label, ibs_grid)
+        point = survival_metrics(
+            reference, time, event, risk, reasons=reasons, max_rows_exact=ctx.max_rows_exact,
+            seed=ctx.seed, ibs_survival=own_ibs,
+        )  # fmt: skip
+        ipcw_rows = min(n, ctx.max_rows_exact)
+        # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
+        # Antolini C compares all pairs, so it gets the IPCW metrics' subsample).
+        sub = ipcw_subsample(n, ctx.max_rows_exact, ctx.seed)
+        scored = rows if sub is None else rows.iloc[sub]
+        point.update(discrete.curve_metrics(scored, label, reference, reasons))
+        cause_risk = rows[cause_columns].to_numpy(dtype=float)
+        # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
+        cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
+        cause_auc_cif = competing.model_cif(rows, label, eval_times) if causes else None
+        point.update(_cause_metrics(time, event, cause_risk, reasons))
+        keep = slice(None) if sub is None else sub  # the IPCW metrics' rows
+        if causes:
+            point.update(
+                _cause_ipcw_metrics(
+                    reference, time[keep], event[keep], cause_risk[keep],
+                    None if cause_auc_cif is None else cause_auc_cif[keep],
+                    None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
+                )
+            )  # fmt: skip
+        point.update(_accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
+        cif_arrays = {}
+        if causes:
+            point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
+            times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
+            predicted_cif = competing.model_cif(rows, label, times)
+            if predicted_cif is not None:
+                cif_arrays = {"cif_times": times, "cif_mean": predicted_cif.mean(axis=0)}
+        intervals: dict[str, BootstrapCI] = {}
+        if ctx.n_bootstrap > 0 and n > 1:
+            m = bootstrap_size(n, ctx.max_rows_bootstrap)
+            # Predicted survival on the IBS grid once per split, not once per resample.
+            table = own_ibs
+            if table is None and n <= ctx.max_rows_bootstrap:
+                table = reference.survival(risk, ibs_grid)
+
+            def resample_metrics(
+                t, e, r, index, table=table, cause_risk=cause_risk, ibs_cif=cause_ibs_cif,
+                auc_cif=cause_auc_cif,
+            ):  # fmt: skip
+                out = {
+                    **survival_metrics(
+                        reference, t, e, r, max_rows_exact=None, logrank=False,
+                        ibs_survival=None if table is None else table[index],
+                    ),
+                    **_cause_metrics(t, e, cause_risk[index]),
+                }  # fmt: skip
+                if causes:
+                    out.update(
+                        _cause_ipcw_metrics(
+                            reference, t, e, cause_risk[index],
+                            None if auc_cif is None else auc_cif[index],
+                            None if ibs_cif is None else ibs_cif[index],
+                        )
+                    )  # fmt: skip
+                out.update(_accuracy_metrics(reference, t, e, out, causes))
+                return out
+
+            distributions = bootstrap_distributions(
+                resample_metrics, time, event, risk, np.arange(n),
+                n_resamples=ctx.n_bootstrap, seed=ctx.seed, size=m,
+            )  # fmt: skip
+            distributions.pop("logrank_p", None)  # a p-value has no confidence interval
+            for metric, values in distributions.items():
+                size = ipcw_rows if _is_ipcw(metric, ipcw_keys) else n
+                distributions[metric] = rescale_distribution(values, point.get(metric), m, size)
+            intervals = bootstrap_intervals(distributions, ctx.ci)
+        large = _large_split_notes(n, ctx)
+        section.add(split, group, "n", float(len(rows)))
+        section.add(split, group, "events", float((event != 0).sum()))
+        for c in range(1, causes + 1):
+            section.add(split, group, f"events_cause{c}", float((event == c).sum()))
+        for metric, value in point.items():
+            note = [reasons.get(metric), large["ipcw"] if _is_ipcw(metric, ipcw_keys) else None]
+            if metric in intervals:
+                note.append(large["bootstrap"])
+            text = "; ".join(x for x in note if x) or None
+            section.add(split, group, metric, value, intervals.get(metric), text)
+        if group == ALL_GROUPS:
+            summary[split] = {
+                "n": len(rows),
+                "events": int((event != 0).sum()),
+                "event rate": f"{(event != 0).mean():.1%}",
+                median_time: float(np.median(time)),
+            }
+        predicted = discrete.model_survival(rows, label, [calibration_time])
+        if predicted is None:
+            predicted = reference.survival(risk, [calibration_time])
+        predicted = predicted[:, 0]
+        table = survival_calibration_table(time, event, predicted, calibration_time)
+        calibration_tables.append(table.assign(split=split, group=group))
+        section.subsets.append(
+            Subset(
+                split,
+                group,
+                {
+                    "time": time,
+                    "event": event,
+                    "risk_group": assign_risk_groups(risk, cutpoints),
+                    **cif_arrays,
+                },
+                calibration=table,
+            )
+        )
+    section.info.update(calibration_time=calibration_time, causes=causes)
+    section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
+    if calibration_tables:
+        table = pd.concat(calibration_tables, ignore_index=True)
+        table = table[["split", "group", *table.columns.drop(["split", "group"])]]
+        table.to_csv(ctx.out_dir / f"survival_calibration_{safe_name(name)}.csv", index=False)
+        section.tables.append(
+            (
+                f"Calibration at t = {calibration_time:g}{unit} by bin of predicted "
+                "survival (1 = highest risk)",
+                table,
+            )
+        )
+    return section
