@@ -1,8 +1,9 @@
-"""Developer sessions: ``nox -s tests`` (the README's test command) and ``nox -s lint``."""
+"""Developer sessions: ``nox -s tests`` (the README's test command), ``nox -s lint`` and
+``nox -s docs`` (the documentation site, warnings as errors)."""
 
 import nox
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint", "docs"]
 
 
 @nox.session
@@ -16,3 +17,9 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", str(session.create_tmp() + "/site"))

@@ -1,5 +1,5 @@
-"""What may leave the hospital holds no training patient's value (README, section "Survival
-(DeepSurv)", and DESIGN's privacy rule): every checkpoint of a run, its ``schema.json`` and the
+"""What may leave the hospital holds no training patient's value (docs/privacy.md, and DESIGN's
+privacy rule): every checkpoint of a run, its ``schema.json`` and the
 export contract are scanned, number by number, for training follow-up times, input values and
 regression labels.
 

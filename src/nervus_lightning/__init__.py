@@ -1,7 +1,7 @@
 """nervus_lightning: Nervus rebuilt on PyTorch Lightning and Hydra.
 
 Classification, regression and survival (DeepSurv) models on medical images, clinical tables or
-both. The main objects work without Hydra::
+both. The main objects work without Hydra:
 
     from nervus_lightning import NervusDataModule, NervusModule
 

@@ -138,7 +138,8 @@ class NervusModule(L.LightningModule):
             schema's task.
         optimizer: ``{name: adam|adamw|sgd|radam, lr, weight_decay, ...}``.
         scheduler: ``{name: none|cosine|plateau, ...}``.
-        in_channels, image_size: image geometry (used to build and probe the extractor).
+        in_channels: image channels (used to build and probe the extractor).
+        image_size: image side in pixels (used to build and probe the extractor).
         channels_last: run the image extractor in channels-last memory format.
         ensemble: number of independently initialised networks trained side by side and
             combined into one model (``model.ensemble``; see

@@ -229,8 +229,10 @@ class NervusDataModule(L.LightningDataModule):
         labels: label columns to use (default: every ``label_*`` column).
         image_size: images are resized to ``image_size`` x ``image_size``.
         in_channels: 1 (grayscale) or 3; images are converted to it.
-        batch_size, num_workers: as for :class:`torch.utils.data.DataLoader`.
-        use_images, use_tabular: turn an input off even when the CSV has it.
+        batch_size: as for :class:`torch.utils.data.DataLoader`.
+        num_workers: as for :class:`torch.utils.data.DataLoader`.
+        use_images: turn the images off even when the CSV has them.
+        use_tabular: turn the tabular inputs off even when the CSV has them.
         augmentation: training-split augmentation preset (see ``data.transforms``).
         sampler: ``none`` or ``weighted`` (inverse class frequency, training split only).
         schema: a trained model's schema; given, the CSV is read for prediction (labels optional,

@@ -49,7 +49,8 @@ class GrayStem(nn.Module):
 
     Args:
         conv: the pretrained 3-channel convolution (``groups=1``).
-        mean, std: the per-channel statistics the RGB network's inputs were normalised with.
+        mean: the per-channel mean the RGB network's inputs were normalised with.
+        std: the per-channel standard deviation the RGB network's inputs were normalised with.
     """
 
     def __init__(self, conv: nn.Conv2d, mean: tuple[float, ...], std: tuple[float, ...]) -> None:

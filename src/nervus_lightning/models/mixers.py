@@ -64,7 +64,9 @@ class ConcatMixer(nn.Module):
     Args:
         in_features: width of each feature block.
         modalities: block names (unused: every block is treated alike).
-        hidden, dropout, norm: the MLP after the concatenation (``norm``: batch, layer or none).
+        hidden: the hidden widths of the MLP after the concatenation.
+        dropout: the MLP's dropout.
+        norm: the MLP's normalisation: batch, layer or none.
     """
 
     def __init__(
@@ -100,7 +102,9 @@ class GatedMixer(nn.Module):
         width: common width of the projected blocks.
         combine: ``sum`` gives ``sum_i g_i p_i`` (``width`` wide); ``concat`` gives
             ``[g_1 p_1, ..., g_n p_n]`` (``n * width`` wide).
-        hidden, dropout, norm: the MLP after the combination (``norm``: batch, layer or none).
+        hidden: the hidden widths of the MLP after the combination.
+        dropout: the MLP's dropout.
+        norm: the MLP's normalisation: batch, layer or none.
     """
 
     def __init__(
@@ -161,7 +165,9 @@ class FiLMMixer(nn.Module):
         in_features: width of each feature block.
         modalities: block names; ``tabular`` blocks modulate the ``image/...`` blocks.
         width: channels of each projected image view (gamma and beta are this wide).
-        hidden, dropout, norm: the MLP after the modulation (``norm``: batch, layer or none).
+        hidden: the hidden widths of the MLP after the modulation.
+        dropout: the MLP's dropout.
+        norm: the MLP's normalisation: batch, layer or none.
     """
 
     def __init__(
@@ -224,11 +230,15 @@ class AttentionMixer(nn.Module):
     Args:
         in_features: width of each feature block.
         modalities: block names (each block has its own embedding whatever its name).
-        d_model, heads, layers, dropout: the encoder (pre-norm, feed-forward ``4 * d_model``;
-            ``d_model`` must be divisible by ``heads``).
+        d_model: the encoder's token width (pre-norm, feed-forward ``4 * d_model``); it must be
+            divisible by ``heads``.
+        heads: the encoder's attention heads.
+        layers: the encoder's layers.
+        dropout: the encoder's dropout.
         pool: ``cls`` or ``mean``.
-        hidden, norm: the MLP after pooling (``norm``: batch, layer or none; ``hidden=[]``
-            returns the pooled ``d_model`` features).
+        hidden: the hidden widths of the MLP after pooling (``hidden=[]`` returns the pooled
+            ``d_model`` features).
+        norm: the MLP's normalisation: batch, layer or none.
     """
 
     def __init__(

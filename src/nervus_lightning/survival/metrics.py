@@ -310,7 +310,8 @@ def survival_metrics(
     Args:
         reference: training-split aggregates (baseline hazard, cut-points, evaluation times,
             time grids); no training rows are needed.
-        time, event: the evaluated split's times and event indicators (bool or 0/1).
+        time: the evaluated split's times.
+        event: the evaluated split's event indicators (bool or 0/1).
         risk: the evaluated split's risk scores (log hazard ratios; higher = worse).
         eval_times: times of the time-dependent AUCs; ``None`` uses ``reference.eval_times``.
         reasons: if a dict is given, it receives ``metric -> why`` for every ``None`` value.

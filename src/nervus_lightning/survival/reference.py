@@ -289,9 +289,10 @@ class SurvivalReference:
         """Aggregates of the training split; the arrays given are not kept.
 
         Args:
-            train_time, train_event, train_risk: training follow-up, event indicators (or, with
-                competing risks, 0 for censored and the cause 1..K) and the trained model's
-                risks (log hazard ratios).
+            train_time: training follow-up.
+            train_event: training event indicators (or, with competing risks, 0 for censored
+                and the cause 1..K).
+            train_risk: the trained model's risks on the training split (log hazard ratios).
             eval_times: evaluation times (kept as given: the user's choice, not patients'
                 values); ``None`` uses :func:`default_eval_times`.
             risk_cutpoints: risk-group cut-points; ``None`` uses :func:`risk_group_cutpoints`
