@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from nervus_lightning.errors import NervusInputError
 from nervus_lightning.evaluation.intervals import PROPORTION_METHODS
+from nervus_lightning.evaluation.report import evaluate_predictions
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
 from nervus_lightning.options import check_call_options, check_choice, check_number
 from nervus_lightning.tasks.registry import task_class
@@ -262,8 +263,6 @@ def evaluate_run(
         NervusInputError: a missing or unreadable file, predictions that do not match their
             schema, or an invalid option.
     """
-    from nervus_lightning.evaluation.report import evaluate_predictions
-
     predictions_path = Path(predictions_path)
     if not predictions_path.is_file():
         raise NervusInputError(

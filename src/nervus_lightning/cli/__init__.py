@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from nervus_lightning.cli.overrides import check_overrides
 from nervus_lightning.config import config_dir
 from nervus_lightning.errors import NervusInputError
 
@@ -41,7 +42,6 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
     existing one (:func:`~nervus_lightning.cli.overrides.check_overrides`) before Hydra would
     answer it with exit status 1 and a suggestion to add the key with ``+``.
     """
-    from nervus_lightning.cli.overrides import check_overrides
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
         hydra_main = hydra.main(

@@ -11,6 +11,8 @@ from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 
 @hydra_command("export")
 def main(cfg: DictConfig) -> None:
+    # Imported when the command runs, so that a typo or --help is answered before Lightning and
+    # the training code load (about 3 s of imports).
     from nervus_lightning.export import export_model
 
     # The ONNX exporter's optimiser passes log every step at INFO, which Hydra's logging shows.

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 def preview(cfg: DictConfig) -> list[Path]:
     """Build the data as training would (images only) and write the preview PNGs."""
+    # Imported when the command runs, so that a typo or --help is answered before Lightning and
+    # the training code load (about 3 s of imports).
     from nervus_lightning.data.preview import auto_window_note, write_preview
     from nervus_lightning.train import build_datamodule
 

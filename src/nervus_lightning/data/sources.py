@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.errors import NervusInputError
 from nervus_lightning.files import atomic_write
+from nervus_lightning.survival.presets import PRESETS, write_preset_csv
 
 
 def plain(node: Any) -> Any:
@@ -46,8 +47,6 @@ def resolve_data(cfg: DictConfig) -> tuple[str | Path, list[str] | None, bool]:
 
 def materialize_preset(name: str, root: str | None = None, seed: int = 0) -> Path:
     """Write a scikit-survival preset as a Nervus CSV into the cache (once) and return its path."""
-    from nervus_lightning.survival.presets import PRESETS, write_preset_csv
-
     if name not in PRESETS:
         raise NervusInputError(f"data.preset '{name}' is not one of {['demo', *PRESETS]}.")
     path = Path(root or default_cache_root()) / "presets" / f"{name}_split{seed}.csv"
