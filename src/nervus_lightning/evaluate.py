@@ -27,10 +27,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from nervus_lightning.errors import NervusInputError
-from nervus_lightning.evaluation.intervals import PROPORTION_METHODS
 from nervus_lightning.evaluation.report import evaluate_predictions
-from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
-from nervus_lightning.options import check_call_options, check_choice, check_number
+from nervus_lightning.tasks.base import evaluation_options
 from nervus_lightning.tasks.registry import task_class
 
 log = logging.getLogger(__name__)
@@ -105,40 +103,13 @@ def check_evaluation_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
     ``threshold``, ``target_sensitivity`` and ``positive_class`` may be ``None`` (use the
     model's stored contract). Positive class *names* are checked against the labels where the
-    labels are known (``NervusModule``, or ``schema.json`` in :func:`evaluate_run`).
+    labels are known (``NervusModule``, or ``schema.json`` in :func:`evaluate_run`). The
+    settings are declared once: the shared ones in
+    :class:`~nervus_lightning.evaluation.options.EvaluationOptions`, each task kind's in its
+    ``options_class`` (:func:`~nervus_lightning.tasks.base.evaluation_options` checks both).
     """
     options = dict(options)
-    check_call_options("evaluation", evaluate_run, options, skip=("predictions_path", "out_dir"))
-    if "n_bootstrap" in options:
-        check_number("evaluation.n_bootstrap", options["n_bootstrap"], low=0, integer=True)
-    if "ci" in options:
-        check_number("evaluation.ci", options["ci"], low=0, high=1, low_open=True, high_open=True)
-    if "seed" in options:
-        check_number("evaluation.seed", options["seed"], low=0, integer=True)
-    for key in ("max_rows_exact", "max_rows_bootstrap"):
-        if key in options:
-            check_number(f"evaluation.{key}", options[key], low=2, integer=True)
-    for key in ("train_metrics", "train_figures"):
-        if key in options and not isinstance(options[key], bool):
-            raise NervusInputError(f"evaluation.{key}={options[key]!r} must be true or false.")
-    if "proportion_ci" in options:
-        check_choice("evaluation.proportion_ci", options["proportion_ci"], PROPORTION_METHODS)
-    if options.get("threshold") is not None:
-        check_choice("evaluation.threshold", options["threshold"], THRESHOLD_METHODS)
-    if options.get("target_sensitivity") is not None:
-        check_number(
-            "evaluation.target_sensitivity",
-            options["target_sensitivity"],
-            low=0,
-            high=1,
-            low_open=True,
-        )
-    positive = options.get("positive_class")
-    if positive is not None and not isinstance(positive, Mapping):
-        raise NervusInputError(
-            f"evaluation.positive_class={positive!r} must map label names to classes, e.g. "
-            "evaluation.positive_class={label_cancer:malignant}."
-        )
+    evaluation_options(options)
     return options
 
 
@@ -269,7 +240,7 @@ def evaluate_run(
             f"predictions file not found: {predictions_path}. Pass predictions=PATH of the "
             "predictions.csv in a run folder."
         )
-    check_evaluation_options(
+    options = evaluation_options(
         {
             "n_bootstrap": n_bootstrap,
             "ci": ci,
@@ -277,6 +248,7 @@ def evaluate_run(
             "threshold": threshold,
             "target_sensitivity": target_sensitivity,
             "positive_class": positive_class,
+            "train_figures": train_figures,
             "train_metrics": train_metrics,
             "max_rows_exact": max_rows_exact,
             "max_rows_bootstrap": max_rows_bootstrap,
@@ -289,45 +261,22 @@ def evaluate_run(
     predictions = read_predictions(predictions_path, schema)
     schema = _evaluable_schema(predictions, schema, predictions_path)
 
-    settings = {
-        "n_bootstrap": int(n_bootstrap),
-        "ci": float(ci),
-        "seed": int(seed),
-        "threshold": threshold,
-        "target_sensitivity": None if target_sensitivity is None else float(target_sensitivity),
-        "positive_class": dict(positive_class) if positive_class else None,
-        "train_figures": bool(train_figures),
-        "train_metrics": bool(train_metrics),
-        "max_rows_exact": int(max_rows_exact),
-        "max_rows_bootstrap": int(max_rows_bootstrap),
-        "proportion_ci": proportion_ci,
-    }
     config_summary: dict[str, Any] = {"predictions": str(predictions_path)}
     run_config = _run_config(run_dir)
     if run_config:
         config_summary["run"] = run_config
-    config_summary["evaluation"] = {k: v for k, v in settings.items() if v is not None}
+    config_summary["evaluation"] = {k: v for k, v in options.to_dict().items() if v is not None}
 
     out = Path(out_dir) if out_dir is not None else run_dir / EVALUATION_DIR
     metrics = evaluate_predictions(
         predictions,
         schema,
         out,
-        n_bootstrap=settings["n_bootstrap"],
-        ci=settings["ci"],
-        seed=settings["seed"],
-        threshold_method=threshold,
-        target_sensitivity=settings["target_sensitivity"],
-        positive_class=settings["positive_class"],
+        options,
         config_summary=config_summary,
         learning_curve=_learning_curve(run_dir),
         model_summary=_model_summary(run_dir),
-        train_figures=settings["train_figures"],
         explain_dir=run_dir / "explain",
-        train_metrics=settings["train_metrics"],
-        max_rows_exact=settings["max_rows_exact"],
-        max_rows_bootstrap=settings["max_rows_bootstrap"],
-        proportion_ci=proportion_ci,
     )
     log.info("evaluation of %s written to %s", predictions_path, out)
     return metrics

@@ -21,6 +21,7 @@ from torch import nn
 from nervus_lightning.data.schema import DataSchema
 from nervus_lightning.distributed import concat_records, gather_cases
 from nervus_lightning.errors import NervusInputError
+from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.files import atomic_write
 from nervus_lightning.models.build import build_ensemble
 from nervus_lightning.models.build import component_options as _options
@@ -32,6 +33,7 @@ from nervus_lightning.options import (
     check_number,
     keyword_names,
 )
+from nervus_lightning.tasks.base import evaluation_options
 from nervus_lightning.tasks.registry import build_task
 
 OPTIMIZERS = {
@@ -144,10 +146,13 @@ class NervusModule(L.LightningModule):
         ensemble: number of independently initialised networks trained side by side and
             combined into one model (``model.ensemble``; see
             :mod:`nervus_lightning.models.ensemble`); 1: a single network.
-        evaluation: the evaluation contract stored with the model: ``threshold``
+        evaluation: the ``evaluation.*`` settings (a mapping, checked here once, or an
+            :class:`~nervus_lightning.evaluation.options.EvaluationOptions`); the task reads its
+            kind's: for classification the contract stored with the model, ``threshold``
             (``youden``/``sensitivity``), ``target_sensitivity`` and ``positive_class`` (label ->
             class; required for binary labels whose classes are not an obvious pair such as
-            no/yes). Other ``evaluation.*`` settings are kept for provenance.
+            no/yes). The others are kept for provenance (in the hyper-parameters as a plain
+            mapping).
         run_config: the resolved run configuration, stored in checkpoints for provenance.
 
     Every option is checked when the module is built (a typo raises ``NervusInputError``
@@ -170,11 +175,15 @@ class NervusModule(L.LightningModule):
         image_size: int = 64,
         channels_last: bool = False,
         ensemble: int = 1,
-        evaluation: dict | None = None,
+        evaluation: dict | EvaluationOptions | None = None,
         run_config: dict | None = None,
     ) -> None:
         super().__init__()
         schema = schema.to_dict() if isinstance(schema, DataSchema) else dict(schema)
+        # Checked once, here; the hyper-parameters keep plain values (weights_only checkpoints).
+        evaluation_settings = evaluation_options(evaluation)
+        if isinstance(evaluation, EvaluationOptions):
+            evaluation = evaluation.to_dict()
         custom_extractor = isinstance(extractor, nn.Module)
         self.save_hyperparameters(ignore=["extractor"] if custom_extractor else None)
         self.schema = DataSchema.from_dict(schema)
@@ -186,7 +195,7 @@ class NervusModule(L.LightningModule):
             )
         task_opts = {k: v for k, v in task_opts.items() if k not in _DEMO_KEYS}
         self.task = build_task(
-            self.schema.task, self.schema.labels, evaluation=evaluation, **task_opts
+            self.schema.task, self.schema.labels, evaluation=evaluation_settings, **task_opts
         )
         self.optimizer_options = _options(optimizer, "adam")
         self.scheduler_options = _options(scheduler, "none")
@@ -249,10 +258,15 @@ class NervusModule(L.LightningModule):
                 self.start_linear_terms(train)
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
-            self.task.gather = lambda t: self.all_gather(t, sync_grads=True).flatten(0, 1)
+            self.task.gather = self._gather_global_batch
         if self.channels_last:
             for extractor in self.net.image_extractors():
                 extractor.to(memory_format=torch.channels_last)
+
+    def _gather_global_batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's share of ``tensor``, concatenated along the first axis, with
+        gradients (:attr:`nervus_lightning.tasks.base.Task.gather`)."""
+        return self.all_gather(tensor, sync_grads=True).flatten(0, 1)
 
     @torch.no_grad()
     def start_linear_terms(self, train: Any) -> None:
@@ -338,7 +352,7 @@ class NervusModule(L.LightningModule):
         world = self.trainer.world_size
         cases = gather_cases(concat_records(records), world, self.all_gather)
         outputs = [cases.pop(f"{_OUTPUT_KEY}{j}") for j in range(len(self.schema.labels))]
-        gather, self.task.gather = getattr(self.task, "gather", None), None  # whole split here
+        gather, self.task.gather = self.task.gather, None  # every process has the whole split
         try:
             losses = self._losses(outputs, cases)
         finally:

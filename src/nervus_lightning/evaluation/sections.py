@@ -3,10 +3,12 @@
 This module owns the pieces that each task's evaluation (``Task.evaluate`` and
 ``Task.figures`` in :mod:`nervus_lightning.tasks`) builds on and that the report
 (:mod:`nervus_lightning.evaluation.report`) reads: the settings of one evaluation
-(:class:`EvalContext`), what one label contributes (:class:`LabelSection`: metric rows with CIs,
-notes, tables, figures) and the arrays kept per split x group for the figures (:class:`Subset`);
-iteration over splits and groups, bootstrap intervals, and the split colours and figure files
-shared by every kind's figures.
+(:class:`EvalContext`: the checked
+:class:`~nervus_lightning.evaluation.options.EvaluationOptions` with the splits, group column and
+folder of this evaluation), what one label contributes (:class:`LabelSection`: metric rows with
+CIs, notes, tables, figures) and the arrays kept per split x group for the figures
+(:class:`Subset`); iteration over splits and groups, bootstrap intervals, and the split colours
+and figure files shared by every kind's figures.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +34,7 @@ from nervus_lightning.evaluation.intervals import Interval
 from nervus_lightning.evaluation.metrics import (
     MetricValues,
 )
+from nervus_lightning.evaluation.options import EvaluationOptions
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +57,22 @@ ALL_GROUPS = "all"
 SPLIT_RANK = {"train": 0, "val": 1, "test": 2, "external": 3}
 
 
-@dataclass
-class EvalContext:
-    """Settings shared by all labels of one evaluation."""
+@dataclass(frozen=True, kw_only=True)
+class EvalContext(EvaluationOptions):
+    """One evaluation: its settings (the checked :class:`EvaluationOptions`, each task kind's
+    own in ``tasks``) and what the predictions fixed."""
 
     splits: list[str]
     group_column: str | None
     out_dir: Path
-    n_bootstrap: int
-    ci: float
-    seed: int
-    #: Overrides of the stored evaluation contract (None / empty: use the stored one).
-    threshold_method: str | None
-    target_sensitivity: float | None
-    positive_class: Mapping[str, str]
-    train_figures: bool = False
-    #: Above this many cases, the censoring-weighted survival metrics use a seeded subsample.
-    max_rows_exact: int = 100_000
-    #: Above this many cases, bootstrap resamples draw this many (m-out-of-n).
-    max_rows_bootstrap: int = 5_000
-    #: Interval of proportions (sensitivity, ...): ``wilson`` or ``exact`` (Clopper-Pearson).
-    proportion_ci: str = "wilson"
     #: Unit of survival times (the schema's ``time_unit``), None when unknown.
     time_unit: str | None = None
+
+    @classmethod
+    def of_options(cls, options: EvaluationOptions, **fixed: Any) -> EvalContext:
+        """The context of an evaluation with ``options`` and the ``fixed`` fields above."""
+        settings = {f.name: getattr(options, f.name) for f in fields(EvaluationOptions)}
+        return cls(**settings, **fixed)
 
 
 @dataclass

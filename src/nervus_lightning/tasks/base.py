@@ -3,12 +3,19 @@
 One subclass per task kind, registered in :data:`TASKS` when it is defined and chosen once by
 name through :func:`nervus_lightning.tasks.task_class`; no ``if task == ...`` elsewhere.
 A task sees the network's raw output for one label (``(B, head_size)``) and the batch.
+
+Each kind declares its own ``evaluation.*`` settings once, as a frozen dataclass
+(:attr:`Task.options_class`, a :class:`TaskOptions`); :func:`evaluation_options` checks an
+``evaluation:`` mapping against the shared settings and every registered kind's, once, and the
+resulting :class:`~nervus_lightning.evaluation.options.EvaluationOptions` is what training (the
+task's contract) and the report (:class:`~nervus_lightning.evaluation.sections.EvalContext`) read.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,16 +26,56 @@ from torchmetrics import MetricCollection
 
 from nervus_lightning.data.schema import LabelSpec, numeric_column
 from nervus_lightning.errors import PERIOD_PREFIXES, NervusInputError
+from nervus_lightning.evaluation.options import EvaluationOptions
 
 TASKS: dict[str, type[Task]] = {}
 
 
+@dataclass(frozen=True)
+class TaskOptions:
+    """A task kind's own ``evaluation.*`` settings (none here; a kind that has some subclasses
+    this with one field per setting, checked in ``__post_init__``)."""
+
+
+def evaluation_options(
+    options: EvaluationOptions | Mapping[str, Any] | None,
+) -> EvaluationOptions:
+    """The ``evaluation:`` settings checked once: the shared ones and each registered task
+    kind's (:attr:`Task.options_class`). An :class:`EvaluationOptions` is returned as it is.
+
+    Raises:
+        NervusInputError: an unknown key (the closest one suggested) or a bad value, with the
+            ``evaluation.<key>=...`` message of the command line.
+    """
+    if isinstance(options, EvaluationOptions):
+        return options
+    kinds = {kind: cls.options_class for kind, cls in TASKS.items()}
+    return EvaluationOptions.from_mapping(options, kinds)
+
+
 class Task(ABC):
-    """Behaviour shared by all labels of one task kind."""
+    """Behaviour shared by all labels of one task kind.
+
+    Args:
+        labels: the schema's labels of this kind.
+        evaluation: the ``evaluation:`` settings the model is built with (an
+            :class:`EvaluationOptions`, or a mapping checked by :func:`evaluation_options`);
+            this kind reads its own from them (:attr:`options`).
+    """
 
     kind: ClassVar[str]
     #: Metric (name in ``metrics.json``) that sweeps and summaries read first.
     primary_metric: ClassVar[str]
+    #: This kind's ``evaluation.*`` settings (a frozen dataclass; :class:`TaskOptions`: none).
+    options_class: ClassVar[type[TaskOptions]] = TaskOptions
+
+    #: How a loss that compares cases (Cox risk sets, DeepHit's ranking) sees the global batch
+    #: when training runs in several processes (DDP): ``NervusModule.setup`` sets it to a
+    #: function that gathers a per-process tensor from every process, with gradients, and
+    #: concatenates the shares along the first axis. ``None`` (one process, and the
+    #: whole-split losses of validation and test, which every process already holds): the batch
+    #: as it is. Losses of independent cases (cross-entropy, regression) ignore it.
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -36,11 +83,21 @@ class Task(ABC):
             TASKS[cls.kind] = cls
 
     def __init__(
-        self, labels: list[LabelSpec], evaluation: Mapping[str, Any] | None = None, **options: Any
+        self,
+        labels: list[LabelSpec],
+        evaluation: EvaluationOptions | Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
         self.labels = labels
-        #: The evaluation settings the model was built with (stored in its checkpoints).
-        self.evaluation = dict(evaluation or {})
+        #: The evaluation settings the model was built with (checked once).
+        self.evaluation = evaluation_options(evaluation)
+        #: This kind's own part of them (an instance of :attr:`options_class`).
+        self.options = type(self).options_in(self.evaluation)
+
+    @classmethod
+    def options_in(cls, evaluation: EvaluationOptions) -> TaskOptions:
+        """This kind's settings in ``evaluation`` (its defaults when they are not there)."""
+        return evaluation.of(cls.kind, cls.options_class)
 
     #: Whether ``sampler=weighted`` (inverse class frequency) makes sense for this kind.
     balances_classes: ClassVar[bool] = True

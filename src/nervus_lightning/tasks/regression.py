@@ -23,6 +23,7 @@ from nervus_lightning.evaluation.bootstrap import (
 from nervus_lightning.evaluation.metrics import (
     regression_metrics,
 )
+from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.evaluation.sections import (
     ALL_GROUPS,
     EvalContext,
@@ -50,7 +51,11 @@ LOSSES = {
 
 
 class RegressionTask(Task):
-    """Targets standardised with training mean/std in the loss; outputs de-standardised."""
+    """Targets standardised with training mean/std in the loss; outputs de-standardised.
+
+    Regression has no evaluation settings of its own (``options_class`` is the empty
+    :class:`~nervus_lightning.tasks.base.TaskOptions`): its report reads the shared ones only.
+    """
 
     kind = "regression"
     summary_title = "distribution"
@@ -67,7 +72,12 @@ class RegressionTask(Task):
 
     primary_metric = "mae"
 
-    def __init__(self, labels, loss: str = "mse", evaluation: Any = None) -> None:
+    def __init__(
+        self,
+        labels: list[LabelSpec],
+        loss: str = "mse",
+        evaluation: EvaluationOptions | Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(labels, evaluation=evaluation)
         self.loss_name = check_choice("task.loss", loss, sorted(LOSSES))
         self.loss_fn = LOSSES[self.loss_name]

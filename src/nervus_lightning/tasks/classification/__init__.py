@@ -1,5 +1,6 @@
-"""The classification task kind: its model side (:mod:`.task`), which class is positive
-(:mod:`.classes`) and its section of the report (:mod:`.evaluation`)."""
+"""The classification task kind: its model side (:mod:`.task`), its evaluation settings
+(:mod:`.options`), which class is positive (:mod:`.classes`) and its section of the report
+(:mod:`.evaluation`)."""
 
 from nervus_lightning.tasks.classification.classes import (
     OBVIOUS_NUMERIC_PAIRS,
@@ -13,10 +14,10 @@ from nervus_lightning.tasks.classification.evaluation import (
     closed_form_intervals,
     evaluate_classification,
 )
+from nervus_lightning.tasks.classification.options import ClassificationOptions
 from nervus_lightning.tasks.classification.task import (
     UNKNOWN,
     ClassificationTask,
-    check_threshold_options,
     probabilities,
 )
 
@@ -25,8 +26,8 @@ __all__ = [
     "OBVIOUS_NUMERIC_PAIRS",
     "OBVIOUS_PAIRS",
     "UNKNOWN",
+    "ClassificationOptions",
     "ClassificationTask",
-    "check_threshold_options",
     "classification_figures",
     "closed_form_intervals",
     "evaluate_classification",

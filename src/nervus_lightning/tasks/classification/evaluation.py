@@ -50,6 +50,11 @@ from nervus_lightning.evaluation.sections import (
 )
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.tasks.classification.classes import obvious_positive_class
+from nervus_lightning.tasks.classification.options import (
+    DEFAULT_TARGET_SENSITIVITY,
+    DEFAULT_THRESHOLD,
+    ClassificationOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +138,14 @@ def _threshold_note(fitted_on: str | None, overrides: list[str]) -> str:
     return note
 
 
-def _contract(label: Mapping, ctx: EvalContext, classes: list[str]) -> tuple[str, str, float, list]:
+def _contract(
+    label: Mapping, options: ClassificationOptions, classes: list[str]
+) -> tuple[str, str, float, list]:
     """Positive class, threshold method and target sensitivity of a binary label: the stored
     contract of ``schema.json`` unless the evaluation settings override it (listed)."""
     name = label["name"]
     stored_positive = label.get("positive_class")
-    positive = ctx.positive_class.get(name)
+    positive = (options.positive_class or {}).get(name)
     if positive is not None:
         positive = str(positive)
     positive = positive or stored_positive or obvious_positive_class(classes)
@@ -152,11 +159,11 @@ def _contract(label: Mapping, ctx: EvalContext, classes: list[str]) -> tuple[str
             f"evaluation.positive_class.{name}={positive!r} is not one of its classes {classes}."
         )
     stored_method = label.get("threshold_method")
-    method = ctx.threshold_method or stored_method or "youden"
+    method = options.threshold or stored_method or DEFAULT_THRESHOLD
     stored_target = label.get("target_sensitivity")
-    target = ctx.target_sensitivity
+    target = options.target_sensitivity
     if target is None:
-        target = stored_target if stored_target is not None else 0.9
+        target = stored_target if stored_target is not None else DEFAULT_TARGET_SENSITIVITY
     overrides = []
     if stored_positive is not None and positive != stored_positive:
         overrides.append(f"positive class {positive!r} instead of the stored {stored_positive!r}")
@@ -167,8 +174,14 @@ def _contract(label: Mapping, ctx: EvalContext, classes: list[str]) -> tuple[str
     return positive, method, float(target), overrides
 
 
-def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
-    """Metrics with CIs and figures of one classification label."""
+def evaluate_classification(
+    df: pd.DataFrame,
+    label: Mapping,
+    ctx: EvalContext,
+    options: ClassificationOptions | None = None,
+) -> LabelSection:
+    """Metrics with CIs and figures of one classification label; ``options`` may override the
+    contract stored in ``schema.json`` (default: none)."""
     name = label["name"]
     classes = [str(c) for c in label["classes"]]
     section = LabelSection(name, "classification")
@@ -190,7 +203,9 @@ def evaluate_classification(df: pd.DataFrame, label: Mapping, ctx: EvalContext) 
     binary = len(classes) == 2
     positive, threshold, fitted_on, overrides = None, None, None, []
     if binary:
-        positive, method, target, overrides = _contract(label, ctx, classes)
+        positive, method, target, overrides = _contract(
+            label, options or ClassificationOptions(), classes
+        )
         if overrides:
             log.warning("label %r: %s", name, "; ".join(overrides))
         score = prob[:, classes.index(positive)]

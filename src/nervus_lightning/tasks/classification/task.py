@@ -24,25 +24,24 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC
 
 from nervus_lightning.data.schema import LabelSpec, check_class_count, sort_classes
 from nervus_lightning.errors import NervusInputError, csv_lines
+from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.evaluation.sections import EvalContext, LabelSection
-from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS, choose_threshold
+from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.models.ensemble import mean_probability_logits
-from nervus_lightning.options import check_choice, check_number
+from nervus_lightning.options import check_number
 from nervus_lightning.tasks.base import Task
 from nervus_lightning.tasks.classification.classes import resolve_positive_classes
 from nervus_lightning.tasks.classification.evaluation import (
     classification_figures,
     evaluate_classification,
 )
+from nervus_lightning.tasks.classification.options import (
+    DEFAULT_TARGET_SENSITIVITY,
+    DEFAULT_THRESHOLD,
+    ClassificationOptions,
+)
 
 UNKNOWN = -1  # class index of a case whose label is not known (external data)
-
-
-def check_threshold_options(method: Any, target_sensitivity: Any) -> None:
-    check_choice("evaluation.threshold", method, THRESHOLD_METHODS)
-    check_number(
-        "evaluation.target_sensitivity", target_sensitivity, low=0.0, high=1.0, low_open=True
-    )
 
 
 def probabilities(values: np.ndarray) -> np.ndarray:
@@ -61,9 +60,9 @@ class ClassificationTask(Task):
     Args:
         labels: the schema's labels.
         label_smoothing: cross-entropy label smoothing, in [0, 1).
-        evaluation: the evaluation contract: ``threshold`` (``youden`` or ``sensitivity``),
-            ``target_sensitivity`` and ``positive_class`` (label -> class, see the module
-            docstring). Other evaluation settings (bootstrap...) are accepted and ignored here.
+        evaluation: the evaluation settings; this kind's (:class:`ClassificationOptions`:
+            ``threshold``, ``target_sensitivity``, ``positive_class``, see the module docstring)
+            fix the contract. The shared ones (bootstrap...) are not used here.
     """
 
     kind = "classification"
@@ -78,7 +77,7 @@ class ClassificationTask(Task):
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
-        return evaluate_classification(predictions, label, ctx)
+        return evaluate_classification(predictions, label, ctx, cls.options_in(ctx))
 
     @classmethod
     def figures(cls, section: LabelSection, ctx: EvalContext) -> None:
@@ -86,25 +85,24 @@ class ClassificationTask(Task):
 
     primary_metric = "auroc"
     post_training_splits = ("val",)
+    options_class = ClassificationOptions
+    options: ClassificationOptions
 
     def __init__(
         self,
         labels: list[LabelSpec],
         label_smoothing: float = 0.0,
-        evaluation: Mapping[str, Any] | None = None,
+        evaluation: EvaluationOptions | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(labels, evaluation=evaluation)
         self.label_smoothing = float(
             check_number("task.label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
         )
-        evaluation = dict(evaluation or {})
-        self.threshold_method = evaluation.get("threshold") or "youden"
-        self.target_sensitivity = evaluation.get("target_sensitivity")
-        if self.target_sensitivity is None:
-            self.target_sensitivity = 0.9
-        check_threshold_options(self.threshold_method, self.target_sensitivity)
-        self.target_sensitivity = float(self.target_sensitivity)
-        self.positive_classes = resolve_positive_classes(labels, evaluation.get("positive_class"))
+        # The contract of this model: the settings given, else the defaults.
+        self.threshold_method = self.options.threshold or DEFAULT_THRESHOLD
+        target = self.options.target_sensitivity
+        self.target_sensitivity = DEFAULT_TARGET_SENSITIVITY if target is None else target
+        self.positive_classes = resolve_positive_classes(labels, self.options.positive_class)
         # Binary operating thresholds chosen on the validation split after training, so that
         # predict on an external set applies the same threshold without the validation rows.
         self.thresholds: list[float | None] = [None] * len(labels)

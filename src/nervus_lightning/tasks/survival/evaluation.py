@@ -33,6 +33,7 @@ from nervus_lightning.evaluation.sections import (
 from nervus_lightning.evaluation.survival_calibration import survival_calibration_table
 from nervus_lightning.survival import competing, discrete
 from nervus_lightning.survival.metrics import (
+    MAX_ROWS_EXACT,
     assign_risk_groups,
     cause_ibs,
     cause_td_auc,
@@ -75,12 +76,12 @@ def _is_ipcw(metric: str, ipcw_keys: set[str]) -> bool:
     )
 
 
-def _large_split_notes(n: int, ctx: EvalContext) -> dict[str, str | None]:
+def _large_split_notes(n: int, ctx: EvalContext, max_rows_exact: int) -> dict[str, str | None]:
     """What a split larger than the evaluation limits was computed on (metrics_notes.csv)."""
     notes: dict[str, str | None] = {"ipcw": None, "bootstrap": None}
-    if n > ctx.max_rows_exact:
+    if n > max_rows_exact:
         notes["ipcw"] = (
-            f"computed on a random subsample of {ctx.max_rows_exact:,} of the {n:,} cases "
+            f"computed on a random subsample of {max_rows_exact:,} of the {n:,} cases "
             f"(seed {ctx.seed}; evaluation.max_rows_exact)"
         )
     if ctx.n_bootstrap > 0 and n > ctx.max_rows_bootstrap:
@@ -256,14 +257,17 @@ def _method_notes(
     return notes
 
 
-def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
+def evaluate_survival(
+    df: pd.DataFrame, label: Mapping, ctx: EvalContext, max_rows_exact: int = MAX_ROWS_EXACT
+) -> LabelSection:
     """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
 
     Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
     log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
     all of them (O(m log m) each, m = min(cases, ``evaluation.max_rows_bootstrap``)). Splits
-    above ``evaluation.max_rows_exact`` / ``max_rows_bootstrap`` cases are evaluated as
-    :func:`_large_split_notes` says, in ``metrics_notes.csv``.
+    above ``max_rows_exact`` (``evaluation.max_rows_exact``, survival's own setting) or
+    ``max_rows_bootstrap`` cases are evaluated as :func:`_large_split_notes` says, in
+    ``metrics_notes.csv``.
     """
     name = label["name"]
     period = label["period"]
@@ -320,13 +324,13 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
         # A discrete-time model's own curves on the IBS grid (None for Cox: Breslow baseline).
         own_ibs = discrete.model_survival(rows, label, ibs_grid)
         point = survival_metrics(
-            reference, time, event, risk, reasons=reasons, max_rows_exact=ctx.max_rows_exact,
+            reference, time, event, risk, reasons=reasons, max_rows_exact=max_rows_exact,
             seed=ctx.seed, ibs_survival=own_ibs,
         )  # fmt: skip
-        ipcw_rows = min(n, ctx.max_rows_exact)
+        ipcw_rows = min(n, max_rows_exact)
         # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
         # Antolini C compares all pairs, so it gets the IPCW metrics' subsample).
-        sub = ipcw_subsample(n, ctx.max_rows_exact, ctx.seed)
+        sub = ipcw_subsample(n, max_rows_exact, ctx.seed)
         scored = rows if sub is None else rows.iloc[sub]
         point.update(discrete.curve_metrics(scored, label, reference, reasons))
         cause_risk = rows[cause_columns].to_numpy(dtype=float)
@@ -390,7 +394,7 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
                 size = ipcw_rows if _is_ipcw(metric, ipcw_keys) else n
                 distributions[metric] = rescale_distribution(values, point.get(metric), m, size)
             intervals = bootstrap_intervals(distributions, ctx.ci)
-        large = _large_split_notes(n, ctx)
+        large = _large_split_notes(n, ctx, max_rows_exact)
         section.add(split, group, "n", float(len(rows)))
         section.add(split, group, "events", float((event != 0).sum()))
         for c in range(1, causes + 1):

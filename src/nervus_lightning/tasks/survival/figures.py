@@ -5,7 +5,7 @@ incidence of competing causes, calibration) and the run folder's PNGs (``km_<lab
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,15 @@ def write_run_figures(
     out_dir: Any,
     labels: Sequence[LabelSpec],
     references: Sequence[SurvivalReference | None],
-    evaluation: Mapping[str, Any],
     time_unit: str | None = None,
+    *,
+    max_rows_exact: int = MAX_ROWS_EXACT,
+    seed: int = 0,
 ) -> None:
     """The run folder's Kaplan-Meier curves of the risk groups and td-AUC over time, per split
-    and endpoint with a fitted ``references[j]`` (time axes in ``time_unit``; ``evaluation``:
-    the ``evaluation.*`` settings, for ``max_rows_exact`` and ``seed``)."""
+    and endpoint with a fitted ``references[j]`` (time axes in ``time_unit``; ``max_rows_exact``
+    and ``seed``: the subsample of the td-AUC, as ``evaluation.max_rows_exact`` and
+    ``evaluation.seed``)."""
     out_dir = Path(out_dir)
     for split, rows in predictions.groupby("split", sort=False):
         for spec, reference in zip(labels, references, strict=True):
@@ -81,8 +84,7 @@ def write_run_figures(
             grid = reference.td_auc_plot_grid()
             m = survival_metrics(
                 reference, time, event, risk, grid, logrank=False,
-                max_rows_exact=evaluation.get("max_rows_exact", MAX_ROWS_EXACT),
-                seed=evaluation.get("seed", 0),
+                max_rows_exact=max_rows_exact, seed=seed,
             )  # fmt: skip
             auc = np.array([np.nan if m[td_auc_key(t)] is None else m[td_auc_key(t)] for t in grid])
             if np.isfinite(auc).any():

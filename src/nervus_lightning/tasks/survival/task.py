@@ -35,7 +35,7 @@ partial likelihood better.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from torchmetrics import MetricCollection
 
 from nervus_lightning.data.schema import LabelSpec
 from nervus_lightning.errors import NervusInputError
+from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.evaluation.sections import EvalContext, LabelSection
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival import competing, discrete
@@ -61,6 +62,7 @@ from nervus_lightning.tasks.survival.labels import (
     check_time_columns,
     survival_label_spec,
 )
+from nervus_lightning.tasks.survival.options import SurvivalOptions
 
 
 class SurvivalTask(Task):
@@ -117,7 +119,7 @@ class SurvivalTask(Task):
 
     @classmethod
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: EvalContext):
-        return evaluate_survival(predictions, label, ctx)
+        return evaluate_survival(predictions, label, ctx, cls.options_in(ctx).max_rows_exact)
 
     @classmethod
     def figures(cls, section: LabelSection, ctx: EvalContext) -> None:
@@ -131,6 +133,8 @@ class SurvivalTask(Task):
         "(metrics_notes.csv says where)"
     )
     post_training_splits = ("train",)
+    options_class = SurvivalOptions
+    options: SurvivalOptions
 
     def __init__(
         self,
@@ -143,7 +147,7 @@ class SurvivalTask(Task):
         alpha: float = 0.2,
         sigma: float = 0.1,
         min_patients_per_step: int = MIN_PATIENTS_PER_STEP,
-        evaluation: Any = None,
+        evaluation: EvaluationOptions | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(labels, evaluation=evaluation)
         self.ties = check_choice("task.ties", ties, list(TIES))
@@ -162,7 +166,6 @@ class SurvivalTask(Task):
                 check_number("task.eval_times", t, low=0, low_open=True)
         self.requested_times = None if eval_times is None else np.asarray(eval_times, float)
         self.risk_groups = risk_groups
-        self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.references: list[SurvivalReference | None] = [None] * len(labels)
         competing = [s.name for s in labels if s.causes]
         if competing and self.model != "deephit":
@@ -465,4 +468,7 @@ class SurvivalTask(Task):
         """Kaplan-Meier curves of the risk groups and td-AUC over time, per split and endpoint
         (time axes in ``time_unit``): :func:`~.figures.write_run_figures`."""
         fitted = [r if self.is_fitted(j) else None for j, r in enumerate(self.references)]
-        write_run_figures(predictions, out_dir, self.labels, fitted, self.evaluation, time_unit)
+        write_run_figures(
+            predictions, out_dir, self.labels, fitted, time_unit,
+            max_rows_exact=self.options.max_rows_exact, seed=self.evaluation.seed,
+        )  # fmt: skip
