@@ -127,7 +127,8 @@ class Task(ABC):
     def evaluate(cls, predictions: pd.DataFrame, label: Mapping[str, Any], ctx: Any) -> Any:
         """Metrics with bootstrap CIs, notes and tables of one ``schema.json`` label on every split
         and group of ``predictions`` (a :class:`~nervus_lightning.evaluation.sections.LabelSection`;
-        ``ctx`` is the :class:`~nervus_lightning.evaluation.sections.EvalContext`)."""
+        ``ctx`` is the :class:`~nervus_lightning.evaluation.sections.EvalContext`, this kind's
+        own settings ``cls.options_in(ctx)``)."""
 
     @classmethod
     @abstractmethod

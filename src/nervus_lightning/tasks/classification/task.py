@@ -5,8 +5,8 @@ labels: which class is positive, how the operating threshold is chosen (on the v
 after training) and the threshold itself. The contract is fixed when the model is built, stored
 in every checkpoint and in ``schema.json``, and applied unchanged wherever the model predicts.
 
-Which class of a binary label is positive: :mod:`.classes`; the report's section:
-:mod:`.evaluation`.
+The contract's settings (declared once, checked once): :mod:`.options`; which class of a binary
+label is positive: :mod:`.classes`; the report's section: :mod:`.evaluation`.
 """
 
 from __future__ import annotations
