@@ -4,6 +4,7 @@ report; the task base class declares ``gather``, the DDP hook of losses that com
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,9 @@ def test_an_unknown_key_names_the_closest_one_and_every_option() -> None:
 
 
 def test_the_options_declared_are_the_config_block_and_evaluate_runs_keywords() -> None:
-    declared = [k for k in EvaluationOptions.__dataclass_fields__ if k != "tasks"]
+    declared = [f.name for f in fields(EvaluationOptions) if f.name != "tasks"]
     for cls in TASKS.values():
-        declared += list(cls.options_class.__dataclass_fields__)
+        declared += [f.name for f in fields(cls.options_class)]
     assert len(declared) == len(set(declared)), "a setting declared by two kinds"
     keywords = keyword_names(evaluate_run, skip=("predictions_path", "out_dir"))
     assert sorted(declared) == sorted(keywords)

@@ -50,11 +50,7 @@ from nervus_lightning.evaluation.sections import (
 )
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.tasks.classification.classes import obvious_positive_class
-from nervus_lightning.tasks.classification.options import (
-    DEFAULT_TARGET_SENSITIVITY,
-    DEFAULT_THRESHOLD,
-    ClassificationOptions,
-)
+from nervus_lightning.tasks.classification.options import ClassificationOptions
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +155,11 @@ def _contract(
             f"evaluation.positive_class.{name}={positive!r} is not one of its classes {classes}."
         )
     stored_method = label.get("threshold_method")
-    method = options.threshold or stored_method or DEFAULT_THRESHOLD
+    method = options.threshold or stored_method or options.default_threshold
     stored_target = label.get("target_sensitivity")
     target = options.target_sensitivity
     if target is None:
-        target = stored_target if stored_target is not None else DEFAULT_TARGET_SENSITIVITY
+        target = stored_target if stored_target is not None else options.default_target_sensitivity
     overrides = []
     if stored_positive is not None and positive != stored_positive:
         overrides.append(f"positive class {positive!r} instead of the stored {stored_positive!r}")
@@ -175,13 +171,9 @@ def _contract(
 
 
 def evaluate_classification(
-    df: pd.DataFrame,
-    label: Mapping,
-    ctx: EvalContext,
-    options: ClassificationOptions | None = None,
+    df: pd.DataFrame, label: Mapping, ctx: EvalContext, options: ClassificationOptions
 ) -> LabelSection:
-    """Metrics with CIs and figures of one classification label; ``options`` may override the
-    contract stored in ``schema.json`` (default: none)."""
+    """Metrics with CIs and figures of one classification label."""
     name = label["name"]
     classes = [str(c) for c in label["classes"]]
     section = LabelSection(name, "classification")
@@ -203,9 +195,7 @@ def evaluate_classification(
     binary = len(classes) == 2
     positive, threshold, fitted_on, overrides = None, None, None, []
     if binary:
-        positive, method, target, overrides = _contract(
-            label, options or ClassificationOptions(), classes
-        )
+        positive, method, target, overrides = _contract(label, options, classes)
         if overrides:
             log.warning("label %r: %s", name, "; ".join(overrides))
         score = prob[:, classes.index(positive)]

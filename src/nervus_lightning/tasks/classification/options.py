@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from nervus_lightning.errors import NervusInputError
 from nervus_lightning.evaluation.options import set_field
 from nervus_lightning.evaluation.thresholds import THRESHOLD_METHODS
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.tasks.base import TaskOptions
-
-#: How the operating threshold is chosen on ``val`` when nothing is said.
-DEFAULT_THRESHOLD = "youden"
-#: The sensitivity ``threshold="sensitivity"`` aims at when nothing is said.
-DEFAULT_TARGET_SENSITIVITY = 0.9
 
 
 @dataclass(frozen=True)
@@ -35,9 +30,9 @@ class ClassificationOptions(TaskOptions):
         threshold: how a binary label's operating threshold is chosen on ``val``:
             ``"youden"`` (maximum sensitivity + specificity - 1) or ``"sensitivity"`` (the best
             specificity with sensitivity at least ``target_sensitivity``); ``None``: the stored
-            contract, or :data:`DEFAULT_THRESHOLD` for a new model.
+            contract, or :attr:`default_threshold` for a new model.
         target_sensitivity: in (0, 1], used by ``threshold="sensitivity"``; ``None``: the stored
-            one, or :data:`DEFAULT_TARGET_SENSITIVITY`.
+            one, or :attr:`default_target_sensitivity`.
         positive_class: label name -> its positive class (binary labels); labels not named keep
             the stored (or obvious) one.
     """
@@ -45,6 +40,11 @@ class ClassificationOptions(TaskOptions):
     threshold: str | None = None
     target_sensitivity: float | None = None
     positive_class: Mapping[str, Any] | None = None
+
+    #: How the operating threshold is chosen on ``val`` when nothing is said.
+    default_threshold: ClassVar[str] = "youden"
+    #: The sensitivity ``threshold="sensitivity"`` aims at when nothing is said.
+    default_target_sensitivity: ClassVar[float] = 0.9
 
     def __post_init__(self) -> None:
         if self.threshold is not None:

@@ -35,11 +35,7 @@ from nervus_lightning.tasks.classification.evaluation import (
     classification_figures,
     evaluate_classification,
 )
-from nervus_lightning.tasks.classification.options import (
-    DEFAULT_TARGET_SENSITIVITY,
-    DEFAULT_THRESHOLD,
-    ClassificationOptions,
-)
+from nervus_lightning.tasks.classification.options import ClassificationOptions
 
 UNKNOWN = -1  # class index of a case whose label is not known (external data)
 
@@ -99,9 +95,10 @@ class ClassificationTask(Task):
             check_number("task.label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
         )
         # The contract of this model: the settings given, else the defaults.
-        self.threshold_method = self.options.threshold or DEFAULT_THRESHOLD
-        target = self.options.target_sensitivity
-        self.target_sensitivity = DEFAULT_TARGET_SENSITIVITY if target is None else target
+        options = self.options
+        self.threshold_method = options.threshold or options.default_threshold
+        target = options.target_sensitivity
+        self.target_sensitivity = options.default_target_sensitivity if target is None else target
         self.positive_classes = resolve_positive_classes(labels, self.options.positive_class)
         # Binary operating thresholds chosen on the validation split after training, so that
         # predict on an external set applies the same threshold without the validation rows.
