@@ -10,6 +10,7 @@ incidence calibration (:mod:`nervus_lightning.survival.competing`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,10 @@ def _survival_reference(
         risk_cutpoints=label.get("risk_cutpoints") or None,
     )
     return reference, ["No survival reference in the schema: fitted on the 'train' rows."]
+
+
+#: The censoring-weighted metrics of :func:`survival_metrics` (computed on the IPCW subsample).
+_IPCW_KEYS = {"c_index_uno", "td_auc_mean", "ibs"}
 
 
 def _is_ipcw(metric: str, ipcw_keys: set[str]) -> bool:
@@ -256,27 +261,53 @@ def _method_notes(
     return notes
 
 
-def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
-    """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
+@dataclass
+class _SurvivalLabel:
+    """What every split x group of one survival label is evaluated with."""
 
-    Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
-    log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
-    all of them (O(m log m) each, m = min(cases, ``evaluation.max_rows_bootstrap``)). Splits
-    above ``evaluation.max_rows_exact`` / ``max_rows_bootstrap`` cases are evaluated as
-    :func:`_large_split_notes` says, in ``metrics_notes.csv``.
-    """
-    name = label["name"]
-    period = label["period"]
-    risk_column = f"risk_{name}"
-    section = LabelSection(name, "survival")
-    values = df[[name, period, risk_column]].apply(pd.to_numeric, errors="coerce")
+    label: Mapping
+    name: str
+    period: str
+    reference: SurvivalReference
+    causes: int
+    cause_columns: list[str]
+    calibration_time: float
+
+
+@dataclass
+class _SubsetScores:
+    """One split x group's arrays, point estimates and the CIFs its resamples reuse."""
+
+    time: np.ndarray
+    event: np.ndarray
+    risk: np.ndarray
+    cause_risk: np.ndarray
+    #: A discrete-time model's own curves on the IBS grid (None for Cox: Breslow baseline).
+    own_ibs: np.ndarray | None
+    cause_ibs_cif: np.ndarray | None
+    cause_auc_cif: np.ndarray | None
+    point: dict[str, float | None]
+    reasons: dict[str, str]
+    cif_arrays: dict[str, np.ndarray]
+
+
+def _rows_with_values(df: pd.DataFrame, label: Mapping, section: LabelSection) -> pd.DataFrame:
+    """The rows with a numeric event, time and risk (the others counted in a note)."""
+    name, period = label["name"], label["period"]
+    values = df[[name, period, f"risk_{name}"]].apply(pd.to_numeric, errors="coerce")
     known = values.notna().all(axis=1).to_numpy()
     if (~known).any():
         section.notes.append(
             f"{int((~known).sum())} case(s) without event, time or risk are "
             "left out of the survival metrics."
         )
-    df = df[known].assign(**{c: values.loc[known, c] for c in values.columns})
+    return df[known].assign(**{c: values.loc[known, c] for c in values.columns})
+
+
+def _label_setup(df: pd.DataFrame, label: Mapping, section: LabelSection) -> _SurvivalLabel | None:
+    """The label's training reference and competing causes, with their notes; None (and a
+    note) when neither the schema nor a ``train`` split with events gives a reference."""
+    name, period = label["name"], label["period"]
     train = df[df["split"] == "train"]
     from_schema = all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS)
     if not from_schema and (train.empty or not (train[name] != 0).any()):
@@ -284,9 +315,8 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             "No 'train' split with events in the predictions: survival metrics "
             "need the training follow-up and were not computed."
         )
-        return section
+        return None
     reference, notes = _survival_reference(train, label, name, period)
-    eval_times, cutpoints = reference.eval_times, reference.risk_cutpoints
     section.notes += notes
     if label.get("survival_model", "cox") != "cox":
         section.notes.append(
@@ -301,106 +331,192 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
             "predictions: cause-specific concordance not computed."
         )
         causes, cause_columns = 0, []
-    calibration_time = float(np.median(eval_times))
+    calibration_time = float(np.median(reference.eval_times))
+    return _SurvivalLabel(label, name, period, reference, causes, cause_columns, calibration_time)
+
+
+def _point_scores(rows: pd.DataFrame, setup: _SurvivalLabel, ctx: EvalContext) -> _SubsetScores:
+    """Every metric of one split x group (the IPCW ones on their seeded subsample above
+    ``evaluation.max_rows_exact``), with the reasons of the missing ones."""
+    label, reference, causes = setup.label, setup.reference, setup.causes
+    time = rows[setup.period].to_numpy(dtype=float)
+    event = rows[setup.name].to_numpy(dtype=float)
+    risk = rows[f"risk_{setup.name}"].to_numpy(dtype=float)
+    reasons: dict[str, str] = {}
+    ibs_grid = reference.ibs_grid()
+    own_ibs = discrete.model_survival(rows, label, ibs_grid)
+    point = survival_metrics(
+        reference, time, event, risk, reasons=reasons, max_rows_exact=ctx.max_rows_exact,
+        seed=ctx.seed, ibs_survival=own_ibs,
+    )  # fmt: skip
+    # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
+    # Antolini C compares all pairs, so it gets the IPCW metrics' subsample).
+    sub = ipcw_subsample(len(rows), ctx.max_rows_exact, ctx.seed)
+    scored = rows if sub is None else rows.iloc[sub]
+    point.update(discrete.curve_metrics(scored, label, reference, reasons))
+    cause_risk = rows[setup.cause_columns].to_numpy(dtype=float)
+    # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
+    cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
+    cause_auc_cif = competing.model_cif(rows, label, reference.eval_times) if causes else None
+    point.update(_cause_metrics(time, event, cause_risk, reasons))
+    keep = slice(None) if sub is None else sub  # the IPCW metrics' rows
+    if causes:
+        point.update(
+            _cause_ipcw_metrics(
+                reference, time[keep], event[keep], cause_risk[keep],
+                None if cause_auc_cif is None else cause_auc_cif[keep],
+                None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
+            )
+        )  # fmt: skip
+    point.update(_accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
+    cif_arrays = {}
+    if causes:
+        point.update(_cif_calibration(rows, label, time, event, setup.calibration_time, reasons))
+        times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
+        predicted_cif = competing.model_cif(rows, label, times)
+        if predicted_cif is not None:
+            cif_arrays = {"cif_times": times, "cif_mean": predicted_cif.mean(axis=0)}
+    return _SubsetScores(
+        time, event, risk, cause_risk, own_ibs, cause_ibs_cif, cause_auc_cif, point, reasons,
+        cif_arrays,
+    )  # fmt: skip
+
+
+def _survival_intervals(
+    scores: _SubsetScores, setup: _SurvivalLabel, ctx: EvalContext
+) -> dict[str, BootstrapCI]:
+    """Bootstrap intervals of every metric but the log-rank p-value; m-out-of-n resamples above
+    ``evaluation.max_rows_bootstrap``, rescaled to the cases each value is computed on."""
+    n = len(scores.time)
+    if ctx.n_bootstrap <= 0 or n <= 1:
+        return {}
+    reference, causes = setup.reference, setup.causes
+    m = bootstrap_size(n, ctx.max_rows_bootstrap)
+    # Predicted survival on the IBS grid once per split, not once per resample.
+    table = scores.own_ibs
+    if table is None and n <= ctx.max_rows_bootstrap:
+        table = reference.survival(scores.risk, reference.ibs_grid())
+    cause_risk, ibs_cif, auc_cif = scores.cause_risk, scores.cause_ibs_cif, scores.cause_auc_cif
+
+    def resample_metrics(t, e, r, index):
+        out = {
+            **survival_metrics(
+                reference, t, e, r, max_rows_exact=None, logrank=False,
+                ibs_survival=None if table is None else table[index],
+            ),
+            **_cause_metrics(t, e, cause_risk[index]),
+        }  # fmt: skip
+        if causes:
+            out.update(
+                _cause_ipcw_metrics(
+                    reference, t, e, cause_risk[index],
+                    None if auc_cif is None else auc_cif[index],
+                    None if ibs_cif is None else ibs_cif[index],
+                )
+            )  # fmt: skip
+        out.update(_accuracy_metrics(reference, t, e, out, causes))
+        return out
+
+    distributions = bootstrap_distributions(
+        resample_metrics, scores.time, scores.event, scores.risk, np.arange(n),
+        n_resamples=ctx.n_bootstrap, seed=ctx.seed, size=m,
+    )  # fmt: skip
+    distributions.pop("logrank_p", None)  # a p-value has no confidence interval
+    ipcw_rows = min(n, ctx.max_rows_exact)
+    for metric, values in distributions.items():
+        size = ipcw_rows if _is_ipcw(metric, _IPCW_KEYS) else n
+        distributions[metric] = rescale_distribution(values, scores.point.get(metric), m, size)
+    return bootstrap_intervals(distributions, ctx.ci)
+
+
+def _add_metric_rows(
+    section: LabelSection,
+    split: str,
+    group: str,
+    scores: _SubsetScores,
+    intervals: Mapping[str, BootstrapCI],
+    causes: int,
+    ctx: EvalContext,
+) -> None:
+    """The subset's counts and metrics, each with its interval and notes (why it is missing,
+    what a large split computed it on)."""
+    event = scores.event
+    large = _large_split_notes(len(event), ctx)
+    section.add(split, group, "n", float(len(event)))
+    section.add(split, group, "events", float((event != 0).sum()))
+    for c in range(1, causes + 1):
+        section.add(split, group, f"events_cause{c}", float((event == c).sum()))
+    for metric, value in scores.point.items():
+        note = [
+            scores.reasons.get(metric),
+            large["ipcw"] if _is_ipcw(metric, _IPCW_KEYS) else None,
+        ]
+        if metric in intervals:
+            note.append(large["bootstrap"])
+        text = "; ".join(x for x in note if x) or None
+        section.add(split, group, metric, value, intervals.get(metric), text)
+
+
+def _calibration_at(
+    rows: pd.DataFrame, setup: _SurvivalLabel, scores: _SubsetScores
+) -> pd.DataFrame:
+    """Observed vs predicted survival at the calibration time, by bin of predicted survival
+    (from the model's own curves when it has them, else the Breslow baseline)."""
+    t = setup.calibration_time
+    predicted = discrete.model_survival(rows, setup.label, [t])
+    if predicted is None:
+        predicted = setup.reference.survival(scores.risk, [t])
+    return survival_calibration_table(scores.time, scores.event, predicted[:, 0], t)
+
+
+def _add_calibration_table(
+    section: LabelSection,
+    tables: list[pd.DataFrame],
+    setup: _SurvivalLabel,
+    unit: str,
+    ctx: EvalContext,
+) -> None:
+    """All subsets' calibration bins as ``survival_calibration_<label>.csv`` and a report table."""
+    table = pd.concat(tables, ignore_index=True)
+    table = table[["split", "group", *table.columns.drop(["split", "group"])]]
+    table.to_csv(ctx.out_dir / f"survival_calibration_{safe_name(setup.name)}.csv", index=False)
+    section.tables.append(
+        (
+            f"Calibration at t = {setup.calibration_time:g}{unit} by bin of predicted "
+            "survival (1 = highest risk)",
+            table,
+        )
+    )
+
+
+def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> LabelSection:
+    """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
+
+    Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
+    log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
+    all of them (O(m log m) each, m = min(cases, ``evaluation.max_rows_bootstrap``)). Splits
+    above ``evaluation.max_rows_exact`` / ``max_rows_bootstrap`` cases are evaluated as
+    :func:`_large_split_notes` says, in ``metrics_notes.csv``.
+    """
+    section = LabelSection(label["name"], "survival")
+    df = _rows_with_values(df, label, section)
+    setup = _label_setup(df, label, section)
+    if setup is None:
+        return section
     unit = f" {ctx.time_unit}" if ctx.time_unit else ""
     median_time = f"median time ({ctx.time_unit})" if ctx.time_unit else "median time"
-    section.notes += _method_notes(name, causes, calibration_time, unit, cutpoints)
-
-    ipcw_keys = {"c_index_uno", "td_auc_mean", "ibs"}
-    ibs_grid = reference.ibs_grid()
+    cutpoints = setup.reference.risk_cutpoints
+    section.notes += _method_notes(
+        setup.name, setup.causes, setup.calibration_time, unit, cutpoints
+    )
     summary, calibration_tables = {}, []
     for split, group, rows in iter_subsets(df, ctx):
         if rows.empty:
             continue
-        time = rows[period].to_numpy(dtype=float)
-        event = rows[name].to_numpy(dtype=float)
-        risk = rows[risk_column].to_numpy(dtype=float)
-        n = len(rows)
-        reasons: dict[str, str] = {}
-        # A discrete-time model's own curves on the IBS grid (None for Cox: Breslow baseline).
-        own_ibs = discrete.model_survival(rows, label, ibs_grid)
-        point = survival_metrics(
-            reference, time, event, risk, reasons=reasons, max_rows_exact=ctx.max_rows_exact,
-            seed=ctx.seed, ibs_survival=own_ibs,
-        )  # fmt: skip
-        ipcw_rows = min(n, ctx.max_rows_exact)
-        # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
-        # Antolini C compares all pairs, so it gets the IPCW metrics' subsample).
-        sub = ipcw_subsample(n, ctx.max_rows_exact, ctx.seed)
-        scored = rows if sub is None else rows.iloc[sub]
-        point.update(discrete.curve_metrics(scored, label, reference, reasons))
-        cause_risk = rows[cause_columns].to_numpy(dtype=float)
-        # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
-        cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
-        cause_auc_cif = competing.model_cif(rows, label, eval_times) if causes else None
-        point.update(_cause_metrics(time, event, cause_risk, reasons))
-        keep = slice(None) if sub is None else sub  # the IPCW metrics' rows
-        if causes:
-            point.update(
-                _cause_ipcw_metrics(
-                    reference, time[keep], event[keep], cause_risk[keep],
-                    None if cause_auc_cif is None else cause_auc_cif[keep],
-                    None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
-                )
-            )  # fmt: skip
-        point.update(_accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
-        cif_arrays = {}
-        if causes:
-            point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
-            times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
-            predicted_cif = competing.model_cif(rows, label, times)
-            if predicted_cif is not None:
-                cif_arrays = {"cif_times": times, "cif_mean": predicted_cif.mean(axis=0)}
-        intervals: dict[str, BootstrapCI] = {}
-        if ctx.n_bootstrap > 0 and n > 1:
-            m = bootstrap_size(n, ctx.max_rows_bootstrap)
-            # Predicted survival on the IBS grid once per split, not once per resample.
-            table = own_ibs
-            if table is None and n <= ctx.max_rows_bootstrap:
-                table = reference.survival(risk, ibs_grid)
-
-            def resample_metrics(
-                t, e, r, index, table=table, cause_risk=cause_risk, ibs_cif=cause_ibs_cif,
-                auc_cif=cause_auc_cif,
-            ):  # fmt: skip
-                out = {
-                    **survival_metrics(
-                        reference, t, e, r, max_rows_exact=None, logrank=False,
-                        ibs_survival=None if table is None else table[index],
-                    ),
-                    **_cause_metrics(t, e, cause_risk[index]),
-                }  # fmt: skip
-                if causes:
-                    out.update(
-                        _cause_ipcw_metrics(
-                            reference, t, e, cause_risk[index],
-                            None if auc_cif is None else auc_cif[index],
-                            None if ibs_cif is None else ibs_cif[index],
-                        )
-                    )  # fmt: skip
-                out.update(_accuracy_metrics(reference, t, e, out, causes))
-                return out
-
-            distributions = bootstrap_distributions(
-                resample_metrics, time, event, risk, np.arange(n),
-                n_resamples=ctx.n_bootstrap, seed=ctx.seed, size=m,
-            )  # fmt: skip
-            distributions.pop("logrank_p", None)  # a p-value has no confidence interval
-            for metric, values in distributions.items():
-                size = ipcw_rows if _is_ipcw(metric, ipcw_keys) else n
-                distributions[metric] = rescale_distribution(values, point.get(metric), m, size)
-            intervals = bootstrap_intervals(distributions, ctx.ci)
-        large = _large_split_notes(n, ctx)
-        section.add(split, group, "n", float(len(rows)))
-        section.add(split, group, "events", float((event != 0).sum()))
-        for c in range(1, causes + 1):
-            section.add(split, group, f"events_cause{c}", float((event == c).sum()))
-        for metric, value in point.items():
-            note = [reasons.get(metric), large["ipcw"] if _is_ipcw(metric, ipcw_keys) else None]
-            if metric in intervals:
-                note.append(large["bootstrap"])
-            text = "; ".join(x for x in note if x) or None
-            section.add(split, group, metric, value, intervals.get(metric), text)
+        scores = _point_scores(rows, setup, ctx)
+        intervals = _survival_intervals(scores, setup, ctx)
+        _add_metric_rows(section, split, group, scores, intervals, setup.causes, ctx)
+        time, event = scores.time, scores.event
         if group == ALL_GROUPS:
             summary[split] = {
                 "n": len(rows),
@@ -408,36 +524,17 @@ def evaluate_survival(df: pd.DataFrame, label: Mapping, ctx: EvalContext) -> Lab
                 "event rate": f"{(event != 0).mean():.1%}",
                 median_time: float(np.median(time)),
             }
-        predicted = discrete.model_survival(rows, label, [calibration_time])
-        if predicted is None:
-            predicted = reference.survival(risk, [calibration_time])
-        predicted = predicted[:, 0]
-        table = survival_calibration_table(time, event, predicted, calibration_time)
+        table = _calibration_at(rows, setup, scores)
         calibration_tables.append(table.assign(split=split, group=group))
-        section.subsets.append(
-            Subset(
-                split,
-                group,
-                {
-                    "time": time,
-                    "event": event,
-                    "risk_group": assign_risk_groups(risk, cutpoints),
-                    **cif_arrays,
-                },
-                calibration=table,
-            )
-        )
-    section.info.update(calibration_time=calibration_time, causes=causes)
+        arrays = {
+            "time": time,
+            "event": event,
+            "risk_group": assign_risk_groups(scores.risk, cutpoints),
+            **scores.cif_arrays,
+        }
+        section.subsets.append(Subset(split, group, arrays, calibration=table))
+    section.info.update(calibration_time=setup.calibration_time, causes=setup.causes)
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     if calibration_tables:
-        table = pd.concat(calibration_tables, ignore_index=True)
-        table = table[["split", "group", *table.columns.drop(["split", "group"])]]
-        table.to_csv(ctx.out_dir / f"survival_calibration_{safe_name(name)}.csv", index=False)
-        section.tables.append(
-            (
-                f"Calibration at t = {calibration_time:g}{unit} by bin of predicted "
-                "survival (1 = highest risk)",
-                table,
-            )
-        )
+        _add_calibration_table(section, calibration_tables, setup, unit, ctx)
     return section
