@@ -291,6 +291,144 @@ def ipcw_subsample(n: int, max_rows: int | None, seed: int) -> np.ndarray | None
     return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
 
 
+def _harrell_c(
+    time: np.ndarray, event: np.ndarray, risk: np.ndarray, why: dict[str, str]
+) -> tuple[float | None, Any]:
+    """Harrell's C on every row, and the concordance counts Uno's C may reuse."""
+    counts = concordance_counts(event, time, risk)
+    no_pair = "no comparable pair (no event before another subject's time)"
+    try:
+        c_index = weighted_concordance(counts)
+    except NoComparablePairException:
+        why["c_index"] = no_pair
+        return None, counts
+    if np.isnan(c_index):
+        why["c_index"] = no_pair
+        return None, counts
+    return c_index, counts
+
+
+def _logrank_p(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    why: dict[str, str],
+) -> float | None:
+    """Log-rank test across the training-defined risk groups, on every row."""
+    groups = assign_risk_groups(risk, reference.risk_cutpoints)
+    if np.unique(groups).shape[0] < 2:
+        why["logrank_p"] = "all subjects fall into one risk group"
+        return None
+    try:
+        survival_test = Surv.from_arrays(event=event, time=time)
+        return float(compare_survival(survival_test, groups)[1])
+    except np.linalg.LinAlgError:
+        why["logrank_p"] = "log-rank covariance is singular (too few events per group)"
+        return None
+
+
+def _uno_c(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    censoring: CensoringCurve,
+    tau: float | None,
+    counts: Any,
+    why: dict[str, str],
+) -> float | None:
+    """Uno's C truncated at ``tau`` (default :func:`uno_truncation_time`)."""
+    max_train = reference.max_time
+    tau_used = uno_truncation_time(reference, time) if tau is None else float(tau)
+    if tau_used >= max_train:
+        why["c_index_uno"] = (
+            f"tau={format_time(tau_used)} is not below the largest training time "
+            f"{format_time(max_train)}"
+        )
+        return None
+    if not (event & (time < tau_used)).any():
+        why["c_index_uno"] = f"no event before tau={format_time(tau_used)}"
+        return None
+    try:
+        return uno_concordance(time, event, risk, censoring, tau_used, counts=counts)
+    except NoComparablePairException:
+        why["c_index_uno"] = f"no comparable pair before tau={format_time(tau_used)}"
+        return None
+
+
+def _td_aucs(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    censoring: CensoringCurve,
+    eval_times: np.ndarray,
+    why: dict[str, str],
+) -> dict[str, float | None]:
+    """The cumulative/dynamic AUC at each evaluation time inside the follow-up with an event
+    up to it, and their mean (``td_auc_mean``)."""
+    max_train = reference.max_time
+    auc_keys = [td_auc_key(t) for t in eval_times]
+    results: dict[str, float | None] = {}
+    inside = _inside_followup(eval_times, max_train, time)
+    first_event = time[event].min()
+    has_case = eval_times >= first_event
+    valid = inside & has_case
+    for t, key, ok_range, ok_case in zip(eval_times, auc_keys, inside, has_case, strict=True):
+        results[key] = None
+        if not ok_range:
+            why[key] = (
+                f"time {format_time(t)} is outside the evaluable follow-up "
+                f"[{format_time(time.min())}, {format_time(min(time.max(), max_train))})"
+            )
+        elif not ok_case:
+            why[key] = f"no event up to time {format_time(t)}"
+    results["td_auc_mean"] = None
+    if not valid.any():
+        why["td_auc_mean"] = "no evaluation time could be scored"
+        return results
+    auc_times = np.unique(eval_times[valid])
+    auc_time, auc_event = _censor_after(time, event, auc_times.max(), max_train)
+    auc, mean_auc = cumulative_dynamic_auc(auc_time, auc_event, risk, auc_times, censoring)
+    by_time = dict(zip(auc_times.tolist(), auc.tolist(), strict=True))
+    for t, key, ok in zip(eval_times, auc_keys, valid, strict=True):
+        if ok:
+            results[key] = float(by_time[float(t)])
+    results["td_auc_mean"] = float(mean_auc)
+    return results
+
+
+def _ibs(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    censoring: CensoringCurve,
+    ibs_survival: np.ndarray | None,
+    why: dict[str, str],
+) -> float | None:
+    """Integrated Brier score on the part of ``reference.ibs_grid()`` inside the follow-up."""
+    full_grid = reference.ibs_grid()
+    kept = _inside_followup(full_grid, reference.max_time, time)
+    grid = full_grid[kept]
+    if grid.shape[0] < 2:
+        why["ibs"] = IBS_GRID_TOO_SHORT
+        return None
+    ibs_time, ibs_event = _censor_after(time, event, grid.max(), reference.max_time)
+    predicted = reference.survival(risk, grid) if ibs_survival is None else ibs_survival[:, kept]
+    return integrated_brier_score(ibs_time, ibs_event, predicted, grid, censoring)
+
+
+def _none_with_reason(
+    keys: Sequence[str], reason: str, results: dict[str, float | None], why: dict[str, str]
+) -> None:
+    """Mark every metric of ``keys`` as not computed, for ``reason``."""
+    for key in keys:
+        results[key] = None
+        why[key] = reason
+
+
 def survival_metrics(
     reference: SurvivalReference,
     time: Any,
@@ -335,8 +473,6 @@ def survival_metrics(
             f"time, event and risk must have the same length, got {time.shape[0]}, "
             f"{event.shape[0]}, {risk.shape[0]}"
         )
-    max_train = reference.max_time
-
     why: dict[str, str] = {}
     results: dict[str, float | None] = {}
     auc_keys = [td_auc_key(t) for t in eval_times]
@@ -348,36 +484,16 @@ def survival_metrics(
     elif not event.any():
         general = "the evaluated split has no event"
     if general is not None:
-        for key in keys:
-            results[key] = None
-            why[key] = general
+        _none_with_reason(keys, general, results, why)
         if reasons is not None:
             reasons.update(why)
         return results
 
-    # Harrell's C, on every row.
-    counts = concordance_counts(event, time, risk)
-    try:
-        c_index = weighted_concordance(counts)
-        results["c_index"] = None if np.isnan(c_index) else c_index
-        if results["c_index"] is None:
-            why["c_index"] = "no comparable pair (no event before another subject's time)"
-    except NoComparablePairException:
-        results["c_index"] = None
-        why["c_index"] = "no comparable pair (no event before another subject's time)"
-
-    # Log-rank test across training-defined risk groups, on every row.
+    # Harrell's C and the log-rank test, on every row.
+    results["c_index"], counts = _harrell_c(time, event, risk, why)
     results["logrank_p"] = None
     if logrank:
-        groups = assign_risk_groups(risk, reference.risk_cutpoints)
-        if np.unique(groups).shape[0] < 2:
-            why["logrank_p"] = "all subjects fall into one risk group"
-        else:
-            try:
-                survival_test = Surv.from_arrays(event=event, time=time)
-                results["logrank_p"] = float(compare_survival(survival_test, groups)[1])
-            except np.linalg.LinAlgError:
-                why["logrank_p"] = "log-rank covariance is singular (too few events per group)"
+        results["logrank_p"] = _logrank_p(reference, time, event, risk, why)
     else:
         why["logrank_p"] = "not computed"
 
@@ -388,74 +504,17 @@ def survival_metrics(
         ibs_survival = None if ibs_survival is None else ibs_survival[sub]
         counts = None
         if not event.any():
-            for key in ["c_index_uno", *auc_keys, "td_auc_mean", "ibs"]:
-                results[key] = None
-                why[key] = "the IPCW subsample has no event"
+            ipcw_keys = ["c_index_uno", *auc_keys, "td_auc_mean", "ibs"]
+            _none_with_reason(ipcw_keys, "the IPCW subsample has no event", results, why)
             if reasons is not None:
                 reasons.update(why)
             return {key: results[key] for key in keys}
 
     # The evaluated rows' own censoring curve: the weights of every IPCW statistic.
     censoring = CensoringCurve.fit(time, event)
-
-    # Uno's C.
-    tau_used = uno_truncation_time(reference, time) if tau is None else float(tau)
-    results["c_index_uno"] = None
-    if tau_used >= max_train:
-        why["c_index_uno"] = (
-            f"tau={format_time(tau_used)} is not below the largest training time "
-            f"{format_time(max_train)}"
-        )
-    elif not (event & (time < tau_used)).any():
-        why["c_index_uno"] = f"no event before tau={format_time(tau_used)}"
-    else:
-        try:
-            results["c_index_uno"] = uno_concordance(
-                time, event, risk, censoring, tau_used, counts=counts
-            )
-        except NoComparablePairException:
-            why["c_index_uno"] = f"no comparable pair before tau={format_time(tau_used)}"
-
-    # Time-dependent AUC at each evaluation time.
-    inside = _inside_followup(eval_times, max_train, time)
-    first_event = time[event].min()
-    has_case = eval_times >= first_event
-    valid = inside & has_case
-    for t, key, ok_range, ok_case in zip(eval_times, auc_keys, inside, has_case, strict=True):
-        results[key] = None
-        if not ok_range:
-            why[key] = (
-                f"time {format_time(t)} is outside the evaluable follow-up "
-                f"[{format_time(time.min())}, {format_time(min(time.max(), max_train))})"
-            )
-        elif not ok_case:
-            why[key] = f"no event up to time {format_time(t)}"
-    results["td_auc_mean"] = None
-    if valid.any():
-        auc_times = np.unique(eval_times[valid])
-        auc_time, auc_event = _censor_after(time, event, auc_times.max(), max_train)
-        auc, mean_auc = cumulative_dynamic_auc(auc_time, auc_event, risk, auc_times, censoring)
-        by_time = dict(zip(auc_times.tolist(), auc.tolist(), strict=True))
-        for t, key, ok in zip(eval_times, auc_keys, valid, strict=True):
-            if ok:
-                results[key] = float(by_time[float(t)])
-        results["td_auc_mean"] = float(mean_auc)
-    else:
-        why["td_auc_mean"] = "no evaluation time could be scored"
-
-    # Integrated Brier score.
-    full_grid = reference.ibs_grid()
-    kept = _inside_followup(full_grid, reference.max_time, time)
-    grid = full_grid[kept]
-    results["ibs"] = None
-    if grid.shape[0] < 2:
-        why["ibs"] = IBS_GRID_TOO_SHORT
-    else:
-        ibs_time, ibs_event = _censor_after(time, event, grid.max(), max_train)
-        predicted = (
-            reference.survival(risk, grid) if ibs_survival is None else ibs_survival[:, kept]
-        )
-        results["ibs"] = integrated_brier_score(ibs_time, ibs_event, predicted, grid, censoring)
+    results["c_index_uno"] = _uno_c(reference, time, event, risk, censoring, tau, counts, why)
+    results.update(_td_aucs(reference, time, event, risk, censoring, eval_times, why))
+    results["ibs"] = _ibs(reference, time, event, risk, censoring, ibs_survival, why)
 
     if reasons is not None:
         reasons.update(why)
