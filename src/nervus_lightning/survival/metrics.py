@@ -64,6 +64,11 @@ A metric that cannot be computed (no event in the split, one risk group only, no
 pair, no evaluation time inside the follow-up, ...) is ``None``. Pass a dict as ``reasons`` to
 :func:`survival_metrics` to receive, for every ``None``, a one-line explanation keyed like the
 metric.
+
+The times and rows each statistic looks at are :mod:`nervus_lightning.survival.followup`'s, the
+report's further statistics (``null_ibs``, ``prediction_accuracy``, per cause)
+:mod:`nervus_lightning.survival.cause_metrics`'s; every name listed in ``__all__`` is importable
+from here.
 """
 
 from __future__ import annotations
@@ -77,14 +82,29 @@ from sksurv.exceptions import NoComparablePairException
 from sksurv.util import Surv
 
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.cause_metrics import (
+    cause_ibs,
+    cause_td_auc,
+    cause_uno_c,
+    null_ibs,
+    prediction_accuracy,
+)
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
+from nervus_lightning.survival.followup import (
+    IBS_GRID_TOO_SHORT,
+    assign_risk_groups,
+    censor_after,
+    format_time,
+    ibs_time_grid,
+    inside_followup,
+    ipcw_subsample,
+    td_auc_key,
+    uno_truncation_time,
+)
 from nervus_lightning.survival.ipcw import (
     CensoringCurve,
-    cause_dynamic_auc,
-    cause_uno_concordance,
     cumulative_dynamic_auc,
     integrated_brier_score,
-    integrated_cause_brier_score,
     uno_concordance,
 )
 from nervus_lightning.survival.reference import (
@@ -114,181 +134,6 @@ __all__ = [
     "td_auc_key",
     "uno_truncation_time",
 ]
-
-
-def format_time(t: float) -> str:
-    """A time as it appears in metric names: ``365 -> "365"``, ``2.5 -> "2.5"``.
-
-    Positional notation, at most 4 decimals, no trailing zeros or trailing dot.
-    """
-    return np.format_float_positional(float(t), precision=4, unique=True, trim="-")
-
-
-def td_auc_key(t: float) -> str:
-    """Metric name of the time-dependent AUC at time ``t``, e.g. ``td_auc_t365``."""
-    return f"td_auc_t{format_time(t)}"
-
-
-def assign_risk_groups(risk: Any, cutpoints: Any) -> np.ndarray:
-    """Risk group of each subject: 0 = lowest risk; a risk equal to a cut-point goes below it."""
-    return np.searchsorted(as_numpy(cutpoints), as_numpy(risk), side="left")
-
-
-def uno_truncation_time(reference: SurvivalReference, time: Any) -> float:
-    """``tau`` of Uno's C: 90th percentile of training times, capped at the evaluated maximum."""
-    return float(min(reference.follow_up_p90, as_numpy(time).max()))
-
-
-def _inside_followup(times: np.ndarray, max_train_time: float, time: np.ndarray) -> np.ndarray:
-    # scikit-survival needs min(time) <= t < max(time); the stored curves end at the training
-    # maximum.
-    return (times >= time.min()) & (times < time.max()) & (times < max_train_time)
-
-
-def ibs_time_grid(reference: SurvivalReference, time: Any) -> np.ndarray:
-    """Times for the integrated Brier score (see module docstring); may hold < 2 times."""
-    grid = reference.ibs_grid()
-    return grid[_inside_followup(grid, reference.max_time, as_numpy(time))]
-
-
-def _censor_after(
-    time: np.ndarray, event: np.ndarray, horizon: float, cap: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Administrative censoring just after ``horizon`` (see module docstring)."""
-    beyond = time > horizon
-    return np.where(beyond, np.minimum(time, cap), time), event & ~beyond
-
-
-IBS_GRID_TOO_SHORT = (
-    "fewer than 2 grid times between the 10th and 90th percentiles of the training "
-    "times lie inside the evaluated follow-up"
-)
-
-
-def cause_ibs(
-    reference: SurvivalReference, time: Any, cause: Any, cif: Any, c: int
-) -> tuple[float | None, str | None]:
-    """Integrated Brier score of cause ``c``'s predicted cumulative incidence (competing risks;
-    :func:`~nervus_lightning.survival.ipcw.cause_brier_scores`) on the times of ``ibs``, with the
-    same administrative censoring after the grid; ``(None, why)`` when it cannot be computed.
-
-    Args:
-        cause: 0 (censored) or the cause 1..K of the first event, per subject.
-        cif: the subjects' predicted CIF of cause ``c`` at ``reference.ibs_grid()``.
-    """
-    time = as_numpy(time)
-    cause = np.rint(as_numpy(cause)).astype(np.int64)
-    full_grid = reference.ibs_grid()
-    kept = _inside_followup(full_grid, reference.max_time, time)
-    grid = full_grid[kept]
-    if time.shape[0] < 2 or not (cause != 0).any():
-        return None, "the evaluated split has fewer than 2 subjects or no event"
-    if grid.shape[0] < 2:
-        return None, IBS_GRID_TOO_SHORT
-    censoring = CensoringCurve.fit(time, cause != 0)
-    capped, event = _censor_after(time, cause != 0, grid.max(), reference.max_time)
-    cif = np.asarray(cif, dtype=np.float64)[:, kept]
-    value = integrated_cause_brier_score(capped, np.where(event, cause, 0), cif, c, grid, censoring)
-    return value, None
-
-
-def null_ibs(
-    reference: SurvivalReference, time: Any, event: Any, cause: int | None = None
-) -> tuple[float | None, str | None]:
-    """Integrated Brier score of the covariate-free prediction stored in ``reference`` (the
-    training Kaplan-Meier survival; with ``cause``, the training Aalen-Johansen incidence of
-    that cause, ``event`` then holding the causes), on the rows, grid and censoring of ``ibs``
-    (or ``ibs_cause<c>``); ``(None, why)`` when it cannot be computed."""
-    null = reference.null_survival if cause is None else reference.null_cif
-    if null is None or (cause is not None and cause > null.shape[0]):
-        return None, "the survival reference was stored without the training null model"
-    time = as_numpy(time)
-    curve = null if cause is None else null[cause - 1]
-    predicted = np.broadcast_to(curve, (time.shape[0], curve.shape[0]))
-    if cause is None:  # one cause, any event: the Brier score of 1 - the survival curve
-        return cause_ibs(reference, time, as_numpy(event) != 0, 1.0 - predicted, 1)
-    return cause_ibs(reference, time, event, predicted, cause)
-
-
-def prediction_accuracy(ibs: float | None, null: float | None) -> float | None:
-    """Index of prediction accuracy (Kattan & Gerds 2018): ``1 - ibs / null``, None when
-    either is missing or the null model's score is 0."""
-    if ibs is None or null is None or not null > 0:
-        return None
-    return 1.0 - ibs / null
-
-
-def cause_uno_c(
-    reference: SurvivalReference, time: Any, cause: Any, risk: Any, c: int
-) -> tuple[float | None, str | None]:
-    """Censoring-weighted concordance of cause ``c`` (competing risks;
-    :func:`~nervus_lightning.survival.ipcw.cause_uno_concordance`) of the cause's risk scores,
-    truncated at ``tau`` of Uno's C (:func:`uno_truncation_time`); ``(None, why)`` when it
-    cannot be computed."""
-    time = as_numpy(time)
-    cause = np.rint(as_numpy(cause)).astype(np.int64)
-    tau = uno_truncation_time(reference, time)
-    if tau >= reference.max_time:
-        return None, (
-            f"tau={format_time(tau)} is not below the largest training time "
-            f"{format_time(reference.max_time)}"
-        )
-    if not ((cause == c) & (time < tau)).any():
-        return None, f"no cause-{c} failure before tau={format_time(tau)}"
-    try:
-        censoring = CensoringCurve.fit(time, cause != 0)
-        return cause_uno_concordance(time, cause, risk, c, censoring, tau), None
-    except NoComparablePairException:
-        return None, f"no comparable pair before tau={format_time(tau)}"
-
-
-def cause_td_auc(
-    reference: SurvivalReference, time: Any, cause: Any, cif: Any, c: int
-) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Cause ``c``'s cumulative/dynamic AUC (competing risks;
-    :func:`~nervus_lightning.survival.ipcw.cause_dynamic_auc`) at each evaluation time, the
-    marker being the predicted CIF of cause ``c`` there; keys ``td_auc_cause<c>_t<time>``.
-
-    Args:
-        cause: 0 (censored) or the cause 1..K of the first event, per subject.
-        cif: the subjects' predicted CIF of cause ``c`` at ``reference.eval_times``.
-
-    Returns:
-        ``(values, reasons)``: a value per evaluation time, and why for each ``None``.
-    """
-    time = as_numpy(time)
-    cause = np.rint(as_numpy(cause)).astype(np.int64)
-    eval_times = as_numpy(reference.eval_times)
-    keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in eval_times]
-    values: dict[str, float | None] = dict.fromkeys(keys)
-    why: dict[str, str] = {}
-    inside = _inside_followup(eval_times, reference.max_time, time)
-    for key, t, ok in zip(keys, eval_times, inside, strict=True):
-        if not ok:
-            why[key] = (
-                f"time {format_time(t)} is outside the evaluable follow-up "
-                f"[{format_time(time.min())}, {format_time(min(time.max(), reference.max_time))})"
-            )
-    if inside.any():
-        times = eval_times[inside]
-        cif = np.asarray(cif, dtype=np.float64)[:, inside]
-        censoring = CensoringCurve.fit(time, cause != 0)
-        auc = cause_dynamic_auc(time, cause, cif, c, times, censoring)
-        by_time = dict(zip(np.unique(times).tolist(), auc.tolist(), strict=True))
-        for key, t, ok in zip(keys, eval_times, inside, strict=True):
-            if ok and np.isfinite(by_time[float(t)]):
-                values[key] = float(by_time[float(t)])
-            elif ok:
-                why[key] = f"no cause-{c} failure, or no one else, up to time {format_time(t)}"
-    return values, why
-
-
-def ipcw_subsample(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
-    """Sorted row indices of the seeded random subsample (without replacement) the IPCW
-    metrics use when ``n > max_rows``; ``None``: all rows."""
-    if max_rows is None or n <= max_rows:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
 
 
 def _harrell_c(
@@ -371,7 +216,7 @@ def _td_aucs(
     max_train = reference.max_time
     auc_keys = [td_auc_key(t) for t in eval_times]
     results: dict[str, float | None] = {}
-    inside = _inside_followup(eval_times, max_train, time)
+    inside = inside_followup(eval_times, max_train, time)
     first_event = time[event].min()
     has_case = eval_times >= first_event
     valid = inside & has_case
@@ -389,7 +234,7 @@ def _td_aucs(
         why["td_auc_mean"] = "no evaluation time could be scored"
         return results
     auc_times = np.unique(eval_times[valid])
-    auc_time, auc_event = _censor_after(time, event, auc_times.max(), max_train)
+    auc_time, auc_event = censor_after(time, event, auc_times.max(), max_train)
     auc, mean_auc = cumulative_dynamic_auc(auc_time, auc_event, risk, auc_times, censoring)
     by_time = dict(zip(auc_times.tolist(), auc.tolist(), strict=True))
     for t, key, ok in zip(eval_times, auc_keys, valid, strict=True):
@@ -410,12 +255,12 @@ def _ibs(
 ) -> float | None:
     """Integrated Brier score on the part of ``reference.ibs_grid()`` inside the follow-up."""
     full_grid = reference.ibs_grid()
-    kept = _inside_followup(full_grid, reference.max_time, time)
+    kept = inside_followup(full_grid, reference.max_time, time)
     grid = full_grid[kept]
     if grid.shape[0] < 2:
         why["ibs"] = IBS_GRID_TOO_SHORT
         return None
-    ibs_time, ibs_event = _censor_after(time, event, grid.max(), reference.max_time)
+    ibs_time, ibs_event = censor_after(time, event, grid.max(), reference.max_time)
     predicted = reference.survival(risk, grid) if ibs_survival is None else ibs_survival[:, kept]
     return integrated_brier_score(ibs_time, ibs_event, predicted, grid, censoring)
 
