@@ -4,7 +4,8 @@ of one survival label, from ``predictions.csv`` and ``schema.json`` alone (no mo
 The training-split aggregates come from the schema when the run fitted them (else from the
 ``train`` rows of the predictions); the IPCW statistics weigh with the evaluated split's own
 censoring curve; competing-risk labels add the causes' concordance, Brier scores and cumulative
-incidence calibration (:mod:`nervus_lightning.survival.competing`).
+incidence calibration (:mod:`nervus_lightning.survival.competing`; the metrics beyond
+``survival_metrics`` are :mod:`.report_metrics`'s).
 """
 
 from __future__ import annotations
@@ -35,16 +36,16 @@ from nervus_lightning.evaluation.survival_calibration import survival_calibratio
 from nervus_lightning.survival import competing, discrete
 from nervus_lightning.survival.metrics import (
     assign_risk_groups,
-    cause_ibs,
-    cause_td_auc,
-    cause_uno_c,
-    format_time,
     ipcw_subsample,
-    null_ibs,
-    prediction_accuracy,
     survival_metrics,
 )
 from nervus_lightning.survival.reference import SurvivalReference
+from nervus_lightning.tasks.survival.report_metrics import (
+    accuracy_metrics,
+    cause_ipcw_metrics,
+    cause_metrics,
+    cif_calibration,
+)
 
 
 def _survival_reference(
@@ -95,121 +96,6 @@ def _large_split_notes(n: int, ctx: EvalContext) -> dict[str, str | None]:
             "evaluation.max_rows_bootstrap)"
         )
     return notes
-
-
-def _cause_metrics(
-    time: np.ndarray,
-    cause: np.ndarray,
-    cause_risk: np.ndarray,
-    reasons: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """Wolbers' C of each competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0)."""
-    out: dict[str, float | None] = {}
-    for c in range(1, cause_risk.shape[1] + 1):
-        key = f"c_index_cause{c}"
-        out[key] = competing.cause_concordance(time, cause, cause_risk[:, c - 1], c)
-        if out[key] is None and reasons is not None:
-            reasons[key] = f"no cause-{c} event with a comparable pair"
-    return out
-
-
-def _cause_ipcw_metrics(
-    reference: SurvivalReference,
-    time: np.ndarray,
-    cause: np.ndarray,
-    cause_risk: np.ndarray,
-    auc_cif: np.ndarray | None,
-    ibs_cif: np.ndarray | None,
-    reasons: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """Each competing cause's censoring-weighted concordance of its risk (``cause_risk``
-    ``(n, K)``), cumulative/dynamic AUC at the evaluation times and integrated Brier score,
-    from the predicted CIFs (``(n, K, times)``) at ``reference.eval_times`` (``auc_cif``) and
-    on its IBS grid (``ibs_cif``); None where the CIF columns are missing."""
-    out: dict[str, float | None] = {}
-    why: dict[str, str] = {}
-    missing = "no cif_<label>_<cause>_grid<k> columns in the predictions"
-    for c in range(1, cause_risk.shape[1] + 1):
-        key = f"c_index_uno_cause{c}"
-        out[key], text = cause_uno_c(reference, time, cause, cause_risk[:, c - 1], c)
-        if text is not None:
-            why[key] = text
-        if auc_cif is None:
-            keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in reference.eval_times]
-            out.update(dict.fromkeys(keys))
-            why.update(dict.fromkeys(keys, missing))
-        else:
-            values, reason = cause_td_auc(reference, time, cause, auc_cif[:, c - 1], c)
-            out.update(values)
-            why.update(reason)
-        key = f"ibs_cause{c}"
-        if ibs_cif is None:
-            out[key], why[key] = None, missing
-        else:
-            out[key], text = cause_ibs(reference, time, cause, ibs_cif[:, c - 1], c)
-            if text is not None:
-                why[key] = text
-    if reasons is not None:
-        reasons.update(why)
-    return out
-
-
-def _accuracy_metrics(
-    reference: SurvivalReference,
-    time: np.ndarray,
-    event: np.ndarray,
-    scores: Mapping[str, float | None],
-    causes: int,
-    reasons: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """``ibs_null`` (the integrated Brier score of the training split's covariate-free
-    prediction on the same rows and grid as ``ibs``) and the index of prediction accuracy
-    ``ipa`` = 1 - ``ibs`` / ``ibs_null``, and ``ipa_cause<c>`` from ``ibs_cause<c>`` and the
-    training Aalen-Johansen incidence; ``scores`` holds the model's ``ibs`` values."""
-    out: dict[str, float | None] = {}
-    why: dict[str, str] = {}
-    out["ibs_null"], text = null_ibs(reference, time, event)
-    keys = [("ibs", "ibs_null", "ipa")]
-    if text is not None:
-        why["ibs_null"] = text
-    for c in range(1, causes + 1):
-        out[f"ibs_null_cause{c}"], text = null_ibs(reference, time, event, c)
-        if text is not None:
-            why[f"ibs_null_cause{c}"] = text
-        keys.append((f"ibs_cause{c}", f"ibs_null_cause{c}", f"ipa_cause{c}"))
-    for model, null, key in keys:
-        out[key] = prediction_accuracy(scores.get(model), out[null])
-        if out[key] is None:
-            why[key] = f"needs {model} and {null}"
-    if reasons is not None:
-        reasons.update(why)
-    return out
-
-
-def _cif_calibration(
-    rows: pd.DataFrame,
-    label: Mapping,
-    time: np.ndarray,
-    cause: np.ndarray,
-    t: float,
-    reasons: dict[str, str],
-) -> dict[str, float | None]:
-    """Each cause's observed (Aalen-Johansen) and mean predicted cumulative incidence at ``t``."""
-    causes = int(label["causes"])
-    predicted = competing.model_cif(rows, label, [t])
-    observed = competing.aalen_johansen(time, cause, [t], causes)[:, 0]
-    out: dict[str, float | None] = {}
-    for c in range(1, causes + 1):
-        key = f"cif_observed_cause{c}"
-        out[key] = float(observed[c - 1])
-        if t > time.max():
-            out[key] = None
-            reasons[key] = f"t = {t:g} is beyond the evaluated follow-up ({time.max():g})"
-        key = f"cif_predicted_cause{c}"
-        out[key] = None if predicted is None else float(predicted[:, c - 1, 0].mean())
-        if predicted is None:
-            reasons[key] = "no cif_<label>_<cause>_grid<k> columns in the predictions"
-    return out
 
 
 def _method_notes(
@@ -358,20 +244,20 @@ def _point_scores(rows: pd.DataFrame, setup: _SurvivalLabel, ctx: EvalContext) -
     # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
     cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
     cause_auc_cif = competing.model_cif(rows, label, reference.eval_times) if causes else None
-    point.update(_cause_metrics(time, event, cause_risk, reasons))
+    point.update(cause_metrics(time, event, cause_risk, reasons))
     keep = slice(None) if sub is None else sub  # the IPCW metrics' rows
     if causes:
         point.update(
-            _cause_ipcw_metrics(
+            cause_ipcw_metrics(
                 reference, time[keep], event[keep], cause_risk[keep],
                 None if cause_auc_cif is None else cause_auc_cif[keep],
                 None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
             )
         )  # fmt: skip
-    point.update(_accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
+    point.update(accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
     cif_arrays = {}
     if causes:
-        point.update(_cif_calibration(rows, label, time, event, setup.calibration_time, reasons))
+        point.update(cif_calibration(rows, label, time, event, setup.calibration_time, reasons))
         times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
         predicted_cif = competing.model_cif(rows, label, times)
         if predicted_cif is not None:
@@ -404,17 +290,17 @@ def _survival_intervals(
                 reference, t, e, r, max_rows_exact=None, logrank=False,
                 ibs_survival=None if table is None else table[index],
             ),
-            **_cause_metrics(t, e, cause_risk[index]),
+            **cause_metrics(t, e, cause_risk[index]),
         }  # fmt: skip
         if causes:
             out.update(
-                _cause_ipcw_metrics(
+                cause_ipcw_metrics(
                     reference, t, e, cause_risk[index],
                     None if auc_cif is None else auc_cif[index],
                     None if ibs_cif is None else ibs_cif[index],
                 )
             )  # fmt: skip
-        out.update(_accuracy_metrics(reference, t, e, out, causes))
+        out.update(accuracy_metrics(reference, t, e, out, causes))
         return out
 
     distributions = bootstrap_distributions(
