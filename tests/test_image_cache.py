@@ -12,7 +12,7 @@ import torch
 from conftest import compose_config, make_dataset, write_png
 
 import nervus_lightning.data.cache as cache_module
-import nervus_lightning.data.datamodule as datamodule_module
+import nervus_lightning.data.dataset as dataset_module
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import TRAIN, NervusInputError
 from nervus_lightning.train import build_datamodule
@@ -38,7 +38,7 @@ def count_reads(monkeypatch):
         return original(path, *args, **kwargs)
 
     monkeypatch.setattr(cache_module, "read_image", counted)
-    monkeypatch.setattr(datamodule_module, "read_image", counted)
+    monkeypatch.setattr(dataset_module, "read_image", counted)
     return calls
 
 

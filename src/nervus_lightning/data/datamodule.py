@@ -1,6 +1,7 @@
 """``NervusDataModule``: a Nervus CSV turned into Lightning dataloaders.
 
-Owns the datasets of each split, image decoding and transforms (augmentation on the training
+Owns the datasets of each split (:class:`~nervus_lightning.data.dataset.NervusDataset`, also
+importable from here), image decoding and transforms (augmentation on the training
 split only), the weighted sampler, the one intensity scaling (bit depth) of every image of the
 data set and its DICOM window for files without their own. The CSV is read and validated once,
 when the module is built, so every user error surfaces before a model exists. Tabular inputs are
@@ -10,46 +11,44 @@ in its checkpoint).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nervus_lightning.data.cache import (
     CACHE_MODES,
     ReadSettings,
     build_memory_array,
-    cached_image,
     default_cache_dir,
     open_disk_array,
     resolve_mode,
 )
+from nervus_lightning.data.dataset import NervusDataset, dicom_settings
 from nervus_lightning.data.dicom import (
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
-    AutoWindow,
     Window,
     choose_auto_window,
     parse_frame,
     parse_window,
-    window_key,
 )
-from nervus_lightning.data.images import (
-    CANDIDATE_BIT_DEPTHS,
-    check_image_files,
-    choose_bit_depth,
-    read_image,
+from nervus_lightning.data.image_settings import (
+    check_image_columns,
+    check_stored_bit_depth,
+    check_stored_dicom_settings,
+    parse_bit_depth,
+    window_for_schema,
 )
+from nervus_lightning.data.images import choose_bit_depth
 from nervus_lightning.data.sampling import (
     EpochSampler,
     ResumableLoader,
@@ -67,13 +66,11 @@ from nervus_lightning.data.transforms import (
     build_train_transform,
 )
 from nervus_lightning.errors import (
-    MAX_LISTED,
     SPLIT_COLUMN,
     TEST,
     TRAIN,
     VAL,
     NervusInputError,
-    csv_lines,
 )
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.registry import task_class
@@ -89,135 +86,39 @@ RESIZE_FIRST_AUGMENTATIONS = frozenset({"none", "randaug", "trivialaugwide"})
 # many times larger than image_size: every crop then has more pixels than image_size on each
 # side, so it is resized down, as a crop of the full-resolution file is.
 CROP_SOURCE_SCALE = {"xray": 1.25}
-BIT_DEPTHS = ("auto", *CANDIDATE_BIT_DEPTHS)
 #: Units of survival times (``data.time_unit``); a fixed list so that a typo is caught.
 TIME_UNITS = ("hours", "days", "weeks", "months", "years")
 
 
-def parse_bit_depth(value: str | int) -> int | None:
-    """``data.bit_depth`` as a number of bits, or None for ``auto``."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    if not isinstance(value, bool) and text.isdigit() and int(text) in CANDIDATE_BIT_DEPTHS:
-        return int(text)
-    raise NervusInputError(
-        f"data.bit_depth must be one of {', '.join(map(str, BIT_DEPTHS))}, got {value!r}. "
-        "Use auto to read it from the training images, or the number of significant bits of "
-        "your images (e.g. 12 for 12-bit radiographs stored in 16-bit files)."
-    )
-
-
-# How DICOM files were read before the schema recorded it (schemas without window/frame).
-_LEGACY_WINDOW, _LEGACY_FRAME = "none", "first"
-
-
-def dicom_settings(schema: DataSchema) -> tuple[Window, str]:
-    """The ``(window, frame)`` a schema asks DICOM files to be read with (``auto`` with the data
-    set's windows, :class:`~nervus_lightning.data.dicom.AutoWindow`, when it holds them)."""
-    window = _LEGACY_WINDOW if schema.window is None else parse_window(schema.window)
-    if window == "auto" and schema.auto_window:
-        window = AutoWindow.from_json(schema.auto_window)
-    frame = _LEGACY_FRAME if schema.frame is None else parse_frame(schema.frame)
-    return window, frame
-
-
-def _window_for_schema(window: Window) -> str | list[float]:
-    return "auto" if isinstance(window, AutoWindow) else window_key(window)
-
-
-class NervusDataset(Dataset):
-    """Cases of one split: image (C, H, W floats in [0, 1]), raw tabular inputs, targets.
-
-    With several views (``schema.views``) the image is (V, C, H, W) in view order, each view
-    read and transformed on its own; when the schema allows missing views, an empty view cell
-    gives a zero image and ``view_mask`` (V,) bool says which views are present.
-    """
-
-    def __init__(
-        self,
-        frame: pd.DataFrame,
-        schema: DataSchema,
-        in_channels: int,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None,
-        image_size: int | None = None,
-        cache: Sequence[np.ndarray] | None = None,
-        rows: np.ndarray | None = None,
-    ) -> None:
-        self.frame = frame.reset_index(drop=True)
-        # Decoded, resized images (data.cache): one array per image column, indexed by
-        # rows[i], the case's row in the data module's table.
-        self.cache = list(cache) if cache is not None else None
-        self.rows = np.arange(len(self.frame)) if rows is None else np.asarray(rows)
-        self.view_size = image_size
-        self.in_channels = in_channels
-        self.transform = transform
-        self.image_paths = self.frame[schema.image_column].tolist() if schema.image_column else None
-        # Several views: one path list per view (None for an empty cell).
-        self.view_paths = [
-            [p if isinstance(p, str) and p else None for p in self.frame[col]]
-            for col in schema.view_columns
-        ]
-        self.with_mask = schema.multiview and schema.missing_views == "allow"
-        self.bit_depth = schema.bit_depth
-        self.window, self.dicom_frame = dicom_settings(schema)
-        self.tabular = (
-            torch.tensor(self.frame[schema.input_columns].to_numpy(np.float32))
-            if schema.input_columns
-            else None
+def _check_options(
+    time_unit: str | None,
+    cache: str,
+    cache_max_gb: float | None,
+    in_channels: int,
+    augmentation: str,
+    sampler: str,
+    batch_size: int,
+) -> str:
+    """The data module's plain options checked (the first bad one is the error); returns the
+    ``data.cache`` mode."""
+    if time_unit is not None:
+        check_choice("data.time_unit", time_unit, TIME_UNITS)
+    cache_mode = check_choice("data.cache", cache, CACHE_MODES)
+    if cache_max_gb is not None and not (
+        isinstance(cache_max_gb, int | float) and cache_max_gb > 0
+    ):
+        raise NervusInputError(
+            f"data.cache_max_gb={cache_max_gb!r} must be a positive number of GiB, or null "
+            "for 25 % of the available memory."
         )
-        # The task decides how a label column becomes targets, and what else its loss reads from
-        # a batch (e.g. survival times).
-        task = task_class(schema.task)
-        targets = np.stack([task.encode_targets(self.frame, s) for s in schema.labels], axis=1)
-        self.targets = torch.as_tensor(targets)
-        fields = task.batch_fields(self.frame, schema.labels)
-        self.fields = {name: torch.as_tensor(values) for name, values in fields.items()}
-
-    def __len__(self) -> int:
-        return len(self.frame)
-
-    def _image(self, path: str, i: int = 0, column: int = 0) -> torch.Tensor:
-        if self.cache is not None:
-            image = cached_image(self.cache[column], int(self.rows[i]))
-            return self.transform(image) if self.transform else image
-        image = read_image(
-            path,
-            self.in_channels,
-            bit_depth=self.bit_depth,
-            window=self.window,
-            frame=self.dicom_frame,
-        )
-        return self.transform(image) if self.transform else image
-
-    def _views(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        present = [paths[i] is not None for paths in self.view_paths]
-        images = [
-            self._image(paths[i], i, column)
-            for column, paths in enumerate(self.view_paths)
-            if paths[i] is not None
-        ]
-        blank = torch.zeros_like(images[0]) if images else None
-        if blank is None:  # every view missing (allowed with tabular inputs): size from config
-            side = self.view_size or 1
-            blank = torch.zeros(self.in_channels, side, side)
-        it = iter(images)
-        stacked = torch.stack([next(it) if ok else blank for ok in present])
-        return stacked, torch.tensor(present, dtype=torch.bool)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"index": i, "target": self.targets[i]}
-        if self.image_paths is not None:
-            item["image"] = self._image(self.image_paths[i], i)
-        if self.view_paths:
-            item["image"], mask = self._views(i)
-            if self.with_mask:
-                item["view_mask"] = mask
-        if self.tabular is not None:
-            item["tabular"] = self.tabular[i]
-        for name, values in self.fields.items():
-            item[name] = values[i]
-        return item
+    if in_channels not in (1, 3):
+        raise NervusInputError(f"data.in_channels must be 1 or 3, got {in_channels}.")
+    check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
+    if sampler not in SAMPLERS:
+        raise NervusInputError(f"sampler '{sampler}' is not one of {list(SAMPLERS)}.")
+    if batch_size < 1:
+        raise NervusInputError(f"data.batch_size must be >= 1, got {batch_size}.")
+    return cache_mode
 
 
 class NervusDataModule(L.LightningDataModule):
@@ -302,27 +203,13 @@ class NervusDataModule(L.LightningDataModule):
         time_unit: str | None = None,
     ) -> None:
         super().__init__()
-        if time_unit is not None:
-            check_choice("data.time_unit", time_unit, TIME_UNITS)
-        self.cache_mode = check_choice("data.cache", cache, CACHE_MODES)
-        if cache_max_gb is not None and not (
-            isinstance(cache_max_gb, int | float) and cache_max_gb > 0
-        ):
-            raise NervusInputError(
-                f"data.cache_max_gb={cache_max_gb!r} must be a positive number of GiB, or null "
-                "for 25 % of the available memory."
-            )
+        self.cache_mode = _check_options(
+            time_unit, cache, cache_max_gb, in_channels, augmentation, sampler, batch_size
+        )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.cache_max_gb = cache_max_gb
         self._cache: list[np.ndarray] | None = None
         self._source_cache: list[np.ndarray] | None = None
-        if in_channels not in (1, 3):
-            raise NervusInputError(f"data.in_channels must be 1 or 3, got {in_channels}.")
-        check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
-        if sampler not in SAMPLERS:
-            raise NervusInputError(f"sampler '{sampler}' is not one of {list(SAMPLERS)}.")
-        if batch_size < 1:
-            raise NervusInputError(f"data.batch_size must be >= 1, got {batch_size}.")
         requested_bits = parse_bit_depth(bit_depth)
         requested_window = None if window is None else parse_window(window)
         requested_frame = None if frame is None else parse_frame(frame)
@@ -334,24 +221,10 @@ class NervusDataModule(L.LightningDataModule):
         self.sampler = sampler
         self.pin_memory = pin_memory
         if schema is None:
-            self.frame, self.schema = load_table(
-                self.csv,
-                task=task_class(task),
-                labels=labels,
-                use_images=use_images,
-                use_tabular=use_tabular,
-                missing_views=missing_views,
-            )
-        else:
-            self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
-            self.frame = validate_for_prediction(
-                self.csv, self.schema, task_class(self.schema.task)
-            )
-        # Row positions in the CSV of the kept rows (excluded ones are gone), for messages.
-        self.csv_rows = self.frame.index.to_numpy()
-        self.frame = self.frame.reset_index(drop=True)
-        if schema is None:
+            self._read_for_training(task, labels, use_images, use_tabular, missing_views)
             self.schema.time_unit = time_unit
+        else:
+            self._read_for_prediction(schema)
         task = task_class(self.schema.task)
         if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(
@@ -359,44 +232,62 @@ class NervusDataModule(L.LightningDataModule):
                 f"{self.schema.task} targets. Use sampler=none."
             )
         if self.schema.has_images and check_images:
-            self._check_images()
+            columns = self.schema.image_columns
+            check_image_columns(self.csv, self.frame, columns, self.csv_rows)
         if self.schema.has_images:
             if schema is None:
-                self.schema.bit_depth = requested_bits or self._choose_bit_depth()
-                self.schema.window = _window_for_schema(requested_window or DEFAULT_WINDOW)
-                self.schema.frame = requested_frame or DEFAULT_FRAME
-                if self.schema.window == "auto":
-                    self.schema.auto_window = self._choose_auto_window()
+                self._choose_image_settings(requested_bits, requested_window, requested_frame)
             else:
-                self._check_schema_bit_depth(requested_bits)
-                self._check_schema_dicom_settings(requested_window, requested_frame)
+                # The warning points at the line that built the data module.
+                self.schema = check_stored_bit_depth(self.schema, requested_bits, stacklevel=2)
+                self.schema = check_stored_dicom_settings(
+                    self.schema, requested_window, requested_frame
+                )
         self.augmentation = augmentation
         self.train_transform = build_train_transform(augmentation, image_size)
         self.eval_transform = build_eval_transform(image_size)
 
-    def _check_images(self) -> None:
-        """Every image header of every image column, before training; the first bad column is
-        reported with its files and, for each, the CSV lines that name it."""
-        for column in self.schema.image_columns:
-            cells = self.frame[column].dropna()
-            # A file named on several lines is opened once and reported with each of its lines.
-            bad = dict(check_image_files(list(dict.fromkeys(cells))))
-            if not bad:
-                continue
-            lines = {path: self.csv_rows[cells.index[cells == path]] for path in bad}
-            listed = "\n".join(
-                f"  CSV {csv_lines(lines[path])}: {path}: {reason}"
-                for path, reason in list(bad.items())[:MAX_LISTED]
-            )
-            more = len(bad) - MAX_LISTED
-            more = f"\n  ... and {more} more file(s)" if more > 0 else ""
-            on_lines = sum(len(rows) for rows in lines.values())
-            raise NervusInputError(
-                f"{self.csv}: {len(bad)} image file(s) in column '{column}', named on "
-                f"{on_lines} CSV line(s), are missing or unreadable:\n{listed}{more}\nFix the "
-                "paths (relative paths are relative to the CSV's folder) or set split=exclude "
-                "for those cases."
-            )
+    def _read_for_training(
+        self,
+        task: str,
+        labels: Sequence[str] | None,
+        use_images: bool,
+        use_tabular: bool,
+        missing_views: str,
+    ) -> None:
+        """The CSV read and validated, and its schema fitted (classes, statistics, views)."""
+        frame, self.schema = load_table(
+            self.csv,
+            task=task_class(task),
+            labels=labels,
+            use_images=use_images,
+            use_tabular=use_tabular,
+            missing_views=missing_views,
+        )
+        self._keep_rows(frame)
+
+    def _read_for_prediction(self, schema: DataSchema | dict) -> None:
+        """The CSV read and validated against a trained model's schema (labels optional)."""
+        self.schema = DataSchema.from_dict(schema) if isinstance(schema, dict) else schema
+        self._keep_rows(
+            validate_for_prediction(self.csv, self.schema, task_class(self.schema.task))
+        )
+
+    def _keep_rows(self, frame: pd.DataFrame) -> None:
+        # Row positions in the CSV of the kept rows (excluded ones are gone), for messages.
+        self.csv_rows = frame.index.to_numpy()
+        self.frame = frame.reset_index(drop=True)
+
+    def _choose_image_settings(
+        self, bits: int | None, window: Window | None, frame: str | None
+    ) -> None:
+        """Training: the bit depth, DICOM window and frame of every image, into the schema
+        (those given, else chosen on the training images)."""
+        self.schema.bit_depth = bits or self._choose_bit_depth()
+        self.schema.window = window_for_schema(window or DEFAULT_WINDOW)
+        self.schema.frame = frame or DEFAULT_FRAME
+        if self.schema.window == "auto":
+            self.schema.auto_window = self._choose_auto_window()
 
     def _choose_bit_depth(self) -> int:
         # One depth for every view: the views of a study come from the same kind of detector.
@@ -408,7 +299,7 @@ class NervusDataModule(L.LightningDataModule):
                 f"data.bit_depth=auto chose {choice.bits} bits for {self.csv}: {choice.reason}. "
                 f"Every image wider than 8 bits is divided by {2**choice.bits - 1}. If the "
                 "images have another depth, set data.bit_depth (8, 10, 12, 14 or 16).",
-                stacklevel=3,
+                stacklevel=4,  # the line that built the data module
             )
         return choice.bits
 
@@ -423,43 +314,6 @@ class NervusDataModule(L.LightningDataModule):
             return None
         log.info("data.window=auto for %s: %s.", self.csv, choice.reason)
         return choice.window.to_json()
-
-    def _check_schema_bit_depth(self, requested: int | None) -> None:
-        stored = self.schema.bit_depth
-        if stored is None:
-            if requested is not None:
-                self.schema = dataclasses.replace(self.schema, bit_depth=requested)
-                return
-            warnings.warn(
-                "the model's schema holds no bit depth (it was trained with an older version); "
-                "each image's scaling is guessed from the image alone, as it was in training.",
-                stacklevel=3,
-            )
-        elif requested is not None and requested != stored:
-            raise NervusInputError(
-                f"data.bit_depth={requested} differs from the {stored} bits the model was "
-                "trained with; images must be scaled as in training. Leave data.bit_depth=auto "
-                "to use the model's depth."
-            )
-
-    def _check_schema_dicom_settings(self, window: Window | None, frame: str | None) -> None:
-        stored_window, stored_frame = dicom_settings(self.schema)
-        for key, requested, stored in (
-            ("window", window, stored_window),
-            ("frame", frame, stored_frame),
-        ):
-            if key == "window" and requested is not None:
-                requested, stored = _window_for_schema(requested), _window_for_schema(stored)
-            if requested is not None and requested != stored:
-                shown = _window_for_schema(stored) if key == "window" else stored
-                raise NervusInputError(
-                    f"data.{key}={_window_for_schema(requested)} differs from the {key} the "
-                    f"model was trained with ({shown}); DICOM images must be read as in "
-                    f"training. Leave data.{key} unset to use the model's."
-                )
-        self.schema = dataclasses.replace(
-            self.schema, window=_window_for_schema(stored_window), frame=stored_frame
-        )
 
     # -- splits -------------------------------------------------------------------------------
     def split_names(self) -> list[str]:

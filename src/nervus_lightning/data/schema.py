@@ -6,7 +6,9 @@ describes a data set to the rest of the library (label kinds, class lists, train
 What a label column of one task kind must hold (classes, numbers, events with their time column)
 is that task's ``label_spec`` in :mod:`nervus_lightning.tasks`, passed in as a
 :class:`LabelContract` (the tasks build on this module, not the other way round). The column
-names themselves are :mod:`nervus_lightning.errors`'s. Everything after :func:`load_table` may
+names themselves are :mod:`nervus_lightning.errors`'s, the column-level checks (numbers, missing
+values, classes, splits) :mod:`.columns`'s and the image columns of several views
+:mod:`.views`'s; their names stay importable from here. Everything after :func:`load_table` may
 trust its inputs.
 
 Every problem is reported as one :class:`NervusInputError` whose message names the file, the
@@ -15,15 +17,33 @@ column, the CSV line numbers (the header is line 1, the first case line 2) and w
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+
+from nervus_lightning.data.columns import (  # noqa: F401  (re-exported: moved from here)
+    MANY_CLASSES,
+    check_class_count,
+    check_no_missing,
+    numeric_column,
+    period_column_for,
+    read_csv,
+    select_label_columns,
+    sort_classes,
+    validate_splits,
+)
+from nervus_lightning.data.views import (  # noqa: F401  (re-exported: moved from here)
+    MISSING_VIEWS,
+    check_missing_views,
+    check_view_cells,
+    find_views,
+    resolve_image_paths,
+    view_column,
+)
 
 # The column conventions and the error live in the leaf module errors.py; they are imported
 # here for the functions below and so that ``from nervus_lightning.data.schema import
@@ -48,16 +68,6 @@ from nervus_lightning.errors import (  # noqa: F401
     csv_lines,
     is_valid_split,
 )
-
-#: ``data.missing_views``: an empty cell in a view column is refused, or replaced by a learned
-#: "missing" embedding.
-MISSING_VIEWS = ("refuse", "allow")
-_VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
-#: A classification label is taken for a mistake (a number, an id) when it has more classes than
-#: this in the training split and fewer than two training cases per class on average: no
-#: classifier learns a class it saw once, and a measurement read as classes has about one class
-#: per case. Many classes with enough cases each (a 100-class problem) are not refused.
-MANY_CLASSES = 20
 
 
 class LabelContract(Protocol):
@@ -172,133 +182,6 @@ class DataSchema:
         return cls(**d)
 
 
-def read_csv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV as strings (typed per column later); a clear message when it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise NervusInputError(
-            f"CSV file not found: {path}. Check the path given as data.csv "
-            "(relative paths are relative to the directory you ran the command from)."
-        )
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise NervusInputError(
-            f"{path}: cannot be read as a CSV ({err}). Check that it is a comma-separated "
-            "text file "
-            "with one header line and the same number of fields on every line."
-        ) from err
-    df.columns = [str(c).strip() for c in df.columns]
-    dupes = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if dupes:
-        raise NervusInputError(f"{path}: duplicate column names {dupes}; rename them.")
-    for col in df.columns:
-        df[col] = df[col].str.strip()
-    return df.reset_index(drop=True)
-
-
-def period_column_for(label: str, columns: Sequence[str]) -> str | None:
-    """The time column paired with ``label_<name>``: ``period_<name>`` or ``periods_<name>``."""
-    name = label[len(LABEL_PREFIX) :]
-    found = [p + name for p in PERIOD_PREFIXES if p + name in columns]
-    return found[0] if found else None
-
-
-def sort_classes(values: Sequence[str]) -> list[str]:
-    """Sorted unique class names: numerically when all are numbers (so 2 < 10), else as text."""
-    uniq = sorted(set(values))
-    try:
-        return sorted(uniq, key=float)
-    except ValueError:
-        return uniq
-
-
-def check_class_count(
-    df: pd.DataFrame, path: Path, column: str, train_rows: pd.Index, classes: list[str]
-) -> None:
-    """Refuse a label whose training values are too many ``classes`` to be classes.
-
-    See :data:`MANY_CLASSES`. The message names the column, shows a few values and says how to
-    use the column instead: as a number (``task=regression``) or not as a target (``data.labels``
-    without it).
-    """
-    values = df.loc[train_rows, column]
-    if len(classes) <= MANY_CLASSES or 2 * len(classes) <= len(values):
-        return
-    examples = ", ".join(str(v) for v in values.drop_duplicates().iloc[:3])
-    numeric = pd.to_numeric(values, errors="coerce").notna().all()
-    others = [c for c in df.columns if c.startswith(LABEL_PREFIX) and c != column]
-    keep = f"data.labels=[{','.join(others)}]" if others else "data.labels=[...]"
-    regression = f"task=regression data.labels=[{column}]" if others else "task=regression"
-    as_number = f"If it is a number, train it with {regression}; if" if numeric else "If"
-    raise NervusInputError(
-        f"{path}: label '{column}' has {len(classes):,} distinct values in {len(values):,} "
-        f"training cases (e.g. {examples}, ...): too many to be classes. {as_number} it should "
-        f"not be a target, leave it out with {keep}."
-    )
-
-
-def numeric_column(df: pd.DataFrame, col: str, path: Path, rows: pd.Index, what: str) -> pd.Series:
-    """Convert one column to float, failing with the offending lines when values are not numbers."""
-    raw = df.loc[rows, col]
-    num = pd.to_numeric(raw, errors="coerce")
-    bad = raw.notna() & num.isna()
-    if bad.any():
-        examples = ", ".join(repr(v) for v in raw[bad].unique()[:3])
-        raise NervusInputError(
-            f"{path}: column '{col}' ({what}) must be numeric but has non-numeric values "
-            f"({examples}) at {csv_lines(raw.index[bad])}. Encode categories as numbers "
-            "(e.g. one-hot 0/1 columns) or fix the values."
-        )
-    return num.astype(float)
-
-
-def check_no_missing(series: pd.Series, col: str, path: Path, what: str, hint: str) -> None:
-    miss = series.isna()
-    if miss.any():
-        raise NervusInputError(
-            f"{path}: column '{col}' ({what}) has {int(miss.sum())} missing value(s) at "
-            f"{csv_lines(series.index[miss])}. {hint}"
-        )
-
-
-def select_label_columns(df: pd.DataFrame, path: Path, labels: Sequence[str] | None) -> list[str]:
-    if labels:
-        missing = [c for c in labels if c not in df.columns]
-        if missing:
-            raise NervusInputError(
-                f"{path}: label column(s) {missing} named in the config are not in the CSV "
-                f"(its label columns: {[c for c in df.columns if c.startswith(LABEL_PREFIX)]})."
-            )
-        return list(labels)
-    cols = [c for c in df.columns if c.startswith(LABEL_PREFIX)]
-    if not cols:
-        raise NervusInputError(
-            f"{path}: no label column. Name each target column 'label_<name>' "
-            f"(e.g. label_cancer) or list them in data.labels."
-        )
-    return cols
-
-
-def _validate_splits(df: pd.DataFrame, path: Path) -> None:
-    if SPLIT_COLUMN not in df.columns:
-        raise NervusInputError(
-            f"{path}: required column '{SPLIT_COLUMN}' is missing. Add it with one of "
-            "train, val, test, exclude, external or external_<name> per case."
-        )
-    split = df[SPLIT_COLUMN].fillna("")
-    bad = ~split.map(is_valid_split)
-    if bad.any():
-        value = split[bad].iloc[0]
-        close = difflib.get_close_matches(value.lower(), [TRAIN, VAL, TEST, EXCLUDE, EXTERNAL], 1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise NervusInputError(
-            f"{path}: column '{SPLIT_COLUMN}' has invalid value '{value}' at "
-            f"{csv_lines(split.index[split == value])}.{hint} Valid values: train, val, test, "
-            "exclude, external, external_<name>."
-        )
-
-
 def load_table(
     csv: str | os.PathLike,
     *,
@@ -325,7 +208,7 @@ def load_table(
         raise NervusInputError(
             f"{path}: required column '{ID_COLUMN}' (one unique id per case) is missing."
         )
-    _validate_splits(df, path)
+    validate_splits(df, path)
     df = df[df[SPLIT_COLUMN] != EXCLUDE]  # the index stays the CSV row: csv_lines
     check_no_missing(df[ID_COLUMN], ID_COLUMN, path, "case id", "Give every case an id.")
     dup = df[ID_COLUMN].duplicated(keep=False)
@@ -349,17 +232,9 @@ def load_table(
 
     input_cols = [c for c in df.columns if c.startswith(INPUT_PREFIX)] if use_tabular else []
     mean, std = _fit_inputs(df, path, input_cols, train_rows)
-    check_missing_views(missing_views)
-    views = find_views(df.columns, path) if use_images else []
-    image_col = IMAGE_COLUMN if use_images and not views and IMAGE_COLUMN in df.columns else None
-    if image_col:
-        check_no_missing(df[image_col], image_col, path, "image path", "Give every case an image.")
-        _resolve_paths(df, image_col, path)
-    view_cols = [view_column(v) for v in views]
-    if views:
-        _check_view_cells(df, path, views, view_cols, missing_views, has_tabular=bool(input_cols))
-        for col in view_cols:
-            _resolve_paths(df, col, path)
+    image_col, views, view_cols = _image_inputs(
+        df, path, use_images, missing_views, has_tabular=bool(input_cols)
+    )
     if not image_col and not views and not input_cols:
         raise NervusInputError(
             f"{path}: no input to learn from: no '{IMAGE_COLUMN}' or '{VIEW_PREFIX}<view>' column "
@@ -381,92 +256,23 @@ def load_table(
     return df, schema
 
 
-def view_column(view: str) -> str:
-    """The CSV column of a view: ``imgpath`` for the plain view ``image``, else
-    ``imgpath_<view>``."""
-    return IMAGE_COLUMN if view == PLAIN_VIEW else VIEW_PREFIX + view
-
-
-def find_views(columns: Sequence[str], path: Path) -> list[str]:
-    """The views of a CSV, in column order; empty for a single-view (plain ``imgpath``) CSV.
-
-    ``imgpath_<view>`` columns make a multi-view CSV. A plain ``imgpath`` column beside them is
-    one more view, named ``image``, placed first (so ``imgpath_image`` is refused as a clash).
-    View names are letters, digits and ``-`` (they name preview and explanation files).
-    """
-    suffixes = [c[len(VIEW_PREFIX) :] for c in columns if c.startswith(VIEW_PREFIX)]
-    if not suffixes:
-        return []
-    bad = [VIEW_PREFIX + v for v in suffixes if not _VIEW_NAME.match(v)]
-    if bad:
-        raise NervusInputError(
-            f"{path}: image column(s) {bad} do not name a view. Name each view column "
-            f"'{VIEW_PREFIX}<view>' with a view name of letters, digits and '-' (e.g. "
-            f"{VIEW_PREFIX}frontal, {VIEW_PREFIX}lateral)."
-        )
-    if IMAGE_COLUMN in columns:
-        if PLAIN_VIEW in suffixes:
-            raise NervusInputError(
-                f"{path}: columns '{IMAGE_COLUMN}' and '{VIEW_PREFIX}{PLAIN_VIEW}' would both be "
-                f"the view '{PLAIN_VIEW}' (a plain '{IMAGE_COLUMN}' beside view columns is the "
-                f"view '{PLAIN_VIEW}'). Rename one of them, e.g. '{IMAGE_COLUMN}' to "
-                f"'{VIEW_PREFIX}frontal'."
-            )
-        return [PLAIN_VIEW, *suffixes]
-    return suffixes
-
-
-def check_missing_views(value: str) -> None:
-    if value not in MISSING_VIEWS:
-        raise NervusInputError(
-            f"data.missing_views must be one of {list(MISSING_VIEWS)}, got {value!r}: refuse "
-            "stops on an empty view cell, allow replaces the view by a learned embedding."
-        )
-
-
-def _resolve_paths(df: pd.DataFrame, col: str, path: Path) -> None:
-    """Relative image paths are relative to the CSV's folder; empty cells stay empty."""
-    df[col] = [
-        p if not isinstance(p, str) or os.path.isabs(p) else str(path.parent / p) for p in df[col]
-    ]
-
-
-def _check_view_cells(
-    df: pd.DataFrame,
-    path: Path,
-    views: Sequence[str],
-    columns: Sequence[str],
-    missing_views: str,
-    has_tabular: bool,
-    training: bool = True,
-) -> None:
-    """Empty view cells: refused (``refuse``) or allowed while a case keeps some input."""
-    if missing_views == "refuse":
-        hint = (
-            "or set data.missing_views=allow to replace a missing view by a learned embedding."
-            if training
-            else "or use a model trained with data.missing_views=allow."
-        )
-        for col in columns:
-            check_no_missing(
-                df[col],
-                col,
-                path,
-                "image path of one view",
-                "Give every case an image for every view, set split=exclude for those cases, "
-                + hint,
-            )
-        return
-    if has_tabular:
-        return
-    none = df[list(columns)].isna().all(axis=1)
-    if none.any():
-        raise NervusInputError(
-            f"{path}: {int(none.sum())} case(s) have no image in any view column "
-            f"({', '.join(columns)}) and the model has no tabular inputs, so there is nothing "
-            f"to predict from, at {csv_lines(df.index[none])}. Give them an image or set "
-            "split=exclude."
-        )
+def _image_inputs(
+    df: pd.DataFrame, path: Path, use_images: bool, missing_views: str, has_tabular: bool
+) -> tuple[str | None, list[str], list[str]]:
+    """The training CSV's image column (one view) or views and their columns, checked, with
+    their paths resolved against the CSV's folder (in place)."""
+    check_missing_views(missing_views)
+    views = find_views(df.columns, path) if use_images else []
+    image_col = IMAGE_COLUMN if use_images and not views and IMAGE_COLUMN in df.columns else None
+    if image_col:
+        check_no_missing(df[image_col], image_col, path, "image path", "Give every case an image.")
+        resolve_image_paths(df, image_col, path)
+    view_cols = [view_column(v) for v in views]
+    if views:
+        check_view_cells(df, path, views, view_cols, missing_views, has_tabular=has_tabular)
+        for col in view_cols:
+            resolve_image_paths(df, col, path)
+    return image_col, views, view_cols
 
 
 def _fit_inputs(
@@ -506,7 +312,7 @@ def validate_for_prediction(
         raise NervusInputError(f"{path}: required column '{ID_COLUMN}' is missing.")
     if SPLIT_COLUMN not in df.columns:
         df[SPLIT_COLUMN] = EXTERNAL
-    _validate_splits(df, path)
+    validate_splits(df, path)
     df = df[df[SPLIT_COLUMN] != EXCLUDE]  # the index stays the CSV row: csv_lines
     dup = df[ID_COLUMN].duplicated(keep=False)
     if dup.any():
@@ -536,7 +342,7 @@ def validate_for_prediction(
         check_no_missing(df[col], col, path, "image path", "Give every case an image.")
         df[col] = [p if os.path.isabs(p) else str(path.parent / p) for p in df[col].astype(str)]
     if schema.views:
-        _check_view_cells(
+        check_view_cells(
             df,
             path,
             schema.views,
@@ -546,7 +352,7 @@ def validate_for_prediction(
             training=False,
         )
         for col in schema.view_columns:
-            _resolve_paths(df, col, path)
+            resolve_image_paths(df, col, path)
     for spec in schema.labels:
         if spec.name in df.columns:
             task.check_prediction_labels(df, path, spec)

@@ -57,6 +57,59 @@ def infer_features(module: nn.Module, in_channels: int, image_size: int) -> int:
     return int(out.flatten(1).shape[1])
 
 
+def _tabular_extractor(
+    schema: DataSchema, tabular: str | Mapping[str, Any] | None, linear: bool
+) -> nn.Module:
+    """The tabular MLP (or a user's ``_target_``) over the schema's inputs, which it
+    standardises with their training statistics."""
+    opts = component_options(tabular, "mlp")
+    check_choice("model.tabular.name", opts["name"], ("mlp",))
+    if linear and TARGET_KEY in opts:
+        raise NervusInputError(
+            "model.tabular.linear needs the built-in tabular MLP (it standardises the "
+            "inputs the linear term reads); set model.tabular.linear=false with your own "
+            "tabular extractor."
+        )
+    return build_component(
+        "model.tabular",
+        opts,
+        {"mlp": TabularMLP},
+        mean=schema.input_mean,
+        std=schema.input_std,
+    )
+
+
+def _mixer(
+    image: nn.Module | list[nn.Module] | None,
+    table: nn.Module | None,
+    views: Sequence[str] | None,
+    mixer: str | Mapping[str, Any] | None,
+) -> nn.Module | None:
+    """The mixer of the feature blocks (each view's image features, then the tabular ones);
+    None for a single block."""
+    if image is None:
+        per_view = []
+    elif isinstance(image, list):
+        per_view = image
+    else:
+        per_view = [image] * len(views or ["image"])
+    sizes = [int(e.out_features) for e in per_view]
+    names = [f"image/{v}" for v in (views or ["image"])] if per_view else []
+    if table is not None:
+        sizes.append(int(table.out_features))
+        names.append("tabular")
+    if len(sizes) <= 1:
+        return None
+    # ``modalities`` reaches mixers that take it (build_component drops it otherwise).
+    return build_component(
+        "model.mixer",
+        component_options(mixer, "concat"),
+        MIXERS,
+        in_features=sizes,
+        modalities=names,
+    )
+
+
 def build_net(
     schema: DataSchema,
     head_sizes: Sequence[int],
@@ -92,44 +145,8 @@ def build_net(
         if schema.has_images
         else None
     )
-    table = None
-    if schema.input_columns:
-        opts = component_options(tabular, "mlp")
-        check_choice("model.tabular.name", opts["name"], ("mlp",))
-        if linear and TARGET_KEY in opts:
-            raise NervusInputError(
-                "model.tabular.linear needs the built-in tabular MLP (it standardises the "
-                "inputs the linear term reads); set model.tabular.linear=false with your own "
-                "tabular extractor."
-            )
-        table = build_component(
-            "model.tabular",
-            opts,
-            {"mlp": TabularMLP},
-            mean=schema.input_mean,
-            std=schema.input_std,
-        )
-    if image is None:
-        per_view = []
-    elif isinstance(image, list):
-        per_view = image
-    else:
-        per_view = [image] * len(views or ["image"])
-    sizes = [int(e.out_features) for e in per_view]
-    names = [f"image/{v}" for v in (views or ["image"])] if per_view else []
-    if table is not None:
-        sizes.append(int(table.out_features))
-        names.append("tabular")
-    fusion = None
-    if len(sizes) > 1:
-        # ``modalities`` reaches mixers that take it (build_component drops it otherwise).
-        fusion = build_component(
-            "model.mixer",
-            component_options(mixer, "concat"),
-            MIXERS,
-            in_features=sizes,
-            modalities=names,
-        )
+    table = _tabular_extractor(schema, tabular, linear) if schema.input_columns else None
+    fusion = _mixer(image, table, views, mixer)
     head_opts = component_options(head, "linear")
     resolve_class("model.head", head_opts, HEADS)  # fails before the net is built
 

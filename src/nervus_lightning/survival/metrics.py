@@ -64,6 +64,11 @@ A metric that cannot be computed (no event in the split, one risk group only, no
 pair, no evaluation time inside the follow-up, ...) is ``None``. Pass a dict as ``reasons`` to
 :func:`survival_metrics` to receive, for every ``None``, a one-line explanation keyed like the
 metric.
+
+The times and rows each statistic looks at are :mod:`nervus_lightning.survival.followup`'s, the
+report's further statistics (``null_ibs``, ``prediction_accuracy``, per cause)
+:mod:`nervus_lightning.survival.cause_metrics`'s; every name listed in ``__all__`` is importable
+from here.
 """
 
 from __future__ import annotations
@@ -77,14 +82,29 @@ from sksurv.exceptions import NoComparablePairException
 from sksurv.util import Surv
 
 from nervus_lightning.survival.baseline import as_numpy
+from nervus_lightning.survival.cause_metrics import (
+    cause_ibs,
+    cause_td_auc,
+    cause_uno_c,
+    null_ibs,
+    prediction_accuracy,
+)
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
+from nervus_lightning.survival.followup import (
+    IBS_GRID_TOO_SHORT,
+    assign_risk_groups,
+    censor_after,
+    format_time,
+    ibs_time_grid,
+    inside_followup,
+    ipcw_subsample,
+    td_auc_key,
+    uno_truncation_time,
+)
 from nervus_lightning.survival.ipcw import (
     CensoringCurve,
-    cause_dynamic_auc,
-    cause_uno_concordance,
     cumulative_dynamic_auc,
     integrated_brier_score,
-    integrated_cause_brier_score,
     uno_concordance,
 )
 from nervus_lightning.survival.reference import (
@@ -116,179 +136,142 @@ __all__ = [
 ]
 
 
-def format_time(t: float) -> str:
-    """A time as it appears in metric names: ``365 -> "365"``, ``2.5 -> "2.5"``.
-
-    Positional notation, at most 4 decimals, no trailing zeros or trailing dot.
-    """
-    return np.format_float_positional(float(t), precision=4, unique=True, trim="-")
-
-
-def td_auc_key(t: float) -> str:
-    """Metric name of the time-dependent AUC at time ``t``, e.g. ``td_auc_t365``."""
-    return f"td_auc_t{format_time(t)}"
-
-
-def assign_risk_groups(risk: Any, cutpoints: Any) -> np.ndarray:
-    """Risk group of each subject: 0 = lowest risk; a risk equal to a cut-point goes below it."""
-    return np.searchsorted(as_numpy(cutpoints), as_numpy(risk), side="left")
-
-
-def uno_truncation_time(reference: SurvivalReference, time: Any) -> float:
-    """``tau`` of Uno's C: 90th percentile of training times, capped at the evaluated maximum."""
-    return float(min(reference.follow_up_p90, as_numpy(time).max()))
-
-
-def _inside_followup(times: np.ndarray, max_train_time: float, time: np.ndarray) -> np.ndarray:
-    # scikit-survival needs min(time) <= t < max(time); the stored curves end at the training
-    # maximum.
-    return (times >= time.min()) & (times < time.max()) & (times < max_train_time)
-
-
-def ibs_time_grid(reference: SurvivalReference, time: Any) -> np.ndarray:
-    """Times for the integrated Brier score (see module docstring); may hold < 2 times."""
-    grid = reference.ibs_grid()
-    return grid[_inside_followup(grid, reference.max_time, as_numpy(time))]
-
-
-def _censor_after(
-    time: np.ndarray, event: np.ndarray, horizon: float, cap: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Administrative censoring just after ``horizon`` (see module docstring)."""
-    beyond = time > horizon
-    return np.where(beyond, np.minimum(time, cap), time), event & ~beyond
-
-
-IBS_GRID_TOO_SHORT = (
-    "fewer than 2 grid times between the 10th and 90th percentiles of the training "
-    "times lie inside the evaluated follow-up"
-)
-
-
-def cause_ibs(
-    reference: SurvivalReference, time: Any, cause: Any, cif: Any, c: int
-) -> tuple[float | None, str | None]:
-    """Integrated Brier score of cause ``c``'s predicted cumulative incidence (competing risks;
-    :func:`~nervus_lightning.survival.ipcw.cause_brier_scores`) on the times of ``ibs``, with the
-    same administrative censoring after the grid; ``(None, why)`` when it cannot be computed.
-
-    Args:
-        cause: 0 (censored) or the cause 1..K of the first event, per subject.
-        cif: the subjects' predicted CIF of cause ``c`` at ``reference.ibs_grid()``.
-    """
-    time = as_numpy(time)
-    cause = np.rint(as_numpy(cause)).astype(np.int64)
-    full_grid = reference.ibs_grid()
-    kept = _inside_followup(full_grid, reference.max_time, time)
-    grid = full_grid[kept]
-    if time.shape[0] < 2 or not (cause != 0).any():
-        return None, "the evaluated split has fewer than 2 subjects or no event"
-    if grid.shape[0] < 2:
-        return None, IBS_GRID_TOO_SHORT
-    censoring = CensoringCurve.fit(time, cause != 0)
-    capped, event = _censor_after(time, cause != 0, grid.max(), reference.max_time)
-    cif = np.asarray(cif, dtype=np.float64)[:, kept]
-    value = integrated_cause_brier_score(capped, np.where(event, cause, 0), cif, c, grid, censoring)
-    return value, None
-
-
-def null_ibs(
-    reference: SurvivalReference, time: Any, event: Any, cause: int | None = None
-) -> tuple[float | None, str | None]:
-    """Integrated Brier score of the covariate-free prediction stored in ``reference`` (the
-    training Kaplan-Meier survival; with ``cause``, the training Aalen-Johansen incidence of
-    that cause, ``event`` then holding the causes), on the rows, grid and censoring of ``ibs``
-    (or ``ibs_cause<c>``); ``(None, why)`` when it cannot be computed."""
-    null = reference.null_survival if cause is None else reference.null_cif
-    if null is None or (cause is not None and cause > null.shape[0]):
-        return None, "the survival reference was stored without the training null model"
-    time = as_numpy(time)
-    curve = null if cause is None else null[cause - 1]
-    predicted = np.broadcast_to(curve, (time.shape[0], curve.shape[0]))
-    if cause is None:  # one cause, any event: the Brier score of 1 - the survival curve
-        return cause_ibs(reference, time, as_numpy(event) != 0, 1.0 - predicted, 1)
-    return cause_ibs(reference, time, event, predicted, cause)
-
-
-def prediction_accuracy(ibs: float | None, null: float | None) -> float | None:
-    """Index of prediction accuracy (Kattan & Gerds 2018): ``1 - ibs / null``, None when
-    either is missing or the null model's score is 0."""
-    if ibs is None or null is None or not null > 0:
-        return None
-    return 1.0 - ibs / null
-
-
-def cause_uno_c(
-    reference: SurvivalReference, time: Any, cause: Any, risk: Any, c: int
-) -> tuple[float | None, str | None]:
-    """Censoring-weighted concordance of cause ``c`` (competing risks;
-    :func:`~nervus_lightning.survival.ipcw.cause_uno_concordance`) of the cause's risk scores,
-    truncated at ``tau`` of Uno's C (:func:`uno_truncation_time`); ``(None, why)`` when it
-    cannot be computed."""
-    time = as_numpy(time)
-    cause = np.rint(as_numpy(cause)).astype(np.int64)
-    tau = uno_truncation_time(reference, time)
-    if tau >= reference.max_time:
-        return None, (
-            f"tau={format_time(tau)} is not below the largest training time "
-            f"{format_time(reference.max_time)}"
-        )
-    if not ((cause == c) & (time < tau)).any():
-        return None, f"no cause-{c} failure before tau={format_time(tau)}"
+def _harrell_c(
+    time: np.ndarray, event: np.ndarray, risk: np.ndarray, why: dict[str, str]
+) -> tuple[float | None, Any]:
+    """Harrell's C on every row, and the concordance counts Uno's C may reuse."""
+    counts = concordance_counts(event, time, risk)
+    no_pair = "no comparable pair (no event before another subject's time)"
     try:
-        censoring = CensoringCurve.fit(time, cause != 0)
-        return cause_uno_concordance(time, cause, risk, c, censoring, tau), None
+        c_index = weighted_concordance(counts)
     except NoComparablePairException:
-        return None, f"no comparable pair before tau={format_time(tau)}"
+        why["c_index"] = no_pair
+        return None, counts
+    if np.isnan(c_index):
+        why["c_index"] = no_pair
+        return None, counts
+    return c_index, counts
 
 
-def cause_td_auc(
-    reference: SurvivalReference, time: Any, cause: Any, cif: Any, c: int
-) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Cause ``c``'s cumulative/dynamic AUC (competing risks;
-    :func:`~nervus_lightning.survival.ipcw.cause_dynamic_auc`) at each evaluation time, the
-    marker being the predicted CIF of cause ``c`` there; keys ``td_auc_cause<c>_t<time>``.
+def _logrank_p(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    why: dict[str, str],
+) -> float | None:
+    """Log-rank test across the training-defined risk groups, on every row."""
+    groups = assign_risk_groups(risk, reference.risk_cutpoints)
+    if np.unique(groups).shape[0] < 2:
+        why["logrank_p"] = "all subjects fall into one risk group"
+        return None
+    try:
+        survival_test = Surv.from_arrays(event=event, time=time)
+        return float(compare_survival(survival_test, groups)[1])
+    except np.linalg.LinAlgError:
+        why["logrank_p"] = "log-rank covariance is singular (too few events per group)"
+        return None
 
-    Args:
-        cause: 0 (censored) or the cause 1..K of the first event, per subject.
-        cif: the subjects' predicted CIF of cause ``c`` at ``reference.eval_times``.
 
-    Returns:
-        ``(values, reasons)``: a value per evaluation time, and why for each ``None``.
-    """
-    time = as_numpy(time)
-    cause = np.rint(as_numpy(cause)).astype(np.int64)
-    eval_times = as_numpy(reference.eval_times)
-    keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in eval_times]
-    values: dict[str, float | None] = dict.fromkeys(keys)
-    why: dict[str, str] = {}
-    inside = _inside_followup(eval_times, reference.max_time, time)
-    for key, t, ok in zip(keys, eval_times, inside, strict=True):
-        if not ok:
+def _uno_c(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    censoring: CensoringCurve,
+    tau: float | None,
+    counts: Any,
+    why: dict[str, str],
+) -> float | None:
+    """Uno's C truncated at ``tau`` (default :func:`uno_truncation_time`)."""
+    max_train = reference.max_time
+    tau_used = uno_truncation_time(reference, time) if tau is None else float(tau)
+    if tau_used >= max_train:
+        why["c_index_uno"] = (
+            f"tau={format_time(tau_used)} is not below the largest training time "
+            f"{format_time(max_train)}"
+        )
+        return None
+    if not (event & (time < tau_used)).any():
+        why["c_index_uno"] = f"no event before tau={format_time(tau_used)}"
+        return None
+    try:
+        return uno_concordance(time, event, risk, censoring, tau_used, counts=counts)
+    except NoComparablePairException:
+        why["c_index_uno"] = f"no comparable pair before tau={format_time(tau_used)}"
+        return None
+
+
+def _td_aucs(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    censoring: CensoringCurve,
+    eval_times: np.ndarray,
+    why: dict[str, str],
+) -> dict[str, float | None]:
+    """The cumulative/dynamic AUC at each evaluation time inside the follow-up with an event
+    up to it, and their mean (``td_auc_mean``)."""
+    max_train = reference.max_time
+    auc_keys = [td_auc_key(t) for t in eval_times]
+    results: dict[str, float | None] = {}
+    inside = inside_followup(eval_times, max_train, time)
+    first_event = time[event].min()
+    has_case = eval_times >= first_event
+    valid = inside & has_case
+    for t, key, ok_range, ok_case in zip(eval_times, auc_keys, inside, has_case, strict=True):
+        results[key] = None
+        if not ok_range:
             why[key] = (
                 f"time {format_time(t)} is outside the evaluable follow-up "
-                f"[{format_time(time.min())}, {format_time(min(time.max(), reference.max_time))})"
+                f"[{format_time(time.min())}, {format_time(min(time.max(), max_train))})"
             )
-    if inside.any():
-        times = eval_times[inside]
-        cif = np.asarray(cif, dtype=np.float64)[:, inside]
-        censoring = CensoringCurve.fit(time, cause != 0)
-        auc = cause_dynamic_auc(time, cause, cif, c, times, censoring)
-        by_time = dict(zip(np.unique(times).tolist(), auc.tolist(), strict=True))
-        for key, t, ok in zip(keys, eval_times, inside, strict=True):
-            if ok and np.isfinite(by_time[float(t)]):
-                values[key] = float(by_time[float(t)])
-            elif ok:
-                why[key] = f"no cause-{c} failure, or no one else, up to time {format_time(t)}"
-    return values, why
+        elif not ok_case:
+            why[key] = f"no event up to time {format_time(t)}"
+    results["td_auc_mean"] = None
+    if not valid.any():
+        why["td_auc_mean"] = "no evaluation time could be scored"
+        return results
+    auc_times = np.unique(eval_times[valid])
+    auc_time, auc_event = censor_after(time, event, auc_times.max(), max_train)
+    auc, mean_auc = cumulative_dynamic_auc(auc_time, auc_event, risk, auc_times, censoring)
+    by_time = dict(zip(auc_times.tolist(), auc.tolist(), strict=True))
+    for t, key, ok in zip(eval_times, auc_keys, valid, strict=True):
+        if ok:
+            results[key] = float(by_time[float(t)])
+    results["td_auc_mean"] = float(mean_auc)
+    return results
 
 
-def ipcw_subsample(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
-    """Sorted row indices of the seeded random subsample (without replacement) the IPCW
-    metrics use when ``n > max_rows``; ``None``: all rows."""
-    if max_rows is None or n <= max_rows:
+def _ibs(
+    reference: SurvivalReference,
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    censoring: CensoringCurve,
+    ibs_survival: np.ndarray | None,
+    why: dict[str, str],
+) -> float | None:
+    """Integrated Brier score on the part of ``reference.ibs_grid()`` inside the follow-up."""
+    full_grid = reference.ibs_grid()
+    kept = inside_followup(full_grid, reference.max_time, time)
+    grid = full_grid[kept]
+    if grid.shape[0] < 2:
+        why["ibs"] = IBS_GRID_TOO_SHORT
         return None
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+    ibs_time, ibs_event = censor_after(time, event, grid.max(), reference.max_time)
+    predicted = reference.survival(risk, grid) if ibs_survival is None else ibs_survival[:, kept]
+    return integrated_brier_score(ibs_time, ibs_event, predicted, grid, censoring)
+
+
+def _none_with_reason(
+    keys: Sequence[str], reason: str, results: dict[str, float | None], why: dict[str, str]
+) -> None:
+    """Mark every metric of ``keys`` as not computed, for ``reason``."""
+    for key in keys:
+        results[key] = None
+        why[key] = reason
 
 
 def survival_metrics(
@@ -335,8 +318,6 @@ def survival_metrics(
             f"time, event and risk must have the same length, got {time.shape[0]}, "
             f"{event.shape[0]}, {risk.shape[0]}"
         )
-    max_train = reference.max_time
-
     why: dict[str, str] = {}
     results: dict[str, float | None] = {}
     auc_keys = [td_auc_key(t) for t in eval_times]
@@ -348,36 +329,16 @@ def survival_metrics(
     elif not event.any():
         general = "the evaluated split has no event"
     if general is not None:
-        for key in keys:
-            results[key] = None
-            why[key] = general
+        _none_with_reason(keys, general, results, why)
         if reasons is not None:
             reasons.update(why)
         return results
 
-    # Harrell's C, on every row.
-    counts = concordance_counts(event, time, risk)
-    try:
-        c_index = weighted_concordance(counts)
-        results["c_index"] = None if np.isnan(c_index) else c_index
-        if results["c_index"] is None:
-            why["c_index"] = "no comparable pair (no event before another subject's time)"
-    except NoComparablePairException:
-        results["c_index"] = None
-        why["c_index"] = "no comparable pair (no event before another subject's time)"
-
-    # Log-rank test across training-defined risk groups, on every row.
+    # Harrell's C and the log-rank test, on every row.
+    results["c_index"], counts = _harrell_c(time, event, risk, why)
     results["logrank_p"] = None
     if logrank:
-        groups = assign_risk_groups(risk, reference.risk_cutpoints)
-        if np.unique(groups).shape[0] < 2:
-            why["logrank_p"] = "all subjects fall into one risk group"
-        else:
-            try:
-                survival_test = Surv.from_arrays(event=event, time=time)
-                results["logrank_p"] = float(compare_survival(survival_test, groups)[1])
-            except np.linalg.LinAlgError:
-                why["logrank_p"] = "log-rank covariance is singular (too few events per group)"
+        results["logrank_p"] = _logrank_p(reference, time, event, risk, why)
     else:
         why["logrank_p"] = "not computed"
 
@@ -388,74 +349,17 @@ def survival_metrics(
         ibs_survival = None if ibs_survival is None else ibs_survival[sub]
         counts = None
         if not event.any():
-            for key in ["c_index_uno", *auc_keys, "td_auc_mean", "ibs"]:
-                results[key] = None
-                why[key] = "the IPCW subsample has no event"
+            ipcw_keys = ["c_index_uno", *auc_keys, "td_auc_mean", "ibs"]
+            _none_with_reason(ipcw_keys, "the IPCW subsample has no event", results, why)
             if reasons is not None:
                 reasons.update(why)
             return {key: results[key] for key in keys}
 
     # The evaluated rows' own censoring curve: the weights of every IPCW statistic.
     censoring = CensoringCurve.fit(time, event)
-
-    # Uno's C.
-    tau_used = uno_truncation_time(reference, time) if tau is None else float(tau)
-    results["c_index_uno"] = None
-    if tau_used >= max_train:
-        why["c_index_uno"] = (
-            f"tau={format_time(tau_used)} is not below the largest training time "
-            f"{format_time(max_train)}"
-        )
-    elif not (event & (time < tau_used)).any():
-        why["c_index_uno"] = f"no event before tau={format_time(tau_used)}"
-    else:
-        try:
-            results["c_index_uno"] = uno_concordance(
-                time, event, risk, censoring, tau_used, counts=counts
-            )
-        except NoComparablePairException:
-            why["c_index_uno"] = f"no comparable pair before tau={format_time(tau_used)}"
-
-    # Time-dependent AUC at each evaluation time.
-    inside = _inside_followup(eval_times, max_train, time)
-    first_event = time[event].min()
-    has_case = eval_times >= first_event
-    valid = inside & has_case
-    for t, key, ok_range, ok_case in zip(eval_times, auc_keys, inside, has_case, strict=True):
-        results[key] = None
-        if not ok_range:
-            why[key] = (
-                f"time {format_time(t)} is outside the evaluable follow-up "
-                f"[{format_time(time.min())}, {format_time(min(time.max(), max_train))})"
-            )
-        elif not ok_case:
-            why[key] = f"no event up to time {format_time(t)}"
-    results["td_auc_mean"] = None
-    if valid.any():
-        auc_times = np.unique(eval_times[valid])
-        auc_time, auc_event = _censor_after(time, event, auc_times.max(), max_train)
-        auc, mean_auc = cumulative_dynamic_auc(auc_time, auc_event, risk, auc_times, censoring)
-        by_time = dict(zip(auc_times.tolist(), auc.tolist(), strict=True))
-        for t, key, ok in zip(eval_times, auc_keys, valid, strict=True):
-            if ok:
-                results[key] = float(by_time[float(t)])
-        results["td_auc_mean"] = float(mean_auc)
-    else:
-        why["td_auc_mean"] = "no evaluation time could be scored"
-
-    # Integrated Brier score.
-    full_grid = reference.ibs_grid()
-    kept = _inside_followup(full_grid, reference.max_time, time)
-    grid = full_grid[kept]
-    results["ibs"] = None
-    if grid.shape[0] < 2:
-        why["ibs"] = IBS_GRID_TOO_SHORT
-    else:
-        ibs_time, ibs_event = _censor_after(time, event, grid.max(), max_train)
-        predicted = (
-            reference.survival(risk, grid) if ibs_survival is None else ibs_survival[:, kept]
-        )
-        results["ibs"] = integrated_brier_score(ibs_time, ibs_event, predicted, grid, censoring)
+    results["c_index_uno"] = _uno_c(reference, time, event, risk, censoring, tau, counts, why)
+    results.update(_td_aucs(reference, time, event, risk, censoring, eval_times, why))
+    results["ibs"] = _ibs(reference, time, event, risk, censoring, ibs_survival, why)
 
     if reasons is not None:
         reasons.update(why)

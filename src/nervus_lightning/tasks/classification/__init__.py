@@ -1,6 +1,6 @@
 """The classification task kind: its model side (:mod:`.task`), its evaluation settings
-(:mod:`.options`), which class is positive (:mod:`.classes`) and its section of the report
-(:mod:`.evaluation`)."""
+(:mod:`.options`), which class is positive (:mod:`.classes`), its section of the report
+(:mod:`.evaluation`) and its figures (:mod:`.figures`)."""
 
 from nervus_lightning.tasks.classification.classes import (
     OBVIOUS_NUMERIC_PAIRS,
@@ -10,10 +10,10 @@ from nervus_lightning.tasks.classification.classes import (
 )
 from nervus_lightning.tasks.classification.evaluation import (
     COUNT_METRICS,
-    classification_figures,
     closed_form_intervals,
     evaluate_classification,
 )
+from nervus_lightning.tasks.classification.figures import classification_figures
 from nervus_lightning.tasks.classification.options import ClassificationOptions
 from nervus_lightning.tasks.classification.task import (
     UNKNOWN,

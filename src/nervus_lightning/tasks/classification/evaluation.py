@@ -1,6 +1,7 @@
 """The report's classification section: metrics with bootstrap (or closed-form) intervals,
-notes, tables and figures of one classification label, from ``predictions.csv`` and
-``schema.json`` alone (no model needed).
+notes and tables of one classification label, from ``predictions.csv`` and ``schema.json``
+alone (no model needed); its figures are drawn by :mod:`.figures` (``classification_figures``
+is importable from here too).
 
 A binary label is evaluated at the operating threshold stored with the model (chosen on the
 validation split after training) and for its positive class (:mod:`.classes`).
@@ -18,7 +19,6 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from nervus_lightning.errors import NervusInputError
-from nervus_lightning.evaluation import plots
 from nervus_lightning.evaluation.bootstrap import (
     BootstrapCI,
     weighted_bootstrap_distributions,
@@ -36,21 +36,22 @@ from nervus_lightning.evaluation.sections import (
     EvalContext,
     LabelSection,
     Subset,
-    add_figure,
     add_metric_rows,
     bootstrap_intervals,
     class_name_of,
-    figure_splits,
-    find_subset,
-    group_series,
-    interval_of,
     iter_subsets,
-    main_split,
-    split_styles,
 )
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.tasks.classification.classes import obvious_positive_class
+from nervus_lightning.tasks.classification.figures import classification_figures
 from nervus_lightning.tasks.classification.options import ClassificationOptions
+
+__all__ = [
+    "COUNT_METRICS",
+    "classification_figures",
+    "closed_form_intervals",
+    "evaluate_classification",
+]
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +171,11 @@ def _contract(
     return positive, method, float(target), overrides
 
 
-def evaluate_classification(
-    df: pd.DataFrame, label: Mapping, ctx: EvalContext, options: ClassificationOptions
-) -> LabelSection:
-    """Metrics with CIs and figures of one classification label."""
-    name = label["name"]
-    classes = [str(c) for c in label["classes"]]
-    section = LabelSection(name, "classification")
-    prob_columns = [f"prob_{name}_{c}" for c in classes]
+def _rows_with_label(
+    df: pd.DataFrame, name: str, classes: list[str], section: LabelSection
+) -> pd.DataFrame:
+    """The rows with a known true class (the others counted in a note), as class names; an
+    error for a value that is not one of the schema's classes."""
     y_all = df[name].map(class_name_of)
     known = ~is_missing_label(y_all.to_numpy())
     unknown = sorted(set(y_all[known].astype(str)) - set(classes))
@@ -191,34 +189,100 @@ def evaluate_classification(
         section.notes.append(
             f"{int((~known).sum())} case(s) without a true {name!r} are left out of its metrics."
         )
+    return df
+
+
+def _operating_point(
+    df: pd.DataFrame,
+    label: Mapping,
+    options: ClassificationOptions,
+    classes: list[str],
+    prob: np.ndarray,
+    section: LabelSection,
+) -> tuple[str, float | None, str | None, list[str]]:
+    """A binary label's positive class, operating threshold, the split that threshold was
+    chosen on and the overrides of the stored contract (each said in the notes)."""
+    name = label["name"]
+    positive, method, target, overrides = _contract(label, options, classes)
+    if overrides:
+        log.warning("label %r: %s", name, "; ".join(overrides))
+    score = prob[:, classes.index(positive)]
+    threshold, fitted_on = _binary_threshold(
+        df[name],
+        score,
+        df["split"],
+        positive,
+        method,
+        target,
+        section,
+        stored=label.get("threshold"),
+        overrides=overrides,
+    )
+    section.notes.append(f"Positive class: {positive!r}.")
+    return positive, threshold, fitted_on, overrides
+
+
+def _subset_intervals(
+    y: np.ndarray,
+    p: np.ndarray,
+    classes: list[str],
+    positive: str | None,
+    threshold: float | None,
+    ctx: EvalContext,
+) -> dict[str, BootstrapCI | Interval]:
+    """Stratified bootstrap intervals of every metric, replaced by the closed-form ones where
+    a metric has one (:func:`closed_form_intervals`)."""
+    intervals: dict[str, BootstrapCI | Interval] = {}
+    if ctx.n_bootstrap > 0:
+        y_idx = np.array([classes.index(v) for v in y])
+        pos_index = classes.index(positive) if positive is not None else None
+        distributions = weighted_bootstrap_distributions(
+            partial(
+                weighted_classification_metrics,
+                classes=classes,
+                positive_index=pos_index,
+                threshold=threshold,
+            ),
+            y_idx,
+            p,
+            n_resamples=ctx.n_bootstrap,
+            seed=ctx.seed,
+            strata=y_idx,
+        )
+        intervals = bootstrap_intervals(distributions, ctx.ci)
+    intervals.update(
+        closed_form_intervals(y, p, classes, positive, threshold, ctx.ci, ctx.proportion_ci)
+    )
+    return intervals
+
+
+def _optimism_note(fitted_on: str | None, split: str) -> Callable[[str], str | None]:
+    """The note of a threshold-based metric on the split its threshold was chosen on."""
+
+    def note(metric: str) -> str | None:
+        if split == fitted_on and metric in _THRESHOLD_METRICS:
+            return "threshold chosen on this split (optimistic)"
+        return None
+
+    return note
+
+
+def evaluate_classification(
+    df: pd.DataFrame, label: Mapping, ctx: EvalContext, options: ClassificationOptions
+) -> LabelSection:
+    """Metrics with CIs and figures of one classification label."""
+    name = label["name"]
+    classes = [str(c) for c in label["classes"]]
+    section = LabelSection(name, "classification")
+    prob_columns = [f"prob_{name}_{c}" for c in classes]
+    df = _rows_with_label(df, name, classes, section)
     prob = df[prob_columns].to_numpy(dtype=float)
     binary = len(classes) == 2
     positive, threshold, fitted_on, overrides = None, None, None, []
     if binary:
-        positive, method, target, overrides = _contract(label, options, classes)
-        if overrides:
-            log.warning("label %r: %s", name, "; ".join(overrides))
-        score = prob[:, classes.index(positive)]
-        threshold, fitted_on = _binary_threshold(
-            df[name],
-            score,
-            df["split"],
-            positive,
-            method,
-            target,
-            section,
-            stored=label.get("threshold"),
-            overrides=overrides,
+        positive, threshold, fitted_on, overrides = _operating_point(
+            df, label, options, classes, prob, section
         )
-        section.notes.append(f"Positive class: {positive!r}.")
-
-    def extra_note(split: str) -> Callable[[str], str | None]:
-        def note(metric: str) -> str | None:
-            if binary and split == fitted_on and metric in _THRESHOLD_METRICS:
-                return "threshold chosen on this split (optimistic)"
-            return None
-
-        return note
 
     summary: dict[str, dict[str, str]] = {}
     for split, group, rows in iter_subsets(df, ctx):
@@ -229,28 +293,9 @@ def evaluate_classification(
         point = classification_metrics(y, p, classes, positive_class=positive, threshold=threshold)
         if binary:
             point = _with_counts(point, y == positive, p, classes.index(positive), threshold)
-        intervals: dict[str, BootstrapCI | Interval] = {}
-        if ctx.n_bootstrap > 0:
-            y_idx = np.array([classes.index(v) for v in y])
-            pos_index = classes.index(positive) if binary else None
-            distributions = weighted_bootstrap_distributions(
-                partial(
-                    weighted_classification_metrics,
-                    classes=classes,
-                    positive_index=pos_index,
-                    threshold=threshold,
-                ),
-                y_idx,
-                p,
-                n_resamples=ctx.n_bootstrap,
-                seed=ctx.seed,
-                strata=y_idx,
-            )
-            intervals = bootstrap_intervals(distributions, ctx.ci)
-        intervals.update(
-            closed_form_intervals(y, p, classes, positive, threshold, ctx.ci, ctx.proportion_ci)
-        )
-        add_metric_rows(section, split, group, point, intervals, extra_note(split))
+        intervals = _subset_intervals(y, p, classes, positive, threshold, ctx)
+        note = _optimism_note(fitted_on, split)
+        add_metric_rows(section, split, group, point, intervals, note)
         if binary:
             section.add(
                 split,
@@ -345,163 +390,3 @@ def closed_form_intervals(
                 roc_auc_score(member, prob[:, j]), int(member.sum()), int((~member).sum()), ci
             )
     return out
-
-
-def _both_classes(y: np.ndarray, classes: list[str], positive: str | None) -> bool:
-    present = set(y)
-    return positive in present and len(present) > 1 if positive else len(present) > 1
-
-
-def classification_figures(section: LabelSection, ctx: EvalContext) -> None:
-    """ROC and precision-recall curves with the splits overlaid (multi-class: one one-vs-rest
-    panel per class), ROC by group on the main split, reliability diagram; confusion matrices
-    per split for multi-class labels."""
-    name, info = section.name, section.info
-    classes, positive, threshold = info["classes"], info["positive"], info["threshold"]
-    splits = figure_splits(section, ctx)
-    styles = split_styles(splits)
-    series = {
-        s: (x.arrays["y"], x.arrays["prob"]) for s in splits if (x := find_subset(section, s))
-    }
-    ci_text = f"{ctx.ci:.0%} bootstrap CI" if ctx.n_bootstrap > 0 else "no CI"
-    auc_ci_text = f"{ctx.ci:.0%} Newcombe score CI"
-    val_text = " val (dashed) is the development split." if "val" in series else ""
-    targets = [positive] if positive else classes
-    auc_key = (lambda c: "auroc") if positive else (lambda c: f"auroc[{c}]")
-    curves = {s: v for s, v in series.items() if _both_classes(v[0], classes, positive)}
-    if curves:
-        where = ", ".join(curves)
-        if positive:
-            what = (
-                f"ROC curve of {name} ({positive!r} positive) on {where}, AUC with {auc_ci_text}."
-                + (
-                    f" Dots: the operating point at threshold {threshold:.3g}."
-                    if threshold is not None
-                    else ""
-                )
-            )
-        else:
-            what = (
-                f"One-vs-rest ROC curves of {name}, one panel per class, splits overlaid "
-                f"({where}); per-class AUC with {auc_ci_text}."
-            )
-        add_figure(
-            section,
-            ctx,
-            "roc",
-            what + val_text,
-            plots.plot_roc(
-                curves,
-                classes,
-                positive_class=positive,
-                intervals={
-                    s: {c: interval_of(section, s, ALL_GROUPS, auc_key(c)) for c in targets}
-                    for s in curves
-                },
-                ci=ctx.ci,
-                threshold=threshold,
-                styles=styles,
-                title=f"{name}: ROC",
-            ),
-        )
-        pr_intervals = (
-            {s: {positive: interval_of(section, s, ALL_GROUPS, "ap")} for s in curves}
-            if positive
-            else {}
-        )
-        add_figure(
-            section,
-            ctx,
-            "pr",
-            (
-                f"Precision-recall curve of {name} ({positive!r} positive)"
-                if positive
-                else f"One-vs-rest precision-recall curves of {name}, one panel per class"
-            )
-            + f", splits overlaid ({where}); average precision"
-            + (f" with {ci_text}" if positive else "")
-            + "; dotted: the split's prevalence (a model without skill)."
-            + val_text,
-            plots.plot_precision_recall(
-                curves,
-                classes,
-                positive_class=positive,
-                intervals=pr_intervals,
-                ci=ctx.ci,
-                styles=styles,
-                title=f"{name}: precision-recall",
-            ),
-        )
-    main = main_split(splits)
-    by_group = {
-        g: v
-        for g, v in group_series(section, main, ("y", "prob")).items()
-        if _both_classes(v[0], classes, positive)
-    }
-    if len(by_group) > 1:
-        add_figure(
-            section,
-            ctx,
-            "roc_by_group",
-            f"ROC curves of {name} on {main} by {ctx.group_column}"
-            + (" (one-vs-rest, one panel per class)" if not positive else "")
-            + f", AUC with {auc_ci_text}.",
-            plots.plot_roc(
-                by_group,
-                classes,
-                positive_class=positive,
-                intervals={
-                    g: {c: interval_of(section, main, g, auc_key(c)) for c in targets}
-                    for g in by_group
-                },
-                ci=ctx.ci,
-                threshold=threshold,
-                title=f"{name}: ROC on {main} by {ctx.group_column}",
-            ),
-        )
-    if series:
-        what = (
-            f"probability of {positive!r}"
-            if positive
-            else "top-class probability against its accuracy (as the ECE)"
-        )
-        add_figure(
-            section,
-            ctx,
-            "reliability",
-            f"Reliability diagram of {name} ({what}), splits overlaid: the cases of a split "
-            f"sorted by predicted probability and cut into min(10, n / "
-            f"{plots.RELIABILITY_MIN_CASES}) bins of equal size (at least "
-            f"{plots.RELIABILITY_MIN_CASES} cases each where the split has that many); each "
-            f"point is a bin's mean predicted probability against its observed share, with its "
-            f"{ctx.ci:.0%} Wilson score interval; points are joined only where every bin holds "
-            f"{plots.RELIABILITY_MIN_LINE_CASES} cases or more. Lower panel: the predicted "
-            "probabilities (10 equal-width bins, as the ECE uses)." + val_text,
-            plots.plot_reliability(
-                series,
-                classes,
-                positive_class=positive,
-                styles=styles,
-                title=f"{name}: calibration",
-                ci=ctx.ci,
-            ),
-        )
-        if positive is None:
-            # Binary labels: the headline table's sensitivity, specificity, PPV and NPV already
-            # say what the 2 x 2 matrix would; multi-class labels need the matrix to show which
-            # classes are confused.
-            add_figure(
-                section,
-                ctx,
-                "confusion",
-                f"Confusion matrices of {name} per split (arg-max class): counts and share of "
-                "the true class.",
-                plots.plot_confusion_matrices(
-                    {
-                        s: (y, np.asarray(classes, dtype=object)[np.argmax(p, axis=1)])
-                        for s, (y, p) in series.items()
-                    },
-                    classes,
-                    title=f"{name}: confusion matrix (arg-max class)",
-                ),
-            )

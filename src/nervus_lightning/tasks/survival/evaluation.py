@@ -4,12 +4,14 @@ of one survival label, from ``predictions.csv`` and ``schema.json`` alone (no mo
 The training-split aggregates come from the schema when the run fitted them (else from the
 ``train`` rows of the predictions); the IPCW statistics weigh with the evaluated split's own
 censoring curve; competing-risk labels add the causes' concordance, Brier scores and cumulative
-incidence calibration (:mod:`nervus_lightning.survival.competing`).
+incidence calibration (:mod:`nervus_lightning.survival.competing`; the metrics beyond
+``survival_metrics`` are :mod:`.report_metrics`'s).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,16 +37,16 @@ from nervus_lightning.survival import competing, discrete
 from nervus_lightning.survival.metrics import (
     MAX_ROWS_EXACT,
     assign_risk_groups,
-    cause_ibs,
-    cause_td_auc,
-    cause_uno_c,
-    format_time,
     ipcw_subsample,
-    null_ibs,
-    prediction_accuracy,
     survival_metrics,
 )
 from nervus_lightning.survival.reference import SurvivalReference
+from nervus_lightning.tasks.survival.report_metrics import (
+    accuracy_metrics,
+    cause_ipcw_metrics,
+    cause_metrics,
+    cif_calibration,
+)
 
 
 def _survival_reference(
@@ -70,6 +72,10 @@ def _survival_reference(
     return reference, ["No survival reference in the schema: fitted on the 'train' rows."]
 
 
+#: The censoring-weighted metrics of :func:`survival_metrics` (computed on the IPCW subsample).
+_IPCW_KEYS = {"c_index_uno", "td_auc_mean", "ibs"}
+
+
 def _is_ipcw(metric: str, ipcw_keys: set[str]) -> bool:
     return metric in ipcw_keys or metric.startswith(
         ("td_auc_t", "td_auc_cause", "ibs_cause", "c_index_uno_cause", "ibs_null", "ipa")
@@ -91,121 +97,6 @@ def _large_split_notes(n: int, ctx: EvalContext, max_rows_exact: int) -> dict[st
             "evaluation.max_rows_bootstrap)"
         )
     return notes
-
-
-def _cause_metrics(
-    time: np.ndarray,
-    cause: np.ndarray,
-    cause_risk: np.ndarray,
-    reasons: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """Wolbers' C of each competing cause (``cause_risk`` ``(n, K)``; ``{}`` for K = 0)."""
-    out: dict[str, float | None] = {}
-    for c in range(1, cause_risk.shape[1] + 1):
-        key = f"c_index_cause{c}"
-        out[key] = competing.cause_concordance(time, cause, cause_risk[:, c - 1], c)
-        if out[key] is None and reasons is not None:
-            reasons[key] = f"no cause-{c} event with a comparable pair"
-    return out
-
-
-def _cause_ipcw_metrics(
-    reference: SurvivalReference,
-    time: np.ndarray,
-    cause: np.ndarray,
-    cause_risk: np.ndarray,
-    auc_cif: np.ndarray | None,
-    ibs_cif: np.ndarray | None,
-    reasons: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """Each competing cause's censoring-weighted concordance of its risk (``cause_risk``
-    ``(n, K)``), cumulative/dynamic AUC at the evaluation times and integrated Brier score,
-    from the predicted CIFs (``(n, K, times)``) at ``reference.eval_times`` (``auc_cif``) and
-    on its IBS grid (``ibs_cif``); None where the CIF columns are missing."""
-    out: dict[str, float | None] = {}
-    why: dict[str, str] = {}
-    missing = "no cif_<label>_<cause>_grid<k> columns in the predictions"
-    for c in range(1, cause_risk.shape[1] + 1):
-        key = f"c_index_uno_cause{c}"
-        out[key], text = cause_uno_c(reference, time, cause, cause_risk[:, c - 1], c)
-        if text is not None:
-            why[key] = text
-        if auc_cif is None:
-            keys = [f"td_auc_cause{c}_t{format_time(t)}" for t in reference.eval_times]
-            out.update(dict.fromkeys(keys))
-            why.update(dict.fromkeys(keys, missing))
-        else:
-            values, reason = cause_td_auc(reference, time, cause, auc_cif[:, c - 1], c)
-            out.update(values)
-            why.update(reason)
-        key = f"ibs_cause{c}"
-        if ibs_cif is None:
-            out[key], why[key] = None, missing
-        else:
-            out[key], text = cause_ibs(reference, time, cause, ibs_cif[:, c - 1], c)
-            if text is not None:
-                why[key] = text
-    if reasons is not None:
-        reasons.update(why)
-    return out
-
-
-def _accuracy_metrics(
-    reference: SurvivalReference,
-    time: np.ndarray,
-    event: np.ndarray,
-    scores: Mapping[str, float | None],
-    causes: int,
-    reasons: dict[str, str] | None = None,
-) -> dict[str, float | None]:
-    """``ibs_null`` (the integrated Brier score of the training split's covariate-free
-    prediction on the same rows and grid as ``ibs``) and the index of prediction accuracy
-    ``ipa`` = 1 - ``ibs`` / ``ibs_null``, and ``ipa_cause<c>`` from ``ibs_cause<c>`` and the
-    training Aalen-Johansen incidence; ``scores`` holds the model's ``ibs`` values."""
-    out: dict[str, float | None] = {}
-    why: dict[str, str] = {}
-    out["ibs_null"], text = null_ibs(reference, time, event)
-    keys = [("ibs", "ibs_null", "ipa")]
-    if text is not None:
-        why["ibs_null"] = text
-    for c in range(1, causes + 1):
-        out[f"ibs_null_cause{c}"], text = null_ibs(reference, time, event, c)
-        if text is not None:
-            why[f"ibs_null_cause{c}"] = text
-        keys.append((f"ibs_cause{c}", f"ibs_null_cause{c}", f"ipa_cause{c}"))
-    for model, null, key in keys:
-        out[key] = prediction_accuracy(scores.get(model), out[null])
-        if out[key] is None:
-            why[key] = f"needs {model} and {null}"
-    if reasons is not None:
-        reasons.update(why)
-    return out
-
-
-def _cif_calibration(
-    rows: pd.DataFrame,
-    label: Mapping,
-    time: np.ndarray,
-    cause: np.ndarray,
-    t: float,
-    reasons: dict[str, str],
-) -> dict[str, float | None]:
-    """Each cause's observed (Aalen-Johansen) and mean predicted cumulative incidence at ``t``."""
-    causes = int(label["causes"])
-    predicted = competing.model_cif(rows, label, [t])
-    observed = competing.aalen_johansen(time, cause, [t], causes)[:, 0]
-    out: dict[str, float | None] = {}
-    for c in range(1, causes + 1):
-        key = f"cif_observed_cause{c}"
-        out[key] = float(observed[c - 1])
-        if t > time.max():
-            out[key] = None
-            reasons[key] = f"t = {t:g} is beyond the evaluated follow-up ({time.max():g})"
-        key = f"cif_predicted_cause{c}"
-        out[key] = None if predicted is None else float(predicted[:, c - 1, 0].mean())
-        if predicted is None:
-            reasons[key] = "no cif_<label>_<cause>_grid<k> columns in the predictions"
-    return out
 
 
 def _method_notes(
@@ -257,30 +148,55 @@ def _method_notes(
     return notes
 
 
-def evaluate_survival(
-    df: pd.DataFrame, label: Mapping, ctx: EvalContext, max_rows_exact: int = MAX_ROWS_EXACT
-) -> LabelSection:
-    """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
+@dataclass
+class _SurvivalLabel:
+    """What every split x group of one survival label is evaluated with."""
 
-    Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
-    log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
-    all of them (O(m log m) each, m = min(cases, ``evaluation.max_rows_bootstrap``)). Splits
-    above ``max_rows_exact`` (``evaluation.max_rows_exact``, survival's own setting) or
-    ``max_rows_bootstrap`` cases are evaluated as :func:`_large_split_notes` says, in
-    ``metrics_notes.csv``.
-    """
-    name = label["name"]
-    period = label["period"]
-    risk_column = f"risk_{name}"
-    section = LabelSection(name, "survival")
-    values = df[[name, period, risk_column]].apply(pd.to_numeric, errors="coerce")
+    label: Mapping
+    name: str
+    period: str
+    reference: SurvivalReference
+    causes: int
+    cause_columns: list[str]
+    calibration_time: float
+    #: ``evaluation.max_rows_exact`` (survival's own setting, :class:`.options.SurvivalOptions`).
+    max_rows_exact: int = MAX_ROWS_EXACT
+
+
+@dataclass
+class _SubsetScores:
+    """One split x group's arrays, point estimates and the CIFs its resamples reuse."""
+
+    time: np.ndarray
+    event: np.ndarray
+    risk: np.ndarray
+    cause_risk: np.ndarray
+    #: A discrete-time model's own curves on the IBS grid (None for Cox: Breslow baseline).
+    own_ibs: np.ndarray | None
+    cause_ibs_cif: np.ndarray | None
+    cause_auc_cif: np.ndarray | None
+    point: dict[str, float | None]
+    reasons: dict[str, str]
+    cif_arrays: dict[str, np.ndarray]
+
+
+def _rows_with_values(df: pd.DataFrame, label: Mapping, section: LabelSection) -> pd.DataFrame:
+    """The rows with a numeric event, time and risk (the others counted in a note)."""
+    name, period = label["name"], label["period"]
+    values = df[[name, period, f"risk_{name}"]].apply(pd.to_numeric, errors="coerce")
     known = values.notna().all(axis=1).to_numpy()
     if (~known).any():
         section.notes.append(
             f"{int((~known).sum())} case(s) without event, time or risk are "
             "left out of the survival metrics."
         )
-    df = df[known].assign(**{c: values.loc[known, c] for c in values.columns})
+    return df[known].assign(**{c: values.loc[known, c] for c in values.columns})
+
+
+def _label_setup(df: pd.DataFrame, label: Mapping, section: LabelSection) -> _SurvivalLabel | None:
+    """The label's training reference and competing causes, with their notes; None (and a
+    note) when neither the schema nor a ``train`` split with events gives a reference."""
+    name, period = label["name"], label["period"]
     train = df[df["split"] == "train"]
     from_schema = all(label.get(k) is not None for k in SurvivalReference.JSON_KEYS)
     if not from_schema and (train.empty or not (train[name] != 0).any()):
@@ -288,9 +204,8 @@ def evaluate_survival(
             "No 'train' split with events in the predictions: survival metrics "
             "need the training follow-up and were not computed."
         )
-        return section
+        return None
     reference, notes = _survival_reference(train, label, name, period)
-    eval_times, cutpoints = reference.eval_times, reference.risk_cutpoints
     section.notes += notes
     if label.get("survival_model", "cox") != "cox":
         section.notes.append(
@@ -305,106 +220,196 @@ def evaluate_survival(
             "predictions: cause-specific concordance not computed."
         )
         causes, cause_columns = 0, []
-    calibration_time = float(np.median(eval_times))
+    calibration_time = float(np.median(reference.eval_times))
+    return _SurvivalLabel(label, name, period, reference, causes, cause_columns, calibration_time)
+
+
+def _point_scores(rows: pd.DataFrame, setup: _SurvivalLabel, ctx: EvalContext) -> _SubsetScores:
+    """Every metric of one split x group (the IPCW ones on their seeded subsample above
+    ``evaluation.max_rows_exact``), with the reasons of the missing ones."""
+    label, reference, causes = setup.label, setup.reference, setup.causes
+    time = rows[setup.period].to_numpy(dtype=float)
+    event = rows[setup.name].to_numpy(dtype=float)
+    risk = rows[f"risk_{setup.name}"].to_numpy(dtype=float)
+    reasons: dict[str, str] = {}
+    ibs_grid = reference.ibs_grid()
+    own_ibs = discrete.model_survival(rows, label, ibs_grid)
+    point = survival_metrics(
+        reference, time, event, risk, reasons=reasons, max_rows_exact=setup.max_rows_exact,
+        seed=ctx.seed, ibs_survival=own_ibs,
+    )  # fmt: skip
+    # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
+    # Antolini C compares all pairs, so it gets the IPCW metrics' subsample).
+    sub = ipcw_subsample(len(rows), setup.max_rows_exact, ctx.seed)
+    scored = rows if sub is None else rows.iloc[sub]
+    point.update(discrete.curve_metrics(scored, label, reference, reasons))
+    cause_risk = rows[setup.cause_columns].to_numpy(dtype=float)
+    # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
+    cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
+    cause_auc_cif = competing.model_cif(rows, label, reference.eval_times) if causes else None
+    point.update(cause_metrics(time, event, cause_risk, reasons))
+    keep = slice(None) if sub is None else sub  # the IPCW metrics' rows
+    if causes:
+        point.update(
+            cause_ipcw_metrics(
+                reference, time[keep], event[keep], cause_risk[keep],
+                None if cause_auc_cif is None else cause_auc_cif[keep],
+                None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
+            )
+        )  # fmt: skip
+    point.update(accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
+    cif_arrays = {}
+    if causes:
+        point.update(cif_calibration(rows, label, time, event, setup.calibration_time, reasons))
+        times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
+        predicted_cif = competing.model_cif(rows, label, times)
+        if predicted_cif is not None:
+            cif_arrays = {"cif_times": times, "cif_mean": predicted_cif.mean(axis=0)}
+    return _SubsetScores(
+        time, event, risk, cause_risk, own_ibs, cause_ibs_cif, cause_auc_cif, point, reasons,
+        cif_arrays,
+    )  # fmt: skip
+
+
+def _survival_intervals(
+    scores: _SubsetScores, setup: _SurvivalLabel, ctx: EvalContext
+) -> dict[str, BootstrapCI]:
+    """Bootstrap intervals of every metric but the log-rank p-value; m-out-of-n resamples above
+    ``evaluation.max_rows_bootstrap``, rescaled to the cases each value is computed on."""
+    n = len(scores.time)
+    if ctx.n_bootstrap <= 0 or n <= 1:
+        return {}
+    reference, causes = setup.reference, setup.causes
+    m = bootstrap_size(n, ctx.max_rows_bootstrap)
+    # Predicted survival on the IBS grid once per split, not once per resample.
+    table = scores.own_ibs
+    if table is None and n <= ctx.max_rows_bootstrap:
+        table = reference.survival(scores.risk, reference.ibs_grid())
+    cause_risk, ibs_cif, auc_cif = scores.cause_risk, scores.cause_ibs_cif, scores.cause_auc_cif
+
+    def resample_metrics(t, e, r, index):
+        out = {
+            **survival_metrics(
+                reference, t, e, r, max_rows_exact=None, logrank=False,
+                ibs_survival=None if table is None else table[index],
+            ),
+            **cause_metrics(t, e, cause_risk[index]),
+        }  # fmt: skip
+        if causes:
+            out.update(
+                cause_ipcw_metrics(
+                    reference, t, e, cause_risk[index],
+                    None if auc_cif is None else auc_cif[index],
+                    None if ibs_cif is None else ibs_cif[index],
+                )
+            )  # fmt: skip
+        out.update(accuracy_metrics(reference, t, e, out, causes))
+        return out
+
+    distributions = bootstrap_distributions(
+        resample_metrics, scores.time, scores.event, scores.risk, np.arange(n),
+        n_resamples=ctx.n_bootstrap, seed=ctx.seed, size=m,
+    )  # fmt: skip
+    distributions.pop("logrank_p", None)  # a p-value has no confidence interval
+    ipcw_rows = min(n, setup.max_rows_exact)
+    for metric, values in distributions.items():
+        size = ipcw_rows if _is_ipcw(metric, _IPCW_KEYS) else n
+        distributions[metric] = rescale_distribution(values, scores.point.get(metric), m, size)
+    return bootstrap_intervals(distributions, ctx.ci)
+
+
+def _add_metric_rows(
+    section: LabelSection,
+    split: str,
+    group: str,
+    scores: _SubsetScores,
+    intervals: Mapping[str, BootstrapCI],
+    setup: _SurvivalLabel,
+    ctx: EvalContext,
+) -> None:
+    """The subset's counts and metrics, each with its interval and notes (why it is missing,
+    what a large split computed it on)."""
+    event, causes = scores.event, setup.causes
+    large = _large_split_notes(len(event), ctx, setup.max_rows_exact)
+    section.add(split, group, "n", float(len(event)))
+    section.add(split, group, "events", float((event != 0).sum()))
+    for c in range(1, causes + 1):
+        section.add(split, group, f"events_cause{c}", float((event == c).sum()))
+    for metric, value in scores.point.items():
+        note = [
+            scores.reasons.get(metric),
+            large["ipcw"] if _is_ipcw(metric, _IPCW_KEYS) else None,
+        ]
+        if metric in intervals:
+            note.append(large["bootstrap"])
+        text = "; ".join(x for x in note if x) or None
+        section.add(split, group, metric, value, intervals.get(metric), text)
+
+
+def _calibration_at(
+    rows: pd.DataFrame, setup: _SurvivalLabel, scores: _SubsetScores
+) -> pd.DataFrame:
+    """Observed vs predicted survival at the calibration time, by bin of predicted survival
+    (from the model's own curves when it has them, else the Breslow baseline)."""
+    t = setup.calibration_time
+    predicted = discrete.model_survival(rows, setup.label, [t])
+    if predicted is None:
+        predicted = setup.reference.survival(scores.risk, [t])
+    return survival_calibration_table(scores.time, scores.event, predicted[:, 0], t)
+
+
+def _add_calibration_table(
+    section: LabelSection,
+    tables: list[pd.DataFrame],
+    setup: _SurvivalLabel,
+    unit: str,
+    ctx: EvalContext,
+) -> None:
+    """All subsets' calibration bins as ``survival_calibration_<label>.csv`` and a report table."""
+    table = pd.concat(tables, ignore_index=True)
+    table = table[["split", "group", *table.columns.drop(["split", "group"])]]
+    table.to_csv(ctx.out_dir / f"survival_calibration_{safe_name(setup.name)}.csv", index=False)
+    section.tables.append(
+        (
+            f"Calibration at t = {setup.calibration_time:g}{unit} by bin of predicted "
+            "survival (1 = highest risk)",
+            table,
+        )
+    )
+
+
+def evaluate_survival(
+    df: pd.DataFrame, label: Mapping, ctx: EvalContext, max_rows_exact: int = MAX_ROWS_EXACT
+) -> LabelSection:
+    """Survival metrics with CIs, Kaplan-Meier risk-group curves and calibration at one time.
+
+    Metrics are those of :func:`nervus_lightning.survival.metrics.survival_metrics` (the
+    log-rank p-value without an interval), bootstrapped unstratified; every resample recomputes
+    all of them (O(m log m) each, m = min(cases, ``evaluation.max_rows_bootstrap``)). Splits
+    above ``max_rows_exact`` (``evaluation.max_rows_exact``, survival's own setting) or
+    ``max_rows_bootstrap`` cases are evaluated as :func:`_large_split_notes` says, in
+    ``metrics_notes.csv``.
+    """
+    section = LabelSection(label["name"], "survival")
+    df = _rows_with_values(df, label, section)
+    setup = _label_setup(df, label, section)
+    if setup is None:
+        return section
+    setup.max_rows_exact = int(max_rows_exact)
     unit = f" {ctx.time_unit}" if ctx.time_unit else ""
     median_time = f"median time ({ctx.time_unit})" if ctx.time_unit else "median time"
-    section.notes += _method_notes(name, causes, calibration_time, unit, cutpoints)
-
-    ipcw_keys = {"c_index_uno", "td_auc_mean", "ibs"}
-    ibs_grid = reference.ibs_grid()
+    cutpoints = setup.reference.risk_cutpoints
+    section.notes += _method_notes(
+        setup.name, setup.causes, setup.calibration_time, unit, cutpoints
+    )
     summary, calibration_tables = {}, []
     for split, group, rows in iter_subsets(df, ctx):
         if rows.empty:
             continue
-        time = rows[period].to_numpy(dtype=float)
-        event = rows[name].to_numpy(dtype=float)
-        risk = rows[risk_column].to_numpy(dtype=float)
-        n = len(rows)
-        reasons: dict[str, str] = {}
-        # A discrete-time model's own curves on the IBS grid (None for Cox: Breslow baseline).
-        own_ibs = discrete.model_survival(rows, label, ibs_grid)
-        point = survival_metrics(
-            reference, time, event, risk, reasons=reasons, max_rows_exact=max_rows_exact,
-            seed=ctx.seed, ibs_survival=own_ibs,
-        )  # fmt: skip
-        ipcw_rows = min(n, max_rows_exact)
-        # The model's own curves scored by pycox (point estimates only, no bootstrap; pycox's
-        # Antolini C compares all pairs, so it gets the IPCW metrics' subsample).
-        sub = ipcw_subsample(n, max_rows_exact, ctx.seed)
-        scored = rows if sub is None else rows.iloc[sub]
-        point.update(discrete.curve_metrics(scored, label, reference, reasons))
-        cause_risk = rows[cause_columns].to_numpy(dtype=float)
-        # The CIFs on the IBS grid and at the evaluation times once per split, not per resample.
-        cause_ibs_cif = competing.model_cif(rows, label, ibs_grid) if causes else None
-        cause_auc_cif = competing.model_cif(rows, label, eval_times) if causes else None
-        point.update(_cause_metrics(time, event, cause_risk, reasons))
-        keep = slice(None) if sub is None else sub  # the IPCW metrics' rows
-        if causes:
-            point.update(
-                _cause_ipcw_metrics(
-                    reference, time[keep], event[keep], cause_risk[keep],
-                    None if cause_auc_cif is None else cause_auc_cif[keep],
-                    None if cause_ibs_cif is None else cause_ibs_cif[keep], reasons,
-                )
-            )  # fmt: skip
-        point.update(_accuracy_metrics(reference, time[keep], event[keep], point, causes, reasons))
-        cif_arrays = {}
-        if causes:
-            point.update(_cif_calibration(rows, label, time, event, calibration_time, reasons))
-            times = discrete.subgrid(np.asarray(label.get("grid") or [0.0, 1.0], dtype=float))
-            predicted_cif = competing.model_cif(rows, label, times)
-            if predicted_cif is not None:
-                cif_arrays = {"cif_times": times, "cif_mean": predicted_cif.mean(axis=0)}
-        intervals: dict[str, BootstrapCI] = {}
-        if ctx.n_bootstrap > 0 and n > 1:
-            m = bootstrap_size(n, ctx.max_rows_bootstrap)
-            # Predicted survival on the IBS grid once per split, not once per resample.
-            table = own_ibs
-            if table is None and n <= ctx.max_rows_bootstrap:
-                table = reference.survival(risk, ibs_grid)
-
-            def resample_metrics(
-                t, e, r, index, table=table, cause_risk=cause_risk, ibs_cif=cause_ibs_cif,
-                auc_cif=cause_auc_cif,
-            ):  # fmt: skip
-                out = {
-                    **survival_metrics(
-                        reference, t, e, r, max_rows_exact=None, logrank=False,
-                        ibs_survival=None if table is None else table[index],
-                    ),
-                    **_cause_metrics(t, e, cause_risk[index]),
-                }  # fmt: skip
-                if causes:
-                    out.update(
-                        _cause_ipcw_metrics(
-                            reference, t, e, cause_risk[index],
-                            None if auc_cif is None else auc_cif[index],
-                            None if ibs_cif is None else ibs_cif[index],
-                        )
-                    )  # fmt: skip
-                out.update(_accuracy_metrics(reference, t, e, out, causes))
-                return out
-
-            distributions = bootstrap_distributions(
-                resample_metrics, time, event, risk, np.arange(n),
-                n_resamples=ctx.n_bootstrap, seed=ctx.seed, size=m,
-            )  # fmt: skip
-            distributions.pop("logrank_p", None)  # a p-value has no confidence interval
-            for metric, values in distributions.items():
-                size = ipcw_rows if _is_ipcw(metric, ipcw_keys) else n
-                distributions[metric] = rescale_distribution(values, point.get(metric), m, size)
-            intervals = bootstrap_intervals(distributions, ctx.ci)
-        large = _large_split_notes(n, ctx, max_rows_exact)
-        section.add(split, group, "n", float(len(rows)))
-        section.add(split, group, "events", float((event != 0).sum()))
-        for c in range(1, causes + 1):
-            section.add(split, group, f"events_cause{c}", float((event == c).sum()))
-        for metric, value in point.items():
-            note = [reasons.get(metric), large["ipcw"] if _is_ipcw(metric, ipcw_keys) else None]
-            if metric in intervals:
-                note.append(large["bootstrap"])
-            text = "; ".join(x for x in note if x) or None
-            section.add(split, group, metric, value, intervals.get(metric), text)
+        scores = _point_scores(rows, setup, ctx)
+        intervals = _survival_intervals(scores, setup, ctx)
+        _add_metric_rows(section, split, group, scores, intervals, setup, ctx)
+        time, event = scores.time, scores.event
         if group == ALL_GROUPS:
             summary[split] = {
                 "n": len(rows),
@@ -412,36 +417,17 @@ def evaluate_survival(
                 "event rate": f"{(event != 0).mean():.1%}",
                 median_time: float(np.median(time)),
             }
-        predicted = discrete.model_survival(rows, label, [calibration_time])
-        if predicted is None:
-            predicted = reference.survival(risk, [calibration_time])
-        predicted = predicted[:, 0]
-        table = survival_calibration_table(time, event, predicted, calibration_time)
+        table = _calibration_at(rows, setup, scores)
         calibration_tables.append(table.assign(split=split, group=group))
-        section.subsets.append(
-            Subset(
-                split,
-                group,
-                {
-                    "time": time,
-                    "event": event,
-                    "risk_group": assign_risk_groups(risk, cutpoints),
-                    **cif_arrays,
-                },
-                calibration=table,
-            )
-        )
-    section.info.update(calibration_time=calibration_time, causes=causes)
+        arrays = {
+            "time": time,
+            "event": event,
+            "risk_group": assign_risk_groups(scores.risk, cutpoints),
+            **scores.cif_arrays,
+        }
+        section.subsets.append(Subset(split, group, arrays, calibration=table))
+    section.info.update(calibration_time=setup.calibration_time, causes=setup.causes)
     section.summary = pd.DataFrame(summary).T.rename_axis("split").reset_index()
     if calibration_tables:
-        table = pd.concat(calibration_tables, ignore_index=True)
-        table = table[["split", "group", *table.columns.drop(["split", "group"])]]
-        table.to_csv(ctx.out_dir / f"survival_calibration_{safe_name(name)}.csv", index=False)
-        section.tables.append(
-            (
-                f"Calibration at t = {calibration_time:g}{unit} by bin of predicted "
-                "survival (1 = highest risk)",
-                table,
-            )
-        )
+        _add_calibration_table(section, calibration_tables, setup, unit, ctx)
     return section
