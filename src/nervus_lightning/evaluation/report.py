@@ -18,8 +18,8 @@
   external splits, val marked; with competing risks a second one, per cause) and its figures
   first; data, learning curves, the full
   split x group tables and the configuration after it, the last two folded. When the run folder
-  holds explanations (``explain/``, see :mod:`nervus_lightning.explain`), each label also shows a
-  small gallery of Grad-CAM overlays and a chart of how much each input mattered.
+  holds explanations (``explain/``, see :mod:`nervus_lightning.workflows.explain`), each label
+  also shows a small gallery of Grad-CAM overlays and a chart of how much each input mattered.
 
 What a label's metrics, notes, tables and figures are is its task's business: each label is
 evaluated by ``task_class(label["task"]).evaluate`` and drawn by ``.figures`` (the classes of

@@ -1,4 +1,5 @@
-"""``python -m nervus_lightning.export ckpt=PATH [format=onnx|torch_export]``: deployment files.
+"""Deployment files of a checkpoint (the command line: ``python -m nervus_lightning.export
+ckpt=PATH [format=onnx|torch_export]``).
 
 This module owns the step from a checkpoint to a stand-alone network and its preprocessing
 contract:
@@ -325,9 +326,3 @@ def export_model(
     contract_path.write_text(json.dumps(contract, indent=2) + "\n")
     log.info("exported %s to %s (preprocessing contract: %s)", ckpt, path, contract_path)
     return path, contract_path
-
-
-if __name__ == "__main__":  # the command line lives in nervus_lightning.cli
-    from nervus_lightning.cli.export import main
-
-    main()

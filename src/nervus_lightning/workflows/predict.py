@@ -1,4 +1,6 @@
-"""``python -m nervus_lightning.predict ckpt=PATH data.csv=PATH``: external validation.
+"""External validation: :func:`predict` a CSV with a checkpoint (the command line,
+:mod:`nervus_lightning.cli.predict`: ``python -m nervus_lightning.predict ckpt=PATH
+data.csv=PATH``).
 
 Loads a checkpoint (which carries the schema, class names, input statistics, the evaluation
 contract and, for survival, training aggregates: baseline hazard, rounded times), reads the CSV
@@ -83,9 +85,3 @@ def predict(
         metrics = write_metrics_json(out_dir, table)
     log.info("predictions of %s written to %s", csv, out_dir)
     return metrics
-
-
-if __name__ == "__main__":  # the command line lives in nervus_lightning.cli
-    from nervus_lightning.cli.predict import main
-
-    main()

@@ -1,7 +1,10 @@
 """The training recipe: data -> model -> callbacks -> trainer -> fit -> test -> outputs.
 
-``train(cfg)`` takes a composed config (Hydra's or any OmegaConf node of the same shape) and
-returns the validation objective (best ``val_loss``) so sweepers can minimise it.
+``train(settings, run_dir)`` takes :class:`~nervus_lightning.workflows.settings.TrainSettings`
+(plain values; ``TrainSettings.from_config`` builds them from a plain dict shaped like the
+``train`` config) and returns the validation objective (best ``val_loss``) so sweepers can
+minimise it. The command line (:mod:`nervus_lightning.cli.train`) is ``python -m
+nervus_lightning``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from omegaconf import DictConfig
 
 from nervus_lightning.callbacks import (
     LearningCurve,
@@ -38,11 +40,9 @@ from nervus_lightning.console import EpochLines, console_is_interactive, quiet_l
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import DEMO_TIME_UNIT
 from nervus_lightning.data.schema import DataSchema
-from nervus_lightning.data.sources import plain as _plain
 from nervus_lightning.data.sources import resolve_data
 from nervus_lightning.errors import TEST, NervusInputError
 from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
-from nervus_lightning.explain import check_explain_options, explain_after_training
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
@@ -52,65 +52,74 @@ from nervus_lightning.outputs import (
     write_model_summary,
     write_predictions,
 )
+from nervus_lightning.workflows.explain import check_explain_options, explain_after_training
+from nervus_lightning.workflows.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig, **overrides: Any) -> NervusDataModule:
-    """The data module of ``cfg.data``; ``overrides`` replace its keyword arguments (e.g. the
-    preview reads images only)."""
-    data = cfg.data
-    csv, labels, demo = resolve_data(cfg)
+def build_datamodule(settings: TrainSettings, **overrides: Any) -> NervusDataModule:
+    """The data module of ``settings.data``; ``overrides`` replace its keyword arguments (e.g.
+    the preview reads images only)."""
+    data = settings.data
+    csv, labels, demo = resolve_data(
+        data.csv,
+        data.labels,
+        preset=data.preset,
+        demo_root=data.demo_root,
+        split_seed=data.split_seed,
+        demo_labels=settings.task.get("demo_labels"),
+    )
     options = {
-        "task": cfg.task.name,
+        "task": settings.task["name"],
         "labels": labels,
         "image_size": data.image_size,
         "in_channels": data.in_channels,
         "batch_size": data.batch_size,
         "num_workers": data.num_workers,
-        "use_images": cfg.model.extractor.get("name") != "none",
-        "use_tabular": cfg.model.tabular.get("name") != "none",
-        "augmentation": cfg.augmentation.name,
-        "sampler": cfg.sampler.name,
-        "bit_depth": data.get("bit_depth", "auto"),
-        "window": _plain(data.get("window", "auto")),
-        "frame": data.get("frame", "middle"),
-        "missing_views": data.get("missing_views", "refuse"),
-        "cache": data.get("cache", "auto"),
-        "cache_dir": data.get("cache_dir"),
-        "cache_max_gb": data.get("cache_max_gb"),
-        "time_unit": data.get("time_unit") or (DEMO_TIME_UNIT if demo else None),
+        "use_images": settings.extractor.get("name") != "none",
+        "use_tabular": settings.tabular.get("name") != "none",
+        "augmentation": settings.augmentation,
+        "sampler": settings.sampler,
+        "bit_depth": data.bit_depth,
+        "window": data.window,
+        "frame": data.frame,
+        "missing_views": data.missing_views,
+        "cache": data.cache,
+        "cache_dir": data.cache_dir,
+        "cache_max_gb": data.cache_max_gb,
+        "time_unit": data.time_unit or (DEMO_TIME_UNIT if demo else None),
     }
     return NervusDataModule(csv, **{**options, **overrides})
 
 
-def evaluation_options(cfg: DictConfig) -> dict[str, Any]:
+def evaluation_options(settings: TrainSettings) -> dict[str, Any]:
     """``evaluation.*`` checked; on the demo data, the demo's positive classes by default."""
-    options = check_evaluation_options(_plain(cfg.get("evaluation")) or {})
-    demo = not cfg.data.get("csv") and (cfg.data.get("preset") or "demo") == "demo"
-    if demo and not options.get("positive_class"):
-        options["positive_class"] = _plain(cfg.task.get("demo_positive_class")) or None
+    options = check_evaluation_options(dict(settings.evaluation))
+    if settings.data.is_demo and not options.get("positive_class"):
+        options["positive_class"] = settings.task.get("demo_positive_class") or None
     return options
 
 
 def build_module(
-    cfg: DictConfig, schema: DataSchema, evaluation: dict[str, Any] | None = None
+    settings: TrainSettings, schema: DataSchema, evaluation: dict[str, Any] | None = None
 ) -> NervusModule:
+    """The Lightning module of ``settings`` for the data's ``schema``."""
     return NervusModule(
         schema,
-        extractor=_plain(cfg.model.extractor),
-        tabular=_plain(cfg.model.tabular),
-        mixer=_plain(cfg.model.mixer),
-        head=_plain(cfg.model.get("head")) or "linear",
-        task=_plain(cfg.task),
-        optimizer=_plain(cfg.optimizer),
-        scheduler=_plain(cfg.scheduler),
-        in_channels=cfg.data.in_channels,
-        image_size=cfg.data.image_size,
-        channels_last=bool(cfg.model.get("channels_last", False)),
-        ensemble=cfg.model.get("ensemble", 1),
+        extractor=settings.extractor,
+        tabular=settings.tabular,
+        mixer=settings.mixer,
+        head=settings.head,
+        task=settings.task,
+        optimizer=settings.optimizer,
+        scheduler=settings.scheduler,
+        in_channels=settings.data.in_channels,
+        image_size=settings.data.image_size,
+        channels_last=settings.channels_last,
+        ensemble=settings.ensemble,
         evaluation=evaluation,
-        run_config=_plain(cfg),
+        run_config=settings.run_config,
     )
 
 
@@ -132,8 +141,11 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Lightning trainer of ``trainer.*``; Lightning's refusal of an option is a user error.
+def build_trainer(
+    trainer: Mapping[str, Any], run_dir: Path, callbacks: list[L.Callback]
+) -> L.Trainer:
+    """The Lightning trainer of the ``trainer`` options (``lightning.Trainer``'s keyword
+    arguments); Lightning's refusal of an option is a user error.
 
     ``sync_batchnorm`` (batch-norm statistics over every process's batch) is honoured on CUDA
     only, where PyTorch implements it; elsewhere (``trainer=ddp trainer.accelerator=cpu``) each
@@ -142,7 +154,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[L.Callback]) -
     one line per epoch.
     """
     # Under SLURM, Lightning's SLURM plugin (auto-requeue on the preemption signal).
-    options = trainer_options(_plain(cfg.trainer))
+    options = trainer_options(dict(trainer))
     # Checkpoints are written to a temporary file and renamed: never a truncated last.ckpt.
     plugins = list(options.get("plugins") or [])
     if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
@@ -224,7 +236,9 @@ def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
 
 
 @quiet_lightning()
-def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()) -> float:
+def train(
+    settings: TrainSettings, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()
+) -> float:
     """Fit, test with the best checkpoint, and write every output into ``run_dir``.
 
     Every option is checked before the first epoch (data, model, optimiser, task, evaluation).
@@ -234,31 +248,34 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
     from the same computation. ``callbacks`` are added to the run's own (checkpoints, random
     states, learning curve).
 
-    ``ckpt_path`` (e.g. ``.../checkpoints/last.ckpt``) resumes: with the same configuration the
-    run ends with the same weights as one that was never interrupted (in deterministic mode),
-    because the checkpoint carries the position in the epoch and the random states.
+    ``settings.ckpt_path`` (e.g. ``.../checkpoints/last.ckpt``) resumes: with the same
+    configuration the run ends with the same weights as one that was never interrupted (in
+    deterministic mode), because the checkpoint carries the position in the epoch and the random
+    states.
 
     Lightning's warnings that do not apply to this recipe are not printed
     (:data:`~nervus_lightning.console.KNOWN_WARNINGS`, each with its reason).
     """
     run_dir = Path(run_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    evaluation = evaluation_options(cfg)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule.schema, evaluation)
-    check_explain_options(cfg.get("explain"), module, datamodule)
+    L.seed_everything(settings.seed, workers=True)
+    evaluation = evaluation_options(settings)
+    datamodule = build_datamodule(settings)
+    module = build_module(settings, datamodule.schema, evaluation)
+    check_explain_options(settings.explain, module, datamodule)
 
-    checkpoint, last = build_checkpoint_callbacks(cfg.checkpoint.policy, run_dir / "checkpoints")
+    checkpoint, last = build_checkpoint_callbacks(
+        settings.checkpoint_policy, run_dir / "checkpoints"
+    )
     run_callbacks = [checkpoint, last, RandomStates(), LearningCurve(run_dir), *callbacks]
-    if cfg.checkpoint.get("every_n_train_steps"):
-        every = cfg.checkpoint.every_n_train_steps
+    if settings.every_n_train_steps:
+        every = settings.every_n_train_steps
         run_callbacks.insert(1, build_step_checkpoint(run_dir / "checkpoints", every))
     # An explicit ckpt_path, else (a requeued SLURM job) the newest checkpoint of the run.
-    resume = resume_checkpoint(cfg.get("ckpt_path"), run_dir)
+    resume = resume_checkpoint(settings.ckpt_path, run_dir)
     if resume:
         check_checkpoint(resume, "ckpt_path")
     # Trainer options are checked first: a typo must not leave a checkpoints folder behind.
-    trainer = build_trainer(cfg, run_dir, run_callbacks)
+    trainer = build_trainer(settings.trainer, run_dir, run_callbacks)
     check_output_folder(run_dir, module)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best_path = checkpoint.best_model_path
@@ -296,7 +313,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
             checkpoint=best_path,
         ),
     )
-    explain_after_training(cfg.get("explain"), best, datamodule, run_dir, device)
+    explain_after_training(settings.explain, best, datamodule, run_dir, device)
     table = evaluate_run(run_dir / PREDICTIONS, **evaluation)
     metrics = write_metrics_json(run_dir, table)
     objective = float(checkpoint.best_model_score)
