@@ -103,7 +103,9 @@ class TrainSettings:
         explain: the ``explain`` group, or None (no explanation after training).
         seed: one seed for Python, NumPy, torch and the data loader workers.
         ckpt_path: a checkpoint to resume from (None: a new run, or a requeued job's own).
-        run_config: the whole configuration as a plain dict, recorded in every checkpoint.
+        run_config: the whole configuration as a plain dict, recorded in every checkpoint as
+            given (:meth:`from_config` keeps it in step with the fields; a field changed
+            afterwards with ``dataclasses.replace`` is not written into it).
     """
 
     data: DataSettings

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -95,31 +96,32 @@ def build_datamodule(settings: TrainSettings, **overrides: Any) -> NervusDataMod
 
 def evaluation_options(settings: TrainSettings) -> dict[str, Any]:
     """``evaluation.*`` checked; on the demo data, the demo's positive classes by default."""
-    options = check_evaluation_options(dict(settings.evaluation))
+    options = check_evaluation_options(deepcopy(settings.evaluation))
     if settings.data.is_demo and not options.get("positive_class"):
-        options["positive_class"] = settings.task.get("demo_positive_class") or None
+        options["positive_class"] = deepcopy(settings.task.get("demo_positive_class")) or None
     return options
 
 
 def build_module(
     settings: TrainSettings, schema: DataSchema, evaluation: dict[str, Any] | None = None
 ) -> NervusModule:
-    """The Lightning module of ``settings`` for the data's ``schema``."""
+    """The Lightning module of ``settings`` for the data's ``schema`` (each option a copy: the
+    settings stay as they were given)."""
     return NervusModule(
         schema,
-        extractor=settings.extractor,
-        tabular=settings.tabular,
-        mixer=settings.mixer,
-        head=settings.head,
-        task=settings.task,
-        optimizer=settings.optimizer,
-        scheduler=settings.scheduler,
+        extractor=deepcopy(settings.extractor),
+        tabular=deepcopy(settings.tabular),
+        mixer=deepcopy(settings.mixer),
+        head=deepcopy(settings.head),
+        task=deepcopy(settings.task),
+        optimizer=deepcopy(settings.optimizer),
+        scheduler=deepcopy(settings.scheduler),
         in_channels=settings.data.in_channels,
         image_size=settings.data.image_size,
         channels_last=settings.channels_last,
         ensemble=settings.ensemble,
         evaluation=evaluation,
-        run_config=settings.run_config,
+        run_config=deepcopy(settings.run_config),
     )
 
 
