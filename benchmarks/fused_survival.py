@@ -8,9 +8,10 @@ only a model that reads both can order the cases as well as the true risk does. 
 Harrell C on the same rows is the ceiling a model can reach on average; the score of a model is
 its C divided by that ceiling (``ratio``).
 
-Each run is the command line's recipe, ``nervus_lightning.train.train`` with ``task=survival``
-on the demo data (``python -m nervus_lightning task=survival ...``; DeepSurv, Cox partial
-likelihood, ResNet18 from scratch + the tabular MLP, concat mixer), evaluation bootstrap off, and
+Each run is the command line's recipe, ``nervus_lightning.workflows.train.train`` with
+``task=survival`` on the demo data (``python -m nervus_lightning task=survival ...``; DeepSurv,
+Cox partial likelihood, ResNet18 from scratch + the tabular MLP, concat mixer), evaluation
+bootstrap off, and
 the given ``--override`` Hydra overrides; seed ``s`` sets ``seed=s`` (weights, data order). The
 demo's split is fixed (1,078 train, 360 val, 180 test, 179 external rows; the external rows
 are drawn exactly as the test rows are, a second held-out set); the validation split chooses the
@@ -108,8 +109,9 @@ def fit_and_score(
     """Train one model through the library's recipe; one row of scores per split (module doc)."""
     from hydra import compose, initialize_config_dir
 
+    from nervus_lightning.cli.train import train_settings
     from nervus_lightning.config import config_dir
-    from nervus_lightning.train import train
+    from nervus_lightning.workflows.train import train
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
@@ -129,7 +131,7 @@ def fit_and_score(
     # Lightning prints the test-loss table to stdout; keep test numbers out of sight in
     # --evaluate val runs.
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        train(cfg, run_dir)
+        train(train_settings(cfg), run_dir)
     seconds = time.perf_counter() - start
     predictions = pd.read_csv(run_dir / "predictions.csv")
     truth = pd.read_csv(demo, usecols=["uniqID", TRUE_RISK])

@@ -45,9 +45,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import roc_auc_score
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.config import config_dir
 from nervus_lightning.data.demo import build_demo_dataset
-from nervus_lightning.train import build_datamodule, build_module
+from nervus_lightning.workflows.train import build_datamodule, build_module
 
 MIXERS = ("concat", "gated", "film", "attention")
 LABELS = ("label_parity", "label_both")
@@ -92,8 +93,8 @@ def fit_and_score(csv: Path, mixer: str, seed: int, args: argparse.Namespace) ->
         )
     start = time.perf_counter()
     L.seed_everything(seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule.schema, {"positive_class": POSITIVE})
+    datamodule = build_datamodule(train_settings(cfg))
+    module = build_module(train_settings(cfg), datamodule.schema, {"positive_class": POSITIVE})
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=args.epochs,

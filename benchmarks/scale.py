@@ -9,7 +9,7 @@ Steps (figures printed at the end, as a Markdown table):
    (tied times), ``label_death = 1{T <= C}`` (about half events); split 80 / 10 / 10 % at
    random into train / val / test.
 2. In a child process (so that its memory is the run's own), runs
-   ``nervus_lightning.train.train`` -- the command line's recipe -- with ``task=survival
+   ``nervus_lightning.workflows.train.train`` -- the command line's recipe -- with ``task=survival
    model/extractor=none trainer.max_epochs=1`` and ``data.batch_size`` (``--batch-size``):
    validation of the CSV (data module build), one training epoch, validation, test, post-training
    work (baseline hazard, predictions of every row, ``predictions.csv``, figures, evaluation
@@ -89,7 +89,8 @@ def child(csv: Path, run_dir: Path, batch_size: int, overrides: list[str]) -> di
     import lightning as L
     from hydra import compose, initialize_config_dir
 
-    import nervus_lightning.train as recipe
+    import nervus_lightning.workflows.train as recipe
+    from nervus_lightning.cli.train import train_settings
     from nervus_lightning.config import config_dir
 
     sampler = RssSampler()
@@ -120,14 +121,14 @@ def child(csv: Path, run_dir: Path, batch_size: int, overrides: list[str]) -> di
 
     build_datamodule, build_trainer = recipe.build_datamodule, recipe.build_trainer
 
-    def timed_datamodule(cfg, **kwargs):
+    def timed_datamodule(settings, **kwargs):
         mark("validate_start", "CSV validation")
-        datamodule = build_datamodule(cfg, **kwargs)
+        datamodule = build_datamodule(settings, **kwargs)
         mark("validate_end", "model build")
         return datamodule
 
-    def probed_trainer(cfg, run_dir, callbacks):
-        return build_trainer(cfg, run_dir, [*callbacks, Probe()])
+    def probed_trainer(trainer, run_dir, callbacks):
+        return build_trainer(trainer, run_dir, [*callbacks, Probe()])
 
     def timed(owner, name, label):
         original = getattr(owner, name)
@@ -164,7 +165,7 @@ def child(csv: Path, run_dir: Path, batch_size: int, overrides: list[str]) -> di
         )
     start = time.perf_counter()
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        recipe.train(cfg, run_dir)
+        recipe.train(train_settings(cfg), run_dir)
     end = time.perf_counter()
     sampler.running = False
     sampler.join()

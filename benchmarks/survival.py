@@ -7,10 +7,11 @@ data set and each seed ``s`` the CSV is written with split seed ``s`` (a differe
 60/20/20 train/val/test split per seed; the simulated rows themselves are drawn once) and every
 model is fitted on exactly the same training rows and scored on exactly the same test rows:
 
-* ``deepsurv``: ``nervus_lightning.train.train`` with ``data=<preset> data.split_seed=s seed=s``
-  (tabular MLP only, Cox partial likelihood). Its hyperparameters come from the preset YAML;
-  the validation split is used only for choosing the best-``val_loss`` checkpoint. On
-  ``crossing`` the same recipe is passed as overrides (:data:`PRESET_RECIPE`).
+* ``deepsurv``: ``nervus_lightning.workflows.train.train`` with ``data=<preset>
+  data.split_seed=s seed=s`` (tabular MLP only, Cox partial likelihood). Its hyperparameters
+  come from the preset YAML; the validation split is used only for choosing the
+  best-``val_loss`` checkpoint. On ``crossing`` the same recipe is passed as overrides
+  (:data:`PRESET_RECIPE`).
 * ``logistic_hazard``, ``pmf``, ``deephit``: the same runs with ``task.model=<method>``
   (discrete-time models on pycox, ``task.num_durations=20``), nothing else changed.
 * ``coxph``: ``sksurv.linear_model.CoxPHSurvivalAnalysis`` (Efron ties) on the training rows
@@ -278,8 +279,9 @@ def fit_nervus(
     same CSV, :data:`USER_DEFAULTS`)."""
     from hydra import compose, initialize_config_dir
 
+    from nervus_lightning.cli.train import train_settings
     from nervus_lightning.config import config_dir
-    from nervus_lightning.train import train
+    from nervus_lightning.workflows.train import train
 
     if recipe == "defaults":
         data = [f"data.csv={csv}", *USER_DEFAULTS]
@@ -304,7 +306,7 @@ def fit_nervus(
     # Lightning prints its test-loss table to stdout; keep the benchmark's output to scores
     # (and keep test numbers out of sight in --evaluate val tuning runs).
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        train(cfg, run_dir)
+        train(train_settings(cfg), run_dir)
     endpoint = endpoint_of(dataset)
     label = f"label_{endpoint}"
     predictions = pd.read_csv(run_dir / "predictions.csv")

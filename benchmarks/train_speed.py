@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import build_demo_dataset
 from nervus_lightning.module import NervusModule
-from nervus_lightning.train import cpu_has_native_bf16
+from nervus_lightning.workflows.train import cpu_has_native_bf16
 
 LABEL = "label_parity"
 SEED = 0

@@ -92,24 +92,26 @@ def test_benchmark_runs_and_scores_cox_like_scikit_survival(benchmark, tmp_path,
 def test_defaults_recipe_trains_with_the_users_command(benchmark, tmp_path, monkeypatch):
     """--recipe defaults: DeepSurv gets only `data.csv=... task=survival model/extractor=none`
     (the survival recipe of a user's CSV), on the preset's CSV of the same split seed."""
-    import nervus_lightning.train as recipe
+    import nervus_lightning.workflows.train as recipe
 
     monkeypatch.setenv("NERVUS_LIGHTNING_CACHE", str(tmp_path / "cache"))
     seen = []
     real_train = recipe.train
 
-    def spy(cfg, run_dir, *args, **kwargs):
-        seen.append(cfg)
-        return real_train(cfg, run_dir, *args, **kwargs)
+    def spy(settings, run_dir, *args, **kwargs):
+        seen.append(settings)
+        return real_train(settings, run_dir, *args, **kwargs)
 
     monkeypatch.setattr(recipe, "train", spy)
     results = benchmark.run_benchmark(
         ["whas500"], [0], ["deepsurv"], evaluate="val", quick=True, recipe="defaults"
     )
-    (cfg,) = seen
-    assert cfg.data.csv.endswith("whas500_split0.csv") and cfg.data.preset == "demo"
-    assert cfg.data.batch_size == 8192 and cfg.model.tabular.linear == "auto"
-    assert list(cfg.model.tabular.hidden) == [32] and cfg.trainer.max_epochs == 2  # --quick
+    (settings,) = seen
+    assert settings.data.csv.endswith("whas500_split0.csv") and settings.data.preset == "demo"
+    assert settings.data.batch_size == 8192 and settings.tabular["linear"] == "auto"
+    assert (
+        list(settings.tabular["hidden"]) == [32] and settings.trainer["max_epochs"] == 2
+    )  # --quick
     assert list(results["recipe"]) == ["defaults"] and results["c_index"].between(0, 1).all()
     assert benchmark.DEFAULTS_CSV.name == "survival_defaults.csv"
 

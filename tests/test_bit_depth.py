@@ -12,12 +12,13 @@ import pytest
 from conftest import FAST, compose_config
 from PIL import Image, PngImagePlugin
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.images import choose_bit_depth, read_image
 from nervus_lightning.data.schema import DataSchema, NervusInputError
 from nervus_lightning.module import NervusModule
-from nervus_lightning.predict import predict
-from nervus_lightning.train import build_datamodule, train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import build_datamodule, train
 
 SIZE = 8
 AUTO_WARNING = "data.bit_depth=auto"
@@ -227,7 +228,7 @@ def test_hydra_key_reaches_the_data_module(tmp_path):
     for name in ("csv", "demo", "whas500", "gbsg2", "flchain"):
         assert compose_config([f"data={name}"]).data.bit_depth == "auto"
     cfg = compose_config([f"data.csv={csv}", "data.bit_depth=14", "model/tabular=none"])
-    assert build_datamodule(cfg).schema.bit_depth == 14
+    assert build_datamodule(train_settings(cfg)).schema.bit_depth == 14
 
 
 @pytest.mark.slow  # about 20 s: a real training run, its evaluation report and a prediction
@@ -253,7 +254,7 @@ def test_train_then_predict_end_to_end_keeps_the_depth(tmp_path):
         ]
     )
     with pytest.warns(UserWarning, match=AUTO_WARNING):
-        train(cfg, run)
+        train(train_settings(cfg), run)
     assert json.loads((run / "schema.json").read_text())["bit_depth"] == 12
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
     assert NervusModule.load_from_checkpoint(ckpt, map_location="cpu").schema.bit_depth == 12

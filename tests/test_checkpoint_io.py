@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from nervus_lightning.checkpoints import AtomicCheckpointIO, check_checkpoint, save_atomically
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.export import export_model
-from nervus_lightning.predict import predict
+from nervus_lightning.workflows.export import export_model
+from nervus_lightning.workflows.predict import predict
 
 
 @pytest.fixture
@@ -77,13 +78,13 @@ def test_predict_and_export_refuse_a_truncated_checkpoint(folder, dataset):
 def test_resume_from_a_truncated_checkpoint_stops_before_training(folder, dataset, tmp_path):
     from conftest import FAST, compose_config
 
-    from nervus_lightning.train import train
+    from nervus_lightning.workflows.train import train
 
     _, good, last, _ = folder
     csv = dataset(images=False, n=16)
     cfg = compose_config([f"data.csv={csv}", f"ckpt_path={last}", *FAST])
     with pytest.raises(NervusInputError, match="ckpt_path=") as err:
-        train(cfg, tmp_path / "run")
+        train(train_settings(cfg), tmp_path / "run")
     assert str(good) in str(err.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -126,9 +127,9 @@ def test_disk_full_while_writing_keeps_the_old_checkpoint_and_says_so(tmp_path, 
 def test_trainer_writes_checkpoints_atomically(tmp_path):
     from conftest import compose_config
 
-    from nervus_lightning.train import build_trainer
+    from nervus_lightning.workflows.train import build_trainer
 
-    trainer = build_trainer(compose_config([]), tmp_path, [])
+    trainer = build_trainer(train_settings(compose_config([])).trainer, tmp_path, [])
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
@@ -143,25 +144,25 @@ def _tiny_config(dataset):
 
 
 def test_output_folder_under_a_file_stops_before_training(dataset, tmp_path):
-    from nervus_lightning.train import train
+    from nervus_lightning.workflows.train import train
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(NervusInputError, match="not writable") as err:
-        train(_tiny_config(dataset), blocker / "run")
+        train(train_settings(_tiny_config(dataset)), blocker / "run")
     assert str(blocker / "run") in str(err.value)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder_stops_before_training(dataset, tmp_path):
-    from nervus_lightning.train import train
+    from nervus_lightning.workflows.train import train
 
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
         with pytest.raises(NervusInputError, match="not writable"):
-            train(_tiny_config(dataset), locked / "run")
+            train(train_settings(_tiny_config(dataset)), locked / "run")
     finally:
         locked.chmod(0o755)
 
@@ -169,12 +170,12 @@ def test_read_only_output_folder_stops_before_training(dataset, tmp_path):
 def test_full_disk_stops_before_training(dataset, tmp_path, monkeypatch):
     import shutil
 
-    from nervus_lightning import train as train_module
+    from nervus_lightning.workflows import train as train_module
 
     real = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(train_module.shutil, "disk_usage", lambda _: real._replace(free=50 * 2**20))
     with pytest.raises(NervusInputError, match="has 50 MiB free") as err:
-        train_module.train(_tiny_config(dataset), tmp_path / "run")
+        train_module.train(train_settings(_tiny_config(dataset)), tmp_path / "run")
     assert "hydra.run.dir" in str(err.value)
     assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
 
@@ -183,12 +184,12 @@ def test_full_disk_stops_before_training(dataset, tmp_path, monkeypatch):
 def test_bf16_on_a_cpu_without_bf16_kernels_warns(tmp_path, monkeypatch, caplog, native):
     from conftest import compose_config
 
-    from nervus_lightning import train as train_module
+    from nervus_lightning.workflows import train as train_module
 
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
     cfg = compose_config(["trainer.accelerator=cpu", "trainer.precision=bf16-mixed"])
-    with caplog.at_level("WARNING", logger="nervus_lightning.train"):
-        train_module.build_trainer(cfg, tmp_path, [])
+    with caplog.at_level("WARNING", logger="nervus_lightning.workflows.train"):
+        train_module.build_trainer(train_settings(cfg).trainer, tmp_path, [])
     warned = "without native bfloat16 kernels" in caplog.text
     assert warned is (not native)
 

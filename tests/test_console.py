@@ -17,13 +17,14 @@ import torch
 from conftest import FAST, compose_config
 from torch.utils.data import DataLoader, TensorDataset
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.console import (
     KNOWN_WARNINGS,
     EpochLines,
     console_is_interactive,
     quiet_lightning,
 )
-from nervus_lightning.train import build_trainer
+from nervus_lightning.workflows.train import build_trainer
 
 #: Texts of the messages every run printed before (see nervus_lightning.console).
 NOISE = (
@@ -107,13 +108,15 @@ def test_epoch_lines_inside_a_long_epoch(tmp_path, capsys):
 
 def test_the_bar_stays_at_a_terminal(monkeypatch, tmp_path):
     cfg = compose_config([o for o in FAST if "enable_progress_bar" not in o])
-    monkeypatch.setattr("nervus_lightning.train.console_is_interactive", lambda: True)
-    trainer = build_trainer(cfg, tmp_path, [])
+    monkeypatch.setattr("nervus_lightning.workflows.train.console_is_interactive", lambda: True)
+    trainer = build_trainer(train_settings(cfg).trainer, tmp_path, [])
     assert not isinstance(trainer.progress_bar_callback, EpochLines)  # Lightning's own bar
-    monkeypatch.setattr("nervus_lightning.train.console_is_interactive", lambda: False)
-    assert isinstance(build_trainer(cfg, tmp_path, []).progress_bar_callback, EpochLines)
+    monkeypatch.setattr("nervus_lightning.workflows.train.console_is_interactive", lambda: False)
+    assert isinstance(
+        build_trainer(train_settings(cfg).trainer, tmp_path, []).progress_bar_callback, EpochLines
+    )
     off = compose_config(FAST)  # trainer.enable_progress_bar=false: no display at all
-    assert build_trainer(off, tmp_path, []).progress_bar_callback is None
+    assert build_trainer(train_settings(off).trainer, tmp_path, []).progress_bar_callback is None
 
 
 def test_console_is_interactive_needs_both_streams(monkeypatch):

@@ -16,8 +16,8 @@ import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
 from nervus_lightning.data.sampling import EpochSampler, inverse_frequency_weights
-from nervus_lightning.predict import predict
 from nervus_lightning.survival.loss import cox_loss
+from nervus_lightning.workflows.predict import predict
 
 DDP = [
     "model/extractor=small_cnn",  # small checkpoints (see FAST in conftest)

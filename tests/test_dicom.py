@@ -463,9 +463,10 @@ def test_the_data_sets_window_is_part_of_the_image_cache_key():
 def test_train_then_predict_reads_windowless_files_with_the_stored_window(tmp_path):
     from conftest import FAST, compose_config
 
+    from nervus_lightning.cli.train import train_settings
     from nervus_lightning.module import NervusModule
-    from nervus_lightning.predict import predict
-    from nervus_lightning.train import train
+    from nervus_lightning.workflows.predict import predict
+    from nervus_lightning.workflows.train import train
 
     root = tmp_path / "data"
     (root / "img").mkdir(parents=True)
@@ -482,7 +483,7 @@ def test_train_then_predict_reads_windowless_files_with_the_stored_window(tmp_pa
     cfg = compose_config(
         [f"data.csv={root / 'data.csv'}", *FAST, "+evaluation.positive_class={label_y:b}"]
     )
-    train(cfg, run)
+    train(train_settings(cfg), run)
     stored = json.loads((run / "schema.json").read_text())["auto_window"]
     assert set(stored) == {"CT"} and stored["CT"][1] > 1000
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]

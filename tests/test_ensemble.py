@@ -12,16 +12,17 @@ import pytest
 import torch
 from conftest import FAST, compose_config, make_dataset
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
 from nervus_lightning.models.ensemble import EnsembleNet
 from nervus_lightning.module import NervusModule
-from nervus_lightning.predict import predict
 from nervus_lightning.survival import competing, discrete
 from nervus_lightning.tasks.classification import ClassificationTask
 from nervus_lightning.tasks.regression import RegressionTask
 from nervus_lightning.tasks.survival import SurvivalTask
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 
 def _members(shape: tuple[int, ...], n: int = 4, scale: float = 3.0) -> list[torch.Tensor]:
@@ -122,7 +123,7 @@ def test_bad_ensemble_size_is_a_clear_error_before_training(tmp_path, value):
     cfg = compose_config([f"data.csv={csv}", *FAST, "model/extractor=none"])
     cfg.model.ensemble = value
     with pytest.raises(NervusInputError, match=r"model\.ensemble="):
-        train(cfg, tmp_path / "run")
+        train(train_settings(cfg), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -131,7 +132,7 @@ def test_bad_ensemble_size_is_a_clear_error_before_training(tmp_path, value):
 
 def test_fused_classifier_ensemble_trains_predicts_explains_and_exports(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from nervus_lightning.export import export_model
+    from nervus_lightning.workflows.export import export_model
 
     csv = make_dataset(tmp_path, n=48)
     run = tmp_path / "run"
@@ -147,7 +148,7 @@ def test_fused_classifier_ensemble_trains_predicts_explains_and_exports(tmp_path
             "explain.ig_steps=4",
         ]
     )
-    train(cfg, run)
+    train(train_settings(cfg), run)
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     members = {k.split(".")[2] for k in state if k.startswith("net.members.")}
@@ -205,7 +206,7 @@ def test_cox_ensemble_members_start_at_the_linear_fit_and_train_end_to_end(tmp_p
     cfg = compose_config(
         [f"data.csv={csv}", "task=survival", *FAST, "model/extractor=none", "model.ensemble=2"]
     )
-    train(cfg, run)
+    train(train_settings(cfg), run)
     ckpt = json.loads((run / "summary.json").read_text())["best_checkpoint"]
     written = pd.read_csv(run / "predictions.csv").set_index("uniqID")
     predict(ckpt, csv, tmp_path / "pred", device="cpu")

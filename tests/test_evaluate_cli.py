@@ -13,10 +13,11 @@ from conftest import FAST, compose_config
 from omegaconf import OmegaConf
 from sklearn.metrics import recall_score, roc_auc_score
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.evaluate import evaluate_run
 from nervus_lightning.evaluation.report import METRIC_COLUMNS
-from nervus_lightning.train import train
+from nervus_lightning.workflows.train import train
 
 
 def write_tiny_csv(path, n=48, seed=0):
@@ -43,7 +44,7 @@ def run_dir(tmp_path_factory):
     csv = write_tiny_csv(root / "tiny.csv")
     cfg = compose_config([f"data.csv={csv}", *FAST, "model/extractor=none"])
     run = root / "run"
-    train(cfg, run)
+    train(train_settings(cfg), run)
     # What the Hydra command line leaves in a run folder, for the report's configuration table.
     (run / ".hydra").mkdir()
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")

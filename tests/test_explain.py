@@ -16,10 +16,9 @@ from conftest import FAST, compose_config, make_dataset
 from PIL import Image
 from torch import nn
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.explain import (
-    attribution_table,
-    explain,
+from nervus_lightning.models.attribution import (
     find_gradcam_layer,
     grad_cam,
     head_forward,
@@ -29,7 +28,8 @@ from nervus_lightning.models.extractors import TorchvisionExtractor
 from nervus_lightning.models.mixers import ConcatMixer
 from nervus_lightning.models.net import NervusNet
 from nervus_lightning.models.tabular import TabularMLP
-from nervus_lightning.train import train
+from nervus_lightning.workflows.explain import attribution_table, explain
+from nervus_lightning.workflows.train import train
 
 captum = pytest.importorskip("captum")
 
@@ -261,7 +261,7 @@ def explained_run(tmp_path_factory):
     ]
     torch.manual_seed(0)
     run = root / "run"
-    train(compose_config(overrides), run)
+    train(train_settings(compose_config(overrides)), run)
     return root, csv, run
 
 
@@ -324,16 +324,16 @@ def test_after_training_options_are_checked_before_the_first_epoch(tmp_path):
     csv = make_dataset(tmp_path, n=16, size=16)
     base = [f"data.csv={csv}", *FAST, "explain.after_training=true"]
     with pytest.raises(NervusInputError, match=r"split='external' has no rows"):
-        train(compose_config([*base, "explain.split=external"]), tmp_path / "a")
+        train(train_settings(compose_config([*base, "explain.split=external"])), tmp_path / "a")
     with pytest.raises(NervusInputError, match=r"explain\.layer='nowhere' is not a module"):
-        train(compose_config([*base, "explain.layer=nowhere"]), tmp_path / "b")
+        train(train_settings(compose_config([*base, "explain.layer=nowhere"])), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_tabular_regression_model_gets_attributions_only(tmp_path):
     from nervus_lightning.data.datamodule import NervusDataModule
-    from nervus_lightning.explain import explain_module
     from nervus_lightning.module import NervusModule
+    from nervus_lightning.workflows.explain import explain_module
 
     csv = make_dataset(tmp_path, task="regression", images=False, n=24)
     data = NervusDataModule(csv, task="regression", use_images=False, batch_size=8)

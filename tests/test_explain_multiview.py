@@ -18,10 +18,10 @@ from PIL import Image
 from test_explain import TinyCNN
 from torch import nn
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import write_multiview_demo
-from nervus_lightning.explain import (
-    explain_module,
+from nervus_lightning.models.attribution import (
     find_gradcam_layer,
     gradcam_layers,
     input_attributions,
@@ -31,7 +31,8 @@ from nervus_lightning.models.mixers import ConcatMixer
 from nervus_lightning.models.net import NervusNet
 from nervus_lightning.models.tabular import TabularMLP
 from nervus_lightning.module import NervusModule
-from nervus_lightning.train import train
+from nervus_lightning.workflows.explain import explain_module
+from nervus_lightning.workflows.train import train
 
 captum = pytest.importorskip("captum")
 
@@ -247,7 +248,7 @@ def explained_run(gappy_csv, tmp_path_factory):
         "explain.ig_steps=4",
         "explain.layer=backbone.stage2",
     ]
-    train(compose_config(overrides), run)
+    train(train_settings(compose_config(overrides)), run)
     return run
 
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import FAST, compose_config, make_dataset
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import write_multiview_demo
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.export import export_model
 from nervus_lightning.module import NervusModule
-from nervus_lightning.train import train
+from nervus_lightning.workflows.export import export_model
+from nervus_lightning.workflows.train import train
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -64,7 +65,7 @@ def trained(tmp_path_factory):
             torch.manual_seed(0)
             cfg = compose_config([f"data.csv={csv}", *FAST, *overrides])
             run = root / "run"
-            train(cfg, run)
+            train(train_settings(cfg), run)
             cache[name] = json.loads((run / "summary.json").read_text())["best_checkpoint"]
             cache[name + ".csv"] = str(csv)
         return cache[name]

@@ -15,18 +15,19 @@ from conftest import FAST, compose_config, make_dataset, skip_without_disk
 from sklearn.metrics import roc_auc_score
 from torchvision.models import resnet18
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.evaluate import evaluate_run, read_predictions
-from nervus_lightning.predict import predict
 from nervus_lightning.tasks.classification import obvious_positive_class
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 TABULAR = ["model/extractor=none"]
 
 
 def _train(csv, run, overrides):
     cfg = compose_config([f"data.csv={csv}", *FAST, *overrides])
-    return train(cfg, run)
+    return train(train_settings(cfg), run)
 
 
 def _metrics_csv(run) -> pd.DataFrame:

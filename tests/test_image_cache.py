@@ -13,9 +13,10 @@ from conftest import compose_config, make_dataset, write_png
 
 import nervus_lightning.data.cache as cache_module
 import nervus_lightning.data.dataset as dataset_module
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import TRAIN, NervusInputError
-from nervus_lightning.train import build_datamodule
+from nervus_lightning.workflows.train import build_datamodule
 
 
 def _module(csv, tmp_path, cache, **kwargs) -> NervusDataModule:
@@ -162,7 +163,7 @@ def test_auto_follows_the_budget(tmp_path):
 def test_training_command_defaults_to_auto(tmp_path):
     csv = make_dataset(tmp_path, n=16, size=16)
     cfg = compose_config(["data=csv", f"data.csv={csv}", "data.image_size=16"])
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(train_settings(cfg))
     assert dm.cache_mode == "auto"
     assert NervusDataModule(csv, image_size=16).cache_mode == "none"
 
@@ -178,7 +179,7 @@ def test_option_typos_rejected_before_training(tmp_path, override, message):
     csv = make_dataset(tmp_path, n=16, size=16)
     cfg = compose_config(["data=csv", f"data.csv={csv}", "data.image_size=16", override])
     with pytest.raises(NervusInputError, match=message):
-        build_datamodule(cfg)
+        build_datamodule(train_settings(cfg))
 
 
 def test_gpu_benchmark_section_skipped_without_cuda(monkeypatch, capsys):

@@ -265,6 +265,61 @@ def test_moved_names_keep_their_old_import_paths() -> None:
     assert SurvivalTask is survival_task and obvious_positive_class is moved and UNKNOWN == -1
 
 
+#: Modules that may import Hydra or OmegaConf: the command line, where the configs live, the
+#: sweep summary (a Hydra callback), and ``evaluate`` (it shows a run folder's saved
+#: ``.hydra/config.yaml`` in the report).
+HYDRA_READERS = ("cli", "config", "sweep", "evaluate")
+#: Hydra used as a library, no config read: ``hydra.utils.get_class`` imports a ``_target_``.
+HYDRA_AS_LIBRARY = {"models.plugins": {"hydra"}}
+#: The ``python -m nervus_lightning.<command>`` shims and the command-line module each one runs.
+SHIMS = {
+    "__main__": "cli.train",
+    "train": "cli.train",
+    "predict": "cli.predict",
+    "explain": "cli.explain",
+    "export": "cli.export",
+    "preview": "cli.preview",
+}
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """Top-level package names of every import in ``path``, inside functions too."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_command_line_reads_hydra_configs() -> None:
+    """The library (workflows, data, models, tasks...) takes plain arguments: no module outside
+    :data:`HYDRA_READERS` imports hydra or omegaconf, not even inside a function."""
+    readers = []
+    for name, path in module_files().items():
+        short = name.removeprefix(PACKAGE + ".")
+        if short.split(".")[0] in HYDRA_READERS:
+            continue
+        found = _third_party_imports(path) & {"hydra", "omegaconf"}
+        if found - HYDRA_AS_LIBRARY.get(short, set()):
+            readers.append(short)
+    assert readers == [], f"modules that read Hydra configs outside cli/: {readers}"
+
+
+def test_root_command_modules_are_shims() -> None:
+    """``python -m nervus_lightning[.X]`` runs ``cli.X.main``; the module holds nothing else."""
+    for name, target in SHIMS.items():
+        path = SOURCE / f"{name}.py"
+        imports = _imports_of(f"{PACKAGE}.{name}", path, module_files())
+        assert [i.target for i in imports] == [f"{PACKAGE}.{target}"], name
+        body = ast.parse(path.read_text(encoding="utf-8")).body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]  # the docstring
+        # ``from nervus_lightning.cli.X import main`` and ``if __name__ == "__main__": main()``
+        assert len(body) == 2 and _is_main_guard(body[1]), name
+
+
 def test_the_graph_sees_imports_inside_functions(tmp_path: Path) -> None:
     """The helper finds a cycle closed only by an import inside a function, relative or not."""
     pkg = tmp_path / PACKAGE

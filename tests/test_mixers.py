@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.config import config_dir
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.models.mixers import (
@@ -28,7 +29,7 @@ from nervus_lightning.models.mixers import (
 )
 from nervus_lightning.models.plugins import build_component
 from nervus_lightning.module import NervusModule
-from nervus_lightning.train import train
+from nervus_lightning.workflows.train import train
 
 BLOCKS = {
     2: ([24, 6], ["image/frontal", "tabular"]),
@@ -222,7 +223,7 @@ def test_mixer_trains_and_its_checkpoint_predicts(dataset, tmp_path, name):
     csv = dataset()
     run = tmp_path / "run"
     cfg = compose_config([f"data.csv={csv}", *FAST, f"model/mixer={name}"])
-    train(cfg, run)
+    train(train_settings(cfg), run)
     best = json.loads((run / "summary.json").read_text())["best_checkpoint"]
     module = NervusModule.load_from_checkpoint(best, map_location="cpu")
     assert type(module.net.mixer) is MIXERS[name]

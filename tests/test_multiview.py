@@ -13,16 +13,17 @@ import torch
 from conftest import FAST, compose_config
 from PIL import Image
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import write_multiview_demo
 from nervus_lightning.data.preview import write_preview
 from nervus_lightning.data.schema import DataSchema, NervusInputError, find_views, load_table
-from nervus_lightning.export import export_model
 from nervus_lightning.models.net import NervusNet
 from nervus_lightning.module import NervusModule
-from nervus_lightning.predict import predict
 from nervus_lightning.tasks import ClassificationTask
-from nervus_lightning.train import train
+from nervus_lightning.workflows.export import export_model
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 SIZE = 16
 
@@ -241,7 +242,7 @@ def trained_gappy(gappy_csv, tmp_path_factory):
     cfg = compose_config(
         [f"data.csv={gappy_csv}", *FAST, "data.missing_views=allow", "evaluation.n_bootstrap=0"]
     )
-    train(cfg, run)
+    train(train_settings(cfg), run)
     return run, json.loads((run / "summary.json").read_text())["best_checkpoint"]
 
 

@@ -23,9 +23,10 @@ import pytest
 import torch
 from conftest import compose_config, make_dataset
 
-from nervus_lightning.export import deployment_contract
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.module import NervusModule
-from nervus_lightning.train import train
+from nervus_lightning.workflows.export import deployment_contract
+from nervus_lightning.workflows.train import train
 
 #: A leak is this many distinct stored values equal to patients' values, in one array (or among
 #: the scalars of one file).
@@ -121,7 +122,7 @@ def find_patient_values(
 def run_files(run: Path) -> dict[str, Any]:
     """What of a run may leave the site: every checkpoint (as ``torch.load(weights_only=True)``
     reads it), ``schema.json`` and the export contract of the best checkpoint (built by the
-    exporter's own :func:`~nervus_lightning.export.deployment_contract`, without the ONNX
+    exporter's own :func:`~nervus_lightning.workflows.export.deployment_contract`, without the ONNX
     graph, and read back from JSON)."""
     files: dict[str, Any] = {}
     checkpoints = sorted(run.rglob("*.ckpt"))
@@ -217,7 +218,7 @@ def test_survival_run_stores_no_patient_value(survival_data, model):
     cfg = compose_config(
         [f"data.csv={csv}", "task=survival", f"task.model={model}", "data.batch_size=64", *QUICK]
     )
-    train(cfg, run)
+    train(train_settings(cfg), run)
     assert scan_run(run, patients) == []
 
 
@@ -230,7 +231,8 @@ def test_classification_and_regression_runs_store_no_patient_value(tmp_path, tas
     targets = {"training labels": "label_value"} if task == "regression" else {}
     patients = _patients(csv, ["input_a", "input_b"], targets)
     run = tmp_path / "run"
-    train(compose_config([f"data.csv={csv}", f"task={task}", "data.batch_size=32", *QUICK]), run)
+    cfg = compose_config([f"data.csv={csv}", f"task={task}", "data.batch_size=32", *QUICK])
+    train(train_settings(cfg), run)
     assert scan_run(run, patients) == []
     # What is kept of the inputs and labels: means and standard deviations of the training rows.
     schema = json.loads((run / "schema.json").read_text())

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import FAST, compose_config
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.evaluation import plots
@@ -19,9 +20,9 @@ from nervus_lightning.evaluation.survival_calibration import (
     plot_survival_calibration,
     survival_calibration_table,
 )
-from nervus_lightning.predict import predict
 from nervus_lightning.survival.plots import plot_km_risk_group_panels
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 
 def test_time_unit_is_checked_and_stored_in_the_schema(dataset):
@@ -61,7 +62,7 @@ def test_training_report_shows_the_model_and_the_time_unit(dataset, tmp_path):
     cfg = compose_config(
         [f"data.csv={csv}", "task=survival", *FAST, "trainer.max_epochs=3", "data.time_unit=months"]
     )
-    train(cfg, run)
+    train(train_settings(cfg), run)
     schema = json.loads((run / "schema.json").read_text())
     assert schema["time_unit"] == "months"
     (best,) = (run / "checkpoints").glob("epoch*.ckpt")

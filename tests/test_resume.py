@@ -39,7 +39,8 @@ KILLED_RUN = textwrap.dedent(
     import lightning as L
     from hydra import compose, initialize_config_dir
     from nervus_lightning.config import config_dir
-    from nervus_lightning.train import train
+    from nervus_lightning.cli.train import train_settings
+    from nervus_lightning.workflows.train import train
 
     class KillAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -48,7 +49,7 @@ KILLED_RUN = textwrap.dedent(
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=sys.argv[3:])
-    train(cfg, sys.argv[1], callbacks=[KillAt()])
+    train(train_settings(cfg), sys.argv[1], callbacks=[KillAt()])
     """
 )
 

@@ -147,10 +147,11 @@ def test_bad_limits_are_rejected_before_work(options, message) -> None:
 def test_limits_come_from_the_config_and_are_checked_before_training() -> None:
     from conftest import compose_config
 
-    from nervus_lightning.train import evaluation_options
+    from nervus_lightning.cli.train import train_settings
+    from nervus_lightning.workflows.train import evaluation_options
 
-    options = evaluation_options(compose_config(["task=survival"]))
+    options = evaluation_options(train_settings(compose_config(["task=survival"])))
     assert options["max_rows_exact"] == 100_000 and options["max_rows_bootstrap"] == 5_000
     assert options["train_metrics"] is True
     with pytest.raises(NervusInputError, match="evaluation.max_rows_bootstrap"):
-        evaluation_options(compose_config(["evaluation.max_rows_bootstrap=-1"]))
+        evaluation_options(train_settings(compose_config(["evaluation.max_rows_bootstrap=-1"])))

@@ -28,14 +28,15 @@ from sksurv.metrics import (
 from sksurv.nonparametric import cumulative_incidence_competing_risks
 from sksurv.util import Surv
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
 from nervus_lightning.evaluate import evaluate_run
-from nervus_lightning.predict import predict
 from nervus_lightning.survival import competing, discrete, ipcw
 from nervus_lightning.survival.metrics import format_time, ipcw_subsample
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.survival import SurvivalTask
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 
 def _competing_data(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -344,7 +345,7 @@ def _config(csv: Path, model: str = "deephit"):
 def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_path):
     csv = _write_csv(tmp_path / "cr.csv")
     run = tmp_path / "run"
-    train(_config(csv), run)
+    train(train_settings(_config(csv)), run)
     pred = pd.read_csv(run / "predictions.csv")
     schema = json.loads((run / "schema.json").read_text())
     spec = schema["labels"][0]
@@ -507,7 +508,7 @@ def _edit(csv: Path, **changes) -> Path:
 def test_bad_cause_codes_are_clear_errors(tmp_path, changes, message):
     csv = _edit(_write_csv(tmp_path / "cr.csv"), **changes)
     with pytest.raises(NervusInputError, match=message):
-        train(_config(csv), tmp_path / "run")
+        train(train_settings(_config(csv)), tmp_path / "run")
 
 
 def test_a_cause_without_training_events_is_a_clear_error(tmp_path):
@@ -516,14 +517,14 @@ def test_a_cause_without_training_events_is_a_clear_error(tmp_path):
     frame.loc[frame.label_death == 2, "label_death"] = 3  # causes 1 and 3: no cause 2
     frame.to_csv(csv, index=False)
     with pytest.raises(NervusInputError, match=r"cause\(s\) \[2\] have no event in the training"):
-        train(_config(csv), tmp_path / "run")
+        train(train_settings(_config(csv)), tmp_path / "run")
 
 
 @pytest.mark.parametrize("model", ["cox", "pmf"])
 def test_competing_causes_need_deephit(tmp_path, model):
     csv = _write_csv(tmp_path / "cr.csv")
     with pytest.raises(NervusInputError, match=r"label_death.*Set task.model=deephit"):
-        train(_config(csv, model), tmp_path / "run")
+        train(train_settings(_config(csv, model)), tmp_path / "run")
 
 
 def test_external_csv_with_an_unknown_cause_is_a_clear_error(tmp_path):

@@ -22,13 +22,14 @@ from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 from sksurv.metrics import concordance_index_censored, integrated_brier_score
 from sksurv.util import Surv
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
-from nervus_lightning.predict import predict
 from nervus_lightning.survival import discrete
 from nervus_lightning.survival.metrics import format_time, ibs_time_grid
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.survival import SurvivalTask
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 PYCOX_CLASSES = {"logistic_hazard": LogisticHazard, "pmf": PMF, "deephit": DeepHitSingle}
 
@@ -284,7 +285,7 @@ def test_tabular_end_to_end(dataset, tmp_path, model, pycox_ibs):
     csv = dataset(task="survival", n=64, images=False)
     overrides = [f"task.model={model}", "task.num_durations=8", "model/extractor=none"]
     cfg = compose_config([f"data.csv={csv}", "task=survival", *FAST, *overrides])
-    train(cfg, tmp_path / "run")
+    train(train_settings(cfg), tmp_path / "run")
     _check_run(tmp_path / "run", csv)
 
 
@@ -297,7 +298,7 @@ def test_two_endpoints_and_fused_image_table(dataset, tmp_path, pycox_ibs):
     df.to_csv(csv, index=False)
     overrides = ["task.model=logistic_hazard", "task.num_durations=6", "model/extractor=resnet18"]
     cfg = compose_config([f"data.csv={csv}", "task=survival", *FAST, *overrides])
-    train(cfg, tmp_path / "run")
+    train(train_settings(cfg), tmp_path / "run")
     for label in ("label_death", "label_rfs"):
         _check_run(tmp_path / "run", csv, label)
     schema = json.loads((tmp_path / "run" / "schema.json").read_text())
@@ -316,7 +317,7 @@ def test_event_that_is_not_0_or_1_is_a_clear_error(dataset, tmp_path):
         [f"data.csv={csv}", "task=survival", "task.model=deephit", *FAST, "model/extractor=none"]
     )
     with pytest.raises(NervusInputError, match=r"'label_death' must be 0 \(censored\) or 1"):
-        train(cfg, tmp_path / "run")
+        train(train_settings(cfg), tmp_path / "run")
 
 
 @pytest.mark.slow

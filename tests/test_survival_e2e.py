@@ -14,18 +14,19 @@ from conftest import FAST, compose_config
 from sksurv.metrics import concordance_index_censored, cumulative_dynamic_auc
 from sksurv.util import Surv
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.predict import predict
 from nervus_lightning.survival.baseline import BreslowBaseline
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks import build_task
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 
 def _train(csv, run, overrides):
     cfg = compose_config([f"data.csv={csv}", "task=survival", *FAST, *overrides])
-    return train(cfg, run)
+    return train(train_settings(cfg), run)
 
 
 def _error(csv) -> str:

@@ -16,13 +16,14 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.module import NervusModule
-from nervus_lightning.predict import predict
 from nervus_lightning.survival.linear import fit_linear_cox
 from nervus_lightning.survival.presets import preset_frame
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 QUIET = [
     "trainer.enable_progress_bar=false",
@@ -123,7 +124,7 @@ def test_default_survival_run_on_a_tabular_csv(dataset, tmp_path):
     # Fewer epochs than the default, to keep the test short; everything else is the default.
     cfg = compose_config([*command, "trainer.max_epochs=3"])
     run = tmp_path / "run"
-    train(cfg, run)
+    train(train_settings(cfg), run)
     curve = pd.read_csv(run / "learning_curve.csv")
     assert len(curve) == cfg.trainer.max_epochs
     pred = pd.read_csv(run / "predictions.csv")

@@ -28,7 +28,7 @@ from sksurv.nonparametric import CensoringDistributionEstimator, kaplan_meier_es
 from sksurv.util import Surv
 from test_privacy import find_patient_values
 
-from nervus_lightning.predict import predict
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.survival import ipcw
 from nervus_lightning.survival.baseline import BreslowBaseline
 from nervus_lightning.survival.metrics import (
@@ -45,7 +45,8 @@ from nervus_lightning.survival.reference import (
     round_to_step,
     time_step,
 )
-from nervus_lightning.train import train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import train
 
 TOL = 1e-6
 DATASETS = {"whas500": (load_whas500, "fstat", "lenfol"), "gbsg2": (load_gbsg2, "cens", "time")}
@@ -436,7 +437,7 @@ def test_run_stores_aggregates_only_and_scores_as_before(tmp_path):
         [f"data.csv={csv}", "task=survival", *FAST, "model/extractor=none", "data.batch_size=512"]
         + ["trainer.max_epochs=3", "evaluation.n_bootstrap=0"]
     )
-    train(cfg, run)
+    train(train_settings(cfg), run)
 
     pred = pd.read_csv(run / "predictions.csv")
     rows = pred[pred.split == "train"]

@@ -19,14 +19,15 @@ from sklearn.metrics import (
     root_mean_squared_error,
 )
 
+from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.images import read_image
 from nervus_lightning.data.sampling import EpochSampler
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import predict_frame
-from nervus_lightning.predict import predict
-from nervus_lightning.train import build_datamodule, train
+from nervus_lightning.workflows.predict import predict
+from nervus_lightning.workflows.train import build_datamodule, train
 
 INPUTS = {
     "image": ["model/tabular=none"],
@@ -37,7 +38,7 @@ INPUTS = {
 
 def _run(csv, run_dir, overrides):
     cfg = compose_config([f"data.csv={csv}", *FAST, *overrides])
-    objective = train(cfg, run_dir)
+    objective = train(train_settings(cfg), run_dir)
     return cfg, objective
 
 
@@ -263,7 +264,7 @@ def test_image_formats_train(dataset, tmp_path, bits, rgb, channels):
     run = tmp_path / "run"
     cfg, _ = _run(csv, run, ["model/tabular=none", f"data.in_channels={channels}"])
     # The images the model sees: every channel asked for, the file's full range kept.
-    images = next(iter(build_datamodule(cfg).eval_dataloader("train")))["image"]
+    images = next(iter(build_datamodule(train_settings(cfg)).eval_dataloader("train")))["image"]
     assert images.shape[1:] == (channels, 16, 16) and images.dtype == torch.float32
     first = np.asarray(Image.open(csv.parent / "img" / "case000.png"), dtype=np.float64)
     first = first[..., 0] if rgb else first  # the RGB files are grey in all three channels
@@ -302,7 +303,7 @@ def test_augmentations_weighted_sampler_and_scheduler(dataset, tmp_path, aug):
         ],
     )
     _assert_learning_curve(run, epochs=1)
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(train_settings(cfg))
 
     sampler = dm.train_dataloader().sampler
     assert isinstance(sampler, EpochSampler) and sampler.weights is not None
@@ -385,7 +386,7 @@ def test_resume_from_last_checkpoint(dataset, tmp_path):
 def test_small_cnn_trains_predicts_alone_and_explains(dataset, tmp_path):
     """``model/extractor=small_cnn`` end to end: a fused survival model, its checkpoint alone
     reproduces the predictions, and its Grad-CAM uses the network's own last stage."""
-    from nervus_lightning.explain import explain
+    from nervus_lightning.workflows.explain import explain
 
     csv = dataset(task="survival")
     run = tmp_path / "run"

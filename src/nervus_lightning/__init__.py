@@ -8,6 +8,11 @@ both. The main objects work without Hydra:
 The Lightning objects are imported on first use, so that the plain network
 (:class:`NervusNet`, :func:`nervus_lightning.models.build.build_net`) and the data contract
 load without Lightning.
+
+The commands as functions of plain arguments live in :mod:`nervus_lightning.workflows`
+(``from nervus_lightning.workflows.train import train``; ``nervus_lightning.train``,
+``.predict`` ... are the ``python -m`` entry points, so the functions are not re-exported here
+under those names).
 """
 
 from typing import Any

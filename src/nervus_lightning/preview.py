@@ -1,12 +1,7 @@
-"""``python -m nervus_lightning.preview data.csv=PATH [split=train] [n=16]``: the network's inputs.
+"""``python -m nervus_lightning.preview``; the library function is
+:func:`nervus_lightning.workflows.preview.preview`."""
 
-The library function is :func:`nervus_lightning.data.preview.write_preview`; the command line
-lives in :mod:`nervus_lightning.cli.preview`.
-"""
+from nervus_lightning.cli.preview import main
 
-from __future__ import annotations
-
-if __name__ == "__main__":  # the command line lives in nervus_lightning.cli
-    from nervus_lightning.cli.preview import main
-
+if __name__ == "__main__":
     main()

@@ -1,12 +1,14 @@
 """The command line: Hydra entry points that turn configs into library calls.
 
-This package is the only place that parses Hydra configs into objects for the commands and
-turns a user error (:class:`~nervus_lightning.errors.NervusInputError`) into one message on
-stderr and exit status 2, an unknown command-line option included (:mod:`.overrides` checks
-them before Hydra composes the config). Library modules never import it;
-``python -m nervus_lightning`` and ``python -m nervus_lightning.<command>`` (``predict``,
-``evaluate``, ``preview``, ``explain``, ``export``) are thin shims that call the ``main`` of the
-module of the same name here.
+This package is the only place that reads Hydra configs: each command's ``main`` turns the
+composed config into the plain arguments of a library function (:mod:`nervus_lightning.workflows`,
+and :func:`nervus_lightning.evaluate.evaluate_run`), and turns a user error
+(:class:`~nervus_lightning.errors.NervusInputError`) into one message on stderr and exit status 2,
+an unknown command-line option included (:mod:`.overrides` checks them before Hydra composes the
+config). Library modules never import it. ``python -m nervus_lightning`` and ``python -m
+nervus_lightning.<command>`` (``train``, ``predict``, ``preview``, ``explain``, ``export``) are
+three-line shims that call the ``main`` of the module of the same name here;
+``python -m nervus_lightning.evaluate`` calls :func:`.evaluate.main` too.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 def main(cfg: DictConfig) -> None:
     # Imported when the command runs, so that a typo or --help is answered before Lightning and
     # the training code load (about 3 s of imports).
-    from nervus_lightning.explain import EXPLAIN_DIR, explain, explain_settings
+    from nervus_lightning.workflows.explain import EXPLAIN_DIR, explain, explain_settings
 
     def command() -> None:
         out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir) / EXPLAIN_DIR

@@ -13,7 +13,7 @@ from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 def main(cfg: DictConfig) -> None:
     # Imported when the command runs, so that a typo or --help is answered before Lightning and
     # the training code load (about 3 s of imports).
-    from nervus_lightning.export import export_model
+    from nervus_lightning.workflows.export import export_model
 
     # The ONNX exporter's optimiser passes log every step at INFO, which Hydra's logging shows.
     for name in ("onnx_ir", "onnxscript"):

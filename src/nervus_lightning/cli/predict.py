@@ -12,7 +12,7 @@ from nervus_lightning.cli import hydra_command, run_reporting_user_errors
 def main(cfg: DictConfig) -> None:
     # Imported when the command runs, so that a typo or --help is answered before Lightning and
     # the training code load (about 3 s of imports).
-    from nervus_lightning.predict import predict
+    from nervus_lightning.workflows.predict import predict
 
     run_reporting_user_errors(
         lambda: predict(

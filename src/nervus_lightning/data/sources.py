@@ -1,17 +1,15 @@
 """Where a run's data comes from: the user's ``data.csv``, the embedded demo data, or a
 scikit-survival preset written once as a Nervus CSV into the cache.
 
-Shared by training (:mod:`nervus_lightning.train`) and by ``explain`` of a checkpoint without
-``data.csv`` (which reads again the data the run was trained on), so that neither imports the
-other. ``cfg`` is a run config (Hydra's, or the ``run_config`` a checkpoint keeps).
+Shared by training (:mod:`nervus_lightning.workflows.train`) and by ``explain`` of a checkpoint
+without ``data.csv`` (which reads again the data the run was trained on), so that neither imports
+the other. It takes the ``data`` options as plain values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
 from nervus_lightning.errors import NervusInputError
@@ -19,30 +17,36 @@ from nervus_lightning.files import atomic_write
 from nervus_lightning.survival.presets import PRESETS, write_preset_csv
 
 
-def plain(node: Any) -> Any:
-    """A config node as plain Python containers (other values as they are)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+def resolve_data(
+    csv: str | Path | None,
+    labels: Sequence[str] | None = None,
+    *,
+    preset: str | None = None,
+    demo_root: str | Path | None = None,
+    split_seed: int = 0,
+    demo_labels: Sequence[str] | None = None,
+) -> tuple[str | Path, list[str] | None, bool]:
+    """The CSV to train on, its label columns and whether it is the built-in demo data.
 
-
-def resolve_data(cfg: DictConfig) -> tuple[str | Path, list[str] | None, bool]:
-    """The CSV to train on, its label columns and whether it is the built-in demo data."""
-    data = cfg.data
-    labels = plain(data.get("labels"))
-    csv = data.get("csv")
+    Args:
+        csv: ``data.csv``; when given, the other arguments but ``labels`` do not matter.
+        labels: ``data.labels``, the label columns (None: every ``label_*`` column).
+        preset: ``data.preset`` when there is no CSV: ``demo`` (also for None) or a
+            scikit-survival preset (:data:`~nervus_lightning.survival.presets.PRESETS`).
+        demo_root: ``data.demo_root``, where the demo data and presets are written (None: the
+            cache).
+        split_seed: ``data.split_seed``, the seed of a preset's train/val/test split.
+        demo_labels: the task's labels of the demo data (``task.demo_labels``), used when
+            ``labels`` is None.
+    """
+    labels = list(labels) if labels else labels
     if csv:
         return csv, labels, False
-    preset = data.get("preset") or "demo"
+    preset = preset or "demo"
     if preset == "demo":
-        return (
-            build_demo_dataset(data.get("demo_root")),
-            labels or plain(cfg.task.get("demo_labels")),
-            True,
-        )
-    return (
-        materialize_preset(preset, data.get("demo_root"), seed=data.get("split_seed", 0)),
-        (labels),
-        False,
-    )
+        demo = labels or (list(demo_labels) if demo_labels else demo_labels)
+        return build_demo_dataset(demo_root), demo, True
+    return materialize_preset(preset, demo_root, seed=split_seed), labels, False
 
 
 def materialize_preset(name: str, root: str | None = None, seed: int = 0) -> Path:
