@@ -15,8 +15,8 @@ from sklearn.metrics import recall_score, roc_auc_score
 
 from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.evaluate import evaluate_run
 from nervus_lightning.evaluation.report import METRIC_COLUMNS
+from nervus_lightning.workflows.evaluate import evaluate_run
 from nervus_lightning.workflows.train import train
 
 

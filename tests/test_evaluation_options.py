@@ -13,7 +13,6 @@ import yaml
 
 from nervus_lightning.data.schema import DataSchema, LabelSpec
 from nervus_lightning.errors import NervusInputError
-from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.module import NervusModule
 from nervus_lightning.options import keyword_names
@@ -21,6 +20,7 @@ from nervus_lightning.tasks import TASKS, ClassificationTask, RegressionTask, Su
 from nervus_lightning.tasks.base import Task, TaskOptions, evaluation_options
 from nervus_lightning.tasks.classification import ClassificationOptions
 from nervus_lightning.tasks.survival import SurvivalOptions
+from nervus_lightning.workflows.evaluate import check_evaluation_options, evaluate_run
 
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "evaluation" / "default.yaml"
 

@@ -17,8 +17,8 @@ from torchvision.models import resnet18
 
 from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.evaluate import evaluate_run, read_predictions
 from nervus_lightning.tasks.classification import obvious_positive_class
+from nervus_lightning.workflows.evaluate import evaluate_run, read_predictions
 from nervus_lightning.workflows.predict import predict
 from nervus_lightning.workflows.train import train
 

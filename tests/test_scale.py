@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from nervus_lightning.data.schema import NervusInputError
-from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.evaluation.bootstrap import (
     _resample_blocks,
     bootstrap_distributions,
@@ -19,6 +18,7 @@ from nervus_lightning.evaluation.bootstrap import (
 from nervus_lightning.survival.concordance import concordance_index_censored
 from nervus_lightning.survival.metrics import ipcw_subsample, survival_metrics
 from nervus_lightning.survival.reference import SurvivalReference
+from nervus_lightning.workflows.evaluate import check_evaluation_options, evaluate_run
 
 
 def _survival_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

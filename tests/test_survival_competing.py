@@ -30,11 +30,11 @@ from sksurv.util import Surv
 
 from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.schema import LabelSpec, NervusInputError
-from nervus_lightning.evaluate import evaluate_run
 from nervus_lightning.survival import competing, discrete, ipcw
 from nervus_lightning.survival.metrics import format_time, ipcw_subsample
 from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.survival import SurvivalTask
+from nervus_lightning.workflows.evaluate import evaluate_run
 from nervus_lightning.workflows.predict import predict
 from nervus_lightning.workflows.train import train
 

@@ -2,7 +2,7 @@
 
 This package is the only place that reads Hydra configs: each command's ``main`` turns the
 composed config into the plain arguments of a library function (:mod:`nervus_lightning.workflows`,
-and :func:`nervus_lightning.evaluate.evaluate_run`), and turns a user error
+and :func:`nervus_lightning.workflows.evaluate.evaluate_run`), and turns a user error
 (:class:`~nervus_lightning.errors.NervusInputError`) into one message on stderr and exit status 2,
 an unknown command-line option included (:mod:`.overrides` checks them before Hydra composes the
 config). Library modules never import it. ``python -m nervus_lightning`` and ``python -m

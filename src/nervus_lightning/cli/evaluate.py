@@ -11,7 +11,7 @@ from nervus_lightning.errors import NervusInputError
 def _evaluate(cfg: DictConfig) -> None:
     # Imported when the command runs, so that a typo or --help is answered before Lightning and
     # the training code load (about 3 s of imports).
-    from nervus_lightning.evaluate import evaluate_run
+    from nervus_lightning.workflows.evaluate import evaluate_run
 
     if OmegaConf.is_missing(cfg, "predictions"):
         raise NervusInputError(

@@ -65,7 +65,8 @@ class EvaluationOptions:
         tasks: task kind -> that kind's own settings (its ``Task.options_class``); a kind
             not named evaluates with its defaults.
 
-    See :func:`nervus_lightning.evaluate.evaluate_run` for what each setting does to the report.
+    See :func:`nervus_lightning.workflows.evaluate.evaluate_run` for what each setting does to
+    the report.
     """
 
     n_bootstrap: int = 1000

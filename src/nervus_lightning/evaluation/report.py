@@ -114,7 +114,8 @@ def evaluate_predictions(
             shown at the top of the report; its ``best_epoch`` is marked on the learning curves.
         **settings: instead of ``options``, the ``evaluation.*`` settings as keywords
             (``n_bootstrap=0``, ``threshold="sensitivity"``...; see
-            :func:`nervus_lightning.evaluate.evaluate_run`), checked here. Classification's
+            :func:`nervus_lightning.workflows.evaluate.evaluate_run`), checked here.
+            Classification's
             ``threshold``, ``target_sensitivity`` and ``positive_class`` left out keep the
             contract stored in the schema; a value that differs from it re-chooses the
             threshold on ``val``.

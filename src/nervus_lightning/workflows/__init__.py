@@ -10,8 +10,9 @@ dataclasses), never a Hydra config. Import the one you need (nothing heavy is im
 * :mod:`.export` -- :func:`~nervus_lightning.workflows.export.export_model`: ONNX or
   ``torch.export`` files and their preprocessing contract;
 * :mod:`.preview` -- :func:`~nervus_lightning.workflows.preview.preview`: the network's inputs as
-  pictures.
+  pictures;
+* :mod:`.evaluate` -- :func:`~nervus_lightning.workflows.evaluate.evaluate_run`: a run's
+  evaluation report rebuilt from its predictions.
 
-Rebuilding a run's evaluation report is :func:`nervus_lightning.evaluate.evaluate_run`. The
-command line (:mod:`nervus_lightning.cli`) turns Hydra configs into these arguments.
+The command line (:mod:`nervus_lightning.cli`) turns Hydra configs into these arguments.
 """

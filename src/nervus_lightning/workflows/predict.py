@@ -18,7 +18,6 @@ import torch
 
 from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
 from nervus_lightning.errors import NervusInputError
-from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.outputs import (
     PREDICTIONS,
     checkpoint_choice,
@@ -27,6 +26,7 @@ from nervus_lightning.outputs import (
     write_model_summary,
     write_predictions,
 )
+from nervus_lightning.workflows.evaluate import check_evaluation_options, evaluate_run
 
 log = logging.getLogger(__name__)
 

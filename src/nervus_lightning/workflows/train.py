@@ -43,7 +43,6 @@ from nervus_lightning.data.demo import DEMO_TIME_UNIT
 from nervus_lightning.data.schema import DataSchema
 from nervus_lightning.data.sources import resolve_data
 from nervus_lightning.errors import TEST, NervusInputError
-from nervus_lightning.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
@@ -53,6 +52,7 @@ from nervus_lightning.outputs import (
     write_model_summary,
     write_predictions,
 )
+from nervus_lightning.workflows.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.workflows.explain import check_explain_options, explain_after_training
 from nervus_lightning.workflows.settings import TrainSettings
 
