@@ -26,6 +26,7 @@ from nervus_lightning.callbacks import (
     LearningCurve,
     RandomStates,
     build_checkpoint_callbacks,
+    build_early_stopping,
     build_step_checkpoint,
 )
 from nervus_lightning.checkpoints import (
@@ -250,6 +251,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
 
     checkpoint, last = build_checkpoint_callbacks(cfg.checkpoint.policy, run_dir / "checkpoints")
     run_callbacks = [checkpoint, last, RandomStates(), LearningCurve(run_dir), *callbacks]
+    stopping = build_early_stopping(_plain(cfg.get("early_stopping")))
+    if stopping is not None:
+        run_callbacks.append(stopping)
     if cfg.checkpoint.get("every_n_train_steps"):
         every = cfg.checkpoint.every_n_train_steps
         run_callbacks.insert(1, build_step_checkpoint(run_dir / "checkpoints", every))
@@ -294,6 +298,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[L.Callback] 
             mode=str(checkpoint.mode),
             best_score=float(checkpoint.best_model_score),
             checkpoint=best_path,
+            stopped_early=stopping.patience if stopping and stopping.stopped_epoch else None,
         ),
     )
     explain_after_training(cfg.get("explain"), best, datamodule, run_dir, device)
