@@ -11,9 +11,8 @@ from nervus_lightning.evaluation.diagnostics import run_warnings
 
 
 def _metrics(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [{"split": s, "group": "all", "label": lab, "metric": m, "value": v} for s, lab, m, v in rows]
-    )
+    columns = ["split", "label", "metric", "value"]
+    return pd.DataFrame(rows, columns=columns).assign(group="all")
 
 
 HEALTHY_SURVIVAL = [

@@ -130,7 +130,7 @@ def test_cox_start_with_more_inputs_than_events_is_penalised_and_generalises():
 
 def test_path_is_strong_to_weak_and_stops_after_the_minimum():
     path = penalty_path()
-    assert path[0] > path[-1] and all(a > b for a, b in zip(path, path[1:]))
+    assert path[0] > path[-1] and all(a > b for a, b in zip(path, path[1:], strict=False))
     x, y, train, val = _diabetes()
     choice = choose_ridge(torch.tensor(x), y, train, val)
     losses = [loss for _, loss in choice.path]
