@@ -191,12 +191,15 @@ def test_cox_ensemble_members_start_at_the_linear_fit_and_train_end_to_end(tmp_p
     data.setup("fit")
     linear = {"name": "mlp", "linear": "auto"}  # what the training config gives
     module = NervusModule(data.schema, extractor=None, tabular=linear, ensemble=2)
-    train_rows = data.split_frame("train")
-    module.start_linear_terms(train_rows)
+    rows = data.split_frame()
+    rows = rows[rows.split.isin(["train", "val"])].reset_index(drop=True)
+    module.start_linear_terms(rows)
     inputs = module.net.members[0].tabular_extractor.standardise(
-        torch.as_tensor(train_rows[data.schema.input_columns].to_numpy(np.float32))
+        torch.as_tensor(rows[data.schema.input_columns].to_numpy(np.float32))
     )
-    fit = module.task.linear_start(inputs, train_rows, 0)
+    train_rows = np.flatnonzero(rows.split == "train")
+    val_rows = np.flatnonzero(rows.split == "val")
+    fit = module.task.linear_start(inputs, rows, train_rows, val_rows, 0).weight.float()
     for member in module.net.members:
         torch.testing.assert_close(member.linear_terms[0].weight, fit)
     assert fit.abs().sum() > 0

@@ -12,10 +12,11 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from nervus_lightning.errors import NervusInputError
+from nervus_lightning.options import check_keys, check_number
 from nervus_lightning.outputs import atomic_write, write_csv
 
 CHECKPOINT_POLICIES = ("best", "each")
@@ -68,6 +69,29 @@ def build_checkpoint_callbacks(
         )
     last = ModelCheckpoint(dirpath=str(dirpath), save_top_k=0, save_last=True)
     return best, last
+
+
+def build_early_stopping(options: dict[str, Any] | None) -> EarlyStopping | None:
+    """Stop training once ``val_loss`` has not improved (by more than ``min_delta``) for
+    ``patience`` epochs in a row (``early_stopping.*``; ``patience: null`` trains every one of
+    ``trainer.max_epochs``). The kept checkpoint is the lowest-val_loss one either way: early
+    stopping only saves the epochs that could no longer change it much."""
+    options = dict(options or {})
+    check_keys("early_stopping", options, ("patience", "min_delta"))
+    patience = options.get("patience")
+    if patience is None:
+        return None
+    check_number("early_stopping.patience", patience, low=1, integer=True)
+    min_delta = check_number("early_stopping.min_delta", options.get("min_delta", 0.0), low=0)
+    return EarlyStopping(
+        monitor="val_loss",
+        mode="min",
+        patience=int(patience),
+        min_delta=float(min_delta),
+        # Lightning's own message would print twice (its logger and Hydra's); model_summary.json
+        # and the report say when training stopped early.
+        verbose=False,
+    )
 
 
 def build_step_checkpoint(dirpath: str | os.PathLike, every_n_train_steps: int) -> ModelCheckpoint:

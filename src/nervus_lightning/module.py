@@ -11,6 +11,7 @@ checkpoint and :meth:`NervusModule.load_from_checkpoint` restores a model that p
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -20,7 +21,7 @@ from torch import nn
 
 from nervus_lightning.data.schema import DataSchema
 from nervus_lightning.distributed import concat_records, gather_cases
-from nervus_lightning.errors import NervusInputError
+from nervus_lightning.errors import SPLIT_COLUMN, TRAIN, VAL, NervusInputError
 from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.files import atomic_write
 from nervus_lightning.models.build import build_ensemble
@@ -35,6 +36,11 @@ from nervus_lightning.options import (
 )
 from nervus_lightning.tasks.base import evaluation_options
 from nervus_lightning.tasks.registry import build_task
+
+log = logging.getLogger(__name__)
+
+#: Checkpoint key of the linear terms' chosen penalties (:meth:`NervusModule.start_linear_terms`).
+LINEAR_CHOICES_KEY = "nervus_linear_choices"
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -97,10 +103,13 @@ def check_ensemble(value: Any) -> int:
 
 
 def linear_term_by_default(schema: DataSchema, task: Any) -> bool:
-    """``model.tabular.linear=auto``: a linear term for Cox survival heads on tabular inputs alone.
+    """``model.tabular.linear=auto``: a linear term on tabular inputs alone, for Cox survival,
+    classification and regression heads.
 
-    Linear Cox is the reference every tabular prognosis model is judged against; with the term
-    the deep model starts as that model and training adds the network on top. Discrete-time
+    The penalised linear model (Cox, multinomial logistic, ridge; its penalty chosen on the
+    validation rows, :mod:`nervus_lightning.models.penalty`) is the reference every tabular
+    model is judged against; with the term the deep model starts as that model and training
+    adds the network on top. Discrete-time
     heads (``logistic_hazard``, ``pmf``, ``deephit``) do not get it by default: their linear
     special case (one logistic model per time interval) is not the reference model, and a zero
     network start there means flat, uninformed curves rather than a fitted model. Runs with
@@ -206,6 +215,9 @@ class NervusModule(L.LightningModule):
             linear_option = tabular.pop("linear")
         self.linear = self._resolve_linear(linear_option)
         self.ensemble = check_ensemble(ensemble)
+        #: label name -> the penalised linear start chosen for its linear term (penalty, where
+        #: it was chosen, the path): :meth:`start_linear_terms`, recorded in model_summary.json.
+        self.linear_choices: dict[str, dict[str, Any]] = {}
         self.net = build_ensemble(
             self.ensemble,
             self.schema,
@@ -255,7 +267,8 @@ class NervusModule(L.LightningModule):
             world = self.trainer.world_size if self._trainer else 1
             self.task.check_batches(train, datamodule.batch_size * world)
             if any(net.linear_terms is not None for net in member_nets(self.net)):
-                self.start_linear_terms(train)
+                frame = datamodule.split_frame()
+                self.start_linear_terms(frame[frame[SPLIT_COLUMN].isin([TRAIN, VAL])])
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
             self.task.gather = self._gather_global_batch
@@ -269,19 +282,58 @@ class NervusModule(L.LightningModule):
         return self.all_gather(tensor, sync_grads=True).flatten(0, 1)
 
     @torch.no_grad()
-    def start_linear_terms(self, train: Any) -> None:
-        """Set each head's linear term to the task's start on the training rows (Cox: the
-        fitted linear Cox model), before the first epoch. A resumed run then loads its
-        checkpoint's weights over it."""
-        raw = torch.as_tensor(train[self.schema.input_columns].to_numpy(np.float32))
+    def start_linear_terms(self, frame: Any) -> None:
+        """Set each head's linear term to the task's penalised linear start (Cox: a ridge Cox
+        fit), fitted on the training rows with its penalty chosen on the validation rows, before
+        the first epoch; the penalty then stays on the term during training
+        (:meth:`linear_penalty`). A resumed run loads its checkpoint's weights over the start
+        and chooses the same penalty again (the choice is deterministic)."""
+        frame = frame.reset_index(drop=True)
+        split = frame[SPLIT_COLUMN].to_numpy()
+        train_rows = np.flatnonzero(split == TRAIN)
+        val_rows = np.flatnonzero(split == VAL)
+        raw = torch.as_tensor(frame[self.schema.input_columns].to_numpy(np.float32))
         first = member_nets(self.net)[0]
         term0 = first.linear_terms[0]
-        inputs = first.tabular_extractor.standardise(raw.to(term0.weight.device))
-        starts = [self.task.linear_start(inputs, train, j) for j in range(len(first.linear_terms))]
+        inputs = first.tabular_extractor.standardise(raw.to(term0.weight.device)).cpu()
+        choices = [
+            self.task.linear_start(inputs, frame, train_rows, val_rows, j)
+            for j in range(len(first.linear_terms))
+        ]
+        self.linear_choices = {}
+        for spec, choice in zip(self.schema.labels, choices, strict=True):
+            if choice is not None:
+                self.linear_choices[spec.name] = choice.summary()
+                log.info("label '%s': linear start with %s", spec.name, choice.describe())
         for net in member_nets(self.net):  # every ensemble member starts from the same fit
-            for term, weight in zip(net.linear_terms, starts, strict=True):
-                if weight is not None:
-                    term.weight.copy_(weight.to(term.weight))
+            for term, choice in zip(net.linear_terms, choices, strict=True):
+                if choice is None:
+                    continue
+                weight = choice.weight.to(term.weight)
+                if weight.shape[1] == term.weight.shape[1] + 1:  # the intercept last
+                    term.bias.copy_(weight[:, -1])
+                    weight = weight[:, :-1]
+                term.weight.copy_(weight)
+
+    def linear_penalty(self) -> torch.Tensor | float:
+        """The chosen ridge penalties of the linear terms, ``sum_j lambda_j / 2 ||w_j||^2`` over
+        every ensemble member, added to the training loss: the terms stay at their penalised
+        fit instead of drifting to the unpenalised one (which, with more inputs than events,
+        does not exist)."""
+        if not self.linear_choices:
+            return 0.0
+        total = 0.0
+        penalties = [
+            self.linear_choices.get(spec.name, {}).get("penalty", 0.0)
+            for spec in self.schema.labels
+        ]
+        for net in member_nets(self.net):
+            if net.linear_terms is None:
+                continue
+            for term, penalty in zip(net.linear_terms, penalties, strict=True):
+                if penalty:
+                    total = total + 0.5 * penalty * term.weight.float().square().sum()
+        return total
 
     def _image(self, batch: dict[str, Any]) -> torch.Tensor | None:
         image = batch.get("image")
@@ -326,7 +378,8 @@ class NervusModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self.ensemble == 1:
             outputs = self(batch)
-            return self._log_losses("train", self._losses(outputs, batch), len(batch["index"]))
+            loss = self._log_losses("train", self._losses(outputs, batch), len(batch["index"]))
+            return loss + self.linear_penalty()
         # Each member learns from its own loss; their weights are disjoint, so the sum trains
         # each one as if alone. The logged train_loss is the members' mean (one model's scale).
         image = self._image(batch)
@@ -334,7 +387,9 @@ class NervusModule(L.LightningModule):
         losses = [self._losses(outputs, batch) for outputs in per_member]
         mean = [torch.stack(parts).mean() for parts in zip(*losses, strict=True)]
         self._log_losses("train", [m.detach() for m in mean], len(batch["index"]))
-        return torch.stack([torch.stack(parts).sum() for parts in losses]).sum()
+        return torch.stack([torch.stack(parts).sum() for parts in losses]).sum() + (
+            self.linear_penalty()
+        )
 
     def _eval_step(self, stage: str, batch: dict[str, Any]) -> None:
         outputs = self(batch)
@@ -396,6 +451,11 @@ class NervusModule(L.LightningModule):
     # -- post-training state (e.g. the survival baseline hazard) ------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TASK_STATE_KEY] = self.task.state_tensors()
+        if self.linear_choices:  # the penalties chosen (numbers of the run, not of patients)
+            checkpoint[LINEAR_CHOICES_KEY] = {
+                name: {k: v for k, v in choice.items() if k != "path"}
+                for name, choice in self.linear_choices.items()
+            }
         hparams = checkpoint.get("hyper_parameters")
         extractor = hparams.get("extractor") if hparams else None
         if isinstance(extractor, dict) and (
@@ -411,6 +471,7 @@ class NervusModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.task.load_state_tensors(checkpoint.get(TASK_STATE_KEY, {}))
+        self.linear_choices = dict(checkpoint.get(LINEAR_CHOICES_KEY) or {})
 
     @torch.no_grad()
     def infer(self, loader: Any, device: torch.device | str | None = None) -> list[np.ndarray]:

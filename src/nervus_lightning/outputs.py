@@ -20,6 +20,7 @@ from nervus_lightning.checkpoints import CHOICE_KEY
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN
 from nervus_lightning.files import atomic_write
+from nervus_lightning.models.penalty import describe_choice
 
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
@@ -137,6 +138,7 @@ def model_summary(
     mode: str,
     best_score: float | None,
     checkpoint: str | os.PathLike | None,
+    stopped_early: int | None = None,
 ) -> dict[str, Any]:
     """What was trained, for the top of the report (``model_summary.json``; no patient data).
 
@@ -144,6 +146,8 @@ def model_summary(
     how the checkpoint was chosen; ``best_epoch`` (counted from 0, as in
     ``learning_curve.csv``) is marked on the learning curves. ``epochs_run=None`` (a checkpoint
     read for prediction, which does not know how long its run went on): no such row.
+    ``stopped_early``: the patience, when early stopping ended training before
+    ``trainer.max_epochs``. Each linear term's penalty choice is a row of its own.
     """
     schema = module.schema
     hp = module.hparams
@@ -168,6 +172,8 @@ def model_summary(
     if schema.input_columns:
         linear = " with a linear term of the inputs" if getattr(module, "linear", False) else ""
         rows.append(["tabular extractor", _component(hp.get("tabular"), "mlp") + linear])
+        for name, choice in (getattr(module, "linear_choices", None) or {}).items():
+            rows.append([f"linear start of {name}", describe_choice(choice)])
     image_inputs = (len(schema.views) or 1) if schema.has_images else 0
     n_inputs = image_inputs + bool(schema.input_columns)
     if n_inputs > 1:
@@ -180,7 +186,12 @@ def model_summary(
     if getattr(module, "ensemble", 1) > 1:
         rows.append(["ensemble", f"{module.ensemble} members, probabilities averaged"])
     if epochs_run is not None:
-        rows.append(["epochs run", str(int(epochs_run))])
+        stop = (
+            f" (early stopping: no lower val_loss in the last {stopped_early})"
+            if stopped_early
+            else ""
+        )
+        rows.append(["epochs run", f"{int(epochs_run)}{stop}"])
     best = "lowest" if mode == "min" else "highest"
     chosen = f"epoch {best_epoch}" if best_epoch is not None else "the best checkpoint"
     if best_score is not None:
@@ -188,7 +199,10 @@ def model_summary(
     if checkpoint:
         chosen += f" ({Path(checkpoint).name})"
     rows.append(["checkpoint chosen", chosen])
-    return {"rows": rows, "best_epoch": best_epoch, "monitor": monitor}
+    summary: dict[str, Any] = {"rows": rows, "best_epoch": best_epoch, "monitor": monitor}
+    if getattr(module, "linear_choices", None):
+        summary["linear_start"] = module.linear_choices
+    return summary
 
 
 def checkpoint_choice(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torchmetrics import MetricCollection
 from nervus_lightning.data.schema import LabelSpec, numeric_column
 from nervus_lightning.errors import PERIOD_PREFIXES, NervusInputError
 from nervus_lightning.evaluation.options import EvaluationOptions
+from nervus_lightning.models.penalty import PenaltyChoice
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -208,11 +209,18 @@ class Task(ABC):
         return False
 
     def linear_start(
-        self, inputs: torch.Tensor, train: pd.DataFrame, j: int
-    ) -> torch.Tensor | None:
-        """Starting weights ``(head_size, n_inputs)`` of label ``j``'s linear term (a net built
-        with ``linear=True``) from the standardised training ``inputs`` (rows of ``train``), or
-        None to start it at zero."""
+        self,
+        inputs: torch.Tensor,
+        frame: pd.DataFrame,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        j: int,
+    ) -> PenaltyChoice | None:
+        """Start of label ``j``'s linear term (a net built with ``linear=True``): a penalised
+        linear model of the standardised ``inputs`` (rows of ``frame``) fitted on
+        ``train_rows``, its penalty chosen on ``val_rows``
+        (:mod:`nervus_lightning.models.penalty`), whose ``weight`` is ``(head_size, n_inputs)``
+        or, with the intercept last, ``(head_size, n_inputs + 1)``; None to start at zero."""
         return None
 
     @abstractmethod

@@ -39,6 +39,7 @@ from nervus_lightning.evaluation.sections import (
     main_split,
     split_styles,
 )
+from nervus_lightning.models.penalty import PenaltyChoice, choose_ridge
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import Task
 
@@ -106,6 +107,34 @@ class RegressionTask(Task):
     def _standardised_target(self, batch: dict[str, Any], j: int) -> torch.Tensor:
         spec = self.labels[j]
         return (batch["target"][:, j].float() - spec.mean) / spec.std
+
+    @property
+    def linear_by_default(self) -> bool:
+        # On tabular inputs alone the penalised linear model is the reference: the network
+        # starts as it and can only move away where validation loss says so.
+        return True
+
+    def linear_start(
+        self,
+        inputs: torch.Tensor,
+        frame: pd.DataFrame,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        j: int,
+    ) -> PenaltyChoice | None:
+        """Ridge regression of the standardised target on the training rows, its penalty
+        chosen on the validation rows (:func:`..models.penalty.choose_ridge`)."""
+        spec = self.labels[j]
+        target = (
+            pd.to_numeric(frame[spec.name], errors="coerce").to_numpy(np.float64) - spec.mean
+        ) / spec.std
+        known = ~np.isnan(target)
+        return choose_ridge(
+            inputs,
+            np.where(known, target, 0.0),
+            train_rows[known[train_rows]],
+            val_rows[known[val_rows]],
+        )
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         target = self._standardised_target(batch, j)

@@ -99,6 +99,9 @@ class TrainSettings:
         trainer: ``lightning.Trainer``'s keyword arguments (the ``trainer`` group).
         checkpoint_policy: which checkpoint is the run's model (``best`` or ``each``).
         every_n_train_steps: also keep a checkpoint every so many steps (None: per epoch only).
+        early_stopping: the ``early_stopping`` group (``patience``, ``min_delta``): stop once
+            ``val_loss`` has not improved for ``patience`` epochs; None or ``patience: None``
+            trains every epoch of ``trainer.max_epochs``.
         evaluation: the ``evaluation`` group (checked when training starts).
         explain: the ``explain`` group, or None (no explanation after training).
         seed: one seed for Python, NumPy, torch and the data loader workers.
@@ -123,6 +126,7 @@ class TrainSettings:
     sampler: str = "none"
     checkpoint_policy: str = "best"
     every_n_train_steps: int | None = None
+    early_stopping: dict[str, Any] | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
     explain: dict[str, Any] | None = None
     seed: int = 42
@@ -136,7 +140,8 @@ class TrainSettings:
         ``config`` holds ``data``, ``task``, ``model`` (``extractor``, ``tabular``, ``mixer``,
         optional ``head``, ``channels_last``, ``ensemble``), ``augmentation`` and ``sampler``
         (each with a ``name``), ``optimizer``, ``scheduler``, ``trainer``, ``checkpoint``
-        (``policy``, optional ``every_n_train_steps``), optional ``evaluation`` and ``explain``,
+        (``policy``, optional ``every_n_train_steps``), optional ``early_stopping``,
+        ``evaluation`` and ``explain``,
         ``seed`` and optional ``ckpt_path``: what ``OmegaConf.to_container(cfg, resolve=True)``
         gives for a config composed from ``conf/train.yaml``. The whole mapping is kept as
         :attr:`run_config`, which every checkpoint records.
@@ -159,6 +164,7 @@ class TrainSettings:
             trainer=dict(config["trainer"]),
             checkpoint_policy=checkpoint["policy"],
             every_n_train_steps=_get(checkpoint, "every_n_train_steps") or None,
+            early_stopping=_get(config, "early_stopping"),
             evaluation=dict(_get(config, "evaluation") or {}),
             explain=_get(config, "explain"),
             seed=config["seed"],

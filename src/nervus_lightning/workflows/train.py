@@ -29,6 +29,7 @@ from nervus_lightning.callbacks import (
     LearningCurve,
     RandomStates,
     build_checkpoint_callbacks,
+    build_early_stopping,
     build_step_checkpoint,
 )
 from nervus_lightning.checkpoints import (
@@ -269,6 +270,9 @@ def train(
         settings.checkpoint_policy, run_dir / "checkpoints"
     )
     run_callbacks = [checkpoint, last, RandomStates(), LearningCurve(run_dir), *callbacks]
+    stopping = build_early_stopping(settings.early_stopping)
+    if stopping is not None:
+        run_callbacks.append(stopping)
     if settings.every_n_train_steps:
         every = settings.every_n_train_steps
         run_callbacks.insert(1, build_step_checkpoint(run_dir / "checkpoints", every))
@@ -313,6 +317,7 @@ def train(
             mode=str(checkpoint.mode),
             best_score=float(checkpoint.best_model_score),
             checkpoint=best_path,
+            stopped_early=stopping.patience if stopping and stopping.stopped_epoch else None,
         ),
     )
     explain_after_training(settings.explain, best, datamodule, run_dir, device)

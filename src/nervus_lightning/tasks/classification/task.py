@@ -28,6 +28,7 @@ from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.evaluation.sections import EvalContext, LabelSection
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.models.ensemble import mean_probability_logits
+from nervus_lightning.models.penalty import PenaltyChoice, choose_linear_classifier
 from nervus_lightning.options import check_number
 from nervus_lightning.tasks.base import Task
 from nervus_lightning.tasks.classification.classes import resolve_positive_classes
@@ -197,6 +198,33 @@ class ClassificationTask(Task):
 
     def export_label(self, j: int) -> dict[str, Any]:
         return self.contract(j)
+
+    @property
+    def linear_by_default(self) -> bool:
+        # On tabular inputs alone the penalised linear model is the reference: the network
+        # starts as it and can only move away where validation loss says so.
+        return True
+
+    def linear_start(
+        self,
+        inputs: torch.Tensor,
+        frame: pd.DataFrame,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        j: int,
+    ) -> PenaltyChoice | None:
+        """The ridge-penalised multinomial logistic fit of the training rows, its penalty
+        chosen on the validation rows (:func:`..models.penalty.choose_linear_classifier`)."""
+        spec = self.labels[j]
+        classes = self.encode_targets(frame, spec)
+        known = classes != UNKNOWN
+        return choose_linear_classifier(
+            inputs,
+            np.where(known, classes, 0),
+            len(spec.classes or []),
+            train_rows[known[train_rows]],
+            val_rows[known[val_rows]],
+        )
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         target = batch["target"][:, j].long()

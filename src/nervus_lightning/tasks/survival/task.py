@@ -48,9 +48,10 @@ from nervus_lightning.data.schema import LabelSpec
 from nervus_lightning.errors import NervusInputError
 from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.evaluation.sections import EvalContext, LabelSection
+from nervus_lightning.models.penalty import PenaltyChoice
 from nervus_lightning.options import check_choice, check_number
 from nervus_lightning.survival import competing, discrete
-from nervus_lightning.survival.linear import fit_linear_cox
+from nervus_lightning.survival.linear import choose_linear_cox
 from nervus_lightning.survival.loss import TIES, cox_loss
 from nervus_lightning.survival.metrics import assign_risk_groups, format_time
 from nervus_lightning.survival.reference import MIN_PATIENTS_PER_STEP, SurvivalReference
@@ -267,23 +268,30 @@ class SurvivalTask(Task):
             )
 
     def linear_start(
-        self, inputs: torch.Tensor, train: pd.DataFrame, j: int
-    ) -> torch.Tensor | None:
-        """Cox heads: the linear Cox fit of the training split (:mod:`..survival.linear`), so
-        that the model starts as fitted linear Cox. Discrete-time heads start at zero."""
+        self,
+        inputs: torch.Tensor,
+        frame: pd.DataFrame,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        j: int,
+    ) -> PenaltyChoice | None:
+        """Cox heads: the ridge-penalised linear Cox fit of the training rows, its penalty
+        chosen on the validation rows (:func:`..survival.linear.choose_linear_cox`), so that the
+        model starts as that fitted linear Cox model. Discrete-time heads start at zero."""
         if self.is_discrete:
             return None
         spec = self.labels[j]
-        time = pd.to_numeric(train[spec.period], errors="coerce").to_numpy(np.float32)
-        event = pd.to_numeric(train[spec.name], errors="coerce").to_numpy(np.float64)
-        known = torch.as_tensor(~(np.isnan(time) | np.isnan(event)))
-        weight = fit_linear_cox(
-            inputs[known.to(inputs.device)],
-            torch.as_tensor(time)[known],
-            torch.as_tensor(event)[known] > 0,
+        time = pd.to_numeric(frame[spec.period], errors="coerce").to_numpy(np.float32)
+        event = pd.to_numeric(frame[spec.name], errors="coerce").to_numpy(np.float64)
+        known = ~(np.isnan(time) | np.isnan(event))
+        return choose_linear_cox(
+            inputs,
+            torch.as_tensor(np.where(known, time, 0.0)),
+            torch.as_tensor(np.where(known, event, 0.0) > 0),
+            train_rows[known[train_rows]],
+            val_rows[known[val_rows]],
             ties=self.ties,
         )
-        return weight[None, :]
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         if self.is_discrete:

@@ -1,0 +1,288 @@
+r"""Penalised linear models whose penalty is chosen on held-out rows: the start of a linear term.
+
+A head with a linear term (``model.tabular.linear``; :mod:`nervus_lightning.models.net`) starts
+as a fitted linear model of the standardised inputs: a ridge-penalised Cox model for a Cox
+survival head (:mod:`nervus_lightning.survival.linear`), a ridge-penalised logistic or
+multinomial model for a classification head, ridge regression for a regression head. The
+penalty :math:`\lambda` of
+
+.. math:: \hat w_\lambda = \arg\min_w\; \ell(w) + \tfrac{\lambda}{2} \lVert w \rVert^2,
+
+with :math:`\ell` the task's training loss in its own scale (per event for Cox, per case
+otherwise), is chosen the way glmnet and a careful statistician choose it: on a path of
+:data:`PATH_SIZE` values from strong (every weight near zero) to nearly none, each fitted on the
+training rows (warm-started from the previous one), the one with the best held-out loss wins.
+Held out are the validation rows when they are enough (:func:`choose_penalty`), otherwise the
+folds of a :data:`INNER_FOLDS`-fold split of the training rows. No test row is ever seen.
+
+The same :math:`\lambda` then stays on the linear term during training as its weight decay
+(:meth:`nervus_lightning.module.NervusModule.configure_optimizers`): with Adam's L2 form the
+training loss's stationary point for that term is the penalised one, so the term does not drift
+to the unpenalised fit that, with more inputs than events, does not exist (the training C-index
+goes to 1 while the validation loss explodes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "INNER_FOLDS",
+    "PATH_SIZE",
+    "PenaltyChoice",
+    "choose_penalty",
+    "choose_linear_classifier",
+    "choose_ridge",
+    "describe_choice",
+    "fit_logistic",
+    "fit_ridge",
+    "penalty_path",
+]
+
+#: Penalties tried, log-spaced from :data:`PATH_HIGH` down to :data:`PATH_LOW`.
+PATH_SIZE = 20
+#: The strongest penalty of the path (per case or per event, standardised inputs): every weight
+#: is then within a few percent of zero.
+PATH_HIGH = 100.0
+#: The weakest: close to no penalty at all.
+PATH_LOW = 1e-4
+#: The path stops once this many weaker penalties in a row were all worse than the best.
+PATIENCE = 3
+#: Folds of the training rows when the validation rows are too few to choose on.
+INNER_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class PenaltyChoice:
+    """What :func:`choose_penalty` chose, for the run folder and the report."""
+
+    penalty: float
+    weight: Tensor = field(repr=False)
+    #: ``"val"`` or ``"5-fold cross-validation of train"``.
+    chosen_on: str
+    #: Every penalty tried and its held-out loss (lower is better).
+    path: tuple[tuple[float, float], ...] = field(repr=False)
+
+    def describe(self) -> str:
+        return describe_choice(self.summary())
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-able record: the chosen penalty, where it was chosen, the values tried (the
+        strongest and weakest) and the path's held-out losses."""
+        return {
+            "penalty": self.penalty,
+            "chosen_on": self.chosen_on,
+            "tried": len(self.path),
+            "strongest": self.path[0][0],
+            "weakest": self.path[-1][0],
+            "path": [[p, None if not math.isfinite(s) else s] for p, s in self.path],
+        }
+
+
+def describe_choice(summary: dict[str, object]) -> str:
+    """``"penalty 0.3 chosen on val from 12 values (100 down to 0.03)"`` of a
+    :meth:`PenaltyChoice.summary`."""
+    return (
+        f"penalty {summary['penalty']:.3g} chosen on {summary['chosen_on']} from "
+        f"{summary['tried']} values ({summary['strongest']:.3g} down to {summary['weakest']:.3g})"
+    )
+
+
+def penalty_path(n: int = PATH_SIZE, high: float = PATH_HIGH, low: float = PATH_LOW) -> list[float]:
+    """``n`` penalties log-spaced from ``high`` down to ``low`` (strong first, for warm starts)."""
+    return [float(v) for v in np.geomspace(high, low, n)]
+
+
+#: ``fit(rows, penalty, start) -> weight``: the penalised fit on ``rows`` (indices).
+Fit = Callable[[np.ndarray, float, Tensor | None], Tensor]
+#: ``loss(weight, fit_rows, held_out_rows) -> float``: the held-out loss (lower is better).
+HeldOutLoss = Callable[[Tensor, np.ndarray, np.ndarray], float]
+
+
+def choose_penalty(
+    fit: Fit,
+    held_out_loss: HeldOutLoss,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    use_val: bool,
+    penalties: Sequence[float] | None = None,
+    seed: int = 0,
+) -> PenaltyChoice:
+    """The penalty of ``penalties`` (default :func:`penalty_path`) with the lowest held-out loss.
+
+    ``use_val``: held out are ``val_rows`` (fitted on ``train_rows``); otherwise the
+    :data:`INNER_FOLDS` folds of ``train_rows`` in turn (the sum of the folds' losses), a seeded
+    split. Ties go to the stronger penalty (the simpler model). The returned weight is the fit on
+    all of ``train_rows`` with the chosen penalty.
+    """
+    penalties = list(penalties or penalty_path())
+    if use_val:
+        splits = [(train_rows, val_rows)]
+        where = "val"
+    else:
+        rng = np.random.default_rng(seed)
+        folds = np.array_split(rng.permutation(train_rows), INNER_FOLDS)
+        splits = [
+            (np.concatenate([f for k, f in enumerate(folds) if k != i]), fold)
+            for i, fold in enumerate(folds)
+        ]
+        where = f"{INNER_FOLDS}-fold cross-validation of train"
+    starts: list[Tensor | None] = [None] * len(splits)
+    losses: list[float] = []
+    for penalty in penalties:
+        total = 0.0
+        for k, (fit_rows, held_rows) in enumerate(splits):
+            starts[k] = fit(fit_rows, penalty, starts[k])
+            total += held_out_loss(starts[k], fit_rows, held_rows)
+        losses.append(total if math.isfinite(total) else math.inf)
+        # Weaker penalties only overfit more once the held-out loss has risen PATIENCE times
+        # in a row past its minimum (glmnet stops its path early the same way).
+        if len(losses) > PATIENCE and min(losses) < min(losses[-PATIENCE:]):
+            break
+    best = int(np.argmin(losses))  # the first minimum: the strongest penalty among ties
+    weight = fit(train_rows, penalties[best], None)
+    return PenaltyChoice(
+        penalty=penalties[best],
+        weight=weight,
+        chosen_on=where,
+        path=tuple((p, float(s)) for p, s in zip(penalties, losses, strict=False)),
+    )
+
+
+def _lbfgs(weight: Tensor, objective: Callable[[Tensor], Tensor], max_iter: int = 100) -> Tensor:
+    """Minimise the convex ``objective(weight)`` with L-BFGS (strong Wolfe line search)."""
+    weight = weight.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [weight],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        value = objective(weight)
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach()
+
+
+def fit_logistic(
+    x: Tensor,
+    y: Tensor,
+    n_classes: int,
+    penalty: float,
+    start: Tensor | None = None,
+    multinomial: bool = False,
+) -> Tensor:
+    """Ridge-penalised logistic (``n_classes`` = 2: one logit) or multinomial regression.
+
+    ``x``: ``(n, p)`` float64 standardised inputs; ``y``: ``(n,)`` class indices. Returns the
+    ``(k, p + 1)`` weights, the intercept last (not penalised); ``k`` = 1 for two classes
+    unless ``multinomial`` (one logit per class, as a softmax head has).
+    Objective: mean cross-entropy + ``penalty / 2 * ||w||^2``.
+    """
+    k = 1 if n_classes == 2 and not multinomial else n_classes
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    weight = torch.zeros(k, design.shape[1], dtype=x.dtype) if start is None else start
+
+    def objective(w: Tensor) -> Tensor:
+        logits = design @ w.T
+        if k == 1:
+            data = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.to(x.dtype))
+        else:
+            data = torch.nn.functional.cross_entropy(logits, y.long())
+        return data + 0.5 * penalty * w[:, :-1].square().sum()
+
+    return _lbfgs(weight, objective)
+
+
+def fit_ridge(x: Tensor, y: Tensor, penalty: float, start: Tensor | None = None) -> Tensor:
+    """Ridge regression of ``y`` (standardised) on ``x``: ``(1, p + 1)``, the intercept last.
+
+    Objective: mean squared error + ``penalty / 2 * ||w||^2`` (the regression loss in its own
+    scale, so that the penalty is the weight decay that keeps it; closed form).
+    """
+    del start  # closed form: nothing to warm-start
+    n, p = x.shape
+    mean_x, mean_y = x.mean(0), y.mean()
+    xc, yc = x - mean_x, y - mean_y
+    gram = xc.T @ xc / n + 0.5 * penalty * torch.eye(p, dtype=x.dtype)
+    w = torch.linalg.solve(gram, xc.T @ yc / n)
+    return torch.cat([w, (mean_y - mean_x @ w)[None]])[None, :]
+
+
+#: Validation cases of every class needed to choose a classifier's penalty on them.
+MIN_VAL_PER_CLASS = 10
+#: Validation cases needed to choose a regression's penalty on them.
+MIN_VAL_ROWS = 30
+
+
+def choose_linear_classifier(
+    inputs: Tensor,
+    classes: np.ndarray,
+    n_classes: int,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    seed: int = 0,
+) -> PenaltyChoice:
+    """Ridge-penalised multinomial logistic start of a classification head (one logit per
+    class, as the head has), its penalty chosen by the held-out cross-entropy: on the validation
+    rows when every class has :data:`MIN_VAL_PER_CLASS` cases there, else by cross-validation
+    within the training rows. ``classes``: class indices of every row of ``inputs``.
+    Returns weights ``(n_classes, n_inputs + 1)``, the intercept last."""
+    x = inputs.detach().to(torch.float64).cpu()
+    y = torch.as_tensor(classes, dtype=torch.long)
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+    def fit(rows: np.ndarray, penalty: float, start: Tensor | None) -> Tensor:
+        rows_t = torch.as_tensor(rows)
+        return fit_logistic(x[rows_t], y[rows_t], n_classes, penalty, start, multinomial=True)
+
+    def held_out_loss(weight: Tensor, fit_rows: np.ndarray, held_rows: np.ndarray) -> float:
+        rows_t = torch.as_tensor(held_rows)
+        with torch.no_grad():
+            logits = design[rows_t] @ weight.T
+            return float(torch.nn.functional.cross_entropy(logits, y[rows_t], reduction="sum"))
+
+    counts = np.bincount(classes[val_rows], minlength=n_classes) if len(val_rows) else [0]
+    use_val = bool(np.min(counts) >= MIN_VAL_PER_CLASS)
+    return choose_penalty(fit, held_out_loss, train_rows, val_rows, use_val, seed=seed)
+
+
+def choose_ridge(
+    inputs: Tensor,
+    target: np.ndarray,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    seed: int = 0,
+) -> PenaltyChoice:
+    """Ridge start of a regression head on the standardised ``target``, its penalty chosen by
+    the held-out squared error: on the validation rows when they are at least
+    :data:`MIN_VAL_ROWS`, else by cross-validation within the training rows.
+    Returns weights ``(1, n_inputs + 1)``, the intercept last."""
+    x = inputs.detach().to(torch.float64).cpu()
+    y = torch.as_tensor(target, dtype=torch.float64)
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+    def fit(rows: np.ndarray, penalty: float, start: Tensor | None) -> Tensor:
+        rows_t = torch.as_tensor(rows)
+        return fit_ridge(x[rows_t], y[rows_t], penalty, start)
+
+    def held_out_loss(weight: Tensor, fit_rows: np.ndarray, held_rows: np.ndarray) -> float:
+        rows_t = torch.as_tensor(held_rows)
+        return float((design[rows_t] @ weight[0] - y[rows_t]).square().sum())
+
+    use_val = len(val_rows) >= MIN_VAL_ROWS
+    return choose_penalty(fit, held_out_loss, train_rows, val_rows, use_val, seed=seed)
