@@ -4,6 +4,8 @@ quiet on a healthy run."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -86,3 +88,88 @@ def test_divergence_after_an_early_best_epoch():
     noisy = diverged.assign(val_loss=[0.020, 0.021, 0.022, 0.021, 0.022, 0.023])
     assert run_warnings(_metrics([]), [], learning_curve=noisy) == []
     assert np.isfinite(diverged.val_loss).all()
+
+
+# -- end to end: a data set that triggers each check, trained with the user's command ----------
+
+QUIET = [
+    "model/extractor=none",
+    "evaluation.n_bootstrap=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def _train(csv, run, overrides):
+    from conftest import compose_config
+
+    from nervus_lightning.cli.train import train_settings
+    from nervus_lightning.workflows.train import train
+
+    train(train_settings(compose_config([f"data.csv={csv}", *QUIET, *overrides])), run)
+    summary = json.loads((run / "summary.json").read_text())
+    report = (run / "evaluation" / "report.html").read_text(encoding="utf-8")
+    return summary["warnings"], report
+
+
+def _frame(n: int, split_sizes: tuple[int, int, int], rng) -> pd.DataFrame:
+    splits = ["train"] * split_sizes[0] + ["val"] * split_sizes[1] + ["test"] * split_sizes[2]
+    return pd.DataFrame({"uniqID": [f"p{i}" for i in range(n)], "split": splits})
+
+
+def test_a_site_artefact_in_training_is_called_overfitted(tmp_path):
+    """An input that gives the label away in the training rows only (a scanner mark of one
+    site): training AUROC 1, validation near chance, and the run says so at the top of the
+    report, in summary.json and in the log."""
+    rng = np.random.default_rng(0)
+    frame = _frame(300, (180, 60, 60), rng)
+    y = rng.integers(0, 2, 300)
+    for i in range(5):
+        frame[f"input_{i}"] = rng.normal(size=300) + (0.3 * y if i == 0 else 0)
+    train_rows = frame.split == "train"
+    frame["input_mark"] = np.where(
+        train_rows, y + 0.1 * rng.normal(size=300), rng.normal(0.5, 0.5, 300)
+    )
+    frame["label_cancer"] = np.where(y == 1, "yes", "no")
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    warnings, report = _train(tmp_path / "data.csv", tmp_path / "run", ["task=classification"])
+    assert any("overfitted: training AUROC 1.000" in w for w in warnings), warnings
+    assert "Check before you use these results" in report and "overfitted" in report
+
+
+def test_a_network_that_only_got_worse_is_called_diverged(tmp_path):
+    """Survival on noise with a large learning rate and no early stopping: the kept checkpoint
+    is the first epoch's and the validation loss only rose after it."""
+    rng = np.random.default_rng(0)
+    frame = _frame(150, (90, 30, 30), rng)
+    for i in range(40):
+        frame[f"input_{i}"] = rng.normal(size=150)
+    time, censor = rng.exponential(5, 150), rng.exponential(8, 150)
+    frame["label_death"] = (time <= censor).astype(int)
+    frame["period_death"] = np.minimum(time, censor).round(3)
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    overrides = [
+        "task=survival",
+        "model.tabular.linear=false",
+        "model.ensemble=1",
+        "model.tabular.hidden=[128]",
+        "model.tabular.dropout=0",
+        "optimizer.lr=0.03",
+        "early_stopping.patience=null",
+        "trainer.max_epochs=40",
+    ]
+    warnings, _ = _train(tmp_path / "data.csv", tmp_path / "run", overrides)
+    assert any(w.startswith("diverged: the kept checkpoint is from epoch 0") for w in warnings)
+
+
+def test_inputs_that_say_nothing_give_collapsed_predictions(tmp_path):
+    """Constant inputs: every case gets the same prediction, below the reference R^2 of 0."""
+    rng = np.random.default_rng(0)
+    frame = _frame(150, (90, 30, 30), rng)
+    frame["input_a"], frame["input_b"] = 1.0, 2.0
+    frame["label_value"] = rng.normal(size=150)
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    warnings, _ = _train(
+        tmp_path / "data.csv", tmp_path / "run", ["task=regression", "trainer.max_epochs=5"]
+    )
+    assert any("collapsed: every validation case gets the same prediction" in w for w in warnings)

@@ -15,7 +15,8 @@ The checks and their thresholds (chosen to catch failures, not to grade good run
   :data:`NEAR_PERFECT` and validation R^2 that far below);
 - **worse than the reference without inputs** on validation: a survival IPA below 0 (the
   integrated Brier score above the Kaplan-Meier curve's), a binary Brier score above the
-  prevalence's (:math:`p(1-p)`), a regression R^2 below 0;
+  prevalence's (:math:`p(1-p)`), a regression R^2 below 0, each by more than
+  :data:`WORSE_MARGIN` (a tie is no failure);
 - **collapsed**: every validation prediction of a label the same value (within
   :data:`COLLAPSE_TOLERANCE`);
 - **diverged**: the kept checkpoint is from the first two epochs and the validation loss
@@ -36,6 +37,9 @@ __all__ = ["run_warnings"]
 NEAR_PERFECT = 0.98
 #: Validation this far below a near-perfect training fit: overfitted.
 OVERFIT_GAP = 0.15
+#: How far below the reference without inputs (IPA, R^2 below 0; a Brier score above the
+#: prevalence's) validation must be to be called worse: a tie to two decimals is no failure.
+WORSE_MARGIN = 0.01
 #: Relative spread of the validation predictions below which they count as one value.
 COLLAPSE_TOLERANCE = 1e-6
 #: Relative rise of the validation loss after an early best epoch that counts as divergence.
@@ -77,7 +81,7 @@ def _overfit(metrics: pd.DataFrame, label: str) -> str | None:
 
 def _worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None:
     ipa = _value(metrics, "val", label, "ipa")
-    if ipa is not None and ipa < 0:
+    if ipa is not None and ipa < -WORSE_MARGIN:
         ibs = _value(metrics, "val", label, "ibs")
         null = _value(metrics, "val", label, "ibs_null")
         numbers = f" (integrated Brier score {ibs:.3f} against {null:.3f})" if ibs and null else ""
@@ -90,14 +94,14 @@ def _worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None:
     prevalence = _value(metrics, "val", label, "prevalence")
     if brier is not None and prevalence is not None:
         reference = prevalence * (1 - prevalence)
-        if brier > reference:
+        if brier > reference + WORSE_MARGIN * reference:
             return (
                 f"label '{label}': worse than the prevalence on the validation rows: Brier "
                 f"score {brier:.3f} above {reference:.3f}, the score of giving every case the "
                 f"probability {prevalence:.2f}. Do not use these probabilities."
             )
     r2 = _value(metrics, "val", label, "r2")
-    if r2 is not None and r2 < 0:
+    if r2 is not None and r2 < -WORSE_MARGIN:
         return (
             f"label '{label}': worse than one value for everyone on the validation rows: "
             f"R^2 {r2:.3f} < 0."

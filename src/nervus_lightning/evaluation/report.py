@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from nervus_lightning.evaluation import plots
+from nervus_lightning.evaluation.diagnostics import run_warnings
 from nervus_lightning.evaluation.explanations import explanations
 from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.evaluation.report_page import _TEMPLATES, render_report
@@ -169,6 +170,15 @@ def evaluate_predictions(
     notes = all_rows[all_rows["note"] != ""][["split", "group", "label", "metric", "note"]]
     notes.to_csv(out_dir / "metrics_notes.csv", index=False)
 
+    # Silent failures (overfitted, worse than the reference without inputs, collapsed,
+    # diverged), from validation and training rows only: in the log and atop the report.
+    found = run_warnings(
+        metrics, [label["name"] for label in schema["labels"]], predictions, learning_curve
+    )
+    for message in found:
+        log.warning("%s", message)
+    metrics.attrs["warnings"] = found
+
     curve_png = None
     best_epoch = (model_summary or {}).get("best_epoch")
     if learning_curve is not None and not learning_curve.empty:
@@ -182,7 +192,7 @@ def evaluate_predictions(
         )
     page = render_report(
         predictions, sections, ctx, config_summary, curve_png, galleries, model_summary,
-        learning_curve,
+        learning_curve, warnings=found,
     )  # fmt: skip
     (out_dir / "report.html").write_text(page, encoding="utf-8")
     return metrics

@@ -406,8 +406,10 @@ def render_report(
     galleries: Mapping[str, list[dict]] | None = None,
     model_summary: Mapping | None = None,
     learning_curve: pd.DataFrame | None = None,
+    warnings: list[str] | None = None,
 ) -> str:
-    """The HTML page (a string, everything embedded) from ``templates/report.html.j2``."""
+    """The HTML page (a string, everything embedded) from ``templates/report.html.j2``;
+    ``warnings`` (:func:`nervus_lightning.evaluation.diagnostics.run_warnings`) head it."""
     context = report_context(
         predictions,
         sections,
@@ -418,4 +420,5 @@ def render_report(
         model_summary,
         learning_curve,
     )
+    context["warnings"] = list(warnings or [])
     return _TEMPLATES.get_template("report.html.j2").render(**context)

@@ -327,7 +327,13 @@ def train(
     # Written last: its presence says the run finished.
     write_json(
         run_dir / "summary.json",
-        {"best_checkpoint": best_path, "best_val_loss": objective, "metrics": metrics},
+        {
+            "best_checkpoint": best_path,
+            "best_val_loss": objective,
+            "metrics": metrics,
+            # The run diagnostics' findings (also atop the report): empty when none.
+            "warnings": list(table.attrs.get("warnings", [])),
+        },
     )
     log.info("best checkpoint %s (val_loss %.4f); outputs in %s", best_path, objective, run_dir)
     return objective
