@@ -11,7 +11,6 @@ checkpoint and :meth:`NervusModule.load_from_checkpoint` restores a model that p
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning as L
@@ -27,6 +26,11 @@ from nervus_lightning.files import atomic_write
 from nervus_lightning.models.build import build_ensemble
 from nervus_lightning.models.build import component_options as _options
 from nervus_lightning.models.ensemble import member_nets
+from nervus_lightning.models.linear_start import (
+    linear_penalty,
+    resolve_linear,
+    start_linear_terms,
+)
 from nervus_lightning.options import (
     check_call_options,
     check_choice,
@@ -36,8 +40,6 @@ from nervus_lightning.options import (
 )
 from nervus_lightning.tasks.base import evaluation_options
 from nervus_lightning.tasks.registry import build_task
-
-log = logging.getLogger(__name__)
 
 #: Checkpoint key of the linear terms' chosen penalties (:meth:`NervusModule.start_linear_terms`).
 LINEAR_CHOICES_KEY = "nervus_linear_choices"
@@ -100,22 +102,6 @@ def _without_name(options: dict[str, Any]) -> dict[str, Any]:
 def check_ensemble(value: Any) -> int:
     """``model.ensemble`` as a number of networks (a whole number, at least 1)."""
     return int(check_number("model.ensemble", value, low=1, integer=True))
-
-
-def linear_term_by_default(schema: DataSchema, task: Any) -> bool:
-    """``model.tabular.linear=auto``: a linear term on tabular inputs alone, for Cox survival,
-    classification and regression heads.
-
-    The penalised linear model (Cox, multinomial logistic, ridge; its penalty chosen on the
-    validation rows, :mod:`nervus_lightning.models.penalty`) is the reference every tabular
-    model is judged against; with the term the deep model starts as that model and training
-    adds the network on top. Discrete-time
-    heads (``logistic_hazard``, ``pmf``, ``deephit``) do not get it by default: their linear
-    special case (one logistic model per time interval) is not the reference model, and a zero
-    network start there means flat, uninformed curves rather than a fitted model. Runs with
-    images keep their fusion as it was (set ``model.tabular.linear=true`` to add the term there).
-    """
-    return task.linear_by_default and bool(schema.input_columns) and not schema.has_images
 
 
 class NervusModule(L.LightningModule):
@@ -213,7 +199,7 @@ class NervusModule(L.LightningModule):
         if isinstance(tabular, dict) and "linear" in tabular:
             tabular = dict(tabular)
             linear_option = tabular.pop("linear")
-        self.linear = self._resolve_linear(linear_option)
+        self.linear = resolve_linear(linear_option, self.schema, self.task)
         self.ensemble = check_ensemble(ensemble)
         #: label name -> the penalised linear start chosen for its linear term (penalty, where
         #: it was chosen, the path): :meth:`start_linear_terms`, recorded in model_summary.json.
@@ -242,21 +228,6 @@ class NervusModule(L.LightningModule):
             }
         )
 
-    def _resolve_linear(self, linear: bool | str) -> bool:
-        """``model.tabular.linear`` as a yes/no for this schema and task."""
-        if linear == "auto":
-            return linear_term_by_default(self.schema, self.task)
-        if not isinstance(linear, bool):
-            raise NervusInputError(
-                f"model.tabular.linear must be true, false or auto, got {linear!r}."
-            )
-        if linear and not self.schema.input_columns:
-            raise NervusInputError(
-                "model.tabular.linear=true adds a linear term of the input_* columns, and the "
-                "data have none; set model.tabular.linear=false (or auto)."
-            )
-        return linear
-
     # -- forward ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -281,59 +252,21 @@ class NervusModule(L.LightningModule):
         gradients (:attr:`nervus_lightning.tasks.base.Task.gather`)."""
         return self.all_gather(tensor, sync_grads=True).flatten(0, 1)
 
-    @torch.no_grad()
     def start_linear_terms(self, frame: Any) -> None:
         """Set each head's linear term to the task's penalised linear start (Cox: a ridge Cox
-        fit), fitted on the training rows with its penalty chosen on the validation rows, before
-        the first epoch; the penalty then stays on the term during training
+        fit), fitted on the training rows of ``frame`` with its penalty chosen on its validation
+        rows, before the first epoch (:func:`~nervus_lightning.models.linear_start.
+        start_linear_terms`); the penalty then stays on the term during training
         (:meth:`linear_penalty`). A resumed run loads its checkpoint's weights over the start
         and chooses the same penalty again (the choice is deterministic)."""
-        frame = frame.reset_index(drop=True)
-        split = frame[SPLIT_COLUMN].to_numpy()
-        train_rows = np.flatnonzero(split == TRAIN)
-        val_rows = np.flatnonzero(split == VAL)
-        raw = torch.as_tensor(frame[self.schema.input_columns].to_numpy(np.float32))
-        first = member_nets(self.net)[0]
-        term0 = first.linear_terms[0]
-        inputs = first.tabular_extractor.standardise(raw.to(term0.weight.device)).cpu()
-        choices = [
-            self.task.linear_start(inputs, frame, train_rows, val_rows, j)
-            for j in range(len(first.linear_terms))
-        ]
-        self.linear_choices = {}
-        for spec, choice in zip(self.schema.labels, choices, strict=True):
-            if choice is not None:
-                self.linear_choices[spec.name] = choice.summary()
-                log.info("label '%s': linear start with %s", spec.name, choice.describe())
-        for net in member_nets(self.net):  # every ensemble member starts from the same fit
-            for term, choice in zip(net.linear_terms, choices, strict=True):
-                if choice is None:
-                    continue
-                weight = choice.weight.to(term.weight)
-                if weight.shape[1] == term.weight.shape[1] + 1:  # the intercept last
-                    term.bias.copy_(weight[:, -1])
-                    weight = weight[:, :-1]
-                term.weight.copy_(weight)
+        self.linear_choices = start_linear_terms(
+            self.net, self.task, self.schema.labels, self.schema.input_columns, frame
+        )
 
     def linear_penalty(self) -> torch.Tensor | float:
-        """The chosen ridge penalties of the linear terms, ``sum_j lambda_j / 2 ||w_j||^2`` over
-        every ensemble member, added to the training loss: the terms stay at their penalised
-        fit instead of drifting to the unpenalised one (which, with more inputs than events,
-        does not exist)."""
-        if not self.linear_choices:
-            return 0.0
-        total = 0.0
-        penalties = [
-            self.linear_choices.get(spec.name, {}).get("penalty", 0.0)
-            for spec in self.schema.labels
-        ]
-        for net in member_nets(self.net):
-            if net.linear_terms is None:
-                continue
-            for term, penalty in zip(net.linear_terms, penalties, strict=True):
-                if penalty:
-                    total = total + 0.5 * penalty * term.weight.float().square().sum()
-        return total
+        """The chosen ridge penalties of the linear terms, added to the training loss
+        (:func:`~nervus_lightning.models.linear_start.linear_penalty`)."""
+        return linear_penalty(self.net, self.linear_choices, self.schema.labels)
 
     def _image(self, batch: dict[str, Any]) -> torch.Tensor | None:
         image = batch.get("image")

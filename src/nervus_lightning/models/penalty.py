@@ -42,6 +42,7 @@ __all__ = [
     "describe_choice",
     "fit_logistic",
     "fit_ridge",
+    "minimise_lbfgs",
     "penalty_path",
 ]
 
@@ -155,15 +156,22 @@ def choose_penalty(
     )
 
 
-def _lbfgs(weight: Tensor, objective: Callable[[Tensor], Tensor], max_iter: int = 100) -> Tensor:
-    """Minimise the convex ``objective(weight)`` with L-BFGS (strong Wolfe line search)."""
+def minimise_lbfgs(
+    weight: Tensor,
+    objective: Callable[[Tensor], Tensor],
+    max_iter: int = 100,
+    tolerance_grad: float = 1e-7,
+    tolerance_change: float = 1e-10,
+) -> Tensor:
+    """Minimise the convex ``objective(weight)`` from ``weight`` with L-BFGS (strong Wolfe line
+    search); returns the minimiser (detached)."""
     weight = weight.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [weight],
         lr=1.0,
         max_iter=max_iter,
-        tolerance_grad=1e-7,
-        tolerance_change=1e-10,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=tolerance_change,
         line_search_fn="strong_wolfe",
     )
 
@@ -205,7 +213,7 @@ def fit_logistic(
             data = torch.nn.functional.cross_entropy(logits, y.long())
         return data + 0.5 * penalty * w[:, :-1].square().sum()
 
-    return _lbfgs(weight, objective)
+    return minimise_lbfgs(weight, objective)
 
 
 def fit_ridge(x: Tensor, y: Tensor, penalty: float, start: Tensor | None = None) -> Tensor:

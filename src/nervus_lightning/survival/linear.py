@@ -9,9 +9,11 @@ split,
 
 (:math:`\log L` of :mod:`nervus_lightning.survival.loss`, Efron or Breslow ties), the same
 estimate as scikit-survival's ``CoxPHSurvivalAnalysis(alpha=alpha)`` (checked in the tests). The
-deep model then starts as the fitted linear Cox model, and the checkpoint kept by validation loss
-is at worst a few optimiser steps away from it. The small ridge ``alpha`` keeps the estimate
-finite when an input separates the events (a rare one-hot level).
+penalty is chosen on held-out rows (:func:`choose_linear_cox`, on the path of
+:mod:`nervus_lightning.models.penalty`): with more inputs than events the unpenalised fit does
+not exist, and a weak fixed penalty fits the training rows perfectly. The deep model then
+starts as the fitted linear Cox model, and the checkpoint kept by validation loss is at worst a
+few optimiser steps away from it.
 
 Why hand-written: the objective is convex and tiny (one weight per input); torch's L-BFGS on
 the library's own loss fits it in float64 without a new dependency or a round trip through numpy
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nervus_lightning.models.penalty import PenaltyChoice, _lbfgs, choose_penalty
+from nervus_lightning.models.penalty import PenaltyChoice, choose_penalty, minimise_lbfgs
 from nervus_lightning.survival.loss import cox_partial_log_likelihood
 
 __all__ = ["MIN_VAL_EVENTS", "choose_linear_cox", "fit_linear_cox"]
@@ -56,32 +58,16 @@ def fit_linear_cox(
     x = inputs.detach().to(torch.float64)
     time = time.detach().to(torch.float64)
     event = event.detach() != 0
-    weight = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
+    weight = torch.zeros(1, x.shape[1], dtype=torch.float64, device=x.device)
     n_events = int(event.sum())
     if n_events == 0 or x.shape[1] == 0:
-        return weight.detach().float()
-    optimizer = torch.optim.LBFGS(
-        [weight],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-        line_search_fn="strong_wolfe",
+        return weight[0].float()
+    # Per event, so that the tolerances mean the same for small and large splits.
+    objective = _per_event_objective(x, time, event, ties, alpha / n_events)
+    fitted = minimise_lbfgs(
+        weight, objective, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14
     )
-
-    def objective() -> Tensor:
-        optimizer.zero_grad()
-        # Per event, so that the tolerances mean the same for small and large splits.
-        loss = (
-            -cox_partial_log_likelihood(x @ weight, time, event, ties)
-            + 0.5 * alpha * weight.square().sum()
-        ) / n_events
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(objective)
-    return weight.detach().float()
+    return fitted[0].float()
 
 
 def _per_event_objective(x: Tensor, time: Tensor, event: Tensor, ties: str, penalty: float):
@@ -126,7 +112,7 @@ def choose_linear_cox(
         if not bool(event[rows_t].any()) or x.shape[1] == 0:
             return weight
         objective = _per_event_objective(x[rows_t], time[rows_t], event[rows_t], ties, penalty)
-        return _lbfgs(weight, objective)
+        return minimise_lbfgs(weight, objective)
 
     def held_out_loss(weight: Tensor, fit_rows: np.ndarray, held_rows: np.ndarray) -> float:
         both = torch.as_tensor(np.concatenate([fit_rows, held_rows]))
