@@ -299,6 +299,7 @@ def report_context(
     galleries: Mapping[str, list[dict]] | None = None,
     model_summary: Mapping | None = None,
     learning_curve: pd.DataFrame | None = None,
+    warnings: list[str] | None = None,
 ) -> dict:
     """Everything the template shows, as plain values (escaping is the template's job)."""
     sizes = predictions.groupby("split").size()
@@ -372,6 +373,8 @@ def report_context(
         "model": [(str(k), str(v)) for k, v in (model_summary or {}).get("rows", [])],
         "curve_caption": _curve_caption(model_summary, learning_curve),
         "config": config,
+        # The run diagnostics' findings, atop the page.
+        "warnings": list(warnings or []),
     }
 
 
@@ -419,6 +422,6 @@ def render_report(
         galleries,
         model_summary,
         learning_curve,
+        warnings,
     )
-    context["warnings"] = list(warnings or [])
     return _TEMPLATES.get_template("report.html.j2").render(**context)
