@@ -194,6 +194,28 @@ def test_bf16_on_a_cpu_without_bf16_kernels_warns(tmp_path, monkeypatch, caplog,
     assert warned is (not native)
 
 
+@pytest.mark.parametrize(("native", "chosen"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_fp16_on_a_cpu_is_decided_here_and_said_once(tmp_path, monkeypatch, caplog, native, chosen):
+    """``trainer=ddp trainer.accelerator=cpu`` keeps the recipe's 16-mixed, which CPUs cannot run:
+    bf16 where the CPU has bf16 kernels, 32-bit otherwise (Lightning would pick bf16 always,
+    20 times slower where it is emulated), one log line and no Lightning warning."""
+    import warnings
+
+    from conftest import compose_config
+
+    from nervus_lightning.workflows import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    cfg = compose_config(["trainer.accelerator=cpu", "trainer.precision=16-mixed"])
+    with caplog.at_level("INFO", logger="nervus_lightning.workflows.train"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = train_module.build_trainer(train_settings(cfg).trainer, tmp_path, [])
+    assert trainer.precision == chosen
+    assert f"this run uses {chosen}" in caplog.text
+    assert not [w for w in caught if "precision" in str(w.message)]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_follow_the_umask(tmp_path, umask):
     """Checkpoints and run files get the mode ``open()`` would give (0666 less the umask), not

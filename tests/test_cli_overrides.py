@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -41,6 +42,34 @@ def test_typo_exits_2_with_the_closest_key(module, args, meant, tmp_path):
     # Hydra's own answer, "To append to your config use +key=value", sends the user the wrong way.
     assert "+" not in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_required_value_left_out_exits_2_naming_it(tmp_path):
+    """``predict`` without ``data.csv`` ran until OmegaConf raised MissingMandatoryValue: exit
+    status 1 and a traceback through Hydra."""
+    out = run(["-m", "nervus_lightning.predict", "ckpt=a.ckpt", "hydra.run.dir=run"], tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == (
+        "nervus_lightning: error: python -m nervus_lightning.predict needs data.csv: "
+        "add data.csv=... to the command line."
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("config_name", "args", "needs"),
+    [
+        ("predict", [], "needs ckpt, data.csv: add ckpt=... data.csv=..."),
+        ("export", [], "nervus_lightning.export needs ckpt:"),
+        ("evaluate", [], "needs predictions:"),
+        ("train", ["data=csv"], "python -m nervus_lightning needs data.csv:"),
+    ],
+)
+def test_required_values(config_name, args, needs):
+    with pytest.raises(NervusInputError, match=re.escape(needs)):
+        check_overrides(config_name, args)
+    check_overrides(config_name, [*args, "--cfg", "job"])  # printing the config needs none
+    check_overrides("predict", ["-m", "ckpt=a", "data.csv=a.csv,b.csv"])  # a sweep gives it
 
 
 def test_misspelt_group_choice_exits_2(tmp_path):

@@ -63,6 +63,9 @@ def test_training_without_a_terminal_prints_sensible_lines(dataset, tmp_path):
     assert max(len(line) for line in text.splitlines()) < 500
     for noise in NOISE:
         assert noise not in text, noise
+    # Lightning's own console handler and Hydra's root handler printed each of its lines twice.
+    assert text.count("Seed set to") == 1
+    assert text.count("`Trainer.fit` stopped") == 1
     epochs = [m.groups() for line in out.stdout.splitlines() if (m := EPOCH_LINE.match(line))]
     assert epochs == [("0", "1"), ("1", "2")]
 

@@ -57,6 +57,13 @@ KNOWN_WARNINGS = (
         "the end of every epoch whatever log_every_n_steps says.",
     ),
     KnownWarning(
+        r"Precision bf16-mixed is not supported by the model summary",
+        UserWarning,
+        r"lightning\.pytorch\.utilities\.model_summary",
+        "under bf16-mixed the weights stay 32-bit (autocast lowers the activations only), so "
+        "the summary's size, which it computes with 32 bits, is right.",
+    ),
+    KnownWarning(
         r"Using `DistributedSampler` with the dataloaders\. During `trainer\.test\(\)`",
         PossibleUserWarning,
         r"lightning\.pytorch\.trainer\.connectors\.data_connector",
@@ -83,9 +90,17 @@ class _DropAdvertisement(logging.Filter):
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Within the block, :data:`KNOWN_WARNINGS` and Lightning's litlogger advertisement are not
-    printed; every other warning and message is."""
+    printed; every other warning and message is, once.
+
+    ``import lightning`` gives its logger a console handler of its own (``INFO: ...``) and lets
+    it propagate too; where the root logger has handlers (Hydra's console and ``.log`` file, or a
+    user's own logging set-up) every Lightning line was printed twice. Within the block Lightning's
+    own handler is set aside and its lines go through the root logger alone.
+    """
     drop = _DropAdvertisement()
     loggers = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
+    lightning_logger = logging.getLogger("lightning")
+    set_aside = list(lightning_logger.handlers) if _root_prints(lightning_logger) else []
     with warnings.catch_warnings():
         for known in KNOWN_WARNINGS:
             warnings.filterwarnings(
@@ -93,11 +108,20 @@ def quiet_lightning() -> Iterator[None]:
             )
         for logger in loggers:
             logger.addFilter(drop)
+        for handler in set_aside:
+            lightning_logger.removeHandler(handler)
         try:
             yield
         finally:
             for logger in loggers:
                 logger.removeFilter(drop)
+            for handler in set_aside:
+                lightning_logger.addHandler(handler)
+
+
+def _root_prints(logger: logging.Logger) -> bool:
+    """Whether ``logger``'s records reach handlers of the root logger as well as its own."""
+    return logger.propagate and bool(logging.getLogger().handlers)
 
 
 def console_is_interactive() -> bool:

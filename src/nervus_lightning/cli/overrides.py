@@ -62,11 +62,33 @@ def check_overrides(config_name: str, args: Sequence[str]) -> None:
     # Hydra warns again when it composes the same command line (a plugin folder that is absent).
     with warnings.catch_warnings(), initialize_config_dir(config_dir(), version_base="1.3"):
         warnings.simplefilter("ignore")
-        _check_composed(config_name, overrides, GlobalHydra.instance().config_loader())
+        cfg = _check_composed(config_name, overrides, GlobalHydra.instance().config_loader())
+    if cfg is not None and parsed.cfg is None:  # --cfg prints the config, values missing or not
+        _check_required(config_name, cfg, overrides)
 
 
-def _check_composed(config_name: str, overrides: list[Override], loader: ConfigLoader) -> None:
-    """Group choices of sweeps and groups written with dots first, then one composition."""
+def _check_required(config_name: str, cfg: DictConfig, overrides: list[Override]) -> None:
+    """A value the command needs (``???`` in its config, ``ckpt``, ``data.csv``) that the command
+    line leaves out: Hydra ran the command until it read the value and exited with status 1 and
+    an OmegaConf traceback."""
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    missing = [key for key in OmegaConf.missing_keys(cfg) if key not in swept]
+    if missing:
+        command = "nervus_lightning"
+        if config_name != "train":
+            command += f".{config_name}"
+        values = " ".join(f"{key}=..." for key in sorted(missing))
+        raise NervusInputError(
+            f"python -m {command} needs {', '.join(sorted(missing))}: add {values} to the "
+            "command line."
+        )
+
+
+def _check_composed(
+    config_name: str, overrides: list[Override], loader: ConfigLoader
+) -> DictConfig | None:
+    """Group choices of sweeps and groups written with dots first, then one composition (the
+    composed config, or None where Hydra refused it)."""
     groups = set(_all_groups(loader, ""))
     app = [o for o in overrides if not o.is_hydra_override()]
     # A plugin folder (hydra.searchpath=[...]) may add groups and choices the loader does not see.
@@ -87,15 +109,16 @@ def _check_composed(config_name: str, overrides: list[Override], loader: ConfigL
         cfg = compose(config_name, overrides=[o.input_line for o in single])
     except MissingConfigException as err:
         _raise_missing_choice(err, app)
-        return
+        return None
     except (HydraException, OmegaConfBaseException):
         _find_unknown_key(config_name, single, groups)
-        return
+        return None
     for override in app:
         if override.is_sweep_override() and override.key_or_group not in groups:
             message = _unknown_key_message(cfg, override, groups) if _is_plain(override) else None
             if message and own_folders_only:
                 raise NervusInputError(message)
+    return cfg
 
 
 def _find_unknown_key(config_name: str, overrides: list[Override], groups: set[str]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -58,6 +59,10 @@ from nervus_lightning.workflows.explain import check_explain_options, explain_af
 from nervus_lightning.workflows.settings import TrainSettings
 
 log = logging.getLogger(__name__)
+# What every process would say alike before the processes meet (each DDP process runs the
+# command from its start): said by the first one only.
+say_once = rank_zero_only(log.info)
+warn_once = rank_zero_only(log.warning)
 
 
 def build_datamodule(settings: TrainSettings, **overrides: Any) -> NervusDataModule:
@@ -164,9 +169,20 @@ def build_trainer(
         plugins.append(AtomicCheckpointIO())
     options["plugins"] = plugins
     precision = str(options.get("precision", ""))
-    if precision.startswith("bf16") and not uses_cuda(options.get("accelerator", "auto")):
+    if precision in ("16", "16-mixed") and not uses_cuda(options.get("accelerator", "auto")):
+        # fp16 autocast is CUDA's; Lightning would switch to bf16-mixed with a warning, which
+        # is emulated (and slow) on most CPUs. Decide here and say it once.
+        precision = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+        say_once(
+            "trainer.precision=%s needs a CUDA GPU; on %s this run uses %s.",
+            options["precision"],
+            options.get("accelerator", "auto"),
+            precision,
+        )
+        options["precision"] = precision
+    elif precision.startswith("bf16") and not uses_cuda(options.get("accelerator", "auto")):
         if not cpu_has_native_bf16():
-            log.warning(
+            warn_once(
                 "trainer.precision=%s on a CPU without native bfloat16 kernels (AVX512-BF16 or "
                 "AMX): bf16 operations are emulated and training is much slower than in fp32 "
                 "(measured on such a CPU: a ResNet18 step on 32 images of 64 px took 20 times "
@@ -174,7 +190,7 @@ def build_trainer(
                 precision,
             )
     if options.get("sync_batchnorm") and not uses_cuda(options.get("accelerator", "auto")):
-        log.info(
+        say_once(
             "trainer.sync_batchnorm is off: SyncBatchNorm needs CUDA GPUs and the accelerator is "
             "%s; each process normalises with its own batch statistics.",
             options.get("accelerator", "auto"),
