@@ -321,6 +321,29 @@ def test_root_command_modules_are_shims() -> None:
         assert len(body) == 2 and _is_main_guard(body[1]), name
 
 
+def _layer(short: str) -> int:
+    """docs/design.md's layers, top (0) to bottom: cli and the shims, workflows, the parts."""
+    if short.split(".")[0] == "cli" or short in SHIMS:
+        return 0
+    if short.split(".")[0] == "workflows":
+        return 1
+    return 2
+
+
+def test_layers_import_downwards_only() -> None:
+    """No part (data, models, tasks, survival, evaluation, module...) imports workflows or cli,
+    and workflows do not import cli, also not inside a function (the package's ``__init__``
+    may name the workflows lazily, PEP 562)."""
+    upward = [
+        f"{imp.source} -> {imp.target} (line {imp.line})"
+        for imp in package_imports()
+        if imp.source != PACKAGE
+        and _layer(imp.target.removeprefix(PACKAGE + "."))
+        < _layer(imp.source.removeprefix(PACKAGE + "."))
+    ]
+    assert upward == [], f"imports from a lower layer up: {upward}"
+
+
 def test_the_graph_sees_imports_inside_functions(tmp_path: Path) -> None:
     """The helper finds a cycle closed only by an import inside a function, relative or not."""
     pkg = tmp_path / PACKAGE
