@@ -100,8 +100,8 @@ def linear_term_by_default(schema: DataSchema, task: Any) -> bool:
     Linear Cox is the reference every tabular prognosis model is judged against; with the term
     the deep model starts as that model and training adds the network on top. Discrete-time
     heads (``logistic_hazard``, ``pmf``, ``deephit``) do not get it by default: their linear
-    special case (one logistic model per time interval) is not the reference model, and a zero
-    network start there means flat, uninformed curves rather than a fitted model. Runs with
+    special case (one logistic model per time interval) is not the reference model; they start
+    as the training Kaplan-Meier curve instead (:meth:`NervusModule.start_heads`). Runs with
     images keep their fusion as it was (set ``model.tabular.linear=true`` to add the term there).
     """
     return task.linear_by_default and bool(schema.input_columns) and not schema.has_images
@@ -247,6 +247,7 @@ class NervusModule(L.LightningModule):
             self.task.check_batches(train, datamodule.batch_size * world)
             if any(net.linear_terms is not None for net in member_nets(self.net)):
                 self.start_linear_terms(train)
+            self.start_heads(train)
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
             self.task.gather = lambda t: self.all_gather(t, sync_grads=True).flatten(0, 1)
@@ -268,6 +269,23 @@ class NervusModule(L.LightningModule):
             for term, weight in zip(net.linear_terms, starts, strict=True):
                 if weight is not None:
                     term.weight.copy_(weight.to(term.weight))
+
+    @torch.no_grad()
+    def start_heads(self, train: Any) -> None:
+        """Start each head's output layer at the task's start on the training rows (discrete-time
+        survival: the Kaplan-Meier curve) before the first epoch, in every ensemble member: its
+        bias set to the start, its weights to zero, so that the first output is exactly the start
+        (as a linear term's head, ``NervusNet._linear_terms``). A resumed run then loads its
+        checkpoint's weights over it."""
+        for j in range(len(self.schema.labels)):
+            bias = self.task.head_start(train, j)
+            if bias is None:
+                continue
+            for net in member_nets(self.net):
+                layers = [m for m in net.heads[j].modules() if isinstance(m, nn.Linear)]
+                if layers and layers[-1].bias is not None:
+                    nn.init.zeros_(layers[-1].weight)
+                    layers[-1].bias.copy_(bias.to(layers[-1].bias))
 
     def _image(self, batch: dict[str, Any]) -> torch.Tensor | None:
         image = batch.get("image")
