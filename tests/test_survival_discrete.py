@@ -3,10 +3,12 @@ metrics equal pycox's; end to end through the command line; predict from the che
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from pycox.models.loss import DeepHitSingleLoss, nll_logistic_hazard, nll_pmf
 from pycox.models.utils import make_subgrid
 from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 from sksurv.metrics import concordance_index_censored, integrated_brier_score
+from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
 from nervus_lightning.cli.train import train_settings
@@ -30,6 +33,8 @@ from nervus_lightning.survival.reference import SurvivalReference
 from nervus_lightning.tasks.survival import SurvivalTask
 from nervus_lightning.workflows.predict import predict
 from nervus_lightning.workflows.train import train
+
+SIMULATIONS = Path(__file__).resolve().parents[1] / "benchmarks" / "simulations.py"
 
 PYCOX_CLASSES = {"logistic_hazard": LogisticHazard, "pmf": PMF, "deephit": DeepHitSingle}
 
@@ -118,6 +123,66 @@ def test_curves_equal_pycox_monotone_and_in_unit_interval(model):
     fine = np.linspace(0, 12, 120001)
     rmst = np.trapezoid(discrete.interpolate_survival(surv, cuts, fine), fine, axis=1)
     np.testing.assert_allclose(discrete.risk_score(surv, cuts), 1 - rmst / 12, atol=1e-7)
+
+
+@pytest.mark.parametrize("model", discrete.DISCRETE_MODELS)
+def test_start_is_the_kaplan_meier_curve_and_the_likelihood_maximum(model):
+    time, event = _survival_data(200, seed=3)
+    cuts = discrete.fit_grid(time, event, 8)
+    phi = discrete.start_logits(model, cuts, time, event)
+    surv = discrete.grid_survival(model, torch.from_numpy(phi)[None].float())[0].numpy()
+    # scikit-survival's Kaplan-Meier curve of the discretised times (pycox's transform: events
+    # moved to the next cut, censorings to the previous one), read at the cuts.
+    idx, events = discrete.discretize(cuts, time, event)
+    km_time, km_surv = kaplan_meier_estimator(events != 0, cuts[idx])
+    expected = np.r_[1.0, km_surv][np.searchsorted(km_time, cuts, side="right")]
+    np.testing.assert_allclose(surv, expected, atol=2 * discrete.HAZARD_FLOOR)
+    # ... close to the Kaplan-Meier curve of the times themselves,
+    raw_time, raw_surv = kaplan_meier_estimator(event != 0, time)
+    raw = np.r_[1.0, raw_surv][np.searchsorted(raw_time, cuts, side="right")]
+    np.testing.assert_allclose(surv, raw, atol=0.05)
+    # ... and the maximum of pycox's likelihood for a head without inputs (zero gradient).
+    logits = torch.tensor(np.tile(phi, (len(time), 1)), requires_grad=True)
+    nll = nll_logistic_hazard if model == "logistic_hazard" else nll_pmf
+    nll(logits, torch.from_numpy(idx), torch.from_numpy(events).double()).backward()
+    np.testing.assert_allclose(logits.grad.sum(0).numpy(), 0.0, atol=2 * discrete.HAZARD_FLOOR)
+
+
+def _crossing_hazards(n: int, seed: int) -> pd.DataFrame:
+    spec = importlib.util.spec_from_file_location("simulations", SIMULATIONS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.crossing_hazards(n, seed)
+
+
+def test_logistic_hazard_defaults_start_no_worse_than_kaplan_meier(tmp_path):
+    """Issue 19: with the user's defaults (``task.model=logistic_hazard`` and nothing else) a
+    head that started at zero (hazard 1/2 in every interval) was still far below the data after
+    the default 150 full-batch steps: test Brier scores worse than Kaplan-Meier's. Started at
+    the training Kaplan-Meier curve, a few epochs leave it at least as good as that curve."""
+    csv = tmp_path / "crossing.csv"
+    _crossing_hazards(600, seed=1).to_csv(csv, index=False)
+    cfg = compose_config(
+        [
+            f"data.csv={csv}",
+            "task=survival",
+            "model/extractor=none",
+            "task.model=logistic_hazard",
+            "model.ensemble=1",
+            "trainer.max_epochs=3",
+            "trainer.enable_progress_bar=false",
+            "evaluation.n_bootstrap=20",
+        ]
+    )
+    train(train_settings(cfg), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for split in ("train", "val"):
+        got = metrics[split]["label_death"]
+        assert got["ipa"] > -0.01, (split, got["ibs"], got["ibs_null"])
+    # The first epoch's loss is the Kaplan-Meier curve's (about 2.2 here), not a flat 1/2
+    # hazard's (about 5).
+    curve = pd.read_csv(tmp_path / "run" / "learning_curve.csv")
+    assert curve.val_loss.iloc[0] < 3.0
 
 
 @pytest.fixture

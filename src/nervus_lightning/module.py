@@ -29,6 +29,7 @@ from nervus_lightning.models.ensemble import member_nets
 from nervus_lightning.models.linear_start import (
     linear_penalty,
     resolve_linear,
+    start_heads,
     start_linear_terms,
 )
 from nervus_lightning.options import (
@@ -240,6 +241,8 @@ class NervusModule(L.LightningModule):
             if any(net.linear_terms is not None for net in member_nets(self.net)):
                 frame = datamodule.split_frame()
                 self.start_linear_terms(frame[frame[SPLIT_COLUMN].isin([TRAIN, VAL])])
+            # Discrete-time survival heads start at the training Kaplan-Meier curve.
+            start_heads(self.net, self.task, len(self.schema.labels), train)
         if stage == "fit" and self.trainer is not None and self.trainer.world_size > 1:
             # Losses that compare cases (Cox risk sets) see the global batch, with gradients.
             self.task.gather = self._gather_global_batch

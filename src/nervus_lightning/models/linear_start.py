@@ -41,8 +41,8 @@ def linear_term_by_default(schema: Any, task: Any) -> bool:
     model is judged against; with the term the deep model starts as that model and training
     adds the network on top. Discrete-time
     heads (``logistic_hazard``, ``pmf``, ``deephit``) do not get it by default: their linear
-    special case (one logistic model per time interval) is not the reference model, and a zero
-    network start there means flat, uninformed curves rather than a fitted model. Runs with
+    special case (one logistic model per time interval) is not the reference model; they start
+    as the training Kaplan-Meier curve instead (:func:`start_heads`). Runs with
     images keep their fusion as it was (set ``model.tabular.linear=true`` to add the term there).
     """
     return task.linear_by_default and bool(schema.input_columns) and not schema.has_images
@@ -120,3 +120,21 @@ def linear_penalty(
             if penalty:
                 total = total + 0.5 * penalty * term.weight.float().square().sum()
     return total
+
+
+@torch.no_grad()
+def start_heads(net: nn.Module, task: Any, n_labels: int, train: pd.DataFrame) -> None:
+    """Start each head's output layer at the task's start on the training rows
+    (``Task.head_start``; discrete-time survival: the Kaplan-Meier curve) before the first
+    epoch, in every ensemble member: its bias set to the start and its weights to zero, so that
+    the first output is exactly the start, as a linear term's head starts at its fit. A resumed
+    run then loads its checkpoint's weights over it."""
+    for j in range(n_labels):
+        bias = task.head_start(train, j)
+        if bias is None:
+            continue
+        for member in member_nets(net):
+            layers = [m for m in member.heads[j].modules() if isinstance(m, nn.Linear)]
+            if layers and layers[-1].bias is not None:
+                nn.init.zeros_(layers[-1].weight)
+                layers[-1].bias.copy_(bias.to(layers[-1].bias))

@@ -223,6 +223,12 @@ class Task(ABC):
         or, with the intercept last, ``(head_size, n_inputs + 1)``; None to start at zero."""
         return None
 
+    def head_start(self, train: pd.DataFrame, j: int) -> torch.Tensor | None:
+        """Starting bias ``(head_size,)`` of label ``j``'s output layer from the training split
+        (e.g. a survival curve that equals the training Kaplan-Meier curve), or None to keep
+        the layer's own initialisation."""
+        return None
+
     @abstractmethod
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         """Loss of label ``j`` on this batch (cases with an unknown target are ignored)."""

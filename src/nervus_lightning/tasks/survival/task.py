@@ -293,6 +293,18 @@ class SurvivalTask(Task):
             ties=self.ties,
         )
 
+    def head_start(self, train: pd.DataFrame, j: int) -> torch.Tensor | None:
+        """Discrete-time heads (single event): the training Kaplan-Meier curve on the grid
+        (:func:`~nervus_lightning.survival.discrete.start_logits`). Cox heads: None."""
+        if not self.is_discrete or self.causes(j) or self.cuts[j] is None:
+            return None
+        spec = self.labels[j]
+        time = pd.to_numeric(train[spec.period], errors="coerce").to_numpy(np.float32)
+        event = pd.to_numeric(train[spec.name], errors="coerce").to_numpy(np.float64)
+        known = ~(np.isnan(time) | np.isnan(event))
+        start = discrete.start_logits(self.model, self.cuts[j], time[known], event[known])
+        return torch.as_tensor(start, dtype=torch.float32)
+
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         if self.is_discrete:
             return self._discrete_loss(output, batch, j)
