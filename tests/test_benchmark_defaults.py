@@ -65,14 +65,18 @@ def test_csv_is_a_nervus_csv_the_project_reads(bench, tmp_path, name, task, labe
 
 def test_missing_numbers_take_the_training_median(bench):
     features = pd.DataFrame(
-        {"a": [1.0, np.nan, 3.0, 100.0, np.nan], "b": pd.Categorical(["x", "y", None, "x", "y"])}
+        {
+            "a": [1.0, np.nan, 3.0, 9.0, 100.0, np.nan],
+            "b": pd.Categorical(["x", "y", None, "x", "x", "y"]),
+        }
     )
-    is_train = np.array([True, True, True, False, False])
+    is_train = np.array([True, True, True, True, False, False])
     encoded = bench.encode_inputs(features, is_train)
-    assert list(encoded["input_a"]) == [1.0, 2.0, 3.0, 100.0, 2.0]  # median of 1 and 3
-    assert list(encoded["input_a_missing"]) == [0, 1, 0, 0, 1]
-    assert list(encoded["input_b_y"]) == [0, 1, 0, 0, 1]
-    assert list(encoded["input_b_missing"]) == [0, 0, 1, 0, 0]
+    # the median of the training values 1, 3, 9 (not their mean, nor the test row's 100)
+    assert list(encoded["input_a"]) == [1.0, 3.0, 3.0, 9.0, 100.0, 3.0]
+    assert list(encoded["input_a_missing"]) == [0, 1, 0, 0, 0, 1]
+    assert list(encoded["input_b_y"]) == [0, 1, 0, 0, 0, 1]
+    assert list(encoded["input_b_missing"]) == [0, 0, 1, 0, 0, 0]
     assert "input_b_x" not in encoded
 
 
@@ -109,6 +113,15 @@ def test_survival_baseline_scores_are_the_libraries(bench):
     )
     assert null["ibs"] == pytest.approx(expected, rel=1e-9)
     assert 0.0 < scores["ipa"] < 0.5  # a real model beats Kaplan-Meier on whas500
+
+
+def test_ibs_grid_stays_inside_the_test_follow_up(bench):
+    train = bench.Rows(np.empty(0), np.ones(100, int), np.arange(1.0, 101.0))
+    test = bench.Rows(np.empty(0), np.ones(10, int), np.linspace(20.0, 50.0, 10))
+    grid = bench.ibs_grid(train, test)
+    assert grid.min() >= 20.0 and grid.max() < 50.0
+    full = np.linspace(10.9, 90.1, 50)  # the training times' 10th and 90th percentiles
+    np.testing.assert_allclose(grid, full[(full >= 20.0) & (full < 50.0)], rtol=1e-12)
 
 
 def test_auroc_is_scikit_learns(bench):
