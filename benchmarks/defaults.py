@@ -812,7 +812,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = range(1 if args.quick else args.seeds)
     out = args.out
     runs_csv = out.with_name(out.stem + "_runs.csv")
-    given = argv if argv is not None else sys.argv[1:]
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--keep" in given:  # where the run folders were kept changes no number
+        del given[given.index("--keep") : given.index("--keep") + 2]
     command = "python benchmarks/defaults.py " + " ".join(given)
     for reason in SKIPPED.values():
         print(f"skipped: {reason}")
