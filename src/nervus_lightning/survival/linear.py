@@ -43,7 +43,7 @@ from nervus_lightning.models.penalty import (
     minimise_lbfgs,
     minimise_proximal,
 )
-from nervus_lightning.survival.loss import cox_partial_log_likelihood
+from nervus_lightning.survival.loss import cox_partial_log_likelihood, efron_log_likelihood
 
 __all__ = ["L1_RATIO", "MIN_VAL_EVENTS", "choose_linear_cox", "fit_linear_cox"]
 
@@ -134,14 +134,7 @@ def _fixed_data_log_likelihood(x: Tensor, time: Tensor, event: Tensor, ties: str
         log_risk = log_tail[group_start]
         if not tied:
             return (eta_e - log_risk).sum()
-        # Log-sum-exp of each tie group's hazards (shifted by the group's largest, detached).
-        shift = torch.full((n_groups,), float("-inf"), dtype=eta.dtype, device=eta.device)
-        shift = shift.scatter_reduce(0, event_group, eta_e.detach(), reduce="amax")
-        summed = torch.zeros(n_groups, dtype=eta.dtype, device=eta.device)
-        summed = summed.index_add(0, event_group, torch.exp(eta_e - shift[event_group]))
-        log_tied = torch.log(summed) + shift
-        ratio = torch.exp(log_tied[event_group] - log_risk)
-        return (eta_e - log_risk - torch.log1p(-fraction * ratio)).sum()
+        return efron_log_likelihood(eta_e, log_risk, event_group, n_groups, fraction)
 
     return log_likelihood
 
