@@ -413,6 +413,7 @@ def run_nervus(csv: Path, task: str, label: str, run_dir: Path, quick: bool = Fa
     summary = json.loads((run_dir / "model_summary.json").read_text())
     choice = (summary.get("linear_start") or {}).get(label) or {}
     out["linear_penalty"] = choice.get("penalty")
+    out["linear_l1_ratio"] = choice.get("l1_ratio", 0.0) if choice else None
     out["best_epoch"] = summary.get("best_epoch")
     epochs = dict(summary.get("rows", [])).get("epochs run", "")
     out["epochs_run"] = int(epochs.split()[0]) if epochs[:1].isdigit() else None
@@ -665,7 +666,17 @@ def run_dataset(
 
 
 def _brief(scores: dict) -> str:
-    shown = ("c_index", "ipa", "auroc", "r2", "seconds", "linear_penalty", "epochs_run", "error")
+    shown = (
+        "c_index",
+        "ipa",
+        "auroc",
+        "r2",
+        "seconds",
+        "linear_penalty",
+        "linear_l1_ratio",
+        "epochs_run",
+        "error",
+    )
     parts = []
     for key in shown:
         value = scores.get(key)
@@ -782,7 +793,9 @@ def report(described: dict[str, Described], runs: pd.DataFrame, command: str) ->
         )
         text += f"kept epoch {_int(run.get('best_epoch'))}"
         if penalty is not None and np.isfinite(float(penalty)):
-            text += f", linear-start penalty {float(penalty):.3g}"
+            l1_ratio = run.get("linear_l1_ratio")
+            kind = "elastic-net" if isinstance(l1_ratio, float) and l1_ratio > 0 else "ridge"
+            text += f", linear start: {kind} penalty {float(penalty):.3g}"
         warned = run.get("warnings")
         parts.append(text + (f"; warnings: {warned}" if isinstance(warned, str) and warned else ""))
     parts += ["", "Skipped: " + "; ".join(SKIPPED.values()) + "."]

@@ -3,9 +3,9 @@
 A net built with ``linear=True`` (:mod:`nervus_lightning.models.net`) has one linear term of the
 standardised tabular inputs per head. :func:`start_linear_terms` sets every ensemble member's
 terms to the task's penalised linear fit (:meth:`nervus_lightning.tasks.base.Task.linear_start`:
-ridge Cox, multinomial logistic or ridge regression, its penalty chosen on the validation rows,
-:mod:`nervus_lightning.models.penalty`); :func:`linear_penalty` is the same ridge penalty added to
-the training loss. Both work on plain modules, without Lightning.
+ridge or elastic-net Cox, multinomial logistic or ridge regression, its penalty chosen on the
+validation rows, :mod:`nervus_lightning.models.penalty`); :func:`linear_penalty` is the same
+penalty added to the training loss. Both work on plain modules, without Lightning.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 
 from nervus_lightning.errors import SPLIT_COLUMN, TRAIN, VAL, NervusInputError
 from nervus_lightning.models.ensemble import member_nets
+from nervus_lightning.models.penalty import elastic_net_term
 
 __all__ = [
     "linear_penalty",
@@ -105,20 +106,24 @@ def start_linear_terms(
 def linear_penalty(
     net: nn.Module, choices: Mapping[str, Mapping[str, Any]], labels: Sequence[Any]
 ) -> torch.Tensor | float:
-    """``sum_j lambda_j / 2 ||w_j||^2`` over the linear terms of every member of ``net``, with
-    each label's chosen penalty (``choices``, as :func:`start_linear_terms` returns them): added
-    to the training loss, it keeps each term at its penalised fit instead of letting it drift to
-    the unpenalised one (which, with more inputs than events, does not exist)."""
+    """Each label's chosen penalty (``choices``, as :func:`start_linear_terms` returns them) of
+    its linear term, summed over the terms of every member of ``net``: ridge
+    ``lambda_j / 2 ||w_j||^2``, or the elastic net's
+    (:func:`~nervus_lightning.models.penalty.elastic_net_term`). Added to the training loss, it
+    keeps each term at its penalised fit instead of letting it drift to the unpenalised one
+    (which, with more inputs than events, does not exist)."""
     if not choices:
         return 0.0
-    penalties = [choices.get(spec.name, {}).get("penalty", 0.0) for spec in labels]
+    chosen = [choices.get(spec.name, {}) for spec in labels]
     total: torch.Tensor | float = 0.0
     for member in member_nets(net):
         if member.linear_terms is None:
             continue
-        for term, penalty in zip(member.linear_terms, penalties, strict=True):
-            if penalty:
-                total = total + 0.5 * penalty * term.weight.float().square().sum()
+        for term, choice in zip(member.linear_terms, chosen, strict=True):
+            if choice.get("penalty"):
+                l1_ratio = float(choice.get("l1_ratio") or 0.0)
+                term_penalty = elastic_net_term(term.weight.float(), choice["penalty"], l1_ratio)
+                total = total + term_penalty
     return total
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["TIES", "cox_loss", "cox_partial_log_likelihood"]
+__all__ = ["TIES", "cox_loss", "cox_partial_log_likelihood", "efron_log_likelihood"]
 
 TIES = ("efron", "breslow")
 
@@ -111,12 +111,20 @@ def cox_partial_log_likelihood(
     rank = torch.arange(eta_e.shape[0], device=eta.device) - first[event_group]
     fraction = rank.to(eta.dtype) / n_tied[event_group].to(eta.dtype)
 
-    n_groups = n_tied.shape[0]
+    return efron_log_likelihood(eta_e, log_risk_e, event_group, n_tied.shape[0], fraction)
+
+
+def efron_log_likelihood(
+    eta_e: Tensor, log_risk_e: Tensor, event_group: Tensor, n_groups: int, fraction: Tensor
+) -> Tensor:
+    """Efron's log partial likelihood from the events' log hazards ``eta_e``, their risk sets'
+    log sums ``log_risk_e``, their tie group (``event_group``, ``0..n_groups-1``) and their
+    ``fraction`` ``l/d`` (the l-th of d tied events)."""
     # Log-sum-exp over the events of each group; the shift is detached because the result does
     # not depend on it mathematically.
-    shift = torch.full((n_groups,), float("-inf"), dtype=eta.dtype, device=eta.device)
+    shift = torch.full((n_groups,), float("-inf"), dtype=eta_e.dtype, device=eta_e.device)
     shift = shift.scatter_reduce(0, event_group, eta_e.detach(), reduce="amax")
-    summed = torch.zeros(n_groups, dtype=eta.dtype, device=eta.device)
+    summed = torch.zeros(n_groups, dtype=eta_e.dtype, device=eta_e.device)
     summed = summed.index_add(0, event_group, torch.exp(eta_e - shift[event_group]))
     log_tied = torch.log(summed) + shift
 

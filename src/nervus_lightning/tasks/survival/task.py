@@ -275,9 +275,10 @@ class SurvivalTask(Task):
         val_rows: np.ndarray,
         j: int,
     ) -> PenaltyChoice | None:
-        """Cox heads: the ridge-penalised linear Cox fit of the training rows, its penalty
-        chosen on the validation rows (:func:`..survival.linear.choose_linear_cox`), so that the
-        model starts as that fitted linear Cox model. Discrete-time heads start at zero."""
+        """Cox heads: the penalised (ridge or elastic-net) linear Cox fit of the training rows,
+        its penalty chosen on the validation rows (:func:`..survival.linear.choose_linear_cox`),
+        so that the model starts as that fitted linear Cox model. Discrete-time heads start at
+        zero."""
         if self.is_discrete:
             return None
         spec = self.labels[j]
