@@ -42,6 +42,7 @@ def test_classification_combines_probabilities_not_logits():
     # Averaging logits would give another (sharper) answer: the test tells them apart.
     logit_mean = torch.softmax(torch.stack(outputs).mean(0), 1)
     assert (logit_mean - expected).abs().max() > 0.01
+    assert task.averaged == "probabilities"
 
 
 def test_regression_and_cox_average_what_users_see():
@@ -54,6 +55,8 @@ def test_regression_and_cox_average_what_users_see():
 
     cox = SurvivalTask([LabelSpec("label_death", "survival", period="period_death")])
     torch.testing.assert_close(cox.combine(outputs, 0), torch.stack(outputs).mean(0))
+    # What the report's model table says is averaged (it said "probabilities" for every kind).
+    assert cox.averaged == "log hazards" and task.averaged == "predictions"
 
 
 @pytest.mark.parametrize("model", ["logistic_hazard", "pmf", "deephit"])
@@ -68,6 +71,7 @@ def test_discrete_models_combine_survival_curves(model):
     expected = torch.stack([discrete.grid_survival(model, o) for o in outputs]).mean(0)
     torch.testing.assert_close(combined, expected, atol=2e-6, rtol=0)
     assert (combined.diff(dim=1) <= 1e-6).all()
+    assert task.averaged == "curves"
 
 
 def test_competing_risks_combine_each_cause_incidence():

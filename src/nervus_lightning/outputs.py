@@ -184,7 +184,8 @@ def model_summary(
     )
     rows.append(["heads", f"{_component(hp.get('head'), 'linear')}, one per label: {heads}"])
     if getattr(module, "ensemble", 1) > 1:
-        rows.append(["ensemble", f"{module.ensemble} members, probabilities averaged"])
+        averaged = getattr(getattr(module, "task", None), "averaged", "predictions")
+        rows.append(["ensemble", f"{module.ensemble} members, {averaged} averaged"])
     if epochs_run is not None:
         stop = (
             f" (early stopping: no lower val_loss in the last {stopped_early})"

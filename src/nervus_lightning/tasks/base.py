@@ -69,6 +69,8 @@ class Task(ABC):
     primary_metric: ClassVar[str]
     #: This kind's ``evaluation.*`` settings (a frozen dataclass; :class:`TaskOptions`: none).
     options_class: ClassVar[type[TaskOptions]] = TaskOptions
+    #: What :meth:`combine` averages over an ensemble's members, for the report's model table.
+    averaged: str = "predictions"
 
     #: How a loss that compares cases (Cox risk sets, DeepHit's ranking) sees the global batch
     #: when training runs in several processes (DDP): ``NervusModule.setup`` sets it to a

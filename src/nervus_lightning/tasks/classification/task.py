@@ -63,6 +63,7 @@ class ClassificationTask(Task):
     """
 
     kind = "classification"
+    averaged = "probabilities"
     summary_title = "class balance"
     resampling_note = "classification labels resample within each true class"
     val_selects = "the checkpoint and the operating threshold"

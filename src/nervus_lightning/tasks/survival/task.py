@@ -220,6 +220,11 @@ class SurvivalTask(Task):
         return self.model != "cox"
 
     @property
+    def averaged(self) -> str:  # type: ignore[override]
+        """Cox: log hazards; discrete-time and competing risks: survival or incidence curves."""
+        return "curves" if self.is_discrete else "log hazards"
+
+    @property
     def linear_by_default(self) -> bool:
         # Linear Cox is the reference of every tabular prognosis model; the discrete-time
         # heads' linear special case (one logistic model per interval) is not.
