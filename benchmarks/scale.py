@@ -77,10 +77,20 @@ class RssSampler(threading.Thread):
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * self.page
 
+    def sample(self) -> None:
+        value = self.rss()
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), value)
+
+    def enter(self, phase: str) -> None:
+        """Start ``phase`` with a reading of its own: a phase shorter than the interval (a
+        3,000-row epoch on a busy machine) still has a peak."""
+        self.sample()
+        self.phase = phase
+        self.sample()
+
     def run(self) -> None:
         while self.running:
-            value = self.rss()
-            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), value)
+            self.sample()
             time.sleep(self.interval)
 
 
@@ -103,7 +113,7 @@ def child(csv: Path, run_dir: Path, batch_size: int, overrides: list[str]) -> di
         marks.setdefault(name, time.perf_counter())
         cpu.setdefault(name, time.process_time())
         if phase:
-            sampler.phase = phase
+            sampler.enter(phase)
 
     class Probe(L.Callback):
         def on_train_epoch_start(self, trainer, module):
