@@ -77,3 +77,20 @@ def test_benchmark_runs_end_to_end(train_speed, demo_cache, capsys):
         assert float(line.group(2)) == pytest.approx(result.best, abs=5e-4)
     for precision in ("fp32", "bf16") if train_speed.cpu_has_native_bf16() else ("fp32",):
         assert re.search(rf"nervus {precision} +accuracy 0\.\d{{4}} +AUROC [01]\.\d{{4}}", out)
+
+
+def test_step_overhead_benchmark_prints_its_table():
+    """benchmarks/step_overhead.py on 600 rows, one repeat: the three loops and their ratios."""
+    import subprocess
+
+    script = SCRIPT.parent / "step_overhead.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rows", "600", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "600 rows, batch 256, 3 steps" in done.stdout
+    for loop in ("plain", "plain tensors", "nervus"):
+        assert re.search(rf"^\| {loop} \| \d+\.\d+ \|", done.stdout, re.M), loop

@@ -32,7 +32,7 @@ from nervus_lightning.data.cache import (
     open_disk_array,
     resolve_mode,
 )
-from nervus_lightning.data.dataset import NervusDataset, dicom_settings
+from nervus_lightning.data.dataset import NervusDataset, collate, dicom_settings
 from nervus_lightning.data.dicom import (
     DEFAULT_FRAME,
     DEFAULT_WINDOW,
@@ -395,8 +395,11 @@ class NervusDataModule(L.LightningDataModule):
         loader: type[DataLoader] = DataLoader,
         **kwargs: Any,
     ) -> DataLoader:
+        if isinstance(dataset, NervusDataset):
+            dataset.batched_fetch = True  # collated by ``collate`` below
         return loader(
             dataset,
+            collate_fn=collate,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
