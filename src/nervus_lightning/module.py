@@ -456,5 +456,5 @@ class NervusModule(L.LightningModule):
             self.parameters(),
             self.optimizer_options,
             self.scheduler_options,
-            self.trainer.max_epochs,
+            self.trainer.max_epochs if self._trainer is not None else None,
         )
