@@ -53,8 +53,9 @@ Data sets (:data:`DATASETS`): every tabular set shipped inside scikit-learn and 
 nothing downloaded, plus four simulations (:func:`sim_highdim`, :func:`sim_nonlinear`,
 :func:`sim_interaction`, :func:`sim_regression`; each docstring gives its formula; the rows are
 drawn once from :data:`SIMULATION_SEED`, only the split changes with the seed). Encoding
-(:func:`encode_inputs`): numbers copied, categoricals one-hot with the first level dropped, and a
-missing number (only ``flchain``'s ``creatinine``) replaced by the training median with an
+(:func:`nervus_lightning.survival.presets.encode_inputs`, shared with the survival presets):
+numbers copied, categoricals one-hot with the first level dropped, and a missing number
+(only ``flchain``'s ``creatinine``) replaced by the training median with an
 ``input_<name>_missing`` 1/0 column, since the project refuses NaN inputs. ``flchain``'s
 ``chapter`` (cause of death, known only for the dead) is dropped. Skipped, with the reason
 printed: :data:`SKIPPED`.
@@ -76,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -88,6 +88,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from nervus_lightning.survival.presets import encode_inputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "defaults.md"
@@ -251,10 +253,6 @@ SKIPPED = {
 }
 
 
-def _clean(text: object) -> str:
-    return re.sub(r"[^0-9A-Za-z]+", "_", str(text)).strip("_")
-
-
 def split_rows(task: str, target: np.ndarray, seed: int) -> np.ndarray:
     """60/20/20 train/val/test, stratified by event (survival) or class (classification);
     within each stratum rows are shuffled by ``numpy.random.default_rng(seed)``."""
@@ -269,32 +267,6 @@ def split_rows(task: str, target: np.ndarray, seed: int) -> np.ndarray:
         split[members[n_train : n_train + n_val]] = "val"
         split[members[n_train + n_val :]] = "test"
     return split.astype(str)
-
-
-def encode_inputs(features: pd.DataFrame, is_train: np.ndarray) -> pd.DataFrame:
-    """``input_*`` columns: numbers copied; categoricals (pandas category or object dtype)
-    one-hot with the first level dropped; a missing number replaced by the training median plus
-    an ``input_<name>_missing`` column (a missing category: all levels 0 plus that column)."""
-    columns: dict[str, np.ndarray] = {}
-    for column in features.columns:
-        values = features[column]
-        name = f"input_{_clean(column)}"
-        missing = values.isna().to_numpy()
-        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
-            levels = values.astype("category").cat.categories
-            for level in levels[1:]:
-                columns[f"{name}_{_clean(level)}"] = (values == level).to_numpy(int)
-        else:
-            numbers = values.to_numpy(float)
-            if missing.any():
-                known = numbers[is_train & ~missing]
-                if known.size == 0:
-                    raise ValueError(f"column {column!r} has no training value to impute from")
-                numbers = np.where(missing, np.median(known), numbers)
-            columns[name] = numbers
-        if missing.any():
-            columns[f"{name}_missing"] = missing.astype(int)
-    return pd.DataFrame(columns, index=features.index)
 
 
 def nervus_frame(name: str, raw: Raw, seed: int) -> pd.DataFrame:

@@ -47,7 +47,14 @@ import numpy as np
 import pandas as pd
 from sksurv import datasets
 
-__all__ = ["PRESETS", "SPLIT_FRACTIONS", "preset_endpoint", "preset_frame", "write_preset_csv"]
+__all__ = [
+    "PRESETS",
+    "SPLIT_FRACTIONS",
+    "encode_inputs",
+    "preset_endpoint",
+    "preset_frame",
+    "write_preset_csv",
+]
 
 PRESETS = ("whas500", "gbsg2", "flchain")
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -97,14 +104,18 @@ def _stratified_split(event: np.ndarray, seed: int) -> np.ndarray:
     return split
 
 
-def _encode_features(features: pd.DataFrame, is_train: np.ndarray) -> pd.DataFrame:
+def encode_inputs(features: pd.DataFrame, is_train: np.ndarray) -> pd.DataFrame:
+    """``input_*`` columns of a data set's features: numbers copied; categoricals (pandas
+    category or object dtype) one-hot with the first level dropped; a missing number replaced by
+    the training rows' median plus an ``input_<name>_missing`` column (a missing category: all
+    levels 0 plus that column)."""
     columns: dict[str, np.ndarray] = {}
     for column in features.columns:
         values = features[column]
         name = f"input_{_clean_name(column)}"
         missing = values.isna().to_numpy()
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            for level in values.cat.categories[1:]:
+        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
+            for level in values.astype("category").cat.categories[1:]:
                 columns[f"{name}_{_clean_name(level)}"] = (values == level).to_numpy(dtype=int)
         else:
             numeric = values.to_numpy(dtype=float)
@@ -128,7 +139,7 @@ def preset_frame(name: str, seed: int = 0) -> pd.DataFrame:
     time = np.asarray(outcome[preset.time_field], dtype=float)
 
     split = _stratified_split(event, seed)
-    inputs = _encode_features(features, split == "train")
+    inputs = encode_inputs(features, split == "train")
     width = len(str(features.shape[0]))
     frame = pd.DataFrame({"uniqID": [f"{name}_{i:0{width}d}" for i in range(features.shape[0])]})
     frame = pd.concat([frame, inputs], axis=1)
