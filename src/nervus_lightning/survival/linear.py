@@ -166,13 +166,23 @@ def choose_linear_cox(
     time = time.detach().to(torch.float64).cpu()
     event = (event.detach() != 0).cpu()
 
-    def fit(rows: np.ndarray, penalty: float, start: Tensor | None) -> Tensor:
-        rows_t = torch.as_tensor(rows)
-        weight = torch.zeros(1, x.shape[1], dtype=torch.float64) if start is None else start
-        if not bool(event[rows_t].any()) or x.shape[1] == 0:
-            return weight
-        objective = _per_event_objective(x[rows_t], time[rows_t], event[rows_t], ties, penalty)
-        return minimise_lbfgs(weight, objective)
+    def fitter(l1_ratio: float):
+        """``fit(rows, penalty, start)`` of :func:`~nervus_lightning.models.penalty.
+        choose_penalty`: ridge by L-BFGS, the elastic net by proximal gradient."""
+
+        def fit(rows: np.ndarray, penalty: float, start: Tensor | None) -> Tensor:
+            rows_t = torch.as_tensor(rows)
+            weight = torch.zeros(1, x.shape[1], dtype=torch.float64) if start is None else start
+            if not bool(event[rows_t].any()) or x.shape[1] == 0:
+                return weight
+            smooth = _per_event_objective(
+                x[rows_t], time[rows_t], event[rows_t], ties, penalty * (1 - l1_ratio)
+            )
+            if not l1_ratio:
+                return minimise_lbfgs(weight, smooth)
+            return minimise_proximal(weight, smooth, penalty * l1_ratio)
+
+        return fit
 
     def held_out_loss(weight: Tensor, fit_rows: np.ndarray, held_rows: np.ndarray) -> float:
         both = torch.as_tensor(np.concatenate([fit_rows, held_rows]))
@@ -187,31 +197,26 @@ def choose_linear_cox(
         int(event[torch.as_tensor(val_rows)].sum()) >= min_val_events if len(val_rows) else False
     )
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
-    ridge = choose_penalty(fit, held_out_loss, train_rows, val_rows, use_val, seed=seed)
+    ridge = choose_penalty(fitter(0.0), held_out_loss, train_rows, val_rows, use_val, seed=seed)
     if x.shape[1] < 2 or not bool(event[torch.as_tensor(train_rows)].any()):
         return ridge  # one input: nothing to select
-
-    def fit_sparse(rows: np.ndarray, penalty: float, start: Tensor | None) -> Tensor:
-        rows_t = torch.as_tensor(rows)
-        weight = torch.zeros(1, x.shape[1], dtype=torch.float64) if start is None else start
-        if not bool(event[rows_t].any()):
-            return weight
-        smooth = _per_event_objective(
-            x[rows_t], time[rows_t], event[rows_t], ties, penalty * (1 - L1_RATIO)
-        )
-        return minimise_proximal(weight, smooth, penalty * L1_RATIO)
-
     rows_t = torch.as_tensor(train_rows)
-    zero = torch.zeros(1, x.shape[1], dtype=torch.float64, requires_grad=True)
-    with torch.enable_grad():
-        unpenalised = _per_event_objective(x[rows_t], time[rows_t], event[rows_t], ties, 0.0)
-        (grad,) = torch.autograd.grad(unpenalised(zero), zero)
-    strongest = largest_useful_penalty(grad, L1_RATIO)
-    path = [float(v) for v in np.geomspace(strongest, strongest * ENET_MIN_RATIO, PATH_SIZE)]
+    path = _elastic_net_path(x[rows_t], time[rows_t], event[rows_t], ties)
     sparse = choose_penalty(
-        fit_sparse, held_out_loss, train_rows, val_rows, use_val, path, seed, L1_RATIO
+        fitter(L1_RATIO), held_out_loss, train_rows, val_rows, use_val, path, seed, L1_RATIO
     )
     compared = (("ridge", ridge.best_loss()), ("elastic net", sparse.best_loss()))
     # Ties go to ridge, the start every earlier run had.
     best = sparse if sparse.best_loss() < ridge.best_loss() else ridge
     return replace(best, compared=compared)
+
+
+def _elastic_net_path(x: Tensor, time: Tensor, event: Tensor, ties: str) -> list[float]:
+    """:data:`~nervus_lightning.models.penalty.PATH_SIZE` penalties from the one that zeroes
+    every weight of the elastic net on these rows down to :data:`ENET_MIN_RATIO` of it."""
+    zero = torch.zeros(1, x.shape[1], dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        unpenalised = _per_event_objective(x, time, event, ties, 0.0)
+        (grad,) = torch.autograd.grad(unpenalised(zero), zero)
+    strongest = largest_useful_penalty(grad, L1_RATIO)
+    return [float(v) for v in np.geomspace(strongest, strongest * ENET_MIN_RATIO, PATH_SIZE)]
