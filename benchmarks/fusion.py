@@ -45,6 +45,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import roc_auc_score
 
+from nervus_lightning.cli.overrides import with_csv_data_group
 from nervus_lightning.cli.train import train_settings
 from nervus_lightning.config import config_dir
 from nervus_lightning.data.demo import build_demo_dataset
@@ -89,7 +90,9 @@ def fit_and_score(csv: Path, mixer: str, seed: int, args: argparse.Namespace) ->
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=[f"data.csv={csv}", f"model/mixer={mixer}", f"seed={seed}", *settings(args)],
+            overrides=with_csv_data_group(
+                [f"data.csv={csv}", f"model/mixer={mixer}", f"seed={seed}", *settings(args)]
+            ),
         )
     start = time.perf_counter()
     L.seed_everything(seed, workers=True)

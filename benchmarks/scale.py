@@ -100,6 +100,7 @@ def child(csv: Path, run_dir: Path, batch_size: int, overrides: list[str]) -> di
     from hydra import compose, initialize_config_dir
 
     import nervus_lightning.workflows.train as recipe
+    from nervus_lightning.cli.overrides import with_csv_data_group
     from nervus_lightning.cli.train import train_settings
     from nervus_lightning.config import config_dir
 
@@ -162,16 +163,18 @@ def child(csv: Path, run_dir: Path, batch_size: int, overrides: list[str]) -> di
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=[
-                f"data.csv={csv}",
-                "task=survival",
-                "model/extractor=none",
-                "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false",
-                f"data.batch_size={batch_size}",
-                *overrides,
-            ],
+            overrides=with_csv_data_group(
+                [
+                    f"data.csv={csv}",
+                    "task=survival",
+                    "model/extractor=none",
+                    "trainer.max_epochs=1",
+                    "trainer.enable_progress_bar=false",
+                    "trainer.enable_model_summary=false",
+                    f"data.batch_size={batch_size}",
+                    *overrides,
+                ]
+            ),
         )
     start = time.perf_counter()
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):

@@ -279,6 +279,7 @@ def fit_nervus(
     same CSV, :data:`USER_DEFAULTS`)."""
     from hydra import compose, initialize_config_dir
 
+    from nervus_lightning.cli.overrides import with_csv_data_group
     from nervus_lightning.cli.train import train_settings
     from nervus_lightning.config import config_dir
     from nervus_lightning.workflows.train import train
@@ -292,16 +293,18 @@ def fit_nervus(
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=[
-                *data,
-                f"seed={seed}",
-                f"task.model={NERVUS[method]}",
-                "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false",
-                # The scores are computed here: skip the bootstrap intervals of the report.
-                "evaluation.n_bootstrap=0",
-                *overrides,
-            ],
+            overrides=with_csv_data_group(
+                [
+                    *data,
+                    f"seed={seed}",
+                    f"task.model={NERVUS[method]}",
+                    "trainer.enable_progress_bar=false",
+                    "trainer.enable_model_summary=false",
+                    # The scores are computed here: skip the bootstrap intervals of the report.
+                    "evaluation.n_bootstrap=0",
+                    *overrides,
+                ]
+            ),
         )
     # Lightning prints its test-loss table to stdout; keep the benchmark's output to scores
     # (and keep test numbers out of sight in --evaluate val tuning runs).

@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from nervus_lightning.cli.overrides import with_csv_data_group
 from nervus_lightning.config import config_dir
 
 
@@ -95,9 +96,10 @@ def dataset(tmp_path):
 
 
 def compose_config(overrides: list[str]):
-    """The real training config, composed as the command line would."""
+    """The real training config, composed as the command line would (``data.csv=`` alone picks
+    ``data=csv``, as :func:`~nervus_lightning.cli.overrides.with_csv_data_group` does)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=with_csv_data_group(overrides))
 
 
 FAST = [

@@ -107,7 +107,7 @@ def test_defaults_recipe_trains_with_the_users_command(benchmark, tmp_path, monk
         ["whas500"], [0], ["deepsurv"], evaluate="val", quick=True, recipe="defaults"
     )
     (settings,) = seen
-    assert settings.data.csv.endswith("whas500_split0.csv") and settings.data.preset == "demo"
+    assert settings.data.csv.endswith("whas500_split0.csv") and settings.data.preset is None
     assert settings.data.batch_size == 8192 and settings.tabular["linear"] == "auto"
     assert (
         list(settings.tabular["hidden"]) == [32] and settings.trainer["max_epochs"] == 2

@@ -95,7 +95,7 @@ GROUP_TYPOS = [
     ("optimizer.lrr=1e-3", "optimizer.lr"),
     ("scheduler=cosine scheduler.eta_mn=0", "scheduler.eta_min"),
     ("task.label_smothing=0.1", "task.label_smoothing"),
-    ("model.extractor.pretraind=false", "model.extractor.pretrained"),
+    ("model/extractor=resnet18 model.extractor.pretraind=false", "model.extractor.pretrained"),
     ("model.ensembel=2", "model.ensemble"),
     ("data.image_sise=32", "data.image_size"),
     ("evaluation.threshhold=youden", "evaluation.threshold"),

@@ -63,4 +63,4 @@ def test_wheel_ships_conf_and_hydra_finds_it(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["regression", "resnet18"]
+    assert out.stdout.split() == ["regression", "small_cnn"]  # the demo's (conf/data/demo.yaml)

@@ -39,6 +39,7 @@ KILLED_RUN = textwrap.dedent(
     import lightning as L
     from hydra import compose, initialize_config_dir
     from nervus_lightning.config import config_dir
+    from nervus_lightning.cli.overrides import with_csv_data_group
     from nervus_lightning.cli.train import train_settings
     from nervus_lightning.workflows.train import train
 
@@ -48,7 +49,7 @@ KILLED_RUN = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=sys.argv[3:])
+        cfg = compose(config_name="train", overrides=with_csv_data_group(sys.argv[3:]))
     train(train_settings(cfg), sys.argv[1], callbacks=[KillAt()])
     """
 )

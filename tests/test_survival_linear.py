@@ -159,4 +159,4 @@ def test_user_settings_win_over_the_survival_recipe(dataset):
     preset = compose_config(["data=whas500"])  # the preset's own settings
     assert preset.data.batch_size == 4096 and preset.model.tabular.linear is False
     images = compose_config(["data.csv=x.csv", "task=survival"])
-    assert images.trainer.max_epochs == compose_config([]).trainer.max_epochs
+    assert images.trainer.max_epochs == compose_config(["data.csv=x.csv"]).trainer.max_epochs

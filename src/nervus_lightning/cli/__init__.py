@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from nervus_lightning.cli.overrides import check_overrides
+from nervus_lightning.cli.overrides import DATA_COMMANDS, check_overrides, with_csv_data_group
 from nervus_lightning.config import config_dir
 from nervus_lightning.errors import NervusInputError
 
@@ -42,7 +42,9 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
 
     A misspelt key or group choice on the command line exits with status 2 and the closest
     existing one (:func:`~nervus_lightning.cli.overrides.check_overrides`) before Hydra would
-    answer it with exit status 1 and a suggestion to add the key with ``+``.
+    answer it with exit status 1 and a suggestion to add the key with ``+``. For ``train`` and
+    ``preview``, ``data.csv=PATH`` without a ``data=`` choice adds ``data=csv``
+    (:func:`~nervus_lightning.cli.overrides.with_csv_data_group`).
     """
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
@@ -53,6 +55,10 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
         @functools.wraps(task)
         def main(cfg_passthrough: DictConfig | None = None) -> Any:
             if cfg_passthrough is None:  # the command line, not a call with a config
+                if config_name in DATA_COMMANDS:
+                    sys.argv[1:] = run_reporting_user_errors(
+                        lambda: with_csv_data_group(sys.argv[1:])
+                    )
                 run_reporting_user_errors(lambda: check_overrides(config_name, sys.argv[1:]))
             return hydra_main(cfg_passthrough)
 

@@ -44,6 +44,42 @@ _INFO_FLAGS = ("help", "hydra_help", "info", "shell_completion", "experimental_r
 _CHOICE_SWEEPS = (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP)
 
 
+# Commands whose config has the ``data`` group (conf/data/), where ``data.csv=PATH`` picks it.
+DATA_COMMANDS = ("train", "preview")
+
+
+def with_csv_data_group(args: Sequence[str]) -> list[str]:
+    """``args`` plus ``data=csv`` where they set ``data.csv`` and choose no ``data`` group.
+
+    ``data.csv=trial.csv`` alone means the user's own CSV: it reads with conf/data/csv.yaml
+    (images at 256 px, loader workers), not with the embedded demo's group, whose small images,
+    small network and few epochs are chosen to show the demo in seconds. ``data=demo`` with a CSV
+    is refused; another preset (``data=whas500``) or ``data=csv`` given by the user is kept.
+    """
+    args = list(args)
+    parsed = _parse_command_line(args)
+    if parsed is None:
+        return args
+    try:
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+    except HydraException:
+        return args  # Hydra reports the syntax error
+    keys = {o.key_or_group: o for o in overrides if not o.is_delete()}
+    if "data.csv" not in keys:
+        return args
+    group = keys.get("data")
+    if group is None:
+        # Next to data.csv=...: argparse refuses overrides after a flag's value (--cfg job).
+        at = next(i for i, arg in enumerate(args) if arg.lstrip("+").startswith("data.csv="))
+        return [*args[:at], "data=csv", *args[at:]]
+    if not group.is_sweep_override() and group.value() == "demo":
+        raise NervusInputError(
+            "data=demo is the embedded demo data and cannot read data.csv="
+            f"{keys['data.csv'].value()}: leave data= out (or write data=csv) to train on a CSV"
+        )
+    return args
+
+
 def check_overrides(config_name: str, args: Sequence[str]) -> None:
     """Raise :class:`NervusInputError` for the first override of ``args`` that is unknown.
 
