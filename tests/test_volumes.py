@@ -465,6 +465,8 @@ def test_volume_problem_names_what_is_wrong_without_reading_pixels(tmp_path):
     assert volume_problem(shipped(NIBABEL_DATA, "anatomical.nii")) is None
     assert volume_problem(shipped(PYDICOM_DATA, "rtdose.dcm")) is None
     assert volume_problem(tmp_path / "nowhere") == "it does not exist"
+    with pytest.raises(NervusInputError, match="nowhere.nii.gz'?: it does not exist"):
+        read_volume(tmp_path / "nowhere.nii.gz")
     (tmp_path / "notes.txt").write_text("hello")
     assert "not a volume" in volume_problem(tmp_path / "notes.txt")
     cut = tmp_path / "cut.nii"

@@ -153,6 +153,8 @@ def read_volume(
     window = window if isinstance(window, AutoWindow) else parse_window(window)
     spacing = _positive_triple("spacing", spacing, float)
     shape = _positive_triple("shape", shape, int)
+    if not path.exists():
+        raise ImageReadError(path, "it does not exist")
     if is_nifti(path):
         values, affine, nifti = _read_nifti(path, volume_index)
         modality = ""
@@ -163,7 +165,7 @@ def read_volume(
         stack = read_multi_frame(path)
         values, affine, modality = stack.values, stack.affine, modality_of(stack.ds)
     else:
-        raise ImageReadError(path, _NOT_A_VOLUME if path.exists() else "it does not exist")
+        raise ImageReadError(path, _NOT_A_VOLUME)
     values, affine = to_canonical(values, affine)
     values, affine = resample(values, affine, spacing=spacing, shape=shape)
     if is_nifti(path):
@@ -194,6 +196,7 @@ def volume_problem(path: str | os.PathLike, *, volume_index: int | None = None) 
     if is_nifti(path):
         try:
             _nifti_header(path, volume_index)
+            _display_header(path, _NiftiIntensity(np.dtype(np.int16), 1.0, 0.0, None))
         except ImageReadError as problem:
             return problem.reason
         return None
