@@ -84,8 +84,9 @@ class Series:
         slope=1.0,
         intercept=-1024.0,
         uid=None,
+        **elements,
     ) -> None:
-        self.stored = stored
+        self.stored, self.elements = stored, elements
         self.origin, self.step = np.asarray(origin), np.asarray(step)
         self.row, self.column = np.asarray(row), np.asarray(column)
         self.pixel_spacing, self.slope, self.intercept = pixel_spacing, slope, intercept
@@ -111,6 +112,8 @@ class Series:
         ds.ImageOrientationPatient = _ds_numbers([*self.row, *self.column])
         ds.PixelSpacing = _ds_numbers(self.pixel_spacing)
         ds.RescaleSlope, ds.RescaleIntercept = f"{self.slope:g}", f"{self.intercept:g}"
+        for keyword, value in self.elements.items():
+            setattr(ds, keyword, value)
         return ds
 
     def write(self, folder: Path, names=None, skip=()) -> Path:
@@ -323,6 +326,15 @@ def test_modality_lut_of_each_slice_is_applied(tmp_path):
     mixed = read_volume(folder, window=[500, 2000]).array
     alike = read_volume(tmp_path / "lut", window=[500, 2000]).array
     np.testing.assert_allclose(mixed, alike, atol=1e-6)
+
+
+def test_auto_uses_the_series_own_window_and_monochrome1_is_inverted(tmp_path):
+    stored = _ramp((4, 5, 6))
+    windowed = Series(stored, WindowCenter="40", WindowWidth="400").write(tmp_path / "own")
+    own = read_volume(windowed, window="auto").array
+    np.testing.assert_allclose(own, _window(stored - 1024.0, 40, 400), atol=1e-6)
+    inverted = Series(stored, PhotometricInterpretation="MONOCHROME1").write(tmp_path / "m1")
+    np.testing.assert_allclose(read_volume(inverted, window=[40, 400]).array, 1 - own, atol=1e-6)
 
 
 # --- multi-frame DICOM -----------------------------------------------------------------------

@@ -73,7 +73,6 @@ from nervus_lightning.data.dicom_window import (
     resolve_window,
 )
 from nervus_lightning.data.volume_dicom import (
-    DicomStack,
     dicom_volume_problem,
     read_multi_frame,
     read_series,
@@ -155,25 +154,33 @@ def read_volume(
     shape = _positive_triple("shape", shape, int)
     if not path.exists():
         raise ImageReadError(path, "it does not exist")
-    if is_nifti(path):
-        values, affine, nifti = _read_nifti(path, volume_index)
-        modality = ""
-    elif path.is_dir():
-        stack = read_series(path)
-        values, affine, modality = stack.values, stack.affine, modality_of(stack.ds)
-    elif path.is_file() and is_dicom_file(path):
-        stack = read_multi_frame(path)
-        values, affine, modality = stack.values, stack.affine, modality_of(stack.ds)
-    else:
-        raise ImageReadError(path, _NOT_A_VOLUME)
+    values, affine, modality, display = _read_source(path, window, volume_index)
     values, affine = to_canonical(values, affine)
     values, affine = resample(values, affine, spacing=spacing, shape=shape)
-    if is_nifti(path):
-        array = _nifti_display(path, values, nifti, window)
-    else:
-        array = _dicom_display(values, stack, window)
     sizes = np.linalg.norm(affine[:3, :3], axis=0)
-    return Volume(np.ascontiguousarray(array), affine, tuple(map(float, sizes)), path, modality)
+    array = np.ascontiguousarray(display(values))
+    return Volume(array, affine, tuple(map(float, sizes)), path, modality)
+
+
+def _read_source(path: Path, window: Window, volume_index: int | None):
+    """``(values, affine, modality, display)`` of ``path`` as stored: modality-LUT values, their
+    LPS affine, the DICOM Modality, and the function that shows such values in ``[0, 1]``."""
+    if is_nifti(path):
+        values, affine, intensity = _read_nifti(path, volume_index)
+        return values, affine, "", lambda v: _nifti_display(path, v, intensity, window)
+    if path.is_dir():
+        stack = read_series(path)
+    elif path.is_file() and is_dicom_file(path):
+        stack = read_multi_frame(path)
+    else:
+        raise ImageReadError(path, _NOT_A_VOLUME)
+    ds, header = stack.ds, stack.header
+    return (
+        stack.values,
+        stack.affine,
+        modality_of(ds),
+        lambda v: _dicom_display(v, ds, header, window),
+    )
 
 
 _NOT_A_VOLUME = (
@@ -292,16 +299,16 @@ def resample(
     return resampled, affine @ to_old
 
 
-def _dicom_display(values: np.ndarray, stack: DicomStack, window: Window) -> np.ndarray:
+def _dicom_display(values: np.ndarray, ds: Any, header: Any, window: Window) -> np.ndarray:
     """Window and ``[0, 1]`` scaling of a DICOM volume, slice by slice with one header (the
     central slice's), as :func:`~nervus_lightning.data.dicom.read_dicom` shows one image."""
-    shown = resolve_window(window, stack.header, stack.ds)
-    if shown == "auto" and has_voi_lut_sequence(stack.header):
+    shown = resolve_window(window, header, ds)
+    if shown == "auto" and has_voi_lut_sequence(header):
         values = np.rint(values).astype(np.int64)  # a LUT is indexed by integers
-    monochrome1 = photometric_of(stack.ds) == "MONOCHROME1"
+    monochrome1 = photometric_of(ds) == "MONOCHROME1"
     out = np.empty(values.shape, dtype=np.float32)
     for d, plane in enumerate(values):  # one slice at a time: float64 copies of one slice only
-        out[d] = display_values(plane, stack.header, shown, monochrome1)
+        out[d] = display_values(plane, header, shown, monochrome1)
     return out
 
 
