@@ -376,6 +376,9 @@ def test_enhanced_multi_frame_file_reads_like_its_series(tmp_path):
     np.testing.assert_allclose(from_file.array, from_series.array, atol=1e-6)
     np.testing.assert_allclose(from_file.affine, from_series.affine, atol=1e-6)
     assert volume_problem(path) is None
+    shutil.copy(path, folder / "enhanced.dcm")  # a multi-frame file among the slices
+    with pytest.raises(NervusInputError, match="enhanced.dcm is a multi-frame file"):
+        read_volume(folder)
 
 
 def test_rt_dose_multi_frame_file_is_placed_by_its_grid_frame_offsets():

@@ -97,6 +97,14 @@ def _geometry(position: Any, orientation: Any, spacing: Any, matrix: tuple[int, 
     return SliceGeometry(position, row, column, (float(spacing[0]), float(spacing[1])), matrix)
 
 
+def frame_count(ds) -> int:
+    """Number of Frames (1 when absent or malformed)."""
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
 def _matrix(ds) -> tuple[int, int]:
     return int(ds.Rows), int(ds.Columns)
 
@@ -252,10 +260,12 @@ def _series_geometry(folder: Path) -> tuple[list[Path], Any, np.ndarray]:
     """The files of the series in ``folder`` in slice-position order, the central slice's
     header, and the stack's affine; only headers are read."""
     found = _series_headers(folder)
-    if len(found) == 1 and int(found[0][1].get("NumberOfFrames", 1) or 1) > 1:
+    multi_frame = [file.name for file, ds in found if frame_count(ds) > 1]
+    if multi_frame:
         raise ImageReadError(
             folder,
-            f"its only image, {found[0][0].name}, is a multi-frame file: give the file itself",
+            f"{multi_frame[0]} is a multi-frame file: a series folder holds one slice per file; "
+            "give a multi-frame file by its own path",
         )
     slices = []
     for file, ds in found:
@@ -303,7 +313,7 @@ def _frame_item(ds, index: int, sequence: str):
 
 def _frame_geometries(file: Path, ds) -> list[SliceGeometry]:
     """Where each frame of a multi-frame file lies (see the module docstring)."""
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = frame_count(ds)
     matrix = _matrix(ds)
     if ds.get("PerFrameFunctionalGroupsSequence"):
         found = []
@@ -361,7 +371,7 @@ def _multi_frame_geometry(file: Path):
         raise ImageReadError(file, f"the DICOM header is damaged ({exc})") from exc
     if "Rows" not in ds:
         raise ImageReadError(file, "the DICOM file holds no image (no Rows/Columns)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = frame_count(ds)
     if frames < 2:
         raise ImageReadError(
             file,
