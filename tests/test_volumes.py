@@ -376,6 +376,11 @@ def test_enhanced_multi_frame_file_reads_like_its_series(tmp_path):
     np.testing.assert_allclose(from_file.array, from_series.array, atol=1e-6)
     np.testing.assert_allclose(from_file.affine, from_series.affine, atol=1e-6)
     assert volume_problem(path) is None
+    cut = _enhanced(series, np.arange(6))
+    cut.PixelData = cut.PixelData[: len(cut.PixelData) // 2]
+    cut.save_as(tmp_path / "cut.dcm", enforce_file_format=True)
+    with pytest.raises(NervusInputError, match="cut.dcm.*truncated"):
+        read_volume(tmp_path / "cut.dcm")
     shutil.copy(path, folder / "enhanced.dcm")  # a multi-frame file among the slices
     with pytest.raises(NervusInputError, match="enhanced.dcm is a multi-frame file"):
         read_volume(folder)

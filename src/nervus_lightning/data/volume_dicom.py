@@ -390,6 +390,9 @@ def read_multi_frame(file: Path) -> DicomStack:
     from pydicom.pixels import apply_modality_lut
 
     _, order, affine = _multi_frame_geometry(file)
+    problem = dicom_header_problem(file)  # a mask, a missing decoder, a file cut short
+    if problem is not None:
+        raise ImageReadError(file, problem)
     try:
         ds = pydicom.dcmread(file)
         pixels = ds.pixel_array
