@@ -137,6 +137,8 @@ def make_datamodule(csv: Path, args: argparse.Namespace) -> NervusDataModule:
         use_tabular=False,
         augmentation="none",
         sampler="none",
+        # As a user's run (data.cache=auto): the images decoded once, into memory.
+        cache="memory",
     )
 
 

@@ -254,3 +254,10 @@ def cached_image(array: np.ndarray, row: int) -> torch.Tensor:
     """Row ``row`` of a cache array as float32 in ``[0, 1]`` (``C x S x S``)."""
     scale = np.float32(np.iinfo(array.dtype).max)
     return torch.from_numpy(np.asarray(array[row]).astype(np.float32) / scale)
+
+
+def cached_images(array: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows ``rows`` of a cache array at once, as :func:`cached_image` gives each one
+    (``B x C x S x S`` float32 in ``[0, 1]``, the same values)."""
+    scale = np.float32(np.iinfo(array.dtype).max)
+    return torch.from_numpy(np.asarray(array[rows]).astype(np.float32) / scale)

@@ -386,6 +386,8 @@ class NervusDataModule(L.LightningDataModule):
             self.image_size,
             cache=cache,
             rows=self.frame.index.get_indexer(frame.index),
+            # Evaluation, and training without augmentation, transform every image alike.
+            batchable_transform=not train or self.augmentation == "none",
         )
 
     def _loader(
