@@ -11,6 +11,16 @@ from torch.utils.data import DataLoader
 from nervus_lightning.data.datamodule import NervusDataModule
 
 
+def _same_batches(ours_loader, theirs_loader):
+    ours_batches, theirs_batches = list(ours_loader), list(theirs_loader)
+    assert len(ours_batches) == len(theirs_batches)
+    for ours, theirs in zip(ours_batches, theirs_batches, strict=True):
+        assert sorted(ours) == sorted(theirs)
+        for key in theirs:
+            assert ours[key].dtype == theirs[key].dtype, key
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("task", ["classification", "regression", "survival"])
 def test_batched_fetch_equals_per_case_collation(tmp_path, task):
     csv = make_dataset(tmp_path, task=task, n=60, images=False)
@@ -20,23 +30,7 @@ def test_batched_fetch_equals_per_case_collation(tmp_path, task):
     assert loader.dataset.batched_fetch
     per_case = DataLoader(dm.dataset(None), batch_size=8)  # torch's own path
     assert not per_case.dataset.batched_fetch
-    batches = list(loader)
-    assert len(batches) == len(per_case)
-    for ours, theirs in zip(batches, per_case, strict=True):
-        assert list(ours) == list(theirs)
-        for key in theirs:
-            assert ours[key].dtype == theirs[key].dtype, key
-            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
-
-
-def _same_batches(ours_loader, theirs_loader):
-    ours_batches, theirs_batches = list(ours_loader), list(theirs_loader)
-    assert len(ours_batches) == len(theirs_batches)
-    for ours, theirs in zip(ours_batches, theirs_batches, strict=True):
-        assert sorted(ours) == sorted(theirs)
-        for key in theirs:
-            assert ours[key].dtype == theirs[key].dtype, key
-            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0)
+    _same_batches(loader, per_case)
 
 
 @pytest.mark.parametrize(("cache", "image_size"), [("memory", 16), ("disk", 16), ("memory", 12)])
