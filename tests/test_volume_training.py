@@ -139,6 +139,13 @@ def test_volumes_and_a_table_train_predict_and_evaluate_through_the_command_line
     assert out.returncode == 0, out.stderr[-3000:]
     predicted = pd.read_csv(tmp_path / "p" / "predictions.csv")
     assert (tmp_path / "p" / "metrics.json").is_file()
+    out = run(
+        ["-m", "nervus_lightning.evaluate", "predictions=p/predictions.csv", "out=ev"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "ev" / "metrics.csv").is_file() and (
+        tmp_path / "ev" / "report.html"
+    ).is_file()
     # The same numbers as the checkpoint's network on the volumes read by hand.
     module = load_trained(best, map_location="cpu").eval()
     settings = VolumeSettings((SIZE,) * 3, None, "auto")
@@ -320,17 +327,46 @@ def volume_run(tmp_path_factory):
     return root, csv, best
 
 
-@pytest.mark.parametrize("command", ["explain", "export", "preview"])
-def test_outputs_not_ready_for_volumes_exit_2_with_one_message(volume_run, command):
-    root, csv, best = volume_run
-    args = {
-        "explain": ["-m", "nervus_lightning.explain", f"ckpt={best}", f"data.csv={csv}"],
-        "export": ["-m", "nervus_lightning.export", f"ckpt={best}", "format=torch_export"],
-        "preview": ["-m", "nervus_lightning.preview", f"data.csv={csv}", *VOLUME],
-    }[command]
-    out = run([*args, f"hydra.run.dir={command}"], root)
+def test_preview_of_volumes_exits_2_with_one_message(volume_run):
+    root, csv, _ = volume_run
+    out = run(
+        ["-m", "nervus_lightning.preview", f"data.csv={csv}", *VOLUME, "hydra.run.dir=p"], root
+    )
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "not available for volumes yet" in out.stderr and "Traceback" not in out.stderr
+    assert "preview is not available for volumes yet" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_explain_and_export_of_a_volume_model_are_refused(volume_run, tmp_path):
+    from nervus_lightning.workflows.explain import explain
+    from nervus_lightning.workflows.export import export_model
+
+    _, csv, best = volume_run
+    pytest.importorskip("captum")
+    with pytest.raises(NervusInputError, match="explain is not available for volumes yet"):
+        explain(best, csv, tmp_path / "explain", device="cpu")
+    with pytest.raises(NervusInputError, match="export is not available for volumes yet"):
+        export_model(best, "torch_export", out=tmp_path / "model.pt2")
+    assert not (tmp_path / "model.pt2").exists() and not (tmp_path / "explain").exists()
+
+
+@pytest.mark.parametrize(
+    ("mixer", "ensemble"), [("concat", 2), ("gated", 1), ("film", 1), ("attention", 1)]
+)
+def test_every_mixer_and_ensembles_take_volume_features(tmp_path, mixer, ensemble):
+    from nervus_lightning.module import NervusModule
+
+    data = NervusDataModule(make_volume_csv(tmp_path, n=8), volume_size=[SIZE] * 3)
+    module = NervusModule(
+        data.schema,
+        extractor={"_target_": _SMALL_CNN_3D, "name": "small_cnn_3d", "widths": [4, 8]},
+        mixer=mixer,
+        ensemble=ensemble,
+    )
+    batch = next(iter(data.eval_dataloader(None)))
+    assert batch["image"].shape == (8, 1, SIZE, SIZE, SIZE)
+    outputs = module.infer([batch], "cpu")[0]
+    assert outputs.shape == (8, 2) and np.allclose(outputs.sum(1), 1.0, atol=1e-5)
 
 
 def test_a_checkpoint_predicts_new_volumes_as_the_run_did(volume_run):
@@ -349,25 +385,32 @@ def test_a_checkpoint_predicts_new_volumes_as_the_run_did(volume_run):
 @pytest.mark.slow
 def test_a_fused_3d_model_learns_a_task_that_needs_depth_and_the_table(tmp_path):
     """Blob in the upper or lower half along D, XOR a binary input: neither the table alone nor
-    a model without the third dimension can do better than chance. Settings chosen on val."""
-    from sklearn.metrics import roc_auc_score
+    a model without the third dimension can do better than chance. Settings fixed before the
+    first run (none tuned on test)."""
 
     csv = make_volume_csv(tmp_path, n=300, splits=(0.6, 0.2))
     options = [
         f"data.csv={csv}",
-        *FAST_3D,
-        "model.extractor.widths=[16,32]",
+        *[o for o in FAST_3D if not o.startswith("model")],
         "trainer.max_epochs=30",
         "data.batch_size=32",
         "model/mixer=concat",
     ]
     from omegaconf import OmegaConf
+    from sklearn.metrics import roc_auc_score
 
-    config = compose_config(options)
-    train(TrainSettings.from_config(OmegaConf.to_container(config, resolve=True)), tmp_path / "r")
-    predictions = pd.read_csv(tmp_path / "r" / "predictions.csv")
-    test = predictions[predictions["split"] == "test"]
-    column = [c for c in test.columns if c.startswith("p_cls") or c.startswith("prob")][-1]
-    auroc = roc_auc_score(test["label_cls"] == "yes", test[column])
-    print(f"test AUROC of the fused 3D model: {auroc:.3f}")
-    assert auroc >= 0.95
+    def auroc_on_test(extra: list[str], run_dir: Path) -> float:
+        config = compose_config([*options, *extra])
+        train(TrainSettings.from_config(OmegaConf.to_container(config, resolve=True)), run_dir)
+        predictions = pd.read_csv(run_dir / "predictions.csv")
+        test = predictions[predictions["split"] == "test"]
+        column = [c for c in test.columns if c.startswith("p_cls") or c.startswith("prob")][-1]
+        return roc_auc_score(test["label_cls"] == "yes", test[column])
+
+    fused = auroc_on_test(
+        ["model/extractor=small_cnn_3d", "model.extractor.widths=[16,32]"], tmp_path / "fused"
+    )
+    table_alone = auroc_on_test(["model/extractor=none"], tmp_path / "table")
+    print(f"test AUROC: fused 3D model {fused:.3f}, table alone {table_alone:.3f}")
+    assert fused >= 0.95
+    assert table_alone < 0.75  # the control: the task does need the volume
