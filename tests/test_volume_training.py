@@ -225,6 +225,20 @@ def test_the_cache_holds_each_volume_as_read_from_its_file(tmp_path, cache):
         assert float(difference) <= 0.5 / 65535 + 1e-7
     if cache == "disk":
         assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+        # Other volume settings read other arrays, never this one.
+        from nervus_lightning.data.cache import ReadSettings, disk_key
+
+        paths = list(data.frame["imgpath"])
+        keys = {
+            disk_key(paths, ReadSettings(64, 1, None, "auto", "middle", volume=volume))
+            for volume in (
+                VolumeSettings((SIZE,) * 3, None, "auto"),
+                VolumeSettings((SIZE, SIZE, 8), None, "auto"),
+                VolumeSettings((SIZE,) * 3, (1.0, 1.0, 1.0), "auto"),
+                VolumeSettings((SIZE,) * 3, None, (500.0, 1000.0)),
+            )
+        }
+        assert len(keys) == 4
 
 
 # -- checks before training ------------------------------------------------------------------
@@ -414,3 +428,21 @@ def test_a_fused_3d_model_learns_a_task_that_needs_depth_and_the_table(tmp_path)
     print(f"test AUROC: fused 3D model {fused:.3f}, table alone {table_alone:.3f}")
     assert fused >= 0.95
     assert table_alone < 0.75  # the control: the task does need the volume
+
+
+def test_several_volumes_per_case_go_through_one_shared_3d_extractor(tmp_path):
+    from nervus_lightning.module import NervusModule
+
+    csv = make_volume_csv(tmp_path, n=8)
+    frame = pd.read_csv(csv).rename(columns={"imgpath": "imgpath_arterial"})
+    frame["imgpath_venous"] = frame["imgpath_arterial"][::-1].to_numpy()
+    frame.to_csv(csv, index=False)
+    data = NervusDataModule(csv, volume_size=[SIZE] * 3)
+    assert data.schema.views == ["arterial", "venous"]
+    batch = next(iter(data.eval_dataloader(None)))
+    assert batch["image"].shape == (8, 2, 1, SIZE, SIZE, SIZE)
+    module = NervusModule(
+        data.schema,
+        extractor={"_target_": _SMALL_CNN_3D, "name": "small_cnn_3d", "widths": [4, 8]},
+    )
+    assert module.infer([batch], "cpu")[0].shape == (8, 2)
