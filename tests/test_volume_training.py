@@ -139,13 +139,7 @@ def test_volumes_and_a_table_train_predict_and_evaluate_through_the_command_line
     assert out.returncode == 0, out.stderr[-3000:]
     predicted = pd.read_csv(tmp_path / "p" / "predictions.csv")
     assert (tmp_path / "p" / "metrics.json").is_file()
-    out = run(
-        ["-m", "nervus_lightning.evaluate", "predictions=p/predictions.csv", "out=ev"], tmp_path
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "ev" / "metrics.csv").is_file() and (
-        tmp_path / "ev" / "report.html"
-    ).is_file()
+    assert (tmp_path / "p" / "evaluation" / "report.html").is_file()
     # The same numbers as the checkpoint's network on the volumes read by hand.
     module = load_trained(best, map_location="cpu").eval()
     settings = VolumeSettings((SIZE,) * 3, None, "auto")
