@@ -17,6 +17,10 @@ Training augmentation still runs per epoch, on the cached image: the presets tha
 same input as without the cache. ``xray`` crops at the file's own resolution before resizing,
 so its training split is read from the files (the other splits still use the cache).
 
+Volumes (``data.volume_size``) are cached the same way: each one read, resampled and windowed
+once (:func:`~nervus_lightning.data.volume_input.read_training_volume`), stored as ``uint16``
+``(1, D, H, W)`` rows; the volume settings are part of the key.
+
 Modes: ``memory`` (one array per image column in this process), ``disk`` (a memory-mapped
 ``.npy`` per image column under ``cache_dir``, shared by DDP ranks and sweep jobs), ``none``, and
 ``auto``: ``memory`` when the cached arrays fit :func:`memory_budget`, else ``disk``.
@@ -50,6 +54,7 @@ import torch
 from nervus_lightning.data.dicom import Window, window_key
 from nervus_lightning.data.images import _declared_depth, read_image
 from nervus_lightning.data.transforms import build_eval_transform
+from nervus_lightning.data.volume_input import VolumeSettings, read_training_volume
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +74,25 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class ReadSettings:
-    """How images are read; every field is part of a disk array's key."""
+    """How images are read; every field is part of a disk array's key. ``volume``: the
+    images are volumes, read with these settings (``image_size`` and ``frame`` then unused)."""
 
     image_size: int
     in_channels: int
     bit_depth: int | None
     window: Window
     frame: str
+    volume: VolumeSettings | None = None
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of one cached image: ``(C, S, S)``, or ``(1, D, H, W)`` for a volume."""
+        if self.volume is not None:
+            return (1, *self.volume.shape)
+        return (self.in_channels, self.image_size, self.image_size)
 
     def key_fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "version": _FORMAT_VERSION,
             "image_size": self.image_size,
             "in_channels": self.in_channels,
@@ -86,6 +100,9 @@ class ReadSettings:
             "window": window_key(self.window),
             "frame": self.frame,
         }
+        if self.volume is not None:  # absent for 2D images: their keys stay as they were
+            fields["volume"] = self.volume.key_fields()
+        return fields
 
 
 def available_memory_bytes() -> int | None:
@@ -124,7 +141,9 @@ def memory_budget(max_gb: float | None = None, processes: int | None = None) -> 
 def estimated_bytes(n_images: int, settings: ReadSettings) -> int:
     """Size of the cached arrays of ``n_images`` images (2 bytes a value beyond 8 bits)."""
     itemsize = 1 if settings.bit_depth is not None and settings.bit_depth <= 8 else 2
-    return n_images * settings.in_channels * settings.image_size**2 * itemsize
+    if settings.volume is not None:
+        itemsize = 2
+    return n_images * int(np.prod(settings.item_shape)) * itemsize
 
 
 def resolve_mode(
@@ -144,7 +163,7 @@ def resolve_mode(
 
 
 def _storage_dtype(paths: Sequence[str], settings: ReadSettings) -> np.dtype:
-    if settings.bit_depth is None or settings.bit_depth > 8:
+    if settings.volume is not None or settings.bit_depth is None or settings.bit_depth > 8:
         return np.dtype(np.uint16)
     with ThreadPoolExecutor() as pool:
         kinds = [kind for kind, _ in pool.map(_declared_depth, paths)]
@@ -160,6 +179,10 @@ def _fill(
 
     def one(pair: tuple[int, str]) -> None:
         row, path = pair
+        if settings.volume is not None:
+            values = read_training_volume(path, settings.volume).numpy()
+            target[row] = np.rint(values.astype(np.float64) * scale).astype(target.dtype)
+            return
         image = read_image(
             path,
             settings.in_channels,
@@ -181,12 +204,10 @@ def _present(paths: Sequence[str | None]) -> tuple[list[int], list[str]]:
 
 
 def build_memory_array(paths: Sequence[str | None], settings: ReadSettings) -> np.ndarray:
-    """One image column decoded into an ``(N, C, S, S)`` array (rows of empty cells stay 0)."""
+    """One image column decoded into an ``(N, C, S, S)`` (volumes: ``(N, 1, D, H, W)``) array
+    (rows of empty cells stay 0)."""
     rows, present = _present(paths)
-    side = settings.image_size
-    array = np.zeros(
-        (len(paths), settings.in_channels, side, side), _storage_dtype(present, settings)
-    )
+    array = np.zeros((len(paths), *settings.item_shape), _storage_dtype(present, settings))
     _fill(array, rows, present, settings)
     return array
 
@@ -231,8 +252,7 @@ def open_disk_array(
         with _exclusive(final.with_suffix(".lock")):
             if not final.exists():  # another process may have built it while we waited
                 rows, present = _present(paths)
-                side = settings.image_size
-                shape = (len(paths), settings.in_channels, side, side)
+                shape = (len(paths), *settings.item_shape)
                 dtype = _storage_dtype(present, settings)
                 temporary = folder / f"{final.stem}.{os.getpid()}.tmp.npy"
                 started = time.perf_counter()
@@ -251,7 +271,8 @@ def open_disk_array(
 
 
 def cached_image(array: np.ndarray, row: int) -> torch.Tensor:
-    """Row ``row`` of a cache array as float32 in ``[0, 1]`` (``C x S x S``)."""
+    """Row ``row`` of a cache array as float32 in ``[0, 1]`` (``C x S x S``, or a volume's
+    ``1 x D x H x W``)."""
     scale = np.float32(np.iinfo(array.dtype).max)
     return torch.from_numpy(np.asarray(array[row]).astype(np.float32) / scale)
 

@@ -65,6 +65,11 @@ from nervus_lightning.data.transforms import (
     build_eval_transform,
     build_train_transform,
 )
+from nervus_lightning.data.volume_input import (
+    VolumeSettings,
+    check_volume_files,
+    volume_schema_entry,
+)
 from nervus_lightning.errors import (
     SPLIT_COLUMN,
     TEST,
@@ -121,6 +126,20 @@ def _check_options(
     return cache_mode
 
 
+def _check_volume_options(in_channels: int, augmentation: str) -> None:
+    """What volume mode does not take (yet): three channels, augmentation."""
+    if in_channels != 1:
+        raise NervusInputError(
+            f"data.in_channels={in_channels}: volumes (data.volume_size) have one channel; set "
+            "data.in_channels=1."
+        )
+    if augmentation != "none":
+        raise NervusInputError(
+            f"augmentation={augmentation} is for 2D images; volumes (data.volume_size) are not "
+            "augmented yet. Use augmentation=none."
+        )
+
+
 class NervusDataModule(L.LightningDataModule):
     """Dataloaders for a Nervus CSV.
 
@@ -166,6 +185,14 @@ class NervusDataModule(L.LightningDataModule):
         cache_dir: folder of the disk cache (default ``$NERVUS_LIGHTNING_CACHE/images`` or
             ``~/.cache/nervus_lightning/images``); shared by DDP ranks and sweep jobs.
         cache_max_gb: memory budget of ``cache=auto`` in GiB (None: 25 % of available RAM).
+        volume_size: ``[D, H, W]``: every image cell names a 3D volume (a NIfTI file, a DICOM
+            series folder, a multi-frame DICOM file), read in LPS orientation into a
+            ``(1, D, H, W)`` tensor (:mod:`~nervus_lightning.data.volume_input`); None (default):
+            2D images. ``window`` applies as for 2D; ``bit_depth``, ``frame`` and
+            ``image_size`` are not used. Stored in the schema; with ``schema`` given, the
+            schema's is used.
+        spacing: ``[z, y, x]`` mm: volumes are resampled to it, then cropped or padded about
+            their centre to ``volume_size`` (None: resized to ``volume_size``).
         time_unit: unit of the survival time columns (``data.time_unit``): one of
             ``TIME_UNITS`` or None (unknown, shown as "time"). Stored in the schema (checkpoint
             and ``schema.json``) for axis labels and table headers; with ``schema`` given, the
@@ -201,6 +228,8 @@ class NervusDataModule(L.LightningDataModule):
         cache_dir: str | os.PathLike | None = None,
         cache_max_gb: float | None = None,
         time_unit: str | None = None,
+        volume_size: Sequence[int] | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.cache_mode = _check_options(
@@ -220,11 +249,23 @@ class NervusDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.sampler = sampler
         self.pin_memory = pin_memory
+        requested_volume = volume_schema_entry(volume_size, spacing)
         if schema is None:
             self._read_for_training(task, labels, use_images, use_tabular, missing_views)
             self.schema.time_unit = time_unit
+            if self.schema.has_images:
+                self.schema.volume = requested_volume
         else:
             self._read_for_prediction(schema)
+            stored = self.schema.volume
+            if requested_volume is not None and requested_volume != stored:
+                raise NervusInputError(
+                    f"data.volume_size/data.spacing ({requested_volume}) differ from how the "
+                    f"model reads its images ({stored or '2D images'}); leave them unset to "
+                    "use the model's."
+                )
+        if self.schema.is_volume:
+            _check_volume_options(in_channels, augmentation)
         task = task_class(self.schema.task)
         if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(
@@ -233,10 +274,16 @@ class NervusDataModule(L.LightningDataModule):
             )
         if self.schema.has_images and check_images:
             columns = self.schema.image_columns
-            check_image_columns(self.csv, self.frame, columns, self.csv_rows)
+            if self.schema.is_volume:
+                check = {"check": check_volume_files, "what": "volume"}
+            else:
+                check = {}
+            check_image_columns(self.csv, self.frame, columns, self.csv_rows, **check)
         if self.schema.has_images:
             if schema is None:
                 self._choose_image_settings(requested_bits, requested_window, requested_frame)
+            elif self.schema.is_volume:
+                self.schema = check_stored_dicom_settings(self.schema, requested_window, None)
             else:
                 # The warning points at the line that built the data module.
                 self.schema = check_stored_bit_depth(self.schema, requested_bits, stacklevel=2)
@@ -244,8 +291,11 @@ class NervusDataModule(L.LightningDataModule):
                     self.schema, requested_window, requested_frame
                 )
         self.augmentation = augmentation
-        self.train_transform = build_train_transform(augmentation, image_size)
-        self.eval_transform = build_eval_transform(image_size)
+        if self.schema.is_volume:  # read at their size: nothing to resize, no augmentation
+            self.train_transform = self.eval_transform = None
+        else:
+            self.train_transform = build_train_transform(augmentation, image_size)
+            self.eval_transform = build_eval_transform(image_size)
 
     def _read_for_training(
         self,
@@ -282,7 +332,12 @@ class NervusDataModule(L.LightningDataModule):
         self, bits: int | None, window: Window | None, frame: str | None
     ) -> None:
         """Training: the bit depth, DICOM window and frame of every image, into the schema
-        (those given, else chosen on the training images)."""
+        (those given, else chosen on the training images). Volumes: the window only (``auto``
+        is each volume's own window, else its full range; no data-set window is chosen)."""
+        if self.schema.is_volume:
+            self.schema.window = window_for_schema(window or DEFAULT_WINDOW)
+            self.schema.frame = DEFAULT_FRAME
+            return
         self.schema.bit_depth = bits or self._choose_bit_depth()
         self.schema.window = window_for_schema(window or DEFAULT_WINDOW)
         self.schema.frame = frame or DEFAULT_FRAME
@@ -353,7 +408,14 @@ class NervusDataModule(L.LightningDataModule):
         """Arrays of every image column at ``size``, holding the images of ``rows`` (the other
         rows stay zero); memory or disk as ``data.cache`` says (``auto``: by their size)."""
         window, frame = dicom_settings(self.schema)
-        settings = ReadSettings(size, self.in_channels, self.schema.bit_depth, window, frame)
+        volume = (
+            VolumeSettings.from_schema(self.schema.volume, window)
+            if self.schema.is_volume
+            else None
+        )
+        settings = ReadSettings(
+            size, self.in_channels, self.schema.bit_depth, window, frame, volume=volume
+        )
         keep = self.frame.index.isin(rows)
         columns = [
             [

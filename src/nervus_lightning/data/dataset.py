@@ -20,6 +20,7 @@ from nervus_lightning.data.cache import cached_image, cached_images
 from nervus_lightning.data.dicom import AutoWindow, Window, parse_frame, parse_window
 from nervus_lightning.data.images import read_image
 from nervus_lightning.data.schema import DataSchema
+from nervus_lightning.data.volume_input import VolumeSettings, read_training_volume
 from nervus_lightning.tasks.registry import task_class
 
 # How DICOM files were read before the schema recorded it (schemas without window/frame).
@@ -37,7 +38,8 @@ def dicom_settings(schema: DataSchema) -> tuple[Window, str]:
 
 
 class NervusDataset(Dataset):
-    """Cases of one split: image (C, H, W floats in [0, 1]), raw tabular inputs, targets.
+    """Cases of one split: image (C, H, W floats in [0, 1]; a volume: (1, D, H, W)), raw
+    tabular inputs, targets.
 
     With several views (``schema.views``) the image is (V, C, H, W) in view order, each view
     read and transformed on its own; when the schema allows missing views, an empty view cell
@@ -75,6 +77,9 @@ class NervusDataset(Dataset):
         self.with_mask = schema.multiview and schema.missing_views == "allow"
         self.bit_depth = schema.bit_depth
         self.window, self.dicom_frame = dicom_settings(schema)
+        self.volume = (
+            VolumeSettings.from_schema(schema.volume, self.window) if schema.is_volume else None
+        )
         self.tabular = (
             torch.tensor(self.frame[schema.input_columns].to_numpy(np.float32))
             if schema.input_columns
@@ -95,6 +100,9 @@ class NervusDataset(Dataset):
         if self.cache is not None:
             image = cached_image(self.cache[column], int(self.rows[i]))
             return self.transform(image) if self.transform else image
+        if self.volume is not None:
+            image = read_training_volume(path, self.volume)
+            return self.transform(image) if self.transform else image
         image = read_image(
             path,
             self.in_channels,
@@ -114,7 +122,8 @@ class NervusDataset(Dataset):
         blank = torch.zeros_like(images[0]) if images else None
         if blank is None:  # every view missing (allowed with tabular inputs): size from config
             side = self.view_size or 1
-            blank = torch.zeros(self.in_channels, side, side)
+            shape = (1, *self.volume.shape) if self.volume else (self.in_channels, side, side)
+            blank = torch.zeros(shape)
         it = iter(images)
         stacked = torch.stack([next(it) if ok else blank for ok in present])
         return stacked, torch.tensor(present, dtype=torch.bool)

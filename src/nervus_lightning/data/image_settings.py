@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,14 +43,21 @@ def window_for_schema(window: Window) -> str | list[float]:
 
 
 def check_image_columns(
-    csv: os.PathLike, frame: pd.DataFrame, columns: Sequence[str], csv_rows: np.ndarray
+    csv: os.PathLike,
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    csv_rows: np.ndarray,
+    check: Callable[[list[str]], list[tuple[str, str]]] = check_image_files,
+    what: str = "image file",
 ) -> None:
     """Every image header of every image column, before training; the first bad column is
-    reported with its files and, for each, the CSV lines (``csv_rows``) that name it."""
+    reported with its files and, for each, the CSV lines (``csv_rows``) that name it. ``check``
+    and ``what``: the check of a list of paths (``(path, reason)`` of the bad ones) and what a
+    path is called (volumes: :func:`~nervus_lightning.data.volume_input.check_volume_files`)."""
     for column in columns:
         cells = frame[column].dropna()
         # A file named on several lines is opened once and reported with each of its lines.
-        bad = dict(check_image_files(list(dict.fromkeys(cells))))
+        bad = dict(check(list(dict.fromkeys(cells))))
         if not bad:
             continue
         lines = {path: csv_rows[cells.index[cells == path]] for path in bad}
@@ -62,7 +69,7 @@ def check_image_columns(
         more = f"\n  ... and {more} more file(s)" if more > 0 else ""
         on_lines = sum(len(rows) for rows in lines.values())
         raise NervusInputError(
-            f"{csv}: {len(bad)} image file(s) in column '{column}', named on "
+            f"{csv}: {len(bad)} {what}(s) in column '{column}', named on "
             f"{on_lines} CSV line(s), are missing or unreadable:\n{listed}{more}\nFix the "
             "paths (relative paths are relative to the CSV's folder) or set split=exclude "
             "for those cases."

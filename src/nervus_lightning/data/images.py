@@ -292,10 +292,19 @@ def _smallest_depth_holding(high: float, file: Path) -> int:
     )
 
 
+#: What a 2D run is told when a cell names a volume.
+VOLUME_HINT = (
+    "to train on volumes set data.volume_size=[D,H,W] (e.g. [64,128,128]) and a 3D extractor "
+    "(model/extractor=small_cnn_3d, resnet18_3d or densenet121_3d)"
+)
+
+
 def _header_problem(path: str | os.PathLike) -> str | None:
     file = Path(path)
     if not file.is_file():
         return _missing_reason(file)
+    if file.name.lower().endswith((".nii", ".nii.gz")):
+        return f"a NIfTI volume, not a 2D image; {VOLUME_HINT}"
     try:
         if _is_dicom(file):
             return dicom_header_problem(file)
@@ -313,7 +322,10 @@ def _header_problem(path: str | os.PathLike) -> str | None:
 
 def _missing_reason(file: Path) -> str:
     if file.is_dir():
-        return "this is a folder, not an image file; check the image path column"
+        return (
+            "this is a folder, not an image file; check the image path column (a DICOM series "
+            f"folder is a volume: {VOLUME_HINT})"
+        )
     return (
         "file not found; check the path (relative paths are resolved against the CSV's folder) "
         "and that the image folder is mounted"

@@ -136,6 +136,11 @@ class DataSchema:
     ``time_unit`` is the unit of the survival time columns (``data.time_unit``: ``hours``,
     ``days``, ``weeks``, ``months`` or ``years``), shown on time axes and in table headers; None
     when it was not given (shown as plain "time").
+
+    ``volume`` is set when every image cell names a 3D volume (``data.volume_size``): ``shape``
+    ``[D, H, W]``, ``spacing`` ``[z, y, x]`` mm or None, and ``orientation`` (``LPS``); batches
+    then carry ``image`` as (B, 1, D, H, W) (or (B, V, 1, D, H, W)), read as
+    :mod:`~nervus_lightning.data.volume_input` says, with ``window``. None for 2D images.
     """
 
     labels: list[LabelSpec]
@@ -152,6 +157,7 @@ class DataSchema:
     missing_views: str = "refuse"
     auto_window: dict[str, list[float]] | None = None
     time_unit: str | None = None
+    volume: dict[str, Any] | None = None
 
     @property
     def task(self) -> str:
@@ -161,6 +167,11 @@ class DataSchema:
     def has_images(self) -> bool:
         """Whether the model reads images (one view or several)."""
         return bool(self.image_column or self.views)
+
+    @property
+    def is_volume(self) -> bool:
+        """Whether the images are 3D volumes (``data.volume_size``)."""
+        return self.has_images and self.volume is not None
 
     @property
     def multiview(self) -> bool:

@@ -1,5 +1,5 @@
 """Volumes (CT, MR) as the scanner stores them, read into one orientation: the reading layer of
-3D inputs. Training on volumes is not wired in yet; this module owns turning a file or folder
+3D inputs. Training uses it through :mod:`.volume_input`; this module owns turning a file or folder
 into a :class:`Volume` and checking it cheaply beforehand (:func:`volume_problem`).
 
 Inputs: a NIfTI file (``.nii``, ``.nii.gz``, NIfTI-1 or -2, with nibabel: the ``volumes`` extra,

@@ -45,14 +45,21 @@ def component_options(value: Any, default_name: str | None) -> dict[str, Any]:
     return out
 
 
-def infer_features(module: nn.Module, in_channels: int, image_size: int) -> int:
-    """The feature size of an image extractor: its ``out_features``, else probed on zeros."""
+def infer_features(
+    module: nn.Module,
+    in_channels: int,
+    image_size: int,
+    volume_shape: Sequence[int] | None = None,
+) -> int:
+    """The feature size of an image extractor: its ``out_features``, else probed on zeros
+    (``(2, 1, D, H, W)`` for volumes of ``volume_shape``)."""
     if hasattr(module, "out_features"):
         return int(module.out_features)
     was_training = module.training
     module.eval()
+    shape = (1, *volume_shape) if volume_shape else (in_channels, image_size, image_size)
     with torch.no_grad():
-        out = module(torch.zeros(2, in_channels, image_size, image_size))
+        out = module(torch.zeros(2, *shape))
     module.train(was_training)
     return int(out.flatten(1).shape[1])
 
@@ -193,6 +200,7 @@ def build_image_extractors(
             )
         # A bare name is a torchvision model (the built-in YAMLs say so with _target_).
         opts.setdefault(TARGET_KEY, TORCHVISION_EXTRACTOR)
+        check_extractor_dims(resolve_class("model.extractor", opts, {}), opts, schema)
 
         def build() -> nn.Module:
             return build_component(
@@ -200,14 +208,37 @@ def build_image_extractors(
             )
 
         first = build()
+    if isinstance(extractor, nn.Module):
+        check_extractor_dims(type(first), {"name": type(first).__name__}, schema)
     if not hasattr(first, "out_features"):
-        first.out_features = infer_features(first, in_channels, image_size)
+        volume_shape = schema.volume["shape"] if schema.is_volume else None
+        first.out_features = infer_features(first, in_channels, image_size, volume_shape)
     if shared or len(schema.views) < 2:
         return first
     others = [build() for _ in schema.views[1:]]
     for other in others:
         other.out_features = first.out_features
     return [first, *others]
+
+
+def check_extractor_dims(cls: type, options: Mapping[str, Any], schema: DataSchema) -> None:
+    """A 3D extractor (class attribute ``spatial_dims = 3``) for volumes, a 2D one for images;
+    anything else is refused before the network is built."""
+    dims = int(getattr(cls, "spatial_dims", 2))
+    name = options.get("name") or cls.__name__
+    if schema.is_volume and dims != 3:
+        raise NervusInputError(
+            f"the images are 3D volumes (data.volume_size={schema.volume['shape']}), but "
+            f"model.extractor '{name}' is a 2D network. Choose a 3D extractor: "
+            "model/extractor=small_cnn_3d, resnet18_3d or densenet121_3d (your own declares "
+            "spatial_dims = 3)."
+        )
+    if not schema.is_volume and dims == 3:
+        raise NervusInputError(
+            f"model.extractor '{name}' reads 3D volumes, but data.volume_size is not set (the "
+            "images are read as 2D). Set data.volume_size=[D,H,W] if imgpath names volumes, "
+            "or choose a 2D extractor (model/extractor=small_cnn, resnet18, ...)."
+        )
 
 
 def build_ensemble(

@@ -1,4 +1,9 @@
-"""Image feature extractors: any torchvision classification model, classifier removed.
+"""Image feature extractors: any torchvision classification model, classifier removed; and
+the 3D extractors of volumes (:class:`SmallCNN3d`, MONAI's networks by :class:`MonaiExtractor`).
+
+An extractor says which inputs it reads with its class attribute ``spatial_dims``: 2 (images,
+the default when absent) or 3 (volumes, ``(B, 1, D, H, W)``); a user's 3D extractor sets
+``spatial_dims = 3``.
 
 Rules, chosen so that one code path serves every torchvision family:
 
@@ -301,23 +306,111 @@ class SmallCNN(ImageExtractor):
         widths: tuple[int, ...] | list[int] = (32, 64, 128),
         convs_per_stage: int = 2,
     ) -> None:
-        widths = [int(w) for w in widths]
-        if not widths or min(widths) < 1:
-            raise ValueError(f"widths must be a non-empty list of positive integers, got {widths}")
-        if int(convs_per_stage) < 1:
-            raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage}")
-        layers: dict[str, nn.Module] = {}
-        channels = int(in_channels)
-        for i, width in enumerate(widths):
-            blocks: list[nn.Module] = [nn.MaxPool2d(2)] if i else []
-            for _ in range(int(convs_per_stage)):
-                blocks += [
-                    nn.Conv2d(channels, width, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                ]
-                channels = width
-            layers[f"stage{i + 1}"] = nn.Sequential(*blocks)
-        layers["pool"] = nn.AdaptiveAvgPool2d(1)
-        super().__init__(nn.Sequential(OrderedDict(layers)), widths[-1], int(in_channels))
-        self.gradcam_layer = f"backbone.stage{len(widths)}"
+        backbone, features = _small_cnn(in_channels, widths, convs_per_stage, 2)
+        super().__init__(backbone, features, int(in_channels))
+        self.gradcam_layer = f"backbone.stage{len(backbone) - 1}"
+
+
+#: The layers of a small CNN in 2 or 3 dimensions.
+_LAYERS = {
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d),
+}
+
+
+def _small_cnn(
+    in_channels: int, widths: tuple[int, ...] | list[int], convs_per_stage: int, dims: int
+) -> tuple[nn.Sequential, int]:
+    """The stages of :class:`SmallCNN` (``dims=2``) or :class:`SmallCNN3d` (``dims=3``), and
+    the feature size."""
+    widths = [int(w) for w in widths]
+    if not widths or min(widths) < 1:
+        raise ValueError(f"widths must be a non-empty list of positive integers, got {widths}")
+    if int(convs_per_stage) < 1:
+        raise ValueError(f"convs_per_stage must be at least 1, got {convs_per_stage}")
+    conv, norm, pool, global_pool = _LAYERS[dims]
+    layers: dict[str, nn.Module] = {}
+    channels = int(in_channels)
+    for i, width in enumerate(widths):
+        blocks: list[nn.Module] = [pool(2)] if i else []
+        for _ in range(int(convs_per_stage)):
+            blocks += [
+                conv(channels, width, 3, padding=1, bias=False),
+                norm(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        layers[f"stage{i + 1}"] = nn.Sequential(*blocks)
+    layers["pool"] = global_pool(1)
+    return nn.Sequential(OrderedDict(layers)), widths[-1]
+
+
+class SmallCNN3d(ImageExtractor):
+    """:class:`SmallCNN` in three dimensions, for small volumes (about 8 to 64 voxels a side):
+    stages of 3 x 3 x 3 convolution, batch norm and ReLU, a 2 x 2 x 2 max pool before every
+    stage but the first, global average pooling. With the defaults (16, 32, 64) it has about
+    0.17 million weights; no pretrained weights. Volumes come as ``(B, 1, D, H, W)`` in
+    ``[0, 1]`` (the first batch norm standardises them).
+
+    Args:
+        in_channels: channels of the volumes (1).
+        widths: channels of each stage; the number of stages is its length.
+        convs_per_stage: convolution blocks per stage.
+    """
+
+    spatial_dims = 3
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: tuple[int, ...] | list[int] = (16, 32, 64),
+        convs_per_stage: int = 2,
+    ) -> None:
+        backbone, features = _small_cnn(in_channels, widths, convs_per_stage, 3)
+        super().__init__(backbone, features, int(in_channels))
+
+
+def _monai_nets():
+    try:
+        from monai.networks import nets
+    except ImportError:
+        raise NervusInputError(
+            "the 3D extractors resnet18_3d and densenet121_3d are MONAI's networks: pip install "
+            '"nervus-lightning[volumes]" (or pip install "monai>=1.3"), or use '
+            "model/extractor=small_cnn_3d."
+        ) from None
+    return nets
+
+
+class MonaiExtractor(ImageExtractor):
+    """A MONAI network (``monai.networks.nets``) in three dimensions as a volume extractor,
+    built empty (no pretrained weights, nothing downloaded), its classifier removed.
+
+    Args:
+        name: ``resnet18``, ``resnet34``, ``resnet50`` (MONAI's ResNets, ``feed_forward=False``:
+            the pooled features), or ``densenet121``, ``densenet169`` (their ``class_layers.out``
+            linear layer replaced by the identity).
+        in_channels: channels of the volumes (1).
+    """
+
+    spatial_dims = 3
+    NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "densenet169")
+
+    def __init__(self, name: str = "resnet18", in_channels: int = 1) -> None:
+        if name not in self.NAMES:
+            raise NervusInputError(
+                f"model.extractor.name={name!r} is not a MONAI 3D network this extractor "
+                f"builds; use one of {list(self.NAMES)}."
+            )
+        nets = _monai_nets()
+        if name.startswith("resnet"):
+            backbone = getattr(nets, name)(
+                spatial_dims=3, n_input_channels=int(in_channels), feed_forward=False
+            )
+            features = int(backbone.in_planes)
+        else:
+            builder = {"densenet121": nets.DenseNet121, "densenet169": nets.DenseNet169}[name]
+            backbone = builder(spatial_dims=3, in_channels=int(in_channels), out_channels=1)
+            features = int(backbone.class_layers.out.in_features)
+            backbone.class_layers.out = nn.Identity()
+        super().__init__(backbone, features, int(in_channels))

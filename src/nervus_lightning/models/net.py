@@ -147,7 +147,7 @@ class NervusNet(nn.Module):
         if not self.views:
             return [self.image_extractor(image).flatten(1)]
         n = len(self.views)
-        if image.ndim != 5 or image.shape[1] != n:
+        if image.ndim not in (5, 6) or image.shape[1] != n:  # 6: volumes (B, V, 1, D, H, W)
             raise ValueError(
                 f"expected images of shape (B, {n}, C, H, W) for the views {self.views}, "
                 f"got {tuple(image.shape)}"

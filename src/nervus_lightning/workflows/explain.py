@@ -61,6 +61,7 @@ from torch.utils.data import DataLoader, Subset
 from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
 from nervus_lightning.data.preview import to_png_array
 from nervus_lightning.data.sources import resolve_data
+from nervus_lightning.data.volume_input import refuse_volumes
 from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN, NervusInputError
 from nervus_lightning.models.attribution import (
     GradCamLayer,
@@ -135,6 +136,7 @@ def check_explain(
     """Check the options against the model and data before any work (or training); return the
     Grad-CAM layer of each view (empty for a model without images), per network (one list; an
     ensemble's members one each)."""
+    refuse_volumes(module.schema.volume if module.schema.has_images else None, "explain")
     require_captum()
     if n is not None and int(n) < 1:
         raise NervusInputError(f"explain: n must be at least 1 or null (every case), got {n}.")

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from nervus_lightning.checkpoints import load_trained
+from nervus_lightning.data.volume_input import refuse_volumes
 from nervus_lightning.errors import NervusInputError
 
 log = logging.getLogger(__name__)
@@ -311,6 +312,7 @@ def export_model(
                 f"torch {torch.__version__}. Upgrade torch, or use format=torch_export."
             )
     module = load_trained(ckpt, map_location="cpu")
+    refuse_volumes(module.schema.volume if module.schema.has_images else None, "export")
     module.eval()
     path = Path(out) if out is not None else ckpt.with_suffix(FORMATS[fmt])
     path.parent.mkdir(parents=True, exist_ok=True)

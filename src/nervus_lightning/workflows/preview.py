@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nervus_lightning.data.preview import auto_window_note, write_preview
+from nervus_lightning.data.volume_input import refuse_volumes
 from nervus_lightning.workflows.settings import TrainSettings
 from nervus_lightning.workflows.train import build_datamodule
 
@@ -30,6 +31,7 @@ def preview(
     Returns:
         The files written: the images and the contact sheet.
     """
+    refuse_volumes(settings.data.volume_size and {"shape": settings.data.volume_size}, "preview")
     datamodule = build_datamodule(
         # A few images are read once: building the whole data set's image cache would not pay.
         settings,

@@ -52,6 +52,8 @@ class DataSettings:
     cache_max_gb: float | None = None
     batch_size: int = 32
     num_workers: int = 0
+    volume_size: list[int] | None = None
+    spacing: list[float] | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -79,6 +81,8 @@ class DataSettings:
             cache_max_gb=_get(data, "cache_max_gb"),
             batch_size=data["batch_size"],
             num_workers=data["num_workers"],
+            volume_size=_get(data, "volume_size"),
+            spacing=_get(data, "spacing"),
         )
 
 

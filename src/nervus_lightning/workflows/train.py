@@ -96,6 +96,8 @@ def build_datamodule(settings: TrainSettings, **overrides: Any) -> NervusDataMod
         "cache_dir": data.cache_dir,
         "cache_max_gb": data.cache_max_gb,
         "time_unit": data.time_unit or (DEMO_TIME_UNIT if demo else None),
+        "volume_size": data.volume_size,
+        "spacing": data.spacing,
     }
     return NervusDataModule(csv, **{**options, **overrides})
 
@@ -113,6 +115,11 @@ def build_module(
 ) -> NervusModule:
     """The Lightning module of ``settings`` for the data's ``schema`` (each option a copy: the
     settings stay as they were given)."""
+    if settings.channels_last and schema.is_volume:
+        raise NervusInputError(
+            "model.channels_last=true is for 2D images (4D tensors); volumes are 5D. Set "
+            "model.channels_last=false."
+        )
     return NervusModule(
         schema,
         extractor=deepcopy(settings.extractor),
