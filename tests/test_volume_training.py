@@ -117,6 +117,10 @@ def test_volumes_and_a_table_train_predict_and_evaluate_through_the_command_line
     assert len(predictions) == 40 and "metrics" in json.loads(
         (run_dir / "summary.json").read_text()
     )
+    # The report's model table describes the volumes, not a 2D image size.
+    rows = dict(json.loads((run_dir / "model_summary.json").read_text())["rows"])
+    assert rows["image input"].startswith("one volume per case, resized to 16 x 16 x 16 voxels")
+    assert "LPS" in rows["image input"] and "px" not in rows["image input"]
     best = json.loads((run_dir / "summary.json").read_text())["best_checkpoint"]
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     schema = ckpt["hyper_parameters"]["schema"]

@@ -129,6 +129,27 @@ def _component(options: Any, default: str) -> str:
     return name + (f" ({', '.join(details)})" if details else "")
 
 
+def _image_input(schema: Any, hp: Mapping[str, Any]) -> str:
+    """The report's line on the images: views, and their size as the network gets them."""
+    kind = "volume" if schema.is_volume else "image"
+    views = (
+        f"{len(schema.views)} views per case ({', '.join(schema.views)})"
+        if schema.views
+        else f"one {kind} per case"
+    )
+    if schema.is_volume:
+        volume = schema.volume
+        shape = " x ".join(str(n) for n in volume["shape"])
+        if volume.get("spacing"):
+            spacing = " x ".join(f"{mm:g}" for mm in volume["spacing"])
+            how = f"resampled to {spacing} mm voxels, cropped or padded to {shape} voxels"
+        else:
+            how = f"resized to {shape} voxels (D x H x W)"
+        return f"{views}, {how}, orientation {volume['orientation']}"
+    size = hp.get("image_size")
+    return f"{views}, {hp.get('in_channels')} channel(s), resized to {size} x {size} px"
+
+
 def model_summary(
     module: Any,
     *,
@@ -153,16 +174,7 @@ def model_summary(
     hp = module.hparams
     rows: list[list[str]] = []
     if schema.has_images:
-        views = (
-            f"{len(schema.views)} views per case ({', '.join(schema.views)})"
-            if schema.views
-            else "one image per case"
-        )
-        size = hp.get("image_size")
-        channels = hp.get("in_channels")
-        rows.append(
-            ["image input", f"{views}, {channels} channel(s), resized to {size} x {size} px"]
-        )
+        rows.append(["image input", _image_input(schema, hp)])
     if schema.input_columns:
         shown = ", ".join(schema.input_columns[:8])
         more = f" and {len(schema.input_columns) - 8} more" if len(schema.input_columns) > 8 else ""
