@@ -349,17 +349,15 @@ def test_preview_of_volumes_exits_2_with_one_message(volume_run):
     assert "Traceback" not in out.stderr
 
 
-def test_explain_and_export_of_a_volume_model_are_refused(volume_run, tmp_path):
+def test_explain_of_a_volume_model_is_refused(volume_run, tmp_path):
+    # Export of volume models works: tests/test_export_volumes.py.
     from nervus_lightning.workflows.explain import explain
-    from nervus_lightning.workflows.export import export_model
 
     _, csv, best = volume_run
     pytest.importorskip("captum")
     with pytest.raises(NervusInputError, match="explain is not available for volumes yet"):
         explain(best, csv, tmp_path / "explain", device="cpu")
-    with pytest.raises(NervusInputError, match="export is not available for volumes yet"):
-        export_model(best, "torch_export", out=tmp_path / "model.pt2")
-    assert not (tmp_path / "model.pt2").exists() and not (tmp_path / "explain").exists()
+    assert not (tmp_path / "explain").exists()
 
 
 @pytest.mark.parametrize(

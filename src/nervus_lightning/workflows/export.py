@@ -20,6 +20,11 @@ contract:
   output names and shapes, class names, thresholds, and for survival the training aggregates
   needed to turn a risk into survival probabilities; for several images per case, which slice
   of the image input is which view (``views``: view name and CSV column, in order).
+* A model trained on 3D volumes (``data.volume_size``) takes ``image`` as ``[B, 1, D, H, W]``
+  (``[B, V, 1, D, H, W]`` with several views), the volume as training read it; its JSON states
+  that reading instead of the 2D steps: orientation (LPS), voxel spacing or resize to the shape,
+  crop or pad about the centre, window and scaling to ``[0, 1]``. Settings only, as in the
+  schema: no value of a patient.
 
 The command line lives in :mod:`nervus_lightning.cli.export`.
 """
@@ -38,7 +43,6 @@ import torch
 from torch import nn
 
 from nervus_lightning.checkpoints import load_trained
-from nervus_lightning.data.volume_input import refuse_volumes
 from nervus_lightning.errors import NervusInputError
 
 log = logging.getLogger(__name__)
@@ -87,9 +91,8 @@ def example_inputs(module: Any, batch: int = _EXAMPLE_BATCH) -> tuple[torch.Tens
     generator = torch.Generator().manual_seed(0)
     inputs = []
     if schema.has_images:
-        size, channels = int(module.hparams.image_size), int(module.hparams.in_channels)
         views = (len(schema.views),) if schema.multiview else ()
-        inputs.append(torch.rand(batch, *views, channels, size, size, generator=generator))
+        inputs.append(torch.rand(batch, *views, *_image_shape(module), generator=generator))
     if schema.input_columns:
         mean = torch.tensor(schema.input_mean, dtype=torch.float32)
         std = torch.tensor(schema.input_std, dtype=torch.float32)
@@ -100,32 +103,43 @@ def example_inputs(module: Any, batch: int = _EXAMPLE_BATCH) -> tuple[torch.Tens
     return tuple(inputs)
 
 
+def _image_shape(module: Any) -> list[int]:
+    """One case's image (one view) as the graph takes it: ``[C, H, W]``, or ``[1, D, H, W]``
+    for a volume."""
+    if module.schema.is_volume:
+        return [1, *(int(n) for n in module.schema.volume["shape"])]
+    size = int(module.hparams.image_size)
+    return [int(module.hparams.in_channels), size, size]
+
+
 def _input_entries(module: Any) -> list[dict[str, Any]]:
     schema = module.schema
     entries = []
     if schema.has_images:
-        size, channels = int(module.hparams.image_size), int(module.hparams.in_channels)
         entry: dict[str, Any] = {
             "name": "image",
-            "shape": ["batch", channels, size, size],
+            "shape": ["batch", *_image_shape(module)],
             "dtype": "float32",
             "range": [0.0, 1.0],
         }
         if schema.multiview:
-            entry["shape"] = ["batch", len(schema.views), channels, size, size]
+            entry["shape"] = ["batch", len(schema.views), *_image_shape(module)]
             entry["views"] = list(schema.views)
             entry["columns"] = list(schema.view_columns)
         else:
             entry["column"] = schema.image_column
         entry["meaning"] = (
-            "the image after the steps of 'preprocessing' (0 = black, 1 = white), as `python -m "
-            "nervus_lightning.preview` shows it; intensity normalisation (ImageNet mean/std) is "
-            "inside the graph"
-            + (
-                "; one image per view, on axis 1 in the order of 'views'"
-                if schema.multiview
-                else ""
-            )
+            "the volume after the steps of 'preprocessing' (0 = bottom of the window, 1 = "
+            "top), axes 2-4 (D, H, W) running to the patient's superior, posterior and left; "
+            "intensity normalisation is inside the graph"
+            if schema.is_volume
+            else "the image after the steps of 'preprocessing' (0 = black, 1 = white), as "
+            "`python -m nervus_lightning.preview` shows it; intensity normalisation "
+            "(ImageNet mean/std) is inside the graph"
+        ) + (
+            "; one image (volume) per view, on axis 1 in the order of 'views'"
+            if schema.multiview
+            else ""
         )
         entries.append(entry)
     if schema.input_columns:
@@ -167,10 +181,63 @@ def _output_entries(module: Any, names: list[str]) -> list[dict[str, Any]]:
     return entries
 
 
+def _volume_preprocessing(schema: Any) -> dict[str, Any]:
+    shape = [int(n) for n in schema.volume["shape"]]
+    spacing = schema.volume["spacing"]
+    if spacing is None:
+        size_step = (
+            f"resize: each volume resized to {shape[0]} x {shape[1]} x {shape[2]} voxels (D, H, "
+            "W) over its own extent (trilinear), so the voxel size follows each volume's field "
+            "of view"
+        )
+    else:
+        size_step = (
+            f"resample: to a voxel size of {spacing[0]} x {spacing[1]} x {spacing[2]} mm (z, y, "
+            "x along D, H, W; trilinear, the volume's centre kept where it is), then crop, or "
+            f"pad with 0, about the centre to {shape[0]} x {shape[1]} x {shape[2]} voxels "
+            "(the centre voxel stays the centre, the extra voxel of an odd difference at the end)"
+        )
+    return {
+        "image_column": schema.image_column,
+        "image_columns": schema.image_columns,
+        "views": list(schema.views) or None,
+        "volume": True,
+        "orientation": schema.volume["orientation"],
+        "axes": ["superior", "posterior", "left"],
+        "shape": shape,
+        "spacing": None if spacing is None else [float(s) for s in spacing],
+        "spacing_meaning": (
+            "resized to shape over each volume's extent"
+            if spacing is None
+            else "mm per voxel along D, H, W; then crop/pad about the centre to shape"
+        ),
+        "window": schema.window,
+        "in_channels": 1,
+        "steps": [
+            "read: a NIfTI file (.nii, .nii.gz), a folder holding one DICOM series (slices "
+            "ordered by their position along the slice normal), or one multi-frame DICOM file",
+            f"orient: permute and flip the axes (no interpolation) so that the array's axes "
+            f"run to the patient's superior, posterior and left ({schema.volume['orientation']}"
+            "; NIfTI's RAS affine converted): array[d] is an axial slice from the feet up",
+            "intensities: each slice's modality LUT (Rescale Slope/Intercept), then the window "
+            "given by 'window' ([center, width]: a DICOM LINEAR window in modality units; auto: "
+            "the series' own Window Center/Width or a NIfTI's cal_min/cal_max, else the "
+            "volume's full range; none: the full range), scaled to [0, 1] (0 = bottom of the "
+            "window, 1 = top)",
+            size_step,
+            "add the channel axis: [1, D, H, W] per volume, float32",
+        ],
+        "reference": "nervus_lightning.data.volume_input.read_training_volume, "
+        "nervus_lightning.data.volumes.read_volume",
+    }
+
+
 def _preprocessing(module: Any) -> dict[str, Any] | None:
     schema = module.schema
     if not schema.has_images:
         return None
+    if schema.is_volume:
+        return _volume_preprocessing(schema)
     size, channels = int(module.hparams.image_size), int(module.hparams.in_channels)
     return {
         "image_column": schema.image_column,
@@ -211,6 +278,7 @@ def deployment_contract(
 ) -> dict[str, Any]:
     """The JSON written beside an exported model (see the module docstring)."""
     wrapper = DeployableNet(module)
+    flat_images = module.schema.has_images and not module.schema.is_volume
     return {
         "model_file": model_file.name,
         "format": fmt,
@@ -226,8 +294,9 @@ def deployment_contract(
             for view, column in zip(module.schema.views, module.schema.view_columns, strict=True)
         ]
         or None,
-        "image_size": int(module.hparams.image_size) if module.schema.has_images else None,
+        "image_size": int(module.hparams.image_size) if flat_images else None,
         "in_channels": int(module.hparams.in_channels) if module.schema.has_images else None,
+        "volume_size": list(module.schema.volume["shape"]) if module.schema.is_volume else None,
         "schema": module.export_schema(),
     }
 
@@ -312,7 +381,6 @@ def export_model(
                 f"torch {torch.__version__}. Upgrade torch, or use format=torch_export."
             )
     module = load_trained(ckpt, map_location="cpu")
-    refuse_volumes(module.schema.volume if module.schema.has_images else None, "export")
     module.eval()
     path = Path(out) if out is not None else ckpt.with_suffix(FORMATS[fmt])
     path.parent.mkdir(parents=True, exist_ok=True)
