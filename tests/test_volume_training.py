@@ -339,16 +339,6 @@ def volume_run(tmp_path_factory):
     return root, csv, best
 
 
-def test_preview_of_volumes_exits_2_with_one_message(volume_run):
-    root, csv, _ = volume_run
-    out = run(
-        ["-m", "nervus_lightning.preview", f"data.csv={csv}", *VOLUME, "hydra.run.dir=p"], root
-    )
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "preview is not available for volumes yet" in out.stderr
-    assert "Traceback" not in out.stderr
-
-
 def test_explain_of_a_volume_model_is_refused(volume_run, tmp_path):
     # Export of volume models works: tests/test_export_volumes.py.
     from nervus_lightning.workflows.explain import explain

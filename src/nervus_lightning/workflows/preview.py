@@ -3,7 +3,8 @@ network gets them (the command line: ``python -m nervus_lightning.preview data.c
 [split=train] [n=16]``, :mod:`nervus_lightning.cli.preview`).
 
 The pictures themselves are :func:`nervus_lightning.data.preview.write_preview`'s; this module
-builds the data as training would, images only.
+builds the data as training would, images only (2D images, or volumes with
+``data.volume_size``: three orthogonal mid-slices per case).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from nervus_lightning.data.preview import auto_window_note, write_preview
-from nervus_lightning.data.volume_input import refuse_volumes
 from nervus_lightning.workflows.settings import TrainSettings
 from nervus_lightning.workflows.train import build_datamodule
 
@@ -31,7 +31,6 @@ def preview(
     Returns:
         The files written: the images and the contact sheet.
     """
-    refuse_volumes(settings.data.volume_size and {"shape": settings.data.volume_size}, "preview")
     datamodule = build_datamodule(
         # A few images are read once: building the whole data set's image cache would not pay.
         settings,
