@@ -163,3 +163,17 @@ def test_explain_command_writes_nifti_maps_over_the_input_and_mid_slice_pngs(vol
         assert picture.shape == (SIZE, 3 * SIZE + 4, 3)
     assert row.map.endswith("_gradcam.nii.gz") and row.input.endswith("_input.nii.gz")
     assert (out / "attribution.csv").is_file()  # the fused model's input_* columns
+
+
+@pytest.mark.parametrize(("name", "path"), [("resnet18", "layer4"), ("densenet121", "features")])
+def test_monai_extractors_get_their_last_stage(name, path):
+    pytest.importorskip("monai")
+    from nervus_lightning.models.extractors import MonaiExtractor
+
+    extractor = MonaiExtractor(name).eval()
+    layer = find_volume_gradcam_layer(extractor)
+    assert layer.path == f"backbone.{path}"
+    head = nn.Linear(extractor.out_features, 1)
+    volume = torch.rand(1, 1, 32, 32, 32)
+    cam = volume_grad_cam(lambda x: head(extractor(x).flatten(1)), volume, layer, 0)
+    assert cam.shape == (1, 32, 32, 32) and layer.grid is not None and len(layer.grid) == 3
