@@ -339,17 +339,6 @@ def volume_run(tmp_path_factory):
     return root, csv, best
 
 
-def test_explain_of_a_volume_model_is_refused(volume_run, tmp_path):
-    # Export of volume models works: tests/test_export_volumes.py.
-    from nervus_lightning.workflows.explain import explain
-
-    _, csv, best = volume_run
-    pytest.importorskip("captum")
-    with pytest.raises(NervusInputError, match="explain is not available for volumes yet"):
-        explain(best, csv, tmp_path / "explain", device="cpu")
-    assert not (tmp_path / "explain").exists()
-
-
 @pytest.mark.parametrize(
     ("mixer", "ensemble"), [("concat", 2), ("gated", 1), ("film", 1), ("attention", 1)]
 )

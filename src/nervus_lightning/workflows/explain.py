@@ -40,6 +40,8 @@ without tabular inputs. A missing view's pixels never reach the output (its feat
 learned "missing" embedding whatever the pixels), so its attribution is exactly zero; it enters
 the mean over cases as a zero, i.e. the mean says how much the view moved the output over the
 explained cases, present or not.
+**Volumes** (``data.volume_size``, one volume per case): 3D Grad-CAM maps written as NIfTI over
+the network's input, and mid-slice PNGs (:mod:`nervus_lightning.workflows.explain_volumes`).
 The command line lives in :mod:`nervus_lightning.cli.explain`.
 """
 
@@ -61,7 +63,6 @@ from torch.utils.data import DataLoader, Subset
 from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
 from nervus_lightning.data.preview import to_png_array
 from nervus_lightning.data.sources import resolve_data
-from nervus_lightning.data.volume_input import refuse_volumes
 from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN, NervusInputError
 from nervus_lightning.models.attribution import (
     GradCamLayer,
@@ -72,6 +73,12 @@ from nervus_lightning.models.attribution import (
 )
 from nervus_lightning.models.ensemble import member_nets
 from nervus_lightning.options import check_number
+from nervus_lightning.workflows.explain_volumes import (
+    ensemble_volume_cams,
+    network_affine,
+    volume_gradcam_layers,
+    write_volume_case,
+)
 from nervus_lightning.workflows.predict import inference_device
 from nervus_lightning.workflows.settings import MISSING
 
@@ -136,7 +143,6 @@ def check_explain(
     """Check the options against the model and data before any work (or training); return the
     Grad-CAM layer of each view (empty for a model without images), per network (one list; an
     ensemble's members one each)."""
-    refuse_volumes(module.schema.volume if module.schema.has_images else None, "explain")
     require_captum()
     if n is not None and int(n) < 1:
         raise NervusInputError(f"explain: n must be at least 1 or null (every case), got {n}.")
@@ -146,7 +152,10 @@ def check_explain(
             f"{datamodule.csv}: explain split={split!r} has no rows; the CSV's splits are "
             f"{', '.join(present)}."
         )
-    layers = [gradcam_layers(net, layer) for net in member_nets(module.net)]
+    if module.schema.is_volume:
+        layers = volume_gradcam_layers(module.net, layer)
+    else:
+        layers = [gradcam_layers(net, layer) for net in member_nets(module.net)]
     if layer and not layers[0]:
         raise NervusInputError(f"explain.layer={layer!r} given, but the model has no image input.")
     return layers
@@ -192,9 +201,8 @@ def explain_module(
     frame = datamodule.split_frame(split)
     count = len(frame) if n is None else min(int(n), len(frame))
     frame = frame.head(count)
-    loader = DataLoader(
-        Subset(datamodule.dataset(split), range(count)), batch_size=batch_size, shuffle=False
-    )
+    dataset = datamodule.dataset(split)
+    loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, shuffle=False)
     module.to(device).eval()
     net, schema = module.net, module.schema
     views = list(schema.views) if schema.multiview else []
@@ -218,7 +226,10 @@ def explain_module(
             target_t = torch.as_tensor(target, device=device)
             folder = out / file_stem(spec.name)
             cams: list[np.ndarray] = []
-            if cam_layers[0]:
+            if cam_layers[0] and schema.is_volume:
+                cams = [ensemble_volume_cams(net, j, image, tabular, cam_layers, target_t)]
+                folder.mkdir(exist_ok=True)
+            elif cam_layers[0]:
                 # An ensemble's map is its members' maps averaged, each member's Grad-CAM of
                 # its own output for the class the ensemble predicts.
                 per_net = [
@@ -237,7 +248,16 @@ def explain_module(
                     "score": float(values[k, target[k]]),
                     "truth": row.get(spec.name),
                 }
-                if cams:
+                if cams and schema.is_volume:
+                    stem = stems[int(i)]
+                    affine = network_affine(row[schema.image_column], dataset.volume)
+                    names = write_volume_case(
+                        folder, stem, image[k], cams[0][k], affine, _COLORMAP, _OVERLAY_ALPHA
+                    )
+                    entry["map"], entry["input"], entry["overlay"] = (
+                        f"{folder.name}/{name}" for name in names
+                    )
+                elif cams:
                     pictures = image[k].unbind(0) if views else (image[k],)
                     missing = []
                     for v, (cam, picture) in enumerate(zip(cams, pictures, strict=True)):
@@ -264,12 +284,11 @@ def explain_module(
     for cam_layer in {id(c): c for c in cam_layers[0]}.values():
         if cam_layer.grid and min(cam_layer.grid) < 3:
             log.warning(
-                "Grad-CAM: %s gives a %s map at image size %d, too coarse to show where the "
-                "model looked; use a larger data.image_size or an earlier layer "
-                "(explain.layer=...).",
+                "Grad-CAM: %s gives a %s map at input size %s, too coarse to show where the "
+                "model looked; use a larger input or an earlier layer (explain.layer=...).",
                 cam_layer.path,
                 "x".join(map(str, cam_layer.grid)),
-                image.shape[-1],
+                "x".join(map(str, image.shape[-3 if schema.is_volume else -2 :])),
             )
     cases = pd.DataFrame(rows)
     cases.to_csv(out / CASES, index=False)

@@ -1,0 +1,192 @@
+"""Grad-CAM of a volume model (``data.volume_size``): the 3D map, the volume as the network saw
+it, both as NIfTI in the same world coordinates, and a PNG of three orthogonal mid-slices.
+
+Which cases are explained, the explained target and ``cases.csv`` are
+:mod:`nervus_lightning.workflows.explain`'s; this module owns what differs in 3D:
+
+* **The layer**: the extractor's last convolutional stage, as in 2D: ``small_cnn_3d`` its last
+  ``stage``, MONAI's ResNets ``layer4``, MONAI's DenseNets ``features`` (its final norm); or
+  ``explain.layer=<module path>`` (a module whose output is ``(B, C, d, h, w)``).
+* **The map**: captum's ``LayerGradCam`` (the gradient averaged over the layer's three spatial
+  axes), negative evidence cut, upsampled *trilinearly* to the network's input grid ``(D, H, W)``.
+* **Where it lies**: the volume is read again with :func:`~nervus_lightning.data.
+  volumes.read_volume` (as training reads it) for its LPS affine; with ``data.spacing`` the
+  centre crop or pad shifts the grid by whole voxels (:func:`network_affine`). NIfTI stores RAS,
+  so the LPS affine is turned with ``diag(-1, -1, 1, 1)``. ``<uniqID>_input.nii.gz`` (the
+  network's input, float32 in ``[0, 1]``) and ``<uniqID>_gradcam.nii.gz`` share that affine, so
+  the map opens over the input in any viewer (and over the original scan, in world coordinates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nervus_lightning.data.volume_input import VolumeSettings
+from nervus_lightning.data.volumes import LPS_FROM_RAS, import_nibabel, read_volume
+from nervus_lightning.errors import NervusInputError
+from nervus_lightning.models.attribution import GradCamLayer, find_gradcam_layer
+from nervus_lightning.models.ensemble import member_nets
+
+#: The last stage of the 3D extractors, by child name of their backbone (MONAI ResNet, DenseNet).
+_STAGE_NAMES = ("layer4", "features")
+
+
+def find_volume_gradcam_layer(extractor: nn.Module, layer: str | None = None) -> GradCamLayer:
+    """The Grad-CAM layer of a 3D extractor: ``layer`` if given (a module path inside it), the
+    extractor's own ``gradcam_layer``, else its backbone's last convolutional stage."""
+    if layer or getattr(extractor, "gradcam_layer", None):
+        return find_gradcam_layer(extractor, layer)
+    backbone = getattr(extractor, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        names = [name for name, _ in backbone.named_children()]
+        stages = [n for n in names if n in _STAGE_NAMES] or [
+            n for n in names if n.startswith("stage")
+        ]
+        if stages:
+            return GradCamLayer(backbone.get_submodule(stages[-1]), f"backbone.{stages[-1]}")
+    return find_gradcam_layer(extractor, None)  # raises, listing the extractor's modules
+
+
+def volume_gradcam_layers(net: nn.Module, layer: str | None) -> list[list[GradCamLayer]]:
+    """The Grad-CAM layer of each network (an ensemble's members one each); one volume view."""
+    layers = []
+    for member in member_nets(net):
+        extractors = member.image_extractors()
+        if len(extractors) != 1:
+            raise NervusInputError(
+                "explain of several volume views (imgpath_<view> columns with data.volume_size) "
+                "is not available yet; explain a model of one volume per case."
+            )
+        layers.append([find_volume_gradcam_layer(extractors[0], layer)])
+    return layers
+
+
+def volume_grad_cam(
+    forward: Callable[..., torch.Tensor],
+    volume: torch.Tensor,
+    layer: GradCamLayer,
+    target: torch.Tensor | int,
+    forward_args: tuple = (),
+) -> torch.Tensor:
+    """Grad-CAM maps ``(B, D, H, W)`` (float32, non-negative) of ``volume`` ``(B, 1, D, H, W)``,
+    upsampled trilinearly from the layer's grid to the volume's."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    with torch.enable_grad():
+        cam = LayerGradCam(forward, layer.module).attribute(
+            volume,
+            target=target,
+            additional_forward_args=forward_args or None,
+            relu_attributions=True,
+        )
+    layer.grid = tuple(cam.shape[-3:])
+    cam = LayerAttribution.interpolate(cam.detach(), tuple(volume.shape[-3:]), "trilinear")
+    return cam[:, 0].clamp_min(0.0).float()
+
+
+def ensemble_volume_cams(
+    net: nn.Module,
+    j: int,
+    volume: torch.Tensor,
+    tabular: torch.Tensor | None,
+    layers: list[list[GradCamLayer]],
+    target: torch.Tensor,
+) -> np.ndarray:
+    """Grad-CAM of head ``j`` averaged over an ensemble's members (one net: its own)."""
+    maps = []
+    for member, (layer,) in zip(member_nets(net), layers, strict=True):
+
+        def forward(image: torch.Tensor, table=None, member=member) -> torch.Tensor:
+            return member(image=image, tabular=table)[j]
+
+        args = (tabular,) if tabular is not None else ()
+        maps.append(volume_grad_cam(forward, volume, layer, target, args))
+    return torch.stack(maps).mean(0).cpu().numpy()
+
+
+def network_affine(path: str | Path, settings: VolumeSettings) -> np.ndarray:
+    """NIfTI (RAS) affine of the network's input grid: voxel ``(d, h, w)`` of the
+    ``(1, D, H, W)`` tensor -> RAS mm, as :func:`~nervus_lightning.data.volume_input.
+    read_training_volume` builds that tensor (resize to ``shape``, or resample to ``spacing``
+    then centre crop or pad: a shift by whole voxels)."""
+    if settings.spacing is None:
+        volume = read_volume(path, shape=settings.shape, window=settings.window)
+        lps = volume.affine
+    else:
+        volume = read_volume(path, spacing=settings.spacing, window=settings.window)
+        # centre_crop_or_pad: network voxel i is source voxel i + offset on each axis.
+        offset = [
+            (have - want) // 2 if have >= want else -((want - have) // 2)
+            for have, want in zip(volume.array.shape, settings.shape, strict=True)
+        ]
+        shift = np.eye(4)
+        shift[:3, 3] = offset
+        lps = volume.affine @ shift
+    return LPS_FROM_RAS @ lps
+
+
+def save_nifti(path: Path, values: np.ndarray, affine: np.ndarray) -> None:
+    """``values`` (D, H, W) as float32 NIfTI with ``affine`` (RAS) as qform and sform."""
+    nib = import_nibabel(path)
+    image = nib.Nifti1Image(np.ascontiguousarray(values, dtype=np.float32), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, str(path))
+
+
+def mid_slices(array: np.ndarray) -> list[np.ndarray]:
+    """Axial, coronal and sagittal slices through the middle of a ``(D, H, W)`` LPS array, as a
+    radiologist looks at them: axial from the feet (patient's right on the left, anterior at the
+    top), coronal from the front, sagittal from the patient's left, superior at the top."""
+    d, h, w = (n // 2 for n in array.shape)
+    return [array[d], array[::-1, h, :], array[::-1, :, w]]
+
+
+def mid_slice_overlay(
+    volume: np.ndarray, cam: np.ndarray, colormap: str = "jet", alpha: float = 0.6
+) -> np.ndarray:
+    """``h x w x 3`` uint8: the three mid-slices (:func:`mid_slices`) of ``volume`` (floats in
+    ``[0, 1]``) side by side, each with ``cam`` scaled to its 3D maximum drawn over it in
+    ``colormap`` (opacity ``alpha`` at the maximum, zero where the map is zero)."""
+    from matplotlib import colormaps
+
+    peak = float(cam.max())
+    scaled = cam / peak if peak > 0 else np.zeros_like(cam)
+    panels = []
+    for gray, heat in zip(mid_slices(np.clip(volume, 0, 1)), mid_slices(scaled), strict=True):
+        base = np.repeat(gray[..., None], 3, axis=2)
+        weight = (alpha * heat)[..., None]
+        panels.append((1 - weight) * base + weight * colormaps[colormap](heat)[..., :3])
+    height = max(p.shape[0] for p in panels)
+    gap = np.ones((height, 2, 3))
+    padded = []
+    for panel in panels:
+        rows = height - panel.shape[0]
+        padded += [np.pad(panel, ((rows // 2, rows - rows // 2), (0, 0), (0, 0))), gap]
+    return np.rint(255.0 * np.concatenate(padded[:-1], axis=1)).astype(np.uint8)
+
+
+def write_volume_case(
+    folder: Path,
+    stem: str,
+    volume: torch.Tensor,
+    cam: np.ndarray,
+    affine: np.ndarray,
+    colormap: str = "jet",
+    alpha: float = 0.6,
+) -> tuple[str, str, str]:
+    """Write ``<stem>_gradcam.nii.gz``, ``<stem>_input.nii.gz`` and ``<stem>.png`` into
+    ``folder``; return the three file names."""
+    from PIL import Image
+
+    array = volume.detach().float().cpu().numpy()[0]
+    names = (f"{stem}_gradcam.nii.gz", f"{stem}_input.nii.gz", f"{stem}.png")
+    save_nifti(folder / names[0], cam, affine)
+    save_nifti(folder / names[1], array, affine)
+    Image.fromarray(mid_slice_overlay(array, cam, colormap, alpha)).save(folder / names[2])
+    return names
