@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -100,6 +102,17 @@ def compose_config(overrides: list[str]):
     ``data=csv``, as :func:`~nervus_lightning.cli.overrides.with_csv_data_group` does)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=with_csv_data_group(overrides))
+
+
+def run_command(module: str, args: list[str], cwd: Path, timeout: int = 600):
+    """``python -m <module> <args>`` in ``cwd`` as a user runs it, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 FAST = [

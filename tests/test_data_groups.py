@@ -8,11 +8,9 @@ network, its epochs) without giving them to every user CSV too.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import compose_config
+from conftest import compose_config, run_command
 from omegaconf import OmegaConf
 
 from nervus_lightning.cli.overrides import with_csv_data_group
@@ -78,13 +76,7 @@ def test_tabular_recipes_of_a_csv_match_the_demo_without_workers(task):
 
 
 def _run(args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "nervus_lightning", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_command("nervus_lightning", args, cwd)
 
 
 def test_the_command_line_applies_the_rule(tmp_path):

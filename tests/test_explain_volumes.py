@@ -22,13 +22,15 @@ from conftest import compose_config  # noqa: E402
 from test_volume_training import FAST_3D, SIZE, make_volume_csv  # noqa: E402
 
 from nervus_lightning.data.volume_input import VolumeSettings, read_training_volume  # noqa: E402
-from nervus_lightning.models.attribution import GradCamLayer  # noqa: E402
+from nervus_lightning.models.attribution import (  # noqa: E402
+    GradCamLayer,
+    find_gradcam_layer,
+    grad_cam,
+)
 from nervus_lightning.models.extractors import SmallCNN3d  # noqa: E402
 from nervus_lightning.workflows.explain_volumes import (  # noqa: E402
-    find_volume_gradcam_layer,
     mid_slice_overlay,
     network_affine,
-    volume_grad_cam,
 )
 from nervus_lightning.workflows.settings import TrainSettings  # noqa: E402
 from nervus_lightning.workflows.train import train  # noqa: E402
@@ -58,7 +60,7 @@ def test_map_is_hot_where_the_network_looks_not_at_a_brighter_blob_elsewhere():
     volume[0, 0, 2:5, 3:6, 11:14] = 0.8  # inside the region the network reads
     volume[0, 0, 10:14, 10:14, 2:6] = 1.0  # brighter, but outside it
     net = RegionReader()
-    cam = volume_grad_cam(net, volume, GradCamLayer(net.layer, "layer"), 0)[0].numpy()
+    cam = grad_cam(net, volume, GradCamLayer(net.layer, "layer"), 0)[0].numpy()
     assert cam.shape == (16, 16, 16) and (cam >= 0).all()
     assert np.unravel_index(cam.argmax(), cam.shape) in {
         (d, h, w) for d in range(2, 5) for h in range(3, 6) for w in range(11, 14)
@@ -71,7 +73,7 @@ def test_map_is_hot_where_the_network_looks_not_at_a_brighter_blob_elsewhere():
 
 
 def test_small_cnn_3d_layer_is_its_last_stage():
-    layer = find_volume_gradcam_layer(SmallCNN3d(widths=[4, 8, 8]))
+    layer = find_gradcam_layer(SmallCNN3d(widths=[4, 8, 8]))
     assert layer.path == "backbone.stage3"
 
 
@@ -171,9 +173,9 @@ def test_monai_extractors_get_their_last_stage(name, path):
     from nervus_lightning.models.extractors import MonaiExtractor
 
     extractor = MonaiExtractor(name).eval()
-    layer = find_volume_gradcam_layer(extractor)
+    layer = find_gradcam_layer(extractor)
     assert layer.path == f"backbone.{path}"
     head = nn.Linear(extractor.out_features, 1)
     volume = torch.rand(1, 1, 32, 32, 32)
-    cam = volume_grad_cam(lambda x: head(extractor(x).flatten(1)), volume, layer, 0)
+    cam = grad_cam(lambda x: head(extractor(x).flatten(1)), volume, layer, 0)
     assert cam.shape == (1, 32, 32, 32) and layer.grid is not None and len(layer.grid) == 3

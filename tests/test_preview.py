@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_command
 from PIL import Image, PngImagePlugin
 
 from nervus_lightning.data.images import read_image
@@ -23,13 +22,7 @@ SIZE = 32
 
 
 def _run(args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "nervus_lightning.preview", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_command("nervus_lightning.preview", args, cwd, timeout=300)
 
 
 def _csv(root: Path) -> Path:

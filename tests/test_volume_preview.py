@@ -3,13 +3,12 @@ oriented as a radiology viewer shows them, with the voxel size's aspect ratio.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_command
 from PIL import Image
 
 from nervus_lightning.data.preview import orthogonal_slices, volume_figure
@@ -92,13 +91,7 @@ def test_the_spacing_gives_each_panel_its_physical_aspect_ratio():
 
 
 def _run(args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "nervus_lightning.preview", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_command("nervus_lightning.preview", args, cwd, timeout=300)
 
 
 def test_preview_command_writes_three_planes_per_case_and_a_sheet(tmp_path):

@@ -67,7 +67,9 @@ from nervus_lightning.data.transforms import (
 )
 from nervus_lightning.data.volume_input import (
     VolumeSettings,
+    check_stored_volume,
     check_volume_files,
+    check_volume_options,
     volume_schema_entry,
 )
 from nervus_lightning.errors import (
@@ -124,20 +126,6 @@ def _check_options(
     if batch_size < 1:
         raise NervusInputError(f"data.batch_size must be >= 1, got {batch_size}.")
     return cache_mode
-
-
-def _check_volume_options(in_channels: int, augmentation: str) -> None:
-    """What volume mode does not take (yet): three channels, augmentation."""
-    if in_channels != 1:
-        raise NervusInputError(
-            f"data.in_channels={in_channels}: volumes (data.volume_size) have one channel; set "
-            "data.in_channels=1."
-        )
-    if augmentation != "none":
-        raise NervusInputError(
-            f"augmentation={augmentation} is for 2D images; volumes (data.volume_size) are not "
-            "augmented yet. Use augmentation=none."
-        )
 
 
 class NervusDataModule(L.LightningDataModule):
@@ -257,15 +245,9 @@ class NervusDataModule(L.LightningDataModule):
                 self.schema.volume = requested_volume
         else:
             self._read_for_prediction(schema)
-            stored = self.schema.volume
-            if requested_volume is not None and requested_volume != stored:
-                raise NervusInputError(
-                    f"data.volume_size/data.spacing ({requested_volume}) differ from how the "
-                    f"model reads its images ({stored or '2D images'}); leave them unset to "
-                    "use the model's."
-                )
+            check_stored_volume(requested_volume, self.schema.volume)
         if self.schema.is_volume:
-            _check_volume_options(in_channels, augmentation)
+            check_volume_options(in_channels, augmentation)
         task = task_class(self.schema.task)
         if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(

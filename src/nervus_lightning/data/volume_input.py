@@ -76,6 +76,30 @@ def volume_schema_entry(
     }
 
 
+def check_stored_volume(requested: dict[str, Any] | None, stored: dict[str, Any] | None) -> None:
+    """A model's data read again (prediction): ``data.volume_size``/``data.spacing`` given on
+    the command line must be how the model reads its images, or unset."""
+    if requested is not None and requested != stored:
+        raise NervusInputError(
+            f"data.volume_size/data.spacing ({requested}) differ from how the model reads its "
+            f"images ({stored or '2D images'}); leave them unset to use the model's."
+        )
+
+
+def check_volume_options(in_channels: int, augmentation: str) -> None:
+    """What volume mode does not take (yet): three channels, augmentation."""
+    if in_channels != 1:
+        raise NervusInputError(
+            f"data.in_channels={in_channels}: volumes (data.volume_size) have one channel; set "
+            "data.in_channels=1."
+        )
+    if augmentation != "none":
+        raise NervusInputError(
+            f"augmentation={augmentation} is for 2D images; volumes (data.volume_size) are not "
+            "augmented yet. Use augmentation=none."
+        )
+
+
 @dataclass(frozen=True)
 class VolumeSettings:
     """How every volume of a data set is read: ``shape`` ``[D, H, W]``, ``spacing`` ``[z, y, x]``

@@ -181,12 +181,14 @@ def grad_cam(
     target: torch.Tensor | int,
     forward_args: tuple = (),
 ) -> torch.Tensor:
-    """Grad-CAM maps of ``image`` at its own size: ``(B, H, W)``, float32, non-negative.
+    """Grad-CAM maps of ``image`` at its own size: ``(B, H, W)`` (a volume: ``(B, D, H, W)``),
+    float32, non-negative.
 
     Args:
         forward: maps ``(image, *forward_args)`` to the head output ``(B, K)`` to explain (for
             several views: a function that puts ``image`` in place of one view).
-        image: ``(B, C, H, W)`` as the network takes it.
+        image: ``(B, C, H, W)`` as the network takes it, or a volume ``(B, C, D, H, W)`` (the
+            map then upsampled trilinearly).
         layer: from :func:`find_gradcam_layer`.
         target: the output column explained, one per case or one for all.
     """
@@ -199,9 +201,11 @@ def grad_cam(
             additional_forward_args=forward_args or None,
             relu_attributions=True,
         )
-        layer.grid = tuple(cam.shape[-2:])
-        cam = LayerAttribution.interpolate(cam.detach(), image.shape[-2:], "bilinear")
-    # Bilinear interpolation of a non-negative map stays non-negative but for rounding.
+        spatial = image.dim() - 2
+        layer.grid = tuple(cam.shape[-spatial:])
+        mode = "trilinear" if spatial == 3 else "bilinear"
+        cam = LayerAttribution.interpolate(cam.detach(), tuple(image.shape[-spatial:]), mode)
+    # Linear interpolation of a non-negative map stays non-negative but for rounding.
     return cam[:, 0].clamp_min(0.0).float()
 
 

@@ -350,7 +350,8 @@ class SmallCNN3d(ImageExtractor):
     stages of 3 x 3 x 3 convolution, batch norm and ReLU, a 2 x 2 x 2 max pool before every
     stage but the first, global average pooling. With the defaults (16, 32, 64) it has about
     0.17 million weights; no pretrained weights. Volumes come as ``(B, 1, D, H, W)`` in
-    ``[0, 1]`` (the first batch norm standardises them).
+    ``[0, 1]`` (the first batch norm standardises them). Grad-CAM uses the last stage's output
+    (:attr:`gradcam_layer`).
 
     Args:
         in_channels: channels of the volumes (1).
@@ -368,6 +369,7 @@ class SmallCNN3d(ImageExtractor):
     ) -> None:
         backbone, features = _small_cnn(in_channels, widths, convs_per_stage, 3)
         super().__init__(backbone, features, int(in_channels))
+        self.gradcam_layer = f"backbone.stage{len(backbone) - 1}"
 
 
 def _monai_nets():
@@ -414,3 +416,5 @@ class MonaiExtractor(ImageExtractor):
             features = int(backbone.class_layers.out.in_features)
             backbone.class_layers.out = nn.Identity()
         super().__init__(backbone, features, int(in_channels))
+        # Grad-CAM's layer: the last convolutional stage (ResNet layer4; DenseNet's features).
+        self.gradcam_layer = "backbone.layer4" if name.startswith("resnet") else "backbone.features"

@@ -4,7 +4,7 @@ it, both as NIfTI in the same world coordinates, and a PNG of three orthogonal m
 Which cases are explained, the explained target and ``cases.csv`` are
 :mod:`nervus_lightning.workflows.explain`'s; this module owns what differs in 3D:
 
-* **The layer**: the extractor's last convolutional stage, as in 2D: ``small_cnn_3d`` its last
+* **The layer**: the extractor's own ``gradcam_layer``, as in 2D: ``small_cnn_3d`` its last
   ``stage``, MONAI's ResNets ``layer4``, MONAI's DenseNets ``features`` (its final norm); or
   ``explain.layer=<module path>`` (a module whose output is ``(B, C, d, h, w)``).
 * **The map**: captum's ``LayerGradCam`` (the gradient averaged over the layer's three spatial
@@ -19,7 +19,6 @@ Which cases are explained, the explained target and ``cases.csv`` are
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,29 +28,11 @@ from torch import nn
 from nervus_lightning.data.volume_input import VolumeSettings
 from nervus_lightning.data.volumes import LPS_FROM_RAS, import_nibabel, read_volume
 from nervus_lightning.errors import NervusInputError
-from nervus_lightning.models.attribution import GradCamLayer, find_gradcam_layer
+from nervus_lightning.models.attribution import GradCamLayer, find_gradcam_layer, grad_cam
 from nervus_lightning.models.ensemble import member_nets
 
+
 #: The last stage of the 3D extractors, by child name of their backbone (MONAI ResNet, DenseNet).
-_STAGE_NAMES = ("layer4", "features")
-
-
-def find_volume_gradcam_layer(extractor: nn.Module, layer: str | None = None) -> GradCamLayer:
-    """The Grad-CAM layer of a 3D extractor: ``layer`` if given (a module path inside it), the
-    extractor's own ``gradcam_layer``, else its backbone's last convolutional stage."""
-    if layer or getattr(extractor, "gradcam_layer", None):
-        return find_gradcam_layer(extractor, layer)
-    backbone = getattr(extractor, "backbone", None)
-    if isinstance(backbone, nn.Module):
-        names = [name for name, _ in backbone.named_children()]
-        stages = [n for n in names if n in _STAGE_NAMES] or [
-            n for n in names if n.startswith("stage")
-        ]
-        if stages:
-            return GradCamLayer(backbone.get_submodule(stages[-1]), f"backbone.{stages[-1]}")
-    return find_gradcam_layer(extractor, None)  # raises, listing the extractor's modules
-
-
 def volume_gradcam_layers(net: nn.Module, layer: str | None) -> list[list[GradCamLayer]]:
     """The Grad-CAM layer of each network (an ensemble's members one each); one volume view."""
     layers = []
@@ -62,31 +43,8 @@ def volume_gradcam_layers(net: nn.Module, layer: str | None) -> list[list[GradCa
                 "explain of several volume views (imgpath_<view> columns with data.volume_size) "
                 "is not available yet; explain a model of one volume per case."
             )
-        layers.append([find_volume_gradcam_layer(extractors[0], layer)])
+        layers.append([find_gradcam_layer(extractors[0], layer)])
     return layers
-
-
-def volume_grad_cam(
-    forward: Callable[..., torch.Tensor],
-    volume: torch.Tensor,
-    layer: GradCamLayer,
-    target: torch.Tensor | int,
-    forward_args: tuple = (),
-) -> torch.Tensor:
-    """Grad-CAM maps ``(B, D, H, W)`` (float32, non-negative) of ``volume`` ``(B, 1, D, H, W)``,
-    upsampled trilinearly from the layer's grid to the volume's."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    with torch.enable_grad():
-        cam = LayerGradCam(forward, layer.module).attribute(
-            volume,
-            target=target,
-            additional_forward_args=forward_args or None,
-            relu_attributions=True,
-        )
-    layer.grid = tuple(cam.shape[-3:])
-    cam = LayerAttribution.interpolate(cam.detach(), tuple(volume.shape[-3:]), "trilinear")
-    return cam[:, 0].clamp_min(0.0).float()
 
 
 def ensemble_volume_cams(
@@ -105,7 +63,7 @@ def ensemble_volume_cams(
             return member(image=image, tabular=table)[j]
 
         args = (tabular,) if tabular is not None else ()
-        maps.append(volume_grad_cam(forward, volume, layer, target, args))
+        maps.append(grad_cam(forward, volume, layer, target, args))
     return torch.stack(maps).mean(0).cpu().numpy()
 
 
