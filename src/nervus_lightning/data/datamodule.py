@@ -60,11 +60,7 @@ from nervus_lightning.data.schema import (
     load_table,
     validate_for_prediction,
 )
-from nervus_lightning.data.transforms import (
-    TRAIN_TRANSFORMS,
-    build_eval_transform,
-    build_train_transform,
-)
+from nervus_lightning.data.volume_augment import AUGMENTATIONS, build_transforms, check_augmentation
 from nervus_lightning.data.volume_input import (
     VolumeSettings,
     check_stored_volume,
@@ -120,7 +116,7 @@ def _check_options(
         )
     if in_channels not in (1, 3):
         raise NervusInputError(f"data.in_channels must be 1 or 3, got {in_channels}.")
-    check_choice("augmentation.name", augmentation, sorted(TRAIN_TRANSFORMS))
+    check_choice("augmentation.name", augmentation, AUGMENTATIONS)
     if sampler not in SAMPLERS:
         raise NervusInputError(f"sampler '{sampler}' is not one of {list(SAMPLERS)}.")
     if batch_size < 1:
@@ -141,7 +137,8 @@ class NervusDataModule(L.LightningDataModule):
         num_workers: as for :class:`torch.utils.data.DataLoader`.
         use_images: turn the images off even when the CSV has them.
         use_tabular: turn the tabular inputs off even when the CSV has them.
-        augmentation: training-split augmentation preset (see ``data.transforms``).
+        augmentation: training-split augmentation preset (``data.transforms``; volumes:
+            ``none`` or ``volume``, ``data.volume_augment``, with ``augmentation_options``).
         sampler: ``none`` or ``weighted`` (inverse class frequency, training split only).
         schema: a trained model's schema; given, the CSV is read for prediction (labels optional,
             classes and statistics taken from the schema instead of fitted).
@@ -204,6 +201,7 @@ class NervusDataModule(L.LightningDataModule):
         use_images: bool = True,
         use_tabular: bool = True,
         augmentation: str = "none",
+        augmentation_options: dict[str, Any] | None = None,
         sampler: str = "none",
         schema: DataSchema | dict | None = None,
         check_images: bool = True,
@@ -247,7 +245,9 @@ class NervusDataModule(L.LightningDataModule):
             self._read_for_prediction(schema)
             check_stored_volume(requested_volume, self.schema.volume)
         if self.schema.is_volume:
-            check_volume_options(in_channels, augmentation)
+            check_volume_options(in_channels)
+        if self.schema.has_images:
+            check_augmentation(augmentation, self.schema.is_volume)
         task = task_class(self.schema.task)
         if sampler == "weighted" and not task.balances_classes:
             raise NervusInputError(
@@ -273,11 +273,9 @@ class NervusDataModule(L.LightningDataModule):
                     self.schema, requested_window, requested_frame
                 )
         self.augmentation = augmentation
-        if self.schema.is_volume:  # read at their size: nothing to resize, no augmentation
-            self.train_transform = self.eval_transform = None
-        else:
-            self.train_transform = build_train_transform(augmentation, image_size)
-            self.eval_transform = build_eval_transform(image_size)
+        self.train_transform, self.eval_transform = build_transforms(
+            augmentation, augmentation_options, image_size, self.schema.volume
+        )
 
     def _read_for_training(
         self,

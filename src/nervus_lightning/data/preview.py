@@ -18,7 +18,8 @@ With several images per case (``imgpath_<view>`` columns) each view is written a
 views side by side; a missing view (``data.missing_views=allow``) has no file and a grey tile.
 
 **Volumes** (``data.volume_size``): each case's PNG shows the ``(1, D, H, W)`` volume as the
-network gets it (resampled, cropped or padded, windowed; never augmented) in three orthogonal
+network gets it (resampled, cropped or padded, windowed; with ``augmentation=volume`` a row of
+augmented versions under it, as for 2D images) in three orthogonal
 mid-slices, side by side, each labelled with its plane and the patient directions at its top,
 left and right edges, oriented as a radiology viewer shows them. The array's axes run to the
 patient's superior (``d``), posterior (``h``) and left (``w``) (LPS), so:
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -231,9 +233,7 @@ def write_preview(
                 captions[-1] += " (missing)"
                 tiles.append(None)
                 continue
-            array = (
-                to_png_array(image) if volume is None else volume_figure(image, volume["spacing"])
-            )
+            array = _picture(image, volume)
             name = preview_file_name(uniq_id, view)
             if name in names:  # two uniqIDs that differ only in unsafe characters
                 name = f"{Path(name).stem}__{i}.png"
@@ -249,7 +249,7 @@ def write_preview(
         torch.manual_seed(seed)
         try:
             augmented_tiles = [
-                None if image is None else to_png_array(image)
+                None if image is None else _picture(image, volume)
                 for i in range(len(frame))
                 for _, image in _view_images(training[i], views)
             ]
@@ -265,6 +265,11 @@ def write_preview(
     sheet.save(out / SHEET_NAME)
     written.append(out / SHEET_NAME)
     return written
+
+
+def _picture(image: torch.Tensor, volume: dict[str, Any] | None) -> np.ndarray:
+    """An image as a PNG array; a volume as its three mid-slices."""
+    return to_png_array(image) if volume is None else volume_figure(image, volume["spacing"])
 
 
 def _tile(array: np.ndarray | None, size: tuple[int, int]) -> Image.Image:

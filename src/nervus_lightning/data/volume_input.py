@@ -86,17 +86,13 @@ def check_stored_volume(requested: dict[str, Any] | None, stored: dict[str, Any]
         )
 
 
-def check_volume_options(in_channels: int, augmentation: str) -> None:
-    """What volume mode does not take (yet): three channels, augmentation."""
+def check_volume_options(in_channels: int) -> None:
+    """What volume mode does not take: three channels. (Augmentation presets:
+    :func:`~nervus_lightning.data.volume_augment.check_augmentation`.)"""
     if in_channels != 1:
         raise NervusInputError(
             f"data.in_channels={in_channels}: volumes (data.volume_size) have one channel; set "
             "data.in_channels=1."
-        )
-    if augmentation != "none":
-        raise NervusInputError(
-            f"augmentation={augmentation} is for 2D images; volumes (data.volume_size) are not "
-            "augmented yet. Use augmentation=none."
         )
 
 

@@ -99,6 +99,8 @@ class TrainSettings:
             an input out); ``head`` may be a name.
         channels_last, ensemble: ``model.channels_last`` and ``model.ensemble``.
         augmentation, sampler: the names of the ``augmentation`` and ``sampler`` choices.
+        augmentation_options: the ``augmentation`` group's other keys (the ``volume``
+            preset's strengths and ``flip_axes``; empty for the 2D presets).
         optimizer, scheduler: the ``optimizer`` and ``scheduler`` groups.
         trainer: ``lightning.Trainer``'s keyword arguments (the ``trainer`` group).
         checkpoint_policy: which checkpoint is the run's model (``best`` or ``each``).
@@ -127,6 +129,7 @@ class TrainSettings:
     channels_last: bool = False
     ensemble: Any = 1
     augmentation: str = "none"
+    augmentation_options: dict[str, Any] = field(default_factory=dict)
     sampler: str = "none"
     checkpoint_policy: str = "best"
     every_n_train_steps: int | None = None
@@ -162,6 +165,7 @@ class TrainSettings:
             channels_last=bool(_get(model, "channels_last", False)),
             ensemble=_get(model, "ensemble", 1),
             augmentation=config["augmentation"]["name"],
+            augmentation_options={k: v for k, v in config["augmentation"].items() if k != "name"},
             sampler=config["sampler"]["name"],
             optimizer=dict(config["optimizer"]),
             scheduler=dict(config["scheduler"]),

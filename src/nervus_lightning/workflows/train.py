@@ -87,6 +87,7 @@ def build_datamodule(settings: TrainSettings, **overrides: Any) -> NervusDataMod
         "use_images": settings.extractor.get("name") != "none",
         "use_tabular": settings.tabular.get("name") != "none",
         "augmentation": settings.augmentation,
+        "augmentation_options": settings.augmentation_options,
         "sampler": settings.sampler,
         "bit_depth": data.bit_depth,
         "window": data.window,
