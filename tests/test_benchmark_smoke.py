@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/train_speed.py on a tiny configuration, so that it never goes stale."""
+"""Smoke tests of benchmarks/ (train_speed.py, step_overhead.py, gpu_volumes.py) on tiny
+configurations, so that they never go stale."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from nervus_lightning.data.demo import build_demo_dataset
 
@@ -94,3 +96,38 @@ def test_step_overhead_benchmark_prints_its_table():
     assert "600 rows, batch 256, 3 steps" in done.stdout
     for loop in ("plain", "plain tensors", "nervus"):
         assert re.search(rf"^\| {loop} \| \d+\.\d+ \|", done.stdout, re.M), loop
+
+
+@pytest.fixture
+def gpu_volumes(monkeypatch):
+    """benchmarks/gpu_volumes.py imported as its own script would (volume_speed, train_speed
+    beside it)."""
+    pytest.importorskip("nibabel")
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    names = ("gpu_volumes", "volume_speed", "train_speed")
+    before = {name: sys.modules.get(name) for name in names}
+    yield importlib.import_module("gpu_volumes")
+    for name, module in before.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
+
+
+def test_gpu_volume_check_runs_on_the_cpu(gpu_volumes, capsys):
+    """benchmarks/gpu_volumes.py with --device cpu on 16^3 volumes: both precisions train, the
+    parity check runs (CPU against CPU here: no difference). small_cnn_3d, not the default
+    resnet18_3d (about 3 s a step on two loaded cores; tests/test_volume_monai.py trains it)."""
+    args = ["--device", "cpu", "--extractor", "small_cnn_3d", "--size", "16", "--batch-size", "2"]
+    result = gpu_volumes.main([*args, "--steps", "2", "--warmup", "1"])
+    out = capsys.readouterr().out
+    assert "small_cnn_3d, 6 training volumes of 16^3, batch 2, 1 + 2 steps" in out
+    for precision in ("32-true", "bf16-mixed"):
+        speed = result["volumes_per_second"][precision]
+        assert speed > 0
+        assert re.search(rf"^{precision} +{speed:9.1f} volumes/s", out, re.M)
+    assert result["n_predicted"] == 16 and result["agree"] and result["fp32_gap"] <= 1e-6
+    assert "cpu fp32" in out and "a smoke test, not a measurement" in out
+    if not torch.cuda.is_available():
+        assert gpu_volumes.main([]) is None
+        assert "no CUDA device here" in capsys.readouterr().out

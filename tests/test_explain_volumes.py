@@ -18,7 +18,7 @@ from torch import nn
 nib = pytest.importorskip("nibabel")
 pytest.importorskip("captum")
 
-from conftest import compose_config  # noqa: E402
+from conftest import compose_config, run_command  # noqa: E402
 from test_volume_training import FAST_3D, SIZE, make_volume_csv  # noqa: E402
 
 from nervus_lightning.data.volume_input import VolumeSettings, read_training_volume  # noqa: E402
@@ -179,3 +179,153 @@ def test_monai_extractors_get_their_last_stage(name, path):
     volume = torch.rand(1, 1, 32, 32, 32)
     cam = grad_cam(lambda x: head(extractor(x).flatten(1)), volume, layer, 0)
     assert cam.shape == (1, 32, 32, 32) and layer.grid is not None and len(layer.grid) == 3
+
+
+# -- several volumes per case ----------------------------------------------------------------
+
+VOLUME_VIEWS = ["arterial", "venous"]
+#: The venous scans' RAS affine: axes permuted and flipped, 2 mm voxels, translated, so that a
+#: map written with the arterial affine (or none) would lie elsewhere.
+VENOUS_RAS = np.array(
+    [[0.0, 0.0, -2.0, 40.0], [2.0, 0.0, 0.0, -25.0], [0.0, -2.0, 0.0, 60.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def make_two_view_csv(root, n: int = 16):
+    """:func:`make_volume_csv`'s cases with a second view: the arterial scan is the case's own,
+    the venous one another case's values in another orientation and place (:data:`VENOUS_RAS`)."""
+    csv = make_volume_csv(root, n=n)
+    frame = pd.read_csv(csv).rename(columns={"imgpath": "imgpath_arterial"})
+    venous = []
+    for i, source in enumerate(frame["imgpath_arterial"][::-1]):
+        scan = nib.load(root / source)
+        image = nib.Nifti1Image(np.asarray(scan.dataobj), VENOUS_RAS)
+        image.header["cal_min"], image.header["cal_max"] = 0, 1000
+        venous.append(f"vol/venous_{i:03d}.nii.gz")
+        nib.save(image, str(root / venous[-1]))
+    frame["imgpath_venous"] = venous
+    frame.to_csv(csv, index=False)
+    return csv
+
+
+def assert_input_lies_on_its_scan(shown, scan_path) -> None:
+    """Every voxel of the network's input lands, through the affines, on a whole voxel of the
+    scan holding the same value (the volumes are read at their own size: no resampling)."""
+    scan = nib.load(scan_path)
+    grid = np.stack(np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    index = nib.affines.apply_affine(np.linalg.inv(scan.affine) @ shown.affine, grid)
+    np.testing.assert_allclose(index, np.rint(index), atol=1e-6)
+    raw = np.asarray(scan.dataobj)[tuple(np.rint(index).astype(int).T)]
+    seen = np.asarray(shown.dataobj)[tuple(grid.T)]
+    assert np.corrcoef(raw, seen)[0, 1] > 0.999
+
+
+@pytest.fixture(scope="module")
+def two_view_run(tmp_path_factory):
+    """A fused model of two volume views (one shared small_cnn_3d), explained after training."""
+    root = tmp_path_factory.mktemp("explain_volume_views")
+    csv = make_two_view_csv(root)
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    overrides = [
+        f"data.csv={csv}",
+        *FAST_3D,
+        "evaluation.n_bootstrap=0",
+        "explain.after_training=true",
+        "explain.n=4",
+        "explain.ig_steps=2",
+    ]
+    config = compose_config(overrides)
+    train(TrainSettings.from_config(OmegaConf.to_container(config, resolve=True)), root / "run")
+    best = json.loads((root / "run" / "summary.json").read_text())["best_checkpoint"]
+    return root, csv, best
+
+
+def test_each_volume_view_gets_its_map_in_its_own_scans_world(two_view_run):
+    from test_explain_multiview import _one_extractor_per_view
+
+    from nervus_lightning.checkpoints import checkpoint_datamodule, load_trained
+
+    root, csv, best = two_view_run
+    run = root / "run"
+    page = (run / "evaluation" / "report.html").read_text()
+    assert "Where the model looked" in page
+    assert "<small>arterial</small>" in page and "<small>venous</small>" in page
+    attribution = pd.read_csv(run / "explain" / "attribution.csv")
+    assert set(attribution["input"]) == {
+        "image/arterial",
+        "image/venous",
+        "input_flag",
+        "input_noise",
+    }
+
+    out = root / "cli"
+    done = run_command(
+        "nervus_lightning.explain",
+        [
+            f"ckpt={best}",
+            f"data.csv={csv}",
+            "n=2",
+            "explain.ig_steps=2",
+            f"out={out}",
+            f"hydra.run.dir={root / 'hydra'}",
+        ],
+        root,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = pd.read_csv(out / "cases.csv", keep_default_na=False)
+    frame = pd.read_csv(csv).set_index("uniqID")
+    assert len(cases) == 2 and (cases["missing_views"] == "").all()
+    module = load_trained(best, map_location="cpu").eval()
+    data = checkpoint_datamodule(module, csv, batch_size=2)
+    settings = data.dataset("test").volume
+    affines, peaks = {}, []
+    for row in cases.to_dict("records"):
+        for view in VOLUME_VIEWS:
+            stem = f"label_cls/{row['uniqID']}__{view}"
+            assert row[f"map_{view}"] == f"{stem}_gradcam.nii.gz"
+            assert row[f"input_{view}"] == f"{stem}_input.nii.gz"
+            assert row[f"overlay_{view}"] == f"{stem}.png"
+            cam, shown = nib.load(out / row[f"map_{view}"]), nib.load(out / row[f"input_{view}"])
+            assert cam.shape == shown.shape == (SIZE, SIZE, SIZE)
+            scan = root / frame.loc[row["uniqID"], f"imgpath_{view}"]
+            # The map and the input share that view's own affine, as the network saw the view.
+            np.testing.assert_allclose(cam.affine, shown.affine)
+            np.testing.assert_allclose(cam.affine, network_affine(scan, settings), atol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(shown.dataobj), read_training_volume(scan, settings)[0], atol=1e-6
+            )
+            assert_input_lies_on_its_scan(shown, scan)
+            values = np.asarray(cam.dataobj)
+            assert values.dtype == np.float32 and (values >= 0).all()
+            peaks.append(values.max())
+            picture = np.asarray(Image.open(out / row[f"overlay_{view}"]))
+            assert picture.shape == (SIZE, 3 * SIZE + 4, 3)
+            affines[view] = cam.affine
+    assert not np.allclose(affines["arterial"], affines["venous"]) and max(peaks) > 0
+
+    # Each view's map is captum's Grad-CAM with only that view varying, the other view and the
+    # table held at the case's values.
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset("test"), batch_size=2)))
+    image, tabular = batch["image"], batch["tabular"]
+    assert image.shape == (2, 2, 1, SIZE, SIZE, SIZE)
+    twin = _one_extractor_per_view(module.net)
+    target = torch.tensor([module.schema.labels[0].classes.index(c) for c in cases["explained"]])
+    for v, view in enumerate(VOLUME_VIEWS):
+
+        def forward(pixels, v=v):
+            both = torch.stack([pixels if u == v else image[:, u] for u in range(2)], 1)
+            return twin(image=both, tabular=tabular)[0]
+
+        layer = find_gradcam_layer(twin.view_extractors[v]).module
+        want = LayerGradCam(forward, layer).attribute(
+            image[:, v], target=target, relu_attributions=True
+        )
+        want = LayerAttribution.interpolate(want, (SIZE,) * 3, "trilinear")[:, 0].clamp_min(0)
+        for k, row in enumerate(cases.to_dict("records")):
+            got = np.asarray(nib.load(out / row[f"map_{view}"]).dataobj)
+            np.testing.assert_allclose(got, want[k].detach().numpy(), rtol=1e-4, atol=1e-8)

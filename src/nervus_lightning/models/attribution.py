@@ -250,17 +250,21 @@ def view_grad_cams(
     layers: list[GradCamLayer],
     target: torch.Tensor | int,
     view_mask: torch.Tensor | None = None,
+    volume: bool = False,
 ) -> list[torch.Tensor]:
-    """Grad-CAM of head ``j`` for each view: ``V`` maps ``(B, H, W)`` (one for a single image).
+    """Grad-CAM of head ``j`` for each view: ``V`` maps ``(B, H, W)`` (one for a single image;
+    volumes: ``(B, D, H, W)``).
 
     Args:
-        image: ``(B, C, H, W)`` for a single-view net, ``(B, V, C, H, W)`` otherwise.
+        image: ``(B, C, H, W)`` for a single-view net, ``(B, V, C, H, W)`` otherwise (volumes:
+            ``(B, C, D, H, W)`` and ``(B, V, C, D, H, W)``).
         layers: the Grad-CAM layer of each view's extractor (see :func:`gradcam_layers`).
         view_mask: ``(B, V)``; the maps of a missing view are zero (not meaningful).
+        volume: ``image`` holds volumes (three spatial axes).
     """
     with torch.no_grad():
         blocks = net.feature_blocks(image, tabular, view_mask)
-    views = image.unbind(1) if image.ndim == 5 else (image,)
+    views = image_views(image, volume)
     return [
         grad_cam(view_forward(net, j, blocks, v, view_mask, tabular), pixels, layers[v], target)
         for v, pixels in enumerate(views)
@@ -276,17 +280,19 @@ def input_attributions(
     target: torch.Tensor | int,
     n_steps: int = 32,
     view_mask: torch.Tensor | None = None,
+    volume: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Integrated Gradients of head ``j``'s ``target`` per input: ``(B, V + n_inputs)`` (each
     image view summed over its pixels first, ``V`` = 1 for a single image; then each tabular
     column), and the completeness error per case (sum of attributions minus the output's change
     from the baseline). Baseline: a black image per view and the training mean of each tabular
     input; ``view_mask`` (``(B, V)``) is the same at the input and the baseline, so a missing
-    view's attribution is zero."""
+    view's attribution is zero. ``volume``: ``image`` holds volumes (see
+    :func:`view_grad_cams`)."""
     from captum.attr import IntegratedGradients
 
-    views = [] if image is None else list(image.unbind(1) if image.ndim == 5 else (image,))
-    stacked = image is not None and image.ndim == 5
+    views = [] if image is None else image_views(image, volume)
+    stacked = image is not None and image.ndim == (6 if volume else 5)
     n_views = len(views)
 
     def forward(*parts: torch.Tensor) -> torch.Tensor:
@@ -317,6 +323,14 @@ def input_attributions(
         parts.append(attributions[-1])
     per_input = torch.cat(parts, dim=1).detach().double().cpu().numpy()
     return per_input, delta.detach().double().cpu().numpy()
+
+
+def image_views(image: torch.Tensor, volume: bool = False) -> list[torch.Tensor]:
+    """The views of a batch, each ``(B, C, *spatial)``: ``image`` unbound along its view axis
+    (``(B, V, C, *spatial)``), or ``[image]`` for a single-view batch; ``volume``: three
+    spatial axes, else two."""
+    stacked = image.ndim == (6 if volume else 5)
+    return list(image.unbind(1)) if stacked else [image]
 
 
 def gradcam_layers(net: nn.Module, layer: str | None) -> list[GradCamLayer]:

@@ -40,8 +40,11 @@ without tabular inputs. A missing view's pixels never reach the output (its feat
 learned "missing" embedding whatever the pixels), so its attribution is exactly zero; it enters
 the mean over cases as a zero, i.e. the mean says how much the view moved the output over the
 explained cases, present or not.
-**Volumes** (``data.volume_size``, one volume per case): 3D Grad-CAM maps written as NIfTI over
-the network's input, and mid-slice PNGs (:mod:`nervus_lightning.workflows.explain_volumes`).
+**Volumes** (``data.volume_size``): 3D Grad-CAM maps written as NIfTI over the network's input
+(``<uniqID>_gradcam.nii.gz`` beside ``<uniqID>_input.nii.gz``, listed as ``map`` and ``input``),
+and mid-slice PNGs (``overlay``) (:mod:`nervus_lightning.workflows.explain_volumes`); with
+several views, as above per view: ``<uniqID>__<view>_gradcam.nii.gz`` in that view's own world
+coordinates, ``map_<view>``, ``input_<view>`` and ``overlay_<view>``.
 The command line lives in :mod:`nervus_lightning.cli.explain`.
 """
 
@@ -73,12 +76,7 @@ from nervus_lightning.models.attribution import (
 )
 from nervus_lightning.models.ensemble import member_nets
 from nervus_lightning.options import check_number
-from nervus_lightning.workflows.explain_volumes import (
-    ensemble_volume_cams,
-    network_affine,
-    volume_gradcam_layers,
-    write_volume_case,
-)
+from nervus_lightning.workflows.explain_volumes import network_affine, write_volume_case
 from nervus_lightning.workflows.predict import inference_device
 from nervus_lightning.workflows.settings import MISSING
 
@@ -152,10 +150,7 @@ def check_explain(
             f"{datamodule.csv}: explain split={split!r} has no rows; the CSV's splits are "
             f"{', '.join(present)}."
         )
-    if module.schema.is_volume:
-        layers = volume_gradcam_layers(module.net, layer)
-    else:
-        layers = [gradcam_layers(net, layer) for net in member_nets(module.net)]
+    layers = [gradcam_layers(net, layer) for net in member_nets(module.net)]
     if layer and not layers[0]:
         raise NervusInputError(f"explain.layer={layer!r} given, but the model has no image input.")
     return layers
@@ -206,6 +201,7 @@ def explain_module(
     module.to(device).eval()
     net, schema = module.net, module.schema
     views = list(schema.views) if schema.multiview else []
+    volume = schema.is_volume
     tab_mean = torch.tensor(schema.input_mean or [], dtype=torch.float32, device=device)
     stems = _unique_stems(frame[ID_COLUMN])
     # Per-input attribution compares inputs: a tabular column or a second view to compare with.
@@ -226,14 +222,11 @@ def explain_module(
             target_t = torch.as_tensor(target, device=device)
             folder = out / file_stem(spec.name)
             cams: list[np.ndarray] = []
-            if cam_layers[0] and schema.is_volume:
-                cams = [ensemble_volume_cams(net, j, image, tabular, cam_layers, target_t)]
-                folder.mkdir(exist_ok=True)
-            elif cam_layers[0]:
+            if cam_layers[0]:
                 # An ensemble's map is its members' maps averaged, each member's Grad-CAM of
                 # its own output for the class the ensemble predicts.
                 per_net = [
-                    view_grad_cams(member, j, image, tabular, layers, target_t, mask)
+                    view_grad_cams(member, j, image, tabular, layers, target_t, mask, volume)
                     for member, layers in zip(member_nets(net), cam_layers, strict=True)
                 ]
                 cams = [torch.stack(m).mean(0).cpu().numpy() for m in zip(*per_net, strict=True)]
@@ -248,36 +241,42 @@ def explain_module(
                     "score": float(values[k, target[k]]),
                     "truth": row.get(spec.name),
                 }
-                if cams and schema.is_volume:
-                    stem = stems[int(i)]
-                    affine = network_affine(row[schema.image_column], dataset.volume)
-                    names = write_volume_case(
-                        folder, stem, image[k], cams[0][k], affine, _COLORMAP, _OVERLAY_ALPHA
-                    )
-                    entry["map"], entry["input"], entry["overlay"] = (
-                        f"{folder.name}/{name}" for name in names
-                    )
-                elif cams:
+                if cams:
                     pictures = image[k].unbind(0) if views else (image[k],)
                     missing = []
                     for v, (cam, picture) in enumerate(zip(cams, pictures, strict=True)):
                         suffix = f"_{views[v]}" if views else ""
+                        files = ("map", "input", "overlay") if volume else ("map", "overlay")
                         if mask is not None and not bool(mask[k, v]):
                             missing.append(views[v])
-                            entry[f"map{suffix}"] = entry[f"overlay{suffix}"] = ""
+                            entry.update({f"{name}{suffix}": "" for name in files})
                             continue
                         stem = stems[int(i)] + (f"__{views[v]}" if views else "")
-                        np.save(folder / f"{stem}.npy", cam[k].astype(np.float32))
-                        drawn = overlay(picture.detach().cpu(), cam[k])
-                        Image.fromarray(drawn).save(folder / f"{stem}.png")
-                        entry[f"map{suffix}"] = f"{folder.name}/{stem}.npy"
-                        entry[f"overlay{suffix}"] = f"{folder.name}/{stem}.png"
+                        if volume:
+                            # Each view is its own scan: its own affine.
+                            path = row[schema.image_columns[v]]
+                            written = write_volume_case(
+                                folder,
+                                stem,
+                                picture,
+                                cam[k],
+                                network_affine(path, dataset.volume),
+                                _COLORMAP,
+                                _OVERLAY_ALPHA,
+                            )
+                        else:
+                            np.save(folder / f"{stem}.npy", cam[k].astype(np.float32))
+                            drawn = overlay(picture.detach().cpu(), cam[k])
+                            Image.fromarray(drawn).save(folder / f"{stem}.png")
+                            written = (f"{stem}.npy", f"{stem}.png")
+                        for name, file in zip(files, written, strict=True):
+                            entry[f"{name}{suffix}"] = f"{folder.name}/{file}"
                     if views:
                         entry["missing_views"] = ";".join(missing)
                 rows.append(entry)
             if attribute:
                 attr, delta = input_attributions(
-                    net, j, image, tabular, tab_mean, target_t, ig_steps, mask
+                    net, j, image, tabular, tab_mean, target_t, ig_steps, mask, volume
                 )
                 per_input[j].append(attr)
                 worst_delta = max(worst_delta, float(np.abs(delta).max()))
@@ -288,7 +287,7 @@ def explain_module(
                 "model looked; use a larger input or an earlier layer (explain.layer=...).",
                 cam_layer.path,
                 "x".join(map(str, cam_layer.grid)),
-                "x".join(map(str, image.shape[-3 if schema.is_volume else -2 :])),
+                "x".join(map(str, image.shape[-3 if volume else -2 :])),
             )
     cases = pd.DataFrame(rows)
     cases.to_csv(out / CASES, index=False)

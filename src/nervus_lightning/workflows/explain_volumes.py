@@ -8,13 +8,17 @@ Which cases are explained, the explained target and ``cases.csv`` are
   ``stage``, MONAI's ResNets ``layer4``, MONAI's DenseNets ``features`` (its final norm); or
   ``explain.layer=<module path>`` (a module whose output is ``(B, C, d, h, w)``).
 * **The map**: captum's ``LayerGradCam`` (the gradient averaged over the layer's three spatial
-  axes), negative evidence cut, upsampled *trilinearly* to the network's input grid ``(D, H, W)``.
+  axes), negative evidence cut, upsampled *trilinearly* to the network's input grid ``(D, H, W)``
+  (:func:`~nervus_lightning.models.attribution.view_grad_cams`, as in 2D: with several views
+  ``imgpath_<view>``, one map per view, that view run live through its extractor).
 * **Where it lies**: the volume is read again with :func:`~nervus_lightning.data.
   volumes.read_volume` (as training reads it) for its LPS affine; with ``data.spacing`` the
   centre crop or pad shifts the grid by whole voxels (:func:`network_affine`). NIfTI stores RAS,
   so the LPS affine is turned with ``diag(-1, -1, 1, 1)``. ``<uniqID>_input.nii.gz`` (the
   network's input, float32 in ``[0, 1]``) and ``<uniqID>_gradcam.nii.gz`` share that affine, so
   the map opens over the input in any viewer (and over the original scan, in world coordinates).
+  With several views each has its own scan, so its own affine: ``<uniqID>__<view>_gradcam.nii.gz``
+  lies where that view's volume lies.
 """
 
 from __future__ import annotations
@@ -23,48 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from nervus_lightning.data.volume_input import VolumeSettings
 from nervus_lightning.data.volumes import LPS_FROM_RAS, import_nibabel, read_volume
-from nervus_lightning.errors import NervusInputError
-from nervus_lightning.models.attribution import GradCamLayer, find_gradcam_layer, grad_cam
-from nervus_lightning.models.ensemble import member_nets
-
-
-#: The last stage of the 3D extractors, by child name of their backbone (MONAI ResNet, DenseNet).
-def volume_gradcam_layers(net: nn.Module, layer: str | None) -> list[list[GradCamLayer]]:
-    """The Grad-CAM layer of each network (an ensemble's members one each); one volume view."""
-    layers = []
-    for member in member_nets(net):
-        extractors = member.image_extractors()
-        if len(extractors) != 1:
-            raise NervusInputError(
-                "explain of several volume views (imgpath_<view> columns with data.volume_size) "
-                "is not available yet; explain a model of one volume per case."
-            )
-        layers.append([find_gradcam_layer(extractors[0], layer)])
-    return layers
-
-
-def ensemble_volume_cams(
-    net: nn.Module,
-    j: int,
-    volume: torch.Tensor,
-    tabular: torch.Tensor | None,
-    layers: list[list[GradCamLayer]],
-    target: torch.Tensor,
-) -> np.ndarray:
-    """Grad-CAM of head ``j`` averaged over an ensemble's members (one net: its own)."""
-    maps = []
-    for member, (layer,) in zip(member_nets(net), layers, strict=True):
-
-        def forward(image: torch.Tensor, table=None, member=member) -> torch.Tensor:
-            return member(image=image, tabular=table)[j]
-
-        args = (tabular,) if tabular is not None else ()
-        maps.append(grad_cam(forward, volume, layer, target, args))
-    return torch.stack(maps).mean(0).cpu().numpy()
 
 
 def network_affine(path: str | Path, settings: VolumeSettings) -> np.ndarray:
