@@ -154,20 +154,21 @@ def _is_complete(folder: Path, seed: int) -> bool:
     return True
 
 
-def _import_writers():
+def _import_nibabel():
+    """nibabel, once pydicom (used by :func:`_write_series`) is known to be there too."""
     try:
         import nibabel
-        import pydicom
+        import pydicom  # noqa: F401
     except ImportError:
         raise NervusInputError(
             "the demo volume set (data=demo_volumes) is written as NIfTI files and DICOM series "
             f"with nibabel and pydicom; install the volumes extra: {VOLUMES_EXTRA_HINT}"
         ) from None
-    return nibabel, pydicom
+    return nibabel
 
 
 def _write_dataset(folder: Path, seed: int) -> None:
-    nibabel, pydicom = _import_writers()
+    nibabel = _import_nibabel()
     n = VOLUME_DEMO_CASES
     rng = np.random.default_rng(seed)
 
@@ -198,7 +199,7 @@ def _write_dataset(folder: Path, seed: int) -> None:
         case_rng = np.random.default_rng([seed, i])
         if layouts[i] == "dicom":
             path = volume_dir / uniq
-            _write_series(pydicom, path, centre[i], radius[i], case_rng, f"{seed}.{i}")
+            _write_series(path, centre[i], radius[i], case_rng, f"{seed}.{i}")
         else:
             path = volume_dir / f"{uniq}.nii.gz"
             _write_nifti(nibabel, path, layouts[i], centre[i], radius[i], case_rng)
@@ -274,7 +275,7 @@ def _write_nifti(nibabel, path: Path, layout, centre, radius, rng) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def _write_series(pydicom, folder: Path, centre, radius, rng, key: str) -> None:
+def _write_series(folder: Path, centre, radius, rng, key: str) -> None:
     """One axial CT series (12 slices, feet to head) in LPS, file names in random order."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
