@@ -38,6 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nervus_lightning.config import config_dir
 from nervus_lightning.errors import NervusInputError
 from nervus_lightning.options import check_choice
+from nervus_lightning.workflows.settings import DEMO_PRESETS
 
 # Flags after which Hydra prints something instead of running the command.
 _INFO_FLAGS = ("help", "hydra_help", "info", "shell_completion", "experimental_rerun")
@@ -53,8 +54,9 @@ def with_csv_data_group(args: Sequence[str]) -> list[str]:
 
     ``data.csv=trial.csv`` alone means the user's own CSV: it reads with conf/data/csv.yaml
     (images at 256 px, loader workers), not with the embedded demo's group, whose small images,
-    small network and few epochs are chosen to show the demo in seconds. ``data=demo`` with a CSV
-    is refused; another preset (``data=whas500``) or ``data=csv`` given by the user is kept.
+    small network and few epochs are chosen to show the demo in seconds. ``data=demo`` (or
+    ``data=demo_volumes``) with a CSV is refused; another preset (``data=whas500``) or
+    ``data=csv`` given by the user is kept.
     """
     args = list(args)
     parsed = _parse_command_line(args)
@@ -72,9 +74,9 @@ def with_csv_data_group(args: Sequence[str]) -> list[str]:
         # Next to data.csv=...: argparse refuses overrides after a flag's value (--cfg job).
         at = next(i for i, arg in enumerate(args) if arg.lstrip("+").startswith("data.csv="))
         return [*args[:at], "data=csv", *args[at:]]
-    if not group.is_sweep_override() and group.value() == "demo":
+    if not group.is_sweep_override() and group.value() in DEMO_PRESETS:
         raise NervusInputError(
-            "data=demo is the embedded demo data and cannot read data.csv="
+            f"data={group.value()} is the embedded demo data and cannot read data.csv="
             f"{keys['data.csv'].value()}: leave data= out (or write data=csv) to train on a CSV"
         )
     return args

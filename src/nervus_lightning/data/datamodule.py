@@ -68,6 +68,7 @@ from nervus_lightning.data.volume_input import (
     check_volume_options,
     volume_schema_entry,
 )
+from nervus_lightning.data.volumes import choose_volume_auto_window
 from nervus_lightning.errors import (
     SPLIT_COLUMN,
     TEST,
@@ -313,14 +314,13 @@ class NervusDataModule(L.LightningDataModule):
     ) -> None:
         """Training: the bit depth, DICOM window and frame of every image, into the schema
         (those given, else chosen on the training images). Volumes: the window only (``auto``
-        is each volume's own window, else its full range; no data-set window is chosen)."""
-        if self.schema.is_volume:
-            self.schema.window = window_for_schema(window or DEFAULT_WINDOW)
-            self.schema.frame = DEFAULT_FRAME
-            return
-        self.schema.bit_depth = bits or self._choose_bit_depth()
+        with the data set's windows for volumes without their own, as for 2D files)."""
         self.schema.window = window_for_schema(window or DEFAULT_WINDOW)
-        self.schema.frame = frame or DEFAULT_FRAME
+        if self.schema.is_volume:
+            self.schema.frame = DEFAULT_FRAME
+        else:
+            self.schema.bit_depth = bits or self._choose_bit_depth()
+            self.schema.frame = frame or DEFAULT_FRAME
         if self.schema.window == "auto":
             self.schema.auto_window = self._choose_auto_window()
 
@@ -340,11 +340,15 @@ class NervusDataModule(L.LightningDataModule):
 
     def _choose_auto_window(self) -> dict[str, list[float]] | None:
         """``data.window=auto``: one window per modality, from the training split's DICOM files
-        that have none of their own (see :func:`~nervus_lightning.data.dicom.choose_auto_window`),
-        logged once."""
+        that have none of their own (see :func:`~nervus_lightning.data.dicom.choose_auto_window`;
+        volumes: :func:`~nervus_lightning.data.volumes.choose_volume_auto_window`), logged
+        once."""
         train = self.split_frame(TRAIN)
         paths = [p for col in self.schema.image_columns for p in train[col].dropna().tolist()]
-        choice = choose_auto_window(paths, self.schema.frame)
+        if self.schema.is_volume:
+            choice = choose_volume_auto_window(paths)
+        else:
+            choice = choose_auto_window(paths, self.schema.frame)
         if choice.window is None:
             return None
         log.info("data.window=auto for %s: %s.", self.csv, choice.reason)

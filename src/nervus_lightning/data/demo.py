@@ -56,6 +56,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,7 @@ __all__ = [
     "DEMO_VERSION",
     "MULTIVIEW_CSV_NAME",
     "build_demo_dataset",
+    "build_folder_once",
     "default_cache_root",
     "write_multiview_demo",
 ]
@@ -109,25 +111,41 @@ def build_demo_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> 
     """
     base = Path(root) if root is not None else default_cache_root()
     target = base / f"demo_v{DEMO_VERSION}" / f"seed_{seed}"
-    if _is_complete(target, seed):
-        return target / DEMO_CSV_NAME
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        _write_dataset(staging, seed)
-        _move_into_place(staging, target, seed)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build_folder_once(
+        target,
+        lambda folder: _is_complete(folder, seed),
+        lambda folder: _write_dataset(folder, seed),
+    )
     return target / DEMO_CSV_NAME
 
 
-def _move_into_place(staging: Path, target: Path, seed: int) -> None:
+def build_folder_once(
+    target: Path, is_complete: Callable[[Path], bool], write: Callable[[Path], None]
+) -> None:
+    """Make ``target`` a complete data set folder unless it already is one.
+
+    ``write(folder)`` fills a private temporary folder next to ``target``, which is then renamed
+    into place, so a crash never leaves half a data set under ``target``; ``is_complete(folder)``
+    says whether a folder holds a whole build (an incomplete one is replaced). Several processes
+    may build at once: the first to finish wins and the others' work is dropped.
+    """
+    if is_complete(target):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(staging)
+        _move_into_place(staging, target, is_complete)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, target: Path, is_complete: Callable[[Path], bool]) -> None:
     try:
         os.rename(staging, target)
         return
     except OSError:
-        if _is_complete(target, seed):  # another process finished first
+        if is_complete(target):  # another process finished first
             return
         if not target.exists():
             raise
@@ -166,8 +184,8 @@ def _write_dataset(folder: Path, seed: int) -> None:
     marker = np.round(rng.normal(0.0, 1.0, n), 3)
     value = np.round(digit + 1.5 * marker + rng.normal(0.0, 0.5, n), 3)
     effect = _log_hazard_ratio(digit, age)
-    event, period = _survival_outcome(effect, rng)
-    split = _stratified_split(digit, rng)
+    event, period = survival_outcome(effect, rng)
+    split = stratified_split(digit, rng)
     group = np.where(rng.random(n) < 0.6, "site_a", "site_b")
     sixteen_bit = np.zeros(n, dtype=bool)
     sixteen_bit[rng.permutation(n)[: n // 3]] = True
@@ -227,10 +245,9 @@ def _log_hazard_ratio(digit: np.ndarray, age: np.ndarray) -> np.ndarray:
     return 0.25 * (digit - 4.5) + 0.4 * (age - 60.0) / 10.0
 
 
-def _survival_outcome(
-    effect: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Event indicator and follow-up time of exponential event times, hazard h0 * exp(effect)."""
+def survival_outcome(effect: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Event indicator and follow-up time of exponential event times, hazard h0 * exp(effect)
+    with ``h0 = ln 2 / 5`` per year, and independent exponential censoring of 30 % on average."""
     hazard = _BASELINE_HAZARD * np.exp(effect)
     censoring_rate = _censoring_rate(hazard, _CENSORED_FRACTION)
     event_time = rng.exponential(1.0 / hazard)
@@ -255,12 +272,17 @@ def _censoring_rate(hazard: np.ndarray, fraction: float) -> float:
     return float(np.sqrt(low * high))
 
 
-def _stratified_split(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    split = np.empty(len(digit), dtype=object)
-    names = list(_SPLIT_FRACTIONS)
-    for value in np.unique(digit):
-        members = rng.permutation(np.flatnonzero(digit == value))
-        bounds = np.round(np.cumsum([_SPLIT_FRACTIONS[s] for s in names]) * len(members))
+def stratified_split(
+    strata: np.ndarray,
+    rng: np.random.Generator,
+    fractions: dict[str, float] = _SPLIT_FRACTIONS,
+) -> np.ndarray:
+    """A ``split`` value per case: each stratum's cases shuffled and cut by ``fractions``."""
+    split = np.empty(len(strata), dtype=object)
+    names = list(fractions)
+    for value in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == value))
+        bounds = np.round(np.cumsum([fractions[s] for s in names]) * len(members))
         start = 0
         for name, stop in zip(names, bounds.astype(int), strict=True):
             split[members[start:stop]] = name

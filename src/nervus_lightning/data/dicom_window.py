@@ -10,7 +10,7 @@ meaning of each setting is in :mod:`.dicom`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,15 +173,40 @@ def choose_auto_window(
     Raises:
         ImageReadError: a file that has to be decoded cannot be.
     """
+    return pool_auto_window(
+        paths,
+        lambda file: _windowless_modality(file, frame),
+        lambda file: _value_sample(file, frame),
+        max_files=max_files,
+        seed=seed,
+        max_workers=max_workers,
+    )
+
+
+def pool_auto_window(
+    paths: Sequence[str | os.PathLike],
+    group_of: Callable[[Path], str | None],
+    values_of: Callable[[Path], np.ndarray],
+    *,
+    max_files: int = AUTO_WINDOW_MAX_FILES,
+    seed: int = 0,
+    max_workers: int | None = None,
+    what: str = "DICOM files",
+    unit: str = "file(s)",
+) -> AutoWindowChoice:
+    """The rule of :func:`choose_auto_window` for any kind of file: ``group_of(file)`` names the
+    window a file without its own gets (None: it has its own, or is not windowed), and
+    ``values_of(file)`` gives its modality-LUT values, at most 65,536 of them
+    (:func:`evenly_spaced`). ``what`` and ``unit`` name the files in the log's sentence."""
     files = list(dict.fromkeys(Path(p) for p in paths))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        modalities = list(pool.map(lambda f: _windowless_modality(f, frame), files))
+        groups = list(pool.map(group_of, files))
         by_modality: dict[str, list[Path]] = {}
-        for file, modality in zip(files, modalities, strict=True):
+        for file, modality in zip(files, groups, strict=True):
             if modality is not None:
                 by_modality.setdefault(modality, []).append(file)
         if not by_modality:
-            return AutoWindowChoice(None, {}, "every grayscale DICOM file has its own window")
+            return AutoWindowChoice(None, {}, f"every one of the {what} has its own window")
         rng = np.random.default_rng(seed)
         drawn = {
             modality: (
@@ -193,10 +218,9 @@ def choose_auto_window(
         }
         windows = []
         for modality, group in drawn.items():
-            samples = list(pool.map(lambda f: _value_sample(f, frame), group))
-            pooled = np.concatenate(samples)
+            pooled = np.concatenate(list(pool.map(values_of, group)))
             if pooled.size == 0:
-                raise ImageReadError(group[0], "the DICOM image has no pixels")
+                raise ImageReadError(group[0], "the image has no pixels")
             low, high = np.percentile(pooled, AUTO_WINDOW_PERCENTILES)
             width = max(float(high - low), 1.0)  # DICOM's LINEAR window needs a width >= 1
             windows.append((modality, float((low + high) / 2), width))
@@ -204,16 +228,23 @@ def choose_auto_window(
     counts = {m: (len(by_modality[m]), len(drawn[m])) for m in drawn}
     low_p, high_p = AUTO_WINDOW_PERCENTILES
     listed = "; ".join(
-        f"{total} {m or '(no Modality)'} file(s)"
+        f"{total} {m or '(no Modality)'} {unit}"
         + (f" ({used} drawn)" if used < total else "")
         + f" -> center {c:g} width {w:g}"
         for (m, c, w), (total, used) in zip(window.by_modality, counts.values(), strict=True)
     )
     reason = (
-        f"training DICOM files without their own window are shown with one window per modality, "
+        f"training {what} without their own window are shown with one window per modality, "
         f"from the {low_p:g}th to {high_p:g}th percentiles of their modality-LUT values: {listed}"
     )
     return AutoWindowChoice(window, counts, reason)
+
+
+def evenly_spaced(values: np.ndarray) -> np.ndarray:
+    """At most 65,536 evenly spaced values of ``values`` (flattened), as float64."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    step = max(1, -(-values.size // _AUTO_WINDOW_MAX_VALUES))
+    return values[::step]
 
 
 def _windowless_modality(file: Path, frame: str) -> str | None:
@@ -237,9 +268,7 @@ def _windowless_modality(file: Path, frame: str) -> str | None:
 
 def _value_sample(file: Path, frame: str) -> np.ndarray:
     """At most 65,536 evenly spaced modality-LUT values of the chosen frame of ``file``."""
-    values = np.asarray(decode_frame(file, frame, file_voi=False).values, dtype=np.float64).ravel()
-    step = max(1, -(-values.size // _AUTO_WINDOW_MAX_VALUES))
-    return values[::step]
+    return evenly_spaced(decode_frame(file, frame, file_voi=False).values)
 
 
 def _modality_output_range(ds) -> tuple[float, float]:

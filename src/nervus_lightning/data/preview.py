@@ -150,12 +150,13 @@ def volume_figure(
 
 
 def auto_window_note(datamodule: NervusDataModule) -> str | None:
-    """The data set's window for DICOM files without their own (``data.window=auto``), as one
-    line; None when there is none."""
+    """The data set's window for DICOM files (or volumes) without their own
+    (``data.window=auto``), as one line; None when there is none."""
     window, _ = dicom_settings(datamodule.schema)
     if not isinstance(window, AutoWindow):
         return None
-    return f"data.window=auto, DICOM files without their own window: {window.describe()}"
+    what = "volumes" if datamodule.schema.is_volume else "DICOM files"
+    return f"data.window=auto, {what} without their own window: {window.describe()}"
 
 
 def preview_file_name(uniq_id: str, view: str | None = None) -> str:

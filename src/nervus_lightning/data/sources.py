@@ -1,5 +1,5 @@
-"""Where a run's data comes from: the user's ``data.csv``, the embedded demo data, or a
-scikit-survival preset written once as a Nervus CSV into the cache.
+"""Where a run's data comes from: the user's ``data.csv``, the embedded demo data (2D images, or
+the demo's volume set), or a scikit-survival preset written once as a Nervus CSV into the cache.
 
 Shared by training (:mod:`nervus_lightning.workflows.train`) and by ``explain`` of a checkpoint
 without ``data.csv`` (which reads again the data the run was trained on), so that neither imports
@@ -12,9 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nervus_lightning.data.demo import build_demo_dataset, default_cache_root
+from nervus_lightning.data.demo_volumes import build_volume_demo
 from nervus_lightning.errors import NervusInputError
 from nervus_lightning.files import atomic_write
 from nervus_lightning.survival.presets import PRESETS, write_preset_csv
+
+#: The built-in demo data sets (``data.preset``) and their builders. Their labels share names,
+#: so that each task's ``demo_labels`` and ``demo_positive_class`` fit both.
+DEMO_BUILDERS = {"demo": build_demo_dataset, "demo_volumes": build_volume_demo}
 
 
 def resolve_data(
@@ -31,7 +36,8 @@ def resolve_data(
     Args:
         csv: ``data.csv``; when given, the other arguments but ``labels`` do not matter.
         labels: ``data.labels``, the label columns (None: every ``label_*`` column).
-        preset: ``data.preset`` when there is no CSV: ``demo`` (also for None) or a
+        preset: ``data.preset`` when there is no CSV: ``demo`` (also for None), the demo's
+            volume set ``demo_volumes`` (:mod:`~nervus_lightning.data.demo_volumes`) or a
             scikit-survival preset (:data:`~nervus_lightning.survival.presets.PRESETS`).
         demo_root: ``data.demo_root``, where the demo data and presets are written (None: the
             cache).
@@ -43,16 +49,16 @@ def resolve_data(
     if csv:
         return csv, labels, False
     preset = preset or "demo"
-    if preset == "demo":
+    if preset in DEMO_BUILDERS:
         demo = labels or (list(demo_labels) if demo_labels else demo_labels)
-        return build_demo_dataset(demo_root), demo, True
+        return DEMO_BUILDERS[preset](demo_root), demo, True
     return materialize_preset(preset, demo_root, seed=split_seed), labels, False
 
 
 def materialize_preset(name: str, root: str | None = None, seed: int = 0) -> Path:
     """Write a scikit-survival preset as a Nervus CSV into the cache (once) and return its path."""
     if name not in PRESETS:
-        raise NervusInputError(f"data.preset '{name}' is not one of {['demo', *PRESETS]}.")
+        raise NervusInputError(f"data.preset '{name}' is not one of {[*DEMO_BUILDERS, *PRESETS]}.")
     path = Path(root or default_cache_root()) / "presets" / f"{name}_split{seed}.csv"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -406,6 +406,17 @@ def read_multi_frame(file: Path) -> DicomStack:
     return DicomStack(values, affine, ds, frame_header(ds, int(order[len(order) // 2])))
 
 
+def central_header(path: Path) -> tuple[Any, Any]:
+    """``(data set, header)`` of the central slice of a series folder or multi-frame file, from
+    the headers only: what :func:`read_series` / :func:`read_multi_frame` window the volume by
+    (``header``: that frame's, for a multi-frame file)."""
+    if path.is_dir():
+        _, ds, _ = _series_geometry(path)
+        return ds, frame_header(ds, 0)
+    ds, order, _ = _multi_frame_geometry(path)
+    return ds, frame_header(ds, int(order[len(order) // 2]))
+
+
 def dicom_volume_problem(path: Path) -> str | None:
     """What stops the series folder or multi-frame file ``path`` from being read as a volume,
     from the headers only (and each file's pixel data measured against its header); or None."""

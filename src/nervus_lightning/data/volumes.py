@@ -26,12 +26,17 @@ to ``[0, 1]`` by the fixed output range of that step, with pydicom's own functio
 
 * ``[center, width]``: DICOM's ``LINEAR`` window in modality units (e.g. ``[40, 400]`` for soft
   tissue in Hounsfield units), for NIfTI too;
-* ``auto``: a DICOM series' own VOI LUT or window (its central slice's), else its full range;
-  a NIfTI's display range ``cal_min .. cal_max`` when set, else its full range;
+* ``auto``: a DICOM series' own VOI LUT or window (its central slice's); a NIfTI's display
+  range ``cal_min .. cal_max`` when set. A volume without either gets the data set's window
+  (:class:`~nervus_lightning.data.dicom_window.AutoWindow`, chosen on the training volumes by
+  :func:`choose_volume_auto_window`, as 2D DICOM files get theirs): the window of its DICOM
+  Modality, or for NIfTI, which records no modality, the one window of the training NIfTI
+  volumes without a display range (:data:`NIFTI_WINDOW_KEY`). Without such a window (plain
+  ``auto``, or a modality not seen in training): its full range;
 * ``none``: the full range the stored bits allow after the modality LUT (for NIfTI: its integer
   data type's range after ``scl_slope``/``scl_inter``). A floating-point NIfTI has no such range:
-  without ``cal_min``/``cal_max`` it is scaled by its own minimum and maximum, the one case of a
-  volume scaled by its own values.
+  without ``cal_min``/``cal_max`` or the data set's window it is scaled by its own minimum and
+  maximum, the one case of a volume scaled by its own values.
 
 **Resampling** (after the orientation, before the window, so the window sees interpolated
 modality values as a viewer's reformat does) is trilinear, with
@@ -60,19 +65,25 @@ import numpy as np
 
 from nervus_lightning.data.dicom_decode import (
     has_voi_lut_sequence,
+    has_window,
     is_dicom_file,
     modality_of,
     photometric_of,
 )
 from nervus_lightning.data.dicom_window import (
+    AUTO_WINDOW_MAX_FILES,
     DEFAULT_WINDOW,
     AutoWindow,
+    AutoWindowChoice,
     Window,
     display_values,
+    evenly_spaced,
     parse_window,
+    pool_auto_window,
     resolve_window,
 )
 from nervus_lightning.data.volume_dicom import (
+    central_header,
     dicom_volume_problem,
     read_multi_frame,
     read_series,
@@ -85,6 +96,10 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 CANONICAL_AXES = ("S", "P", "L")
 #: Turns a NIfTI (RAS) affine into DICOM patient coordinates (LPS), and back.
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: The data set's window (:class:`AutoWindow` key) of NIfTI volumes without ``cal_min``/
+#: ``cal_max``: NIfTI records no modality, so they share one. Mixed case, so it can never be a
+#: DICOM Modality (upper-case code string).
+NIFTI_WINDOW_KEY = "NIfTI"
 # World axis (LPS: 0 = x, 1 = y, 2 = z) that array axis d, h, w runs along.
 _WORLD_AXIS_OF = (2, 1, 0)
 
@@ -187,6 +202,61 @@ _NOT_A_VOLUME = (
     "it is not a volume this reader knows: give a NIfTI file (.nii, .nii.gz), a folder holding "
     "one DICOM series, or a multi-frame DICOM file"
 )
+
+
+def auto_window_group(path: str | os.PathLike) -> str | None:
+    """Which of the data set's windows ``data.window=auto`` shows ``path`` with, from headers
+    only: None for a volume with a window of its own (a DICOM VOI LUT or Window Center/Width on
+    its central slice, a NIfTI ``cal_min``/``cal_max``), else its DICOM ``Modality`` (``""``
+    without one), or :data:`NIFTI_WINDOW_KEY` for a NIfTI file."""
+    path = Path(path)
+    if is_nifti(path):
+        image, _ = _nifti_header(path, None)
+        return None if _display_range(image.header) is not None else NIFTI_WINDOW_KEY
+    if not (path.is_dir() or (path.is_file() and is_dicom_file(path))):
+        raise ImageReadError(path, _NOT_A_VOLUME)
+    ds, header = central_header(path)
+    if has_voi_lut_sequence(header) or has_window(header):
+        return None
+    return modality_of(ds)
+
+
+def modality_values(path: str | os.PathLike) -> np.ndarray:
+    """At most 65,536 evenly spaced modality-LUT values of the volume ``path`` as stored (before
+    orientation and resampling): Hounsfield units of a CT series, a NIfTI's values after
+    ``scl_slope``/``scl_inter``."""
+    values, _, _, _ = _read_source(Path(path), DEFAULT_WINDOW, None)
+    return evenly_spaced(values)
+
+
+def choose_volume_auto_window(
+    paths: Sequence[str | os.PathLike],
+    *,
+    max_files: int = AUTO_WINDOW_MAX_FILES,
+    seed: int = 0,
+    max_workers: int | None = None,
+) -> AutoWindowChoice:
+    """The data set's windows for the volumes of ``paths`` (the training split's) that have no
+    window of their own: the 2D rule (:func:`~nervus_lightning.data.dicom_window.
+    choose_auto_window`) with volumes: one window per DICOM Modality, and one for NIfTI
+    volumes (:data:`NIFTI_WINDOW_KEY`), spanning the 0.5th to 99.5th percentiles of their
+    pooled modality-LUT values (at most ``max_files`` volumes per window drawn with ``seed``, at
+    most 65,536 evenly spaced values of each). Two numbers per window, an aggregate of many
+    volumes.
+
+    Raises:
+        ImageReadError: a volume that has to be read cannot be.
+    """
+    return pool_auto_window(
+        paths,
+        auto_window_group,
+        modality_values,
+        max_files=max_files,
+        seed=seed,
+        max_workers=max_workers,
+        what="volumes",
+        unit="volume(s)",
+    )
 
 
 def volume_problem(path: str | os.PathLike, *, volume_index: int | None = None) -> str | None:
@@ -389,15 +459,19 @@ def _read_nifti(path: Path, volume_index: int | None):
         raise ImageReadError(
             path, f"the NIfTI voxel data cannot be read ({exc}); copy the file again"
         ) from exc
-    header = image.header
-    low, high = (float(header.get("cal_min", 0) or 0), float(header.get("cal_max", 0) or 0))
     intensity = _NiftiIntensity(
         np.dtype(image.get_data_dtype()),
         float(getattr(proxy, "slope", 1.0)),
         float(getattr(proxy, "inter", 0.0)),
-        (low, high) if high > low else None,
+        _display_range(image.header),
     )
     return values, LPS_FROM_RAS @ image.affine, intensity
+
+
+def _display_range(header) -> tuple[float, float] | None:
+    """A NIfTI header's ``cal_min .. cal_max``, or None when unset (not increasing)."""
+    low, high = (float(header.get("cal_min", 0) or 0), float(header.get("cal_max", 0) or 0))
+    return (low, high) if high > low else None
 
 
 def _nifti_display(
@@ -405,8 +479,9 @@ def _nifti_display(
 ) -> np.ndarray:
     """Window and ``[0, 1]`` scaling of a NIfTI volume (see the module docstring): a window
     and the integer ranges go through the DICOM display step, described by a DICOM header."""
-    if isinstance(window, AutoWindow):
-        window = "auto"  # the data set's windows are per DICOM Modality, which NIfTI lacks
+    if isinstance(window, AutoWindow):  # the data set's window where the file has none
+        own = intensity.display_range is not None
+        window = "auto" if own else window.for_modality(NIFTI_WINDOW_KEY) or "auto"
     if window == "auto" and intensity.display_range is not None:
         low, high = intensity.display_range
         return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)

@@ -212,6 +212,7 @@ def _volume_preprocessing(schema: Any) -> dict[str, Any]:
             else "mm per voxel along D, H, W; then crop/pad about the centre to shape"
         ),
         "window": schema.window,
+        "auto_window": schema.auto_window,
         "in_channels": 1,
         "steps": [
             "read: a NIfTI file (.nii, .nii.gz), a folder holding one DICOM series (slices "
@@ -219,11 +220,13 @@ def _volume_preprocessing(schema: Any) -> dict[str, Any]:
             f"orient: permute and flip the axes (no interpolation) so that the array's axes "
             f"run to the patient's superior, posterior and left ({schema.volume['orientation']}"
             "; NIfTI's RAS affine converted): array[d] is an axial slice from the feet up",
-            "intensities: each slice's modality LUT (Rescale Slope/Intercept), then the window "
-            "given by 'window' ([center, width]: a DICOM LINEAR window in modality units; auto: "
-            "the series' own Window Center/Width or a NIfTI's cal_min/cal_max, else the "
-            "volume's full range; none: the full range), scaled to [0, 1] (0 = bottom of the "
-            "window, 1 = top)",
+            "intensities: each slice's modality LUT (Rescale Slope/Intercept; a NIfTI's "
+            "scl_slope/scl_inter), then the window given by 'window' ([center, width]: a DICOM "
+            "LINEAR window in modality units; auto: the series' own VOI LUT or Window Center/"
+            "Width (its central slice's) or a NIfTI's cal_min/cal_max, else the [center, width] "
+            "that 'auto_window' gives for the series' Modality or, for a NIfTI file, under "
+            "'NIfTI', else the volume's full range; none: the full range), scaled to [0, 1] "
+            "(0 = bottom of the window, 1 = top)",
             size_step,
             "add the channel axis: [1, D, H, W] per volume, float32",
         ],

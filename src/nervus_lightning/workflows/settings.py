@@ -15,6 +15,8 @@ from typing import Any
 #: OmegaConf's mark of a value that was never set (``csv: ???``); ``OmegaConf.to_container``
 #: keeps it as this string, and the run treats it as absent, as reading the config did.
 MISSING = "???"
+#: ``data.preset`` values of the built-in demo data (their builders: ``data.sources``).
+DEMO_PRESETS = ("demo", "demo_volumes")
 
 
 def _get(options: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
@@ -29,8 +31,9 @@ def _get(options: Mapping[str, Any] | None, key: str, default: Any = None) -> An
 class DataSettings:
     """The ``data`` group: where the CSV is and how its images and rows are read.
 
-    ``csv`` None: the built-in data set named by ``preset`` (``demo``, the default, or a
-    scikit-survival preset such as ``whas500``, written once into the cache under ``demo_root``).
+    ``csv`` None: the built-in data set named by ``preset`` (``demo``, the default, the demo's
+    volume set ``demo_volumes``, or a scikit-survival preset such as ``whas500``, written once
+    into the cache under ``demo_root``).
     The other fields are :class:`~nervus_lightning.data.datamodule.NervusDataModule`'s arguments
     of the same names.
     """
@@ -57,8 +60,9 @@ class DataSettings:
 
     @property
     def is_demo(self) -> bool:
-        """Whether the run reads the embedded demo data (no CSV, no other preset)."""
-        return not self.csv and (self.preset or "demo") == "demo"
+        """Whether the run reads the embedded demo data, 2D or volumes (no CSV, no other
+        preset)."""
+        return not self.csv and (self.preset or "demo") in DEMO_PRESETS
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> DataSettings:
