@@ -71,6 +71,7 @@ __all__ = [
     "build_demo_dataset",
     "build_folder_once",
     "default_cache_root",
+    "folder_is_complete",
     "write_multiview_demo",
 ]
 
@@ -158,7 +159,24 @@ def _move_into_place(staging: Path, target: Path, is_complete: Callable[[Path], 
 
 
 def _is_complete(folder: Path, seed: int) -> bool:
-    csv, info = folder / DEMO_CSV_NAME, folder / _INFO_NAME
+    return folder_is_complete(
+        folder,
+        DEMO_CSV_NAME,
+        lambda rows: {"version": DEMO_VERSION, "seed": seed, "rows": rows},
+        lambda path: path.is_file(),
+    )
+
+
+def folder_is_complete(
+    folder: Path,
+    csv_name: str,
+    expected_info: Callable[[int], dict],
+    image_ok: Callable[[Path], bool],
+) -> bool:
+    """Whether ``folder`` holds a whole demo build: its CSV, its ``build_info.json`` equal to
+    ``expected_info(number of CSV rows)`` (written last by a build), and every ``imgpath`` cell
+    (relative to the folder) passing ``image_ok``."""
+    csv, info = folder / csv_name, folder / _INFO_NAME
     if not (csv.is_file() and info.is_file()):
         return False
     try:
@@ -166,9 +184,9 @@ def _is_complete(folder: Path, seed: int) -> bool:
         table = pd.read_csv(csv, usecols=["imgpath"])
     except (OSError, ValueError):
         return False
-    if recorded != {"version": DEMO_VERSION, "seed": seed, "rows": len(table)}:
+    if recorded != expected_info(len(table)):
         return False
-    return all((folder / p).is_file() for p in table["imgpath"])
+    return all(image_ok(folder / cell) for cell in table["imgpath"])
 
 
 def _write_dataset(folder: Path, seed: int) -> None:

@@ -71,6 +71,7 @@ import pandas as pd
 from nervus_lightning.data.demo import (
     build_folder_once,
     default_cache_root,
+    folder_is_complete,
     stratified_split,
     survival_outcome,
 )
@@ -134,24 +135,16 @@ def _info(seed: int, rows: int) -> dict:
 
 
 def _is_complete(folder: Path, seed: int) -> bool:
-    csv, info = folder / VOLUME_DEMO_CSV_NAME, folder / _INFO_NAME
-    if not (csv.is_file() and info.is_file()):
-        return False
-    try:
-        recorded = json.loads(info.read_text())
-        table = pd.read_csv(csv, usecols=["imgpath"])
-    except (OSError, ValueError):
-        return False
-    if recorded != _info(seed, len(table)):
-        return False
-    for cell in table["imgpath"]:
-        path = folder / cell
-        if path.is_dir():
-            if sum(1 for f in path.iterdir() if f.suffix == ".dcm") != _SLICES:
-                return False
-        elif not path.is_file():
-            return False
-    return True
+    return folder_is_complete(
+        folder, VOLUME_DEMO_CSV_NAME, lambda rows: _info(seed, rows), _volume_written
+    )
+
+
+def _volume_written(path: Path) -> bool:
+    """A NIfTI file, or a series folder with all its slices."""
+    if path.is_dir():
+        return sum(1 for f in path.iterdir() if f.suffix == ".dcm") == _SLICES
+    return path.is_file()
 
 
 def _import_nibabel():
