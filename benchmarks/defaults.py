@@ -387,6 +387,7 @@ def run_nervus(csv: Path, task: str, label: str, run_dir: Path, quick: bool = Fa
     out["linear_penalty"] = choice.get("penalty")
     out["linear_l1_ratio"] = choice.get("l1_ratio", 0.0) if choice else None
     out["best_epoch"] = summary.get("best_epoch")
+    out["start_kept"] = bool(summary.get("linear_start_kept"))
     epochs = dict(summary.get("rows", [])).get("epochs run", "")
     out["epochs_run"] = int(epochs.split()[0]) if epochs[:1].isdigit() else None
     out["warnings"] = " | ".join(_run_warnings(log))
@@ -763,7 +764,10 @@ def report(described: dict[str, Described], runs: pd.DataFrame, command: str) ->
         text += (
             f"{run.get('seconds', float('nan')):.0f} s, epochs run {_int(run.get('epochs_run'))}, "
         )
-        text += f"kept epoch {_int(run.get('best_epoch'))}"
+        if run.get("start_kept") is True:
+            text += "kept the linear start (before training)"
+        else:
+            text += f"kept epoch {_int(run.get('best_epoch'))}"
         if penalty is not None and np.isfinite(float(penalty)):
             l1_ratio = run.get("linear_l1_ratio")
             kind = "elastic-net" if isinstance(l1_ratio, float) and l1_ratio > 0 else "ridge"

@@ -173,3 +173,11 @@ def test_inputs_that_say_nothing_give_collapsed_predictions(tmp_path):
         tmp_path / "data.csv", tmp_path / "run", ["task=regression", "trainer.max_epochs=5"]
     )
     assert any("collapsed: every validation case gets the same prediction" in w for w in warnings)
+
+
+def test_divergence_names_the_linear_start_when_it_was_kept():
+    """The run kept the model as it started: the warning must not call an epoch the kept one."""
+    diverged = pd.DataFrame({"epoch": range(6), "val_loss": [3.5, 4.0, 9.0, 30.0, 60.0, 166.0]})
+    (message,) = run_warnings(_metrics([]), [], learning_curve=diverged, linear_start_kept=True)
+    assert message.startswith("diverged: the linear start, before training, was kept")
+    assert "kept checkpoint is from epoch" not in message

@@ -68,12 +68,16 @@ def _assert_reloaded_best_checkpoint_reproduces(run, csv):
 
 
 def _assert_learning_curve(run, epochs):
-    """One row per epoch, finite losses, and the summary's objective is its lowest val_loss."""
+    """One row per epoch, finite losses, and the summary's objective is its lowest val_loss (or
+    the linear start's, before training, when that was lower and the start was kept)."""
     curve = pd.read_csv(run / "learning_curve.csv")
     assert list(curve.epoch) == list(range(epochs))
     assert np.isfinite(curve[["train_loss", "val_loss"]].to_numpy()).all()
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["best_val_loss"] == pytest.approx(curve.val_loss.min(), rel=1e-5)
+    if summary["best_checkpoint"].endswith("linear_start.ckpt"):
+        assert summary["best_val_loss"] <= curve.val_loss.min()
+    else:
+        assert summary["best_val_loss"] == pytest.approx(curve.val_loss.min(), rel=1e-5)
     return curve
 
 
@@ -182,10 +186,13 @@ def test_checkpoint_policies(dataset, tmp_path):
     assert last["optimizer_states"] and last["callbacks"]
     val = pd.read_csv(each_run / "learning_curve.csv").val_loss.to_numpy()
     improvements = int(sum(v < min(val[:i], default=np.inf) for i, v in enumerate(val)))
-    each = [p for p in (each_run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    each = [p for p in (each_run / "checkpoints").glob("epoch*.ckpt")]
     assert len(each) == improvements >= 1
     losses = sorted(float(p.stem.split("val_loss")[1]) for p in each)
     assert len(set(losses)) == len(losses)
+    # The model as it started (a linear term on tabular inputs) was the first candidate.
+    others = {p.name for p in (each_run / "checkpoints").glob("*.ckpt")} - {p.name for p in each}
+    assert others == {"last.ckpt", "linear_start.ckpt"}
 
 
 def test_predict_external_csv_from_checkpoint_alone(dataset, tmp_path):

@@ -20,6 +20,8 @@ from nervus_lightning.options import check_keys, check_number
 from nervus_lightning.outputs import atomic_write, write_csv
 
 CHECKPOINT_POLICIES = ("best", "each")
+#: File name, in the checkpoints folder, of the model as it starts (:class:`LinearStartCheckpoint`).
+LINEAR_START_CHECKPOINT = "linear_start.ckpt"
 
 
 class ImprovementCheckpoint(ModelCheckpoint):
@@ -105,6 +107,26 @@ def build_step_checkpoint(dirpath: str | os.PathLike, every_n_train_steps: int) 
     return ModelCheckpoint(
         dirpath=str(dirpath), save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
     )
+
+
+class LinearStartCheckpoint(L.Callback):
+    """Save the model as it starts, before the first training step, when it starts as a
+    penalised linear model: every head's linear term at its fit, the network's path adding
+    nothing (:mod:`nervus_lightning.models.linear_start`).
+
+    After training, this start competes with the epochs' best checkpoint on the validation loss
+    (:func:`nervus_lightning.workflows.train.train`): on small or nearly linear data the epochs
+    after the start mostly fit noise, and the lowest val_loss over many epochs is an optimistic
+    estimate, so the start is kept whenever no epoch beat it. A resumed run (a global step
+    above 0) keeps the file its first part wrote.
+    """
+
+    def __init__(self, dirpath: str | os.PathLike) -> None:
+        self.path = Path(dirpath) / LINEAR_START_CHECKPOINT
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0 and getattr(pl_module, "linear_choices", None):
+            trainer.save_checkpoint(self.path, weights_only=True)
 
 
 class RandomStates(L.Callback):

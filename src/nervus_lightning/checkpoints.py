@@ -152,13 +152,19 @@ def save_atomically(obj: Any, path: str | os.PathLike) -> Path:
 CHOICE_KEY = "checkpoint_choice"
 
 
-def record_checkpoint_choice(kept: Mapping[str, Any], monitor: str, mode: str) -> None:
+def record_checkpoint_choice(
+    kept: Mapping[str, Any], monitor: str, mode: str, linear_start: bool = False
+) -> None:
     """Write into each checkpoint of ``kept`` (path -> monitored value, as a ModelCheckpoint's
     ``best_k_models``) the value it was kept for, so that the checkpoint alone says how it was
-    chosen (``predict``'s model summary reads it)."""
+    chosen (``predict``'s model summary reads it). ``linear_start``: the checkpoints are the
+    model as it started, before training (:class:`nervus_lightning.callbacks.
+    LinearStartCheckpoint`), kept because no epoch had a better value."""
     for path, score in kept.items():
         if not Path(path).is_file():
             continue
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         checkpoint[CHOICE_KEY] = {"monitor": monitor, "mode": mode, "score": float(score)}
+        if linear_start:
+            checkpoint[CHOICE_KEY]["linear_start"] = True
         save_atomically(checkpoint, path)

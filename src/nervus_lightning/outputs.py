@@ -160,6 +160,7 @@ def model_summary(
     best_score: float | None,
     checkpoint: str | os.PathLike | None,
     stopped_early: int | None = None,
+    linear_start: bool = False,
 ) -> dict[str, Any]:
     """What was trained, for the top of the report (``model_summary.json``; no patient data).
 
@@ -169,6 +170,8 @@ def model_summary(
     read for prediction, which does not know how long its run went on): no such row.
     ``stopped_early``: the patience, when early stopping ended training before
     ``trainer.max_epochs``. Each linear term's penalty choice is a row of its own.
+    ``linear_start``: the kept checkpoint is the model as it started, before training (the
+    penalised linear model), which no epoch beat on the monitored value.
     """
     schema = module.schema
     hp = module.hparams
@@ -206,13 +209,22 @@ def model_summary(
         )
         rows.append(["epochs run", f"{int(epochs_run)}{stop}"])
     best = "lowest" if mode == "min" else "highest"
-    chosen = f"epoch {best_epoch}" if best_epoch is not None else "the best checkpoint"
-    if best_score is not None:
-        chosen += f", {best} {monitor} = {best_score:.4g}"
+    if linear_start:
+        chosen = "the linear start, before training"
+        if best_score is not None:
+            chosen += f": {best} {monitor} = {best_score:.4g}"
+        chosen += ", no epoch's checkpoint " + ("lower" if mode == "min" else "higher")
+        best_epoch = None
+    else:
+        chosen = f"epoch {best_epoch}" if best_epoch is not None else "the best checkpoint"
+        if best_score is not None:
+            chosen += f", {best} {monitor} = {best_score:.4g}"
     if checkpoint:
         chosen += f" ({Path(checkpoint).name})"
     rows.append(["checkpoint chosen", chosen])
     summary: dict[str, Any] = {"rows": rows, "best_epoch": best_epoch, "monitor": monitor}
+    if linear_start:
+        summary["linear_start_kept"] = True
     if getattr(module, "linear_choices", None):
         summary["linear_start"] = module.linear_choices
     return summary
@@ -228,6 +240,8 @@ def checkpoint_choice(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(recorded, Mapping):
         found.update(monitor=recorded["monitor"], mode=recorded["mode"])
         found["best_score"] = float(recorded["score"])
+        if recorded.get("linear_start"):
+            found.update(best_epoch=None, linear_start=True)
         return found
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if not str(key).startswith("ModelCheckpoint") or not isinstance(state, Mapping):

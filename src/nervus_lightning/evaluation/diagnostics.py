@@ -135,7 +135,7 @@ def _collapsed(predictions: pd.DataFrame, label: str) -> str | None:
     return None
 
 
-def _diverged(curve: pd.DataFrame | None) -> str | None:
+def _diverged(curve: pd.DataFrame | None, start_kept: bool = False) -> str | None:
     if curve is None or "val_loss" not in curve.columns:
         return None
     losses = pd.to_numeric(curve["val_loss"], errors="coerce").to_numpy(np.float64)
@@ -150,9 +150,14 @@ def _diverged(curve: pd.DataFrame | None) -> str | None:
     after = losses[best + 1 :]
     rise = max(DIVERGENCE_RISE * abs(losses[best]), 0.05)
     if after.min() > losses[best] and after[-1] > losses[best] + rise:
+        where = (
+            "the linear start, before training, was kept (no epoch had a lower val_loss); the "
+            f"best epoch, {epochs[best]}, had val_loss {losses[best]:.4g}"
+            if start_kept
+            else f"the kept checkpoint is from epoch {epochs[best]} (val_loss {losses[best]:.4g})"
+        )
         return (
-            f"diverged: the kept checkpoint is from epoch {epochs[best]} (val_loss "
-            f"{losses[best]:.4g}) and the validation loss then rose to {after[-1]:.4g} at the "
+            f"diverged: {where} and the validation loss then rose to {after[-1]:.4g} at the "
             f"last epoch ({epochs[-1]}): training made the network worse from the start. Lower "
             "the learning rate (optimizer.lr) or strengthen the penalty "
             "(optimizer.weight_decay)."
@@ -165,12 +170,15 @@ def run_warnings(
     labels: Sequence[str],
     predictions: pd.DataFrame | None = None,
     learning_curve: pd.DataFrame | None = None,
+    linear_start_kept: bool = False,
 ) -> list[str]:
     """One sentence per silent failure of a finished run (module docstring), in label order.
 
     ``metrics``: the rows of ``metrics.csv``; ``labels``: the evaluated label names;
     ``predictions``: ``predictions.csv`` (for the collapse check); ``learning_curve``:
-    ``learning_curve.csv`` of a training run (for the divergence check).
+    ``learning_curve.csv`` of a training run (for the divergence check);
+    ``linear_start_kept``: the run kept the model as it started, before training (said in the
+    divergence warning).
     """
     found: list[str] = []
     for label in labels:
@@ -182,7 +190,7 @@ def run_warnings(
             message = _collapsed(predictions, label)
             if message:
                 found.append(message)
-    message = _diverged(learning_curve)
+    message = _diverged(learning_curve, linear_start_kept)
     if message:
         found.append(message)
     return found

@@ -173,7 +173,11 @@ def evaluate_predictions(
     # Silent failures (overfitted, worse than the reference without inputs, collapsed,
     # diverged), from validation and training rows only: in the log and atop the report.
     found = run_warnings(
-        metrics, [label["name"] for label in schema["labels"]], predictions, learning_curve
+        metrics,
+        [label["name"] for label in schema["labels"]],
+        predictions,
+        learning_curve,
+        linear_start_kept=bool((model_summary or {}).get("linear_start_kept")),
     )
     for message in found:
         log.warning("%s", message)

@@ -391,7 +391,13 @@ def _curve_caption(model_summary: Mapping | None, curve: pd.DataFrame | None) ->
         text += "; right panel: the validation metrics logged during training"
     text += "."
     best = (model_summary or {}).get("best_epoch")
-    if best is not None:
+    if (model_summary or {}).get("linear_start_kept"):
+        text += (
+            " The model as it started, before training (the penalised linear start), had a "
+            "lower validation loss than every epoch: it was kept and made every prediction in "
+            "this report."
+        )
+    elif best is not None:
         monitor = (model_summary or {}).get("monitor") or "val_loss"
         text += (
             f" Dashed line: epoch {best}, whose checkpoint was kept (best {monitor}) and "

@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from nervus_lightning.callbacks import (
     LearningCurve,
+    LinearStartCheckpoint,
     RandomStates,
     build_checkpoint_callbacks,
     build_early_stopping,
@@ -262,6 +263,18 @@ def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
         )
 
 
+def validate_start(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: NervusDataModule, path: Path
+) -> float | None:
+    """The validation loss of the model as it started (``path``, written by
+    :class:`~nervus_lightning.callbacks.LinearStartCheckpoint`), computed as every epoch's
+    ``val_loss`` is; None when the run saved no start (no linear terms)."""
+    if not path.is_file():
+        return None
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=str(path), verbose=False)
+    return float(results[0]["val_loss"])
+
+
 @quiet_lightning()
 def train(
     settings: TrainSettings, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()
@@ -293,7 +306,8 @@ def train(
     checkpoint, last = build_checkpoint_callbacks(
         settings.checkpoint_policy, run_dir / "checkpoints"
     )
-    run_callbacks = [checkpoint, last, RandomStates(), LearningCurve(run_dir), *callbacks]
+    start = LinearStartCheckpoint(run_dir / "checkpoints")
+    run_callbacks = [checkpoint, last, start, RandomStates(), LearningCurve(run_dir), *callbacks]
     stopping = build_early_stopping(settings.early_stopping)
     if stopping is not None:
         run_callbacks.append(stopping)
@@ -311,12 +325,34 @@ def train(
     best_path = checkpoint.best_model_path
     if not best_path:
         raise RuntimeError("training produced no checkpoint (did validation run?)")
+    best_score = float(checkpoint.best_model_score)
+    start_score = validate_start(trainer, module, datamodule, start.path)
+    start_kept = start_score is not None and start_score <= best_score
+    if start_kept:
+        log.info(
+            "the linear start (val_loss %.4g, before training) is kept: no epoch's "
+            "checkpoint had a lower val_loss (the best, %.4g, was %s)",
+            start_score,
+            best_score,
+            Path(best_path).name,
+        )
+        best_path, best_score = str(start.path), start_score
     if (datamodule.frame["split"] == TEST).any():
         trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
     if not trainer.is_global_zero:
-        return float(checkpoint.best_model_score)
+        return best_score
 
-    record_checkpoint_choice(checkpoint.best_k_models, checkpoint.monitor, checkpoint.mode)
+    keep_losers = settings.checkpoint_policy != "best"
+    if not start_kept or keep_losers:
+        record_checkpoint_choice(checkpoint.best_k_models, checkpoint.monitor, checkpoint.mode)
+    if start_score is not None and (start_kept or keep_losers):
+        # checkpoint=each keeps every model that was the best when it was made: the start too.
+        choice = {str(start.path): start_score}
+        record_checkpoint_choice(choice, checkpoint.monitor, checkpoint.mode, linear_start=True)
+    # checkpoint=best keeps one model: the start or the best epoch's, whichever won.
+    if not keep_losers:
+        loser = Path(checkpoint.best_model_path) if start_kept else start.path
+        loser.unlink(missing_ok=True)
     device = trainer.strategy.root_device
     log.info("post-training work (thresholds, baseline hazard, predictions) on %s", device)
     best = NervusModule.load_from_checkpoint(best_path, map_location=device)
@@ -336,18 +372,21 @@ def train(
         model_summary(
             best,
             epochs_run=trainer.current_epoch,
-            best_epoch=torch.load(best_path, map_location="cpu", weights_only=True).get("epoch"),
+            best_epoch=None
+            if start_kept
+            else torch.load(best_path, map_location="cpu", weights_only=True).get("epoch"),
             monitor=str(checkpoint.monitor),
             mode=str(checkpoint.mode),
-            best_score=float(checkpoint.best_model_score),
+            best_score=best_score,
             checkpoint=best_path,
             stopped_early=stopping.patience if stopping and stopping.stopped_epoch else None,
+            linear_start=start_kept,
         ),
     )
     explain_after_training(settings.explain, best, datamodule, run_dir, device)
     table = evaluate_run(run_dir / PREDICTIONS, **evaluation)
     metrics = write_metrics_json(run_dir, table)
-    objective = float(checkpoint.best_model_score)
+    objective = best_score
     # Written last: its presence says the run finished.
     write_json(
         run_dir / "summary.json",
