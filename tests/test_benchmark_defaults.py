@@ -177,3 +177,21 @@ def test_quick_run_writes_the_table(bench, tmp_path):
     assert nervus["epochs_run"] == 2 and nervus["seconds"] > 0
     text = out.read_text()
     assert "| veterans_lung_cancer | 137 | 8 | 128 |" in text
+
+
+def test_linear_start_choice_prints_one_row_per_data_set(monkeypatch, capsys):
+    """benchmarks/linear_start_choice.py on one seed of veterans_lung_cancer: every rule's test
+    C-index and its paired difference to Coxnet, in one markdown row."""
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    spec = importlib.util.spec_from_file_location(
+        "linear_start_choice", BENCHMARK.parent / "linear_start_choice.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--seeds", "1", "--datasets", "veterans_lung_cancer"]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.startswith("| veterans_lung_cancer")]
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert len(cells) == len(module.RULES) + 1
+    for cell in cells:
+        assert 0.5 < float(cell.split()[0]) < 1.0

@@ -11,10 +11,12 @@ checkpoint and :meth:`NervusModule.load_from_checkpoint` restores a model that p
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -34,11 +36,16 @@ from nervus_lightning.models.linear_start import (
 )
 from nervus_lightning.optimisation import build_optimisation, check_optimisation_options
 from nervus_lightning.options import check_number
+from nervus_lightning.survival.shrinkage import scale_outputs, shrink_factor
 from nervus_lightning.tasks.base import evaluation_options
 from nervus_lightning.tasks.registry import build_task
 
+log = logging.getLogger(__name__)
+
 #: Checkpoint key of the linear terms' chosen penalties (:meth:`NervusModule.start_linear_terms`).
 LINEAR_CHOICES_KEY = "nervus_linear_choices"
+#: Checkpoint key of the Cox labels' calibration slopes (:meth:`NervusModule.shrink_to_validation`).
+SHRINKAGE_KEY = "nervus_shrinkage"
 
 EVAL_STAGES = ("val", "test")
 TASK_STATE_KEY = "nervus_task_state"
@@ -154,6 +161,9 @@ class NervusModule(L.LightningModule):
         #: label name -> the penalised linear start chosen for its linear term (penalty, where
         #: it was chosen, the path): :meth:`start_linear_terms`, recorded in model_summary.json.
         self.linear_choices: dict[str, dict[str, Any]] = {}
+        #: label name -> its calibration slope on val and the factor applied to its log
+        #: hazards (:meth:`shrink_to_validation`), recorded in model_summary.json.
+        self.shrinkage: dict[str, dict[str, Any]] = {}
         self.net = build_ensemble(
             self.ensemble,
             self.schema,
@@ -371,6 +381,8 @@ class NervusModule(L.LightningModule):
                 name: {k: v for k, v in choice.items() if k != "path"}
                 for name, choice in self.linear_choices.items()
             }
+        if self.shrinkage:  # slopes and factors (numbers of the run, not of patients)
+            checkpoint[SHRINKAGE_KEY] = dict(self.shrinkage)
         hparams = checkpoint.get("hyper_parameters")
         extractor = hparams.get("extractor") if hparams else None
         if isinstance(extractor, dict) and (
@@ -387,6 +399,7 @@ class NervusModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.task.load_state_tensors(checkpoint.get(TASK_STATE_KEY, {}))
         self.linear_choices = dict(checkpoint.get(LINEAR_CHOICES_KEY) or {})
+        self.shrinkage = dict(checkpoint.get(SHRINKAGE_KEY) or {})
 
     @torch.no_grad()
     def infer(self, loader: Any, device: torch.device | str | None = None) -> list[np.ndarray]:
@@ -440,7 +453,50 @@ class NervusModule(L.LightningModule):
         for path in checkpoint_paths:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             ckpt[TASK_STATE_KEY] = self.task.state_tensors()
+            if self.shrinkage:  # the weights now output the shrunk log hazards
+                ckpt["state_dict"] = {k: v.cpu() for k, v in self.state_dict().items()}
+                ckpt[SHRINKAGE_KEY] = dict(self.shrinkage)
             atomic_write(path, lambda tmp, ckpt=ckpt: torch.save(ckpt, tmp))
+
+    @torch.no_grad()
+    def shrink_to_validation(
+        self, datamodule: Any, device: torch.device | str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Multiply each Cox label's log hazards by its calibration slope on the validation
+        rows when that is below 1 (:mod:`nervus_lightning.survival.shrinkage`), in the weights
+        themselves; before :meth:`finalize`, which fits the baseline hazard to the shrunk
+        risks and writes the weights into the checkpoint. Returns (and keeps in
+        :attr:`shrinkage`) each label's slope and factor; empty when the task does not shrink
+        (``task.shrink=false``, discrete-time or competing-risk heads) or there is no
+        validation split."""
+        labels = [j for j in range(len(self.schema.labels)) if self.task.shrinks(j)]
+        val = datamodule.split_frame("val")
+        if not labels or not len(val):
+            return {}
+        before = self.infer(datamodule.eval_dataloader("val"), device)
+        chosen = {}
+        for j in labels:
+            spec = self.schema.labels[j]
+            time = pd.to_numeric(val[spec.period], errors="coerce").to_numpy(np.float64)
+            event = pd.to_numeric(val[spec.name], errors="coerce").to_numpy(np.float64)
+            risk = before[j][:, 0].astype(np.float64)
+            known = np.isfinite(time) & np.isfinite(event) & np.isfinite(risk)
+            choice = shrink_factor(risk[known], time[known], event[known], self.task.ties)
+            if choice.factor < 1.0:
+                scale_outputs(self.net, j, choice.factor)
+            chosen[spec.name] = choice
+        after = self.infer(datamodule.eval_dataloader("val"), device)
+        for j, name in zip(labels, chosen, strict=True):
+            expected = before[j] * chosen[name].factor
+            if not np.allclose(after[j], expected, rtol=1e-4, atol=1e-5):
+                raise RuntimeError(
+                    f"label '{name}': scaling the head's last layer did not scale its output "
+                    "(a head that ends in a non-linear layer); set task.shrink=false."
+                )
+        for name, choice in chosen.items():
+            log.info("label '%s': %s", name, choice.describe())
+        self.shrinkage = {name: choice.summary() for name, choice in chosen.items()}
+        return self.shrinkage
 
     def export_schema(self) -> dict[str, Any]:
         """The schema for ``schema.json``: labels with what the task fitted after training."""

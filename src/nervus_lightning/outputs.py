@@ -21,6 +21,7 @@ from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN
 from nervus_lightning.files import atomic_write
 from nervus_lightning.models.penalty import describe_choice
+from nervus_lightning.survival.shrinkage import Shrinkage
 
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
@@ -189,6 +190,8 @@ def model_summary(
         rows.append(["tabular extractor", _component(hp.get("tabular"), "mlp") + linear])
         for name, choice in (getattr(module, "linear_choices", None) or {}).items():
             rows.append([f"linear start of {name}", describe_choice(choice)])
+    for name, shrinkage in (getattr(module, "shrinkage", None) or {}).items():
+        rows.append([f"calibration of {name}", Shrinkage(**shrinkage).describe()])
     image_inputs = (len(schema.views) or 1) if schema.has_images else 0
     n_inputs = image_inputs + bool(schema.input_columns)
     if n_inputs > 1:
@@ -227,6 +230,8 @@ def model_summary(
         summary["linear_start_kept"] = True
     if getattr(module, "linear_choices", None):
         summary["linear_start"] = module.linear_choices
+    if getattr(module, "shrinkage", None):
+        summary["shrinkage"] = module.shrinkage
     return summary
 
 

@@ -264,6 +264,12 @@ class Task(ABC):
     #: ``val``); see :meth:`fit_after_training`.
     post_training_splits: ClassVar[tuple[str, ...]] = ()
 
+    def shrinks(self, j: int) -> bool:
+        """Whether label ``j``'s outputs are shrunk by their calibration slope on the
+        validation rows after training (Cox survival: :mod:`nervus_lightning.survival.
+        shrinkage`)."""
+        return False
+
     def fit_after_training(
         self,
         outputs: dict[str, list[np.ndarray]],

@@ -356,14 +356,15 @@ def train(
     device = trainer.strategy.root_device
     log.info("post-training work (thresholds, baseline hazard, predictions) on %s", device)
     best = NervusModule.load_from_checkpoint(best_path, map_location=device)
+    best.shrink_to_validation(datamodule, device)
     if best.task.post_training_splits:
-        # Every kept checkpoint gets the state fitted with its own weights (baseline hazard,
-        # thresholds), so that any of them alone is enough to predict.
+        # Every kept checkpoint gets the state fitted with its own weights (calibration slope,
+        # baseline hazard, thresholds), so that any of them alone is enough to predict.
         for path in Path(checkpoint.dirpath).glob("*.ckpt"):
             if str(path) != best_path:
-                NervusModule.load_from_checkpoint(path, map_location=device).finalize(
-                    datamodule, str(path), device=device
-                )
+                kept = NervusModule.load_from_checkpoint(path, map_location=device)
+                kept.shrink_to_validation(datamodule, device)
+                kept.finalize(datamodule, str(path), device=device)
     outputs = best.infer(datamodule.predict_dataloader(), device)
     best.finalize(datamodule, best_path, outputs=outputs)
     write_predictions(best, datamodule, run_dir, outputs)

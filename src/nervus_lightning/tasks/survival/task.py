@@ -84,6 +84,9 @@ class SurvivalTask(Task):
         min_patients_per_step: ``k`` of the stored curves: each step backed by at least ``k``
             training events, and no step where fewer than ``k`` patients are still followed
             (:func:`nervus_lightning.survival.reference.aggregate_grid`).
+        shrink: after training, multiply each Cox head's log hazards by their calibration
+            slope on the validation rows when it is below 1
+            (:mod:`nervus_lightning.survival.shrinkage`; ranks and C-index unchanged).
     """
 
     kind = "survival"
@@ -148,9 +151,13 @@ class SurvivalTask(Task):
         alpha: float = 0.2,
         sigma: float = 0.1,
         min_patients_per_step: int = MIN_PATIENTS_PER_STEP,
+        shrink: bool = True,
         evaluation: EvaluationOptions | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(labels, evaluation=evaluation)
+        if not isinstance(shrink, bool):
+            raise NervusInputError(f"task.shrink must be true or false, got {shrink!r}.")
+        self.shrink = shrink
         self.ties = check_choice("task.ties", ties, list(TIES))
         self.model = check_choice("task.model", model, list(discrete.MODELS))
         check_number("task.num_durations", num_durations, low=2, integer=True)
@@ -402,6 +409,10 @@ class SurvivalTask(Task):
                     "task.min_patients_per_step.",
                     stacklevel=2,
                 )
+
+    def shrinks(self, j: int) -> bool:
+        # Cox heads only: a discrete-time head's output is a curve, not one log hazard.
+        return self.shrink and not self.is_discrete and not self.causes(j)
 
     def is_fitted(self, j: int) -> bool:
         return self.references[j] is not None

@@ -1,0 +1,127 @@
+"""How the linear Cox start chooses its penalty, against other rules, on the linear start alone
+(issue 19: is the gap to Coxnet in the defaults table the rule, or the split seeds?).
+
+For each data set of ``defaults.py`` and split seed (the same CSV rows and standardisation as
+``defaults.py``: :func:`defaults.nervus_frame`, :func:`defaults.split_arrays`), the test
+Harrell's C of the linear Cox model fitted on the training rows, its penalty chosen by
+
+* ``heldout_pl``: the library's rule, :func:`nervus_lightning.survival.linear.choose_linear_cox`
+  (ridge and elastic net, the held-out partial likelihood on val when it holds 20 events or
+  more, else 5-fold cross-validation of train);
+* ``val_c``: the same two paths, the penalty and kind with the highest validation C (what the
+  ``coxnet`` baseline of ``defaults.py`` does with its own path);
+* ``cv_train``: the same two paths, always 5-fold cross-validation of train (partial likelihood);
+
+and ``coxnet`` as ``defaults.py`` fits it. Printed: mean test C and the paired difference to
+``coxnet`` (mean ± sd over seeds). No network is trained: this isolates the choice of penalty.
+
+    python benchmarks/linear_start_choice.py --seeds 10 --datasets veterans_lung_cancer whas500
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import defaults  # noqa: E402
+
+from nervus_lightning.models.penalty import (  # noqa: E402
+    choose_penalty,
+    minimise_lbfgs,
+    minimise_proximal,
+    penalty_path,
+)
+from nervus_lightning.survival import linear  # noqa: E402
+from nervus_lightning.survival.linear import L1_RATIO, choose_linear_cox  # noqa: E402
+
+RULES = ("heldout_pl", "val_c", "cv_train")
+
+
+def _fitter(x, time, event, l1_ratio):
+    def fit(rows, penalty, start):
+        r = torch.as_tensor(rows)
+        weight = torch.zeros(1, x.shape[1], dtype=torch.float64) if start is None else start
+        smooth = linear._per_event_objective(
+            x[r], time[r], event[r], "efron", penalty * (1 - l1_ratio)
+        )
+        if not l1_ratio:
+            return minimise_lbfgs(weight, smooth)
+        return minimise_proximal(weight, smooth, penalty * l1_ratio)
+
+    return fit
+
+
+def linear_start(rule: str, x, time, event, train, val, seed: int) -> torch.Tensor:
+    """The weight (1, p) that ``rule`` picks (module docstring)."""
+    if rule == "heldout_pl":
+        return choose_linear_cox(x, time, event, train, val, seed=seed).weight
+    if rule == "cv_train":
+        forced = choose_linear_cox(x, time, event, train, val, min_val_events=10**9, seed=seed)
+        return forced.weight
+    t = torch.as_tensor(train)
+    paths = {
+        0.0: penalty_path(),
+        L1_RATIO: linear._elastic_net_path(x[t], time[t], event[t], "efron"),
+    }
+
+    def minus_val_c(weight, fit_rows, held_rows):
+        held = torch.as_tensor(held_rows)
+        risk = (x[held] @ weight[0]).numpy()
+        rows = defaults.Rows(None, event[held].numpy().astype(int), time[held].numpy())
+        return -defaults.harrell_c(rows, risk)
+
+    choices = [
+        choose_penalty(_fitter(x, time, event, l1), minus_val_c, train, val, True, path, seed)
+        for l1, path in paths.items()
+    ]
+    return min(choices, key=lambda c: c.best_loss()).weight
+
+
+def run(name: str, seeds: int) -> dict[str, np.ndarray]:
+    raw = defaults.DATASETS[name].load()
+    scores: dict[str, list[float]] = {rule: [] for rule in (*RULES, "coxnet")}
+    for seed in range(seeds):
+        data = defaults.split_arrays(defaults.nervus_frame(name, raw, seed), "survival")
+        scores["coxnet"].append(defaults.fit_coxnet(data)["c_index"])
+        fit_rows = (data["train"], data["val"])
+        x = torch.as_tensor(np.vstack([r.x for r in fit_rows]), dtype=torch.float64)
+        time = torch.as_tensor(np.concatenate([r.time for r in fit_rows]), dtype=torch.float64)
+        event = torch.as_tensor(np.concatenate([r.y for r in fit_rows])) != 0
+        train = np.arange(len(data["train"].y))
+        val = np.arange(len(train), len(event))
+        for rule in RULES:
+            weight = linear_start(rule, x, time, event, train, val, seed)
+            risk = data["test"].x @ weight[0].numpy()
+            scores[rule].append(defaults.harrell_c(data["test"], risk))
+    return {k: np.asarray(v) for k, v in scores.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--datasets", nargs="+", default=["veterans_lung_cancer", "whas500"])
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    print("| data set | " + " | ".join((*RULES, "coxnet")) + " |")
+    print("|---|" + "---|" * (len(RULES) + 1))
+    for name in args.datasets:
+        scores = run(name, args.seeds)
+        base = scores["coxnet"]
+        cells = [
+            f"{scores[r].mean():.4f} ({(scores[r] - base).mean():+.4f} ± "
+            f"{(scores[r] - base).std(ddof=1):.3f})"
+            for r in RULES
+        ]
+        print(f"| {name} | " + " | ".join(cells) + f" | {base.mean():.4f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
