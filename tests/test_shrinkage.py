@@ -134,6 +134,12 @@ def test_an_overfitted_run_is_shrunk_with_its_ranks_kept(tmp_path):
     assert likelihood[0] > likelihood[1]
     ckpt = json.loads((runs[True] / "summary.json").read_text())["best_checkpoint"]
     assert torch.load(ckpt, weights_only=True)[SHRINKAGE_KEY]["label_death"]["factor"] == factor
+    # last.ckpt resumes training: its weights stay as trained, never shrunk.
+    last = torch.load(runs[True] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert SHRINKAGE_KEY not in last
+    same = torch.load(runs[False] / "checkpoints" / "last.ckpt", weights_only=True)
+    for name, weight in last["state_dict"].items():
+        assert torch.equal(weight, same["state_dict"][name]), name
     predict(ckpt, csv, tmp_path / "pred")
     again = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     np.testing.assert_allclose(again.risk_label_death, shrunk.risk_label_death, atol=1e-6)

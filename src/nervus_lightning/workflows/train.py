@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -60,6 +61,8 @@ from nervus_lightning.workflows.explain import check_explain_options, explain_af
 from nervus_lightning.workflows.settings import TrainSettings
 
 log = logging.getLogger(__name__)
+#: The checkpoint that resumes training (Lightning's ``save_last``), never changed after training.
+LAST_CHECKPOINT = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
 # What every process would say alike before the processes meet (each DDP process runs the
 # command from its start): said by the first one only.
 say_once = rank_zero_only(log.info)
@@ -363,7 +366,8 @@ def train(
         for path in Path(checkpoint.dirpath).glob("*.ckpt"):
             if str(path) != best_path:
                 kept = NervusModule.load_from_checkpoint(path, map_location=device)
-                kept.shrink_to_validation(datamodule, device)
+                if path.name != LAST_CHECKPOINT:  # last.ckpt resumes training: weights as trained
+                    kept.shrink_to_validation(datamodule, device)
                 kept.finalize(datamodule, str(path), device=device)
     outputs = best.infer(datamodule.predict_dataloader(), device)
     best.finalize(datamodule, best_path, outputs=outputs)
