@@ -300,7 +300,9 @@ def test_predict_override_is_said_and_needs_val_rows(dataset, tmp_path):
 def test_validation_auroc_is_computed_on_probabilities(dataset, tmp_path):
     csv = dataset(images=False, n=96)
     run = tmp_path / "run"
-    _train(csv, run, [*TABULAR, "trainer.max_epochs=1"])
+    # No linear start: the kept model must be the epoch the learning curve scored (a kept
+    # linear start has no row there).
+    _train(csv, run, [*TABULAR, "trainer.max_epochs=1", "model.tabular.linear=false"])
     curve = pd.read_csv(run / "learning_curve.csv")
     predictions = pd.read_csv(run / "predictions.csv")
     val = predictions[predictions.split == "val"]
