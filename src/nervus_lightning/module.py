@@ -11,12 +11,10 @@ checkpoint and :meth:`NervusModule.load_from_checkpoint` restores a model that p
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -36,11 +34,9 @@ from nervus_lightning.models.linear_start import (
 )
 from nervus_lightning.optimisation import build_optimisation, check_optimisation_options
 from nervus_lightning.options import check_number
-from nervus_lightning.survival.shrinkage import scale_outputs, shrink_factor
+from nervus_lightning.survival.shrinkage import shrink_net
 from nervus_lightning.tasks.base import evaluation_options
 from nervus_lightning.tasks.registry import build_task
-
-log = logging.getLogger(__name__)
 
 #: Checkpoint key of the linear terms' chosen penalties (:meth:`NervusModule.start_linear_terms`).
 LINEAR_CHOICES_KEY = "nervus_linear_choices"
@@ -463,38 +459,24 @@ class NervusModule(L.LightningModule):
         self, datamodule: Any, device: torch.device | str | None = None
     ) -> dict[str, dict[str, Any]]:
         """Multiply each Cox label's log hazards by its calibration slope on the validation
-        rows when that is below 1 (:mod:`nervus_lightning.survival.shrinkage`), in the weights
-        themselves; before :meth:`finalize`, which fits the baseline hazard to the shrunk
-        risks and writes the weights into the checkpoint. Returns (and keeps in
+        rows when that is below 1 (:func:`nervus_lightning.survival.shrinkage.shrink_net`), in
+        the weights themselves; before :meth:`finalize`, which fits the baseline hazard to the
+        shrunk risks and writes the weights into the checkpoint. Returns (and keeps in
         :attr:`shrinkage`) each label's slope and factor; empty when the task does not shrink
         (``task.shrink=false``, discrete-time or competing-risk heads) or there is no
         validation split."""
-        labels = [j for j in range(len(self.schema.labels)) if self.task.shrinks(j)]
         val = datamodule.split_frame("val")
-        if not labels or not len(val):
+        if not len(val):
             return {}
-        before = self.infer(datamodule.eval_dataloader("val"), device)
-        chosen = {}
-        for j in labels:
-            spec = self.schema.labels[j]
-            time = pd.to_numeric(val[spec.period], errors="coerce").to_numpy(np.float64)
-            event = pd.to_numeric(val[spec.name], errors="coerce").to_numpy(np.float64)
-            risk = before[j][:, 0].astype(np.float64)
-            known = np.isfinite(time) & np.isfinite(event) & np.isfinite(risk)
-            choice = shrink_factor(risk[known], time[known], event[known], self.task.ties)
-            if choice.factor < 1.0:
-                scale_outputs(self.net, j, choice.factor)
-            chosen[spec.name] = choice
-        after = self.infer(datamodule.eval_dataloader("val"), device)
-        for j, name in zip(labels, chosen, strict=True):
-            expected = before[j] * chosen[name].factor
-            if not np.allclose(after[j], expected, rtol=1e-4, atol=1e-5):
-                raise RuntimeError(
-                    f"label '{name}': scaling the head's last layer did not scale its output "
-                    "(a head that ends in a non-linear layer); set task.shrink=false."
-                )
-        for name, choice in chosen.items():
-            log.info("label '%s': %s", name, choice.describe())
+        chosen = shrink_net(
+            self.net,
+            lambda: self.infer(datamodule.eval_dataloader("val"), device),
+            val,
+            self.schema.labels,
+            self.task,
+        )
+        if not chosen:
+            return {}
         self.shrinkage = {name: choice.summary() for name, choice in chosen.items()}
         return self.shrinkage
 

@@ -23,10 +23,13 @@ need nothing else.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -40,7 +43,10 @@ __all__ = [
     "calibration_slope",
     "scale_outputs",
     "shrink_factor",
+    "shrink_net",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Validation events needed to estimate the slope: ten events per estimated coefficient (one).
 MIN_SLOPE_EVENTS = 10
@@ -120,3 +126,42 @@ def scale_outputs(net: nn.Module, j: int, factor: float) -> None:
             term.weight.mul_(factor)
             if term.bias is not None:
                 term.bias.mul_(factor)
+
+
+@torch.no_grad()
+def shrink_net(
+    net: nn.Module,
+    infer_val: Callable[[], list[np.ndarray]],
+    val: pd.DataFrame,
+    labels: Sequence[Any],
+    task: Any,
+) -> dict[str, Shrinkage]:
+    """Shrink every label ``j`` of ``net`` that ``task.shrinks(j)`` by :func:`shrink_factor` of
+    its validation rows ``val`` (``labels``: the schema's label specs; ``infer_val``: the net's
+    outputs on those rows, one array per label). Checks that each output did scale (a head
+    ending in a non-linear layer would not) and logs each label's choice."""
+    shrunk = [j for j in range(len(labels)) if task.shrinks(j)]
+    if not shrunk:
+        return {}
+    before = infer_val()
+    chosen: dict[str, Shrinkage] = {}
+    for j in shrunk:
+        spec = labels[j]
+        time = pd.to_numeric(val[spec.period], errors="coerce").to_numpy(np.float64)
+        event = pd.to_numeric(val[spec.name], errors="coerce").to_numpy(np.float64)
+        risk = before[j][:, 0].astype(np.float64)
+        known = np.isfinite(time) & np.isfinite(event) & np.isfinite(risk)
+        choice = shrink_factor(risk[known], time[known], event[known], task.ties)
+        if choice.factor < 1.0:
+            scale_outputs(net, j, choice.factor)
+        chosen[spec.name] = choice
+    after = infer_val()
+    for j, name in zip(shrunk, chosen, strict=True):
+        if not np.allclose(after[j], before[j] * chosen[name].factor, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(
+                f"label '{name}': scaling the head's last layer did not scale its output "
+                "(a head that ends in a non-linear layer); set task.shrink=false."
+            )
+    for name, choice in chosen.items():
+        log.info("label '%s': %s", name, choice.describe())
+    return chosen

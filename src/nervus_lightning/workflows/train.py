@@ -278,6 +278,28 @@ def validate_start(
     return float(results[0]["val_loss"])
 
 
+def record_kept_models(
+    checkpoint: ModelCheckpoint,
+    start_path: Path,
+    start_score: float | None,
+    start_kept: bool,
+    policy: str,
+) -> None:
+    """Record in each kept checkpoint why it was kept, and remove the one that lost:
+    ``checkpoint=best`` keeps one model (the linear start or the best epoch's, whichever had
+    the lower val_loss), ``checkpoint=each`` every model that was the best when it was made,
+    the start too. ``start_score`` is None when the run saved no start."""
+    keep_losers = policy != "best"
+    if not start_kept or keep_losers:
+        record_checkpoint_choice(checkpoint.best_k_models, checkpoint.monitor, checkpoint.mode)
+    if start_score is not None and (start_kept or keep_losers):
+        choice = {str(start_path): start_score}
+        record_checkpoint_choice(choice, checkpoint.monitor, checkpoint.mode, linear_start=True)
+    if not keep_losers:
+        loser = Path(checkpoint.best_model_path) if start_kept else start_path
+        loser.unlink(missing_ok=True)
+
+
 @quiet_lightning()
 def train(
     settings: TrainSettings, run_dir: str | Path, callbacks: Sequence[L.Callback] = ()
@@ -345,17 +367,7 @@ def train(
     if not trainer.is_global_zero:
         return best_score
 
-    keep_losers = settings.checkpoint_policy != "best"
-    if not start_kept or keep_losers:
-        record_checkpoint_choice(checkpoint.best_k_models, checkpoint.monitor, checkpoint.mode)
-    if start_score is not None and (start_kept or keep_losers):
-        # checkpoint=each keeps every model that was the best when it was made: the start too.
-        choice = {str(start.path): start_score}
-        record_checkpoint_choice(choice, checkpoint.monitor, checkpoint.mode, linear_start=True)
-    # checkpoint=best keeps one model: the start or the best epoch's, whichever won.
-    if not keep_losers:
-        loser = Path(checkpoint.best_model_path) if start_kept else start.path
-        loser.unlink(missing_ok=True)
+    record_kept_models(checkpoint, start.path, start_score, start_kept, settings.checkpoint_policy)
     device = trainer.strategy.root_device
     log.info("post-training work (thresholds, baseline hazard, predictions) on %s", device)
     best = NervusModule.load_from_checkpoint(best_path, map_location=device)
@@ -377,9 +389,7 @@ def train(
         model_summary(
             best,
             epochs_run=trainer.current_epoch,
-            best_epoch=None
-            if start_kept
-            else torch.load(best_path, map_location="cpu", weights_only=True).get("epoch"),
+            best_epoch=torch.load(best_path, map_location="cpu", weights_only=True).get("epoch"),
             monitor=str(checkpoint.monitor),
             mode=str(checkpoint.mode),
             best_score=best_score,
