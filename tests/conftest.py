@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from nervus_lightning.checkpoints import CHOICE_KEY
 from nervus_lightning.cli.overrides import with_csv_data_group
 from nervus_lightning.config import config_dir
 
@@ -102,6 +104,21 @@ def compose_config(overrides: list[str]):
     ``data=csv``, as :func:`~nervus_lightning.cli.overrides.with_csv_data_group` does)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=with_csv_data_group(overrides))
+
+
+def assert_objective_is_the_kept_models(summary: dict, curve: pd.DataFrame) -> None:
+    """A run's objective (``summary.json``'s best_val_loss) is the lowest val_loss of its
+    learning curve, or, when the linear start was kept, the start's own val_loss: then the
+    best epoch's (the curve's lowest) was not lower by more than one standard error."""
+    kept = summary["best_checkpoint"]
+    if not kept.endswith("linear_start.ckpt"):
+        assert summary["best_val_loss"] == pytest.approx(curve["val_loss"].min(), rel=1e-5)
+        return
+    choice = torch.load(kept, map_location="cpu", weights_only=True)[CHOICE_KEY]
+    start = choice["start_choice"]
+    assert summary["best_val_loss"] == pytest.approx(start["start_loss"])
+    assert start["best_loss"] == pytest.approx(curve["val_loss"].min(), rel=1e-4)
+    assert start["start_loss"] - start["best_loss"] <= start["se"]
 
 
 def run_command(module: str, args: list[str], cwd: Path, timeout: int = 600):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, compose_config
+from conftest import FAST, assert_objective_is_the_kept_models, compose_config
 from PIL import Image
 from sklearn.metrics import (
     accuracy_score,
@@ -69,15 +69,11 @@ def _assert_reloaded_best_checkpoint_reproduces(run, csv):
 
 def _assert_learning_curve(run, epochs):
     """One row per epoch, finite losses, and the summary's objective is its lowest val_loss (or
-    the linear start's, before training, when that was lower and the start was kept)."""
+    the linear start's, before training, when the start was kept)."""
     curve = pd.read_csv(run / "learning_curve.csv")
     assert list(curve.epoch) == list(range(epochs))
     assert np.isfinite(curve[["train_loss", "val_loss"]].to_numpy()).all()
-    summary = json.loads((run / "summary.json").read_text())
-    if summary["best_checkpoint"].endswith("linear_start.ckpt"):
-        assert summary["best_val_loss"] <= curve.val_loss.min()
-    else:
-        assert summary["best_val_loss"] == pytest.approx(curve.val_loss.min(), rel=1e-5)
+    assert_objective_is_the_kept_models(json.loads((run / "summary.json").read_text()), curve)
     return curve
 
 

@@ -115,10 +115,10 @@ class LinearStartCheckpoint(L.Callback):
     nothing (:mod:`nervus_lightning.models.linear_start`).
 
     After training, this start competes with the epochs' best checkpoint on the validation loss
-    (:func:`nervus_lightning.workflows.train.train`): on small or nearly linear data the epochs
-    after the start mostly fit noise, and the lowest val_loss over many epochs is an optimistic
-    estimate, so the start is kept whenever no epoch beat it. A resumed run (a global step
-    above 0) keeps the file its first part wrote.
+    (:func:`nervus_lightning.start_choice.choose_start`): on small or nearly linear data the
+    epochs after the start mostly fit noise, and the lowest val_loss over many epochs is an
+    optimistic estimate, so the start is kept unless the best epoch beat it by more than one
+    standard error. A resumed run (a global step above 0) keeps the file its first part wrote.
     """
 
     def __init__(self, dirpath: str | os.PathLike) -> None:

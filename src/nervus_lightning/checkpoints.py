@@ -153,13 +153,18 @@ CHOICE_KEY = "checkpoint_choice"
 
 
 def record_checkpoint_choice(
-    kept: Mapping[str, Any], monitor: str, mode: str, linear_start: bool = False
+    kept: Mapping[str, Any],
+    monitor: str,
+    mode: str,
+    linear_start: bool = False,
+    start_choice: Mapping[str, Any] | None = None,
 ) -> None:
     """Write into each checkpoint of ``kept`` (path -> monitored value, as a ModelCheckpoint's
     ``best_k_models``) the value it was kept for, so that the checkpoint alone says how it was
     chosen (``predict``'s model summary reads it). ``linear_start``: the checkpoints are the
     model as it started, before training (:class:`nervus_lightning.callbacks.
-    LinearStartCheckpoint`), kept because no epoch had a better value."""
+    LinearStartCheckpoint`). ``start_choice``: the comparison of that start with the best
+    epoch (:class:`nervus_lightning.start_choice.StartChoice`, as plain numbers)."""
     for path, score in kept.items():
         if not Path(path).is_file():
             continue
@@ -167,4 +172,6 @@ def record_checkpoint_choice(
         checkpoint[CHOICE_KEY] = {"monitor": monitor, "mode": mode, "score": float(score)}
         if linear_start:
             checkpoint[CHOICE_KEY]["linear_start"] = True
+        if start_choice is not None:
+            checkpoint[CHOICE_KEY]["start_choice"] = dict(start_choice)
         save_atomically(checkpoint, path)

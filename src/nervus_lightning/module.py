@@ -46,7 +46,7 @@ SHRINKAGE_KEY = "nervus_shrinkage"
 EVAL_STAGES = ("val", "test")
 TASK_STATE_KEY = "nervus_task_state"
 #: Batch entries that are model inputs, not per-case values the epoch's losses need.
-_INPUT_KEYS = ("image", "tabular")
+INPUT_KEYS = ("image", "tabular")
 _OUTPUT_KEY = "_output_"
 #: Config keys of the task group that select demo data, not task options.
 _DEMO_KEYS = ("name", "demo_labels", "demo_positive_class")
@@ -317,7 +317,7 @@ class NervusModule(L.LightningModule):
         # Losses and metrics are computed once per epoch on the whole split (see
         # _log_eval_epoch): with several processes every case then counts once, and the
         # survival loss sees the risk sets of the whole split rather than of each batch.
-        record = {k: v for k, v in batch.items() if k not in _INPUT_KEYS and torch.is_tensor(v)}
+        record = {k: v for k, v in batch.items() if k not in INPUT_KEYS and torch.is_tensor(v)}
         record.update({f"{_OUTPUT_KEY}{j}": out.detach() for j, out in enumerate(outputs)})
         self._eval_records.setdefault(stage, []).append(record)
 

@@ -21,6 +21,7 @@ from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.errors import ID_COLUMN, SPLIT_COLUMN
 from nervus_lightning.files import atomic_write
 from nervus_lightning.models.penalty import describe_choice
+from nervus_lightning.start_choice import StartChoice
 from nervus_lightning.survival.shrinkage import Shrinkage
 
 PREDICTIONS = "predictions.csv"
@@ -162,6 +163,7 @@ def model_summary(
     checkpoint: str | os.PathLike | None,
     stopped_early: int | None = None,
     linear_start: bool = False,
+    start_choice: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What was trained, for the top of the report (``model_summary.json``; no patient data).
 
@@ -172,7 +174,9 @@ def model_summary(
     ``stopped_early``: the patience, when early stopping ended training before
     ``trainer.max_epochs``. Each linear term's penalty choice is a row of its own.
     ``linear_start``: the kept checkpoint is the model as it started, before training (the
-    penalised linear model), which no epoch beat on the monitored value.
+    penalised linear model); ``start_choice``: its comparison with the best epoch
+    (:class:`~nervus_lightning.start_choice.StartChoice` as plain numbers), said in
+    the row of the checkpoint chosen.
     """
     schema = module.schema
     hp = module.hparams
@@ -214,16 +218,17 @@ def model_summary(
     best = "lowest" if mode == "min" else "highest"
     if linear_start:
         chosen = "the linear start, before training"
-        if best_score is not None:
+        if start_choice is None and best_score is not None:  # a checkpoint of an older run
             chosen += f": {best} {monitor} = {best_score:.4g}"
-        chosen += ", no epoch's checkpoint " + ("lower" if mode == "min" else "higher")
         best_epoch = None
     else:
         chosen = f"epoch {best_epoch}" if best_epoch is not None else "the best checkpoint"
         if best_score is not None:
-            chosen += f", {best} {monitor} = {best_score:.4g}"
+            chosen += f", {best} {monitor} of the epochs = {best_score:.4g}"
     if checkpoint:
         chosen += f" ({Path(checkpoint).name})"
+    if start_choice is not None:
+        chosen += f": {StartChoice(**start_choice).describe(monitor)}"
     rows.append(["checkpoint chosen", chosen])
     summary: dict[str, Any] = {"rows": rows, "best_epoch": best_epoch, "monitor": monitor}
     if linear_start:
@@ -247,6 +252,8 @@ def checkpoint_choice(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
         found["best_score"] = float(recorded["score"])
         if recorded.get("linear_start"):
             found.update(best_epoch=None, linear_start=True)
+        if isinstance(recorded.get("start_choice"), Mapping):
+            found["start_choice"] = dict(recorded["start_choice"])
         return found
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if not str(key).startswith("ModelCheckpoint") or not isinstance(state, Mapping):

@@ -151,7 +151,8 @@ def _diverged(curve: pd.DataFrame | None, start_kept: bool = False) -> str | Non
     rise = max(DIVERGENCE_RISE * abs(losses[best]), 0.05)
     if after.min() > losses[best] and after[-1] > losses[best] + rise:
         where = (
-            "the linear start, before training, was kept (no epoch had a lower val_loss); the "
+            "the linear start, before training, was kept (no epoch's val_loss was lower by "
+            "more than one standard error); the "
             f"best epoch, {epochs[best]}, had val_loss {losses[best]:.4g}"
             if start_kept
             else f"the kept checkpoint is from epoch {epochs[best]} (val_loss {losses[best]:.4g})"

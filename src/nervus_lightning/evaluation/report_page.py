@@ -393,9 +393,9 @@ def _curve_caption(model_summary: Mapping | None, curve: pd.DataFrame | None) ->
     best = (model_summary or {}).get("best_epoch")
     if (model_summary or {}).get("linear_start_kept"):
         text += (
-            " The model as it started, before training (the penalised linear start), had a "
-            "lower validation loss than every epoch: it was kept and made every prediction in "
-            "this report."
+            " The model as it started, before training (the penalised linear start), was "
+            "kept: no epoch's validation loss was lower than its by more than one standard "
+            "error (the model table gives both). It made every prediction in this report."
         )
     elif best is not None:
         monitor = (model_summary or {}).get("monitor") or "val_loss"

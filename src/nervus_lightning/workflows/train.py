@@ -46,7 +46,7 @@ from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.demo import DEMO_TIME_UNIT
 from nervus_lightning.data.schema import DataSchema
 from nervus_lightning.data.sources import resolve_data
-from nervus_lightning.errors import TEST, NervusInputError
+from nervus_lightning.errors import TEST, VAL, NervusInputError
 from nervus_lightning.module import NervusModule
 from nervus_lightning.outputs import (
     PREDICTIONS,
@@ -56,6 +56,7 @@ from nervus_lightning.outputs import (
     write_model_summary,
     write_predictions,
 )
+from nervus_lightning.start_choice import StartChoice, choose_start
 from nervus_lightning.workflows.evaluate import check_evaluation_options, evaluate_run
 from nervus_lightning.workflows.explain import check_explain_options, explain_after_training
 from nervus_lightning.workflows.settings import TrainSettings
@@ -266,37 +267,37 @@ def check_output_folder(run_dir: Path, module: L.LightningModule) -> None:
         )
 
 
-def validate_start(
-    trainer: L.Trainer, module: L.LightningModule, datamodule: NervusDataModule, path: Path
-) -> float | None:
-    """The validation loss of the model as it started (``path``, written by
-    :class:`~nervus_lightning.callbacks.LinearStartCheckpoint`), computed as every epoch's
-    ``val_loss`` is; None when the run saved no start (no linear terms)."""
-    if not path.is_file():
-        return None
-    results = trainer.validate(module, datamodule=datamodule, ckpt_path=str(path), verbose=False)
-    return float(results[0]["val_loss"])
-
-
 def record_kept_models(
     checkpoint: ModelCheckpoint,
     start_path: Path,
-    start_score: float | None,
-    start_kept: bool,
+    start_choice: StartChoice | None,
     policy: str,
 ) -> None:
     """Record in each kept checkpoint why it was kept, and remove the one that lost:
-    ``checkpoint=best`` keeps one model (the linear start or the best epoch's, whichever had
-    the lower val_loss), ``checkpoint=each`` every model that was the best when it was made,
-    the start too. ``start_score`` is None when the run saved no start."""
+    ``checkpoint=best`` keeps one model (the linear start or the best epoch's, as
+    :func:`~nervus_lightning.start_choice.choose_start` chose), ``checkpoint=each``
+    every model that was the best when it was made, the start too. ``start_choice`` is None
+    when the run saved no start."""
     keep_losers = policy != "best"
+    start_kept = start_choice is not None and start_choice.kept
+    summary = start_choice.summary() if start_choice is not None else None
+    monitor, mode, best = checkpoint.monitor, checkpoint.mode, checkpoint.best_model_path
     if not start_kept or keep_losers:
-        record_checkpoint_choice(checkpoint.best_k_models, checkpoint.monitor, checkpoint.mode)
-    if start_score is not None and (start_kept or keep_losers):
-        choice = {str(start_path): start_score}
-        record_checkpoint_choice(choice, checkpoint.monitor, checkpoint.mode, linear_start=True)
+        # The comparison with the start is about the best epoch only.
+        others = {p: s for p, s in checkpoint.best_k_models.items() if p != best}
+        record_checkpoint_choice(others, monitor, mode)
+        best_kept = {best: checkpoint.best_k_models[best]}
+        record_checkpoint_choice(best_kept, monitor, mode, start_choice=summary)
+    if start_choice is not None and (start_kept or keep_losers):
+        record_checkpoint_choice(
+            {str(start_path): start_choice.start_loss},
+            monitor,
+            mode,
+            linear_start=True,
+            start_choice=summary,
+        )
     if not keep_losers:
-        loser = Path(checkpoint.best_model_path) if start_kept else start_path
+        loser = Path(best) if start_kept else start_path
         loser.unlink(missing_ok=True)
 
 
@@ -351,24 +352,20 @@ def train(
     if not best_path:
         raise RuntimeError("training produced no checkpoint (did validation run?)")
     best_score = float(checkpoint.best_model_score)
-    start_score = validate_start(trainer, module, datamodule, start.path)
-    start_kept = start_score is not None and start_score <= best_score
+    device = trainer.strategy.root_device
+    start_choice = choose_start(start.path, best_path, datamodule.eval_dataloader(VAL), device)
+    start_kept = start_choice is not None and start_choice.kept
+    if start_choice is not None:
+        kept = "the linear start, before training" if start_kept else Path(best_path).name
+        log.info("kept %s: %s", kept, start_choice.describe())
     if start_kept:
-        log.info(
-            "the linear start (val_loss %.4g, before training) is kept: no epoch's "
-            "checkpoint had a lower val_loss (the best, %.4g, was %s)",
-            start_score,
-            best_score,
-            Path(best_path).name,
-        )
-        best_path, best_score = str(start.path), start_score
+        best_path, best_score = str(start.path), start_choice.start_loss
     if (datamodule.frame["split"] == TEST).any():
         trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
     if not trainer.is_global_zero:
         return best_score
 
-    record_kept_models(checkpoint, start.path, start_score, start_kept, settings.checkpoint_policy)
-    device = trainer.strategy.root_device
+    record_kept_models(checkpoint, start.path, start_choice, settings.checkpoint_policy)
     log.info("post-training work (thresholds, baseline hazard, predictions) on %s", device)
     best = NervusModule.load_from_checkpoint(best_path, map_location=device)
     best.shrink_to_validation(datamodule, device)
@@ -396,6 +393,7 @@ def train(
             checkpoint=best_path,
             stopped_early=stopping.patience if stopping and stopping.stopped_epoch else None,
             linear_start=start_kept,
+            start_choice=start_choice.summary() if start_choice is not None else None,
         ),
     )
     explain_after_training(settings.explain, best, datamodule, run_dir, device)
