@@ -41,7 +41,6 @@ def test_missing_csv_and_bad_config_value(tmp_path):
     assert out.returncode == 2 and "optimizer='adamx' is not one of" in out.stderr
 
 
-@pytest.mark.slow
 def test_multirun_and_predict_cli(dataset, tmp_path):
     csv = dataset(images=False, extra_splits={"external": 5})
     out = run(

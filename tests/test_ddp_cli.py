@@ -121,7 +121,6 @@ def test_ddp_classification_counts_every_case_once(dataset, tmp_path):
     assert row["val_loss"] == pytest.approx(total, rel=1e-5)
 
 
-@pytest.mark.slow
 def test_ddp_survival_counts_every_case_once(dataset, tmp_path):
     csv = dataset(n=N_CASES, task="survival")
     run_dir = tmp_path / "run"

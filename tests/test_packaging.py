@@ -8,8 +8,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from nervus_lightning.config import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +17,6 @@ def test_source_checkout_uses_repository_conf():
     assert Path(config_dir()) == ROOT / "conf"
 
 
-@pytest.mark.slow
 def test_wheel_ships_conf_and_hydra_finds_it(tmp_path):
     subprocess.run(
         [

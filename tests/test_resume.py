@@ -77,7 +77,6 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
 
 
-@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(dataset, tmp_path):
     csv = dataset()
     whole = tmp_path / "whole"
