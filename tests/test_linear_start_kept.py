@@ -107,6 +107,11 @@ def test_the_start_gives_way_to_a_network_that_beat_it(tmp_path):
     assert not (tmp_path / "run" / "checkpoints" / LINEAR_START_CHECKPOINT).exists()
     model = json.loads((tmp_path / "run" / "model_summary.json").read_text())
     assert model["best_epoch"] is not None and "linear_start_kept" not in model
+    # The network's gain is more than the noise of the validation rows, and the table says so.
+    kept = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    choice = kept[CHOICE_KEY]["start_choice"]
+    assert choice["start_loss"] - choice["best_loss"] > choice["se"] > 0 and not choice["kept"]
+    assert "more than one standard error" in dict(model["rows"])["checkpoint chosen"]
 
 
 def test_a_network_better_by_less_than_one_standard_error_gives_way_to_the_start(tmp_path):
