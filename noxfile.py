@@ -1,4 +1,5 @@
-"""Developer sessions: ``nox -s tests`` (the README's test command), ``nox -s lint`` and
+"""Developer sessions: ``nox -s tests`` (the README's test command; ``nox -s tests -- -m slow``
+the slow-marked tests it leaves out), ``nox -s lint`` and
 ``nox -s docs`` (the documentation site, warnings as errors)."""
 
 import nox
