@@ -394,8 +394,8 @@ def _curve_caption(model_summary: Mapping | None, curve: pd.DataFrame | None) ->
     if (model_summary or {}).get("linear_start_kept"):
         text += (
             " The model as it started, before training (the penalised linear start), was "
-            "kept: no epoch's validation loss was lower than its by more than one standard "
-            "error (the model table gives both). It made every prediction in this report."
+            "kept: no epoch's validation loss was lower than the start's by more than one "
+            "standard error (the model table gives both). It made every prediction in this report."
         )
     elif best is not None:
         monitor = (model_summary or {}).get("monitor") or "val_loss"
