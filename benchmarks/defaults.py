@@ -71,6 +71,7 @@ Usage::
     python benchmarks/defaults.py --large                           # flchain too
     python benchmarks/defaults.py --datasets breast_cancer diabetes --seeds 2
     python benchmarks/defaults.py --quick --datasets iris veterans_lung_cancer   # smoke test
+    python benchmarks/defaults.py --override trainer.max_epochs=300   # try a candidate default
 """
 
 from __future__ import annotations
@@ -301,8 +302,9 @@ def write_nervus_csv(name: str, seed: int, path: Path, raw: Raw | None = None) -
 # --------------------------------------------------------------------------------------------
 
 
-def nervus_command(csv: Path, task: str, run_dir: Path, quick: bool = False) -> list[str]:
-    """The user's command (module docstring), with ``sys.executable``."""
+def nervus_command(csv: Path, task: str, run_dir: Path, overrides: Sequence[str] = ()) -> list[str]:
+    """The user's command (module docstring), with ``sys.executable``, then ``overrides``
+    (``--quick``, ``--override``)."""
     return [
         sys.executable,
         "-m",
@@ -313,7 +315,7 @@ def nervus_command(csv: Path, task: str, run_dir: Path, quick: bool = False) -> 
         f"hydra.run.dir={run_dir}",
         "evaluation.n_bootstrap=0",
         "trainer.enable_progress_bar=false",
-        *(QUICK_OVERRIDES if quick else ()),
+        *overrides,
     ]
 
 
@@ -358,11 +360,13 @@ def library_check(run_dir: Path, task: str, label: str, scores: dict) -> float:
     return difference
 
 
-def run_nervus(csv: Path, task: str, label: str, run_dir: Path, quick: bool = False) -> dict:
+def run_nervus(
+    csv: Path, task: str, label: str, run_dir: Path, overrides: Sequence[str] = ()
+) -> dict:
     """Run the user's command on ``csv``; its test scores, seconds and what it chose."""
     start = time.perf_counter()
     done = subprocess.run(
-        nervus_command(csv, task, run_dir, quick),
+        nervus_command(csv, task, run_dir, overrides),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -598,7 +602,7 @@ class Described:
 
 
 def run_dataset(
-    name: str, seeds: Sequence[int], folder: Path, quick: bool = False, log=print
+    name: str, seeds: Sequence[int], folder: Path, overrides: Sequence[str] = (), log=print
 ) -> tuple[Described, list[dict]]:
     """Every seed of one data set: the nervus run and each baseline; one dict per model x seed."""
     raw = DATASETS[name].load()
@@ -619,7 +623,7 @@ def run_dataset(
             )
         base = {"dataset": name, "task": task, "seed": seed}
         try:
-            scores = run_nervus(csv, task, label, folder / f"{name}_seed{seed}_run", quick)
+            scores = run_nervus(csv, task, label, folder / f"{name}_seed{seed}_run", overrides)
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             log(f"  {name} seed {seed}: nervus failed: {error}")
             scores = {"error": str(error).splitlines()[0]}
@@ -786,9 +790,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown table")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs: a smoke test")
     parser.add_argument("--keep", type=Path, help="keep CSVs and run folders here")
+    parser.add_argument(
+        "--override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra overrides added to the user's command (to try a candidate default)",
+    )
     args = parser.parse_args(argv)
     names = args.datasets or [n for n, d in DATASETS.items() if args.large or not d.large]
     seeds = range(1 if args.quick else args.seeds)
+    overrides = [*(QUICK_OVERRIDES if args.quick else ()), *args.override]
     out = args.out
     runs_csv = out.with_name(out.stem + "_runs.csv")
     given = list(argv if argv is not None else sys.argv[1:])
@@ -804,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             print(f"{name}:", flush=True)
             described[name], found = run_dataset(
-                name, seeds, folder, args.quick, log=lambda s: print(s, flush=True)
+                name, seeds, folder, overrides, log=lambda s: print(s, flush=True)
             )
             records += found
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,9 @@ machine that slows down in the middle slows both; the table gives wall seconds o
 command (start-up, training, evaluation, report), median and min, and the ratio of the medians.
 The CSV is a seeded simulation (:func:`simulated_cox`): 1,000 rows, 10 standard normal inputs of
 which 3 act linearly on the log hazard, exponential event and censoring times (about 60 %
-events), split 60/20/20.
+events), split 60/20/20. ``--dataset NAME`` takes one of ``defaults.py``'s data sets instead
+(split seed 0), e.g. ``sim_nonlinear``, where the network keeps learning to the epoch cap: the
+dearest case of the defaults.
 """
 
 from __future__ import annotations
@@ -73,12 +75,21 @@ def main() -> None:
     parser.add_argument("--old", type=Path, required=True, help="the older checkout (its root)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument(
+        "--dataset", help="a defaults.py data set (split seed 0) instead of the simulation"
+    )
     args = parser.parse_args()
     checkouts = {"old": args.old.resolve(), "new": ROOT}
     times: dict[str, list[float]] = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "cost.csv"
-        simulated_cox(args.rows).to_csv(csv, index=False)
+        if args.dataset:
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from defaults import DATASETS, write_nervus_csv
+
+            write_nervus_csv(args.dataset, 0, csv, DATASETS[args.dataset].load())
+        else:
+            simulated_cox(args.rows).to_csv(csv, index=False)
         for repeat in range(args.repeats):
             for name, checkout in checkouts.items():
                 seconds, summary = run_once(checkout, csv, Path(tmp) / f"{name}{repeat}")

@@ -195,3 +195,14 @@ def test_linear_start_choice_prints_one_row_per_data_set(monkeypatch, capsys):
     assert len(cells) == len(module.RULES) + 1
     for cell in cells:
         assert 0.5 < float(cell.split()[0]) < 1.0
+
+
+def test_overrides_follow_the_users_command(bench, tmp_path):
+    """``--quick`` and ``--override`` add Hydra overrides after the user's command, which alone
+    sets no epoch count."""
+    csv, run = tmp_path / "a.csv", tmp_path / "run"
+    command = bench.nervus_command(csv, "survival", run)
+    assert command[3:6] == [f"data.csv={csv}", "task=survival", "model/extractor=none"]
+    assert not any(arg.startswith("trainer.max_epochs") for arg in command)
+    extra = ["trainer.max_epochs=600", "early_stopping.patience=5"]
+    assert bench.nervus_command(csv, "survival", run, extra)[-2:] == extra

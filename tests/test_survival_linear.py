@@ -123,7 +123,11 @@ def test_default_survival_run_on_a_tabular_csv(dataset, tmp_path):
     csv = dataset(task="survival", n=80, images=False)
     command = [f"data.csv={csv}", "task=survival", "model/extractor=none", *QUIET]
     cfg = compose_config(command)
-    assert cfg.data.batch_size >= 80 and cfg.trainer.max_epochs > 10
+    assert cfg.data.batch_size >= 80
+    # One full-batch step per epoch: a network that learns a nonlinear effect needs a few
+    # hundred (benchmarks/README.md, "The epoch cap of tabular survival"); early stopping ends
+    # the rest.
+    assert cfg.trainer.max_epochs >= 600 and cfg.early_stopping.patience == 20
     assert cfg.model.tabular.linear == "auto" and cfg.model.ensemble == 5
     # Fewer epochs than the default, to keep the test short; everything else is the default.
     cfg = compose_config([*command, "trainer.max_epochs=3"])
