@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -12,10 +13,12 @@ import pytest
 import torch
 from conftest import FAST, compose_config
 
+from nervus_lightning.callbacks import plot_learning_curve
 from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError
 from nervus_lightning.evaluation import plots
+from nervus_lightning.evaluation.report_page import _curve_caption
 from nervus_lightning.evaluation.survival_calibration import (
     plot_survival_calibration,
     survival_calibration_table,
@@ -54,6 +57,30 @@ def test_learning_curves_mark_the_chosen_epoch():
     fig = plots.plot_learning_curves(curve, best_epoch=1)
     marked = [line for line in fig.axes[0].get_lines() if line.get_label() == "checkpoint chosen"]
     assert len(marked) == 1 and list(marked[0].get_xdata()) == [1, 1]
+    assert fig.axes[0].get_lines()[0].get_marker() == "."
+
+
+def test_a_long_learning_curve_is_drawn_without_a_marker_per_epoch(tmp_path):
+    """Hundreds of epochs (the tabular survival cap is 600) as plain lines, in the report and in
+    the run folder's learning_curve.png: a marker per epoch would thicken them into bands."""
+    epochs = np.arange(600)
+    curve = pd.DataFrame({"epoch": epochs, "train_loss": 5 - epochs / 600, "val_loss": 4.0})
+    fig = plots.plot_learning_curves(curve, best_epoch=550)
+    assert {line.get_marker() for line in fig.axes[0].get_lines()} == {"None"}
+    lines = []
+    with patch("matplotlib.axes.Axes.plot", side_effect=lambda *a, **k: lines.append(k)):
+        plot_learning_curve(curve, tmp_path / "curve.png")
+    assert [k["marker"] for k in lines] == [None, None]
+    lines.clear()
+    with patch("matplotlib.axes.Axes.plot", side_effect=lambda *a, **k: lines.append(k)):
+        plot_learning_curve(curve.head(20), tmp_path / "short.png")
+    assert [k["marker"] for k in lines] == ["o", "o"]
+
+
+@pytest.mark.parametrize("survival", [True, False])
+def test_the_curve_caption_says_why_a_cox_loss_differs_between_splits(survival):
+    caption = _curve_caption({"best_epoch": 3}, None, survival=survival)
+    assert ("compare each curve's shape" in caption) is survival
 
 
 def test_training_report_shows_the_model_and_the_time_unit(dataset, tmp_path):
@@ -84,6 +111,7 @@ def test_training_report_shows_the_model_and_the_time_unit(dataset, tmp_path):
     page = (run / "evaluation" / "report.html").read_text(encoding="utf-8")
     assert page.index("The model") < page.index("headline metrics")
     assert f"Dashed line: epoch {checkpoint['epoch']}" in page
+    assert "With a Cox model the loss (negative partial log-likelihood per event) grows" in page
     assert "median time (months)" in page
     assert re.search(r"Calibration of label_death at t = [0-9.]+ months", page)
     assert re.search(r"td-AUC at t = [0-9.]+ months", page)

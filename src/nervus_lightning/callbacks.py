@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from nervus_lightning.errors import NervusInputError
+from nervus_lightning.evaluation.plots import MARKED_EPOCHS
 from nervus_lightning.options import check_keys, check_number
 from nervus_lightning.outputs import atomic_write, write_csv
 
@@ -233,9 +234,11 @@ def plot_learning_curve(frame: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    # A marker per epoch shows a short run's epochs; hundreds of them only thicken the line.
+    marker = "o" if len(frame) <= MARKED_EPOCHS else None
     for col in ("train_loss", "val_loss"):
         if col in frame.columns:
-            ax.plot(frame["epoch"], frame[col], marker="o", label=col.replace("_", " "))
+            ax.plot(frame["epoch"], frame[col], marker=marker, label=col.replace("_", " "))
     if "val_loss" in frame.columns and frame["val_loss"].notna().any():
         best = int(frame.loc[frame["val_loss"].idxmin(), "epoch"])
         ax.axvline(best, color="black", ls="--", lw=1, label=f"lowest val loss (epoch {best})")

@@ -399,6 +399,11 @@ def plot_bland_altman(
     return fig
 
 
+#: Learning curves of at most this many epochs mark each epoch, here and in the run folder's
+#: ``learning_curve.png``: hundreds of markers only thicken the line.
+MARKED_EPOCHS = 60
+
+
 def plot_learning_curves(
     curves: pd.DataFrame,
     *,
@@ -427,7 +432,8 @@ def plot_learning_curves(
         for column in columns:
             values = curves[column]
             keep = values.notna()
-            ax.plot(x[keep], values[keep], marker=".", label=column)
+            marker = "." if keep.sum() <= MARKED_EPOCHS else None
+            ax.plot(x[keep], values[keep], marker=marker, label=column)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="black", ls="--", lw=1, label=best_label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -371,14 +371,18 @@ def report_context(
         "data": _data_table(predictions, ctx),
         "learning_curve": data_uri(learning_curve_png) if learning_curve_png else None,
         "model": [(str(k), str(v)) for k, v in (model_summary or {}).get("rows", [])],
-        "curve_caption": _curve_caption(model_summary, learning_curve),
+        "curve_caption": _curve_caption(
+            model_summary, learning_curve, survival=any(s.task == "survival" for s in sections)
+        ),
         "config": config,
         # The run diagnostics' findings, atop the page.
         "warnings": list(warnings or []),
     }
 
 
-def _curve_caption(model_summary: Mapping | None, curve: pd.DataFrame | None) -> str:
+def _curve_caption(
+    model_summary: Mapping | None, curve: pd.DataFrame | None, survival: bool = False
+) -> str:
     text = (
         "Loss per epoch (epochs counted from 0) on the training split (train_loss, the mean "
         "over the epoch's batches, with dropout and augmentation on) and on the validation split "
@@ -390,6 +394,13 @@ def _curve_caption(model_summary: Mapping | None, curve: pd.DataFrame | None) ->
     if any("loss" not in c for c in columns):
         text += "; right panel: the validation metrics logged during training"
     text += "."
+    if survival:
+        text += (
+            " With a Cox model the loss (negative partial log-likelihood per event) grows with "
+            "the number of patients in the risk sets it compares (each training batch, the "
+            "whole validation split), so the two curves' levels differ on that count too: "
+            "compare each curve's shape, not the gap between them."
+        )
     best = (model_summary or {}).get("best_epoch")
     if (model_summary or {}).get("linear_start_kept"):
         text += (
