@@ -27,9 +27,11 @@ classification, at random for regression; :func:`split_rows`), written as a Nerv
      ``CoxPHSurvivalAnalysis`` (Efron ties) with its ridge ``alpha`` chosen the same way from
      :data:`RIDGE_ALPHAS`; ``rsf`` = ``RandomSurvivalForest(n_estimators=200,
      min_samples_leaf=15, random_state=s, n_jobs=2)`` on train, not tuned.
-   * classification: ``logistic`` = ``LogisticRegressionCV`` (5-fold CV on train),
+   * classification: ``logistic`` = ``LogisticRegressionCV`` (ridge, 5-fold CV on train),
+     ``logistic_enet`` = the same with the elastic net (``l1_ratios=(0.5,)``, saga),
      ``hgb`` = ``HistGradientBoostingClassifier(random_state=s)``.
-   * regression: ``ridge`` = ``RidgeCV`` (efficient leave-one-out on train), ``hgb`` =
+   * regression: ``ridge`` = ``RidgeCV`` (efficient leave-one-out on train), ``enet`` =
+     ``ElasticNetCV(l1_ratio=0.5)`` (5-fold CV on train), ``hgb`` =
      ``HistGradientBoostingRegressor(random_state=s)``.
 
    Test scores with the libraries' own functions: ``concordance_index_censored``,
@@ -50,8 +52,11 @@ minus that model on each seed (mean ± sd over seeds). The **target** (issue 19)
   difference is positive and larger than its sd over seeds.
 
 Data sets (:data:`DATASETS`): every tabular set shipped inside scikit-learn and scikit-survival,
-nothing downloaded, plus four simulations (:func:`sim_highdim`, :func:`sim_nonlinear`,
-:func:`sim_interaction`, :func:`sim_regression`; each docstring gives its formula; the rows are
+nothing downloaded, plus seven simulations (:func:`sim_highdim`, :func:`sim_nonlinear`,
+:func:`sim_interaction`, :func:`sim_regression`, and more inputs than training rows or a
+nonlinear class for the other heads: :func:`sim_classification_highdim`,
+:func:`sim_regression_highdim`, :func:`sim_classification_nonlinear`; each docstring gives its
+formula; the rows are
 drawn once from :data:`SIMULATION_SEED`, only the split changes with the seed). Encoding
 (:func:`nervus_lightning.survival.presets.encode_inputs`, shared with the survival presets):
 numbers copied, categoricals one-hot with the first level dropped, and a missing number
@@ -104,13 +109,13 @@ QUICK_OVERRIDES = ("trainer.max_epochs=2",)
 RUN_TIMEOUT = 3600
 LINEAR = {
     "survival": ("coxnet", "coxph"),
-    "classification": ("logistic",),
-    "regression": ("ridge",),
+    "classification": ("logistic", "logistic_enet"),
+    "regression": ("ridge", "enet"),
 }
 BASELINES = {
     "survival": ("coxnet", "coxph", "rsf"),
-    "classification": ("logistic", "hgb"),
-    "regression": ("ridge", "hgb"),
+    "classification": ("logistic", "logistic_enet", "hgb"),
+    "regression": ("ridge", "enet", "hgb"),
 }
 METRIC = {"survival": "c_index", "classification": "auroc", "regression": "r2"}
 #: How far below the better linear baseline the nervus mean may be (issue 19's target).
@@ -222,6 +227,53 @@ def sim_regression() -> Raw:
     return Raw("regression", pd.DataFrame(x, columns=[f"x{j + 1}" for j in range(8)]), y)
 
 
+def _highdim_inputs(n: int = 150, p: int = 100) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """``x`` ~ N(0, I_p) and the linear score ``0.8 (x1 + x2 + x3 - x4 - x5)``: more inputs (100)
+    than training rows (90 of 150)."""
+    rng = np.random.default_rng(SIMULATION_SEED)
+    x = rng.standard_normal((n, p))
+    score = 0.8 * (x[:, 0] + x[:, 1] + x[:, 2] - x[:, 3] - x[:, 4])
+    return rng.random(n), score, pd.DataFrame(x, columns=[f"x{j + 1}" for j in range(p)])
+
+
+def sim_classification_highdim() -> Raw:
+    r"""A binary class from 5 of 100 inputs, 150 rows: 90 training rows for 100 inputs,
+
+    .. math:: P(y = 1 \mid x) = \operatorname{logit}^{-1}(0.8\,(x_1 + x_2 + x_3 - x_4 - x_5)),
+
+    so no unpenalised logistic fit exists; a penalised one finds the five.
+    """
+    uniform, score, features = _highdim_inputs()
+    return Raw("classification", features, (uniform < 1 / (1 + np.exp(-score))).astype(int))
+
+
+def sim_regression_highdim() -> Raw:
+    r"""A continuous outcome from 5 of 100 inputs, 150 rows,
+
+    .. math:: y = 0.8\,(x_1 + x_2 + x_3 - x_4 - x_5) + \varepsilon,
+              \quad \varepsilon \sim N(0, 1.5^2),
+
+    R^2 about 0.59 at best (3.2 / (3.2 + 2.25)); least squares has no unique fit on 90 rows.
+    """
+    uniform, score, features = _highdim_inputs()
+    noise = np.random.default_rng(SIMULATION_SEED + 1).normal(0, 1.5, len(score))
+    return Raw("regression", features, score + noise)
+
+
+def sim_classification_nonlinear() -> Raw:
+    r"""A class from a ring and an interaction, 1,000 rows, 6 inputs ~ N(0, 1),
+
+    .. math:: P(y = 1 \mid x) = \operatorname{logit}^{-1}(2\,(x_1^2 + x_2^2 - 1.4) + 2\,x_3 x_4),
+
+    ``x5, x6`` noise: neither term has a linear part, so logistic regression stays near 0.5.
+    """
+    rng = np.random.default_rng(SIMULATION_SEED)
+    x = rng.standard_normal((1000, 6))
+    score = 2 * (x[:, 0] ** 2 + x[:, 1] ** 2 - 1.4) + 2 * x[:, 2] * x[:, 3]
+    label = (rng.random(1000) < 1 / (1 + np.exp(-score))).astype(int)
+    return Raw("classification", pd.DataFrame(x, columns=[f"x{j + 1}" for j in range(6)]), label)
+
+
 @dataclass(frozen=True)
 class Dataset:
     load: Callable[[], Raw]
@@ -244,9 +296,12 @@ DATASETS: dict[str, Dataset] = {
     "sim_nonlinear": Dataset(sim_nonlinear),
     "sim_interaction": Dataset(sim_interaction),
     "sim_regression": Dataset(sim_regression),
+    "sim_classification_highdim": Dataset(sim_classification_highdim),
+    "sim_regression_highdim": Dataset(sim_regression_highdim),
+    "sim_classification_nonlinear": Dataset(sim_classification_nonlinear),
 }
 #: Simulated sets whose target is "ahead of the linear baseline beyond the spread over seeds".
-NONLINEAR = ("sim_nonlinear", "sim_interaction", "sim_regression")
+NONLINEAR = ("sim_nonlinear", "sim_interaction", "sim_regression", "sim_classification_nonlinear")
 SKIPPED = {
     "linnerud": "scikit-learn load_linnerud: 20 rows (3 targets), too few for a 60/20/20 split",
     "bmt": "scikit-survival load_bmt: competing risks (this benchmark scores one endpoint)",
@@ -553,7 +608,7 @@ def auroc(y: np.ndarray, probabilities: np.ndarray, classes: Sequence | None = N
 def fit_baseline(method: str, task: str, data: dict[str, Rows], seed: int) -> dict:
     """One baseline (module docstring) fitted on train, scored on test."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import ElasticNetCV, LogisticRegressionCV, RidgeCV
     from sklearn.metrics import r2_score
 
     train, test = data["train"], data["test"]
@@ -567,20 +622,23 @@ def fit_baseline(method: str, task: str, data: dict[str, Rows], seed: int) -> di
         model = (
             LogisticRegressionCV(
                 Cs=10,
-                l1_ratios=(0.0,),
+                l1_ratios=(0.5,) if method == "logistic_enet" else (0.0,),
+                solver="saga" if method == "logistic_enet" else "lbfgs",
                 scoring="neg_log_loss",
                 max_iter=5000,
                 use_legacy_attributes=False,
             )
-            if method == "logistic"
+            if method.startswith("logistic")
             else HistGradientBoostingClassifier(random_state=seed)
         ).fit(train.x, train.y)
         return {"auroc": auroc(test.y, model.predict_proba(test.x))}
-    model = (
-        RidgeCV(alphas=np.logspace(-3, 3, 13))
-        if method == "ridge"
-        else HistGradientBoostingRegressor(random_state=seed)
-    ).fit(train.x, train.y)
+    if method == "enet":
+        model = ElasticNetCV(l1_ratio=0.5, cv=5, max_iter=100_000, random_state=seed)
+    elif method == "ridge":
+        model = RidgeCV(alphas=np.logspace(-3, 3, 13))
+    else:
+        model = HistGradientBoostingRegressor(random_state=seed)
+    model.fit(train.x, train.y)
     return {"r2": float(r2_score(test.y, model.predict(test.x)))}
 
 

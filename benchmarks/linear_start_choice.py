@@ -32,12 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import defaults  # noqa: E402
 
-from nervus_lightning.models.penalty import (  # noqa: E402
-    choose_penalty,
-    minimise_lbfgs,
-    minimise_proximal,
-    penalty_path,
-)
+from nervus_lightning.models.penalty import choose_penalty, penalty_path  # noqa: E402
+from nervus_lightning.models.solvers import minimise_lbfgs, minimise_proximal  # noqa: E402
 from nervus_lightning.survival import linear  # noqa: E402
 from nervus_lightning.survival.linear import L1_RATIO, choose_linear_cox  # noqa: E402
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from nervus_lightning.errors import SPLIT_COLUMN, TRAIN, VAL, NervusInputError
 from nervus_lightning.models.ensemble import member_nets
-from nervus_lightning.models.penalty import elastic_net_term
+from nervus_lightning.models.solvers import elastic_net_term
 
 __all__ = [
     "linear_penalty",

@@ -29,20 +29,17 @@ without a new dependency or a round trip through numpy estimators, on any device
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from nervus_lightning.models.penalty import (
-    PATH_SIZE,
+    L1_RATIO,
     PenaltyChoice,
-    choose_penalty,
-    largest_useful_penalty,
-    minimise_lbfgs,
-    minimise_proximal,
+    choose_ridge_or_elastic_net,
+    elastic_net_path,
 )
+from nervus_lightning.models.solvers import minimise_lbfgs, minimise_proximal
 from nervus_lightning.survival.loss import cox_partial_log_likelihood, efron_log_likelihood
 
 __all__ = ["L1_RATIO", "MIN_VAL_EVENTS", "choose_linear_cox", "fit_linear_cox"]
@@ -50,11 +47,6 @@ __all__ = ["L1_RATIO", "MIN_VAL_EVENTS", "choose_linear_cox", "fit_linear_cox"]
 #: Validation events needed to choose the linear start's penalty on the validation rows;
 #: with fewer, it is chosen by cross-validation within the training rows.
 MIN_VAL_EVENTS = 20
-#: The lasso share of the elastic-net candidate (glmnet's ``alpha``).
-L1_RATIO = 0.5
-#: The elastic-net path runs from the penalty that zeroes every weight down to this fraction of
-#: it (glmnet's ``lambda.min.ratio`` for fewer cases than inputs).
-ENET_MIN_RATIO = 0.01
 
 
 def fit_linear_cox(
@@ -197,26 +189,21 @@ def choose_linear_cox(
         int(event[torch.as_tensor(val_rows)].sum()) >= min_val_events if len(val_rows) else False
     )
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
-    ridge = choose_penalty(fitter(0.0), held_out_loss, train_rows, val_rows, use_val, seed=seed)
-    if x.shape[1] < 2 or not bool(event[torch.as_tensor(train_rows)].any()):
-        return ridge  # one input: nothing to select
-    rows_t = torch.as_tensor(train_rows)
-    path = _elastic_net_path(x[rows_t], time[rows_t], event[rows_t], ties)
-    sparse = choose_penalty(
-        fitter(L1_RATIO), held_out_loss, train_rows, val_rows, use_val, path, seed, L1_RATIO
+    path = None  # one input, or no training event: nothing to select
+    if x.shape[1] >= 2 and bool(event[torch.as_tensor(train_rows)].any()):
+        rows_t = torch.as_tensor(train_rows)
+        path = _elastic_net_path(x[rows_t], time[rows_t], event[rows_t], ties)
+    return choose_ridge_or_elastic_net(
+        fitter, held_out_loss, train_rows, val_rows, use_val, path, seed
     )
-    compared = (("ridge", ridge.best_loss()), ("elastic net", sparse.best_loss()))
-    # Ties go to ridge, the start every earlier run had.
-    best = sparse if sparse.best_loss() < ridge.best_loss() else ridge
-    return replace(best, compared=compared)
 
 
 def _elastic_net_path(x: Tensor, time: Tensor, event: Tensor, ties: str) -> list[float]:
-    """:data:`~nervus_lightning.models.penalty.PATH_SIZE` penalties from the one that zeroes
-    every weight of the elastic net on these rows down to :data:`ENET_MIN_RATIO` of it."""
+    """The elastic net's penalties on these rows
+    (:func:`~nervus_lightning.models.penalty.elastic_net_path`): from the one that zeroes every
+    weight down."""
     zero = torch.zeros(1, x.shape[1], dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
         unpenalised = _per_event_objective(x, time, event, ties, 0.0)
         (grad,) = torch.autograd.grad(unpenalised(zero), zero)
-    strongest = largest_useful_penalty(grad, L1_RATIO)
-    return [float(v) for v in np.geomspace(strongest, strongest * ENET_MIN_RATIO, PATH_SIZE)]
+    return elastic_net_path(grad)

@@ -39,7 +39,7 @@ from nervus_lightning.evaluation.sections import (
     main_split,
     split_styles,
 )
-from nervus_lightning.models.penalty import PenaltyChoice, choose_ridge
+from nervus_lightning.models.penalty import PenaltyChoice, choose_linear_regression
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import Task
 
@@ -122,14 +122,15 @@ class RegressionTask(Task):
         val_rows: np.ndarray,
         j: int,
     ) -> PenaltyChoice | None:
-        """Ridge regression of the standardised target on the training rows, its penalty
-        chosen on the validation rows (:func:`..models.penalty.choose_ridge`)."""
+        """Penalised (ridge or elastic-net) regression of the standardised target on the
+        training rows, its penalty chosen on the validation rows
+        (:func:`..models.penalty.choose_linear_regression`)."""
         spec = self.labels[j]
         target = (
             pd.to_numeric(frame[spec.name], errors="coerce").to_numpy(np.float64) - spec.mean
         ) / spec.std
         known = ~np.isnan(target)
-        return choose_ridge(
+        return choose_linear_regression(
             inputs,
             np.where(known, target, 0.0),
             train_rows[known[train_rows]],

@@ -214,8 +214,9 @@ class ClassificationTask(Task):
         val_rows: np.ndarray,
         j: int,
     ) -> PenaltyChoice | None:
-        """The ridge-penalised multinomial logistic fit of the training rows, its penalty
-        chosen on the validation rows (:func:`..models.penalty.choose_linear_classifier`)."""
+        """The penalised (ridge or elastic-net) multinomial logistic fit of the training rows,
+        its penalty chosen on the validation rows
+        (:func:`..models.penalty.choose_linear_classifier`)."""
         spec = self.labels[j]
         classes = self.encode_targets(frame, spec)
         known = classes != UNKNOWN
