@@ -16,7 +16,7 @@ import base64
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import jinja2
@@ -372,7 +372,9 @@ def report_context(
         "learning_curve": data_uri(learning_curve_png) if learning_curve_png else None,
         "model": [(str(k), str(v)) for k, v in (model_summary or {}).get("rows", [])],
         "curve_caption": _curve_caption(
-            model_summary, learning_curve, survival=any(s.task == "survival" for s in sections)
+            model_summary,
+            learning_curve,
+            dict.fromkeys(s.curve_note for s in sections if s.curve_note),
         ),
         "config": config,
         # The run diagnostics' findings, atop the page.
@@ -380,8 +382,13 @@ def report_context(
     }
 
 
+def _curve_notes(sections: list[LabelSection]) -> list[str]:
+    """Each label task's sentence for the learning-curve caption, each once, in label order."""
+    return list(dict.fromkeys(s.curve_note for s in sections if s.curve_note))
+
+
 def _curve_caption(
-    model_summary: Mapping | None, curve: pd.DataFrame | None, survival: bool = False
+    model_summary: Mapping | None, curve: pd.DataFrame | None, notes: Iterable[str] = ()
 ) -> str:
     text = (
         "Loss per epoch (epochs counted from 0) on the training split (train_loss, the mean "
@@ -394,13 +401,8 @@ def _curve_caption(
     if any("loss" not in c for c in columns):
         text += "; right panel: the validation metrics logged during training"
     text += "."
-    if survival:
-        text += (
-            " With a Cox model the loss (negative partial log-likelihood per event) grows with "
-            "the number of patients in the risk sets it compares (each training batch, the "
-            "whole validation split), so the two curves' levels differ on that count too: "
-            "compare each curve's shape, not the gap between them."
-        )
+    for note in notes:  # the labels' tasks' own words (LabelSection.curve_note)
+        text += " " + note
     best = (model_summary or {}).get("best_epoch")
     if (model_summary or {}).get("linear_start_kept"):
         text += (

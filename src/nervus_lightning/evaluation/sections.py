@@ -98,6 +98,8 @@ class LabelSection:
     summary: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, table)
+    #: A sentence the learning-curve caption adds for this label's task (once per page).
+    curve_note: str | None = None
 
     def add(
         self,

@@ -72,6 +72,13 @@ def _survival_reference(
     return reference, ["No survival reference in the schema: fitted on the 'train' rows."]
 
 
+#: What the report's learning-curve caption adds for a survival label.
+CURVE_NOTE = (
+    "With a Cox model the loss (negative partial log-likelihood per event) grows with the "
+    "number of patients in the risk sets it compares (each training batch, the whole validation "
+    "split), so the two curves' levels differ on that count too: compare each curve's shape, not "
+    "the gap between them."
+)
 #: The censoring-weighted metrics of :func:`survival_metrics` (computed on the IPCW subsample).
 _IPCW_KEYS = {"c_index_uno", "td_auc_mean", "ibs"}
 
@@ -390,7 +397,7 @@ def evaluate_survival(
     ``max_rows_bootstrap`` cases are evaluated as :func:`_large_split_notes` says, in
     ``metrics_notes.csv``.
     """
-    section = LabelSection(label["name"], "survival")
+    section = LabelSection(label["name"], "survival", curve_note=CURVE_NOTE)
     df = _rows_with_values(df, label, section)
     setup = _label_setup(df, label, section)
     if setup is None:
