@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from nervus_lightning.errors import NervusInputError
@@ -21,6 +23,14 @@ from nervus_lightning.options import check_keys, check_number
 from nervus_lightning.outputs import atomic_write, write_csv
 
 CHECKPOINT_POLICIES = ("best", "each")
+#: File name, in the checkpoints folder, of the checkpoint that resumes training
+#: (:class:`ResumeCheckpoint`); never changed after training.
+LAST_CHECKPOINT = "last.ckpt"
+#: Seconds of training after which an epoch's end rewrites ``last.ckpt``
+#: (:class:`ResumeCheckpoint`).
+RESUME_EVERY_S = 60.0
+#: Seconds after which an epoch's end rewrites ``learning_curve.csv`` (:class:`LearningCurve`).
+CURVE_EVERY_S = 5.0
 #: File name, in the checkpoints folder, of the model as it starts (:class:`LinearStartCheckpoint`).
 LINEAR_START_CHECKPOINT = "linear_start.ckpt"
 
@@ -43,16 +53,16 @@ class ImprovementCheckpoint(ModelCheckpoint):
 
 
 def build_checkpoint_callbacks(
-    policy: str, dirpath: str | os.PathLike
-) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    policy: str, dirpath: str | os.PathLike, every_n_train_steps: int | None = None
+) -> tuple[ModelCheckpoint, ResumeCheckpoint]:
     """The run's two checkpoint writers: ``(best, last)``.
 
     ``best`` keeps the lowest-val_loss checkpoint (``policy="best"``) or every improvement
     (``"each"``) with the weights, hyperparameters and what the model stores itself (schema,
     scaler, survival aggregates): all that predict, export and explain read, and no optimiser
-    state (a ResNet18 checkpoint is then a third of the size). ``last`` rewrites ``last.ckpt``
-    at the end of every epoch with the full training state (optimiser, scheduler, loops, random
-    states) that ``ckpt_path=`` needs to resume.
+    state (a ResNet18 checkpoint is then a third of the size). ``last`` writes ``last.ckpt``
+    with the full training state (optimiser, scheduler, loops, random states) that
+    ``ckpt_path=`` needs to resume (:class:`ResumeCheckpoint`).
     """
     options = dict(
         dirpath=str(dirpath),
@@ -70,8 +80,7 @@ def build_checkpoint_callbacks(
         raise NervusInputError(
             f"checkpoint policy '{policy}' is not one of {list(CHECKPOINT_POLICIES)}."
         )
-    last = ModelCheckpoint(dirpath=str(dirpath), save_top_k=0, save_last=True)
-    return best, last
+    return best, ResumeCheckpoint(dirpath, every_n_train_steps=every_n_train_steps)
 
 
 def build_early_stopping(options: dict[str, Any] | None) -> EarlyStopping | None:
@@ -97,17 +106,87 @@ def build_early_stopping(options: dict[str, Any] | None) -> EarlyStopping | None
     )
 
 
-def build_step_checkpoint(dirpath: str | os.PathLike, every_n_train_steps: int) -> ModelCheckpoint:
-    """Rewrite ``last.ckpt`` every ``every_n_train_steps`` optimiser steps (for long epochs: a
-    killed run then loses at most that many steps when resumed with ``ckpt_path``)."""
-    if not isinstance(every_n_train_steps, int) or every_n_train_steps < 1:
-        raise NervusInputError(
-            f"checkpoint.every_n_train_steps must be a positive integer or null, got "
-            f"{every_n_train_steps!r}."
+class ResumeCheckpoint(Checkpoint):
+    """``last.ckpt``: the whole training state (weights, optimiser, scheduler, the loops'
+    position, every callback's state) that ``ckpt_path=`` resumes from.
+
+    Written at the end of an epoch when at least ``every_s`` seconds have passed since it was
+    last written (so after every epoch of a run whose epochs take that long), at the end of the
+    last epoch and when training ends, and, with ``every_n_train_steps``, after every that many
+    optimiser steps (inside an epoch: the loader resumes at the saved batch). A killed run
+    loses at most the epoch in progress and the ``every_s`` seconds before it. A full-batch
+    tabular run trains hundreds of epochs of a few milliseconds each; writing the optimiser's
+    state after every one of them would cost as much time as the training.
+
+    Lightning's ``ModelCheckpoint(save_top_k=0, save_last=True)``, which wrote this file before,
+    writes ``last.ckpt`` since Lightning 2.6 only beside a top-k checkpoint saved at the same
+    step: with none kept, a killed run had no ``last.ckpt`` at all. Being a
+    :class:`~lightning.pytorch.callbacks.Checkpoint`, this callback runs after the others at
+    an epoch's end (Lightning's order), so the file holds their state of that epoch.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike,
+        every_n_train_steps: int | None = None,
+        every_s: float | None = None,
+    ) -> None:
+        if every_n_train_steps is not None and (
+            isinstance(every_n_train_steps, bool)
+            or not isinstance(every_n_train_steps, int)
+            or every_n_train_steps < 1
+        ):
+            raise NervusInputError(
+                f"checkpoint.every_n_train_steps must be a positive integer or null, got "
+                f"{every_n_train_steps!r}."
+            )
+        self.path = Path(dirpath) / LAST_CHECKPOINT
+        self.every_n_train_steps = every_n_train_steps
+        self.every_s = RESUME_EVERY_S if every_s is None else float(every_s)
+        self._saved_step: int | None = None
+        self._saved_at = time.monotonic()
+
+    def _may_save(self, trainer: L.Trainer) -> bool:
+        return (
+            trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and not trainer.fast_dev_run
+            and trainer.global_step != self._saved_step  # nothing new since the last write
         )
-    return ModelCheckpoint(
-        dirpath=str(dirpath), save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps
-    )
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+        self._saved_at = time.monotonic()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._saved_at = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        every = self.every_n_train_steps
+        if every and trainer.global_step % every == 0 and self._may_save(trainer):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._may_save(trainer):
+            return
+        due = time.monotonic() - self._saved_at >= self.every_s
+        max_epochs = trainer.max_epochs
+        final = trainer.should_stop or (
+            max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+        )
+        # Saving is collective (every process writes its part or waits at a barrier): the
+        # processes take the first one's decision, whatever their own clocks say.
+        if trainer.strategy.broadcast(due or final, src=0):
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Training that ends inside an epoch (trainer.max_steps, max_time) or after an epoch
+        # end that did not save.
+        if self._may_save(trainer):
+            self._save(trainer)
 
 
 class LinearStartCheckpoint(L.Callback):
@@ -187,12 +266,18 @@ class RandomStates(L.Callback):
 
 class LearningCurve(L.Callback):
     """One row per epoch (``epoch``, ``train_loss``, ``val_loss``, per-label losses and val
-    metrics) in ``learning_curve.csv``, rewritten each epoch; ``learning_curve.png`` at the end,
-    with the epoch of the lowest ``val_loss`` (the checkpoint kept) marked."""
+    metrics) in ``learning_curve.csv``, rewritten at the end of an epoch when ``every_s``
+    seconds have passed since it was last written (after every epoch of a run whose epochs take
+    that long), when training ends or fails; ``learning_curve.png`` at the end, with the epoch
+    of the lowest ``val_loss`` (the checkpoint kept) marked. A full-batch tabular run's epochs
+    take milliseconds, and rewriting the whole table after each cost as much as the epoch."""
 
-    def __init__(self, out_dir: str | os.PathLike) -> None:
+    def __init__(self, out_dir: str | os.PathLike, every_s: float | None = None) -> None:
         self.out_dir = Path(out_dir)
+        self.every_s = CURVE_EVERY_S if every_s is None else float(every_s)
         self.rows: list[dict[str, float]] = []
+        self._written = 0  # rows in the file
+        self._written_at = time.monotonic()
 
     # A resumed run continues the curve of the epochs before the checkpoint.
     def state_dict(self) -> dict[str, Any]:
@@ -212,12 +297,30 @@ class LearningCurve(L.Callback):
             if key.startswith(("train_", "val_")):
                 row[key] = float(metrics[key])
         self.rows.append(row)
-        write_csv(self.out_dir / "learning_curve.csv", self.frame())
+        if time.monotonic() - self._written_at >= self.every_s:
+            self.write()
+
+    def write(self) -> None:
+        """Rewrite ``learning_curve.csv`` with every row so far (if any is new)."""
+        if len(self.rows) != self._written:
+            write_csv(self.out_dir / "learning_curve.csv", self.frame())
+            self._written = len(self.rows)
+        self._written_at = time.monotonic()
 
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.rows)
         first = [c for c in ("epoch", "train_loss", "val_loss") if c in frame.columns]
         return frame[first + [c for c in frame.columns if c not in first]]
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write()
+
+    @rank_zero_only
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.write()
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

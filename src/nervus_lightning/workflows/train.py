@@ -28,12 +28,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from nervus_lightning.callbacks import (
+    LAST_CHECKPOINT,
     LearningCurve,
     LinearStartCheckpoint,
     RandomStates,
     build_checkpoint_callbacks,
     build_early_stopping,
-    build_step_checkpoint,
 )
 from nervus_lightning.checkpoints import (
     AtomicCheckpointIO,
@@ -62,8 +62,6 @@ from nervus_lightning.workflows.explain import check_explain_options, explain_af
 from nervus_lightning.workflows.settings import TrainSettings
 
 log = logging.getLogger(__name__)
-#: The checkpoint that resumes training (Lightning's ``save_last``), never changed after training.
-LAST_CHECKPOINT = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
 # What every process would say alike before the processes meet (each DDP process runs the
 # command from its start): said by the first one only.
 say_once = rank_zero_only(log.info)
@@ -330,16 +328,13 @@ def train(
     check_explain_options(settings.explain, module, datamodule)
 
     checkpoint, last = build_checkpoint_callbacks(
-        settings.checkpoint_policy, run_dir / "checkpoints"
+        settings.checkpoint_policy, run_dir / "checkpoints", settings.every_n_train_steps
     )
     start = LinearStartCheckpoint(run_dir / "checkpoints")
     run_callbacks = [checkpoint, last, start, RandomStates(), LearningCurve(run_dir), *callbacks]
     stopping = build_early_stopping(settings.early_stopping)
     if stopping is not None:
         run_callbacks.append(stopping)
-    if settings.every_n_train_steps:
-        every = settings.every_n_train_steps
-        run_callbacks.insert(1, build_step_checkpoint(run_dir / "checkpoints", every))
     # An explicit ckpt_path, else (a requeued SLURM job) the newest checkpoint of the run.
     resume = resume_checkpoint(settings.ckpt_path, run_dir)
     if resume:
