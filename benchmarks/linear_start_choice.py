@@ -32,7 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import defaults  # noqa: E402
 
-from nervus_lightning.models.penalty import choose_penalty, penalty_path  # noqa: E402
+from nervus_lightning.models.penalty import (  # noqa: E402
+    HELD_OUT_VAL,
+    choose_penalty,
+    penalty_path,
+)
 from nervus_lightning.models.solvers import minimise_lbfgs, minimise_proximal  # noqa: E402
 from nervus_lightning.survival import linear  # noqa: E402
 from nervus_lightning.survival.linear import L1_RATIO, choose_linear_cox  # noqa: E402
@@ -74,7 +78,9 @@ def linear_start(rule: str, x, time, event, train, val, seed: int) -> torch.Tens
         return -defaults.harrell_c(rows, risk)
 
     choices = [
-        choose_penalty(_fitter(x, time, event, l1), minus_val_c, train, val, True, path, seed)
+        choose_penalty(
+            _fitter(x, time, event, l1), minus_val_c, train, val, HELD_OUT_VAL, path, seed
+        )
         for l1, path in paths.items()
     ]
     return min(choices, key=lambda c: c.best_loss()).weight

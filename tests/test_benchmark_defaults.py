@@ -206,3 +206,26 @@ def test_overrides_follow_the_users_command(bench, tmp_path):
     assert not any(arg.startswith("trainer.max_epochs") for arg in command)
     extra = ["trainer.max_epochs=600", "early_stopping.patience=5"]
     assert bench.nervus_command(csv, "survival", run, extra)[-2:] == extra
+
+
+def test_start_held_out_prints_each_design_and_the_librarys(monkeypatch, capsys):
+    """benchmarks/start_held_out.py on one seed of diabetes and of wine: the start's test metric
+    under each held-out design, in one markdown row per data set."""
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    spec = importlib.util.spec_from_file_location(
+        "start_held_out", BENCHMARK.parent / "start_held_out.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--seeds", "1", "--datasets", "diabetes", "wine"]) == 0
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")][2:]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("| diabetes", "| wine"))
+    }
+    assert rows["diabetes"][-1] == "cv+val" and rows["wine"][-1] == "val (else cv)"
+    for cell in rows["diabetes"][:-1]:
+        assert 0.2 < float(cell.split()[0]) < 0.7  # R² of a linear fit of diabetes
+    for cell in rows["wine"][:-1]:
+        auroc, loss = float(cell.split()[0]), float(cell.split()[2])
+        assert auroc > 0.95 and 0 < loss < 0.5

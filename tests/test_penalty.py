@@ -16,11 +16,15 @@ from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
 from nervus_lightning.models.penalty import (
+    HELD_OUT_CV,
+    HELD_OUT_CV_AND_VAL,
+    HELD_OUT_VAL,
     choose_linear_classifier,
     choose_linear_regression,
     fit_logistic,
     fit_regression,
     fit_ridge,
+    held_out_splits,
     penalty_path,
 )
 from nervus_lightning.models.solvers import minimise_proximal
@@ -56,27 +60,55 @@ def test_ridge_fit_equals_scikit_learn(penalty):
     np.testing.assert_allclose(weight[-1], reference.intercept_, atol=1e-8)
 
 
-def test_regression_penalty_is_the_validation_minimum_of_each_path():
-    """Ridge and the elastic net each on their path, every held-out loss equal to scikit-learn's
-    fit at that penalty; the start is the kind with the lower minimum, its penalty that
-    minimum's."""
+def test_held_out_splits_hold_out_every_row_once_and_never_fit_on_it():
+    train, val = np.arange(0, 53), np.arange(53, 70)
+    for design, held in [
+        (HELD_OUT_VAL, val),
+        (HELD_OUT_CV, train),
+        (HELD_OUT_CV_AND_VAL, np.concatenate([train, val])),
+    ]:
+        splits, where = held_out_splits(train, val, design, seed=3)
+        held_out = np.concatenate([rows for _, rows in splits])
+        assert sorted(held_out) == sorted(held)  # each once
+        for fit_rows, rows in splits:
+            assert not set(fit_rows) & set(rows)
+            assert set(fit_rows) <= set(train)  # validation rows are never fitted on
+        assert len(splits) == {HELD_OUT_VAL: 1, HELD_OUT_CV: 5, HELD_OUT_CV_AND_VAL: 6}[design]
+    assert where == "val and 5-fold cross-validation of train"
+    assert len(held_out_splits(train, val[:0], HELD_OUT_CV_AND_VAL)[0]) == 5  # no val rows
+
+
+def test_regression_penalty_is_the_held_out_minimum_of_each_path():
+    """Ridge and the elastic net each on their path, every held-out loss (the validation rows
+    and the 5 folds of train) equal to scikit-learn's fits at that penalty; the start is the
+    kind with the lower minimum, its penalty that minimum's."""
     x, y, train, val = _diabetes()
     choice = choose_linear_regression(torch.tensor(x), y, train, val)
-    assert choice.chosen_on == "val"
+    assert choice.chosen_on == "val and 5-fold cross-validation of train"
     compared = dict(choice.compared)
     assert set(compared) == {"ridge", "elastic net"}
     chosen = "elastic net" if choice.l1_ratio else "ridge"
     assert compared[chosen] == min(compared.values())
+    splits, _ = held_out_splits(train, val, HELD_OUT_CV_AND_VAL)
 
-    def val_error(model):
-        return np.square(model.fit(x[train], y[train]).predict(x[val]) - y[val]).sum()
+    def held_out_error(model):
+        return sum(
+            np.square(model.fit(x[fit], y[fit]).predict(x[held]) - y[held]).sum()
+            for fit, held in splits
+        )
 
     for p, loss in choice.path:
         if choice.l1_ratio:  # MSE + p (a |w|_1 + (1-a)/2 |w|^2) is ElasticNet's alpha = p / 2
             model = ElasticNet(alpha=p / 2, l1_ratio=choice.l1_ratio, tol=1e-12, max_iter=10**5)
+            assert loss == pytest.approx(held_out_error(model), rel=1e-5)
         else:  # MSE + p/2 |w|^2 is Ridge's |r|^2 + alpha |w|^2 with alpha = n p / 2
-            model = Ridge(alpha=len(train) * p / 2)
-        assert loss == pytest.approx(val_error(model), rel=1e-5)
+            errors = [  # each split's fit has its own n
+                np.square(
+                    Ridge(alpha=len(fit) * p / 2).fit(x[fit], y[fit]).predict(x[held]) - y[held]
+                ).sum()
+                for fit, held in splits
+            ]
+            assert loss == pytest.approx(sum(errors), rel=1e-5)
     assert choice.best_loss() == compared[chosen]
     assert dict(choice.path)[choice.penalty] == choice.best_loss()
 

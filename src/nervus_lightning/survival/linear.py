@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 
 from nervus_lightning.models.penalty import (
+    HELD_OUT_CV,
+    HELD_OUT_VAL,
     L1_RATIO,
     PenaltyChoice,
     choose_ridge_or_elastic_net,
@@ -185,16 +187,15 @@ def choose_linear_cox(
             part = cox_partial_log_likelihood(risk[fitted], time[fitted], event[fitted], ties)
         return float(-(whole - part))
 
-    use_val = (
-        int(event[torch.as_tensor(val_rows)].sum()) >= min_val_events if len(val_rows) else False
-    )
+    enough = len(val_rows) and int(event[torch.as_tensor(val_rows)].sum()) >= min_val_events
+    held_out = HELD_OUT_VAL if enough else HELD_OUT_CV
     train_rows, val_rows = np.asarray(train_rows), np.asarray(val_rows)
     path = None  # one input, or no training event: nothing to select
     if x.shape[1] >= 2 and bool(event[torch.as_tensor(train_rows)].any()):
         rows_t = torch.as_tensor(train_rows)
         path = _elastic_net_path(x[rows_t], time[rows_t], event[rows_t], ties)
     return choose_ridge_or_elastic_net(
-        fitter, held_out_loss, train_rows, val_rows, use_val, path, seed
+        fitter, held_out_loss, train_rows, val_rows, held_out, path, seed
     )
 
 

@@ -123,7 +123,7 @@ class RegressionTask(Task):
         j: int,
     ) -> PenaltyChoice | None:
         """Penalised (ridge or elastic-net) regression of the standardised target on the
-        training rows, its penalty chosen on the validation rows
+        training rows, its penalty chosen on the validation rows and the folds of train
         (:func:`..models.penalty.choose_linear_regression`)."""
         spec = self.labels[j]
         target = (
