@@ -75,7 +75,8 @@ def test_held_out_splits_hold_out_every_row_once_and_never_fit_on_it():
             assert set(fit_rows) <= set(train)  # validation rows are never fitted on
         assert len(splits) == {HELD_OUT_VAL: 1, HELD_OUT_CV: 5, HELD_OUT_CV_AND_VAL: 6}[design]
     assert where == "val and 5-fold cross-validation of train"
-    assert len(held_out_splits(train, val[:0], HELD_OUT_CV_AND_VAL)[0]) == 5  # no val rows
+    splits, where = held_out_splits(train, val[:0], HELD_OUT_CV_AND_VAL)  # no val rows
+    assert len(splits) == 5 and where == "5-fold cross-validation of train"
 
 
 def test_regression_penalty_is_the_held_out_minimum_of_each_path():
