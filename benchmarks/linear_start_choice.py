@@ -11,6 +11,9 @@ Harrell's C of the linear Cox model fitted on the training rows, its penalty cho
 * ``val_c``: the same two paths, the penalty and kind with the highest validation C (what the
   ``coxnet`` baseline of ``defaults.py`` does with its own path);
 * ``cv_train``: the same two paths, always 5-fold cross-validation of train (partial likelihood);
+* ``cv_val``: the same two paths, 5-fold cross-validation of train and the validation rows
+  together (partial likelihood; every training and validation row held out once, as the
+  regression start chooses);
 
 and ``coxnet`` as ``defaults.py`` fits it. Printed: mean test C and the paired difference to
 ``coxnet`` (mean ± sd over seeds). No network is trained: this isolates the choice of penalty.
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import defaults  # noqa: E402
 
 from nervus_lightning.models.penalty import (  # noqa: E402
+    HELD_OUT_CV_AND_VAL,
     HELD_OUT_VAL,
     choose_penalty,
     penalty_path,
@@ -41,7 +45,7 @@ from nervus_lightning.models.solvers import minimise_lbfgs, minimise_proximal  #
 from nervus_lightning.survival import linear  # noqa: E402
 from nervus_lightning.survival.linear import L1_RATIO, choose_linear_cox  # noqa: E402
 
-RULES = ("heldout_pl", "val_c", "cv_train")
+RULES = ("heldout_pl", "val_c", "cv_train", "cv_val")
 
 
 def _fitter(x, time, event, l1_ratio):
@@ -65,6 +69,9 @@ def linear_start(rule: str, x, time, event, train, val, seed: int) -> torch.Tens
     if rule == "cv_train":
         forced = choose_linear_cox(x, time, event, train, val, min_val_events=10**9, seed=seed)
         return forced.weight
+    if rule == "cv_val":
+        pooled = HELD_OUT_CV_AND_VAL
+        return choose_linear_cox(x, time, event, train, val, seed=seed, held_out=pooled).weight
     t = torch.as_tensor(train)
     paths = {
         0.0: penalty_path(),

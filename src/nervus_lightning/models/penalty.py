@@ -17,8 +17,8 @@ otherwise), is chosen the way glmnet and a careful statistician choose it: on a 
 training rows (warm-started from the previous one), the one with the best held-out loss wins.
 Held out (:func:`held_out_splits`) are, for the Cox and classification starts, the validation
 rows when they are enough, otherwise the folds of a :data:`INNER_FOLDS`-fold split of the
-training rows; for the regression start both, every row of train and val held out once. No test
-row is ever seen.
+training rows (with the few validation rows beside them for Cox); for the regression start
+both, every row of train and val held out once. No test row is ever seen.
 
 The same :math:`\lambda` then stays on the linear term during training as its weight decay
 (:meth:`nervus_lightning.module.NervusModule.configure_optimizers`): with Adam's L2 form the
