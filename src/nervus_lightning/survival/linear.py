@@ -157,10 +157,11 @@ def choose_linear_cox(
     ``grouped`` cross-validation for Cox), which stays informative with few held-out events. On
     the validation rows when they hold at least ``min_val_events`` events, otherwise on the
     folds of the training rows and the few validation rows together
-    (:data:`~nervus_lightning.models.penalty.HELD_OUT_CV_AND_VAL`: over 10 splits of aids and an
-    82-input breast-cancer set, whose validation rows hold 10-19 events, the start's test C rose
-    by 0.008 and 0.028 against the folds alone; ``benchmarks/linear_start_choice.py``). Returns
-    the choice; its ``weight`` is ``(1, n_inputs)``.
+    (:data:`~nervus_lightning.models.penalty.HELD_OUT_CV_AND_VAL`: over 10 splits of the three
+    benchmark sets whose validation rows hold 10-19 events, the start's test C moved by +0.008
+    (aids), +0.028 (an 82-input breast-cancer set) and -0.006 (a 60-input simulation) against
+    the folds alone; ``benchmarks/linear_start_choice.py``). Returns the choice; its ``weight``
+    is ``(1, n_inputs)``.
     """
     x = inputs.detach().to(torch.float64).cpu()
     time = time.detach().to(torch.float64).cpu()
