@@ -52,10 +52,11 @@ minus that model on each seed (mean ± sd over seeds). The **target** (issue 19)
   difference is positive and larger than its sd over seeds.
 
 Data sets (:data:`DATASETS`): every tabular set shipped inside scikit-learn and scikit-survival,
-nothing downloaded, plus seven simulations (:func:`sim_highdim`, :func:`sim_nonlinear`,
+nothing downloaded, plus eight simulations (:func:`sim_highdim`, :func:`sim_nonlinear`,
 :func:`sim_interaction`, :func:`sim_regression`, and more inputs than training rows or a
 nonlinear class for the other heads: :func:`sim_classification_highdim`,
-:func:`sim_regression_highdim`, :func:`sim_classification_nonlinear`; each docstring gives its
+:func:`sim_regression_highdim`, :func:`sim_classification_nonlinear`, and a rare class,
+:func:`sim_classification_rare`; each docstring gives its
 formula; the rows are
 drawn once from :data:`SIMULATION_SEED`, only the split changes with the seed). Encoding
 (:func:`nervus_lightning.survival.presets.encode_inputs`, shared with the survival presets):
@@ -274,6 +275,22 @@ def sim_classification_nonlinear() -> Raw:
     return Raw("classification", pd.DataFrame(x, columns=[f"x{j + 1}" for j in range(6)]), label)
 
 
+def sim_classification_rare() -> Raw:
+    r"""A rare finding: about 6 % positives in 600 rows, 20 inputs ~ N(0, 1),
+
+    .. math:: P(y = 1 \mid x) = \operatorname{logit}^{-1}(-3.6 + 0.9\,(x_1 + x_2 - x_3)),
+
+    ``x4`` to ``x20`` noise. The stratified split leaves about 7 positives in the 120 validation
+    rows, fewer than the 10 per class below which the classification start holds out the folds
+    of train (``MIN_VAL_PER_CLASS``): the branch a rare disease takes.
+    """
+    rng = np.random.default_rng(SIMULATION_SEED)
+    x = rng.standard_normal((600, 20))
+    score = -3.6 + 0.9 * (x[:, 0] + x[:, 1] - x[:, 2])
+    label = (rng.random(600) < 1 / (1 + np.exp(-score))).astype(int)
+    return Raw("classification", pd.DataFrame(x, columns=[f"x{j + 1}" for j in range(20)]), label)
+
+
 @dataclass(frozen=True)
 class Dataset:
     load: Callable[[], Raw]
@@ -299,6 +316,7 @@ DATASETS: dict[str, Dataset] = {
     "sim_classification_highdim": Dataset(sim_classification_highdim),
     "sim_regression_highdim": Dataset(sim_regression_highdim),
     "sim_classification_nonlinear": Dataset(sim_classification_nonlinear),
+    "sim_classification_rare": Dataset(sim_classification_rare),
 }
 #: Simulated sets whose target is "ahead of the linear baseline beyond the spread over seeds".
 NONLINEAR = ("sim_nonlinear", "sim_interaction", "sim_regression", "sim_classification_nonlinear")

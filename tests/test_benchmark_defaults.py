@@ -223,7 +223,8 @@ def test_start_held_out_prints_each_design_and_the_librarys(monkeypatch, capsys)
         for line in capsys.readouterr().out.splitlines()
         if line.startswith(("| diabetes", "| wine"))
     }
-    assert rows["diabetes"][-1] == "cv+val" and rows["wine"][-1] == "val (else cv)"
+    assert rows["diabetes"][-1] == "cv+val"
+    assert rows["wine"][-1] == "val; cv+val on 0 of 1 seeds"  # 10 or more of each class in val
     for cell in rows["diabetes"][:-1]:
         assert 0.2 < float(cell.split()[0]) < 0.7  # R² of a linear fit of diabetes
     for cell in rows["wine"][:-1]:

@@ -19,6 +19,7 @@ from nervus_lightning.models.penalty import (
     HELD_OUT_CV,
     HELD_OUT_CV_AND_VAL,
     HELD_OUT_VAL,
+    MIN_VAL_PER_CLASS,
     choose_linear_classifier,
     choose_linear_regression,
     fit_logistic,
@@ -139,6 +140,40 @@ def test_multinomial_start_predicts_like_the_binary_fit():
     # at half the penalty.
     difference = choice.weight[1] - choice.weight[0]
     np.testing.assert_allclose(difference.numpy(), binary.numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize("malignant", [30, None])
+def test_classifier_start_holds_out_a_rare_class_beside_the_folds(malignant):
+    """A class with fewer than MIN_VAL_PER_CLASS validation cases (a rare finding): the
+    penalty is chosen on the 5 folds of train and the validation rows together, every training
+    and validation row held out once (the chosen penalty's loss is the cross-entropy summed over
+    all of them); with enough cases, on the validation rows alone."""
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x[:, :10]  # the mean features: a quicker path
+    if malignant is not None:  # keep every benign case and the first 30 malignant ones
+        keep = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 0)[:malignant]])
+        x, y = x[np.sort(keep)], y[np.sort(keep)]
+    train, val, _ = _split(len(x))
+    rare = np.bincount(y[val], minlength=2).min() < MIN_VAL_PER_CLASS
+    assert rare == (malignant is not None)
+    x = torch.tensor(StandardScaler().fit(x[train]).transform(x))
+    choice = choose_linear_classifier(x, y, 2, train, val)
+    design = HELD_OUT_CV_AND_VAL if rare else HELD_OUT_VAL
+    splits, where = held_out_splits(train, val, design)
+    assert choice.chosen_on == where
+    assert choice.chosen_on == ("val and 5-fold cross-validation of train" if rare else "val")
+    held = np.sort(np.concatenate([rows for _, rows in splits]))
+    np.testing.assert_array_equal(held, np.sort(np.concatenate([train, val]) if rare else val))
+    total = 0.0
+    for fit_rows, held_rows in splits:
+        w = fit_logistic(
+            x[fit_rows], torch.tensor(y[fit_rows]), 2, choice.penalty, None, True, choice.l1_ratio
+        )
+        logits = torch.cat([x[held_rows], torch.ones(len(held_rows), 1, dtype=x.dtype)], 1) @ w.T
+        total += float(
+            torch.nn.functional.cross_entropy(logits, torch.tensor(y[held_rows]), reduction="sum")
+        )
+    assert choice.best_loss() == pytest.approx(total, rel=1e-3)
 
 
 def _survival_breast_cancer():

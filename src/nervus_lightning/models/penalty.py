@@ -17,8 +17,8 @@ otherwise), is chosen the way glmnet and a careful statistician choose it: on a 
 training rows (warm-started from the previous one), the one with the best held-out loss wins.
 Held out (:func:`held_out_splits`) are, for the Cox and classification starts, the validation
 rows when they are enough, otherwise the folds of a :data:`INNER_FOLDS`-fold split of the
-training rows (with the few validation rows beside them for Cox); for the regression start
-both, every row of train and val held out once. No test row is ever seen.
+training rows with the few validation rows beside them; for the regression start both always,
+every row of train and val held out once. No test row is ever seen.
 
 The same :math:`\lambda` then stays on the linear term during training as its weight decay
 (:meth:`nervus_lightning.module.NervusModule.configure_optimizers`): with Adam's L2 form the
@@ -376,12 +376,15 @@ def choose_linear_classifier(
     """Penalised multinomial logistic start of a classification head (one logit per class, as
     the head has), ridge or elastic net (:func:`choose_ridge_or_elastic_net`), its penalty
     chosen by the held-out cross-entropy: on the validation rows when every class has
-    :data:`MIN_VAL_PER_CLASS` cases there, else by cross-validation within the training rows
-    (``held_out`` imposes another :func:`held_out_splits` design: for benchmarks). Pooling the
-    folds of train with the validation rows, as the regression start does, moved the test AUROC
-    of five classification sets by less than its spread over 10 splits, and their log loss both
-    ways (``benchmarks/start_held_out.py``). ``classes``: class indices of every row of
-    ``inputs``.
+    :data:`MIN_VAL_PER_CLASS` cases there, else on the folds of train and the validation rows
+    together (:data:`HELD_OUT_CV_AND_VAL`, the Cox start's rule for few validation events: the
+    few cases of a rare class in val are evidence too; on a simulated 7.5 % finding with 9
+    validation positives, 20 splits, test AUROC +0.004 and log loss -0.003 against the folds
+    alone). ``held_out`` imposes another :func:`held_out_splits` design: for benchmarks. Pooling
+    the folds of train with the validation rows when val is large enough, as the regression
+    start does, moved the test AUROC of five classification sets by less than its spread over 10
+    splits, and their log loss both ways (``benchmarks/start_held_out.py``). ``classes``: class
+    indices of every row of ``inputs``.
     Returns weights ``(n_classes, n_inputs + 1)``, the intercept last."""
     x = inputs.detach().to(torch.float64).cpu()
     y = torch.as_tensor(classes, dtype=torch.long)
@@ -415,7 +418,7 @@ def choose_linear_classifier(
         enet_path = elastic_net_path(_gradient_at_intercepts(train_loss, at_zero))
     counts = np.bincount(classes[val_rows], minlength=n_classes) if len(val_rows) else [0]
     if held_out is None:
-        held_out = HELD_OUT_VAL if np.min(counts) >= MIN_VAL_PER_CLASS else HELD_OUT_CV
+        held_out = HELD_OUT_VAL if np.min(counts) >= MIN_VAL_PER_CLASS else HELD_OUT_CV_AND_VAL
     return choose_ridge_or_elastic_net(
         make_fit, held_out_loss, train_rows, val_rows, held_out, enet_path, seed
     )

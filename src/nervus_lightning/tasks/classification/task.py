@@ -215,8 +215,8 @@ class ClassificationTask(Task):
         j: int,
     ) -> PenaltyChoice | None:
         """The penalised (ridge or elastic-net) multinomial logistic fit of the training rows,
-        its penalty chosen on the validation rows
-        (:func:`..models.penalty.choose_linear_classifier`)."""
+        its penalty chosen on the validation rows, or on them and the folds of train when a
+        class has few validation cases (:func:`..models.penalty.choose_linear_classifier`)."""
         spec = self.labels[j]
         classes = self.encode_targets(frame, spec)
         known = classes != UNKNOWN
