@@ -30,7 +30,7 @@ from nervus_lightning.data.volume_input import (  # noqa: E402
     VolumeSettings,
     read_training_volume,
 )
-from nervus_lightning.data.volumes import NIFTI_WINDOW_KEY  # noqa: E402
+from nervus_lightning.data.volume_nifti import NIFTI_WINDOW_KEY  # noqa: E402
 from nervus_lightning.workflows.settings import TrainSettings  # noqa: E402
 from nervus_lightning.workflows.train import train  # noqa: E402
 

@@ -22,9 +22,9 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
+from nervus_lightning.data.volume_nifti import LPS_FROM_RAS  # noqa: E402
 from nervus_lightning.data.volumes import (  # noqa: E402
     CANONICAL_AXES,
-    LPS_FROM_RAS,
     read_volume,
     resample,
     volume_problem,

@@ -75,7 +75,7 @@ from nervus_lightning.data.demo import (
     stratified_split,
     survival_outcome,
 )
-from nervus_lightning.data.volumes import VOLUMES_EXTRA_HINT
+from nervus_lightning.data.volume_nifti import VOLUMES_EXTRA_HINT
 from nervus_lightning.errors import NervusInputError
 
 __all__ = [

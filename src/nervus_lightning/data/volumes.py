@@ -5,7 +5,7 @@ into a :class:`Volume` and checking it cheaply beforehand (:func:`volume_problem
 Inputs: a NIfTI file (``.nii``, ``.nii.gz``, NIfTI-1 or -2, with nibabel: the ``volumes`` extra,
 ``pip install "nervus-lightning[volumes]"``), a folder holding one DICOM series, or one
 multi-frame DICOM file (Enhanced CT/MR, RT Dose); :mod:`.volume_dicom` orders and checks the
-DICOM slices.
+DICOM slices, :mod:`.volume_nifti` checks a NIfTI header and shows its intensities.
 
 **Orientation.** Every volume comes out in one orientation, the closest to how it was stored
 (axes permuted and flipped, never interpolated for the orientation itself): the array's axes
@@ -17,7 +17,7 @@ axial series then needs no flip at all: ``array[d]`` is slice ``d`` from the fee
 radiology viewer shows it (anterior at the top, the patient's right on the left of the image),
 the layout SimpleITK also gives (``z, y, x`` arrays in LPS). In nibabel's notation (RAS world)
 the array's axis codes are ``('S', 'P', 'L')``: :func:`nibabel.aff2axcodes` of
-``LPS_FROM_RAS @ affine`` says so, and the tests compare the result with nibabel's own
+``volume_nifti.LPS_FROM_RAS @ affine`` says so, and the tests compare the result with nibabel's own
 ``as_closest_canonical``. A NIfTI affine (RAS) is turned into LPS by negating x and y.
 
 **Intensities** follow the rule of 2D DICOM (:mod:`.dicom`): modality-LUT values (each slice's
@@ -31,8 +31,8 @@ to ``[0, 1]`` by the fixed output range of that step, with pydicom's own functio
   (:class:`~nervus_lightning.data.dicom_window.AutoWindow`, chosen on the training volumes by
   :func:`choose_volume_auto_window`, as 2D DICOM files get theirs): the window of its DICOM
   Modality, or for NIfTI, which records no modality, the one window of the training NIfTI
-  volumes without a display range (:data:`NIFTI_WINDOW_KEY`). Without such a window (plain
-  ``auto``, or a modality not seen in training): its full range;
+  volumes without a display range (:data:`.volume_nifti.NIFTI_WINDOW_KEY`). Without such a
+  window (plain ``auto``, or a modality not seen in training): its full range;
 * ``none``: the full range the stored bits allow after the modality LUT (for NIfTI: its integer
   data type's range after ``scl_slope``/``scl_inter``). A floating-point NIfTI has no such range:
   without ``cal_min``/``cal_max`` or the data set's window it is scaled by its own minimum and
@@ -88,18 +88,17 @@ from nervus_lightning.data.volume_dicom import (
     read_multi_frame,
     read_series,
 )
+from nervus_lightning.data.volume_nifti import (
+    is_nifti,
+    nifti_display,
+    nifti_problem,
+    nifti_window_group,
+    read_nifti,
+)
 from nervus_lightning.errors import ImageReadError, NervusInputError
 
-VOLUMES_EXTRA_HINT = 'pip install "nervus-lightning[volumes]"'
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Where the array's axes ``(d, h, w)`` run: to the patient's superior, posterior, left.
 CANONICAL_AXES = ("S", "P", "L")
-#: Turns a NIfTI (RAS) affine into DICOM patient coordinates (LPS), and back.
-LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-#: The data set's window (:class:`AutoWindow` key) of NIfTI volumes without ``cal_min``/
-#: ``cal_max``: NIfTI records no modality, so they share one. Mixed case, so it can never be a
-#: DICOM Modality (upper-case code string).
-NIFTI_WINDOW_KEY = "NIfTI"
 # World axis (LPS: 0 = x, 1 = y, 2 = z) that array axis d, h, w runs along.
 _WORLD_AXIS_OF = (2, 1, 0)
 
@@ -122,22 +121,6 @@ class Volume:
     spacing: tuple[float, float, float]
     source: Path
     modality: str
-
-
-def import_nibabel(path: Path):
-    """nibabel, or an ImageReadError telling how to install it."""
-    try:
-        import nibabel
-    except ImportError:
-        raise ImageReadError(
-            path, f"this is a NIfTI file; install the volumes extra ({VOLUMES_EXTRA_HINT})"
-        ) from None
-    return nibabel
-
-
-def is_nifti(path: Path) -> bool:
-    """A ``.nii`` or ``.nii.gz`` file name."""
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def read_volume(
@@ -181,8 +164,8 @@ def _read_source(path: Path, window: Window, volume_index: int | None):
     """``(values, affine, modality, display)`` of ``path`` as stored: modality-LUT values, their
     LPS affine, the DICOM Modality, and the function that shows such values in ``[0, 1]``."""
     if is_nifti(path):
-        values, affine, intensity = _read_nifti(path, volume_index)
-        return values, affine, "", lambda v: _nifti_display(path, v, intensity, window)
+        values, affine, intensity = read_nifti(path, volume_index)
+        return values, affine, "", lambda v: nifti_display(path, v, intensity, window)
     if path.is_dir():
         stack = read_series(path)
     elif path.is_file() and is_dicom_file(path):
@@ -208,11 +191,10 @@ def auto_window_group(path: str | os.PathLike) -> str | None:
     """Which of the data set's windows ``data.window=auto`` shows ``path`` with, from headers
     only: None for a volume with a window of its own (a DICOM VOI LUT or Window Center/Width on
     its central slice, a NIfTI ``cal_min``/``cal_max``), else its DICOM ``Modality`` (``""``
-    without one), or :data:`NIFTI_WINDOW_KEY` for a NIfTI file."""
+    without one), or :data:`.volume_nifti.NIFTI_WINDOW_KEY` for a NIfTI file."""
     path = Path(path)
     if is_nifti(path):
-        image, _ = _nifti_header(path, None)
-        return None if _display_range(image.header) is not None else NIFTI_WINDOW_KEY
+        return nifti_window_group(path)
     if not (path.is_dir() or (path.is_file() and is_dicom_file(path))):
         raise ImageReadError(path, _NOT_A_VOLUME)
     ds, header = central_header(path)
@@ -239,10 +221,10 @@ def choose_volume_auto_window(
     """The data set's windows for the volumes of ``paths`` (the training split's) that have no
     window of their own: the 2D rule (:func:`~nervus_lightning.data.dicom_window.
     choose_auto_window`) with volumes: one window per DICOM Modality, and one for NIfTI
-    volumes (:data:`NIFTI_WINDOW_KEY`), spanning the 0.5th to 99.5th percentiles of their
-    pooled modality-LUT values (at most ``max_files`` volumes per window drawn with ``seed``, at
-    most 65,536 evenly spaced values of each). Two numbers per window, an aggregate of many
-    volumes.
+    volumes (:data:`.volume_nifti.NIFTI_WINDOW_KEY`), spanning the 0.5th to 99.5th percentiles
+    of their pooled modality-LUT values (at most ``max_files`` volumes per window drawn with
+    ``seed``, at most 65,536 evenly spaced values of each). Two numbers per window, an
+    aggregate of many volumes.
 
     Raises:
         ImageReadError: a volume that has to be read cannot be.
@@ -271,12 +253,7 @@ def volume_problem(path: str | os.PathLike, *, volume_index: int | None = None) 
     if not path.exists():
         return "it does not exist"
     if is_nifti(path):
-        try:
-            _nifti_header(path, volume_index)
-            _display_header(path, _NiftiIntensity(np.dtype(np.int16), 1.0, 0.0, None))
-        except ImageReadError as problem:
-            return problem.reason
-        return None
+        return nifti_problem(path, volume_index)
     if path.is_dir() or is_dicom_file(path):
         return dicom_volume_problem(path)
     return _NOT_A_VOLUME
@@ -380,138 +357,3 @@ def _dicom_display(values: np.ndarray, ds: Any, header: Any, window: Window) -> 
     for d, plane in enumerate(values):  # one slice at a time: float64 copies of one slice only
         out[d] = display_values(plane, header, shown, monochrome1)
     return out
-
-
-@dataclass(frozen=True)
-class _NiftiIntensity:
-    """What a NIfTI header says about its intensities."""
-
-    dtype: np.dtype
-    slope: float
-    inter: float
-    display_range: tuple[float, float] | None
-
-
-def _nifti_header(path: Path, volume_index: int | None):
-    """The loaded (lazy) NIfTI image, checked from its header to be one volume."""
-    nibabel = import_nibabel(path)
-    try:
-        image = nibabel.load(path)
-    except Exception as exc:  # nibabel raises several types for a damaged or foreign file
-        raise ImageReadError(path, f"the NIfTI file cannot be read ({exc}); {_RESAVE}") from exc
-    shape = tuple(int(n) for n in image.shape)
-    listed = " x ".join(map(str, shape))
-    while len(shape) > 4 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) < 3 or min(shape[:3]) < 2:
-        raise ImageReadError(
-            path, f"it is a 2D image (shape {listed}), not a volume; read it as a 2D image"
-        )
-    if len(shape) > 4:
-        raise ImageReadError(path, f"it has {len(shape)} dimensions (shape {listed}); {_ONE}")
-    if len(shape) == 4 and volume_index is None:
-        raise ImageReadError(
-            path,
-            f"it holds {shape[3]} volumes (shape {listed}: a time series or several "
-            f"directions); {_ONE}, or choose one with volume_index",
-        )
-    if len(shape) == 4 and not 0 <= volume_index < shape[3]:
-        raise ImageReadError(
-            path,
-            f"volume_index={volume_index} is outside its {shape[3]} volumes (0 .. {shape[3] - 1})",
-        )
-    dtype = np.dtype(image.get_data_dtype())
-    if dtype.kind not in "iuf":
-        raise ImageReadError(path, f"its voxels are {dtype} (not grayscale numbers); {_RESAVE}")
-    affine = image.affine
-    if (
-        affine is None
-        or not np.isfinite(affine).all()
-        or abs(np.linalg.det(affine[:3, :3])) < 1e-12
-    ):
-        raise ImageReadError(path, f"its affine (voxel -> mm) is missing or singular; {_RESAVE}")
-    if not path.name.lower().endswith(".gz"):
-        offset = int(getattr(image.dataobj, "offset", image.header.get_data_offset()))
-        needed = offset + dtype.itemsize * int(np.prod(image.shape))
-        if path.stat().st_size < needed:
-            raise ImageReadError(
-                path,
-                f"it is truncated: {path.stat().st_size} bytes where its header asks for "
-                f"{needed}; copy the file again",
-            )
-    return image, shape
-
-
-_RESAVE = "save it again as a 3D NIfTI (e.g. with dcm2niix, nibabel or ITK-SNAP)"
-_ONE = "save the volume you want as a 3D NIfTI"
-
-
-def _read_nifti(path: Path, volume_index: int | None):
-    """``(values float32, LPS affine, intensity facts)`` of a NIfTI file."""
-    image, shape = _nifti_header(path, volume_index)
-    proxy = image.dataobj
-    try:
-        data = proxy[..., volume_index] if len(shape) == 4 else np.asanyarray(proxy)
-        values = np.asarray(data, dtype=np.float32).reshape(shape[:3])
-    except Exception as exc:  # a damaged or truncated (.gz) data block
-        raise ImageReadError(
-            path, f"the NIfTI voxel data cannot be read ({exc}); copy the file again"
-        ) from exc
-    intensity = _NiftiIntensity(
-        np.dtype(image.get_data_dtype()),
-        float(getattr(proxy, "slope", 1.0)),
-        float(getattr(proxy, "inter", 0.0)),
-        _display_range(image.header),
-    )
-    return values, LPS_FROM_RAS @ image.affine, intensity
-
-
-def _display_range(header) -> tuple[float, float] | None:
-    """A NIfTI header's ``cal_min .. cal_max``, or None when unset (not increasing)."""
-    low, high = (float(header.get("cal_min", 0) or 0), float(header.get("cal_max", 0) or 0))
-    return (low, high) if high > low else None
-
-
-def _nifti_display(
-    path: Path, values: np.ndarray, intensity: _NiftiIntensity, window: Window
-) -> np.ndarray:
-    """Window and ``[0, 1]`` scaling of a NIfTI volume (see the module docstring): a window
-    and the integer ranges go through the DICOM display step, described by a DICOM header."""
-    if isinstance(window, AutoWindow):  # the data set's window where the file has none
-        own = intensity.display_range is not None
-        window = "auto" if own else window.for_modality(NIFTI_WINDOW_KEY) or "auto"
-    if window == "auto" and intensity.display_range is not None:
-        low, high = intensity.display_range
-        return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    if not isinstance(window, tuple) and intensity.dtype.kind == "f":
-        low, high = float(values.min()), float(values.max())
-        if high <= low:
-            return np.zeros_like(values, dtype=np.float32)
-        return ((values - low) / (high - low)).astype(np.float32)
-    header = _display_header(path, intensity)
-    shown = window if isinstance(window, tuple) else "none"
-    out = np.empty(values.shape, dtype=np.float32)
-    for d, plane in enumerate(values):
-        out[d] = display_values(plane, header, shown, False)
-    return out
-
-
-def _display_header(path: Path, intensity: _NiftiIntensity) -> Any:
-    """A DICOM header with a NIfTI's stored bits and scaling, for pydicom's display step."""
-    try:
-        from pydicom.dataset import Dataset
-    except ImportError:
-        raise ImageReadError(
-            path, f"its intensities are scaled with pydicom; install {VOLUMES_EXTRA_HINT}"
-        ) from None
-    header = Dataset()
-    header.PhotometricInterpretation = "MONOCHROME2"
-    if intensity.dtype.kind == "f":  # only a window reaches here: its LINEAR output range
-        header.BitsStored, header.PixelRepresentation = 16, 0
-        return header
-    header.BitsStored = intensity.dtype.itemsize * 8
-    header.PixelRepresentation = int(intensity.dtype.kind == "i")
-    header.RescaleSlope, header.RescaleIntercept = intensity.slope, intensity.inter
-    return header

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from nervus_lightning.data.volume_input import VolumeSettings
-from nervus_lightning.data.volumes import LPS_FROM_RAS, import_nibabel, read_volume
+from nervus_lightning.data.volume_nifti import LPS_FROM_RAS, import_nibabel
+from nervus_lightning.data.volumes import read_volume
 
 
 def network_affine(path: str | Path, settings: VolumeSettings) -> np.ndarray:
