@@ -41,9 +41,9 @@ from nervus_lightning.models.penalty import (  # noqa: E402
     HELD_OUT_CV,
     HELD_OUT_CV_AND_VAL,
     HELD_OUT_VAL,
-    MIN_VAL_PER_CLASS,
     choose_linear_classifier,
     choose_linear_regression,
+    classifier_held_out,
 )
 
 DESIGNS = (HELD_OUT_VAL, HELD_OUT_CV, HELD_OUT_CV_AND_VAL)
@@ -85,11 +85,11 @@ def start_scores(task: str, data: dict, design: str) -> tuple[float, float | Non
 
 
 def few_cases(data: dict) -> bool:
-    """Whether a class has fewer than ``MIN_VAL_PER_CLASS`` validation cases, where the library's
-    classification start leaves the validation rows."""
-    _, counts = np.unique(data["val"].y, return_counts=True)
-    classes = np.unique(np.concatenate([data["train"].y, data["val"].y]))
-    return len(counts) < len(classes) or int(counts.min()) < MIN_VAL_PER_CLASS
+    """Whether the library's classification start leaves the validation rows alone here (a
+    class with fewer than ``MIN_VAL_PER_CLASS`` validation cases)."""
+    classes = np.unique(data["train"].y)
+    val = np.searchsorted(classes, data["val"].y)
+    return classifier_held_out(val, len(classes)) != HELD_OUT_VAL
 
 
 def run(name: str, seeds: int) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray], int]:

@@ -57,6 +57,7 @@ __all__ = [
     "PenaltyChoice",
     "choose_penalty",
     "choose_linear_classifier",
+    "classifier_held_out",
     "choose_linear_regression",
     "describe_choice",
     "fit_logistic",
@@ -364,6 +365,15 @@ def fit_ridge(x: Tensor, y: Tensor, penalty: float, start: Tensor | None = None)
 MIN_VAL_PER_CLASS = 10
 
 
+def classifier_held_out(val_classes: np.ndarray, n_classes: int) -> str:
+    """The :func:`held_out_splits` design of a classification start whose validation rows hold
+    the class indices ``val_classes``: :data:`HELD_OUT_VAL` when each of the ``n_classes``
+    classes has :data:`MIN_VAL_PER_CLASS` cases there, else :data:`HELD_OUT_CV_AND_VAL`."""
+    counts = np.bincount(np.asarray(val_classes, dtype=np.int64), minlength=n_classes)
+    enough = len(val_classes) > 0 and counts.min() >= MIN_VAL_PER_CLASS
+    return HELD_OUT_VAL if enough else HELD_OUT_CV_AND_VAL
+
+
 def choose_linear_classifier(
     inputs: Tensor,
     classes: np.ndarray,
@@ -417,9 +427,8 @@ def choose_linear_classifier(
             return torch.nn.functional.cross_entropy(design[train_t] @ w.T, y[train_t])
 
         enet_path = elastic_net_path(_gradient_at_intercepts(train_loss, at_zero))
-    counts = np.bincount(classes[val_rows], minlength=n_classes) if len(val_rows) else [0]
     if held_out is None:
-        held_out = HELD_OUT_VAL if np.min(counts) >= MIN_VAL_PER_CLASS else HELD_OUT_CV_AND_VAL
+        held_out = classifier_held_out(classes[val_rows], n_classes)
     return choose_ridge_or_elastic_net(
         make_fit, held_out_loss, train_rows, val_rows, held_out, enet_path, seed
     )
