@@ -158,14 +158,15 @@ def test_survival_contract_carries_the_training_aggregates(trained, tmp_path):
     reference = module.task.references[0]
     assert entry["eval_times"] == reference.eval_times.tolist()
     # The survival probabilities a deployer computes from the JSON and the graph's risk equal
-    # the library's (the step-function baseline read as the 'meaning' says).
+    # the library's (the baseline read linearly between its times, as the 'meaning' says).
+    assert entry["time_summary"]["baseline_linear"] == 1.0 and "linearly" in entry["meaning"]
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     inputs = {"tabular": np.random.default_rng(1).normal(0, 1, (5, 2)).astype(np.float32)}
     (risk,) = session.run(None, inputs)
     times = np.asarray(entry["baseline"]["times"])
     cumhaz = np.asarray(entry["baseline"]["cumhaz"])
-    at = np.searchsorted(times, entry["eval_times"], side="right") - 1
-    h0 = np.where(at >= 0, cumhaz[np.maximum(at, 0)], 0.0)
+    h0 = np.interp(entry["eval_times"], np.r_[0.0, times], np.r_[0.0, cumhaz])
+    assert not np.isin(entry["eval_times"], times).all()  # a time between stored ones is read
     mine = np.exp(-h0[None, :] * np.exp(risk.astype(np.float64)))
     np.testing.assert_allclose(
         mine, reference.survival(risk[:, 0].astype(np.float64), reference.eval_times), atol=1e-6

@@ -419,13 +419,12 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
         unique, train_cif = cumulative_incidence_competing_risks(
             train_rows.label_death.to_numpy(), train_rows.period_death.to_numpy()
         )
-        # ... at the baseline's stored times (each step >= k events), read at the last one at or
-        # before each grid time.
+        # ... at the baseline's stored times (each step >= k events), read linearly between
+        # them from 0 at time 0, flat after the last (as the baseline is read).
         stored = reference.baseline.times
         at_stored = np.searchsorted(unique, stored, side="right") - 1
         cif_stored = np.where(at_stored >= 0, train_cif[c, np.maximum(at_stored, 0)], 0.0)
-        at_grid = np.searchsorted(stored, full_grid, side="right") - 1
-        null = np.where(at_grid >= 0, cif_stored[np.maximum(at_grid, 0)], 0.0)
+        null = np.interp(full_grid, np.r_[0.0, stored], np.r_[0.0, cif_stored])
         np.testing.assert_allclose(reference.null_cif[c - 1], null, rtol=1e-12)
         null_ibs = ipcw.integrated_cause_brier_score(
             test.period_death, test.label_death, np.tile(null[kept], (len(test), 1)), c, grid,

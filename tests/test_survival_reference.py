@@ -356,28 +356,110 @@ def test_an_older_reference_with_a_censoring_curve_still_loads(data):
         assert "censoring_times" not in old.to_tensors() and "censoring" not in old.to_json()
 
 
+# --- reading the stored curve between its kept times ---------------------------------------------
+
+
+def test_linear_reading_of_a_stored_baseline():
+    """A stored curve is read linearly between its times, from 0 at time 0, flat after the last;
+    a fitted Breslow baseline stays a step function; the flag survives the tensor round trip."""
+    stored = BreslowBaseline(np.array([2.0, 4.0]), np.array([1.0, 3.0]), linear=True)
+    at = [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 10.0]
+    np.testing.assert_allclose(stored.baseline_cumulative_hazard(at), [0, 0, 0.5, 1, 2, 3, 3])
+    step = BreslowBaseline(stored.times, stored.cumhaz)
+    np.testing.assert_allclose(step.baseline_cumulative_hazard(at), [0, 0, 0, 1, 1, 3, 3])
+    assert BreslowBaseline.from_tensors(stored.to_tensors()).linear
+    assert not BreslowBaseline.from_tensors(step.to_tensors()).linear
+    fitted = BreslowBaseline.fit([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [1, 1, 0])
+    assert not fitted.linear
+    np.testing.assert_allclose(
+        fitted.baseline_cumulative_hazard([0.5, 1.5, 2.5]), [0, 1 / 3, 5 / 6]
+    )
+
+
+def test_few_events_curve_follows_the_true_survival_between_kept_times():
+    """Exponential survival (true H0(t) = t / 5, one input with log hazard ratio 0.7), 90
+    training patients with about 30 events, so k = 10 keeps two or three times: the predicted
+    survival between them is far closer to the truth than the step reading of the same stored
+    values (which holds survival at 1 for everyone before the first kept time)."""
+    rng = np.random.default_rng(0)
+    n = 90
+    x = rng.standard_normal(n)
+    risk = 0.7 * x
+    true_time = rng.exponential(5.0 * np.exp(-risk))
+    censor = rng.exponential(2.5, n)
+    time, event = np.minimum(true_time, censor), true_time <= censor
+    assert 25 <= event.sum() <= 40
+    reference = SurvivalReference.fit(time, event, risk)
+    assert reference.baseline.linear and reference.baseline.times.shape[0] <= 4
+    grid = np.linspace(0.05, np.percentile(time, 80), 200)
+    truth = np.exp(-np.outer(np.exp(risk), grid / 5.0))
+    step = BreslowBaseline(reference.baseline.times, reference.baseline.cumhaz)
+    linear_error = np.abs(reference.survival(risk, grid) - truth).mean()
+    step_error = np.abs(step.survival(risk, grid) - truth).mean()
+    assert linear_error < 0.5 * step_error
+    # Both readings agree with the full Breslow estimate at the kept times.
+    full = BreslowBaseline.fit(risk, time, event)
+    kept = reference.baseline.times
+    np.testing.assert_allclose(
+        reference.baseline.baseline_cumulative_hazard(kept), full.baseline_cumulative_hazard(kept)
+    )
+
+
+def test_a_reference_stored_before_the_linear_reading_keeps_its_steps(data):
+    """A checkpoint or schema.json written before the flag existed reads its baseline (and so
+    its predictions) in steps, as it did; a new one keeps the flag through both stores."""
+    time, event, risk = data["time"], data["event"], data["risk"]
+    train, test = data["train"], data["test"]
+    reference = SurvivalReference.fit(time[train], event[train], risk[train])
+    for again in (
+        SurvivalReference.from_tensors(reference.to_tensors()),
+        SurvivalReference.from_json(json.loads(json.dumps(reference.to_json()))),
+    ):
+        assert again.baseline.linear
+        grid = reference.ibs_grid()
+        np.testing.assert_array_equal(
+            again.survival(risk[test], grid), reference.survival(risk[test], grid)
+        )
+    tensors = reference.to_tensors()
+    del tensors["baseline_linear"]
+    old_json = reference.to_json()
+    del old_json["time_summary"]["baseline_linear"]
+    step = BreslowBaseline(reference.baseline.times, reference.baseline.cumhaz)
+    grid = reference.ibs_grid()
+    for old in (SurvivalReference.from_tensors(tensors), SurvivalReference.from_json(old_json)):
+        assert not old.baseline.linear
+        np.testing.assert_array_equal(
+            old.survival(risk[test], grid), step.survival(risk[test], grid)
+        )
+
+
 # --- the null model and the index of prediction accuracy ----------------------------------------
 
 
 def test_null_model_ibs_and_ipa_against_scikit_survival(data):
-    """The stored null model is the training Kaplan-Meier curve on the IBS grid, in steps of at
-    least k events; its IBS on an evaluated set is scikit-survival's integrated_brier_score of
-    that curve given to everyone (``survival_train`` = the evaluated rows), and
-    ipa = 1 - ibs / ibs_null. A reference stored without it gives None and a reason."""
+    """The stored null model is the training Kaplan-Meier curve on the IBS grid, known at the
+    baseline's kept times (steps of at least k events) and read between them as the baseline is
+    (its cumulative hazard -log S linear from 0 at time 0, flat after the last); its IBS on an
+    evaluated set is scikit-survival's integrated_brier_score of that curve given to everyone
+    (``survival_train`` = the evaluated rows), and ipa = 1 - ibs / ibs_null. A reference stored
+    without it gives None and a reason."""
     time, event, risk = data["time"], data["event"], data["risk"]
     train, test = data["train"], data["test"]
     reference = SurvivalReference.fit(time[train], event[train], risk[train])
     grid = reference.ibs_grid()
     # The training Kaplan-Meier curve at the baseline's stored times (each step >= k events),
-    # read at the last one at or before each grid time.
+    # its cumulative hazard read linearly between them, as the baseline's.
     stored = reference.baseline.times
+    assert reference.baseline.linear
     km_time, km_surv = kaplan_meier_estimator(event[train], time[train])
     at = np.searchsorted(km_time, stored, side="right") - 1
     km_stored = np.where(at >= 0, km_surv[np.maximum(at, 0)], 1.0)
-    step = np.searchsorted(stored, grid, side="right") - 1
-    expected_curve = np.where(step >= 0, km_stored[np.maximum(step, 0)], 1.0)
+    km_cumhaz = np.interp(grid, np.r_[0.0, stored], np.r_[0.0, -np.log(km_stored)])
+    expected_curve = np.exp(-km_cumhaz)
     np.testing.assert_allclose(reference.null_survival, expected_curve, rtol=1e-12)
-    assert np.unique(reference.null_survival).shape[0] <= stored.shape[0] + 1
+    on_stored = np.isin(grid, stored)
+    assert on_stored.any()
+    np.testing.assert_allclose(reference.null_survival[on_stored], km_stored[np.isin(stored, grid)])
     inside = grid[(grid >= time[test].min()) & (grid < time[test].max())]
     kept = np.isin(grid, inside)
     # survival_train = the evaluated rows: their own censoring curve.

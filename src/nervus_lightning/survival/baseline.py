@@ -12,17 +12,18 @@ baseline is fitted once, on the training split, from the trained model's risks:
     \hat S(t \mid \eta) = \exp\big(-\hat H_0(t)\, e^{\eta}\big),
 
 with :math:`t_j` the distinct training event times and :math:`d_j` the number of events at
-:math:`t_j`. :math:`\hat H_0` is a right-continuous step function: 0 before the first event time,
-and constant after the last one (a prediction beyond the training follow-up is an extrapolation
-the user should not lean on; scikit-survival raises there instead, and before its first
-time point it returns the first step's value rather than 0). The risks are used as given,
-without centring, so ``risk`` must be on the same scale at fit and prediction time; this
-matches scikit-survival's ``CoxPHSurvivalAnalysis`` (``tests/test_survival_metrics.py`` checks
-the values against it).
+:math:`t_j`. Fitted (:meth:`BreslowBaseline.fit`), :math:`\hat H_0` is a right-continuous step
+function: 0 before the first event time, and constant after the last one (a prediction beyond
+the training follow-up is an extrapolation the user should not lean on; scikit-survival raises
+there instead, and before its first time point it returns the first step's value rather than
+0). The risks are used as given, without centring, so ``risk`` must be on the same scale at fit
+and prediction time; this matches scikit-survival's ``CoxPHSurvivalAnalysis``
+(``tests/test_survival_metrics.py`` checks the values against it).
 
 :meth:`BreslowBaseline.fit` keeps :math:`\hat H_0` at every distinct training event time, which
-is patient-level information; what a checkpoint stores is the same curve evaluated on a time grid
-(a ``BreslowBaseline`` whose ``times`` are the grid; see
+is patient-level information; what a checkpoint stores is the same curve evaluated on a coarse
+time grid, each step holding several events (a ``BreslowBaseline`` whose ``times`` are the grid,
+read linearly between them: ``linear=True``; see
 :class:`~nervus_lightning.survival.reference.SurvivalReference`).
 :meth:`BreslowBaseline.to_tensors` / :meth:`BreslowBaseline.from_tensors` give plain tensors that
 ``torch.load(..., weights_only=True)`` can read (no pickle).
@@ -48,17 +49,26 @@ def as_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray:
 
 @dataclass
 class BreslowBaseline:
-    r"""Baseline cumulative hazard as a step function.
+    r"""Baseline cumulative hazard, known at ``times``.
 
     Attributes:
-        times: where the step function is known, ascending, shape ``(m,)``: the distinct
-            training event times after :meth:`fit`, or a time grid.
-        cumhaz: :math:`\hat H_0` at those times (non-decreasing), shape ``(m,)``; between two
-            times the value of the earlier one, before the first 0.
+        times: where the curve is known, ascending, shape ``(m,)``: the distinct training event
+            times after :meth:`fit`, or a coarser time grid.
+        cumhaz: :math:`\hat H_0` at those times (non-decreasing), shape ``(m,)``.
+        linear: how the curve is read between two times. ``False`` (what :meth:`fit` gives,
+            where ``times`` are every event time): a right-continuous step function, the value
+            of the earlier time, 0 before the first, which *is* Breslow's estimate. ``True``
+            (a curve stored on a coarse grid, each step holding several events): linear from
+            ``(0, 0)`` through the stored points, i.e. a constant hazard between two stored
+            times (a piecewise-exponential reading). A step reading of a coarse grid would
+            hold every prediction at the previous stored value up to the next one, so
+            survival would be overstated everywhere between them (by a whole step's events
+            just before each stored time). Both readings are flat after the last time.
     """
 
     times: np.ndarray
     cumhaz: np.ndarray
+    linear: bool = False
 
     def __post_init__(self) -> None:
         self.times = np.asarray(self.times, dtype=np.float64).reshape(-1)
@@ -96,8 +106,12 @@ class BreslowBaseline:
         return cls(times=event_times, cumhaz=np.cumsum(increments))
 
     def baseline_cumulative_hazard(self, times: Any) -> np.ndarray:
-        r""":math:`\hat H_0` at ``times`` (right-continuous step function), shape ``(k,)``."""
+        r""":math:`\hat H_0` at ``times``, shape ``(k,)``: a right-continuous step function, or
+        linear between the stored times when :attr:`linear` (class docstring)."""
         times = as_numpy(times)
+        if self.linear:
+            # 0 at and before t = 0, the last stored value after the last stored time.
+            return np.interp(times, np.r_[0.0, self.times], np.r_[0.0, self.cumhaz], left=0.0)
         index = np.searchsorted(self.times, times, side="right") - 1
         padded = np.concatenate(([0.0], self.cumhaz))
         return padded[index + 1]
@@ -116,13 +130,18 @@ class BreslowBaseline:
         return np.exp(-self.cumulative_hazard(risk, times))
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Float64 tensors ``times`` and ``cumhaz`` for a checkpoint (``weights_only`` safe)."""
-        return {
+        """Float64 tensors ``times`` and ``cumhaz`` for a checkpoint (``weights_only`` safe), and
+        ``linear`` (1.0) when the curve is read linearly."""
+        out = {
             "times": torch.from_numpy(self.times.copy()),
             "cumhaz": torch.from_numpy(self.cumhaz.copy()),
         }
+        if self.linear:
+            out["linear"] = torch.tensor(1.0, dtype=torch.float64)
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> BreslowBaseline:
-        """Inverse of :meth:`to_tensors`."""
-        return cls(times=as_numpy(tensors["times"]), cumhaz=as_numpy(tensors["cumhaz"]))
+        """Inverse of :meth:`to_tensors` (no ``linear``: a step function)."""
+        linear = "linear" in tensors and bool(tensors["linear"].item())
+        return cls(as_numpy(tensors["times"]), as_numpy(tensors["cumhaz"]), linear=linear)

@@ -40,14 +40,22 @@ Fields:
     Breslow's baseline cumulative hazard :math:`\hat H_0` at the kept times of
     :func:`aggregate_grid` (first the evaluation times and their median, the calibration time,
     then the multiples of the time step and the integrated-Brier-score grid). At a kept time it
-    is exactly the full Breslow estimate; between kept times the curve steps at the previous
-    kept time.
+    is exactly the full Breslow estimate; between kept times (and from 0 at time 0 to the first)
+    it is read linearly, a constant hazard over each stored step
+    (:class:`~nervus_lightning.survival.baseline.BreslowBaseline` ``linear``). With few training
+    events the kept times are few (30 events and ``k`` = 10: two or three), and a step reading
+    would predict survival 1 for everyone before the first kept time and the previous kept
+    value up to each next one. A reference stored before 2026-12-07 has no ``baseline_linear``
+    flag and is read as before, in steps, so its predictions are reproduced.
 ``null_survival``, ``null_cif``
     The covariate-free prediction every case would get, on the integrated-Brier-score grid
     (``ibs_points`` values): the training split's Kaplan-Meier survival (any event) and, for
     an endpoint with competing causes 1..K, the Aalen-Johansen cumulative incidence of each
-    cause (``K x ibs_points``), each read at the last kept time of :func:`aggregate_grid` at or
-    before the grid time. They are the reference of the index of prediction accuracy
+    cause (``K x ibs_points``), each known at the kept times of :func:`aggregate_grid` and read
+    between them as the baseline is (the survival's cumulative hazard ``-log S`` and each
+    cumulative incidence linear from 0 at time 0, flat after the last kept time), so the model
+    and its reference are compared on the same footing. References stored before 2026-12-07
+    hold the step reading. They are the reference of the index of prediction accuracy
     (``ipa``). A reference stored before they existed has ``None``.
 scalars
     The largest training time rounded up to the time step, the 10th/90th percentiles of the
@@ -111,6 +119,8 @@ _SCALARS = (
     "ibs_points",
 )
 _OPTIONAL_SCALARS = ("time_step", "min_patients_per_step")
+#: Stored (1.0) when the baseline is read linearly between its kept times; absent: in steps.
+LINEAR_FLAG = "baseline_linear"
 
 
 def time_step(max_time: float, steps: int = GRID_STEPS) -> float:
@@ -225,12 +235,12 @@ def aggregate_grid(
     return np.unique(np.asarray(kept, dtype=np.float64))
 
 
-def _at_kept(kept: np.ndarray, values: np.ndarray, times: np.ndarray, start: float) -> np.ndarray:
-    """A step curve known at ``kept`` (``values[..., i]`` at ``kept[i]``), read at ``times``:
-    the value at the last kept time at or before each, ``start`` before the first."""
-    index = np.searchsorted(kept, times, side="right") - 1
-    padded = np.concatenate([np.full(values.shape[:-1] + (1,), start), values], axis=-1)
-    return padded[..., index + 1]
+def _between_kept(kept: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """A curve known at ``kept`` (``values[..., i]`` at ``kept[i]``), 0 at time 0, read at
+    ``times``: linear between kept times, flat after the last."""
+    values = np.atleast_2d(values)
+    rows = [np.interp(times, np.r_[0.0, kept], np.r_[0.0, v], left=0.0) for v in values]
+    return np.asarray(rows)
 
 
 @dataclass
@@ -333,11 +343,15 @@ class SurvivalReference:
         candidates = np.r_[step * np.arange(1, int(round(max_time / step)) + 1), ibs_grid]
         anchors = np.r_[eval_times, np.median(eval_times) if eval_times.size else []]
         kept = aggregate_grid(time, event, candidates, min_patients_per_step, anchors)
-        reference.baseline = BreslowBaseline(kept, full.baseline_cumulative_hazard(kept))
-        reference.null_survival = _at_kept(kept, kaplan_meier_at(time, event, kept), ibs_grid, 1.0)
+        reference.baseline = BreslowBaseline(
+            kept, full.baseline_cumulative_hazard(kept), linear=True
+        )
+        # Kept times leave k patients followed after them, so the curve is above 0 there.
+        null_cumhaz = -np.log(np.clip(kaplan_meier_at(time, event, kept), 1e-300, None))
+        reference.null_survival = np.exp(-_between_kept(kept, null_cumhaz, ibs_grid)[0])
         if cause.max() >= 2:  # competing risks
             cif = aalen_johansen(time, cause, kept, int(cause.max()))
-            reference.null_cif = _at_kept(kept, cif, ibs_grid, 0.0)
+            reference.null_cif = _between_kept(kept, cif, ibs_grid)
         return reference
 
     # -- what the metrics read ----------------------------------------------------------------
@@ -362,6 +376,8 @@ class SurvivalReference:
         out.update(
             {name: float(getattr(self, name)) for name in _OPTIONAL_SCALARS if getattr(self, name)}
         )
+        if self.baseline.linear:
+            out[LINEAR_FLAG] = 1.0
         return out
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -389,7 +405,11 @@ class SurvivalReference:
         return cls(
             eval_times=as_numpy(get("eval_times")),
             risk_cutpoints=as_numpy(get("risk_cutpoints")),
-            baseline=BreslowBaseline(get("baseline_times"), get("baseline_cumhaz")),
+            baseline=BreslowBaseline(
+                get("baseline_times"),
+                get("baseline_cumhaz"),
+                linear=optional(LINEAR_FLAG) is not None and bool(optional(LINEAR_FLAG).any()),
+            ),
             max_time=float(get("max_time")),
             follow_up_p10=float(get("follow_up_p10")),
             follow_up_p90=float(get("follow_up_p90")),

@@ -94,8 +94,9 @@ class SurvivalTask(Task):
     export_prefix = "risk"
     export_meaning = (
         "risk: the log hazard ratio (DeepSurv). Survival probability at time t: "
-        "exp(-H0(t) * exp(risk)), H0(t) the last 'baseline.cumhaz' value whose "
-        "'baseline.times' entry is <= t (0 before the first)"
+        "exp(-H0(t) * exp(risk)), H0(t) read linearly between the 'baseline.times' "
+        "entries and their 'baseline.cumhaz' values, from H0(0) = 0, flat after the last time "
+        "(without 'time_summary.baseline_linear': the last value at or before t)"
     )
 
     def export_name(self, j: int) -> str:
