@@ -156,6 +156,12 @@ def test_table_row_applies_the_targets(bench):
     assert below["target"].startswith("NO")
     worse_than_km = _runs([0.72] * 3, [0.71] * 3, nervus_ipa=(0.1, -0.2, 0.1))
     assert bench.summarise("whas500", described, worse_than_km)["target"].startswith("NO")
+    # ... and so does an IPA below 0 against the full Kaplan-Meier curve alone
+    full_km = _runs([0.72] * 3, [0.71] * 3)
+    full_km.loc[full_km["method"] == "nervus", "ipa_km"] = [0.1, 0.05, -0.01]
+    judged = bench.summarise("whas500", described, full_km)
+    assert judged["target"].startswith("NO") and "IPA < 0 on 1 seed" in judged["target"]
+    assert judged["nervus IPA, full KM"] == "0.047 ± 0.055"
     # simulated nonlinear: ahead, but by less than the spread over seeds, does not count
     noisy = _runs([0.72, 0.80, 0.70], [0.70, 0.70, 0.70], name="sim_nonlinear")
     assert bench.summarise("sim_nonlinear", described, noisy)["target"].startswith("NO")
@@ -174,6 +180,8 @@ def test_quick_run_writes_the_table(bench, tmp_path):
     nervus = runs[runs["method"] == "nervus"].iloc[0]
     assert 0.0 <= nervus["c_index"] <= 1.0 and nervus["library_check"] <= 1e-6
     assert nervus["ipa"] == pytest.approx(1 - nervus["ibs"] / nervus["ibs_null"])
+    # The same run scored as the baselines are (their grid, the full Kaplan-Meier curve).
+    assert np.isfinite(nervus["ipa_km"]) and -1.0 < nervus["ipa_km"] < 1.0
     assert nervus["epochs_run"] == 2 and nervus["seconds"] > 0
     text = out.read_text()
     assert "| veterans_lung_cancer | 137 | 8 | 128 |" in text
@@ -192,7 +200,7 @@ def test_linear_start_choice_prints_one_row_per_data_set(monkeypatch, capsys):
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("| veterans_lung_cancer")]
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
-    assert len(cells) == len(module.RULES) + 1
+    assert len(cells) == len(module.RULES) + len(module.BASELINES)
     for cell in cells:
         assert 0.5 < float(cell.split()[0]) < 1.0
 
@@ -230,3 +238,20 @@ def test_start_held_out_prints_each_design_and_the_librarys(monkeypatch, capsys)
     for cell in rows["wine"][:-1]:
         auroc, loss = float(cell.split()[0]), float(cell.split()[2])
         assert auroc > 0.95 and 0 < loss < 0.5
+
+
+def test_unseen_sets_run_only_when_asked_and_installed(bench, monkeypatch, capsys):
+    """The sets shipped in lifelines and statsmodels (no default was chosen on them) are left
+    out of the plain command, added by ``--unseen``, and a missing package is named with the
+    command that installs it."""
+    plain = bench.choose_datasets(None, large=False, unseen=False)
+    assert "whas500" in plain and "flchain" not in plain
+    assert not {"rossi", "fair", "star98"} & set(plain)
+    every = bench.choose_datasets(None, large=False, unseen=True)
+    assert {"rossi", "lung", "fair", "anes96", "star98"} <= set(every)
+    assert bench.choose_datasets(["rossi"], large=False, unseen=False) == ["rossi"]
+    monkeypatch.setattr(bench, "installed", lambda: set())
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--datasets", "rossi", "star98", "whas500"])
+    assert stop.value.code == 2
+    assert "pip install lifelines statsmodels" in capsys.readouterr().err
