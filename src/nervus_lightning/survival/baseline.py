@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BreslowBaseline", "as_numpy"]
+__all__ = ["BreslowBaseline", "as_numpy", "linear_from_zero"]
 
 
 def as_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -45,6 +45,17 @@ def as_numpy(values: Any, dtype: Any = np.float64) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     return np.asarray(values, dtype=dtype).reshape(-1)
+
+
+def linear_from_zero(times: Any, known: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A curve known at ``known`` (``values[..., i]`` at ``known[i]``) and 0 at time 0, read at
+    ``times``: linear between known times, 0 before time 0, flat after the last; the shape of
+    ``values`` with its last axis ``len(times)``."""
+    times, values = as_numpy(times), np.asarray(values, dtype=np.float64)
+    lead = values.shape[:-1]
+    rows = values.reshape(int(np.prod(lead)), values.shape[-1])
+    read = [np.interp(times, np.r_[0.0, known], np.r_[0.0, row], left=0.0) for row in rows]
+    return np.asarray(read).reshape(lead + (times.shape[0],))
 
 
 @dataclass
@@ -110,8 +121,7 @@ class BreslowBaseline:
         linear between the stored times when :attr:`linear` (class docstring)."""
         times = as_numpy(times)
         if self.linear:
-            # 0 at and before t = 0, the last stored value after the last stored time.
-            return np.interp(times, np.r_[0.0, self.times], np.r_[0.0, self.cumhaz], left=0.0)
+            return linear_from_zero(times, self.times, self.cumhaz)
         index = np.searchsorted(self.times, times, side="right") - 1
         padded = np.concatenate(([0.0], self.cumhaz))
         return padded[index + 1]

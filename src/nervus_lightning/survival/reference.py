@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nervus_lightning.survival.baseline import BreslowBaseline, as_numpy
+from nervus_lightning.survival.baseline import BreslowBaseline, as_numpy, linear_from_zero
 from nervus_lightning.survival.ipcw import aalen_johansen, kaplan_meier_at
 
 __all__ = [
@@ -235,14 +235,6 @@ def aggregate_grid(
     return np.unique(np.asarray(kept, dtype=np.float64))
 
 
-def _between_kept(kept: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """A curve known at ``kept`` (``values[..., i]`` at ``kept[i]``), 0 at time 0, read at
-    ``times``: linear between kept times, flat after the last."""
-    values = np.atleast_2d(values)
-    rows = [np.interp(times, np.r_[0.0, kept], np.r_[0.0, v], left=0.0) for v in values]
-    return np.asarray(rows)
-
-
 @dataclass
 class SurvivalReference:
     """Training-split aggregates of one survival endpoint (module docstring lists each field)."""
@@ -348,10 +340,10 @@ class SurvivalReference:
         )
         # Kept times leave k patients followed after them, so the curve is above 0 there.
         null_cumhaz = -np.log(np.clip(kaplan_meier_at(time, event, kept), 1e-300, None))
-        reference.null_survival = np.exp(-_between_kept(kept, null_cumhaz, ibs_grid)[0])
+        reference.null_survival = np.exp(-linear_from_zero(ibs_grid, kept, null_cumhaz))
         if cause.max() >= 2:  # competing risks
             cif = aalen_johansen(time, cause, kept, int(cause.max()))
-            reference.null_cif = _between_kept(kept, cif, ibs_grid)
+            reference.null_cif = linear_from_zero(ibs_grid, kept, cif)
         return reference
 
     # -- what the metrics read ----------------------------------------------------------------
@@ -402,13 +394,14 @@ class SurvivalReference:
         # A censoring curve stored by an older version (censoring_times, censoring_survival)
         # is ignored: the IPCW statistics use the evaluated set's own.
         scalar = {name: optional(name) for name in _OPTIONAL_SCALARS}
+        linear = optional(LINEAR_FLAG)
         return cls(
             eval_times=as_numpy(get("eval_times")),
             risk_cutpoints=as_numpy(get("risk_cutpoints")),
             baseline=BreslowBaseline(
                 get("baseline_times"),
                 get("baseline_cumhaz"),
-                linear=optional(LINEAR_FLAG) is not None and bool(optional(LINEAR_FLAG).any()),
+                linear=linear is not None and bool(np.asarray(linear).any()),
             ),
             max_time=float(get("max_time")),
             follow_up_p10=float(get("follow_up_p10")),

@@ -93,10 +93,9 @@ class SurvivalTask(Task):
     summary_title = "events and follow-up"
     export_prefix = "risk"
     export_meaning = (
-        "risk: the log hazard ratio (DeepSurv). Survival probability at time t: "
-        "exp(-H0(t) * exp(risk)), H0(t) read linearly between the 'baseline.times' "
-        "entries and their 'baseline.cumhaz' values, from H0(0) = 0, flat after the last time "
-        "(without 'time_summary.baseline_linear': the last value at or before t)"
+        "risk: the log hazard ratio (DeepSurv). Survival at t: exp(-H0(t) * exp(risk)), H0 read "
+        "linearly between 'baseline.times' ('baseline.cumhaz'), H0(0) = 0, flat after the last "
+        "(without 'time_summary.baseline_linear': a step, the last value at or before t)"
     )
 
     def export_name(self, j: int) -> str:
