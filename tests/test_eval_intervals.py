@@ -4,6 +4,8 @@ defining equation, and what the report shows at the boundary (91 of 91)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,3 +181,24 @@ def test_two_by_two_counts_and_prevalence_are_sklearn_confusion_matrix(tmp_path)
     columns = [c.split("</th>")[0] for c in headline.split("<th>")[1:]]
     assert columns[:3] == ["n", "prevalence", "TP / FP / FN / TN"]
     assert "86\u00a0/\u00a00\u00a0/\u00a05\u00a0/\u00a060" in headline
+
+
+def test_evaluation_without_intervals_warns_nothing(tmp_path):
+    """With no bootstrap a regression label has no interval at all, so every ci_method cell is
+    empty; reading them as missing must not raise pandas' FutureWarning (every
+    evaluation.n_bootstrap=0 run of a regression or survival model printed it)."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(50, 10, 90)
+    frame = pd.DataFrame(
+        {
+            "uniqID": [f"c{i}" for i in range(90)],
+            "split": np.repeat(["train", "val", "test"], 30),
+            "label_y": y,
+            "pred_label_y": y + rng.normal(0, 5, 90),
+        }
+    )
+    schema = {"labels": [{"name": "label_y", "task": "regression"}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        metrics = evaluate_predictions(frame, schema, tmp_path, n_bootstrap=0)
+    assert metrics["ci_method"].isna().all() and metrics["ci_method"].dtype == float

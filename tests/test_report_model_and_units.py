@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from unittest.mock import patch
 
 import numpy as np
@@ -51,6 +52,19 @@ def test_survival_figures_name_the_time_unit():
     table = survival_calibration_table(time, event, rng.uniform(size=200), 200.0)
     fig = plot_survival_calibration({"test": table}, 200.0, time_unit="days")
     assert fig.axes[0].get_xlabel() == "Predicted survival at t = 200 days"
+
+
+def test_a_one_bin_calibration_figure_draws_without_a_pandas_warning():
+    """A small split gives one bin with an observed value; matplotlib read a one-row Series
+    with float(), which pandas deprecates (a FutureWarning printed in users' runs)."""
+    table = pd.DataFrame(
+        {"bin": [1], "n": [12], "events": [4], "predicted": [0.7], "observed": [0.65],
+         "observed_lower": [0.4], "observed_upper": [0.85]}
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        fig = plot_survival_calibration({"test": table}, 100.0)
+    assert fig.axes[0].get_title() == "test (1 bin of ~12 cases)"
 
 
 def test_learning_curves_mark_the_chosen_epoch():

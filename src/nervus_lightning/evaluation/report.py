@@ -164,7 +164,7 @@ def evaluate_predictions(
         {"value": float, "ci_lower": float, "ci_upper": float}
     )
     # No interval: an empty cell, read back as NaN; the returned table is what the file reads as.
-    method = metrics["ci_method"].replace("", np.nan)
+    method = metrics["ci_method"].mask(metrics["ci_method"] == "")  # replace() warns (pandas 2)
     metrics["ci_method"] = method.astype(float) if method.isna().all() else method
     metrics.to_csv(out_dir / "metrics.csv", index=False)
     notes = all_rows[all_rows["note"] != ""][["split", "group", "label", "metric", "note"]]

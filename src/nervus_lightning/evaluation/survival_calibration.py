@@ -87,7 +87,8 @@ def plot_survival_calibration(
         tables = {"": tables}
     fig, axes = panel_figure(len(tables), width=3.9, height=4.1)
     for ax, (name, table) in zip(axes, tables.items(), strict=True):
-        shown = table[table["observed"].notna()]
+        # Arrays, not Series: matplotlib reads a one-bin Series with float() (a pandas warning).
+        shown = {k: v.to_numpy() for k, v in table[table["observed"].notna()].items()}
         style = {"ls": "-", **(styles or {}).get(name, {})}
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
         ax.errorbar(
@@ -103,7 +104,8 @@ def plot_survival_calibration(
             lw=1.4,
             **style,
         )
-        bins = f"{len(shown)} bins of ~{int(table['n'].median())} cases"
+        k = len(shown["observed"])
+        bins = f"{k} bin{'s' * (k != 1)} of ~{int(table['n'].median())} cases"
         ax.set(
             xlim=(0, 1),
             ylim=(0, 1.02),
