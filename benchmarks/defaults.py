@@ -401,8 +401,8 @@ DATASETS: dict[str, Dataset] = {
 NONLINEAR = ("sim_nonlinear", "sim_interaction", "sim_regression", "sim_classification_nonlinear")
 SKIPPED = {
     "linnerud": "scikit-learn load_linnerud: 20 rows (3 targets), too few for a 60/20/20 split",
-    "bmt": "scikit-survival load_bmt: competing risks (this benchmark scores one endpoint)",
-    "cgvhd": "scikit-survival load_cgvhd: competing risks (this benchmark scores one endpoint)",
+    "bmt": "scikit-survival load_bmt: competing risks, 35 rows and one input",
+    "cgvhd": "scikit-survival load_cgvhd: competing risks (benchmarks/competing.py scores it)",
 }
 
 

@@ -48,6 +48,18 @@ def test_survival_worse_than_kaplan_meier_on_validation():
     assert "worse than Kaplan-Meier" in message and "-1.80" in message
 
 
+def test_a_cause_worse_than_aalen_johansen_on_validation():
+    rows = [
+        *HEALTHY_SURVIVAL,
+        ("val", "label_death", "ipa_cause1", -0.30),
+        ("val", "label_death", "ipa_cause2", 0.05),
+        ("val", "label_death", "ipa_cause3", -0.005),  # a tie: no failure
+        ("test", "label_death", "ipa_cause2", -0.5),
+    ]
+    (message,) = run_warnings(_metrics(rows), ["label_death"])
+    assert "worse than the Aalen-Johansen incidence" in message and "(IPA cause 1 -0.30)" in message
+
+
 def test_test_rows_never_trigger_a_warning():
     rows = [("test", "label_death", "ipa", -1.0), ("test", "label_death", "c_index", 0.5)]
     assert run_warnings(_metrics(rows), ["label_death"]) == []

@@ -222,6 +222,22 @@ def test_survival_run_stores_no_patient_value(survival_data, model):
     assert scan_run(run, patients) == []
 
 
+def test_competing_risk_run_stores_no_patient_value(tmp_path):
+    """DeepHit with two causes: its head starts at the training Aalen-Johansen incidences on
+    the grid (grid-level counts), and its stored null incidences are aggregated curves."""
+    frame = pd.read_csv(survival_csv(tmp_path))
+    cause = np.random.default_rng(1).integers(1, 3, len(frame))
+    frame["label_death"] = np.where(frame.label_death != 0, cause, 0)
+    csv = tmp_path / "competing.csv"
+    frame.to_csv(csv, index=False)
+    patients = _patients(csv, ["input_a", "input_b"], {"training follow-up times": "period_death"})
+    cfg = compose_config(
+        [f"data.csv={csv}", "task=survival", "task.model=deephit", "data.batch_size=64", *QUICK]
+    )
+    train(train_settings(cfg), tmp_path / "run")
+    assert scan_run(tmp_path / "run", patients) == []
+
+
 # --- classification and regression runs ------------------------------------------------------
 
 

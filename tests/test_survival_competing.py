@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import FAST, assert_loss_sees_the_global_batch, compose_config
 from pycox.models.data import pair_rank_mat
-from pycox.models.loss import DeepHitLoss
+from pycox.models.loss import DeepHitLoss, DeepHitSingleLoss, nll_pmf_cr
 from pycox.preprocessing.label_transforms import LabTransDiscreteTime
 from sklearn.metrics import mean_squared_error
 from sksurv.metrics import (
@@ -85,6 +85,33 @@ def test_loss_equals_pycox_deephit_loss_on_the_same_batch():
     assert late_idx.tolist() == [len(cuts) - 1] and late.tolist() == [0]
 
 
+def test_unset_loss_weight_is_the_likelihood_alone_with_causes_and_0_2_for_one_event():
+    """``task.alpha`` unset (the default, null): competing causes train on pycox's likelihood
+    alone (``DeepHitLoss`` with alpha 1), a single-event DeepHit on the paper's 0.2."""
+    assert compose_config(["task=survival"]).task.alpha is None
+    time, cause, _ = _competing_data()
+    spec = LabelSpec(name="label_death", task="survival", period="period_death", causes=2)
+    task = SurvivalTask([spec], model="deephit", num_durations=6)
+    task.fit_before_training(pd.DataFrame({"period_death": time, "label_death": cause}))
+    idx, codes = competing.discretize_causes(task.cuts[0], time, cause)
+    phi = torch.randn(60, 12, generator=torch.Generator().manual_seed(2))
+    batch = {"target": torch.tensor(cause)[:, None], "time": torch.tensor(time)[:, None]}
+    likelihood = nll_pmf_cr(phi.view(60, 2, 6), torch.from_numpy(idx), torch.from_numpy(codes))
+    assert task.loss(phi, batch, 0).item() == pytest.approx(likelihood.item(), rel=1e-6)
+    cuts = task.cuts[0]
+    one_idx, events = discrete.discretize(cuts, time, cause > 0)
+    expected = DeepHitSingleLoss(0.2, 0.1)(
+        phi[:, :6],
+        torch.from_numpy(one_idx),
+        torch.from_numpy(events),
+        torch.from_numpy(pair_rank_mat(one_idx, events)),
+    )
+    got = discrete.discrete_loss(
+        "deephit", phi[:, :6], cuts, torch.tensor(time), torch.tensor(cause > 0)
+    )
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_cifs_monotone_in_unit_interval_and_add_up_with_survival():
     task = _task()
     phi = 3 * torch.randn(40, 12, generator=torch.Generator().manual_seed(1))
@@ -101,6 +128,30 @@ def test_cifs_monotone_in_unit_interval_and_add_up_with_survival():
     cuts = np.array([0.0, 1.0, 2.0, 4.0, 7.0, 12.0])
     risks = competing.cause_risks(cif, cuts)
     np.testing.assert_allclose(risks.sum(axis=1), discrete.risk_score(surv, cuts), atol=1e-9)
+
+
+def test_start_is_the_aalen_johansen_incidence_and_the_likelihood_maximum():
+    time, cause, _ = _competing_data(300, seed=4)
+    cuts = discrete.fit_grid(time, cause > 0, 8)
+    phi = competing.start_logits(cuts, time, cause, 2)
+    assert phi.shape == (2 * len(cuts),) and np.isfinite(phi).all()
+    cif = competing.split_cif(competing.grid_cif(torch.from_numpy(phi)[None], 2).numpy(), 2)[0]
+    # scikit-survival's Aalen-Johansen incidence of the discretised times (pycox's transform:
+    # events moved to the next cut, censorings to the previous one), read at the cuts ...
+    idx, codes = competing.discretize_causes(cuts, time, cause)
+    aj_time, aj = cumulative_incidence_competing_risks(codes, cuts[idx])
+    at = np.searchsorted(aj_time, cuts, side="right") - 1
+    expected = np.where(at >= 0, aj[1:, np.maximum(at, 0)], 0.0)
+    np.testing.assert_allclose(cif, expected, atol=1e-3)
+    # ... close to that of the times themselves ...
+    raw_time, raw = cumulative_incidence_competing_risks(cause.astype(int), time)
+    raw_at = np.searchsorted(raw_time, cuts, side="right") - 1
+    np.testing.assert_allclose(cif, np.where(raw_at >= 0, raw[1:, raw_at], 0.0), atol=0.05)
+    # ... and the maximum of pycox's competing-risk likelihood without inputs (zero gradient).
+    logits = torch.tensor(np.tile(phi, (len(time), 1)).reshape(len(time), 2, -1))
+    logits.requires_grad_(True)
+    nll_pmf_cr(logits, torch.from_numpy(idx), torch.from_numpy(codes)).backward()
+    np.testing.assert_allclose(logits.grad.sum(0).numpy(), 0.0, atol=1e-3)
 
 
 def _wolbers_by_pairs(time, cause, risk, c):
@@ -361,6 +412,17 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
     surv = pred[[discrete.grid_column("label_death", k) for k in range(6)]].to_numpy()
     assert ((cif >= 0) & (cif <= 1)).all() and (np.diff(cif, axis=2) >= -1e-7).all()
     np.testing.assert_allclose(cif.sum(axis=1) + surv, 1.0, atol=1e-6)
+    # The head started at the training rows' Aalen-Johansen incidence (competing.start_logits),
+    # which one epoch barely moves: on those rows the mean predicted CIF is that estimate (a
+    # head started at zero gave every cause 1/13 of the mass in every interval).
+    train_rows = (pred.split == "train").to_numpy()
+    idx, codes = competing.discretize_causes(
+        cuts, pred.period_death[train_rows], pred.label_death[train_rows]
+    )
+    aj_time, aj = cumulative_incidence_competing_risks(codes, cuts[idx])
+    at = np.searchsorted(aj_time, cuts, side="right") - 1
+    observed = np.where(at >= 0, aj[1:, np.maximum(at, 0)], 0.0)
+    np.testing.assert_allclose(cif[train_rows].mean(axis=0), observed, atol=0.02)
     eval_cols = []
     for c in (1, 2):
         cols = [competing.cif_column("label_death", c, format_time(t)) for t in spec["eval_times"]]

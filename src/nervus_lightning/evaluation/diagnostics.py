@@ -16,7 +16,8 @@ The checks and their thresholds (chosen to catch failures, not to grade good run
 - **worse than the reference without inputs** on validation: a survival IPA below 0 (the
   integrated Brier score above the Kaplan-Meier curve's), a binary Brier score above the
   prevalence's (:math:`p(1-p)`), a regression R^2 below 0, each by more than
-  :data:`WORSE_MARGIN` (a tie is no failure);
+  :data:`WORSE_MARGIN` (a tie is no failure); with competing causes also each cause's IPA
+  (its cumulative incidence against the training Aalen-Johansen one);
 - **collapsed**: every validation prediction of a label the same value (within
   :data:`COLLAPSE_TOLERANCE`);
 - **diverged**: the kept checkpoint is from the first two epochs and the validation loss
@@ -109,6 +110,26 @@ def _worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None:
     return None
 
 
+def _cause_worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None:
+    """Competing causes: each cause's validation IPA (``ipa_cause<c>``) below 0."""
+    rows = metrics[
+        (metrics["split"] == "val")
+        & (metrics["group"] == "all")
+        & (metrics["label"] == label)
+        & metrics["metric"].str.fullmatch(r"ipa_cause\d+")
+        & (metrics["value"] < -WORSE_MARGIN)
+    ]
+    if rows.empty:
+        return None
+    pairs = zip(rows["metric"], rows["value"], strict=True)
+    causes = ", ".join(f"cause {m.removeprefix('ipa_cause')} {v:.2f}" for m, v in pairs)
+    return (
+        f"label '{label}': worse than the Aalen-Johansen incidence on the validation rows (IPA "
+        f"{causes}); those causes' predicted cumulative incidences are less accurate than "
+        "giving every patient the training one. Do not use them."
+    )
+
+
 def _collapsed(predictions: pd.DataFrame, label: str) -> str | None:
     if "split" not in predictions.columns:
         return None
@@ -183,7 +204,7 @@ def run_warnings(
     """
     found: list[str] = []
     for label in labels:
-        for check in (_overfit, _worse_than_reference):
+        for check in (_overfit, _worse_than_reference, _cause_worse_than_reference):
             message = check(metrics, label)
             if message:
                 found.append(message)

@@ -24,6 +24,23 @@ Head
     (pycox's ``predict_surv``). Each :math:`F_c` is non-decreasing in [0, 1], and
     :math:`\sum_c F_c + S = 1` at every time. Between the cuts the curves are linear (constant
     density), after the last cut constant, as single-event curves.
+Start
+    The head starts as the training Aalen-Johansen cumulative incidences on the grid
+    (:func:`start_logits`: the bias of its output layer, its weights zero), the maximum of
+    the competing-risk likelihood without inputs, as a single-event head starts as the
+    Kaplan-Meier curve. From outputs of zero (every one of the ``K * m + 1`` cells equally
+    likely) a small study's training stopped early with each cause's incidence still pulled
+    towards the others': on 60 training patients with 52 cause-1 failures the predicted
+    cause-1 incidence at the median event time was 0.33 against 0.46 observed on those same
+    patients.
+Loss weight
+    Unless ``task.alpha`` is set, a competing-risk head is trained on the likelihood alone
+    (:data:`COMPETING_ALPHA`; a single-event DeepHit keeps the paper's 0.2, for ``pmf`` is its
+    likelihood alone). With DeepHit's rank loss at 0.8 of the loss the cumulative incidences
+    were pulled off the observed ones for a Wolbers C no better: on 1,000 simulated patients
+    with two causes (``benchmarks/competing.py``, five splits, both with this start) the
+    validation IPA of the two causes was 0.108 and 0.082 at ``alpha = 0.2`` against 0.200 and
+    0.153 at 1, their Wolbers C 0.734 / 0.762 against 0.731 / 0.757.
 Risk scores
     ``risk_<name>`` is the single-event score of the event-free curve, ``1 - RMST(tau)/tau``
     (any cause = the event). ``risk_<name>_<c>`` is the restricted mean time lost to cause
@@ -69,10 +86,16 @@ from torch import Tensor
 
 from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
-from nervus_lightning.survival.discrete import discretize, interpolate_survival, risk_score
+from nervus_lightning.survival.discrete import (
+    HAZARD_FLOOR,
+    discretize,
+    interpolate_survival,
+    risk_score,
+)
 from nervus_lightning.survival.ipcw import aalen_johansen
 
 __all__ = [
+    "COMPETING_ALPHA",
     "aalen_johansen",
     "cause_concordance",
     "cause_risks",
@@ -83,6 +106,7 @@ __all__ = [
     "grid_cif",
     "model_cif",
     "split_cif",
+    "start_logits",
     "survival_from_cif",
     "wolbers_data",
 ]
@@ -99,31 +123,72 @@ def discretize_causes(cuts: np.ndarray, time: Any, cause: Any) -> tuple[np.ndarr
     return idx, np.where(is_event != 0, cause, 0).astype(np.int64)
 
 
+#: DeepHit's likelihood weight ``alpha`` with competing causes when ``task.alpha`` is not set:
+#: the likelihood alone (module docstring, "Loss weight"); one cause keeps DeepHit's 0.2
+#: (:data:`nervus_lightning.survival.discrete.DEEPHIT_ALPHA`).
+COMPETING_ALPHA = 1.0
+
+
+def start_logits(cuts: np.ndarray, time: Any, cause: Any, causes: int) -> np.ndarray:
+    r"""Head outputs ``(causes * m,)`` (cause-major) whose cumulative incidences
+    (:func:`grid_cif`) are the Aalen-Johansen estimates of ``time`` and ``cause`` discretised
+    on ``cuts`` (module docstring, "Start").
+
+    With :func:`discretize_causes`' interval index :math:`j_i` and cause :math:`c_i`, cause
+    ``c``'s hazard in interval ``k`` is :math:`h_{c,k} = d_{c,k} / n_k`, its failures among the
+    :math:`n_k = \#\{j_i \ge k\}` cases still followed; :math:`S_k = \prod_{l \le k}(1 -
+    \sum_c h_{c,l})` and :math:`f_{c,k} = S_{k-1} h_{c,k}`: the maximum of pycox's
+    ``nll_pmf_cr`` without inputs. The logits are :math:`\phi_{c,k} = \log f_{c,k} - \log
+    S_{m-1}` (the mass left beyond the grid is the fixed zero logit). Each hazard is at least
+    :data:`~nervus_lightning.survival.discrete.HAZARD_FLOOR` and their sum at most one minus
+    it, so every logit is finite. Only grid-level counts enter: no time of a patient.
+    """
+    cuts = np.asarray(cuts, dtype=np.float64)
+    idx, codes = discretize_causes(cuts, time, cause)
+    m = cuts.shape[0]
+    at_risk = np.bincount(idx, minlength=m)[::-1].cumsum()[::-1].astype(np.float64)
+    hazard = np.empty((causes, m))
+    for c in range(1, causes + 1):
+        failures = np.bincount(idx, weights=(codes == c).astype(np.float64), minlength=m)
+        hazard[c - 1] = np.divide(failures, at_risk, out=np.zeros(m), where=at_risk > 0)
+    hazard = np.maximum(hazard, HAZARD_FLOOR)
+    total = hazard.sum(axis=0)
+    hazard *= np.minimum(1.0, (1.0 - HAZARD_FLOOR) / total)  # all causes: below 1
+    log_surv = np.cumsum(np.log1p(-hazard.sum(axis=0)))
+    before = np.r_[0.0, log_surv[:-1]]
+    return (before + np.log(hazard) - log_surv[-1]).reshape(-1)
+
+
 def competing_loss(
     phi: Tensor,
     causes: int,
     cuts: np.ndarray,
     time: Tensor,
     cause: Tensor,
-    alpha: float = 0.2,
+    alpha: float | None = None,
     sigma: float = 0.1,
 ) -> Tensor:
-    """pycox's competing-risk DeepHit loss (``DeepHitLoss``) of one batch.
+    """pycox's competing-risk DeepHit loss (``DeepHitLoss``) of one batch, likelihood weight
+    ``alpha`` (:data:`COMPETING_ALPHA` when None; at 1, its likelihood ``nll_pmf_cr`` alone,
+    without building the n x n pair matrix of a rank loss weighted 0).
 
     ``phi`` is ``(n, causes * m)`` (cause-major); ``time`` and ``cause`` the observed times and
     cause codes of cases with both known, discretised on ``cuts`` on the CPU.
     """
     from pycox.models.data import pair_rank_mat
-    from pycox.models.loss import DeepHitLoss
+    from pycox.models.loss import DeepHitLoss, nll_pmf_cr
 
     idx, codes = discretize_causes(
         cuts, time.detach().cpu().numpy(), cause.detach().cpu().numpy().round()
     )
-    rank_mat = torch.from_numpy(pair_rank_mat(idx, codes)).to(phi.device, phi.dtype)
     shaped = phi.view(phi.shape[0], causes, -1)
     idx_t = torch.from_numpy(idx).to(phi.device)
     codes_t = torch.from_numpy(codes).to(phi.device)
-    return DeepHitLoss(alpha, sigma)(shaped, idx_t, codes_t, rank_mat)
+    weight = COMPETING_ALPHA if alpha is None else alpha
+    if weight == 1:
+        return nll_pmf_cr(shaped, idx_t, codes_t)
+    rank_mat = torch.from_numpy(pair_rank_mat(idx, codes)).to(phi.device, phi.dtype)
+    return DeepHitLoss(weight, sigma)(shaped, idx_t, codes_t, rank_mat)
 
 
 def grid_cif(phi: Tensor, causes: int) -> Tensor:

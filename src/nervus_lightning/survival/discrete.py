@@ -77,6 +77,11 @@ __all__ = [
 
 MODELS = ("cox", "logistic_hazard", "pmf", "deephit")
 DISCRETE_MODELS = MODELS[1:]
+#: DeepHit's likelihood weight ``alpha`` for a single event when ``task.alpha`` is not set:
+#: pycox's and the DeepHit paper's 0.2 (the rank loss weighs 0.8). ``pmf`` is the same model
+#: with the likelihood alone (``alpha = 1``); competing causes default to that
+#: (:data:`nervus_lightning.survival.competing.COMPETING_ALPHA`).
+DEEPHIT_ALPHA = 0.2
 
 
 def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.ndarray:
@@ -182,10 +187,11 @@ def discrete_loss(
     cuts: np.ndarray,
     time: Tensor,
     event: Tensor,
-    alpha: float = 0.2,
+    alpha: float | None = None,
     sigma: float = 0.1,
 ) -> Tensor:
-    """pycox's mean negative log-likelihood (``deephit``: with its rank loss) of one batch.
+    """pycox's mean negative log-likelihood (``deephit``: with its rank loss, likelihood weight
+    ``alpha``, :data:`DEEPHIT_ALPHA` when None) of one batch.
 
     ``time`` and ``event`` are the observed times and 0/1 indicators of the cases with both
     known; they are discretised on ``cuts`` on the CPU (pycox's transform is numpy).
@@ -203,7 +209,8 @@ def discrete_loss(
         from pycox.models.data import pair_rank_mat
 
         rank_mat = torch.from_numpy(pair_rank_mat(idx, events)).to(phi.device, phi.dtype)
-        return DeepHitSingleLoss(alpha, sigma)(phi, idx_t, events_t, rank_mat)
+        weight = DEEPHIT_ALPHA if alpha is None else alpha
+        return DeepHitSingleLoss(weight, sigma)(phi, idx_t, events_t, rank_mat)
     raise ValueError(f"not a discrete-time model: {model!r}")
 
 

@@ -80,7 +80,8 @@ class SurvivalTask(Task):
             competing causes: :mod:`nervus_lightning.survival.competing`); see
             :mod:`nervus_lightning.survival.discrete`.
         num_durations: size of the discrete time grid (and of the head) of those models.
-        alpha, sigma: DeepHit's weighting of likelihood vs rank loss and its rank-loss scale.
+        alpha, sigma: DeepHit's weighting of likelihood vs rank loss (None: 0.2 for one
+            event, 1 with competing causes) and its rank-loss scale.
         min_patients_per_step: ``k`` of the stored curves: each step backed by at least ``k``
             training events, and no step where fewer than ``k`` patients are still followed
             (:func:`nervus_lightning.survival.reference.aggregate_grid`).
@@ -148,7 +149,7 @@ class SurvivalTask(Task):
         risk_groups: int = 2,
         model: str = "cox",
         num_durations: int = 20,
-        alpha: float = 0.2,
+        alpha: float | None = None,
         sigma: float = 0.1,
         min_patients_per_step: int = MIN_PATIENTS_PER_STEP,
         shrink: bool = True,
@@ -161,9 +162,9 @@ class SurvivalTask(Task):
         self.ties = check_choice("task.ties", ties, list(TIES))
         self.model = check_choice("task.model", model, list(discrete.MODELS))
         check_number("task.num_durations", num_durations, low=2, integer=True)
-        check_number("task.alpha", alpha, low=0, high=1)
+        alpha = None if alpha is None else float(check_number("task.alpha", alpha, low=0, high=1))
         check_number("task.sigma", sigma, low=0, low_open=True)
-        self.num_durations, self.alpha, self.sigma = num_durations, float(alpha), float(sigma)
+        self.num_durations, self.alpha, self.sigma = num_durations, alpha, float(sigma)
         check_number("task.min_patients_per_step", min_patients_per_step, low=1, integer=True)
         self.min_patients_per_step = int(min_patients_per_step)
         #: Cut points of each endpoint's time grid (discrete-time models; training split).
@@ -307,15 +308,20 @@ class SurvivalTask(Task):
         )
 
     def head_start(self, train: pd.DataFrame, j: int) -> torch.Tensor | None:
-        """Discrete-time heads (single event): the training Kaplan-Meier curve on the grid
-        (:func:`~nervus_lightning.survival.discrete.start_logits`). Cox heads: None."""
-        if not self.is_discrete or self.causes(j) or self.cuts[j] is None:
+        """Discrete-time heads: the training Kaplan-Meier curve on the grid, or each cause's
+        Aalen-Johansen incidence (``start_logits`` of :mod:`~nervus_lightning.survival.discrete`
+        and :mod:`~nervus_lightning.survival.competing`). Cox heads: None."""
+        if not self.is_discrete or self.cuts[j] is None:
             return None
-        spec = self.labels[j]
+        spec, cuts, causes = self.labels[j], self.cuts[j], self.causes(j)
         time = pd.to_numeric(train[spec.period], errors="coerce").to_numpy(np.float32)
         event = pd.to_numeric(train[spec.name], errors="coerce").to_numpy(np.float64)
         known = ~(np.isnan(time) | np.isnan(event))
-        start = discrete.start_logits(self.model, self.cuts[j], time[known], event[known])
+        time, event = time[known], event[known]
+        if causes:
+            start = competing.start_logits(cuts, time, event.round(), causes)
+        else:
+            start = discrete.start_logits(self.model, cuts, time, event)
         return torch.as_tensor(start, dtype=torch.float32)
 
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
