@@ -401,6 +401,12 @@ def test_end_to_end_cif_columns_metrics_and_predict_from_checkpoint_alone(tmp_pa
     schema = json.loads((run / "schema.json").read_text())
     spec = schema["labels"][0]
     assert spec["causes"] == 2 and spec["survival_model"] == "deephit"
+    # The report's model table says which model, loss and start the head had.
+    rows = dict(json.loads((run / "model_summary.json").read_text())["rows"])
+    assert rows["model of label_death"] == (
+        "DeepHit with 2 competing causes on 6 time cuts; loss: the likelihood alone "
+        "(task.alpha unset); started at the training Aalen-Johansen incidences"
+    )
     cuts = np.asarray(spec["grid"])
     cif = np.stack(
         [

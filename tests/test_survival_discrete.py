@@ -148,6 +148,19 @@ def test_start_is_the_kaplan_meier_curve_and_the_likelihood_maximum(model):
     np.testing.assert_allclose(logits.grad.sum(0).numpy(), 0.0, atol=2 * discrete.HAZARD_FLOOR)
 
 
+def test_model_table_line_names_the_loss_and_the_start():
+    assert discrete.describe_model("deephit", 20, None, None, 0.1) == (
+        "DeepHit on 20 time cuts; loss: 0.2 × likelihood + 0.8 × rank loss (sigma 0.1) "
+        "(task.alpha unset); started at the training Kaplan-Meier curve"
+    )
+    assert discrete.describe_model("deephit", 20, 3, 0.5, 0.1).startswith(
+        "DeepHit with 3 competing causes on 20 time cuts; loss: 0.5 × likelihood"
+    )
+    assert discrete.describe_model("logistic_hazard", 8, None, None, 0.1) == (
+        "logistic hazard on 8 time cuts; started at the training Kaplan-Meier curve"
+    )
+
+
 def _crossing_hazards(n: int, seed: int) -> pd.DataFrame:
     spec = importlib.util.spec_from_file_location("simulations", SIMULATIONS)
     module = importlib.util.module_from_spec(spec)

@@ -205,6 +205,10 @@ def model_summary(
         for spec in schema.labels
     )
     rows.append(["heads", f"{_component(hp.get('head'), 'linear')}, one per label: {heads}"])
+    describe_head = getattr(getattr(module, "task", None), "describe_head", None)
+    for j, spec in enumerate(schema.labels):
+        if describe_head is not None and (text := describe_head(j)):
+            rows.append([f"model of {spec.name}", text])
     if getattr(module, "ensemble", 1) > 1:
         averaged = getattr(getattr(module, "task", None), "averaged", "predictions")
         rows.append(["ensemble", f"{module.ensemble} members, {averaged} averaged"])

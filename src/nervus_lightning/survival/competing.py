@@ -87,6 +87,7 @@ from torch import Tensor
 from nervus_lightning.survival.baseline import as_numpy
 from nervus_lightning.survival.concordance import concordance_counts, weighted_concordance
 from nervus_lightning.survival.discrete import (
+    COMPETING_ALPHA,
     HAZARD_FLOOR,
     discretize,
     interpolate_survival,
@@ -121,12 +122,6 @@ def discretize_causes(cuts: np.ndarray, time: Any, cause: Any) -> tuple[np.ndarr
     cause = as_numpy(cause).astype(np.int64)
     idx, is_event = discretize(cuts, time, (cause != 0).astype(np.float64))
     return idx, np.where(is_event != 0, cause, 0).astype(np.int64)
-
-
-#: DeepHit's likelihood weight ``alpha`` with competing causes when ``task.alpha`` is not set:
-#: the likelihood alone (module docstring, "Loss weight"); one cause keeps DeepHit's 0.2
-#: (:data:`nervus_lightning.survival.discrete.DEEPHIT_ALPHA`).
-COMPETING_ALPHA = 1.0
 
 
 def start_logits(cuts: np.ndarray, time: Any, cause: Any, causes: int) -> np.ndarray:

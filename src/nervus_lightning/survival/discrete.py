@@ -63,6 +63,7 @@ __all__ = [
     "DISCRETE_MODELS",
     "MODELS",
     "combine_outputs",
+    "describe_model",
     "curve_metrics",
     "discrete_loss",
     "discretize",
@@ -80,8 +81,11 @@ DISCRETE_MODELS = MODELS[1:]
 #: DeepHit's likelihood weight ``alpha`` for a single event when ``task.alpha`` is not set:
 #: pycox's and the DeepHit paper's 0.2 (the rank loss weighs 0.8). ``pmf`` is the same model
 #: with the likelihood alone (``alpha = 1``); competing causes default to that
-#: (:data:`nervus_lightning.survival.competing.COMPETING_ALPHA`).
+#: (:data:`COMPETING_ALPHA`).
 DEEPHIT_ALPHA = 0.2
+#: DeepHit's likelihood weight with competing causes when ``task.alpha`` is not set: the
+#: likelihood alone (:mod:`nervus_lightning.survival.competing`, "Loss weight").
+COMPETING_ALPHA = 1.0
 
 
 def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.ndarray:
@@ -179,6 +183,29 @@ def start_logits(model: str, cuts: np.ndarray, time: Any, event: Any) -> np.ndar
         before = np.r_[0.0, log_surv[:-1]]
         return before + np.log(hazard) - log_surv[-1]
     raise ValueError(f"not a discrete-time model: {model!r}")
+
+
+def describe_model(
+    model: str, num_durations: int, causes: int | None, alpha: float | None, sigma: float
+) -> str:
+    """One line for the report's model table: the discrete-time model, its grid, its loss and
+    where its head started (``"DeepHit with 2 competing causes on 20 time cuts; loss: the
+    likelihood alone (task.alpha unset); started at the training Aalen-Johansen incidences"``)."""
+    name = {"logistic_hazard": "logistic hazard", "pmf": "PMF", "deephit": "DeepHit"}[model]
+    kind = f" with {causes} competing causes" if causes else ""
+    text = f"{name}{kind} on {num_durations} time cuts"
+    if model == "deephit":
+        default = COMPETING_ALPHA if causes else DEEPHIT_ALPHA
+        weight = default if alpha is None else alpha
+        unset = " (task.alpha unset)" if alpha is None else ""
+        loss = (
+            "the likelihood alone"
+            if weight == 1
+            else f"{weight:g} × likelihood + {1 - weight:g} × rank loss (sigma {sigma:g})"
+        )
+        text += f"; loss: {loss}{unset}"
+    start = "Aalen-Johansen incidences" if causes else "Kaplan-Meier curve"
+    return f"{text}; started at the training {start}"
 
 
 def discrete_loss(

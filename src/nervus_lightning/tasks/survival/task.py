@@ -324,6 +324,13 @@ class SurvivalTask(Task):
             start = discrete.start_logits(self.model, cuts, time, event)
         return torch.as_tensor(start, dtype=torch.float32)
 
+    def describe_head(self, j: int) -> str | None:
+        """Discrete-time heads: model, grid, loss and start, for the report's model table."""
+        if not self.is_discrete:
+            return None
+        args = (self.num_durations, self.causes(j), self.alpha, self.sigma)
+        return discrete.describe_model(self.model, *args)
+
     def loss(self, output: torch.Tensor, batch: dict[str, Any], j: int) -> torch.Tensor:
         if self.is_discrete:
             return self._discrete_loss(output, batch, j)
