@@ -89,6 +89,7 @@ from nervus_lightning.survival.concordance import concordance_counts, weighted_c
 from nervus_lightning.survival.discrete import (
     COMPETING_ALPHA,
     HAZARD_FLOOR,
+    deephit_alpha,
     discretize,
     interpolate_survival,
     risk_score,
@@ -179,7 +180,7 @@ def competing_loss(
     shaped = phi.view(phi.shape[0], causes, -1)
     idx_t = torch.from_numpy(idx).to(phi.device)
     codes_t = torch.from_numpy(codes).to(phi.device)
-    weight = COMPETING_ALPHA if alpha is None else alpha
+    weight = deephit_alpha(alpha, causes)
     if weight == 1:
         return nll_pmf_cr(shaped, idx_t, codes_t)
     rank_mat = torch.from_numpy(pair_rank_mat(idx, codes)).to(phi.device, phi.dtype)

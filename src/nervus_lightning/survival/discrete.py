@@ -63,6 +63,7 @@ __all__ = [
     "DISCRETE_MODELS",
     "MODELS",
     "combine_outputs",
+    "deephit_alpha",
     "describe_model",
     "curve_metrics",
     "discrete_loss",
@@ -86,6 +87,14 @@ DEEPHIT_ALPHA = 0.2
 #: DeepHit's likelihood weight with competing causes when ``task.alpha`` is not set: the
 #: likelihood alone (:mod:`nervus_lightning.survival.competing`, "Loss weight").
 COMPETING_ALPHA = 1.0
+
+
+def deephit_alpha(alpha: float | None, causes: int | None) -> float:
+    """DeepHit's likelihood weight: ``alpha`` when set (``task.alpha``), else
+    :data:`COMPETING_ALPHA` with competing causes and :data:`DEEPHIT_ALPHA` for one event."""
+    if alpha is not None:
+        return alpha
+    return COMPETING_ALPHA if causes else DEEPHIT_ALPHA
 
 
 def fit_grid(time: Any, event: Any, num_durations: int, where: str = "") -> np.ndarray:
@@ -195,8 +204,7 @@ def describe_model(
     kind = f" with {causes} competing causes" if causes else ""
     text = f"{name}{kind} on {num_durations} time cuts"
     if model == "deephit":
-        default = COMPETING_ALPHA if causes else DEEPHIT_ALPHA
-        weight = default if alpha is None else alpha
+        weight = deephit_alpha(alpha, causes)
         unset = " (task.alpha unset)" if alpha is None else ""
         loss = (
             "the likelihood alone"
@@ -236,8 +244,7 @@ def discrete_loss(
         from pycox.models.data import pair_rank_mat
 
         rank_mat = torch.from_numpy(pair_rank_mat(idx, events)).to(phi.device, phi.dtype)
-        weight = DEEPHIT_ALPHA if alpha is None else alpha
-        return DeepHitSingleLoss(weight, sigma)(phi, idx_t, events_t, rank_mat)
+        return DeepHitSingleLoss(deephit_alpha(alpha, None), sigma)(phi, idx_t, events_t, rank_mat)
     raise ValueError(f"not a discrete-time model: {model!r}")
 
 
