@@ -11,7 +11,9 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 from sklearn.linear_model import ElasticNet, LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
+from sksurv.column import encode_categorical
 from sksurv.datasets import load_breast_cancer as load_survival_breast_cancer
+from sksurv.datasets import load_veterans_lung_cancer
 from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
@@ -25,10 +27,11 @@ from nervus_lightning.models.penalty import (
     fit_logistic,
     fit_regression,
     fit_ridge,
+    held_out_scale,
     held_out_splits,
     penalty_path,
 )
-from nervus_lightning.models.solvers import minimise_proximal
+from nervus_lightning.models.solvers import elastic_net_term, minimise_proximal
 from nervus_lightning.survival.linear import (
     L1_RATIO,
     MIN_VAL_EVENTS,
@@ -197,7 +200,11 @@ def test_cox_start_equals_scikit_survival_at_the_chosen_penalty():
             l1_ratio=choice.l1_ratio, alphas=[choice.penalty * n_events / len(train)], tol=1e-12
         )
     reference.fit(x[train], Surv.from_arrays(event[train], time[train]))
-    np.testing.assert_allclose(choice.weight[0].numpy(), reference.coef_.ravel(), atol=2e-4)
+    # The start is that fit with its linear predictor scaled by the factor chosen with it.
+    assert choice.scale > 0
+    np.testing.assert_allclose(
+        choice.weight[0].numpy(), choice.scale * reference.coef_.ravel(), atol=2e-4 * choice.scale
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.02, 0.1])
@@ -380,3 +387,58 @@ def test_inputs_that_say_nothing_leave_ridge_alone():
     for choice in choices:
         assert choice.l1_ratio == 0 and not choice.compared
         assert torch.all(choice.weight[:, : x.shape[1]] == 0)
+
+
+def test_held_out_scale_is_the_minimum_and_never_worse_than_the_fit_or_nothing():
+    scale, loss = held_out_scale(lambda s: (s - 3.0) ** 2 + 1.0)
+    assert scale == pytest.approx(3.0, abs=1e-3) and loss == pytest.approx(1.0, abs=1e-6)
+    # A direction that ranks the held-out rows backwards: no input at all is best.
+    assert held_out_scale(lambda s: (s + 2.0) ** 2) == (0.0, 4.0)
+    # A loss the search cannot see (best exactly at 1): the fit as it is.
+    assert held_out_scale(lambda s: 0.0 if s == 1.0 else 1.0) == (1.0, 0.0)
+
+
+def test_cox_path_is_scored_at_each_fits_best_scale():
+    """veterans (sksurv), split seed 1: the validation rows' partial likelihood prefers the
+    strongest ridge penalty (the inputs' univariate direction) once each fit's linear predictor
+    may take its best scale there; scored as they are, the strongly shrunk fits look like
+    no model at all and the elastic net's weak penalty wins. The start is the chosen fit times
+    its scale, and its validation partial likelihood is the better one by several units."""
+    features, outcome = load_veterans_lung_cancer()
+    x = encode_categorical(features).to_numpy(float)
+    event, time = outcome["Status"], outcome["Survival_in_days"].astype(float)
+    train, val, _ = _split(len(x), 1)
+    x = StandardScaler().fit(x[train]).transform(x)
+    xt, tt, et = torch.tensor(x), torch.tensor(time), torch.tensor(event)
+    profiled = choose_linear_cox(xt, tt, et, train, val)
+    as_fitted = choose_linear_cox(xt, tt, et, train, val, profile_scale=False)
+
+    def held_out(weight):  # the validation rows' partial likelihood, risk sets of both
+        rows = np.concatenate([train, val])
+        both = cox_partial_log_likelihood(xt[rows] @ weight, tt[rows], et[rows])
+        part = cox_partial_log_likelihood(xt[train] @ weight, tt[train], et[train])
+        return float(both - part)
+
+    assert as_fitted.scale == 1.0 and profiled.scale > 10
+    assert profiled.penalty > as_fitted.penalty
+    assert held_out(profiled.weight[0]) > held_out(as_fitted.weight[0]) + 3
+    # Each path value is its fit's held-out loss at the best scale: the chosen one, recomputed.
+    assert profiled.best_loss() == pytest.approx(-held_out(profiled.weight[0]), rel=1e-6)
+    assert f"its linear predictor scaled by {profiled.scale:.3g} there" in profiled.describe()
+    assert "scaled" not in as_fitted.describe()
+
+    # Training keeps the scaled start: with the penalty's ridge part centred where the choice
+    # says, the start is a stationary point of the training loss plus penalty (the network's
+    # path at zero); centred at zero, as for an unscaled fit, the penalty pulls it back.
+    def gradient(choice, center):
+        weight = choice.weight.detach().clone().requires_grad_(True)
+        data = _per_event_objective(xt[train], tt[train], et[train], "efron", 0.0)
+        total = data(weight) + elastic_net_term(weight, choice.penalty, choice.l1_ratio, center)
+        return torch.autograd.grad(total, weight)[0][choice.weight != 0]  # zeros: a subgradient
+
+    assert as_fitted.center is None and profiled.center is not None
+    assert profiled.summary()["center"] == profiled.center.tolist()
+    assert float(gradient(profiled, profiled.center).abs().max()) < 1e-6
+    assert float(gradient(profiled, None).abs().max()) > 1e-2
+    # The unscaled fit (here the elastic net's) is stationary with the plain penalty.
+    assert float(gradient(as_fitted, None).abs().max()) < 1e-4

@@ -19,8 +19,9 @@ from sksurv.util import Surv
 from nervus_lightning.cli.train import train_settings
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError
+from nervus_lightning.models.ensemble import member_nets
 from nervus_lightning.module import NervusModule
-from nervus_lightning.survival.linear import fit_linear_cox
+from nervus_lightning.survival.linear import _per_event_objective, fit_linear_cox
 from nervus_lightning.survival.presets import preset_frame
 from nervus_lightning.workflows.predict import predict
 from nervus_lightning.workflows.train import train
@@ -62,8 +63,8 @@ def _module(csv, linear=None, **options) -> tuple[NervusModule, NervusDataModule
 
 def test_model_starts_as_scikit_survival_linear_cox(dataset):
     """At initialisation the network path outputs exactly 0 and the log-risk is the fitted
-    linear Cox model's (at the penalty chosen on validation), row by row, on the same
-    standardised inputs."""
+    linear Cox model's (at the penalty chosen on validation, times the factor chosen with it),
+    row by row, on the same standardised inputs."""
     csv = dataset(task="survival", n=120, images=False)
     module, dm = _module(csv, linear="auto", task={"name": "survival", "ties": "efron"})
     net = module.net
@@ -88,7 +89,25 @@ def test_model_starts_as_scikit_survival_linear_cox(dataset):
         x_train, Surv.from_arrays(train_csv.label_death == 1, train_csv.period_death)
     )
     expected = cox.predict((frame[dm.schema.input_columns].to_numpy(float) - mean) / std)
-    np.testing.assert_allclose(risk, expected, atol=1e-4)
+    scale = module.linear_choices["label_death"]["scale"]  # chosen on val with the penalty
+    np.testing.assert_allclose(risk, scale * expected, atol=1e-4 * max(scale, 1.0))
+    # The penalty kept in training holds the start where it is: its gradient there cancels the
+    # training partial likelihood's (this split's start is scaled, so the penalty is centred).
+    assert scale != 1.0 and module.linear_choices["label_death"]["center"] is not None
+    term = member_nets(net)[0].linear_terms[0].weight
+    (penalty_gradient,) = torch.autograd.grad(module.linear_penalty(), term)
+    events = torch.tensor(train_csv.label_death.to_numpy() == 1)
+    data = _per_event_objective(
+        torch.tensor(x_train),
+        torch.tensor(train_csv.period_death.to_numpy(float)),
+        events,
+        "efron",
+        0.0,
+    )
+    weight = term.detach().double().requires_grad_(True)
+    (data_gradient,) = torch.autograd.grad(data(weight), weight)
+    np.testing.assert_allclose(penalty_gradient.numpy(), -data_gradient.numpy(), atol=2e-4)
+    assert float(data_gradient.abs().max()) > 1e-2  # a gradient the penalty must cancel
 
 
 def test_linear_term_default_and_refusals(dataset):

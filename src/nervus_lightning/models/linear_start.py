@@ -109,9 +109,11 @@ def linear_penalty(
     """Each label's chosen penalty (``choices``, as :func:`start_linear_terms` returns them) of
     its linear term, summed over the terms of every member of ``net``: ridge
     ``lambda_j / 2 ||w_j||^2``, or the elastic net's
-    (:func:`~nervus_lightning.models.penalty.elastic_net_term`). Added to the training loss, it
-    keeps each term at its penalised fit instead of letting it drift to the unpenalised one
-    (which, with more inputs than events, does not exist)."""
+    (:func:`~nervus_lightning.models.penalty.elastic_net_term`), its ridge part centred where the
+    choice says (a start scaled on held-out rows:
+    :func:`~nervus_lightning.models.penalty.linear_penalty_center`). Added to the training loss,
+    it keeps each term at its start instead of letting it drift to the unpenalised fit (which,
+    with more inputs than events, does not exist)."""
     if not choices:
         return 0.0
     chosen = [choices.get(spec.name, {}) for spec in labels]
@@ -122,7 +124,12 @@ def linear_penalty(
         for term, choice in zip(member.linear_terms, chosen, strict=True):
             if choice.get("penalty"):
                 l1_ratio = float(choice.get("l1_ratio") or 0.0)
-                term_penalty = elastic_net_term(term.weight.float(), choice["penalty"], l1_ratio)
+                center = choice.get("center")
+                if center is not None:
+                    center = torch.as_tensor(center, dtype=torch.float32)
+                term_penalty = elastic_net_term(
+                    term.weight.float(), choice["penalty"], l1_ratio, center
+                )
                 total = total + term_penalty
     return total
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from scipy import optimize
 from torch import Tensor
 
 from nervus_lightning.models.solvers import (
@@ -62,7 +63,9 @@ __all__ = [
     "describe_choice",
     "fit_logistic",
     "fit_ridge",
+    "held_out_scale",
     "held_out_splits",
+    "linear_penalty_center",
     "penalty_path",
 ]
 
@@ -108,6 +111,13 @@ class PenaltyChoice:
     l1_ratio: float = 0.0
     #: The best held-out loss of each kind of penalty compared (``{"ridge": ..., ...}``).
     compared: tuple[tuple[str, float], ...] = ()
+    #: The factor the fit's linear predictor was multiplied by, chosen on the held-out rows
+    #: with the penalty (:func:`held_out_scale`; 1 when the scale was not profiled).
+    scale: float = 1.0
+    #: Where the ridge part of the penalty is centred during training (None: at zero;
+    #: :func:`linear_penalty_center`), so that a scaled start stays where the penalised training
+    #: loss is stationary.
+    center: Tensor | None = field(default=None, repr=False)
 
     def describe(self) -> str:
         return describe_choice(self.summary())
@@ -124,6 +134,8 @@ class PenaltyChoice:
             "path": [[p, None if not math.isfinite(s) else s] for p, s in self.path],
             "l1_ratio": self.l1_ratio,
             "compared": {k: None if not math.isfinite(v) else v for k, v in self.compared},
+            "scale": self.scale,
+            "center": None if self.center is None else self.center.tolist(),
         }
 
     def best_loss(self) -> float:
@@ -142,10 +154,12 @@ def describe_choice(summary: dict[str, object]) -> str:
         against = f"; compared on {summary['chosen_on']} with " + ", ".join(
             name for name in compared if (name == "ridge") != (not l1_ratio)
         )
+    scale = float(summary.get("scale", 1.0) or 0.0)
+    scaled = f", its linear predictor scaled by {scale:.3g} there" if scale != 1.0 else ""
     return (
         f"{kind}penalty {summary['penalty']:.3g} chosen on {summary['chosen_on']} from "
         f"{summary['tried']} values ({summary['strongest']:.3g} down to {summary['weakest']:.3g})"
-        f"{against}"
+        f"{scaled}{against}"
     )
 
 
@@ -184,6 +198,48 @@ def held_out_splits(
     return splits, {HELD_OUT_VAL: "val", HELD_OUT_CV: cv, HELD_OUT_CV_AND_VAL: both}[held_out]
 
 
+#: The profiled scale is searched between these factors (:func:`held_out_scale`), and 0.
+SCALE_RANGE = (1e-2, 1e3)
+#: ... to within this much of its logarithm (0.1 %: about 15 held-out losses per penalty).
+SCALE_TOLERANCE = 1e-3
+
+
+def held_out_scale(loss_at: Callable[[float], float]) -> tuple[float, float]:
+    """The factor ``s`` >= 0 of a linear predictor with the lowest held-out loss ``loss_at(s)``,
+    and that loss: a bounded search over ``log s`` in :data:`SCALE_RANGE`, never worse than
+    ``s`` = 1 (the fit as it is) or 0 (no input used)."""
+    low, high = (math.log(v) for v in SCALE_RANGE)
+    found = optimize.minimize_scalar(
+        lambda u: loss_at(math.exp(u)),
+        bounds=(low, high),
+        method="bounded",
+        options={"xatol": SCALE_TOLERANCE},
+    )
+    candidates = [(loss_at(1.0), 1.0), (loss_at(0.0), 0.0)]
+    if math.isfinite(found.fun):
+        candidates.append((float(found.fun), math.exp(float(found.x))))
+    loss, scale = min(candidates)
+    return scale, loss
+
+
+def linear_penalty_center(
+    weight: Tensor, data_gradient: Tensor, penalty: float, l1_ratio: float
+) -> Tensor | None:
+    r"""The centre :math:`c` of the ridge part of the training penalty :math:`\lambda (a \lVert w
+    \rVert_1 + \tfrac{1-a}{2} \lVert w - c \rVert^2)` at which ``weight`` (the start) is a
+    stationary point of the training loss plus penalty, given the data loss's gradient
+    ``data_gradient`` there: :math:`c = w + (\nabla\ell(w) + \lambda a\,\mathrm{sign}(w)) /
+    (\lambda (1 - a))` where :math:`w \ne 0`, 0 where the elastic net set it to zero. At the
+    penalised fit itself (scale 1) :math:`c` is 0, the plain penalty; a start scaled on held-out
+    rows (:func:`held_out_scale`) would otherwise be pulled back to the shrunken fit while the
+    network trains. None without a ridge part or a penalty."""
+    ridge = penalty * (1.0 - l1_ratio)
+    if not ridge > 0:
+        return None
+    lasso = penalty * l1_ratio * torch.sign(weight)
+    return torch.where(weight != 0, weight + (data_gradient + lasso) / ridge, 0.0)
+
+
 def choose_penalty(
     fit: Fit,
     held_out_loss: HeldOutLoss,
@@ -193,22 +249,37 @@ def choose_penalty(
     penalties: Sequence[float] | None = None,
     seed: int = 0,
     l1_ratio: float = 0.0,
+    profile_scale: bool = False,
 ) -> PenaltyChoice:
     """The penalty of ``penalties`` (default :func:`penalty_path`) with the lowest held-out loss,
     the sum over the splits of :func:`held_out_splits` (``held_out``). Ties go to the stronger
     penalty (the simpler model). The returned weight is the fit on all of ``train_rows`` with
     the chosen penalty; ``l1_ratio`` (what ``fit`` does) is recorded.
+
+    ``profile_scale`` (weights without an intercept: a Cox model's): each penalty is scored by
+    its held-out loss at the best factor of its fits' linear predictors (:func:`held_out_scale`,
+    one factor for all splits), so that the path is compared on the direction of its fits (the
+    ranking of the held-out rows) and not on how far the penalty shrank them; the returned
+    weight is the chosen fit times its factor.
     """
     penalties = list(penalties or penalty_path())
     splits, where = held_out_splits(train_rows, val_rows, held_out, seed)
     starts: list[Tensor | None] = [None] * len(splits)
     losses: list[float] = []
+    scales: list[float] = []
     for penalty in penalties:
-        total = 0.0
-        for k, (fit_rows, held_rows) in enumerate(splits):
+        for k, (fit_rows, _) in enumerate(splits):
             starts[k] = fit(fit_rows, penalty, starts[k])
-            total += held_out_loss(starts[k], fit_rows, held_rows)
+
+        def loss_at(scale: float, fits: list[Tensor | None] = starts) -> float:
+            return sum(
+                held_out_loss(scale * w, fit_rows, held_rows)
+                for w, (fit_rows, held_rows) in zip(fits, splits, strict=True)
+            )
+
+        scale, total = held_out_scale(loss_at) if profile_scale else (1.0, loss_at(1.0))
         losses.append(total if math.isfinite(total) else math.inf)
+        scales.append(scale)
         # Weaker penalties only overfit more once the held-out loss has risen PATIENCE times
         # in a row past its minimum (glmnet stops its path early the same way).
         if len(losses) > PATIENCE and min(losses) < min(losses[-PATIENCE:]):
@@ -217,10 +288,11 @@ def choose_penalty(
     weight = fit(train_rows, penalties[best], None)
     return PenaltyChoice(
         penalty=penalties[best],
-        weight=weight,
+        weight=scales[best] * weight,
         chosen_on=where,
         path=tuple((p, float(s)) for p, s in zip(penalties, losses, strict=False)),
         l1_ratio=l1_ratio,
+        scale=scales[best],
     )
 
 
@@ -319,18 +391,37 @@ def choose_ridge_or_elastic_net(
     held_out: str,
     enet_path: Sequence[float] | None,
     seed: int = 0,
+    profile_scale: bool = False,
 ) -> PenaltyChoice:
     """Ridge (on :func:`penalty_path`) against the elastic net with lasso share :data:`L1_RATIO`
     (on ``enet_path``), each with its penalty chosen by :func:`choose_penalty` on the same
     held-out rows; the kind with the lower held-out loss at its best penalty is the start (ties
     go to ridge), and ``compared`` records both. ``make_fit(l1_ratio)`` gives the
     ``fit(rows, penalty, start)`` of that kind; ``enet_path`` None or empty (one input, or
-    inputs that say nothing: nothing to select) tries ridge alone."""
-    ridge = choose_penalty(make_fit(0.0), held_out_loss, train_rows, val_rows, held_out, seed=seed)
+    inputs that say nothing: nothing to select) tries ridge alone. ``profile_scale``: see
+    :func:`choose_penalty`."""
+    ridge = choose_penalty(
+        make_fit(0.0),
+        held_out_loss,
+        train_rows,
+        val_rows,
+        held_out,
+        None,
+        seed,
+        profile_scale=profile_scale,
+    )
     if not enet_path:
         return ridge
     sparse = choose_penalty(
-        make_fit(L1_RATIO), held_out_loss, train_rows, val_rows, held_out, enet_path, seed, L1_RATIO
+        make_fit(L1_RATIO),
+        held_out_loss,
+        train_rows,
+        val_rows,
+        held_out,
+        enet_path,
+        seed,
+        L1_RATIO,
+        profile_scale,
     )
     compared = (("ridge", ridge.best_loss()), ("elastic net", sparse.best_loss()))
     best = sparse if sparse.best_loss() < ridge.best_loss() else ridge

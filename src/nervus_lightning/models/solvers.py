@@ -46,11 +46,15 @@ def minimise_lbfgs(
     return weight.detach()
 
 
-def elastic_net_term(weight: Tensor, penalty: float, l1_ratio: float) -> Tensor:
+def elastic_net_term(
+    weight: Tensor, penalty: float, l1_ratio: float, center: Tensor | None = None
+) -> Tensor:
     r"""The elastic-net penalty :math:`\lambda (a \lVert w \rVert_1 + \tfrac{1-a}{2}
-    \lVert w \rVert^2)` of ``weight`` (glmnet's and scikit-survival's Coxnet's form; ``a`` =
-    ``l1_ratio``, 0 is ridge)."""
-    ridge = 0.5 * (1.0 - l1_ratio) * weight.square().sum()
+    \lVert w - c \rVert^2)` of ``weight`` (glmnet's and scikit-survival's Coxnet's form; ``a`` =
+    ``l1_ratio``, 0 is ridge; ``center`` :math:`c`, default 0:
+    :func:`~nervus_lightning.models.penalty.linear_penalty_center`)."""
+    offset = weight if center is None else weight - center.to(weight)
+    ridge = 0.5 * (1.0 - l1_ratio) * offset.square().sum()
     return penalty * (l1_ratio * weight.abs().sum() + ridge)
 
 
