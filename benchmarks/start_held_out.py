@@ -37,13 +37,15 @@ from sklearn.metrics import log_loss, roc_auc_score
 sys.path.insert(0, str(Path(__file__).parent))
 import defaults  # noqa: E402
 
+from nervus_lightning.models.glm import (  # noqa: E402
+    choose_linear_classifier,
+    choose_linear_regression,
+    classifier_held_out,
+)
 from nervus_lightning.models.penalty import (  # noqa: E402
     HELD_OUT_CV,
     HELD_OUT_CV_AND_VAL,
     HELD_OUT_VAL,
-    choose_linear_classifier,
-    choose_linear_regression,
-    classifier_held_out,
 )
 
 DESIGNS = (HELD_OUT_VAL, HELD_OUT_CV, HELD_OUT_CV_AND_VAL)

@@ -1,4 +1,5 @@
 """The penalised linear starts (:mod:`nervus_lightning.models.penalty`,
+:mod:`nervus_lightning.models.glm`,
 :func:`nervus_lightning.survival.linear.choose_linear_cox`): each fit equals scikit-learn's or
 scikit-survival's estimate at the same penalty, and the penalty is the held-out loss's minimum
 over the path, chosen on validation rows (or folds of train) only."""
@@ -17,16 +18,18 @@ from sksurv.datasets import load_veterans_lung_cancer
 from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
-from nervus_lightning.models.penalty import (
-    HELD_OUT_CV,
-    HELD_OUT_CV_AND_VAL,
-    HELD_OUT_VAL,
+from nervus_lightning.models.glm import (
     MIN_VAL_PER_CLASS,
     choose_linear_classifier,
     choose_linear_regression,
     fit_logistic,
     fit_regression,
     fit_ridge,
+)
+from nervus_lightning.models.penalty import (
+    HELD_OUT_CV,
+    HELD_OUT_CV_AND_VAL,
+    HELD_OUT_VAL,
     held_out_scale,
     held_out_splits,
     penalty_path,

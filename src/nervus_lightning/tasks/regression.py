@@ -39,7 +39,8 @@ from nervus_lightning.evaluation.sections import (
     main_split,
     split_styles,
 )
-from nervus_lightning.models.penalty import PenaltyChoice, choose_linear_regression
+from nervus_lightning.models.glm import choose_linear_regression
+from nervus_lightning.models.penalty import PenaltyChoice
 from nervus_lightning.options import check_choice
 from nervus_lightning.tasks.base import Task
 
@@ -124,7 +125,7 @@ class RegressionTask(Task):
     ) -> PenaltyChoice | None:
         """Penalised (ridge or elastic-net) regression of the standardised target on the
         training rows, its penalty chosen on the validation rows and the folds of train
-        (:func:`..models.penalty.choose_linear_regression`)."""
+        (:func:`..models.glm.choose_linear_regression`)."""
         spec = self.labels[j]
         target = (
             pd.to_numeric(frame[spec.name], errors="coerce").to_numpy(np.float64) - spec.mean

@@ -28,7 +28,8 @@ from nervus_lightning.evaluation.options import EvaluationOptions
 from nervus_lightning.evaluation.sections import EvalContext, LabelSection
 from nervus_lightning.evaluation.thresholds import choose_threshold
 from nervus_lightning.models.ensemble import mean_probability_logits
-from nervus_lightning.models.penalty import PenaltyChoice, choose_linear_classifier
+from nervus_lightning.models.glm import choose_linear_classifier
+from nervus_lightning.models.penalty import PenaltyChoice
 from nervus_lightning.options import check_number
 from nervus_lightning.tasks.base import Task
 from nervus_lightning.tasks.classification.classes import resolve_positive_classes
@@ -216,7 +217,7 @@ class ClassificationTask(Task):
     ) -> PenaltyChoice | None:
         """The penalised (ridge or elastic-net) multinomial logistic fit of the training rows,
         its penalty chosen on the validation rows, or on them and the folds of train when a
-        class has few validation cases (:func:`..models.penalty.choose_linear_classifier`)."""
+        class has few validation cases (:func:`..models.glm.choose_linear_classifier`)."""
         spec = self.labels[j]
         classes = self.encode_targets(frame, spec)
         known = classes != UNKNOWN
