@@ -193,3 +193,28 @@ def test_divergence_names_the_linear_start_when_it_was_kept():
     (message,) = run_warnings(_metrics([]), [], learning_curve=diverged, linear_start_kept=True)
     assert message.startswith("diverged: the linear start, before training, was kept")
     assert "kept checkpoint is from epoch" not in message
+
+
+def test_collapse_names_a_kept_linear_start_whose_every_weight_is_0():
+    """A start whose penalty, chosen on held-out rows, zeroed every weight predicts the same for
+    every case: the warning says so (the inputs showed no effect there) instead of blaming the
+    learning rate; a start with weights, or one the network replaced, keeps the plain warning."""
+    predictions = pd.DataFrame(
+        {"split": ["train", "val", "val", "val"], "risk_label_death": [0.0, 0.0, 0.0, 0.0]}
+    )
+    zero = {"label_death": {"chosen_on": "val", "inputs": 3, "inputs_used": 0}}
+    (message,) = run_warnings(
+        _metrics([]), ["label_death"], predictions, linear_start_kept=True, linear_starts=zero
+    )
+    assert message.startswith("label 'label_death': collapsed: every validation case")
+    assert "the penalty chosen on val sets every input's weight to 0" in message
+    assert "optimizer.lr" not in message
+    for kept, starts in (
+        (False, zero),
+        (True, {"label_death": {"chosen_on": "val", "inputs": 3, "inputs_used": 2}}),
+        (True, None),
+    ):
+        (plain,) = run_warnings(
+            _metrics([]), ["label_death"], predictions, linear_start_kept=kept, linear_starts=starts
+        )
+        assert "the model ignores its inputs" in plain and "optimizer.lr" in plain

@@ -30,8 +30,10 @@ from nervus_lightning.models.penalty import (
     HELD_OUT_CV,
     HELD_OUT_CV_AND_VAL,
     HELD_OUT_VAL,
+    describe_choice,
     held_out_scale,
     held_out_splits,
+    inputs_in_use,
     penalty_path,
 )
 from nervus_lightning.models.solvers import elastic_net_term, minimise_proximal
@@ -445,3 +447,20 @@ def test_cox_path_is_scored_at_each_fits_best_scale():
     assert float(gradient(profiled, None).abs().max()) > 1e-2
     # The unscaled fit (here the elastic net's) is stationary with the plain penalty.
     assert float(gradient(as_fitted, None).abs().max()) < 1e-4
+
+
+def test_the_inputs_a_start_uses_are_counted_and_named():
+    """Inputs with a non-zero weight in any row of a start (an intercept, last, is not an
+    input), and how the run folder and the report say it."""
+    cox = torch.tensor([[0.3, 0.0, -0.1]])
+    assert inputs_in_use(cox, 3) == {"inputs": 3, "inputs_used": 2}
+    classes = torch.tensor([[0.0, 0.0, 1.5], [0.0, 0.0, -0.4]])  # intercepts only
+    assert inputs_in_use(classes, 2) == {"inputs": 2, "inputs_used": 0}
+    assert inputs_in_use(torch.tensor([[0.0, 2.0, 0.0]]), 2)["inputs_used"] == 1
+    base = {"penalty": 0.3, "chosen_on": "val", "tried": 12, "strongest": 100, "weakest": 0.03}
+    assert describe_choice(base).endswith("(100 down to 0.03)")
+    assert describe_choice({**base, "inputs": 3, "inputs_used": 3}) == describe_choice(base)
+    assert describe_choice({**base, "inputs": 3, "inputs_used": 2}).endswith(
+        ", 2 of 3 inputs with a non-zero weight"
+    )
+    assert "every input's weight 0" in describe_choice({**base, "inputs": 3, "inputs_used": 0})

@@ -85,6 +85,23 @@ def test_no_events_in_training(dataset):
     assert "no events" in _error(csv)
 
 
+def test_no_events_in_validation(dataset):
+    """All-censored validation rows make every validation loss 0: the run would pick its
+    penalty, epochs and checkpoint blind, so it stops before training and names the rows."""
+    csv = dataset(task="survival", images=False)
+    df = pd.read_csv(csv)
+    val = df.index[df.split == "val"]
+    df.loc[val, "label_death"] = 0
+    df.to_csv(csv, index=False)
+    msg = _error(csv)
+    assert "'label_death' has no event in the validation split" in msg
+    assert f"lines {val[0] + 2}, {val[1] + 2}" in msg and "split=val" in msg
+    # One event there is evidence: no error.
+    df.loc[val[0], "label_death"] = 1
+    df.to_csv(csv, index=False)
+    NervusDataModule(csv, task="survival")
+
+
 def test_small_batches_warn(dataset):
     csv = dataset(task="survival", images=False)
     df = pd.read_csv(csv)

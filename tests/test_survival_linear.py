@@ -165,6 +165,12 @@ def test_default_survival_run_on_a_tabular_csv(dataset, tmp_path):
     raw = torch.load(ckpt, weights_only=True)
     members = [f"net.members.{i}.linear_terms.0.weight" for i in range(5)]
     assert all(key in raw["state_dict"] for key in members)
+    # The run folder counts the inputs the start's weights use (the start as the members got it).
+    start = json.loads((run / "model_summary.json").read_text())["linear_start"]["label_death"]
+    first = torch.load(run / "checkpoints" / "linear_start.ckpt", weights_only=True)
+    weight = first["state_dict"]["net.members.0.linear_terms.0.weight"]
+    assert start["inputs"] == weight.shape[1]
+    assert start["inputs_used"] == int((weight != 0).any(dim=0).sum())
     n_rows = len(pd.read_csv(csv))
     for name, tensor in {**raw["state_dict"], **raw["nervus_task_state"]}.items():
         assert n_rows not in tensor.shape, f"{name} has one value per case"

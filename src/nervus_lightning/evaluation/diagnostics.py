@@ -19,7 +19,9 @@ The checks and their thresholds (chosen to catch failures, not to grade good run
   :data:`WORSE_MARGIN` (a tie is no failure); with competing causes also each cause's IPA
   (its cumulative incidence against the training Aalen-Johansen one);
 - **collapsed**: every validation prediction of a label the same value (within
-  :data:`COLLAPSE_TOLERANCE`);
+  :data:`COLLAPSE_TOLERANCE`); where the run kept a linear start whose penalty, chosen on
+  held-out rows, set every weight to 0, the warning says that this is the cause (the inputs
+  showed no effect there), not a training failure;
 - **diverged**: the kept checkpoint is from the first two epochs and the validation loss
   afterwards rose by more than :data:`DIVERGENCE_RISE` of the best one (and 0.05) and never came
   back, i.e. training made the network worse from the start.
@@ -27,7 +29,7 @@ The checks and their thresholds (chosen to catch failures, not to grade good run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -130,7 +132,9 @@ def _cause_worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None
     )
 
 
-def _collapsed(predictions: pd.DataFrame, label: str) -> str | None:
+def _collapsed(
+    predictions: pd.DataFrame, label: str, zero_start: Mapping[str, object] | None = None
+) -> str | None:
     if "split" not in predictions.columns:
         return None
     val = predictions[predictions["split"] == "val"]
@@ -147,6 +151,18 @@ def _collapsed(predictions: pd.DataFrame, label: str) -> str | None:
         return None
     spread = (scores.max(0) - scores.min(0)).max()
     scale = 1.0 + np.abs(scores).max()
+    if spread <= COLLAPSE_TOLERANCE * scale and zero_start is not None:
+        return (
+            f"label '{label}': collapsed: every validation case gets the same prediction "
+            f"({scores[0, 0]:.4g}) because no input is used. The run kept the linear start, "
+            f"and the penalty chosen on {zero_start.get('chosen_on', 'the held-out rows')} sets "
+            "every input's weight to 0: no input's linear effect predicted those rows better "
+            "than none, and no epoch of the network beat the start by more than one standard "
+            "error. Every "
+            "case gets the prediction of the training rows without inputs. With few held-out "
+            "cases a weak effect goes unseen: more cases, or inputs chosen for the question, "
+            "can change that."
+        )
     if spread <= COLLAPSE_TOLERANCE * scale:
         return (
             f"label '{label}': collapsed: every validation case gets the same prediction "
@@ -193,6 +209,7 @@ def run_warnings(
     predictions: pd.DataFrame | None = None,
     learning_curve: pd.DataFrame | None = None,
     linear_start_kept: bool = False,
+    linear_starts: Mapping[str, Mapping[str, object]] | None = None,
 ) -> list[str]:
     """One sentence per silent failure of a finished run (module docstring), in label order.
 
@@ -200,7 +217,9 @@ def run_warnings(
     ``predictions``: ``predictions.csv`` (for the collapse check); ``learning_curve``:
     ``learning_curve.csv`` of a training run (for the divergence check);
     ``linear_start_kept``: the run kept the model as it started, before training (said in the
-    divergence warning).
+    divergence warning); ``linear_starts``: each label's linear start
+    (``model_summary.json``'s ``linear_start``), so that a kept start whose every weight is 0
+    is named as the cause of predictions that are all the same.
     """
     found: list[str] = []
     for label in labels:
@@ -209,7 +228,9 @@ def run_warnings(
             if message:
                 found.append(message)
         if predictions is not None:
-            message = _collapsed(predictions, label)
+            start = (linear_starts or {}).get(label) if linear_start_kept else None
+            zero_start = start if start is not None and start.get("inputs_used") == 0 else None
+            message = _collapsed(predictions, label, zero_start)
             if message:
                 found.append(message)
     message = _diverged(learning_curve, linear_start_kept)

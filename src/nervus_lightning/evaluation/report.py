@@ -178,6 +178,7 @@ def evaluate_predictions(
         predictions,
         learning_curve,
         linear_start_kept=bool((model_summary or {}).get("linear_start_kept")),
+        linear_starts=(model_summary or {}).get("linear_start"),
     )
     for message in found:
         log.warning("%s", message)

@@ -21,6 +21,7 @@ from torch import nn
 
 from nervus_lightning.errors import SPLIT_COLUMN, TRAIN, VAL, NervusInputError
 from nervus_lightning.models.ensemble import member_nets
+from nervus_lightning.models.penalty import describe_choice, inputs_in_use
 from nervus_lightning.models.solvers import elastic_net_term
 
 __all__ = [
@@ -89,8 +90,9 @@ def start_linear_terms(
     summaries = {}
     for spec, choice in zip(labels, choices, strict=True):
         if choice is not None:
-            summaries[spec.name] = choice.summary()
-            log.info("label '%s': linear start with %s", spec.name, choice.describe())
+            summary = {**choice.summary(), **inputs_in_use(choice.weight, len(input_columns))}
+            summaries[spec.name] = summary
+            log.info("label '%s': linear start with %s", spec.name, describe_choice(summary))
     for member in member_nets(net):  # every ensemble member starts from the same fit
         for term, choice in zip(member.linear_terms, choices, strict=True):
             if choice is None:

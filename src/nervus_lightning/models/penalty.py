@@ -59,6 +59,7 @@ __all__ = [
     "describe_choice",
     "held_out_scale",
     "held_out_splits",
+    "inputs_in_use",
     "linear_penalty_center",
     "penalty_path",
 ]
@@ -145,11 +146,26 @@ def describe_choice(summary: dict[str, object]) -> str:
         )
     scale = float(summary.get("scale", 1.0) or 0.0)
     scaled = f", its linear predictor scaled by {scale:.3g} there" if scale != 1.0 else ""
+    used, inputs = summary.get("inputs_used"), summary.get("inputs")
+    kept = ""
+    if used == 0 and inputs:
+        kept = ", every input's weight 0 (no linear effect predicted those rows better than none)"
+    elif used is not None and inputs and used < inputs:
+        kept = f", {used} of {inputs} inputs with a non-zero weight"
     return (
         f"{kind}penalty {summary['penalty']:.3g} chosen on {summary['chosen_on']} from "
         f"{summary['tried']} values ({summary['strongest']:.3g} down to {summary['weakest']:.3g})"
-        f"{scaled}{against}"
+        f"{scaled}{kept}{against}"
     )
+
+
+def inputs_in_use(weight: Tensor, inputs: int) -> dict[str, int]:
+    """``{"inputs": inputs, "inputs_used": u}``: how many of the ``inputs`` input columns have a
+    non-zero weight in a start's ``weight`` (``(k, inputs)``, or ``(k, inputs + 1)`` with the
+    intercept last), for :func:`describe_choice` and the run diagnostics (a start whose every
+    weight is 0 predicts the same for every case)."""
+    used = (weight[:, :inputs] != 0).any(dim=0).sum()
+    return {"inputs": int(inputs), "inputs_used": int(used)}
 
 
 def penalty_path(n: int = PATH_SIZE, high: float = PATH_HIGH, low: float = PATH_LOW) -> list[float]:

@@ -20,7 +20,14 @@ from nervus_lightning.data.schema import (
     numeric_column,
     period_column_for,
 )
-from nervus_lightning.errors import LABEL_PREFIX, PERIOD_PREFIXES, NervusInputError, csv_lines
+from nervus_lightning.errors import (
+    LABEL_PREFIX,
+    PERIOD_PREFIXES,
+    SPLIT_COLUMN,
+    VAL,
+    NervusInputError,
+    csv_lines,
+)
 
 
 def _codes(values: pd.Series) -> str:
@@ -67,7 +74,29 @@ def survival_label_spec(
             f"{path}: survival label '{column}' has no events (all 0) in the training split; "
             "a Cox model cannot learn without events."
         )
+    check_validation_events(df, path, column, events)
     return LabelSpec(name=column, task=kind, period=period, causes=causes)
+
+
+def check_validation_events(df: pd.DataFrame, path: Path, column: str, events: pd.Series) -> None:
+    """Stop when the validation rows of a survival label hold no event: its validation loss (a
+    partial or discrete-time likelihood of events) is then 0 for every model, so the
+    validation rows could neither choose the linear start's penalty among its values, stop
+    training, nor pick the checkpoint, and the run would choose blind. (No validation row at
+    all is refused when training starts: ``NervusDataModule.val_dataloader``.)"""
+    if SPLIT_COLUMN not in df.columns:
+        return
+    val_rows = df.index[df[SPLIT_COLUMN] == VAL]
+    known = events[val_rows].dropna()
+    if len(known) == 0 or (known != 0).any():
+        return
+    raise NervusInputError(
+        f"{path}: survival label '{column}' has no event in the validation split: its "
+        f"{len(known)} case(s) with an event status ({csv_lines(known.index)}) are all "
+        "censored (0). The validation loss is then 0 for every model, so it cannot choose the "
+        "penalty, stop training or pick the checkpoint. Move some cases with events into "
+        "split=val (with 20 or more there the penalty is chosen on them alone)."
+    )
 
 
 def event_causes(events: pd.Series, path: Path, column: str, train_rows: pd.Index) -> int | None:
