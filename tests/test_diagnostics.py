@@ -218,3 +218,18 @@ def test_collapse_names_a_kept_linear_start_whose_every_weight_is_0():
             _metrics([]), ["label_death"], predictions, linear_start_kept=kept, linear_starts=starts
         )
         assert "the model ignores its inputs" in plain and "optimizer.lr" in plain
+
+
+def test_a_binary_label_with_one_class_in_validation():
+    """All-positive validation rows: said as such, not as a Brier score 'worse than the
+    prevalence' (whose reference p(1 - p) is then 0)."""
+    rows = [
+        ("val", "label_cancer", "brier", 0.036),
+        ("val", "label_cancer", "prevalence", 1.0),
+        ("val", "label_cancer", "auroc", np.nan),
+    ]
+    (message,) = run_warnings(_metrics(rows), ["label_cancer"])
+    assert "validation rows hold one class only (every case positive)" in message
+    assert "split=val" in message and "worse than the prevalence" not in message
+    mixed = [("val", "label_cancer", "brier", 0.2), ("val", "label_cancer", "prevalence", 0.3)]
+    assert run_warnings(_metrics(mixed), ["label_cancer"]) == []

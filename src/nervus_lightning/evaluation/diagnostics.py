@@ -18,6 +18,9 @@ The checks and their thresholds (chosen to catch failures, not to grade good run
   prevalence's (:math:`p(1-p)`), a regression R^2 below 0, each by more than
   :data:`WORSE_MARGIN` (a tie is no failure); with competing causes also each cause's IPA
   (its cumulative incidence against the training Aalen-Johansen one);
+- **one class in validation**: a binary label whose validation rows are all positive or all
+  negative (no AUROC there, no threshold chosen there; the Brier score check above is then
+  skipped, as its reference, :math:`p(1-p)`, is 0);
 - **collapsed**: every validation prediction of a label the same value (within
   :data:`COLLAPSE_TOLERANCE`); where the run kept a linear start whose penalty, chosen on
   held-out rows, set every weight to 0, the warning says that this is the cause (the inputs
@@ -95,7 +98,7 @@ def _worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None:
         )
     brier = _value(metrics, "val", label, "brier")
     prevalence = _value(metrics, "val", label, "prevalence")
-    if brier is not None and prevalence is not None:
+    if brier is not None and prevalence is not None and 0 < prevalence < 1:
         reference = prevalence * (1 - prevalence)
         if brier > reference + WORSE_MARGIN * reference:
             return (
@@ -110,6 +113,20 @@ def _worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None:
             f"R^2 {r2:.3f} < 0."
         )
     return None
+
+
+def _one_class_in_validation(metrics: pd.DataFrame, label: str) -> str | None:
+    """A binary label whose validation rows hold one class: nothing there can be ranked."""
+    prevalence = _value(metrics, "val", label, "prevalence")
+    if prevalence is None or 0 < prevalence < 1:
+        return None
+    which = "positive" if prevalence == 1 else "negative"
+    return (
+        f"label '{label}': the validation rows hold one class only (every case {which}): "
+        "they can neither rank cases (no AUROC) nor set the operating threshold "
+        "(metrics_notes.csv says where it came from), and a training run chose its checkpoint "
+        "by how well it predicts that one class. Move cases of both classes into split=val."
+    )
 
 
 def _cause_worse_than_reference(metrics: pd.DataFrame, label: str) -> str | None:
@@ -223,7 +240,13 @@ def run_warnings(
     """
     found: list[str] = []
     for label in labels:
-        for check in (_overfit, _worse_than_reference, _cause_worse_than_reference):
+        checks = (
+            _overfit,
+            _worse_than_reference,
+            _cause_worse_than_reference,
+            _one_class_in_validation,
+        )
+        for check in checks:
             message = check(metrics, label)
             if message:
                 found.append(message)
