@@ -175,10 +175,9 @@ def _collapsed(
             f"and the penalty chosen on {zero_start.get('chosen_on', 'the held-out rows')} sets "
             "every input's weight to 0: no input's linear effect predicted those rows better "
             "than none, and no epoch of the network beat the start by more than one standard "
-            "error. Every "
-            "case gets the prediction of the training rows without inputs. With few held-out "
-            "cases a weak effect goes unseen: more cases, or inputs chosen for the question, "
-            "can change that."
+            "error. Every case gets the prediction of the training rows without inputs. With "
+            "few held-out cases a weak effect goes unseen: more cases, or inputs chosen for the "
+            "question, can change that."
         )
     if spread <= COLLAPSE_TOLERANCE * scale:
         return (

@@ -79,11 +79,12 @@ def survival_label_spec(
 
 
 def check_validation_events(df: pd.DataFrame, path: Path, column: str, events: pd.Series) -> None:
-    """Stop when the validation rows of a survival label hold no event: its validation loss (a
-    partial or discrete-time likelihood of events) is then 0 for every model, so the
-    validation rows could neither choose the linear start's penalty among its values, stop
-    training, nor pick the checkpoint, and the run would choose blind. (No validation row at
-    all is refused when training starts: ``NervusDataModule.val_dataloader``.)"""
+    """Stop when the validation rows of a survival label hold no event: nothing can then be
+    chosen on them. A Cox validation loss (the partial likelihood of the events) is 0 for every
+    model, a discrete-time one only rewards predicting that nobody has the event, and no
+    C-index can be computed, so the linear start's penalty, the epochs and the checkpoint would
+    be chosen blind. (No validation row at all is refused when training starts:
+    ``NervusDataModule.val_dataloader``.)"""
     if SPLIT_COLUMN not in df.columns:
         return
     val_rows = df.index[df[SPLIT_COLUMN] == VAL]
@@ -93,9 +94,10 @@ def check_validation_events(df: pd.DataFrame, path: Path, column: str, events: p
     raise NervusInputError(
         f"{path}: survival label '{column}' has no event in the validation split: its "
         f"{len(known)} case(s) with an event status ({csv_lines(known.index)}) are all "
-        "censored (0). The validation loss is then 0 for every model, so it cannot choose the "
-        "penalty, stop training or pick the checkpoint. Move some cases with events into "
-        "split=val (with 20 or more there the penalty is chosen on them alone)."
+        "censored (0), so nothing can be chosen on them (a Cox validation loss is 0 for every "
+        "model, and no C-index can be computed): the penalty, the epochs and the checkpoint "
+        "would be chosen blind. Move some cases with events into split=val (with 20 or more "
+        "there the penalty is chosen on them alone)."
     )
 
 
