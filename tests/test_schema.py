@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.preprocessing import StandardScaler
 
 from nervus_lightning.data.datamodule import NervusDataModule
 from nervus_lightning.data.schema import NervusInputError, load_table
+from nervus_lightning.models.tabular import TabularMLP
 from nervus_lightning.tasks import ClassificationTask
 
 
@@ -56,6 +59,36 @@ def test_scaler_uses_training_rows_only(dataset):
     assert schema.input_columns == ["input_a", "input_b"]
     np.testing.assert_allclose(schema.input_mean, scaler.mean_, rtol=1e-12)
     np.testing.assert_allclose(schema.input_std, scaler.scale_, rtol=1e-12)
+
+
+def test_an_input_constant_in_training_is_named_and_ignored(dataset):
+    """One value on every training row: nothing to learn from it, so the model standardises it
+    to 0 everywhere; another value in a validation or test row (a site absent from training)
+    must not reach weights that never trained. Other inputs and older checkpoints (sd 1 there)
+    are standardised as before."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when every input varies in training
+        load_table(dataset(images=False), task=ClassificationTask)
+    csv = _edit(
+        dataset(images=False),
+        lambda d: d.assign(
+            input_b=["3" if s == "train" else str(i) for i, s in enumerate(d.split)]
+        ),
+    )
+    with pytest.warns(
+        UserWarning, match=r"'input_b' \(3 on every training row, other values at line"
+    ):
+        frame, schema = load_table(csv, task=ClassificationTask)
+    assert schema.input_std[1] == 0.0 and schema.input_mean[1] == 3.0
+    raw = torch.tensor(frame[["input_a", "input_b"]].to_numpy(float), dtype=torch.float32)
+    assert (raw[:, 1] != 3).any()
+    tabular = TabularMLP(schema.input_mean, schema.input_std, hidden=[4])
+    standard = tabular.standardise(raw)
+    assert (standard[:, 1] == 0).all()
+    mean, std = schema.input_mean[0], schema.input_std[0]
+    assert torch.equal(standard[:, 0], (raw[:, 0] - mean) / torch.tensor(std))
+    before = TabularMLP(schema.input_mean, [std, 1.0], hidden=[4]).standardise(raw)
+    assert torch.equal(before[:, 1], raw[:, 1] - 3.0)
 
 
 def test_missing_file(tmp_path):

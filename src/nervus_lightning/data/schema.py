@@ -18,6 +18,7 @@ column, the CSV line numbers (the header is line 1, the first case line 2) and w
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,8 +290,17 @@ def _image_inputs(
 def _fit_inputs(
     df: pd.DataFrame, path: Path, cols: Sequence[str], train_rows: pd.Index
 ) -> tuple[list[float], list[float]]:
-    """Check tabular inputs are numeric and complete; fit the standardiser on the training split."""
+    """Check tabular inputs are numeric and complete; fit the standardiser on the training split.
+
+    An input with one value on every training row gets sd 0: the model standardises it to 0 for
+    every case (:meth:`~nervus_lightning.models.tabular.TabularMLP.standardise`), in every split
+    and in later predictions, so it is ignored. Its weights could learn nothing (their gradient
+    is 0 throughout training), and with sd 1 (before 2026-12-08) another value in a validation,
+    test or external row, e.g. the indicator of a site absent from training, reached the
+    network through weights left at their random start. A warning names such inputs.
+    """
     means, stds = [], []
+    constant: list[str] = []
     for col in cols:
         values = numeric_column(df, col, path, df.index, "tabular input")
         check_no_missing(
@@ -304,8 +314,21 @@ def _fit_inputs(
         tr = values[train_rows]
         mean = float(tr.mean()) if len(tr) else 0.0
         std = float(tr.std(ddof=0)) if len(tr) else 1.0
+        if len(tr) and not std > 0:
+            std = 0.0
+            others = values.index[(values != tr.iloc[0]).to_numpy()]
+            elsewhere = f", other values at {csv_lines(others)}" if len(others) else ""
+            constant.append(f"'{col}' ({tr.iloc[0]:g} on every training row{elsewhere})")
         means.append(mean)
-        stds.append(std if std > 0 else 1.0)
+        stds.append(std)
+    if constant:
+        warnings.warn(
+            f"{path}: input(s) {', '.join(constant)} never vary in the training split, so the "
+            "model cannot learn from them and ignores them (standardised to 0 for every case, "
+            "in every split and in predictions). Drop them, or put cases with other values "
+            "into training.",
+            stacklevel=2,
+        )
     return means, stds
 
 

@@ -50,8 +50,13 @@ class TabularMLP(nn.Module):
         self.out_features = hidden[-1] if hidden else len(mean)
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw inputs on the training scale: ``(x - mean) / std``, as the MLP sees them."""
-        return (x - self.mean) / self.std
+        """Raw inputs on the training scale: ``(x - mean) / std``, as the MLP sees them; 0 for an
+        input whose training sd is 0 (one value on every training row: nothing to learn from,
+        so another value later must not reach the network; see ``_fit_inputs`` in
+        :mod:`nervus_lightning.data.schema`). Checkpoints saved before 2026-12-08 hold sd 1
+        there and are read as they were."""
+        varies = self.std > 0
+        return (x - self.mean) / torch.where(varies, self.std, 1.0) * varies
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.standardise(x))
