@@ -5,6 +5,7 @@ overfitted run gets better-calibrated survival curves with the same ranks."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,9 @@ from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
 from nervus_lightning.cli.train import train_settings
+from nervus_lightning.data.schema import DataSchema, LabelSpec
 from nervus_lightning.module import SHRINKAGE_KEY
+from nervus_lightning.outputs import model_summary
 from nervus_lightning.survival.shrinkage import (
     MIN_SLOPE_EVENTS,
     SLOPE_FLOOR,
@@ -146,3 +149,40 @@ def test_an_overfitted_run_is_shrunk_with_its_ranks_kept(tmp_path):
     assert "calibration of label_death" in dict(
         json.loads((tmp_path / "pred" / "model_summary.json").read_text())["rows"]
     )
+
+
+def test_the_calibration_row_tells_the_slope_from_the_kept_starts_factor():
+    """A kept linear start scaled on held-out rows and a calibration slope on the validation rows
+    estimate one thing differently (risk sets with or without the training rows), so the model
+    table says which is which; with a network kept, or a start not scaled, it does not."""
+    schema = DataSchema(
+        labels=[LabelSpec(name="label_death", task="survival", period="period_death")],
+        input_columns=["input_a"],
+        input_mean=[0.0],
+        input_std=[1.0],
+    )
+    start = {"penalty": 0.1, "chosen_on": "val", "tried": 5, "strongest": 1, "weakest": 0.01}
+
+    def row(scale: float, kept: bool) -> str:
+        module = SimpleNamespace(
+            schema=schema,
+            hparams={},
+            linear_choices={"label_death": {**start, "scale": scale}},
+            shrinkage={"label_death": {"slope": 1.28, "factor": 1.0, "val_events": 26}},
+        )
+        summary = model_summary(
+            module,
+            epochs_run=None,
+            best_epoch=None,
+            monitor="val_loss",
+            mode="min",
+            best_score=None,
+            checkpoint=None,
+            linear_start=kept,
+        )
+        return dict(summary["rows"])["calibration of label_death"]
+
+    said = row(1.19, kept=True)
+    assert said.startswith("not shrunk: calibration slope on val 1.28 (not below 1)")
+    assert "the kept start's factor, 1.19, came from the partial likelihood" in said
+    assert "factor" not in row(1.19, kept=False) and "factor" not in row(1.0, kept=True)

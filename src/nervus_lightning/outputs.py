@@ -194,8 +194,18 @@ def model_summary(
         rows.append(["tabular extractor", _component(hp.get("tabular"), "mlp") + linear])
         for name, choice in (getattr(module, "linear_choices", None) or {}).items():
             rows.append([f"linear start of {name}", describe_choice(choice)])
+    starts = getattr(module, "linear_choices", None) or {}
     for name, shrinkage in (getattr(module, "shrinkage", None) or {}).items():
-        rows.append([f"calibration of {name}", Shrinkage(**shrinkage).describe()])
+        said = Shrinkage(**shrinkage).describe()
+        factor = float(starts.get(name, {}).get("scale", 1.0) or 0.0)
+        if linear_start and shrinkage.get("slope") is not None and factor != 1.0:
+            # Two estimates of one thing from the same rows, which need not agree.
+            said += (
+                f"; the kept start's factor, {factor:.3g}, came from the partial likelihood of "
+                "the held-out rows with the training rows in their risk sets, this slope from "
+                "the validation rows alone"
+            )
+        rows.append([f"calibration of {name}", said])
     image_inputs = (len(schema.views) or 1) if schema.has_images else 0
     n_inputs = image_inputs + bool(schema.input_columns)
     if n_inputs > 1:
