@@ -168,7 +168,9 @@ def _collapsed(
         return None
     spread = (scores.max(0) - scores.min(0)).max()
     scale = 1.0 + np.abs(scores).max()
-    if spread <= COLLAPSE_TOLERANCE * scale and zero_start is not None:
+    if spread > COLLAPSE_TOLERANCE * scale:
+        return None
+    if zero_start is not None:
         return (
             f"label '{label}': collapsed: every validation case gets the same prediction "
             f"({scores[0, 0]:.4g}) because no input is used. The run kept the linear start, "
@@ -179,13 +181,11 @@ def _collapsed(
             "few held-out cases a weak effect goes unseen: more cases, or inputs chosen for the "
             "question, can change that."
         )
-    if spread <= COLLAPSE_TOLERANCE * scale:
-        return (
-            f"label '{label}': collapsed: every validation case gets the same prediction "
-            f"({scores[0, 0]:.4g}); the model ignores its inputs. Check the inputs and the "
-            "learning rate (optimizer.lr)."
-        )
-    return None
+    return (
+        f"label '{label}': collapsed: every validation case gets the same prediction "
+        f"({scores[0, 0]:.4g}); the model ignores its inputs. Check the inputs and the "
+        "learning rate (optimizer.lr)."
+    )
 
 
 def _diverged(curve: pd.DataFrame | None, start_kept: bool = False) -> str | None:
