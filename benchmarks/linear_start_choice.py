@@ -7,8 +7,11 @@ Harrell's C of the linear Cox model fitted on the training rows, its penalty cho
 
 * ``heldout_pl``: the library's rule, :func:`nervus_lightning.survival.linear.choose_linear_cox`
   (ridge and elastic net, the held-out partial likelihood on val when it holds 20 events or
-  more, else on the 5 folds of train and the validation rows together, each fit's linear
-  predictor at its best scale there);
+  more, else on the 5 folds of train, drawn 5 times, and the validation rows together, each
+  fit's linear predictor at its best scale there);
+* ``one_draw``: the same with one draw of the 5 folds instead of
+  :data:`~nervus_lightning.survival.linear.FOLD_DRAWS` (the library's rule until 2026-12-08;
+  the same as ``heldout_pl`` where val holds 20 events);
 * ``unscaled_pl``: the same without the scale (each fit as it is: the library's rule until
   2026-12-07);
 * ``val_c``: the same two paths, the penalty and kind with the highest validation C (what the
@@ -20,8 +23,9 @@ Harrell's C of the linear Cox model fitted on the training rows, its penalty cho
 
 and ``coxnet`` and ``coxph`` (ridge Cox) as ``defaults.py`` fits them. Printed: mean test C and
 the paired difference to the better of the two (higher mean test C; mean ± sd over seeds; a
-baseline fit that fails on a split is left out of its mean and its pairs, and counted). No
-network is trained: this isolates the choice of penalty.
+baseline fit that fails on a split is left out of its mean and its pairs, and counted), and
+each rule's mean seconds per start on this machine. No network is trained: this isolates the
+choice of penalty.
 
     python benchmarks/linear_start_choice.py --seeds 10 --datasets veterans_lung_cancer whas500
 """
@@ -33,6 +37,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 import torch
@@ -51,7 +56,7 @@ from nervus_lightning.models.solvers import minimise_lbfgs, minimise_proximal  #
 from nervus_lightning.survival import linear  # noqa: E402
 from nervus_lightning.survival.linear import L1_RATIO, choose_linear_cox  # noqa: E402
 
-RULES = ("heldout_pl", "unscaled_pl", "val_c", "cv_train", "cv_val")
+RULES = ("heldout_pl", "one_draw", "unscaled_pl", "val_c", "cv_train", "cv_val")
 BASELINES = ("coxnet", "coxph")
 
 
@@ -73,6 +78,8 @@ def linear_start(rule: str, x, time, event, train, val, seed: int) -> torch.Tens
     """The weight (1, p) that ``rule`` picks (module docstring)."""
     if rule == "heldout_pl":
         return choose_linear_cox(x, time, event, train, val, seed=seed).weight
+    if rule == "one_draw":
+        return choose_linear_cox(x, time, event, train, val, seed=seed, fold_draws=1).weight
     if rule == "unscaled_pl":
         plain = choose_linear_cox(x, time, event, train, val, seed=seed, profile_scale=False)
         return plain.weight
@@ -106,6 +113,7 @@ def linear_start(rule: str, x, time, event, train, val, seed: int) -> torch.Tens
 def run(name: str, seeds: int, rules: Sequence[str] = RULES) -> dict[str, np.ndarray]:
     raw = defaults.DATASETS[name].load()
     scores: dict[str, list[float]] = {rule: [] for rule in (*rules, *BASELINES)}
+    seconds: dict[str, list[float]] = {rule: [] for rule in rules}
     for seed in range(seeds):
         data = defaults.split_arrays(defaults.nervus_frame(name, raw, seed), "survival")
         for method in BASELINES:
@@ -122,10 +130,14 @@ def run(name: str, seeds: int, rules: Sequence[str] = RULES) -> dict[str, np.nda
         train = np.arange(len(data["train"].y))
         val = np.arange(len(train), len(event))
         for rule in rules:
+            started = perf_counter()
             weight = linear_start(rule, x, time, event, train, val, seed)
+            seconds[rule].append(perf_counter() - started)
             risk = data["test"].x @ weight[0].numpy()
             scores[rule].append(defaults.harrell_c(data["test"], risk))
-    return {k: np.asarray(v) for k, v in scores.items()}
+    return {k: np.asarray(v) for k, v in scores.items()}, {
+        k: float(np.mean(v)) for k, v in seconds.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,11 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| data set | " + " | ".join((*args.rules, *BASELINES)) + " |")
     print("|---|" + "---|" * (len(args.rules) + len(BASELINES)))
     for name in args.datasets:
-        scores = run(name, args.seeds, args.rules)
+        scores, seconds = run(name, args.seeds, args.rules)
         base = max((scores[b] for b in BASELINES), key=np.nanmean)
         cells = [
             f"{scores[r].mean():.4f} ({np.nanmean(scores[r] - base):+.4f} ± "
-            f"{np.nanstd(scores[r] - base, ddof=1):.3f})"
+            f"{np.nanstd(scores[r] - base, ddof=1):.3f}; {seconds[r]:.1f} s)"
             for r in args.rules
         ]
         failed = {b: int(np.isnan(scores[b]).sum()) for b in BASELINES}

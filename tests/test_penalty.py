@@ -30,6 +30,7 @@ from nervus_lightning.models.penalty import (
     HELD_OUT_CV,
     HELD_OUT_CV_AND_VAL,
     HELD_OUT_VAL,
+    choose_penalty,
     describe_choice,
     held_out_scale,
     held_out_splits,
@@ -38,6 +39,7 @@ from nervus_lightning.models.penalty import (
 )
 from nervus_lightning.models.solvers import elastic_net_term, minimise_proximal
 from nervus_lightning.survival.linear import (
+    FOLD_DRAWS,
     L1_RATIO,
     MIN_VAL_EVENTS,
     _fixed_data_log_likelihood,
@@ -87,6 +89,56 @@ def test_held_out_splits_hold_out_every_row_once_and_never_fit_on_it():
     assert where == "val and 5-fold cross-validation of train"
     splits, where = held_out_splits(train, val[:0], HELD_OUT_CV_AND_VAL)  # no val rows
     assert len(splits) == 5 and where == "5-fold cross-validation of train"
+
+
+def test_repeated_fold_draws_hold_out_every_row_that_many_times():
+    """``repeats`` fold draws: every training row held out once per draw, the validation pair
+    listed once per draw (val keeps its share of the sum), the first draw the single draw's;
+    the validation design has no folds to draw."""
+    train, val = np.arange(0, 53), np.arange(53, 70)
+    once, _ = held_out_splits(train, val, HELD_OUT_CV_AND_VAL, seed=3)
+    splits, where = held_out_splits(train, val, HELD_OUT_CV_AND_VAL, seed=3, repeats=3)
+    assert where == "val and 5-fold cross-validation of train (3 fold draws)"
+    assert len(splits) == 18
+    held = np.concatenate([rows for _, rows in splits])
+    np.testing.assert_array_equal(np.bincount(held), np.full(70, 3))
+    for fit_rows, rows in splits:
+        assert not set(fit_rows) & set(rows) and set(fit_rows) <= set(train)
+    folds = [rows for fit_rows, rows in splits if len(fit_rows) < len(train)]
+    for a, b in zip(folds[:5], [rows for fit_rows, rows in once[:5]], strict=True):
+        np.testing.assert_array_equal(a, b)  # the first draw is the one-draw split
+    assert not np.array_equal(folds[0], folds[5])  # the next draws are others
+    assert held_out_splits(train, val, HELD_OUT_VAL, repeats=3) == ([(train, val)], "val")
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        held_out_splits(train, val, HELD_OUT_CV, repeats=0)
+
+
+def test_a_split_listed_twice_is_fitted_once_and_counted_twice():
+    """With several fold draws the held-out loss of each penalty is the sum over every listed
+    split (the validation rows once per draw), as if each had been fitted on its own; the
+    validation pair is fitted once per penalty."""
+    x, y, train, val = _diabetes()
+    xt = torch.tensor(x)
+    fitted: list[int] = []
+
+    def fit(rows, penalty, start):
+        fitted.append(len(rows))
+        return fit_ridge(xt[rows], torch.tensor(y[rows]), penalty)
+
+    def loss(weight, fit_rows, held_rows):
+        predicted = xt[held_rows] @ weight[0, :-1] + weight[0, -1]
+        return float(np.square(predicted.numpy() - y[held_rows]).sum())
+
+    path = [10.0, 1.0, 0.1, 0.01]
+    choice = choose_penalty(fit, loss, train, val, HELD_OUT_CV_AND_VAL, path, seed=2, repeats=4)
+    assert choice.chosen_on == "val and 5-fold cross-validation of train (4 fold draws)"
+    splits, _ = held_out_splits(train, val, HELD_OUT_CV_AND_VAL, seed=2, repeats=4)
+    for penalty, total in choice.path:
+        expected = sum(loss(fit_ridge(xt[f], torch.tensor(y[f]), penalty), f, h) for f, h in splits)
+        assert total == pytest.approx(expected, rel=1e-9)
+    # 20 folds and the validation pair per penalty, then the chosen one on all of train.
+    assert len(fitted) == len(choice.path) * 21 + 1
+    assert fitted.count(len(train)) == len(choice.path) + 1
 
 
 def test_regression_penalty_is_the_held_out_minimum_of_each_path():
@@ -273,19 +325,27 @@ def test_sparse_truth_starts_from_the_elastic_net_and_dense_truth_from_either():
     assert (weight[5:] == 0).mean() > 0.5 and (weight[:5] != 0).all()
     assert "elastic net (lasso share 0.5)" in choice.describe()
     assert "compared on val with ridge" in choice.describe()
+    # The fit at the path's stopping tolerance (FIT_TOLERANCE) is Coxnet's at that penalty
+    # (continuous times: Efron's ties are Breslow's), times the start's scale.
+    n_events = int(event[train].sum())
+    reference = CoxnetSurvivalAnalysis(
+        l1_ratio=L1_RATIO, alphas=[choice.penalty * n_events / len(train)], tol=1e-12
+    ).fit(x[train], Surv.from_arrays(event[train], time[train]))
+    np.testing.assert_allclose(weight, choice.scale * reference.coef_.ravel(), atol=1e-4)
 
 
 def test_cox_start_with_more_inputs_than_events_is_penalised_and_generalises():
     """The failure the penalty path fixes: 80 inputs, about 30 training events. The old start
     (a fixed alpha of 1e-4) has no finite solution worth the name; the chosen one holds up on
     test rows it never saw. About 10 validation events are too few to choose on alone: they are
-    held out beside the 5 folds of train."""
+    held out beside the 5 folds of train, drawn FOLD_DRAWS times."""
     x, time, event, train, val = _survival_breast_cancer()
     test = np.setdiff1d(np.arange(len(x)), np.concatenate([train, val]))
     assert x.shape[1] > event[train].sum() and event[val].sum() < MIN_VAL_EVENTS
     xt, tt, et = torch.tensor(x), torch.tensor(time), torch.tensor(event)
     choice = choose_linear_cox(xt, tt, et, train, val)
-    assert choice.chosen_on == "val and 5-fold cross-validation of train"
+    cv = f"5-fold cross-validation of train ({FOLD_DRAWS} fold draws)"
+    assert choice.chosen_on == f"val and {cv}"
     assert choice.penalty >= 0.1
     old = fit_linear_cox(xt[train], tt[train], et[train]).double()
 

@@ -18,8 +18,10 @@ otherwise), is chosen the way glmnet and a careful statistician choose it: on a 
 training rows (warm-started from the previous one), the one with the best held-out loss wins.
 Held out (:func:`held_out_splits`) are, for the Cox and classification starts, the validation
 rows when they are enough, otherwise the folds of a :data:`INNER_FOLDS`-fold split of the
-training rows with the few validation rows beside them; for the regression start both always,
-every row of train and val held out once. No test row is ever seen.
+training rows with the few validation rows beside them (for the Cox start the folds drawn
+several times and the losses summed, so that one draw does not decide: ``repeats``); for the
+regression start both always, every row of train and val held out once. No test row is ever
+seen.
 
 The same :math:`\lambda` then stays on the linear term during training, added to the training
 loss (:func:`nervus_lightning.models.linear_start.linear_penalty`; for a Cox start scaled on the
@@ -180,25 +182,41 @@ HeldOutLoss = Callable[[Tensor, np.ndarray, np.ndarray], float]
 
 
 def held_out_splits(
-    train_rows: np.ndarray, val_rows: np.ndarray, held_out: str, seed: int = 0
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    held_out: str,
+    seed: int = 0,
+    repeats: int = 1,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """The ``(fit rows, held-out rows)`` pairs of ``held_out`` (:data:`HELD_OUT_VAL`,
     :data:`HELD_OUT_CV` or :data:`HELD_OUT_CV_AND_VAL`) and how a report says it: the
     validation rows fitted on ``train_rows``; or the :data:`INNER_FOLDS` folds of
     ``train_rows`` in turn, each fitted on the others (a split seeded by ``seed``); or both,
-    so that every training row and every validation row is held out once."""
+    so that every training row and every validation row is held out once.
+
+    ``repeats`` > 1 (the designs with folds): that many fold draws from the one generator (the
+    first is the draw of ``repeats`` = 1), and the validation pair listed as many times, so
+    that every row is held out ``repeats`` times and val keeps its share of the sum
+    (:func:`choose_penalty` fits a pair listed twice once and counts its loss twice)."""
     if held_out not in HELD_OUT_DESIGNS:
         raise ValueError(f"held_out {held_out!r} is not one of {HELD_OUT_DESIGNS}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
     splits: list[tuple[np.ndarray, np.ndarray]] = []
     if held_out != HELD_OUT_VAL:
-        folds = np.array_split(np.random.default_rng(seed).permutation(train_rows), INNER_FOLDS)
-        splits = [
-            (np.concatenate([f for k, f in enumerate(folds) if k != i]), fold)
-            for i, fold in enumerate(folds)
-        ]
+        draws = np.random.default_rng(seed)
+        for _ in range(repeats):
+            folds = np.array_split(draws.permutation(train_rows), INNER_FOLDS)
+            splits += [
+                (np.concatenate([f for k, f in enumerate(folds) if k != i]), fold)
+                for i, fold in enumerate(folds)
+            ]
     if held_out != HELD_OUT_CV and len(val_rows):
-        splits.append((train_rows, val_rows))
+        times = repeats if held_out == HELD_OUT_CV_AND_VAL else 1
+        splits += [(train_rows, val_rows)] * times
     cv = f"{INNER_FOLDS}-fold cross-validation of train"
+    if repeats > 1 and held_out != HELD_OUT_VAL:
+        cv += f" ({repeats} fold draws)"
     both = f"val and {cv}" if len(val_rows) else cv
     return splits, {HELD_OUT_VAL: "val", HELD_OUT_CV: cv, HELD_OUT_CV_AND_VAL: both}[held_out]
 
@@ -255,11 +273,13 @@ def choose_penalty(
     seed: int = 0,
     l1_ratio: float = 0.0,
     profile_scale: bool = False,
+    repeats: int = 1,
 ) -> PenaltyChoice:
     """The penalty of ``penalties`` (default :func:`penalty_path`) with the lowest held-out loss,
-    the sum over the splits of :func:`held_out_splits` (``held_out``). Ties go to the stronger
-    penalty (the simpler model). The returned weight is the fit on all of ``train_rows`` with
-    the chosen penalty; ``l1_ratio`` (what ``fit`` does) is recorded.
+    the sum over the splits of :func:`held_out_splits` (``held_out``, ``repeats`` fold draws; a
+    split listed more than once is fitted once and its loss counted as often as it is listed).
+    Ties go to the stronger penalty (the simpler model). The returned weight is the fit on all
+    of ``train_rows`` with the chosen penalty; ``l1_ratio`` (what ``fit`` does) is recorded.
 
     ``profile_scale`` (weights without an intercept: a Cox model's): each penalty is scored by
     its held-out loss at the best factor of its fits' linear predictors (:func:`held_out_scale`,
@@ -268,7 +288,14 @@ def choose_penalty(
     weight is the chosen fit times its factor.
     """
     penalties = list(penalties or penalty_path())
-    splits, where = held_out_splits(train_rows, val_rows, held_out, seed)
+    listed, where = held_out_splits(train_rows, val_rows, held_out, seed, repeats)
+    counts: dict[tuple[bytes, bytes], int] = {}
+    distinct: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
+    for fit_rows, held_rows in listed:
+        key = (np.asarray(fit_rows).tobytes(), np.asarray(held_rows).tobytes())
+        counts[key] = counts.get(key, 0) + 1
+        distinct.setdefault(key, (fit_rows, held_rows))
+    splits, times = list(distinct.values()), list(counts.values())
     starts: list[Tensor | None] = [None] * len(splits)
     losses: list[float] = []
     scales: list[float] = []
@@ -278,8 +305,8 @@ def choose_penalty(
 
         def loss_at(scale: float, fits: list[Tensor | None] = starts) -> float:
             return sum(
-                held_out_loss(scale * w, fit_rows, held_rows)
-                for w, (fit_rows, held_rows) in zip(fits, splits, strict=True)
+                n * held_out_loss(scale * w, fit_rows, held_rows)
+                for w, n, (fit_rows, held_rows) in zip(fits, times, splits, strict=True)
             )
 
         scale, total = held_out_scale(loss_at) if profile_scale else (1.0, loss_at(1.0))
@@ -321,14 +348,15 @@ def choose_ridge_or_elastic_net(
     enet_path: Sequence[float] | None,
     seed: int = 0,
     profile_scale: bool = False,
+    repeats: int = 1,
 ) -> PenaltyChoice:
     """Ridge (on :func:`penalty_path`) against the elastic net with lasso share :data:`L1_RATIO`
     (on ``enet_path``), each with its penalty chosen by :func:`choose_penalty` on the same
     held-out rows; the kind with the lower held-out loss at its best penalty is the start (ties
     go to ridge), and ``compared`` records both. ``make_fit(l1_ratio)`` gives the
     ``fit(rows, penalty, start)`` of that kind; ``enet_path`` None or empty (one input, or
-    inputs that say nothing: nothing to select) tries ridge alone. ``profile_scale``: see
-    :func:`choose_penalty`."""
+    inputs that say nothing: nothing to select) tries ridge alone. ``profile_scale`` and
+    ``repeats``: see :func:`choose_penalty`."""
     ridge = choose_penalty(
         make_fit(0.0),
         held_out_loss,
@@ -338,6 +366,7 @@ def choose_ridge_or_elastic_net(
         None,
         seed,
         profile_scale=profile_scale,
+        repeats=repeats,
     )
     if not enet_path:
         return ridge
@@ -351,6 +380,7 @@ def choose_ridge_or_elastic_net(
         seed,
         L1_RATIO,
         profile_scale,
+        repeats,
     )
     compared = (("ridge", ridge.best_loss()), ("elastic net", sparse.best_loss()))
     best = sparse if sparse.best_loss() < ridge.best_loss() else ridge
