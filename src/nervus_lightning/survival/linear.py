@@ -178,9 +178,10 @@ def choose_linear_cox(
     the folds alone; ``benchmarks/linear_start_choice.py``). The folds are drawn ``fold_draws``
     times (:data:`FOLD_DRAWS`) from the generator seeded by ``seed`` and the held-out losses
     of every draw summed, the validation rows counted once per draw: with one draw, the same
-    split gave a start whose test C moved by 0.009 (aids), 0.020 (larynx) and 0.016 (a 60-input
-    simulation) on average between fold seeds 0 and 1 (up to 0.034), with five by 0.001, 0.010
-    and 0.012, the mean test C level (8 split seeds; ``benchmarks/README.md``).
+    split gave a start whose test C moved by 0.009 (aids), 0.020 (larynx), 0.016 (a 60-input
+    simulation) and 0.018 (an 82-input set) on average between fold seeds 0 and 1 (up to
+    0.034), with five by 0.001, 0.010, 0.012 and 0.010, the mean test C level (8 split seeds;
+    ``benchmarks/README.md``).
 
     ``profile_scale`` (the default): each penalty's fits are scored at the best factor of their
     linear predictors on the held-out rows
