@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 
@@ -12,7 +13,7 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from nervus_lightning.data.datamodule import NervusDataModule
-from nervus_lightning.data.schema import NervusInputError, load_table
+from nervus_lightning.data.schema import NervusInputError, load_table, validate_for_prediction
 from nervus_lightning.models.tabular import TabularMLP
 from nervus_lightning.tasks import ClassificationTask
 
@@ -89,6 +90,21 @@ def test_an_input_constant_in_training_is_named_and_ignored(dataset):
     assert torch.equal(standard[:, 0], (raw[:, 0] - mean) / torch.tensor(std))
     before = TabularMLP(schema.input_mean, [std, 1.0], hidden=[4]).standardise(raw)
     assert torch.equal(before[:, 1], raw[:, 1] - 3.0)
+    # Predicting on rows that give it another value: the model ignores it there too, and says
+    # so, naming the lines; rows with the training value, or an older schema (sd 1), say nothing.
+    external = csv.parent / "external.csv"
+    rows = pd.DataFrame({"uniqID": ["e1", "e2", "e3"], "input_a": [0.1, 0.2, 0.3]})
+    rows.assign(input_b=[3.0, 3.0, 3.0]).to_csv(external, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_for_prediction(external, schema, ClassificationTask)
+    rows.assign(input_b=[3.0, 7.0, 3.0]).to_csv(external, index=False)
+    with pytest.warns(UserWarning, match=r"'input_b' \(3 in training; other values at line 3\)"):
+        validate_for_prediction(external, schema, ClassificationTask)
+    older = dataclasses.replace(schema, input_std=[std, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_for_prediction(external, older, ClassificationTask)
 
 
 def test_missing_file(tmp_path):

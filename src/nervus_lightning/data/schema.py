@@ -332,6 +332,29 @@ def _fit_inputs(
     return means, stds
 
 
+def _warn_ignored_inputs(df: pd.DataFrame, path: Path, schema: DataSchema) -> None:
+    """Warn when rows to predict give another value to an input that had one value on every
+    training row (sd 0: :func:`_fit_inputs`): the model ignores it, so those cases are predicted
+    as if they had the training value. Schemas written before such inputs got sd 0 have none."""
+    ignored = []
+    for col, mean, std in zip(
+        schema.input_columns, schema.input_mean, schema.input_std, strict=False
+    ):
+        if std != 0:
+            continue
+        differ = df.index[(df[col] - mean).abs() > 1e-12 + 1e-9 * abs(mean)]
+        if len(differ):
+            ignored.append(f"'{col}' ({mean:g} in training; other values at {csv_lines(differ)})")
+    if ignored:
+        warnings.warn(
+            f"{path}: input(s) {', '.join(ignored)} had one value on every training row, so the "
+            "model ignores them: these cases are predicted as if they had the training value. "
+            "If the input matters here (a site or scanner the training data never had), the "
+            "model cannot account for it; retrain with such cases in training.",
+            stacklevel=3,
+        )
+
+
 def validate_for_prediction(
     csv: str | os.PathLike, schema: DataSchema, task: LabelContract
 ) -> pd.DataFrame:
@@ -371,6 +394,7 @@ def validate_for_prediction(
     for col in schema.input_columns:
         df[col] = numeric_column(df, col, path, df.index, "tabular input")
         check_no_missing(df[col], col, path, "tabular input", "Fill in the values.")
+    _warn_ignored_inputs(df, path, schema)
     if schema.image_column:
         col = schema.image_column
         check_no_missing(df[col], col, path, "image path", "Give every case an image.")

@@ -49,7 +49,14 @@ from nervus_lightning.models.penalty import (
 from nervus_lightning.models.solvers import minimise_lbfgs, minimise_proximal
 from nervus_lightning.survival.loss import efron_log_likelihood
 
-__all__ = ["FOLD_DRAWS", "L1_RATIO", "MIN_VAL_EVENTS", "choose_linear_cox", "fit_linear_cox"]
+__all__ = [
+    "FIT_TOLERANCE",
+    "FOLD_DRAWS",
+    "L1_RATIO",
+    "MIN_VAL_EVENTS",
+    "choose_linear_cox",
+    "fit_linear_cox",
+]
 
 #: Validation events needed to choose the linear start's penalty on the validation rows;
 #: with fewer, it is chosen by cross-validation within the training rows, the validation rows
