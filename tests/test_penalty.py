@@ -324,7 +324,7 @@ def test_sparse_truth_starts_from_the_elastic_net_and_dense_truth_from_either():
     weight = choice.weight[0].numpy()
     assert (weight[5:] == 0).mean() > 0.5 and (weight[:5] != 0).all()
     assert "elastic net (lasso share 0.5)" in choice.describe()
-    assert "compared on val with ridge" in choice.describe()
+    assert choice.describe().endswith("; compared with ridge on the same rows")
     # The fit at the path's stopping tolerance (FIT_TOLERANCE) is Coxnet's at that penalty
     # (continuous times: Efron's ties are Breslow's), times the start's scale.
     n_events = int(event[train].sum())

@@ -143,9 +143,8 @@ def describe_choice(summary: dict[str, object]) -> str:
     compared = summary.get("compared") or {}
     against = ""
     if len(compared) > 1:
-        against = f"; compared on {summary['chosen_on']} with " + ", ".join(
-            name for name in compared if (name == "ridge") != (not l1_ratio)
-        )
+        others = (name for name in compared if (name == "ridge") != (not l1_ratio))
+        against = f"; compared with {', '.join(others)} on the same rows"
     scale = float(summary.get("scale", 1.0) or 0.0)
     scaled = f", its linear predictor scaled by {scale:.3g} there" if scale != 1.0 else ""
     used, inputs = summary.get("inputs_used"), summary.get("inputs")
