@@ -14,6 +14,9 @@ Harrell's C of the linear Cox model fitted on the training rows, its penalty cho
   the same as ``heldout_pl`` where val holds 20 events);
 * ``unscaled_pl``: the same without the scale (each fit as it is: the library's rule until
   2026-12-07);
+* ``scale_up``: the same, each fit scaled up but never down (the factor searched in
+  [1, 1000], besides 0): a candidate, since a factor below 1 lets a weakly penalised fit, its
+  direction fitted to the noise of few events, compete by shrinking afterwards;
 * ``val_c``: the same two paths, the penalty and kind with the highest validation C (what the
   ``coxnet`` baseline of ``defaults.py`` does with its own path);
 * ``cv_train``: the same two paths, always 5-fold cross-validation of train (partial likelihood);
@@ -45,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import defaults  # noqa: E402
 
+from nervus_lightning.models import penalty as penalty_module  # noqa: E402
 from nervus_lightning.models.penalty import (  # noqa: E402
     HELD_OUT_CV,
     HELD_OUT_CV_AND_VAL,
@@ -56,7 +60,7 @@ from nervus_lightning.models.solvers import minimise_lbfgs, minimise_proximal  #
 from nervus_lightning.survival import linear  # noqa: E402
 from nervus_lightning.survival.linear import L1_RATIO, choose_linear_cox  # noqa: E402
 
-RULES = ("heldout_pl", "one_draw", "unscaled_pl", "val_c", "cv_train", "cv_val")
+RULES = ("heldout_pl", "one_draw", "unscaled_pl", "scale_up", "val_c", "cv_train", "cv_val")
 BASELINES = ("coxnet", "coxph")
 
 
@@ -74,6 +78,15 @@ def _fitter(x, time, event, l1_ratio):
     return fit
 
 
+def _scaled_up_only(x, time, event, train, val, seed: int) -> torch.Tensor:
+    lowest = penalty_module.SCALE_RANGE
+    penalty_module.SCALE_RANGE = (1.0, lowest[1])
+    try:
+        return choose_linear_cox(x, time, event, train, val, seed=seed).weight
+    finally:
+        penalty_module.SCALE_RANGE = lowest
+
+
 def linear_start(rule: str, x, time, event, train, val, seed: int) -> torch.Tensor:
     """The weight (1, p) that ``rule`` picks (module docstring)."""
     if rule == "heldout_pl":
@@ -83,6 +96,8 @@ def linear_start(rule: str, x, time, event, train, val, seed: int) -> torch.Tens
     if rule == "unscaled_pl":
         plain = choose_linear_cox(x, time, event, train, val, seed=seed, profile_scale=False)
         return plain.weight
+    if rule == "scale_up":
+        return _scaled_up_only(x, time, event, train, val, seed)
     if rule == "cv_train":
         alone = HELD_OUT_CV
         return choose_linear_cox(x, time, event, train, val, seed=seed, held_out=alone).weight

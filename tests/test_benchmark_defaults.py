@@ -197,6 +197,8 @@ def test_linear_start_choice_prints_one_row_per_data_set(monkeypatch, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--seeds", "1", "--datasets", "veterans_lung_cancer"]) == 0
+    # scale_up narrows the library's scale search for its own starts only
+    assert module.penalty_module.SCALE_RANGE == (1e-2, 1e3)
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("| veterans_lung_cancer")]
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
